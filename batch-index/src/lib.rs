@@ -1,0 +1,1 @@
+//! Map/reduce account indexer (work in progress).

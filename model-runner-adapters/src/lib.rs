@@ -1,0 +1,1 @@
+//! Adapters for the model-runner ports.

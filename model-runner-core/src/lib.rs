@@ -1,0 +1,1 @@
+//! Domain model, ports and engine of model-runner.

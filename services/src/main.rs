@@ -1,0 +1,2 @@
+//! model-runner services.
+fn main() {}

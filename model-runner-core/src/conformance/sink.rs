@@ -1,0 +1,90 @@
+//! The [`ResultSink`] conformance suite. A sink has no read side, so the caller passes a
+//! `read(topic)` that returns what reached the topic (a Kafka consumer, the files, ...).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use alloy_primitives::B256;
+
+use super::unique;
+use crate::chain::Chain;
+use crate::model::{Record, RecordKey};
+use crate::ports::ResultSink;
+use crate::run::RunId;
+
+/// `n` distinct records of roughly `payload_bytes` each.
+pub fn records(model: &str, n: u64, payload_bytes: usize) -> Vec<Record> {
+    let run_id = RunId::new();
+    (0..n)
+        .map(|i| Record {
+            key: RecordKey {
+                model: model.to_owned(),
+                chain: Chain::new("ethereum").unwrap(),
+                block_number: 1000 + i / 10,
+                position: i % 10,
+            },
+            model_version: "1".into(),
+            block_hash: B256::with_last_byte((i % 251) as u8),
+            run_id,
+            payload: serde_json::json!({
+                "i": i,
+                "value": i.to_string(),
+                "pad": "x".repeat(payload_bytes),
+            }),
+        })
+        .collect()
+}
+
+/// Runs every case against `sink`, reading topics back with `read`.
+pub async fn run_all<S, R, Fut>(sink: S, read: R)
+where
+    S: ResultSink,
+    R: Fn(String) -> Fut,
+    Fut: Future<Output = Vec<Record>>,
+{
+    let by_key = |rs: Vec<Record>| -> BTreeMap<String, Record> {
+        rs.into_iter().map(|r| (r.key.to_string(), r)).collect()
+    };
+
+    // Every record of a confirmed send is readable, equal key by key.
+    let topic = unique("conf-sink");
+    let sent = records("conf", 250, 64);
+    sink.send(&topic, &sent).await.expect("send");
+    sink.flush().await.expect("flush");
+    let got = by_key(read(topic.clone()).await);
+    assert_eq!(
+        got,
+        by_key(sent.clone()),
+        "every sent record MUST be readable, unchanged"
+    );
+
+    // Topics are isolated.
+    let other = unique("conf-sink-other");
+    let more = records("other", 3, 8);
+    sink.send(&other, &more).await.unwrap();
+    sink.flush().await.unwrap();
+    assert_eq!(by_key(read(other).await), by_key(more));
+    assert_eq!(
+        read(topic.clone()).await.len(),
+        sent.len(),
+        "topics MUST be isolated"
+    );
+
+    // An empty batch succeeds and writes nothing.
+    let empty = unique("conf-sink-empty");
+    sink.send(&empty, &[])
+        .await
+        .expect("an empty batch MUST succeed");
+    sink.flush().await.unwrap();
+    assert!(read(empty).await.is_empty());
+
+    // Flush is idempotent.
+    sink.flush().await.expect("flush twice");
+
+    // A large batch arrives whole.
+    let big_topic = unique("conf-sink-big");
+    let big = records("big", 5000, 200);
+    sink.send(&big_topic, &big).await.unwrap();
+    sink.flush().await.unwrap();
+    assert_eq!(by_key(read(big_topic).await).len(), 5000);
+}

@@ -1,0 +1,650 @@
+//! The [`RunStore`] conformance suite.
+
+use std::collections::{BTreeSet, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+
+use super::new_run;
+use crate::chain::Chain;
+use crate::ports::{CreateRuns, RunFilter, RunStore, StoreError};
+use crate::run::{RunEvent, RunId, RunState};
+
+/// Runs every case, each on a fresh store from `make`.
+pub async fn run_all<F, Fut, S>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+    S: RunStore,
+{
+    create_get_and_not_found(make().await).await;
+    empty_batch_is_invalid(make().await).await;
+    idempotent_create(make().await).await;
+    keyset_pagination_and_filters(make().await).await;
+    transition_is_compare_and_set(make().await).await;
+    racing_transitions_have_one_winner(Arc::new(make().await)).await;
+    claims_are_exclusive(Arc::new(make().await)).await;
+    heartbeat_only_for_holder(make().await).await;
+    expired_leases_are_listed(make().await).await;
+    outbox_order_and_retries(make().await).await;
+    cursor_advances_atomically(make().await).await;
+    named_lock_has_one_holder(make().await).await;
+    counts_by_state(make().await).await;
+}
+
+async fn create(store: &impl RunStore, n: u64) -> Vec<RunId> {
+    let runs = (0..n)
+        .map(|i| new_run("m", "ethereum", i * 10, i * 10 + 9))
+        .collect();
+    store
+        .create_runs(CreateRuns {
+            runs,
+            idempotency_key: None,
+        })
+        .await
+        .expect("create_runs")
+        .runs
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
+}
+
+async fn enqueue_all(store: &impl RunStore, ids: &[RunId]) {
+    for id in ids {
+        store
+            .transition(*id, RunState::Pending, 1, RunEvent::Enqueue)
+            .await
+            .expect("enqueue");
+    }
+}
+
+/// create_runs makes pending runs on attempt 1 with ascending ids; get finds them; unknown ids
+/// are NotFound.
+pub async fn create_get_and_not_found(store: impl RunStore) {
+    let created = store
+        .create_runs(CreateRuns {
+            runs: vec![
+                new_run("m", "ethereum", 0, 9),
+                new_run("m", "ethereum", 10, 19),
+                new_run("m", "matic", 0, 0),
+            ],
+            idempotency_key: None,
+        })
+        .await
+        .expect("create_runs");
+    assert!(created.created);
+    assert_eq!(created.runs.len(), 3);
+    assert!(
+        created.runs.windows(2).all(|w| w[0].id < w[1].id),
+        "ids MUST ascend in batch order"
+    );
+    for r in &created.runs {
+        assert_eq!(r.state, RunState::Pending);
+        assert_eq!(r.attempt, 1);
+        let got = store.get(r.id).await.expect("get");
+        assert_eq!(&got, r, "get MUST return the run as created");
+    }
+    assert_eq!(created.runs[2].chain, Chain::new("matic").unwrap());
+    let missing = RunId::new();
+    match store.get(missing).await {
+        Err(StoreError::NotFound { id }) => assert_eq!(id, missing),
+        other => panic!("get of an unknown id MUST be NotFound, got {other:?}"),
+    }
+}
+
+/// An empty batch is InvalidInput.
+pub async fn empty_batch_is_invalid(store: impl RunStore) {
+    let err = store
+        .create_runs(CreateRuns {
+            runs: vec![],
+            idempotency_key: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+}
+
+/// The same idempotency key returns the same runs; a different batch under it is a Conflict.
+pub async fn idempotent_create(store: impl RunStore) {
+    let batch = CreateRuns {
+        runs: vec![
+            new_run("m", "ethereum", 0, 99),
+            new_run("m", "ethereum", 100, 199),
+        ],
+        idempotency_key: Some("key-1".into()),
+    };
+    let first = store.create_runs(batch.clone()).await.expect("first");
+    let second = store.create_runs(batch.clone()).await.expect("second");
+    assert!(first.created);
+    assert!(
+        !second.created,
+        "a resubmission MUST report created = false"
+    );
+    let ids = |c: &crate::ports::CreatedRuns| c.runs.iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&first),
+        ids(&second),
+        "same key MUST give the same runs"
+    );
+    let all = store.list(&RunFilter::default()).await.unwrap();
+    assert_eq!(all.runs.len(), 2, "a resubmission MUST NOT create runs");
+    let other = CreateRuns {
+        runs: vec![new_run("m", "ethereum", 0, 5)],
+        idempotency_key: Some("key-1".into()),
+    };
+    let err = store.create_runs(other).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    let third = store
+        .create_runs(CreateRuns {
+            idempotency_key: Some("key-2".into()),
+            ..batch
+        })
+        .await
+        .unwrap();
+    assert!(third.created, "another key MUST create");
+}
+
+/// Pages ascend by id, cover every match once, and filters apply.
+pub async fn keyset_pagination_and_filters(store: impl RunStore) {
+    let mut runs = Vec::new();
+    for i in 0..130u64 {
+        let chain = if i % 2 == 0 { "ethereum" } else { "matic" };
+        let model = if i % 3 == 0 { "a" } else { "b" };
+        runs.push(new_run(model, chain, i, i));
+    }
+    let created = store
+        .create_runs(CreateRuns {
+            runs,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap()
+        .runs;
+    enqueue_all(&store, &[created[0].id, created[1].id]).await;
+
+    let mut seen = Vec::new();
+    let mut filter = RunFilter {
+        limit: 50,
+        ..Default::default()
+    };
+    let mut pages = 0;
+    loop {
+        let page = store.list(&filter).await.unwrap();
+        pages += 1;
+        assert!(page.runs.len() <= 50);
+        seen.extend(page.runs.iter().map(|r| r.id));
+        if pages == 1 {
+            // Runs added while paging are still visited.
+            store
+                .create_runs(CreateRuns {
+                    runs: vec![new_run("late", "ethereum", 1, 1)],
+                    idempotency_key: None,
+                })
+                .await
+                .unwrap();
+        }
+        match page.next {
+            Some(n) => filter.after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3, "131 runs in pages of 50");
+    assert_eq!(seen.len(), 131, "every run exactly once");
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "pages MUST ascend by id"
+    );
+
+    let exact = store
+        .list(&RunFilter {
+            limit: 131,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(exact.runs.len(), 131);
+    assert_eq!(exact.next, None, "next MUST be None when nothing follows");
+
+    let eth_a = store
+        .list(&RunFilter {
+            model: Some("a".into()),
+            chain: Some(Chain::new("ethereum").unwrap()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(eth_a.runs.len(), 22, "i % 6 == 0 for i < 130");
+    assert!(
+        eth_a
+            .runs
+            .iter()
+            .all(|r| r.model == "a" && r.chain.as_str() == "ethereum")
+    );
+    let queued = store
+        .list(&RunFilter {
+            state: Some(RunState::Queued),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(queued.runs.len(), 2);
+    let future = store
+        .list(&RunFilter {
+            since: Some(Utc::now() + Duration::hours(1)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(future.runs.is_empty());
+    let backfill = store
+        .list(&RunFilter {
+            mode: Some(crate::chain::RunMode::Realtime),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(backfill.runs.is_empty(), "no realtime runs were created");
+}
+
+/// Transitions apply only from the expected state and attempt.
+pub async fn transition_is_compare_and_set(store: impl RunStore) {
+    let id = create(&store, 1).await[0];
+    let err = store
+        .transition(id, RunState::Pending, 2, RunEvent::Enqueue)
+        .await
+        .unwrap_err();
+    let current = err
+        .current()
+        .expect("a Conflict MUST carry the current run");
+    assert_eq!((current.state, current.attempt), (RunState::Pending, 1));
+    let err = store
+        .transition(id, RunState::Queued, 1, RunEvent::Enqueue)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    let err = store
+        .transition(
+            id,
+            RunState::Pending,
+            1,
+            RunEvent::Succeed {
+                blocks_done: 1,
+                records_written: 1,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Transition(_)), "{err:?}");
+    assert_eq!(
+        store.get(id).await.unwrap().state,
+        RunState::Pending,
+        "refused events change nothing"
+    );
+    let err = store
+        .transition(RunId::new(), RunState::Pending, 1, RunEvent::Enqueue)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }));
+
+    let queued = store
+        .transition(id, RunState::Pending, 1, RunEvent::Enqueue)
+        .await
+        .unwrap();
+    assert_eq!(queued.state, RunState::Queued);
+    assert!(queued.queued_at.is_some());
+    let lease = Utc::now() + Duration::minutes(5);
+    let running = store.claim(id, 1, "w1", lease).await.unwrap();
+    assert_eq!(running.lease_owner.as_deref(), Some("w1"));
+    let failed = store
+        .transition(
+            id,
+            RunState::Running,
+            1,
+            RunEvent::Fail {
+                error: "boom: model panicked".into(),
+                retry_at: Some(Utc::now()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.state, RunState::Failed);
+    assert_eq!(failed.last_error.as_deref(), Some("boom: model panicked"));
+    assert!(failed.lease_owner.is_none());
+    let requeued = store
+        .transition(id, RunState::Failed, 1, RunEvent::Enqueue)
+        .await
+        .unwrap();
+    assert_eq!((requeued.state, requeued.attempt), (RunState::Queued, 2));
+    assert!(
+        store.claim(id, 1, "late", lease).await.is_err(),
+        "a stale attempt MUST NOT claim"
+    );
+    store.claim(id, 2, "w2", lease).await.unwrap();
+    let done = store
+        .transition(
+            id,
+            RunState::Running,
+            2,
+            RunEvent::Succeed {
+                blocks_done: 10,
+                records_written: 42,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.state, RunState::Succeeded);
+    assert_eq!((done.blocks_done, done.records_written), (10, 42));
+    assert!(done.finished_at.is_some());
+    assert_eq!(
+        store.get(id).await.unwrap(),
+        done,
+        "the stored run MUST equal the returned one"
+    );
+
+    let other = create(&store, 1).await[0];
+    let cancelled = store
+        .transition(
+            other,
+            RunState::Pending,
+            1,
+            RunEvent::Cancel {
+                reason: Some("user".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(cancelled.state, RunState::Cancelled);
+}
+
+/// Of 16 racing callers with the same expectation exactly one wins.
+pub async fn racing_transitions_have_one_winner<S: RunStore>(store: Arc<S>) {
+    let id = create(&*store, 1).await[0];
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            s.transition(id, RunState::Pending, 1, RunEvent::Enqueue)
+                .await
+                .is_ok()
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        wins += usize::from(t.await.unwrap());
+    }
+    assert_eq!(wins, 1, "exactly one racing transition MUST win");
+}
+
+/// 16 tasks claiming from 500 queued runs claim each exactly once.
+pub async fn claims_are_exclusive<S: RunStore>(store: Arc<S>) {
+    let ids = create(&*store, 500).await;
+    enqueue_all(&*store, &ids).await;
+    let ids = Arc::new(ids);
+    let lease = Utc::now() + Duration::minutes(5);
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let (s, ids) = (store.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("w{w}");
+            let mut won = Vec::new();
+            // Each task walks the runs from a different offset so they collide a lot.
+            for i in 0..ids.len() {
+                let id = ids[(i + w * 31) % ids.len()];
+                match s.claim(id, 1, &owner, lease).await {
+                    Ok(r) => {
+                        assert_eq!(r.lease_owner.as_deref(), Some(owner.as_str()));
+                        won.push(id);
+                    }
+                    Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => panic!("claim failed: {e}"),
+                }
+            }
+            won
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    assert_eq!(all.len(), 500, "every run claimed, none twice");
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(unique.len(), 500, "no run claimed twice");
+    for id in ids.iter().take(20) {
+        assert_eq!(store.get(*id).await.unwrap().state, RunState::Running);
+    }
+}
+
+/// Only the lease holder on the current attempt can heartbeat.
+pub async fn heartbeat_only_for_holder(store: impl RunStore) {
+    let id = create(&store, 1).await[0];
+    enqueue_all(&store, &[id]).await;
+    let t0 = Utc::now() + Duration::seconds(30);
+    store.claim(id, 1, "w1", t0).await.unwrap();
+    let t1 = t0 + Duration::seconds(30);
+    let r = store.heartbeat(id, 1, "w1", t1, 7).await.unwrap();
+    assert_eq!(r.blocks_done, 7);
+    assert_eq!(
+        r.lease_expires_at.map(|t| t.timestamp_millis()),
+        Some(t1.timestamp_millis()),
+        "heartbeat MUST renew the lease"
+    );
+    let err = store.heartbeat(id, 1, "w2", t1, 9).await.unwrap_err();
+    assert!(matches!(err, StoreError::Transition(_)), "{err:?}");
+    assert!(store.heartbeat(id, 2, "w1", t1, 9).await.is_err());
+    assert_eq!(store.get(id).await.unwrap().blocks_done, 7);
+}
+
+/// Running runs with a lease in the past are listed; others are not.
+pub async fn expired_leases_are_listed(store: impl RunStore) {
+    let ids = create(&store, 3).await;
+    enqueue_all(&store, &ids).await;
+    let now = Utc::now();
+    store
+        .claim(ids[0], 1, "gone", now - Duration::seconds(10))
+        .await
+        .unwrap();
+    store
+        .claim(ids[1], 1, "alive", now + Duration::minutes(10))
+        .await
+        .unwrap();
+    let expired = store.expired_leases(now, 100).await.unwrap();
+    assert_eq!(
+        expired.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[0]]
+    );
+    let r = store
+        .transition(
+            ids[0],
+            RunState::Running,
+            1,
+            RunEvent::Expire {
+                retry_at: Some(now),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.state, RunState::Expired);
+    assert!(store.expired_leases(now, 100).await.unwrap().is_empty());
+}
+
+/// The outbox gives pending runs oldest first, then due retries; not future or spent ones.
+pub async fn outbox_order_and_retries(store: impl RunStore) {
+    let ids = create(&store, 5).await;
+    let now = Utc::now();
+    let out = store.outbox(now, 100).await.unwrap();
+    assert_eq!(
+        out.iter().map(|r| r.id).collect::<Vec<_>>(),
+        ids,
+        "pending, oldest first"
+    );
+    assert_eq!(
+        store.outbox(now, 2).await.unwrap().len(),
+        2,
+        "limit applies"
+    );
+    enqueue_all(&store, &ids[..3]).await;
+    let lease = now + Duration::minutes(1);
+    for id in &ids[..3] {
+        store.claim(*id, 1, "w", lease).await.unwrap();
+    }
+    let fail = |retry_at| RunEvent::Fail {
+        error: "x".into(),
+        retry_at,
+    };
+    store
+        .transition(
+            ids[0],
+            RunState::Running,
+            1,
+            fail(Some(now - Duration::seconds(1))),
+        )
+        .await
+        .unwrap();
+    store
+        .transition(
+            ids[1],
+            RunState::Running,
+            1,
+            fail(Some(now + Duration::hours(1))),
+        )
+        .await
+        .unwrap();
+    store
+        .transition(ids[2], RunState::Running, 1, fail(None))
+        .await
+        .unwrap();
+    let due: BTreeSet<_> = store
+        .outbox(now, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let want: BTreeSet<_> = [ids[3], ids[4], ids[0]].into_iter().collect();
+    assert_eq!(due, want, "pending plus the due retry only");
+}
+
+/// The cursor moves from the expected value only, creating its runs in the same step.
+pub async fn cursor_advances_atomically(store: impl RunStore) {
+    let eth = Chain::new("ethereum").unwrap();
+    assert_eq!(store.cursor("m", &eth).await.unwrap(), None);
+    let runs = store
+        .advance_cursor(
+            "m",
+            &eth,
+            None,
+            19,
+            vec![
+                new_run("m", "ethereum", 0, 9),
+                new_run("m", "ethereum", 10, 19),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(store.cursor("m", &eth).await.unwrap(), Some(19));
+    let err = store
+        .advance_cursor("m", &eth, None, 29, vec![new_run("m", "ethereum", 20, 29)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert_eq!(
+        store.cursor("m", &eth).await.unwrap(),
+        Some(19),
+        "a refused advance changes nothing"
+    );
+    let listed = store.list(&RunFilter::default()).await.unwrap();
+    assert_eq!(listed.runs.len(), 2, "a refused advance creates no runs");
+    store
+        .advance_cursor(
+            "m",
+            &eth,
+            Some(19),
+            29,
+            vec![new_run("m", "ethereum", 20, 29)],
+        )
+        .await
+        .unwrap();
+    store
+        .advance_cursor("other", &eth, None, 5, vec![])
+        .await
+        .unwrap();
+    let cursors = store.cursors(Some(&eth)).await.unwrap();
+    assert_eq!(cursors.len(), 2);
+    assert!(cursors.iter().any(|c| c.model == "m" && c.block == 29));
+    assert!(
+        store
+            .cursors(Some(&Chain::new("matic").unwrap()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A named lock has one holder at a time until it ends.
+pub async fn named_lock_has_one_holder(store: impl RunStore) {
+    let now = Utc::now();
+    assert!(
+        store
+            .try_lock("scheduler", "a", now + Duration::minutes(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .try_lock("scheduler", "b", now + Duration::minutes(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .try_lock("scheduler", "a", now + Duration::minutes(2))
+            .await
+            .unwrap(),
+        "the holder MAY renew"
+    );
+    assert!(
+        store
+            .try_lock("other", "b", now + Duration::minutes(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .try_lock("short", "a", now - Duration::seconds(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .try_lock("short", "b", now + Duration::minutes(1))
+            .await
+            .unwrap(),
+        "an ended lock MUST be takeable"
+    );
+}
+
+/// Counts per state follow the filter.
+pub async fn counts_by_state(store: impl RunStore) {
+    let ids = create(&store, 4).await;
+    enqueue_all(&store, &ids[..1]).await;
+    store
+        .create_runs(CreateRuns {
+            runs: vec![new_run("other", "ethereum", 0, 1)],
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    let counts = store
+        .count_by_state(&RunFilter {
+            model: Some("m".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(counts.get(&RunState::Pending), Some(&3));
+    assert_eq!(counts.get(&RunState::Queued), Some(&1));
+    assert_eq!(counts.values().sum::<u64>(), 4);
+}

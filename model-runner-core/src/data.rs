@@ -1,0 +1,112 @@
+//! Chain data the models read: blocks with their transactions, receipts and logs.
+//!
+//! The types hold real Ethereum JSON-RPC data losslessly for the fields models use, and serve
+//! every EVM chain (`ethereum`, `matic`, ...) unchanged: nothing in them is mainnet-specific.
+//! Adapters turn wire formats (JSON-RPC responses, ethereum-etl exports) into these types.
+
+use alloy_primitives::{Address, B256, Bytes, U256};
+use serde::{Deserialize, Serialize};
+
+/// The chain's head as a source sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockHead {
+    /// Latest block number.
+    pub number: u64,
+    /// Its hash.
+    pub hash: B256,
+}
+
+/// A block with everything a model may read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    /// Block number.
+    pub number: u64,
+    /// Block hash.
+    pub hash: B256,
+    /// Parent hash.
+    pub parent_hash: B256,
+    /// Unix time in seconds.
+    pub timestamp: u64,
+    /// Fee recipient, if the source gives it.
+    pub miner: Option<Address>,
+    /// Gas used by all transactions.
+    pub gas_used: u64,
+    /// Gas limit.
+    pub gas_limit: u64,
+    /// EIP-1559 base fee, from London on.
+    pub base_fee_per_gas: Option<u128>,
+    /// Transactions in block order.
+    pub transactions: Vec<Transaction>,
+    /// Every log of the block, in log-index order.
+    pub logs: Vec<Log>,
+}
+
+/// A transaction, with its receipt when the source has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transaction {
+    /// Transaction hash.
+    pub hash: B256,
+    /// Position in the block.
+    pub index: u64,
+    /// Sender.
+    pub from: Address,
+    /// Recipient; `None` for contract creation.
+    pub to: Option<Address>,
+    /// Value in wei.
+    pub value: U256,
+    /// Gas limit.
+    pub gas: u64,
+    /// Gas price (legacy) or max fee.
+    pub gas_price: Option<u128>,
+    /// Sender nonce.
+    pub nonce: u64,
+    /// Call data.
+    pub input: Bytes,
+    /// The receipt, when loaded.
+    pub receipt: Option<Receipt>,
+}
+
+/// The parts of a receipt that are not logs (logs live on [`Block::logs`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// `Some(true)` on success (Byzantium on); `None` before status existed.
+    pub status: Option<bool>,
+    /// Gas used by this transaction.
+    pub gas_used: u64,
+    /// Gas used up to and including this transaction.
+    pub cumulative_gas_used: u64,
+    /// Created contract, if any.
+    pub contract_address: Option<Address>,
+    /// Effective gas price, from London on.
+    pub effective_gas_price: Option<u128>,
+}
+
+/// An event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Log {
+    /// Emitting contract.
+    pub address: Address,
+    /// Indexed topics; `topics[0]` is the event signature hash for non-anonymous events.
+    pub topics: Vec<B256>,
+    /// Non-indexed data.
+    pub data: Bytes,
+    /// Position in the block.
+    pub log_index: u64,
+    /// Transaction that emitted it.
+    pub transaction_hash: B256,
+    /// That transaction's position.
+    pub transaction_index: u64,
+    /// Block number.
+    pub block_number: u64,
+}
+
+/// A contract read at a block (`eth_call`), for `reads` models.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallRequest {
+    /// Contract.
+    pub to: Address,
+    /// ABI-encoded call data.
+    pub data: Bytes,
+    /// Block whose state is read.
+    pub block: u64,
+}

@@ -1,0 +1,1 @@
+//! Engine loops: scheduler, enqueuer and worker.

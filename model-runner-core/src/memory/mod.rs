@@ -1,0 +1,13 @@
+//! In-memory reference adapters for every port: always compiled, used by tests and by
+//! embedders who want no persistence. They pass the same conformance suites as the durable
+//! adapters, so behaviour proven here holds there.
+
+mod queue;
+mod sink;
+mod source;
+mod store;
+
+pub use queue::MemoryRunQueue;
+pub use sink::MemorySink;
+pub use source::MemoryBlockSource;
+pub use store::MemoryRunStore;

@@ -1,0 +1,73 @@
+//! [`MemoryBlockSource`]: a chain held in a vector, for tests and examples.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::chain::{BlockRange, Chain};
+use crate::data::{Block, BlockHead};
+use crate::ports::{BlockSource, SourceError};
+
+/// A [`BlockSource`] over blocks held in memory; [`MemoryBlockSource::push`] grows the head.
+#[derive(Debug)]
+pub struct MemoryBlockSource {
+    chain: Chain,
+    blocks: Mutex<Vec<Block>>,
+}
+
+impl MemoryBlockSource {
+    /// A source serving `blocks`, which MUST be consecutive and ascending.
+    pub fn new(chain: Chain, blocks: Vec<Block>) -> Self {
+        Self {
+            chain,
+            blocks: Mutex::new(blocks),
+        }
+    }
+
+    /// Appends a block (the next number).
+    pub fn push(&self, block: Block) {
+        self.blocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(block);
+    }
+}
+
+#[async_trait]
+impl BlockSource for MemoryBlockSource {
+    fn chain(&self) -> &Chain {
+        &self.chain
+    }
+
+    async fn head(&self) -> Result<BlockHead, SourceError> {
+        let blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        blocks
+            .last()
+            .map(|b| BlockHead {
+                number: b.number,
+                hash: b.hash,
+            })
+            .ok_or_else(|| SourceError::BlockNotFound {
+                number: 0,
+                source_name: "memory (empty)".into(),
+            })
+    }
+
+    async fn blocks(&self, range: BlockRange) -> Result<Vec<Block>, SourceError> {
+        let blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        let first = blocks.first().map_or(0, |b| b.number);
+        let missing = |number| SourceError::BlockNotFound {
+            number,
+            source_name: "memory".into(),
+        };
+        if range.start() < first {
+            return Err(missing(range.start()));
+        }
+        let lo = (range.start() - first) as usize;
+        let hi = (range.end() - first) as usize;
+        if hi >= blocks.len() {
+            return Err(missing(first + blocks.len() as u64));
+        }
+        Ok(blocks[lo..=hi].to_vec())
+    }
+}

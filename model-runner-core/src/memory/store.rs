@@ -1,0 +1,261 @@
+//! [`MemoryRunStore`]: run state in a mutex-guarded map.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::chain::Chain;
+use crate::ports::{
+    CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
+    cursor_conflict, idempotency_conflict, same_batch, state_conflict, validate_batch,
+};
+use crate::run::{ModelRun, NewRun, RunEvent, RunId, RunState};
+
+/// A [`RunStore`] in memory. Not durable; every operation is atomic under one lock.
+#[derive(Debug, Default)]
+pub struct MemoryRunStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    runs: BTreeMap<RunId, ModelRun>,
+    by_key: HashMap<String, Vec<RunId>>,
+    cursors: BTreeMap<(String, Chain), (u64, DateTime<Utc>)>,
+    locks: HashMap<String, (String, DateTime<Utc>)>,
+}
+
+impl MemoryRunStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied change: every mutation is
+        // computed on a copy first, so the poisoned data is still consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Inner {
+    fn insert_all(&mut self, runs: Vec<NewRun>, key: Option<String>) -> Vec<ModelRun> {
+        let now = Utc::now();
+        let created: Vec<ModelRun> = runs
+            .into_iter()
+            .map(|spec| ModelRun::new(spec, key.clone(), now))
+            .collect();
+        if let Some(k) = key {
+            self.by_key
+                .insert(k, created.iter().map(|r| r.id).collect());
+        }
+        for r in &created {
+            self.runs.insert(r.id, r.clone());
+        }
+        created
+    }
+}
+
+#[async_trait]
+impl RunStore for MemoryRunStore {
+    async fn create_runs(&self, batch: CreateRuns) -> Result<CreatedRuns, StoreError> {
+        validate_batch(&batch.runs)?;
+        let mut inner = self.lock();
+        if let Some(key) = &batch.idempotency_key
+            && let Some(ids) = inner.by_key.get(key)
+        {
+            let existing: Vec<ModelRun> = ids.iter().map(|id| inner.runs[id].clone()).collect();
+            if !same_batch(&existing, &batch.runs) {
+                return Err(idempotency_conflict(key));
+            }
+            return Ok(CreatedRuns {
+                runs: existing,
+                created: false,
+            });
+        }
+        let runs = inner.insert_all(batch.runs, batch.idempotency_key);
+        Ok(CreatedRuns {
+            runs,
+            created: true,
+        })
+    }
+
+    async fn get(&self, id: RunId) -> Result<ModelRun, StoreError> {
+        self.lock()
+            .runs
+            .get(&id)
+            .cloned()
+            .ok_or(StoreError::NotFound { id })
+    }
+
+    async fn list(&self, filter: &RunFilter) -> Result<RunPage, StoreError> {
+        let size = filter.page_size();
+        let inner = self.lock();
+        let start = filter
+            .after
+            .map(std::ops::Bound::Excluded)
+            .unwrap_or(std::ops::Bound::Unbounded);
+        let mut runs: Vec<ModelRun> = inner
+            .runs
+            .range((start, std::ops::Bound::Unbounded))
+            .map(|(_, r)| r)
+            .filter(|r| filter.matches(r))
+            .take(size + 1)
+            .cloned()
+            .collect();
+        let next = if runs.len() > size {
+            runs.truncate(size);
+            runs.last().map(|r| r.id)
+        } else {
+            None
+        };
+        Ok(RunPage { runs, next })
+    }
+
+    async fn count_by_state(
+        &self,
+        filter: &RunFilter,
+    ) -> Result<BTreeMap<RunState, u64>, StoreError> {
+        let filter = RunFilter {
+            state: None,
+            after: None,
+            ..filter.clone()
+        };
+        let mut out = BTreeMap::new();
+        for r in self.lock().runs.values().filter(|r| filter.matches(r)) {
+            *out.entry(r.state).or_insert(0) += 1;
+        }
+        Ok(out)
+    }
+
+    async fn transition(
+        &self,
+        id: RunId,
+        expected: RunState,
+        expected_attempt: u32,
+        event: RunEvent,
+    ) -> Result<ModelRun, StoreError> {
+        let mut inner = self.lock();
+        let run = inner.runs.get_mut(&id).ok_or(StoreError::NotFound { id })?;
+        if run.state != expected || run.attempt != expected_attempt {
+            return Err(state_conflict(run.clone(), expected, expected_attempt));
+        }
+        let mut next = run.clone();
+        next.apply(&event, Utc::now())?;
+        *run = next.clone();
+        Ok(next)
+    }
+
+    async fn expired_leases(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<ModelRun>, StoreError> {
+        let inner = self.lock();
+        let mut out: Vec<ModelRun> = inner
+            .runs
+            .values()
+            .filter(|r| r.state == RunState::Running && r.lease_expires_at.is_some_and(|t| t < now))
+            .cloned()
+            .collect();
+        out.sort_by_key(|r| (r.lease_expires_at, r.id));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn outbox(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<ModelRun>, StoreError> {
+        let inner = self.lock();
+        let mut pending: Vec<ModelRun> = inner
+            .runs
+            .values()
+            .filter(|r| r.state == RunState::Pending)
+            .take(limit)
+            .cloned()
+            .collect();
+        if pending.len() < limit {
+            let mut retries: Vec<ModelRun> = inner
+                .runs
+                .values()
+                .filter(|r| r.state != RunState::Pending && r.is_due_for_publish(now))
+                .cloned()
+                .collect();
+            retries.sort_by_key(|r| (r.next_attempt_at, r.id));
+            retries.truncate(limit - pending.len());
+            pending.extend(retries);
+        }
+        Ok(pending)
+    }
+
+    async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .lock()
+            .cursors
+            .get(&(model.to_owned(), chain.clone()))
+            .map(|(b, _)| *b))
+    }
+
+    async fn cursors(&self, chain: Option<&Chain>) -> Result<Vec<RealtimeCursor>, StoreError> {
+        Ok(self
+            .lock()
+            .cursors
+            .iter()
+            .filter(|((_, c), _)| chain.is_none_or(|want| want == c))
+            .map(|((model, chain), (block, at))| RealtimeCursor {
+                model: model.clone(),
+                chain: chain.clone(),
+                block: *block,
+                updated_at: *at,
+            })
+            .collect())
+    }
+
+    async fn advance_cursor(
+        &self,
+        model: &str,
+        chain: &Chain,
+        expected: Option<u64>,
+        to: u64,
+        runs: Vec<NewRun>,
+    ) -> Result<Vec<ModelRun>, StoreError> {
+        if !runs.is_empty() {
+            validate_batch(&runs)?;
+        }
+        let mut inner = self.lock();
+        let key = (model.to_owned(), chain.clone());
+        let actual = inner.cursors.get(&key).map(|(b, _)| *b);
+        if actual != expected {
+            return Err(cursor_conflict(model, chain, expected, actual));
+        }
+        inner.cursors.insert(key, (to, Utc::now()));
+        Ok(inner.insert_all(runs, None))
+    }
+
+    async fn try_lock(
+        &self,
+        name: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let now = Utc::now();
+        let mut inner = self.lock();
+        match inner.locks.get(name) {
+            Some((holder, end)) if holder != owner && *end > now => Ok(false),
+            _ => {
+                inner
+                    .locks
+                    .insert(name.to_owned(), (owner.to_owned(), until));
+                Ok(true)
+            }
+        }
+    }
+}
+
+#[cfg(all(test, feature = "conformance"))]
+mod tests {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn conformance() {
+        crate::conformance::store::run_all(|| async { super::MemoryRunStore::new() }).await;
+    }
+}

@@ -1,0 +1,224 @@
+//! Models, the records they produce, and the registry that names them.
+//!
+//! A [`Model`] is user code: given the blocks of a run it returns [`Record`]s. The worker calls
+//! it once per run with every block of the run's range, in order, and sends what it returns to
+//! the chain's sink topic. Record keys are deterministic (model, chain, block, position), so a
+//! rerun of the same blocks produces the same keys and a consumer can deduplicate.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use alloy_primitives::B256;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::chain::{BlockRange, Chain, ModelKind};
+use crate::data::Block;
+use crate::ports::{BlockSource, SourceError};
+use crate::run::RunId;
+
+/// The deterministic identity of a record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RecordKey {
+    /// Model name.
+    pub model: String,
+    /// Chain.
+    pub chain: Chain,
+    /// Block the record is about.
+    pub block_number: u64,
+    /// Position inside the block (e.g. log index); unique per model and block.
+    pub position: u64,
+}
+
+impl fmt::Display for RecordKey {
+    /// `model:chain:block:position`, the message key in sinks.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}:{}",
+            self.model, self.chain, self.block_number, self.position
+        )
+    }
+}
+
+/// One output row of a model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Deterministic unique key.
+    pub key: RecordKey,
+    /// Model version that produced it.
+    pub model_version: String,
+    /// Hash of the block, so consumers can drop records of reorged blocks.
+    pub block_hash: B256,
+    /// The run that produced it.
+    pub run_id: RunId,
+    /// The row itself.
+    pub payload: serde_json::Value,
+}
+
+/// What a model may use besides its blocks.
+#[derive(Debug, Clone)]
+pub struct ModelContext {
+    /// The run being executed.
+    pub run_id: RunId,
+    /// Model name (for record keys).
+    pub model: String,
+    /// Model version (for records).
+    pub model_version: String,
+    /// Chain.
+    pub chain: Chain,
+    /// The run's blocks.
+    pub range: BlockRange,
+    /// The chain's source, for `reads` models' contract calls.
+    pub source: Arc<dyn BlockSource>,
+}
+
+impl ModelContext {
+    /// A record of this run about `block` at `position`.
+    pub fn record(&self, block: &Block, position: u64, payload: serde_json::Value) -> Record {
+        Record {
+            key: RecordKey {
+                model: self.model.clone(),
+                chain: self.chain.clone(),
+                block_number: block.number,
+                position,
+            },
+            model_version: self.model_version.clone(),
+            block_hash: block.hash,
+            run_id: self.run_id,
+            payload,
+        }
+    }
+}
+
+/// A model failure; the run's attempt fails with its message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// The model's own failure.
+    #[error("{0}")]
+    Failed(String),
+    /// A contract read or block load failed.
+    #[error("chain source: {0}")]
+    Source(#[from] SourceError),
+}
+
+/// User code that turns blocks into records.
+///
+/// Implementations MUST be deterministic for the same blocks (same records, same keys), MUST
+/// produce unique `(block, position)` pairs, and SHOULD NOT keep state between runs: runs of one
+/// model execute concurrently on many workers.
+#[async_trait]
+pub trait Model: fmt::Debug + Send + Sync + 'static {
+    /// Unique name, e.g. `erc20_transfers`.
+    fn name(&self) -> &str;
+    /// Version; change it when output changes.
+    fn version(&self) -> &str;
+    /// Reads or nonreads: decides the queue.
+    fn kind(&self) -> ModelKind;
+    /// Chains it supports; empty means every chain.
+    fn chains(&self) -> Vec<Chain> {
+        Vec::new()
+    }
+    /// Runs over `blocks` (the whole run range, ascending).
+    async fn run(&self, ctx: &ModelContext, blocks: &[Block]) -> Result<Vec<Record>, ModelError>;
+}
+
+/// Asked for a model that is not registered, or registered twice.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// No model by that name.
+    #[error("unknown model {name:?}: registered models are {known}")]
+    UnknownModel {
+        /// The requested name.
+        name: String,
+        /// Comma-separated registered names.
+        known: String,
+    },
+    /// A second model with the same name.
+    #[error("model {name:?} is already registered")]
+    Duplicate {
+        /// The name.
+        name: String,
+    },
+    /// A model that does not support the chain.
+    #[error("model {model:?} does not support chain {chain:?} (it supports {supported})")]
+    UnsupportedChain {
+        /// Model name.
+        model: String,
+        /// Requested chain.
+        chain: String,
+        /// Supported chains.
+        supported: String,
+    },
+}
+
+/// The models a process can run, by name.
+#[derive(Debug, Clone, Default)]
+pub struct ModelRegistry {
+    models: BTreeMap<String, Arc<dyn Model>>,
+}
+
+impl ModelRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a model; refuses a second model with the same name.
+    pub fn register(&mut self, model: Arc<dyn Model>) -> Result<(), RegistryError> {
+        let name = model.name().to_owned();
+        if self.models.contains_key(&name) {
+            return Err(RegistryError::Duplicate { name });
+        }
+        self.models.insert(name, model);
+        Ok(())
+    }
+
+    /// Adds a model, builder style.
+    pub fn with(mut self, model: Arc<dyn Model>) -> Result<Self, RegistryError> {
+        self.register(model)?;
+        Ok(self)
+    }
+
+    /// The model called `name`.
+    pub fn get(&self, name: &str) -> Result<Arc<dyn Model>, RegistryError> {
+        self.models
+            .get(name)
+            .cloned()
+            .ok_or_else(|| RegistryError::UnknownModel {
+                name: name.chars().take(64).collect(),
+                known: self.names().join(", "),
+            })
+    }
+
+    /// The model called `name`, checked to support `chain`.
+    pub fn get_for(&self, name: &str, chain: &Chain) -> Result<Arc<dyn Model>, RegistryError> {
+        let model = self.get(name)?;
+        let chains = model.chains();
+        if !chains.is_empty() && !chains.contains(chain) {
+            return Err(RegistryError::UnsupportedChain {
+                model: name.to_owned(),
+                chain: chain.to_string(),
+                supported: chains
+                    .iter()
+                    .map(Chain::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        Ok(model)
+    }
+
+    /// Registered names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        self.models.keys().map(String::as_str).collect()
+    }
+
+    /// Registered models, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Model>> {
+        self.models.values()
+    }
+}

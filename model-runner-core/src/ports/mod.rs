@@ -1,0 +1,18 @@
+//! The ports: traits the engine is written against, each with its contract in MUST/SHOULD
+//! words. Every adapter (in-memory here, SQLite/Postgres/RabbitMQ/Kafka/... in
+//! `model-runner-adapters`) passes the port's conformance suite, which checks each MUST.
+//!
+//! Blob storage is not a port of ours: it is `Arc<dyn object_store::ObjectStore>` itself.
+
+mod queue;
+mod sink;
+mod source;
+mod store;
+
+pub use queue::{Consumer, Delivery, DeliveryHandle, QueueError, RunMessage, RunQueue};
+pub use sink::{ResultSink, SinkError};
+pub use source::{BlockSource, SourceError};
+pub use store::{
+    CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
+    cursor_conflict, idempotency_conflict, same_batch, state_conflict, validate_batch,
+};

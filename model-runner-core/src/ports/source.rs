@@ -1,0 +1,91 @@
+//! [`BlockSource`]: where a chain's blocks come from.
+
+use std::fmt;
+use std::sync::Arc;
+
+use alloy_primitives::Bytes;
+use async_trait::async_trait;
+
+use crate::chain::{BlockRange, Chain};
+use crate::data::{Block, BlockHead, CallRequest};
+
+/// A block source failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// A block the source does not have (yet).
+    #[error("block {number} not available from {source_name}")]
+    BlockNotFound {
+        /// Block number.
+        number: u64,
+        /// Which source.
+        source_name: String,
+    },
+    /// The source cannot do this (e.g. `call` on a file source).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// Data that does not parse.
+    #[error("invalid chain data: {0}")]
+    InvalidData(String),
+    /// The node is unreachable or rate-limits; retry later.
+    #[error("chain source unavailable ({adapter}): {message}")]
+    Unavailable {
+        /// Adapter.
+        adapter: &'static str,
+        /// What happened (no secrets).
+        message: String,
+    },
+    /// Any other backend failure.
+    #[error("chain source {adapter}: {source}")]
+    Backend {
+        /// Adapter.
+        adapter: &'static str,
+        /// Cause.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// One chain's blocks, head and contract state.
+///
+/// # Contract
+///
+/// - `head` MUST return the latest block the source can serve.
+/// - `blocks` MUST return every block of the range, ascending, each with all its transactions
+///   and logs (and receipts when the source has them), or an error: never a partial range.
+///   A block past the head is `BlockNotFound`.
+/// - The same block number MUST give the same block until a reorg replaces it (then the hash
+///   differs).
+/// - `call` MUST read contract state as of the given block, or say `Unsupported`.
+#[async_trait]
+pub trait BlockSource: fmt::Debug + Send + Sync + 'static {
+    /// The chain this source serves.
+    fn chain(&self) -> &Chain;
+    /// The latest block.
+    async fn head(&self) -> Result<BlockHead, SourceError>;
+    /// The blocks of `range`.
+    async fn blocks(&self, range: BlockRange) -> Result<Vec<Block>, SourceError>;
+    /// Reads contract state (`eth_call`).
+    async fn call(&self, request: &CallRequest) -> Result<Bytes, SourceError> {
+        let _ = request;
+        Err(SourceError::Unsupported(format!(
+            "this {} source cannot call contracts",
+            self.chain()
+        )))
+    }
+}
+
+#[async_trait]
+impl<T: BlockSource + ?Sized> BlockSource for Arc<T> {
+    fn chain(&self) -> &Chain {
+        (**self).chain()
+    }
+    async fn head(&self) -> Result<BlockHead, SourceError> {
+        (**self).head().await
+    }
+    async fn blocks(&self, range: BlockRange) -> Result<Vec<Block>, SourceError> {
+        (**self).blocks(range).await
+    }
+    async fn call(&self, request: &CallRequest) -> Result<Bytes, SourceError> {
+        (**self).call(request).await
+    }
+}

@@ -1,0 +1,451 @@
+//! [`RunStore`]: where run state lives.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::chain::{Chain, RunMode};
+use crate::run::{ModelRun, NewRun, RunEvent, RunId, RunState, TransitionError};
+
+/// A store failure a caller can act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No run with that id.
+    #[error("run {id} not found")]
+    NotFound {
+        /// The id asked for.
+        id: RunId,
+    },
+    /// The run is not in the state/attempt the caller expected (someone else moved it), or an
+    /// idempotency key / cursor does not match. `current` is the run as stored, when there is one.
+    #[error("conflict: {message}")]
+    Conflict {
+        /// What did not match.
+        message: String,
+        /// The run as it is now.
+        current: Option<Box<ModelRun>>,
+    },
+    /// The state machine refused the event.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// Bad input (e.g. an empty batch, a malformed cursor).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The backend is unreachable or overloaded; the operation may be retried.
+    #[error("store unavailable ({adapter}): {message}")]
+    Unavailable {
+        /// Adapter name.
+        adapter: &'static str,
+        /// What happened (no secrets).
+        message: String,
+    },
+    /// Any other backend failure.
+    #[error("store backend {adapter}: {source}")]
+    Backend {
+        /// Adapter name.
+        adapter: &'static str,
+        /// The cause.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying the same call may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+
+    /// The stored run carried by a [`StoreError::Conflict`].
+    pub fn current(&self) -> Option<&ModelRun> {
+        match self {
+            StoreError::Conflict { current, .. } => current.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// A batch of runs to create atomically.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateRuns {
+    /// Runs, in order.
+    pub runs: Vec<NewRun>,
+    /// A resubmission with the same key returns the first submission's runs.
+    pub idempotency_key: Option<String>,
+}
+
+/// Result of [`RunStore::create_runs`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedRuns {
+    /// The runs, in submission order.
+    pub runs: Vec<ModelRun>,
+    /// `false` when an earlier submission with the same idempotency key was returned.
+    pub created: bool,
+}
+
+/// Filter and page of [`RunStore::list`]. Fields left `None` match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunFilter {
+    /// Model name.
+    pub model: Option<String>,
+    /// Chain.
+    pub chain: Option<Chain>,
+    /// State.
+    pub state: Option<RunState>,
+    /// Mode.
+    pub mode: Option<RunMode>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Only runs with an id greater than this (the previous page's `next`).
+    pub after: Option<RunId>,
+    /// Page size; adapters cap it at 1000. `0` means the default of 100.
+    pub limit: u32,
+}
+
+impl RunFilter {
+    /// The effective page size.
+    pub fn page_size(&self) -> usize {
+        match self.limit {
+            0 => 100,
+            n => n.min(1000) as usize,
+        }
+    }
+
+    /// Whether `run` matches every field but the page bounds.
+    pub fn matches(&self, run: &ModelRun) -> bool {
+        self.model.as_ref().is_none_or(|m| &run.model == m)
+            && self.chain.as_ref().is_none_or(|c| &run.chain == c)
+            && self.state.is_none_or(|s| run.state == s)
+            && self.mode.is_none_or(|m| run.mode == m)
+            && self.since.is_none_or(|t| run.created_at >= t)
+            && self.after.is_none_or(|a| run.id > a)
+    }
+}
+
+/// One page of runs, ascending by id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunPage {
+    /// The runs.
+    pub runs: Vec<ModelRun>,
+    /// Pass as `after` for the next page; `None` on the last page.
+    pub next: Option<RunId>,
+}
+
+/// Where realtime scheduling of a model on a chain has got to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RealtimeCursor {
+    /// Model.
+    pub model: String,
+    /// Chain.
+    pub chain: Chain,
+    /// Last block covered by a created run (inclusive).
+    pub block: u64,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Durable run state, the outbox and the realtime cursors.
+///
+/// # Contract
+///
+/// - `create_runs` MUST create all runs of a batch or none, in state `pending`, attempt 1, with
+///   fresh UUID v7 ids ascending in batch order. With an idempotency key it MUST return the runs
+///   of the first batch created with that key (and `created = false`) instead of creating more;
+///   a resubmission with the same key but different runs MUST be a `Conflict`. An empty batch is
+///   `InvalidInput`.
+/// - `get` MUST return `NotFound` for an unknown id.
+/// - `list` MUST return runs matching the filter ascending by id, at most `page_size()` of them,
+///   and `next` MUST be set exactly when more matching runs may follow; walking pages with
+///   `after = next` MUST visit every matching run once, even while runs are added.
+/// - `transition` MUST be a compare-and-set: it applies the event (with [`ModelRun::apply`], the
+///   only place transitions are decided) only if the run is still in `expected` state on
+///   `expected_attempt`, else `Conflict` carrying the current run; a refused event is
+///   `Transition` and changes nothing. Concurrent transitions of one run MUST serialise: of two
+///   racing callers with the same expectation exactly one wins.
+/// - `claim` MUST move a `queued` run on `attempt` to `running` with a lease for `owner`, and
+///   MUST let exactly one of any number of concurrent claimers win.
+/// - `heartbeat` MUST renew the lease and record progress only for the current lease holder on
+///   that attempt.
+/// - `expired_leases` MUST return `running` runs whose lease ended before `now`.
+/// - `outbox` MUST return runs due for publishing at `now` (see
+///   [`ModelRun::is_due_for_publish`]): every `pending` run, oldest first, then retries whose
+///   time has come.
+/// - `advance_cursor` MUST, atomically, check the cursor of (model, chain) equals `expected`
+///   (`None`: no cursor yet), set it to `to`, and create `runs`; on mismatch nothing changes and
+///   it returns `Conflict`.
+/// - `try_lock` MUST grant a named lease to one owner at a time until `until`; the holder MAY
+///   renew it; another owner gets it only after it ends.
+/// - Every write MUST be durable when the call returns (for durable adapters).
+#[async_trait]
+pub trait RunStore: fmt::Debug + Send + Sync + 'static {
+    /// Creates a batch of runs atomically (see the contract).
+    async fn create_runs(&self, batch: CreateRuns) -> Result<CreatedRuns, StoreError>;
+
+    /// One run.
+    async fn get(&self, id: RunId) -> Result<ModelRun, StoreError>;
+
+    /// A page of runs matching `filter`.
+    async fn list(&self, filter: &RunFilter) -> Result<RunPage, StoreError>;
+
+    /// Number of runs per state, for runs matching `filter`'s model, chain, mode and since.
+    async fn count_by_state(
+        &self,
+        filter: &RunFilter,
+    ) -> Result<BTreeMap<RunState, u64>, StoreError>;
+
+    /// Compare-and-set transition.
+    async fn transition(
+        &self,
+        id: RunId,
+        expected: RunState,
+        expected_attempt: u32,
+        event: RunEvent,
+    ) -> Result<ModelRun, StoreError>;
+
+    /// Claims a queued run for `owner` until `lease_until`.
+    async fn claim(
+        &self,
+        id: RunId,
+        attempt: u32,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<ModelRun, StoreError> {
+        self.transition(
+            id,
+            RunState::Queued,
+            attempt,
+            RunEvent::Start {
+                owner: owner.to_owned(),
+                lease_until,
+            },
+        )
+        .await
+    }
+
+    /// Renews `owner`'s lease and records progress.
+    async fn heartbeat(
+        &self,
+        id: RunId,
+        attempt: u32,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+        blocks_done: u64,
+    ) -> Result<ModelRun, StoreError> {
+        self.transition(
+            id,
+            RunState::Running,
+            attempt,
+            RunEvent::Heartbeat {
+                owner: owner.to_owned(),
+                lease_until,
+                blocks_done,
+            },
+        )
+        .await
+    }
+
+    /// Running runs whose lease ended before `now`, oldest lease first.
+    async fn expired_leases(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<ModelRun>, StoreError>;
+
+    /// Runs due for publishing at `now`, in order.
+    async fn outbox(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<ModelRun>, StoreError>;
+
+    /// The realtime cursor of (model, chain).
+    async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError>;
+
+    /// Every realtime cursor, optionally of one chain.
+    async fn cursors(&self, chain: Option<&Chain>) -> Result<Vec<RealtimeCursor>, StoreError>;
+
+    /// Moves the cursor from `expected` to `to` and creates `runs`, atomically.
+    async fn advance_cursor(
+        &self,
+        model: &str,
+        chain: &Chain,
+        expected: Option<u64>,
+        to: u64,
+        runs: Vec<NewRun>,
+    ) -> Result<Vec<ModelRun>, StoreError>;
+
+    /// Takes or renews the named lease for `owner` until `until`; `true` if `owner` holds it.
+    async fn try_lock(
+        &self,
+        name: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+}
+
+macro_rules! forward_store {
+    ($ty:ty) => {
+        #[async_trait]
+        impl<T: RunStore + ?Sized> RunStore for $ty {
+            async fn create_runs(&self, batch: CreateRuns) -> Result<CreatedRuns, StoreError> {
+                (**self).create_runs(batch).await
+            }
+            async fn get(&self, id: RunId) -> Result<ModelRun, StoreError> {
+                (**self).get(id).await
+            }
+            async fn list(&self, filter: &RunFilter) -> Result<RunPage, StoreError> {
+                (**self).list(filter).await
+            }
+            async fn count_by_state(
+                &self,
+                filter: &RunFilter,
+            ) -> Result<BTreeMap<RunState, u64>, StoreError> {
+                (**self).count_by_state(filter).await
+            }
+            async fn transition(
+                &self,
+                id: RunId,
+                expected: RunState,
+                expected_attempt: u32,
+                event: RunEvent,
+            ) -> Result<ModelRun, StoreError> {
+                (**self)
+                    .transition(id, expected, expected_attempt, event)
+                    .await
+            }
+            async fn claim(
+                &self,
+                id: RunId,
+                attempt: u32,
+                owner: &str,
+                lease_until: DateTime<Utc>,
+            ) -> Result<ModelRun, StoreError> {
+                (**self).claim(id, attempt, owner, lease_until).await
+            }
+            async fn heartbeat(
+                &self,
+                id: RunId,
+                attempt: u32,
+                owner: &str,
+                lease_until: DateTime<Utc>,
+                blocks_done: u64,
+            ) -> Result<ModelRun, StoreError> {
+                (**self)
+                    .heartbeat(id, attempt, owner, lease_until, blocks_done)
+                    .await
+            }
+            async fn expired_leases(
+                &self,
+                now: DateTime<Utc>,
+                limit: usize,
+            ) -> Result<Vec<ModelRun>, StoreError> {
+                (**self).expired_leases(now, limit).await
+            }
+            async fn outbox(
+                &self,
+                now: DateTime<Utc>,
+                limit: usize,
+            ) -> Result<Vec<ModelRun>, StoreError> {
+                (**self).outbox(now, limit).await
+            }
+            async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError> {
+                (**self).cursor(model, chain).await
+            }
+            async fn cursors(
+                &self,
+                chain: Option<&Chain>,
+            ) -> Result<Vec<RealtimeCursor>, StoreError> {
+                (**self).cursors(chain).await
+            }
+            async fn advance_cursor(
+                &self,
+                model: &str,
+                chain: &Chain,
+                expected: Option<u64>,
+                to: u64,
+                runs: Vec<NewRun>,
+            ) -> Result<Vec<ModelRun>, StoreError> {
+                (**self)
+                    .advance_cursor(model, chain, expected, to, runs)
+                    .await
+            }
+            async fn try_lock(
+                &self,
+                name: &str,
+                owner: &str,
+                until: DateTime<Utc>,
+            ) -> Result<bool, StoreError> {
+                (**self).try_lock(name, owner, until).await
+            }
+        }
+    };
+}
+forward_store!(Arc<T>);
+forward_store!(Box<T>);
+
+/// Checks a batch before creation: not empty, each run sane. Shared by adapters so every store
+/// refuses the same inputs with the same words.
+pub fn validate_batch(runs: &[NewRun]) -> Result<(), StoreError> {
+    if runs.is_empty() {
+        return Err(StoreError::InvalidInput(
+            "a batch must hold at least one run".into(),
+        ));
+    }
+    for r in runs {
+        if r.model.is_empty() {
+            return Err(StoreError::InvalidInput("model name is empty".into()));
+        }
+        if r.queue.is_empty() {
+            return Err(StoreError::InvalidInput(format!(
+                "run of {} over {} has no queue",
+                r.model, r.range
+            )));
+        }
+        if r.max_attempts == 0 {
+            return Err(StoreError::InvalidInput(
+                "max_attempts must be at least 1".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `existing` runs (of an idempotency key) were created from `requested`.
+pub fn same_batch(existing: &[ModelRun], requested: &[NewRun]) -> bool {
+    existing.len() == requested.len()
+        && existing.iter().zip(requested).all(|(e, r)| {
+            e.model == r.model && e.chain == r.chain && e.range == r.range && e.mode == r.mode
+        })
+}
+
+/// The conflict returned when an idempotency key is reused for a different batch.
+pub fn idempotency_conflict(key: &str) -> StoreError {
+    StoreError::Conflict {
+        message: format!("idempotency key {key:?} was already used for a different set of runs"),
+        current: None,
+    }
+}
+
+/// The conflict returned when a run is not in the expected state or attempt.
+pub fn state_conflict(current: ModelRun, expected: RunState, expected_attempt: u32) -> StoreError {
+    StoreError::Conflict {
+        message: format!(
+            "run {} is {} on attempt {}, not {} on attempt {}",
+            current.id, current.state, current.attempt, expected, expected_attempt
+        ),
+        current: Some(Box::new(current)),
+    }
+}
+
+/// The conflict returned when a realtime cursor moved.
+pub fn cursor_conflict(
+    model: &str,
+    chain: &Chain,
+    expected: Option<u64>,
+    actual: Option<u64>,
+) -> StoreError {
+    StoreError::Conflict {
+        message: format!("realtime cursor of {model} on {chain} is {actual:?}, not {expected:?}"),
+        current: None,
+    }
+}

@@ -1,0 +1,646 @@
+//! Model runs and their one state machine.
+//!
+//! ```text
+//! pending ──Enqueue──▶ queued ──Start──▶ running ──Succeed──▶ succeeded
+//!                        ▲                  │ ├──Fail──────▶ failed  ──┐
+//!                        │                  │ └──Expire────▶ expired ──┤
+//!                        └──────Enqueue (attempt + 1, while attempts remain)
+//! pending | queued | running ──Cancel──▶ cancelled
+//! ```
+//!
+//! [`RunState::next`] is the only place a transition is decided and [`ModelRun::apply`] the only
+//! place a run's fields change with it; stores call `apply` and persist the result with a
+//! compare-and-set on `(id, state, attempt)`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::chain::{BlockRange, Chain, ModelKind, RunMode, str_enum};
+
+/// A run id: a UUID v7, so ids sort by creation time and key pagination is stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(pub Uuid);
+
+impl RunId {
+    /// A new time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A string that is not a UUID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid run id {input:?}: expected a UUID such as 0192f0c4-7a3e-7d1b-9a55-3f1e2b4c5d6e")]
+pub struct RunIdError {
+    /// The rejected input.
+    pub input: String,
+}
+
+impl FromStr for RunId {
+    type Err = RunIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self).map_err(|_| RunIdError {
+            input: s.chars().take(64).collect(),
+        })
+    }
+}
+
+str_enum!(
+    /// Where a run is in its life. See the module docs for the diagram.
+    RunState, InvalidState, {
+        /// Created, in the outbox, not yet on a queue.
+        Pending => "pending",
+        /// Published to its queue, waiting for a worker.
+        Queued => "queued",
+        /// Claimed by a worker holding a lease.
+        Running => "running",
+        /// Done; its records are in the sink.
+        Succeeded => "succeeded",
+        /// The model or the sink failed; retried while attempts remain.
+        Failed => "failed",
+        /// The worker's lease ran out; retried while attempts remain.
+        Expired => "expired",
+        /// Cancelled by a user; never runs again.
+        Cancelled => "cancelled",
+    }
+);
+
+impl RunState {
+    /// Whether no further work happens in this state on its own (`failed` and `expired` still
+    /// go back to `queued` while attempts remain).
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Expired | RunState::Cancelled
+        )
+    }
+
+    /// The state `event` leads to from `self`, for a run on attempt `attempt` of `max_attempts`.
+    /// This is the whole state machine.
+    pub fn next(
+        self,
+        event: &RunEvent,
+        attempt: u32,
+        max_attempts: u32,
+    ) -> Result<RunState, TransitionError> {
+        use RunState::*;
+        let to = match (self, event) {
+            (Pending, RunEvent::Enqueue) => Queued,
+            (Failed | Expired, RunEvent::Enqueue) if attempt < max_attempts => Queued,
+            (Failed | Expired, RunEvent::Enqueue) => {
+                return Err(TransitionError::AttemptsExhausted {
+                    state: self,
+                    attempt,
+                    max_attempts,
+                });
+            }
+            (Queued, RunEvent::Start { .. }) => Running,
+            (Running, RunEvent::Heartbeat { .. }) => Running,
+            (Running, RunEvent::Succeed { .. }) => Succeeded,
+            (Running, RunEvent::Fail { .. }) => Failed,
+            (Running, RunEvent::Expire { .. }) => Expired,
+            (Pending | Queued | Running, RunEvent::Cancel { .. }) => Cancelled,
+            (Failed | Expired, RunEvent::ScheduleRetry { .. }) => self,
+            _ => {
+                return Err(TransitionError::Illegal {
+                    from: self,
+                    event: event.name(),
+                });
+            }
+        };
+        Ok(to)
+    }
+}
+
+/// Something that happens to a run. Timestamps are the caller's clock, so stores and tests agree
+/// on lease expiry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// The run's message was confirmed by the queue. From `failed`/`expired` this starts the
+    /// next attempt.
+    Enqueue,
+    /// A worker claims the run until `lease_until`.
+    Start {
+        /// Who holds the lease (worker id).
+        owner: String,
+        /// When the lease ends unless renewed.
+        lease_until: DateTime<Utc>,
+    },
+    /// The lease holder renews its lease and reports progress.
+    Heartbeat {
+        /// Who holds the lease; must match.
+        owner: String,
+        /// The new end of the lease.
+        lease_until: DateTime<Utc>,
+        /// Blocks processed so far.
+        blocks_done: u64,
+    },
+    /// The run's records are durably in the sink.
+    Succeed {
+        /// Blocks processed.
+        blocks_done: u64,
+        /// Records sent to the sink.
+        records_written: u64,
+    },
+    /// The attempt failed. `retry_at` is when the next attempt may start; it is dropped when no
+    /// attempts remain.
+    Fail {
+        /// What went wrong, shown to users.
+        error: String,
+        /// Earliest start of the next attempt.
+        retry_at: Option<DateTime<Utc>>,
+    },
+    /// The lease ran out without a heartbeat.
+    Expire {
+        /// Earliest start of the next attempt.
+        retry_at: Option<DateTime<Utc>>,
+    },
+    /// A user cancels the run.
+    Cancel {
+        /// Why, if given.
+        reason: Option<String>,
+    },
+    /// A user asks a `failed`/`expired` run to be retried at `at`, granting one more attempt if
+    /// none remain.
+    ScheduleRetry {
+        /// When the retry may start.
+        at: DateTime<Utc>,
+    },
+}
+
+impl RunEvent {
+    /// The event's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RunEvent::Enqueue => "enqueue",
+            RunEvent::Start { .. } => "start",
+            RunEvent::Heartbeat { .. } => "heartbeat",
+            RunEvent::Succeed { .. } => "succeed",
+            RunEvent::Fail { .. } => "fail",
+            RunEvent::Expire { .. } => "expire",
+            RunEvent::Cancel { .. } => "cancel",
+            RunEvent::ScheduleRetry { .. } => "retry",
+        }
+    }
+}
+
+/// A refused transition. Never a panic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransitionError {
+    /// The state machine has no such edge.
+    #[error("cannot {event} a run that is {from}")]
+    Illegal {
+        /// Current state.
+        from: RunState,
+        /// The refused event.
+        event: &'static str,
+    },
+    /// A retry was asked of a run with no attempts left.
+    #[error(
+        "cannot requeue a run that is {state}: all {max_attempts} attempts are spent (attempt {attempt})"
+    )]
+    AttemptsExhausted {
+        /// Current state.
+        state: RunState,
+        /// Current attempt.
+        attempt: u32,
+        /// Attempts allowed.
+        max_attempts: u32,
+    },
+    /// A heartbeat from a worker that does not hold the lease.
+    #[error("run is leased by {holder:?}, not {owner:?}")]
+    NotLeaseHolder {
+        /// The current holder.
+        holder: Option<String>,
+        /// Who asked.
+        owner: String,
+    },
+}
+
+/// A request to create one run; the store assigns id, state and timestamps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewRun {
+    /// Model name.
+    pub model: String,
+    /// Model version at scheduling time.
+    pub model_version: String,
+    /// Chain.
+    pub chain: Chain,
+    /// Blocks to process.
+    pub range: BlockRange,
+    /// How it was scheduled.
+    pub mode: RunMode,
+    /// Reads or nonreads.
+    pub kind: ModelKind,
+    /// Queue it is published to (see [`crate::routing`]).
+    pub queue: String,
+    /// Attempts allowed, at least 1.
+    pub max_attempts: u32,
+}
+
+/// One execution unit: a model over a block range on a chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRun {
+    /// UUID v7.
+    pub id: RunId,
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub model_version: String,
+    /// Chain.
+    pub chain: Chain,
+    /// Blocks to process.
+    pub range: BlockRange,
+    /// How it was scheduled.
+    pub mode: RunMode,
+    /// Reads or nonreads.
+    pub kind: ModelKind,
+    /// The queue it is published to.
+    pub queue: String,
+    /// Current state.
+    pub state: RunState,
+    /// Current attempt, from 1.
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// When the current attempt was confirmed by the queue.
+    pub queued_at: Option<DateTime<Utc>>,
+    /// When the current attempt was claimed.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a final state.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The worker holding the lease while `running`.
+    pub lease_owner: Option<String>,
+    /// When the lease ends unless renewed.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// For `failed`/`expired` runs with attempts left: when the next attempt may be queued.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Blocks processed by the current attempt.
+    pub blocks_done: u64,
+    /// Records the succeeded attempt wrote.
+    pub records_written: u64,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+    /// The idempotency key of the batch that created it.
+    pub idempotency_key: Option<String>,
+}
+
+impl ModelRun {
+    /// A new `pending` run on attempt 1.
+    pub fn new(spec: NewRun, idempotency_key: Option<String>, now: DateTime<Utc>) -> Self {
+        Self {
+            id: RunId::new(),
+            model: spec.model,
+            model_version: spec.model_version,
+            chain: spec.chain,
+            range: spec.range,
+            mode: spec.mode,
+            kind: spec.kind,
+            queue: spec.queue,
+            state: RunState::Pending,
+            attempt: 1,
+            max_attempts: spec.max_attempts.max(1),
+            created_at: now,
+            updated_at: now,
+            queued_at: None,
+            started_at: None,
+            finished_at: None,
+            lease_owner: None,
+            lease_expires_at: None,
+            next_attempt_at: None,
+            blocks_done: 0,
+            records_written: 0,
+            last_error: None,
+            idempotency_key,
+        }
+    }
+
+    /// The attempt number the run's next queue message carries: the current one while
+    /// `pending`, the next one for a `failed`/`expired` run being retried.
+    pub fn publish_attempt(&self) -> u32 {
+        match self.state {
+            RunState::Failed | RunState::Expired => self.attempt + 1,
+            _ => self.attempt,
+        }
+    }
+
+    /// Whether the outbox should publish this run at `now`.
+    pub fn is_due_for_publish(&self, now: DateTime<Utc>) -> bool {
+        match self.state {
+            RunState::Pending => true,
+            RunState::Failed | RunState::Expired => {
+                self.attempt < self.max_attempts && self.next_attempt_at.is_some_and(|at| at <= now)
+            }
+            _ => false,
+        }
+    }
+
+    /// Applies `event` at `now`: decides the new state with [`RunState::next`] and updates the
+    /// fields that go with it. On error the run is unchanged.
+    pub fn apply(&mut self, event: &RunEvent, now: DateTime<Utc>) -> Result<(), TransitionError> {
+        let to = self.state.next(event, self.attempt, self.max_attempts)?;
+        match event {
+            RunEvent::Enqueue => {
+                if self.state != RunState::Pending {
+                    self.attempt += 1;
+                }
+                self.queued_at = Some(now);
+                self.started_at = None;
+                self.finished_at = None;
+                self.next_attempt_at = None;
+                self.blocks_done = 0;
+            }
+            RunEvent::Start { owner, lease_until } => {
+                self.lease_owner = Some(owner.clone());
+                self.lease_expires_at = Some(*lease_until);
+                self.started_at = Some(now);
+            }
+            RunEvent::Heartbeat {
+                owner,
+                lease_until,
+                blocks_done,
+            } => {
+                if self.lease_owner.as_deref() != Some(owner) {
+                    return Err(TransitionError::NotLeaseHolder {
+                        holder: self.lease_owner.clone(),
+                        owner: owner.clone(),
+                    });
+                }
+                self.lease_expires_at = Some(*lease_until);
+                self.blocks_done = *blocks_done;
+            }
+            RunEvent::Succeed {
+                blocks_done,
+                records_written,
+            } => {
+                self.blocks_done = *blocks_done;
+                self.records_written = *records_written;
+                self.last_error = None;
+                self.release(now);
+            }
+            RunEvent::Fail { error, retry_at } => {
+                self.last_error = Some(error.clone());
+                self.next_attempt_at = retry_at.filter(|_| self.attempt < self.max_attempts);
+                self.release(now);
+            }
+            RunEvent::Expire { retry_at } => {
+                self.last_error = Some(format!(
+                    "lease of {} expired (attempt {})",
+                    self.lease_owner.as_deref().unwrap_or("unknown worker"),
+                    self.attempt
+                ));
+                self.next_attempt_at = retry_at.filter(|_| self.attempt < self.max_attempts);
+                self.release(now);
+            }
+            RunEvent::Cancel { reason } => {
+                if let Some(r) = reason {
+                    self.last_error = Some(format!("cancelled: {r}"));
+                }
+                self.next_attempt_at = None;
+                self.release(now);
+            }
+            RunEvent::ScheduleRetry { at } => {
+                self.max_attempts = self.max_attempts.max(self.attempt + 1);
+                self.next_attempt_at = Some(*at);
+            }
+        }
+        self.state = to;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    fn release(&mut self, now: DateTime<Utc>) {
+        self.lease_owner = None;
+        self.lease_expires_at = None;
+        self.finished_at = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RunState::*;
+
+    fn all_events() -> Vec<RunEvent> {
+        let t = Utc::now();
+        vec![
+            RunEvent::Enqueue,
+            RunEvent::Start {
+                owner: "w".into(),
+                lease_until: t,
+            },
+            RunEvent::Heartbeat {
+                owner: "w".into(),
+                lease_until: t,
+                blocks_done: 1,
+            },
+            RunEvent::Succeed {
+                blocks_done: 1,
+                records_written: 1,
+            },
+            RunEvent::Fail {
+                error: "boom".into(),
+                retry_at: Some(t),
+            },
+            RunEvent::Expire { retry_at: Some(t) },
+            RunEvent::Cancel { reason: None },
+            RunEvent::ScheduleRetry { at: t },
+        ]
+    }
+
+    /// Every (state, event) pair, with attempts remaining: exactly these edges are allowed.
+    #[test]
+    fn every_edge_with_attempts_left() {
+        let allowed: &[(RunState, &str, RunState)] = &[
+            (Pending, "enqueue", Queued),
+            (Failed, "enqueue", Queued),
+            (Expired, "enqueue", Queued),
+            (Queued, "start", Running),
+            (Running, "heartbeat", Running),
+            (Running, "succeed", Succeeded),
+            (Running, "fail", Failed),
+            (Running, "expire", Expired),
+            (Pending, "cancel", Cancelled),
+            (Queued, "cancel", Cancelled),
+            (Running, "cancel", Cancelled),
+            (Failed, "retry", Failed),
+            (Expired, "retry", Expired),
+        ];
+        let mut seen = 0;
+        for from in RunState::ALL {
+            for ev in all_events() {
+                let got = from.next(&ev, 1, 3);
+                match allowed
+                    .iter()
+                    .find(|(f, e, _)| f == from && *e == ev.name())
+                {
+                    Some((_, _, to)) => {
+                        assert_eq!(got, Ok(*to), "{from} --{}-->", ev.name());
+                        seen += 1;
+                    }
+                    None => assert_eq!(
+                        got,
+                        Err(TransitionError::Illegal {
+                            from: *from,
+                            event: ev.name()
+                        }),
+                        "{from} --{}--> must be refused",
+                        ev.name()
+                    ),
+                }
+            }
+        }
+        assert_eq!(seen, allowed.len());
+    }
+
+    #[test]
+    fn requeue_needs_attempts_left() {
+        for from in [Failed, Expired] {
+            let err = from.next(&RunEvent::Enqueue, 3, 3).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "cannot requeue a run that is {from}: all 3 attempts are spent (attempt 3)"
+                )
+            );
+        }
+        // A pending run is on its first attempt whatever max_attempts says.
+        assert_eq!(Pending.next(&RunEvent::Enqueue, 1, 1), Ok(Queued));
+    }
+
+    #[test]
+    fn finished_states_refuse_everything_but_retry() {
+        for from in [Succeeded, Cancelled] {
+            for ev in all_events() {
+                assert!(from.next(&ev, 1, 5).is_err(), "{from} {}", ev.name());
+            }
+        }
+        let msg = Succeeded
+            .next(&RunEvent::Cancel { reason: None }, 1, 1)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(msg, "cannot cancel a run that is succeeded");
+    }
+
+    fn run() -> ModelRun {
+        ModelRun::new(
+            NewRun {
+                model: "m".into(),
+                model_version: "1".into(),
+                chain: Chain::new("ethereum").unwrap(),
+                range: BlockRange::new(0, 9).unwrap(),
+                mode: RunMode::Backfill,
+                kind: ModelKind::Nonreads,
+                queue: "ethereum_backfill_nonreads".into(),
+                max_attempts: 2,
+            },
+            None,
+            Utc::now(),
+        )
+    }
+
+    #[test]
+    fn apply_walks_a_retry_cycle() {
+        let now = Utc::now();
+        let mut r = run();
+        assert_eq!(r.publish_attempt(), 1);
+        r.apply(&RunEvent::Enqueue, now).unwrap();
+        r.apply(
+            &RunEvent::Start {
+                owner: "w1".into(),
+                lease_until: now,
+            },
+            now,
+        )
+        .unwrap();
+        let hb = RunEvent::Heartbeat {
+            owner: "w2".into(),
+            lease_until: now,
+            blocks_done: 3,
+        };
+        assert!(matches!(
+            r.apply(&hb, now),
+            Err(TransitionError::NotLeaseHolder { .. })
+        ));
+        assert_eq!(r.blocks_done, 0, "a refused event changes nothing");
+        r.apply(
+            &RunEvent::Fail {
+                error: "boom".into(),
+                retry_at: Some(now),
+            },
+            now,
+        )
+        .unwrap();
+        assert_eq!(r.state, Failed);
+        assert_eq!(r.last_error.as_deref(), Some("boom"));
+        assert!(r.lease_owner.is_none());
+        assert!(r.is_due_for_publish(now));
+        assert_eq!(r.publish_attempt(), 2);
+        r.apply(&RunEvent::Enqueue, now).unwrap();
+        assert_eq!((r.state, r.attempt), (Queued, 2));
+        r.apply(
+            &RunEvent::Start {
+                owner: "w2".into(),
+                lease_until: now,
+            },
+            now,
+        )
+        .unwrap();
+        r.apply(
+            &RunEvent::Fail {
+                error: "again".into(),
+                retry_at: Some(now),
+            },
+            now,
+        )
+        .unwrap();
+        assert_eq!(r.next_attempt_at, None, "no attempts left: no retry time");
+        assert!(!r.is_due_for_publish(now));
+        assert!(r.apply(&RunEvent::Enqueue, now).is_err());
+        r.apply(&RunEvent::ScheduleRetry { at: now }, now).unwrap();
+        assert_eq!(r.max_attempts, 3);
+        assert!(r.is_due_for_publish(now));
+        r.apply(&RunEvent::Enqueue, now).unwrap();
+        assert_eq!((r.state, r.attempt), (Queued, 3));
+    }
+
+    #[test]
+    fn run_ids_parse_and_order() {
+        let a = RunId::new();
+        let b = RunId::new();
+        assert!(a < b);
+        assert_eq!(a.to_string().parse::<RunId>().unwrap(), a);
+        let err = "not-a-uuid".parse::<RunId>().unwrap_err();
+        assert!(err.to_string().contains("\"not-a-uuid\""));
+        assert!(
+            "done"
+                .parse::<RunState>()
+                .unwrap_err()
+                .to_string()
+                .starts_with("invalid run state \"done\"")
+        );
+    }
+}

@@ -1,1 +1,15 @@
-//! Adapters for the model-runner ports.
+//! # model-runner-adapters
+//!
+//! Adapters for the ports of `model-runner-core`, each behind a feature so the embedded default
+//! build compiles no server client it does not use:
+//!
+//! | port | adapter | feature | URL |
+//! |---|---|---|---|
+//! | `RunStore` | SQLite (embedded) | `sqlite` (default) | `sqlite://path.db` |
+//! | `RunStore` | PostgreSQL | `postgres` | `postgres://...` |
+//! | `RunQueue` | RabbitMQ | `rabbitmq` | `amqp://...` |
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;

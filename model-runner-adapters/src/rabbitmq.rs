@@ -1,0 +1,1 @@
+//! RabbitMQ run queue (in progress).

@@ -1,1 +1,168 @@
-//! Engine loops: scheduler, enqueuer and worker.
+//! The engine: three loops written against the ports.
+//!
+//! - [`Scheduler`] turns realtime subscriptions and expired leases into store changes (runs
+//!   created `pending` in the outbox, expired runs sent back for retry); [`submit_backfill`]
+//!   turns a backfill request into one run per chunk.
+//! - [`Enqueuer`] relays the outbox: publishes due runs to their queues and marks them `queued`
+//!   once the broker confirmed.
+//! - [`Worker`] consumes queues, claims runs with a lease, executes models and delivers records.
+//!
+//! Each loop has a `run(self, shutdown)` that returns when `shutdown` is cancelled, so a
+//! process can run any subset of them (`model-runner all` runs all three).
+
+mod enqueuer;
+mod scheduler;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+
+use crate::chain::Chain;
+use crate::model::{ModelRegistry, RegistryError};
+use crate::ports::{
+    BlockSource, QueueError, ResultSink, RunQueue, RunStore, SourceError, StoreError,
+};
+use crate::routing::{Routing, RoutingError};
+
+pub use enqueuer::{Enqueuer, EnqueuerConfig};
+pub use scheduler::{
+    BackfillRequest, RealtimeSubscription, Scheduler, SchedulerConfig, submit_backfill,
+};
+pub use tokio_util::sync::CancellationToken;
+pub use worker::{Worker, WorkerConfig, WorkerStats};
+
+/// What every loop needs: the ports, the models and the routing.
+#[derive(Debug, Clone)]
+pub struct EngineDeps {
+    /// Run state.
+    pub store: Arc<dyn RunStore>,
+    /// Broker.
+    pub queue: Arc<dyn RunQueue>,
+    /// Record destination.
+    pub sink: Arc<dyn ResultSink>,
+    /// One block source per chain.
+    pub sources: HashMap<Chain, Arc<dyn BlockSource>>,
+    /// Models by name.
+    pub models: Arc<ModelRegistry>,
+    /// Queue routing.
+    pub routing: Routing,
+}
+
+impl EngineDeps {
+    /// The source of `chain`, or an error naming the chains that have one.
+    pub fn source(&self, chain: &Chain) -> Result<&Arc<dyn BlockSource>, EngineError> {
+        self.sources.get(chain).ok_or_else(|| {
+            let mut known: Vec<_> = self.sources.keys().map(Chain::to_string).collect();
+            known.sort();
+            EngineError::UnknownChain {
+                chain: chain.to_string(),
+                known: known.join(", "),
+            }
+        })
+    }
+}
+
+/// An engine failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// Store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Queue failure.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// Block source failure.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Unknown or unsupported model.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Bad adhoc slot.
+    #[error(transparent)]
+    Routing(#[from] RoutingError),
+    /// A chain without a configured block source.
+    #[error("unknown chain {chain:?}: block sources are configured for {known}")]
+    UnknownChain {
+        /// The chain.
+        chain: String,
+        /// Chains with a source.
+        known: String,
+    },
+    /// Bad request.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+}
+
+/// Exponential backoff with jitter between attempts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Delay before the second attempt.
+    pub base: Duration,
+    /// Upper bound of any delay.
+    pub max: Duration,
+    /// Relative jitter, `0.0..=1.0`: the delay is scaled by a random factor in `1 ± jitter`.
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    /// 5 s, doubling, at most 10 minutes, ±20 %.
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(5),
+            max: Duration::from_secs(600),
+            jitter: 0.2,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay after attempt `attempt` (1-based) failed.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(
+                1u32.checked_shl(attempt.saturating_sub(1))
+                    .unwrap_or(u32::MAX),
+            )
+            .min(self.max);
+        let jitter = self.jitter.clamp(0.0, 1.0);
+        let factor = if jitter > 0.0 {
+            rand::rng().random_range(1.0 - jitter..=1.0 + jitter)
+        } else {
+            1.0
+        };
+        exp.mul_f64(factor).min(self.max)
+    }
+
+    /// When the next attempt may start if attempt `attempt` failed at `now`.
+    pub fn retry_at(&self, attempt: u32, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + chrono::Duration::from_std(self.delay(attempt)).unwrap_or(chrono::Duration::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_bounded_jitter() {
+        let p = RetryPolicy {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            jitter: 0.0,
+        };
+        let d: Vec<_> = (1..=8).map(|a| p.delay(a).as_secs()).collect();
+        assert_eq!(d, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(p.delay(500), Duration::from_secs(60));
+        let j = RetryPolicy { jitter: 0.2, ..p };
+        for _ in 0..100 {
+            let ms = j.delay(3).as_millis();
+            assert!((3200..=4800).contains(&ms), "{ms}");
+        }
+    }
+}

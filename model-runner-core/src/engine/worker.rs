@@ -1,0 +1,427 @@
+//! The worker: consumes queues, claims runs, executes models, delivers records.
+//!
+//! For each delivery: claim the run (a lease in the store), load its blocks, run the model
+//! (a panic is caught and fails the attempt), send the records to `<env>-<chain>-sink`, mark the
+//! run `succeeded`, then ack. The lease is renewed by heartbeats while the run executes; if the
+//! run is cancelled or its lease is taken meanwhile, the work is abandoned.
+//!
+//! A message whose run is no longer claimable (done, cancelled, a stale attempt, held by
+//! another worker) is acked and dropped; one whose run is not claimable *yet* (the enqueuer has
+//! published but not yet marked it) is requeued. A failed attempt is retried through the outbox
+//! with backoff; the last one's message is rejected to the dead-letter queue.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use super::{CancellationToken, EngineDeps, EngineError, RetryPolicy};
+use crate::model::ModelContext;
+use crate::ports::{Delivery, RunMessage, StoreError};
+use crate::routing::topic_name;
+use crate::run::{ModelRun, RunEvent, RunState};
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Identity, recorded as the lease owner.
+    pub id: String,
+    /// Queues to consume.
+    pub queues: Vec<String>,
+    /// Runs executed at once (across all queues).
+    pub concurrency: usize,
+    /// Unsettled deliveries per queue.
+    pub prefetch: u16,
+    /// Lease length; renewed every `heartbeat`.
+    pub lease: Duration,
+    /// Heartbeat interval; keep it well under `lease`.
+    pub heartbeat: Duration,
+    /// Backoff between attempts.
+    pub retry: RetryPolicy,
+    /// Environment prefix of sink topics (`prod` in `prod-ethereum-sink`).
+    pub env: String,
+    /// On shutdown, how long in-flight runs may take to finish before they are handed back.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            id: format!("worker-{}", uuid::Uuid::now_v7().simple()),
+            queues: Vec::new(),
+            concurrency: 4,
+            prefetch: 8,
+            lease: Duration::from_secs(60),
+            heartbeat: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            env: "dev".into(),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters of one worker, readable while it runs.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Runs that succeeded.
+    pub runs_succeeded: AtomicU64,
+    /// Attempts that failed.
+    pub runs_failed: AtomicU64,
+    /// Blocks of succeeded runs.
+    pub blocks: AtomicU64,
+    /// Records delivered by succeeded runs.
+    pub records: AtomicU64,
+    /// Messages dropped because their run was no longer claimable.
+    pub dropped: AtomicU64,
+}
+
+enum Outcome {
+    Succeeded(u64),
+    Failed { error: String, permanent: bool },
+    LeaseLost(String),
+    HandedBack,
+}
+
+/// The worker loop.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    deps: EngineDeps,
+    config: Arc<WorkerConfig>,
+    stats: Arc<WorkerStats>,
+}
+
+impl Worker {
+    /// A worker over `deps`.
+    pub fn new(deps: EngineDeps, config: WorkerConfig) -> Self {
+        Self {
+            deps,
+            config: Arc::new(config),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// Consumes the configured queues until `shutdown` is cancelled, then stops consuming,
+    /// gives in-flight runs `shutdown_grace` to finish (handing back the rest), and flushes the
+    /// sink.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), EngineError> {
+        if self.config.queues.is_empty() {
+            return Err(EngineError::InvalidInput(
+                "a worker needs at least one queue to consume".into(),
+            ));
+        }
+        let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let hand_back = CancellationToken::new();
+        let mut loops = JoinSet::new();
+        for queue in &self.config.queues {
+            let consumer = self.deps.queue.consume(queue, self.config.prefetch).await?;
+            let (w, permits, shutdown, hand_back) = (
+                self.clone(),
+                permits.clone(),
+                shutdown.clone(),
+                hand_back.clone(),
+            );
+            let queue = queue.clone();
+            loops.spawn(async move {
+                w.consume_loop(queue, consumer, permits, shutdown, hand_back)
+                    .await
+            });
+        }
+        info!(worker = %self.config.id, queues = ?self.config.queues, "worker started");
+        shutdown.cancelled().await;
+        let grace = tokio::time::sleep(self.config.shutdown_grace);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                joined = loops.join_next() => if joined.is_none() { break },
+                _ = &mut grace, if !hand_back.is_cancelled() => {
+                    warn!(worker = %self.config.id, "shutdown grace elapsed; handing back in-flight runs");
+                    hand_back.cancel();
+                }
+            }
+        }
+        if let Err(e) = self.deps.sink.flush().await {
+            warn!(error = %e, "sink flush at shutdown failed");
+        }
+        info!(worker = %self.config.id, "worker stopped");
+        Ok(())
+    }
+
+    async fn consume_loop(
+        self,
+        queue: String,
+        mut consumer: Box<dyn crate::ports::Consumer>,
+        permits: Arc<Semaphore>,
+        shutdown: CancellationToken,
+        hand_back: CancellationToken,
+    ) {
+        let mut inflight = JoinSet::new();
+        let mut failures = 0u32;
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                d = consumer.next() => d,
+            };
+            match next {
+                Ok(Some(delivery)) => {
+                    failures = 0;
+                    let (w, hb) = (self.clone(), hand_back.clone());
+                    inflight.spawn(async move {
+                        w.handle(delivery, hb).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    failures += 1;
+                    warn!(%queue, error = %e, "consume failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(50)))) => {}
+                    }
+                }
+            }
+            // Reap finished runs so the set does not grow.
+            while inflight.try_join_next().is_some() {}
+        }
+        drop(consumer);
+        while inflight.join_next().await.is_some() {}
+    }
+
+    /// Processes one delivery to the end: claim, execute, record the outcome, settle the
+    /// message. `hand_back` abandons the run (shutdown).
+    pub async fn handle(&self, delivery: Delivery, hand_back: CancellationToken) {
+        let msg = delivery.message;
+        let lease_until = Utc::now() + chrono_dur(self.config.lease);
+        let run = match self
+            .deps
+            .store
+            .claim(msg.run_id, msg.attempt, &self.config.id, lease_until)
+            .await
+        {
+            Ok(run) => run,
+            Err(StoreError::Conflict {
+                current: Some(current),
+                ..
+            }) if not_yet_claimable(&msg, &current) => {
+                debug!(run = %msg.run_id, "run not yet marked queued; requeueing its message");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                settle(delivery.nack_requeue().await);
+                return;
+            }
+            Err(StoreError::Conflict { .. } | StoreError::Transition(_)) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                debug!(run = %msg.run_id, attempt = msg.attempt, "run no longer claimable; dropping its message");
+                settle(delivery.ack().await);
+                return;
+            }
+            Err(StoreError::NotFound { id }) => {
+                warn!(run = %id, "message for an unknown run; dead-lettering it");
+                settle(delivery.reject().await);
+                return;
+            }
+            Err(e) => {
+                warn!(run = %msg.run_id, error = %e, "claim failed; requeueing");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                settle(delivery.nack_requeue().await);
+                return;
+            }
+        };
+
+        let outcome = tokio::select! {
+            o = self.execute_with_heartbeat(&run) => o,
+            _ = hand_back.cancelled() => Outcome::HandedBack,
+        };
+        let store = &self.deps.store;
+        match outcome {
+            Outcome::Succeeded(records) => {
+                let event = RunEvent::Succeed {
+                    blocks_done: run.range.len(),
+                    records_written: records,
+                };
+                match store
+                    .transition(run.id, RunState::Running, run.attempt, event)
+                    .await
+                {
+                    Ok(_) => {
+                        self.stats.runs_succeeded.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .blocks
+                            .fetch_add(run.range.len(), Ordering::Relaxed);
+                        self.stats.records.fetch_add(records, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        warn!(run = %run.id, error = %e, "records delivered but the run could not be marked succeeded; it will run again")
+                    }
+                }
+                settle(delivery.ack().await);
+            }
+            Outcome::Failed { error, permanent } => {
+                self.stats.runs_failed.fetch_add(1, Ordering::Relaxed);
+                let retry_at =
+                    (!permanent).then(|| self.config.retry.retry_at(run.attempt, Utc::now()));
+                let last = permanent || run.attempt >= run.max_attempts;
+                warn!(run = %run.id, model = %run.model, attempt = run.attempt, max_attempts = run.max_attempts, %error, "run attempt failed");
+                if let Err(e) = store
+                    .transition(
+                        run.id,
+                        RunState::Running,
+                        run.attempt,
+                        RunEvent::Fail { error, retry_at },
+                    )
+                    .await
+                {
+                    warn!(run = %run.id, error = %e, "could not record the failure; the lease will expire and the run will be retried");
+                }
+                if last {
+                    settle(delivery.reject().await);
+                } else {
+                    settle(delivery.ack().await);
+                }
+            }
+            Outcome::LeaseLost(reason) => {
+                info!(run = %run.id, %reason, "run abandoned");
+                settle(delivery.ack().await);
+            }
+            Outcome::HandedBack => {
+                let event = RunEvent::Fail {
+                    error: format!("worker {} shut down before finishing", self.config.id),
+                    retry_at: Some(Utc::now()),
+                };
+                if let Err(e) = store
+                    .transition(run.id, RunState::Running, run.attempt, event)
+                    .await
+                {
+                    warn!(run = %run.id, error = %e, "could not hand back the run; its lease will expire");
+                }
+                settle(delivery.ack().await);
+            }
+        }
+    }
+
+    async fn execute_with_heartbeat(&self, run: &ModelRun) -> Outcome {
+        let heartbeat = async {
+            let mut tick = tokio::time::interval(self.config.heartbeat);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let until = Utc::now() + chrono_dur(self.config.lease);
+                match self
+                    .deps
+                    .store
+                    .heartbeat(run.id, run.attempt, &self.config.id, until, 0)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(
+                        e @ (StoreError::Conflict { .. }
+                        | StoreError::Transition(_)
+                        | StoreError::NotFound { .. }),
+                    ) => {
+                        return Outcome::LeaseLost(e.to_string());
+                    }
+                    Err(e) => warn!(run = %run.id, error = %e, "heartbeat failed; retrying"),
+                }
+            }
+        };
+        tokio::select! {
+            o = self.execute(run) => o,
+            o = heartbeat => o,
+        }
+    }
+
+    async fn execute(&self, run: &ModelRun) -> Outcome {
+        let permanent = |error: String| Outcome::Failed {
+            error,
+            permanent: true,
+        };
+        let transient = |error: String| Outcome::Failed {
+            error,
+            permanent: false,
+        };
+        let model = match self.deps.models.get(&run.model) {
+            Ok(m) => m,
+            Err(e) => return permanent(e.to_string()),
+        };
+        let source = match self.deps.source(&run.chain) {
+            Ok(s) => s.clone(),
+            Err(e) => return permanent(e.to_string()),
+        };
+        let blocks = match source.blocks(run.range).await {
+            Ok(b) => b,
+            Err(e) => return transient(format!("loading blocks {}: {e}", run.range)),
+        };
+        if blocks.len() as u64 != run.range.len() {
+            return transient(format!(
+                "source returned {} blocks for range {} ({} blocks)",
+                blocks.len(),
+                run.range,
+                run.range.len()
+            ));
+        }
+        let ctx = ModelContext {
+            run_id: run.id,
+            model: run.model.clone(),
+            model_version: run.model_version.clone(),
+            chain: run.chain.clone(),
+            range: run.range,
+            source,
+        };
+        let name = run.model.clone();
+        let records = match tokio::spawn(async move { model.run(&ctx, &blocks).await }).await {
+            Ok(Ok(records)) => records,
+            Ok(Err(e)) => return transient(format!("model {name} failed: {e}")),
+            Err(join) => {
+                let msg = match join.try_into_panic() {
+                    Ok(p) => p
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic payload".into()),
+                    Err(_) => "task cancelled".into(),
+                };
+                return transient(format!("model {name} panicked: {msg}"));
+            }
+        };
+        let topic = topic_name(&self.config.env, &run.chain);
+        if let Err(e) = self.deps.sink.send(&topic, &records).await {
+            return transient(format!("sending {} records to {topic}: {e}", records.len()));
+        }
+        Outcome::Succeeded(records.len() as u64)
+    }
+}
+
+/// Whether a claim that lost to `current` should be retried later rather than dropped: the
+/// enqueuer has published the message but not yet marked the run `queued`.
+fn not_yet_claimable(msg: &RunMessage, current: &ModelRun) -> bool {
+    match current.state {
+        RunState::Pending => msg.attempt == current.attempt,
+        RunState::Failed | RunState::Expired => {
+            msg.attempt == current.attempt + 1 && current.attempt < current.max_attempts
+        }
+        _ => false,
+    }
+}
+
+fn settle(result: Result<(), crate::ports::QueueError>) {
+    if let Err(e) = result {
+        // The broker will redeliver; the claim makes that harmless.
+        warn!(error = %e, "settling a delivery failed");
+    }
+}
+
+fn chrono_dur(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}

@@ -13,3 +13,5 @@
 pub mod postgres;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;

@@ -1,0 +1,423 @@
+//! [`SqliteRunStore`]: the embedded run store (bundled SQLite through sqlx).
+//!
+//! One file holds runs, realtime cursors and locks. Writes go through a single connection, so
+//! they serialise without `SQLITE_BUSY` and every compare-and-set is trivially atomic; reads use
+//! a small pool of their own (WAL mode lets them run beside the writer). Each run is stored as
+//! the JSON of [`ModelRun`] next to the columns used to find it.
+//!
+//! URL: `sqlite://path/to/runs.db` (created if missing), `sqlite::memory:` for a throw-away
+//! store. `?synchronous=normal` trades the last commits on power loss for speed; the default
+//! `full` makes every write durable when the call returns.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use model_runner_core::Chain;
+use model_runner_core::ports::{
+    CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
+    cursor_conflict, idempotency_conflict, same_batch, state_conflict, validate_batch,
+};
+use model_runner_core::run::{ModelRun, NewRun, RunEvent, RunId, RunState};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+const ADAPTER: &str = "sqlite";
+
+/// A [`RunStore`] in a SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteRunStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+fn backend(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            StoreError::Unavailable {
+                adapter: ADAPTER,
+                message: e.to_string(),
+            }
+        }
+        other => StoreError::Backend {
+            adapter: ADAPTER,
+            source: Box::new(other),
+        },
+    }
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn decode(doc: &str) -> Result<ModelRun, StoreError> {
+    serde_json::from_str(doc).map_err(|e| StoreError::Backend {
+        adapter: ADAPTER,
+        source: Box::new(e),
+    })
+}
+
+fn encode(run: &ModelRun) -> String {
+    serde_json::to_string(run).expect("a ModelRun always serialises")
+}
+
+impl SqliteRunStore {
+    /// Opens (creating if missing) and migrates the store at `url`.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let (base, synchronous) = match url.split_once("?synchronous=") {
+            Some((b, "normal")) => (b, SqliteSynchronous::Normal),
+            Some((b, "full")) => (b, SqliteSynchronous::Full),
+            Some((_, other)) => {
+                return Err(StoreError::InvalidInput(format!(
+                    "invalid sqlite synchronous mode {other:?}: expected `full` or `normal`"
+                )));
+            }
+            None => (url, SqliteSynchronous::Full),
+        };
+        let memory = base.contains(":memory:");
+        let opts = SqliteConnectOptions::from_str(base)
+            .map_err(|e| StoreError::InvalidInput(format!("invalid sqlite URL {base:?}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(if memory {
+                SqliteJournalMode::Memory
+            } else {
+                SqliteJournalMode::Wal
+            })
+            .synchronous(synchronous)
+            .busy_timeout(Duration::from_secs(30));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(opts.clone())
+            .await
+            .map_err(|e| StoreError::Unavailable {
+                adapter: ADAPTER,
+                message: format!("cannot open {base}: {e}"),
+            })?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Backend {
+                adapter: ADAPTER,
+                source: Box::new(e),
+            })?;
+        // An in-memory database exists once per connection: read through the writer.
+        let reader = if memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(opts.read_only(true))
+                .await
+                .map_err(backend)?
+        };
+        Ok(Self { writer, reader })
+    }
+
+    async fn insert(
+        conn: &mut SqliteConnection,
+        runs: Vec<NewRun>,
+        key: Option<&str>,
+    ) -> Result<Vec<ModelRun>, StoreError> {
+        let now = Utc::now();
+        let mut out = Vec::with_capacity(runs.len());
+        for spec in runs {
+            let run = ModelRun::new(spec, key.map(str::to_owned), now);
+            sqlx::query(
+                "INSERT INTO runs (id, model, chain, mode, state, attempt, max_attempts, created_at, idempotency_key, doc) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(run.id.to_string())
+            .bind(&run.model)
+            .bind(run.chain.as_str())
+            .bind(run.mode.as_str())
+            .bind(run.state.as_str())
+            .bind(run.attempt)
+            .bind(run.max_attempts)
+            .bind(micros(run.created_at))
+            .bind(key)
+            .bind(encode(&run))
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+            out.push(run);
+        }
+        Ok(out)
+    }
+
+    async fn fetch(conn: &mut SqliteConnection, id: RunId) -> Result<ModelRun, StoreError> {
+        let row = sqlx::query("SELECT doc FROM runs WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(backend)?
+            .ok_or(StoreError::NotFound { id })?;
+        decode(row.get::<&str, _>(0))
+    }
+
+    fn filter_sql(q: &mut QueryBuilder<Sqlite>, f: &RunFilter, with_state: bool) {
+        q.push(" WHERE 1 = 1");
+        if let Some(m) = &f.model {
+            q.push(" AND model = ").push_bind(m.clone());
+        }
+        if let Some(c) = &f.chain {
+            q.push(" AND chain = ").push_bind(c.to_string());
+        }
+        if with_state && let Some(s) = f.state {
+            q.push(" AND state = ").push_bind(s.as_str());
+        }
+        if let Some(m) = f.mode {
+            q.push(" AND mode = ").push_bind(m.as_str());
+        }
+        if let Some(t) = f.since {
+            q.push(" AND created_at >= ").push_bind(micros(t));
+        }
+    }
+
+    async fn fetch_docs(&self, mut q: QueryBuilder<Sqlite>) -> Result<Vec<ModelRun>, StoreError> {
+        let rows = q.build().fetch_all(&self.reader).await.map_err(backend)?;
+        rows.iter().map(|r| decode(r.get::<&str, _>(0))).collect()
+    }
+}
+
+#[async_trait]
+impl RunStore for SqliteRunStore {
+    async fn create_runs(&self, batch: CreateRuns) -> Result<CreatedRuns, StoreError> {
+        validate_batch(&batch.runs)?;
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        if let Some(key) = &batch.idempotency_key {
+            let rows = sqlx::query("SELECT doc FROM runs WHERE idempotency_key = ? ORDER BY id")
+                .bind(key)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend)?;
+            if !rows.is_empty() {
+                let existing = rows
+                    .iter()
+                    .map(|r| decode(r.get::<&str, _>(0)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if !same_batch(&existing, &batch.runs) {
+                    return Err(idempotency_conflict(key));
+                }
+                return Ok(CreatedRuns {
+                    runs: existing,
+                    created: false,
+                });
+            }
+        }
+        let runs = Self::insert(&mut tx, batch.runs, batch.idempotency_key.as_deref()).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(CreatedRuns {
+            runs,
+            created: true,
+        })
+    }
+
+    async fn get(&self, id: RunId) -> Result<ModelRun, StoreError> {
+        let mut conn = self.reader.acquire().await.map_err(backend)?;
+        Self::fetch(&mut conn, id).await
+    }
+
+    async fn list(&self, filter: &RunFilter) -> Result<RunPage, StoreError> {
+        let size = filter.page_size();
+        let mut q = QueryBuilder::new("SELECT doc FROM runs");
+        Self::filter_sql(&mut q, filter, true);
+        if let Some(after) = filter.after {
+            q.push(" AND id > ").push_bind(after.to_string());
+        }
+        q.push(" ORDER BY id LIMIT ").push_bind(size as i64 + 1);
+        let mut runs = self.fetch_docs(q).await?;
+        let next = if runs.len() > size {
+            runs.truncate(size);
+            runs.last().map(|r| r.id)
+        } else {
+            None
+        };
+        Ok(RunPage { runs, next })
+    }
+
+    async fn count_by_state(
+        &self,
+        filter: &RunFilter,
+    ) -> Result<BTreeMap<RunState, u64>, StoreError> {
+        let mut q = QueryBuilder::new("SELECT state, COUNT(*) FROM runs");
+        Self::filter_sql(&mut q, filter, false);
+        q.push(" GROUP BY state");
+        let rows = q.build().fetch_all(&self.reader).await.map_err(backend)?;
+        let mut out = BTreeMap::new();
+        for r in rows {
+            let state: &str = r.get(0);
+            let n: i64 = r.get(1);
+            let state = state.parse().map_err(|e| StoreError::Backend {
+                adapter: ADAPTER,
+                source: Box::new(e),
+            })?;
+            out.insert(state, n as u64);
+        }
+        Ok(out)
+    }
+
+    async fn transition(
+        &self,
+        id: RunId,
+        expected: RunState,
+        expected_attempt: u32,
+        event: RunEvent,
+    ) -> Result<ModelRun, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let mut run = Self::fetch(&mut tx, id).await?;
+        if run.state != expected || run.attempt != expected_attempt {
+            return Err(state_conflict(run, expected, expected_attempt));
+        }
+        run.apply(&event, Utc::now())?;
+        sqlx::query(
+            "UPDATE runs SET state = ?, attempt = ?, max_attempts = ?, lease_expires_at = ?, next_attempt_at = ?, doc = ? \
+             WHERE id = ? AND state = ? AND attempt = ?",
+        )
+        .bind(run.state.as_str())
+        .bind(run.attempt)
+        .bind(run.max_attempts)
+        .bind(run.lease_expires_at.map(micros))
+        .bind(run.next_attempt_at.map(micros))
+        .bind(encode(&run))
+        .bind(id.to_string())
+        .bind(expected.as_str())
+        .bind(expected_attempt)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(run)
+    }
+
+    async fn expired_leases(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<ModelRun>, StoreError> {
+        let mut q = QueryBuilder::new(
+            "SELECT doc FROM runs WHERE state = 'running' AND lease_expires_at < ",
+        );
+        q.push_bind(micros(now))
+            .push(" ORDER BY lease_expires_at, id LIMIT ")
+            .push_bind(limit as i64);
+        self.fetch_docs(q).await
+    }
+
+    async fn outbox(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<ModelRun>, StoreError> {
+        let mut q =
+            QueryBuilder::new("SELECT doc FROM runs WHERE state = 'pending' ORDER BY id LIMIT ");
+        q.push_bind(limit as i64);
+        let mut out = self.fetch_docs(q).await?;
+        if out.len() < limit {
+            let mut q = QueryBuilder::new(
+                "SELECT doc FROM runs WHERE state IN ('failed', 'expired') AND attempt < max_attempts AND next_attempt_at <= ",
+            );
+            q.push_bind(micros(now))
+                .push(" ORDER BY next_attempt_at, id LIMIT ")
+                .push_bind((limit - out.len()) as i64);
+            out.extend(self.fetch_docs(q).await?);
+        }
+        Ok(out)
+    }
+
+    async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query("SELECT block FROM realtime_cursors WHERE model = ? AND chain = ?")
+            .bind(model)
+            .bind(chain.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        Ok(row.map(|r| r.get::<i64, _>(0) as u64))
+    }
+
+    async fn cursors(&self, chain: Option<&Chain>) -> Result<Vec<RealtimeCursor>, StoreError> {
+        let mut q =
+            QueryBuilder::new("SELECT model, chain, block, updated_at FROM realtime_cursors");
+        if let Some(c) = chain {
+            q.push(" WHERE chain = ").push_bind(c.to_string());
+        }
+        q.push(" ORDER BY chain, model");
+        let rows = q.build().fetch_all(&self.reader).await.map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok(RealtimeCursor {
+                    model: r.get(0),
+                    chain: Chain::new(r.get::<String, _>(1)).map_err(|e| StoreError::Backend {
+                        adapter: ADAPTER,
+                        source: Box::new(e),
+                    })?,
+                    block: r.get::<i64, _>(2) as u64,
+                    updated_at: DateTime::from_timestamp_micros(r.get(3)).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    async fn advance_cursor(
+        &self,
+        model: &str,
+        chain: &Chain,
+        expected: Option<u64>,
+        to: u64,
+        runs: Vec<NewRun>,
+    ) -> Result<Vec<ModelRun>, StoreError> {
+        if !runs.is_empty() {
+            validate_batch(&runs)?;
+        }
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let actual =
+            sqlx::query("SELECT block FROM realtime_cursors WHERE model = ? AND chain = ?")
+                .bind(model)
+                .bind(chain.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?
+                .map(|r| r.get::<i64, _>(0) as u64);
+        if actual != expected {
+            return Err(cursor_conflict(model, chain, expected, actual));
+        }
+        sqlx::query(
+            "INSERT INTO realtime_cursors (model, chain, block, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (model, chain) DO UPDATE SET block = excluded.block, updated_at = excluded.updated_at",
+        )
+        .bind(model)
+        .bind(chain.as_str())
+        .bind(to as i64)
+        .bind(micros(Utc::now()))
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let created = Self::insert(&mut tx, runs, None).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(created)
+    }
+
+    async fn try_lock(
+        &self,
+        name: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let now = micros(Utc::now());
+        let done = sqlx::query(
+            "INSERT INTO locks (name, owner, until) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until \
+             WHERE locks.owner = excluded.owner OR locks.until <= ?",
+        )
+        .bind(name)
+        .bind(owner)
+        .bind(micros(until))
+        .bind(now)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+}

@@ -1,0 +1,2 @@
+//! Throughput benchmark (filled in below in a later commit).
+fn main() {}

@@ -1,0 +1,382 @@
+//! `batch-index`: command line of the map/reduce account indexer.
+//!
+//! Every flag can also be set through the environment variable shown in
+//! `--help`; map and reduce use lighthorizon's variable names so existing
+//! Kubernetes / AWS Batch job definitions carry over.
+
+use std::process::ExitCode;
+
+use batch_index::extract::Modules;
+use batch_index::map::{MapConfig, MapOutcome, run_map};
+use batch_index::reduce::{ReduceConfig, ReduceOutcome, run_reduce};
+use batch_index::runner::{RunConfig, run_local};
+use batch_index::source::{Chain, SourceConfig, open_source};
+use batch_index::stellar::PUBNET_PASSPHRASE;
+use batch_index::store::StoreRoot;
+use batch_index::{Error, IndexReader, Result};
+use clap::{Args, Parser, Subcommand};
+
+/// Map/reduce account indexer over Stellar ledgers and Ethereum blocks.
+///
+/// The index says, for every account, in which checkpoints (64 Stellar
+/// ledgers, or a configurable number of Ethereum blocks) it took part.
+/// Typical flow: `map` as an array job of M tasks, then `reduce` as an array
+/// job of R tasks, then `query`; or `run` to do both locally.
+#[derive(Debug, Parser)]
+#[command(name = "batch-index", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Index one checkpoint range (job i of an array job) into INDEX_TARGET/job_<i>/.
+    Map(MapArgs),
+    /// Merge one partition of every map job into final shards.
+    Reduce(ReduceArgs),
+    /// Run all map then all reduce jobs locally, as separate processes.
+    Run(RunArgs),
+    /// Build the final index in this one process (reference for `run`).
+    Build(BuildArgs),
+    /// Look up an account's checkpoints or a transaction's position.
+    Query(QueryArgs),
+}
+
+#[derive(Debug, Args)]
+struct JobIndexArgs {
+    /// Name of the environment variable holding this job's index, e.g.
+    /// AWS_BATCH_JOB_ARRAY_INDEX (AWS Batch) or JOB_COMPLETION_INDEX (Kubernetes).
+    #[arg(
+        long,
+        env = "JOB_INDEX_ENV",
+        default_value = "AWS_BATCH_JOB_ARRAY_INDEX"
+    )]
+    job_index_env: String,
+    /// Job index; overrides the variable named by --job-index-env.
+    #[arg(long)]
+    job_index: Option<u32>,
+}
+
+impl JobIndexArgs {
+    fn resolve(&self) -> Result<u32> {
+        if let Some(i) = self.job_index {
+            return Ok(i);
+        }
+        let name = &self.job_index_env;
+        let raw = std::env::var(name).map_err(|_| {
+            Error::invalid(format!(
+                "JOB_INDEX_ENV names `{name}` but that variable is not set (or pass --job-index)"
+            ))
+        })?;
+        raw.trim().parse().map_err(|_| {
+            Error::invalid(format!(
+                "`{name}`=`{raw}` is not a job index (non-negative integer)"
+            ))
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+struct SourceArgs {
+    /// Chain of the source: `stellar` or `ethereum`.
+    #[arg(long, env = "CHAIN", default_value = "stellar")]
+    chain: Chain,
+    /// Stellar network passphrase (checked against transaction hashes).
+    #[arg(long, env = "NETWORK_PASSPHRASE", default_value = PUBNET_PASSPHRASE)]
+    network_passphrase: String,
+    /// Blocks per checkpoint for Ethereum (Stellar always uses 64 ledgers).
+    #[arg(long, env = "CHECKPOINT_SPAN", default_value_t = 64)]
+    checkpoint_span: u32,
+}
+
+impl SourceArgs {
+    fn config(&self) -> SourceConfig {
+        SourceConfig {
+            chain: self.chain,
+            network_passphrase: self.network_passphrase.clone(),
+            ethereum_span: self.checkpoint_span,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct MapArgs {
+    /// Ledger source URL: file:///dir, s3://bucket/prefix (meta-archive with
+    /// `ledgers/<seq>` + `latest`, or a data lake of `*.xdr.zstd`; for
+    /// Ethereum a folder of JSON-RPC / ethereum-etl `.json` files).
+    #[arg(long, env = "TXMETA_SOURCE")]
+    source: String,
+    /// Index root URL; this job writes INDEX_TARGET/job_<i>/.
+    #[arg(long, env = "INDEX_TARGET")]
+    target: String,
+    /// First ledger (block) of job 0.
+    #[arg(long, env = "FIRST_CHECKPOINT")]
+    first_checkpoint: u32,
+    /// Ledgers (blocks) per job; a multiple of the checkpoint span.
+    #[arg(long, env = "BATCH_SIZE")]
+    batch_size: u32,
+    /// Checkpoints processed concurrently by this job.
+    #[arg(long, env = "WORKER_COUNT", default_value_t = 1)]
+    workers: u32,
+    /// Number of reduce jobs the partial indexes are partitioned for.
+    #[arg(long, env = "REDUCE_JOB_COUNT", default_value_t = 1)]
+    reduce_jobs: u32,
+    /// Comma-separated outputs: `accounts` (all/all, all/payments) and/or `transactions`.
+    #[arg(long, env = "MODULES", default_value = "accounts,transactions")]
+    modules: String,
+    /// Redo the job even if its _SUCCESS manifest exists.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    job: JobIndexArgs,
+    #[command(flatten)]
+    source_args: SourceArgs,
+}
+
+#[derive(Debug, Args)]
+struct ReduceArgs {
+    /// Root holding the map outputs (job_<i>/).
+    #[arg(long, env = "INDEX_SOURCE_ROOT")]
+    source_root: String,
+    /// Final index root URL.
+    #[arg(long, env = "INDEX_TARGET")]
+    target: String,
+    /// Number of map jobs to merge.
+    #[arg(long, env = "MAP_JOB_COUNT")]
+    map_jobs: u32,
+    /// Number of reduce jobs.
+    #[arg(long, env = "REDUCE_JOB_COUNT")]
+    reduce_jobs: u32,
+    /// Workers (final shards) per reduce job.
+    #[arg(long, env = "WORKER_COUNT", default_value_t = 1)]
+    workers: u32,
+    /// Redo the job even if its _SUCCESS manifest exists.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    job: JobIndexArgs,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Ledger source URL (see `map --help`).
+    #[arg(long, env = "TXMETA_SOURCE")]
+    source: String,
+    /// Index root URL (map outputs and final index).
+    #[arg(long, env = "INDEX_TARGET")]
+    target: String,
+    /// Number of map jobs.
+    #[arg(long, env = "MAP_JOB_COUNT", default_value_t = 1)]
+    map_jobs: u32,
+    /// Number of reduce jobs.
+    #[arg(long, env = "REDUCE_JOB_COUNT", default_value_t = 1)]
+    reduce_jobs: u32,
+    /// Workers per job.
+    #[arg(long, env = "WORKER_COUNT", default_value_t = 1)]
+    workers: u32,
+    /// Jobs running at the same time (default: CPU count).
+    #[arg(long, env = "BATCH_INDEX_PARALLEL")]
+    parallel: Option<u32>,
+    /// Comma-separated modules (see `map --help`).
+    #[arg(long, env = "MODULES", default_value = "accounts,transactions")]
+    modules: String,
+    /// Pass --force to every job.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    source_args: SourceArgs,
+}
+
+#[derive(Debug, Args)]
+struct BuildArgs {
+    /// Ledger source URL.
+    #[arg(long, env = "TXMETA_SOURCE")]
+    source: String,
+    /// Final index root URL.
+    #[arg(long, env = "INDEX_TARGET")]
+    target: String,
+    /// Reduce jobs of the layout to produce.
+    #[arg(long, env = "REDUCE_JOB_COUNT", default_value_t = 1)]
+    reduce_jobs: u32,
+    /// Workers per reduce job of the layout to produce.
+    #[arg(long, env = "WORKER_COUNT", default_value_t = 1)]
+    workers: u32,
+    /// Comma-separated modules.
+    #[arg(long, env = "MODULES", default_value = "accounts,transactions")]
+    modules: String,
+    #[command(flatten)]
+    source_args: SourceArgs,
+}
+
+#[derive(Debug, Args)]
+struct QueryArgs {
+    /// Final index root URL.
+    #[arg(long, env = "INDEX_TARGET")]
+    target: String,
+    /// Account (G..., M... or 0x...) to look up.
+    #[arg(long, conflicts_with = "transaction")]
+    account: Option<String>,
+    /// Index name.
+    #[arg(long, default_value = "all/all")]
+    index: String,
+    /// Only print the first active checkpoint at or after this one.
+    #[arg(long)]
+    from: Option<u32>,
+    /// Transaction hash (hex) to look up.
+    #[arg(long)]
+    transaction: Option<String>,
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Map(a) => {
+            let job = a.job.resolve()?;
+            let source = open_source(StoreRoot::open(&a.source)?, &a.source_args.config()).await?;
+            let target = StoreRoot::open(&a.target)?;
+            let cfg = MapConfig {
+                job,
+                first_ledger: a.first_checkpoint,
+                batch_size: a.batch_size,
+                workers: a.workers,
+                reduce_jobs: a.reduce_jobs,
+                modules: Modules::parse(&a.modules)?,
+                force: a.force,
+                chain: a.source_args.chain.to_string(),
+            };
+            match run_map(source, &target, &cfg).await? {
+                MapOutcome::AlreadyDone => {
+                    eprintln!("map job {job}: already done (use --force to redo)")
+                }
+                MapOutcome::Done(m) => eprintln!(
+                    "map job {job}: {} ledgers, {} accounts, {} transactions",
+                    m.ledgers_read, m.accounts, m.transactions
+                ),
+            }
+        }
+        Command::Reduce(a) => {
+            let job = a.job.resolve()?;
+            let cfg = ReduceConfig {
+                job,
+                map_jobs: a.map_jobs,
+                reduce_jobs: a.reduce_jobs,
+                workers: a.workers,
+                force: a.force,
+            };
+            let out = run_reduce(
+                &StoreRoot::open(&a.source_root)?,
+                &StoreRoot::open(&a.target)?,
+                &cfg,
+            )
+            .await?;
+            match out {
+                ReduceOutcome::AlreadyDone => {
+                    eprintln!("reduce job {job}: already done (use --force to redo)")
+                }
+                ReduceOutcome::Done(m) => {
+                    eprintln!("reduce job {job}: wrote {} shard files", m.files.len())
+                }
+            }
+        }
+        Command::Run(a) => {
+            let exe = std::env::current_exe()
+                .map_err(|e| Error::invalid(format!("cannot find own executable: {e}")))?;
+            Modules::parse(&a.modules)?;
+            let parallel = a.parallel.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(2, |n| n.get() as u32)
+            });
+            let cfg = RunConfig {
+                exe,
+                source: a.source,
+                target: a.target,
+                map_jobs: a.map_jobs,
+                reduce_jobs: a.reduce_jobs,
+                workers: a.workers,
+                parallel,
+                source_cfg: a.source_args.config(),
+                modules: a.modules,
+                force: a.force,
+                progress: true,
+            };
+            if cfg.map_jobs == 0 || cfg.reduce_jobs == 0 || cfg.workers == 0 {
+                return Err(Error::invalid(
+                    "--map-jobs, --reduce-jobs and --workers must be at least 1",
+                ));
+            }
+            run_local(&cfg).await?;
+        }
+        Command::Build(a) => {
+            let source = open_source(StoreRoot::open(&a.source)?, &a.source_args.config()).await?;
+            batch_index::local_build::build_single_process(
+                source,
+                &StoreRoot::open(&a.target)?,
+                a.reduce_jobs,
+                a.workers,
+                Modules::parse(&a.modules)?,
+            )
+            .await?;
+        }
+        Command::Query(a) => {
+            let reader = IndexReader::open(StoreRoot::open(&a.target)?).await?;
+            match (a.account, a.transaction) {
+                (Some(acc), None) => match a.from {
+                    Some(from) => match reader.next_active(&acc, &a.index, from).await? {
+                        Some(c) => println!("{c}"),
+                        None => println!("none"),
+                    },
+                    None => {
+                        let set = reader.checkpoints(&acc, &a.index).await?;
+                        let list: Vec<String> = set.iter().map(|c| c.to_string()).collect();
+                        println!("{}", list.join(" "));
+                    }
+                },
+                (None, Some(h)) => match reader.transaction(&h).await? {
+                    Some(p) => println!(
+                        "toid={} ledger={} tx_index={} op_index={}",
+                        p.0,
+                        p.ledger(),
+                        p.tx_index(),
+                        p.op_index()
+                    ),
+                    None => println!("not found"),
+                },
+                _ => {
+                    return Err(Error::invalid(
+                        "pass exactly one of --account or --transaction",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("batch-index: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("batch-index: error: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                eprintln!("  caused by: {s}");
+                src = s.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! `_SUCCESS` manifests: written last by a job, they are the only signal that
+//! its outputs are complete. Each lists its files with size and SHA-256 so a
+//! reader detects truncated or corrupted objects and names them.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::store::StoreRoot;
+
+/// Format tag of map manifests.
+pub const MAP_FORMAT: &str = "batch-index/map/1";
+/// Format tag of reduce manifests.
+pub const REDUCE_FORMAT: &str = "batch-index/reduce/1";
+
+/// One output object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path relative to the job directory (map) or index root (reduce).
+    pub path: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Lowercase hex SHA-256 of the content.
+    pub sha256: String,
+    /// Records (accounts or transactions) in the file.
+    pub records: u64,
+}
+
+impl FileEntry {
+    /// Describes `content` stored at `path`.
+    pub fn of(path: &str, content: &[u8], records: u64) -> Self {
+        FileEntry {
+            path: path.to_string(),
+            bytes: content.len() as u64,
+            sha256: hex::encode(Sha256::digest(content)),
+            records,
+        }
+    }
+
+    /// Fails with [`Error::Corrupt`] naming `described` if `content` differs.
+    pub fn verify(&self, described: &str, content: &[u8]) -> Result<()> {
+        if content.len() as u64 != self.bytes {
+            return Err(Error::corrupt(
+                described,
+                format!(
+                    "size {} differs from the manifest's {} bytes",
+                    content.len(),
+                    self.bytes
+                ),
+            ));
+        }
+        let got = hex::encode(Sha256::digest(content));
+        if got != self.sha256 {
+            return Err(Error::corrupt(
+                described,
+                format!("SHA-256 {got} differs from the manifest's {}", self.sha256),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Manifest of map job `job`, at `job_<i>/_SUCCESS`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapManifest {
+    /// [`MAP_FORMAT`].
+    pub format: String,
+    /// Map job index.
+    pub job: u32,
+    /// Chain name.
+    pub chain: String,
+    /// Ledger range covered, `None` when the job started past the latest ledger.
+    pub ledgers: Option<(u32, u32)>,
+    /// Ledgers (or blocks) read.
+    pub ledgers_read: u64,
+    /// Reduce job count the partitions were cut for.
+    pub reduce_job_count: u32,
+    /// Index names present.
+    pub index_names: Vec<String>,
+    /// Distinct accounts seen.
+    pub accounts: u64,
+    /// Transactions seen.
+    pub transactions: u64,
+    /// Output files.
+    pub files: Vec<FileEntry>,
+}
+
+/// Manifest of reduce job `job`, at `_SUCCESS/reduce-<job>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReduceManifest {
+    /// [`REDUCE_FORMAT`].
+    pub format: String,
+    /// Reduce job index.
+    pub job: u32,
+    /// Map jobs merged.
+    pub map_job_count: u32,
+    /// Workers (shards) of this job.
+    pub worker_count: u32,
+    /// Shard files written.
+    pub files: Vec<FileEntry>,
+}
+
+/// Reads and parses a JSON manifest; `Ok(None)` when absent.
+pub async fn read_json<T: for<'de> Deserialize<'de>>(
+    root: &StoreRoot,
+    rel: &str,
+) -> Result<Option<T>> {
+    match root.get_opt(rel).await? {
+        None => Ok(None),
+        Some(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| Error::corrupt(root.describe(rel), format!("invalid manifest JSON: {e}"))),
+    }
+}
+
+/// Serializes a manifest (pretty, stable field order).
+pub fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut v = serde_json::to_vec_pretty(value).expect("manifests serialize");
+    v.push(b'\n');
+    v
+}

@@ -1,0 +1,90 @@
+//! The port every chain source implements: which ledgers exist, and the
+//! facts of one checkpoint's ledgers. Sources are chosen by `--chain` and
+//! read through [`crate::store::StoreRoot`].
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::checkpoint::CheckpointSpan;
+use crate::error::{Error, Result};
+use crate::extract::{CheckpointFacts, Modules};
+use crate::store::StoreRoot;
+
+/// A source of ledgers (Stellar) or blocks (Ethereum).
+#[async_trait]
+pub trait LedgerSource: Debug + Send + Sync + 'static {
+    /// Ledgers per checkpoint for this chain.
+    fn span(&self) -> CheckpointSpan;
+
+    /// First and last available ledger. MUST fail (not return a guess) when
+    /// the source cannot be listed.
+    async fn available(&self) -> Result<(u32, u32)>;
+
+    /// Facts of ledgers `first..=last`, which all lie in `checkpoint`.
+    /// MUST fail when a ledger in the range that the layout promises is
+    /// missing or cannot be decoded.
+    async fn checkpoint_facts(
+        &self,
+        checkpoint: u32,
+        first: u32,
+        last: u32,
+        modules: Modules,
+    ) -> Result<CheckpointFacts>;
+}
+
+/// Which chain a source holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chain {
+    /// Stellar ledgers (meta-archive or data-lake layout).
+    Stellar,
+    /// Ethereum blocks and receipts (JSON-RPC responses or ethereum-etl rows).
+    Ethereum,
+}
+
+impl std::str::FromStr for Chain {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "stellar" => Ok(Chain::Stellar),
+            "ethereum" | "eth" => Ok(Chain::Ethereum),
+            other => Err(Error::invalid(format!(
+                "unknown chain `{other}`: expected `stellar` or `ethereum`"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Chain::Stellar => "stellar",
+            Chain::Ethereum => "ethereum",
+        })
+    }
+}
+
+/// How to open a source.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// The chain.
+    pub chain: Chain,
+    /// Stellar network passphrase (checked against transaction hashes).
+    pub network_passphrase: String,
+    /// Checkpoint span for Ethereum (Stellar is always 64).
+    pub ethereum_span: u32,
+}
+
+/// Opens the source at `root`.
+pub async fn open_source(root: StoreRoot, cfg: &SourceConfig) -> Result<Arc<dyn LedgerSource>> {
+    Ok(match cfg.chain {
+        Chain::Stellar => {
+            Arc::new(crate::stellar::StellarSource::open(root, &cfg.network_passphrase).await?)
+        }
+        Chain::Ethereum => Arc::new(
+            crate::ethereum::EthereumSource::open(root, CheckpointSpan::new(cfg.ethereum_span)?)
+                .await?,
+        ),
+    })
+}

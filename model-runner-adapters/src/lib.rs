@@ -9,6 +9,8 @@
 //! | `RunStore` | PostgreSQL | `postgres` | `postgres://...` |
 //! | `RunQueue` | RabbitMQ | `rabbitmq` | `amqp://...` |
 
+pub mod devnet;
+pub mod file_sink;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "rabbitmq")]

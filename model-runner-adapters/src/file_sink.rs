@@ -1,0 +1,203 @@
+//! `file://DIR`: a JSON-lines [`ResultSink`], one file per topic (`DIR/<topic>.jsonl`).
+//!
+//! Each line is one [`Record`] as JSON: `{"key":{"model","chain","block_number","position"},
+//! "model_version","block_hash","run_id","payload"}`. `send` appends the whole batch and
+//! `fsync`s before it returns, so a confirmed batch survives a crash; a crash mid-batch can
+//! leave a torn last line, which [`read_topic`] skips. Delivery is at-least-once: a retried run
+//! appends its records again, and readers deduplicate by key (the last line wins).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use model_runner_core::Record;
+use model_runner_core::ports::{ResultSink, SinkError};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+const ADAPTER: &str = "file";
+
+/// The JSON-lines file sink.
+#[derive(Debug)]
+pub struct FileSink {
+    dir: PathBuf,
+    files: Mutex<HashMap<String, Arc<Mutex<tokio::fs::File>>>>,
+}
+
+fn io(context: String, e: std::io::Error) -> SinkError {
+    SinkError::Backend {
+        adapter: ADAPTER,
+        source: format!("{context}: {e}").into(),
+    }
+}
+
+/// Checks a topic is a plain file name.
+fn check_topic(topic: &str) -> Result<(), SinkError> {
+    let ok = !topic.is_empty()
+        && topic.len() <= 200
+        && !topic.starts_with('.')
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SinkError::InvalidTopic {
+            topic: topic.chars().take(64).collect(),
+            reason: "a file sink topic is 1-200 characters of letters, digits, '-', '_' and '.', not starting with '.'".into(),
+        })
+    }
+}
+
+impl FileSink {
+    /// A sink writing under `dir` (created if missing).
+    pub async fn open(dir: impl Into<PathBuf>) -> Result<Self, SinkError> {
+        let dir = dir.into();
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| io(format!("creating {}", dir.display()), e))?;
+        Ok(Self {
+            dir,
+            files: Mutex::default(),
+        })
+    }
+
+    /// From `file://DIR` (relative or absolute).
+    pub async fn from_url(url: &str) -> Result<Self, SinkError> {
+        let dir = url
+            .strip_prefix("file://")
+            .ok_or_else(|| SinkError::InvalidTopic {
+                topic: url.into(),
+                reason: "expected a file://DIR URL".into(),
+            })?;
+        Self::open(if dir.is_empty() { "." } else { dir }).await
+    }
+
+    /// The file of `topic`.
+    pub fn path(&self, topic: &str) -> PathBuf {
+        self.dir.join(format!("{topic}.jsonl"))
+    }
+
+    async fn file(&self, topic: &str) -> Result<Arc<Mutex<tokio::fs::File>>, SinkError> {
+        let mut files = self.files.lock().await;
+        if let Some(f) = files.get(topic) {
+            return Ok(f.clone());
+        }
+        let path = self.path(topic);
+        let f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await
+            .map_err(|e| io(format!("opening {}", path.display()), e))?;
+        let f = Arc::new(Mutex::new(f));
+        files.insert(topic.to_owned(), f.clone());
+        Ok(f)
+    }
+}
+
+#[async_trait]
+impl ResultSink for FileSink {
+    async fn send(&self, topic: &str, records: &[Record]) -> Result<(), SinkError> {
+        check_topic(topic)?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(records.len() * 256);
+        for r in records {
+            serde_json::to_writer(&mut buf, r).map_err(|e| SinkError::Backend {
+                adapter: ADAPTER,
+                source: Box::new(e),
+            })?;
+            buf.push(b'\n');
+        }
+        let file = self.file(topic).await?;
+        let mut f = file.lock().await;
+        let path = || self.path(topic).display().to_string();
+        f.write_all(&buf)
+            .await
+            .map_err(|e| io(format!("writing {}", path()), e))?;
+        f.sync_data()
+            .await
+            .map_err(|e| io(format!("syncing {}", path()), e))?;
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), SinkError> {
+        let files: Vec<_> = self.files.lock().await.values().cloned().collect();
+        for f in files {
+            f.lock()
+                .await
+                .sync_all()
+                .await
+                .map_err(|e| io("syncing a topic file".into(), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads back every complete record of a topic file, in order (a torn last line is skipped).
+pub fn read_topic(path: &Path) -> Result<Vec<Record>, SinkError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(format!("reading {}", path.display()), e)),
+    };
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    complete
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str(line).map_err(|e| {
+                io(
+                    format!("{} line {}", path.display(), i + 1),
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                )
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conformance_and_torn_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(FileSink::open(dir.path()).await.unwrap());
+        let reader = sink.clone();
+        model_runner_core::conformance::sink::run_all(sink.clone(), move |topic: String| {
+            let path = reader.path(&topic);
+            async move { read_topic(&path).unwrap() }
+        })
+        .await;
+
+        let recs = model_runner_core::conformance::sink::records("m", 3, 10);
+        sink.send("t", &recs).await.unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(sink.path("t"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"key\":"))
+            .unwrap();
+        assert_eq!(read_topic(&sink.path("t")).unwrap(), recs);
+    }
+
+    #[tokio::test]
+    async fn bad_topics_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::open(dir.path()).await.unwrap();
+        let recs = model_runner_core::conformance::sink::records("m", 1, 1);
+        for bad in ["", "../etc/passwd", ".hidden", "a/b", "sp ace"] {
+            let err = sink.send(bad, &recs).await.unwrap_err();
+            assert!(
+                matches!(err, SinkError::InvalidTopic { .. }),
+                "{bad}: {err}"
+            );
+        }
+    }
+}

@@ -1,1 +1,0 @@
-//! RabbitMQ run queue (in progress).

@@ -1,0 +1,597 @@
+//! [`AmqpRunQueue`]: the [`RunQueue`] port on RabbitMQ (AMQP 0-9-1, through lapin).
+//!
+//! # Topology
+//!
+//! Every queue is durable, and every work queue `q` dead-letters to `q.dead` (through the
+//! default exchange). [`AmqpRunQueue::declare_topology`] declares the queues
+//! routing produces (`Routing::all_queues`) up front; any other queue is declared the first time
+//! it is published to or consumed from, and remembered. After a reconnect the remembered set is
+//! forgotten and the declared topology declared again. [`QueueType::Quorum`] makes every queue a
+//! quorum queue, optionally with a delivery limit (`x-delivery-limit`) after which a message that
+//! keeps coming back is dead-lettered.
+//!
+//! # Publishing
+//!
+//! A batch is published on a channel in confirm mode taken from a small pool: every message is
+//! written (persistent, `message_id` = run id, header `attempt`, `mandatory`) before any
+//! confirmation is awaited, so a batch costs about one round trip, not one per message. `publish`
+//! returns `Ok` only when the broker has acked every message; a nack, a returned (unroutable)
+//! message, a lost channel or no confirmation within [`AmqpOptions::confirm_timeout`] is
+//! [`QueueError::NotConfirmed`], which the enqueuer retries (duplicates are fine: delivery is
+//! at-least-once and the run-state claim drops repeats).
+//!
+//! # Consuming
+//!
+//! Manual acks, one channel per consumer with its own prefetch, and a
+//! cancel-safe `next`. A message that is not a [`RunMessage`] is rejected to the dead-letter
+//! queue, logged and counted ([`AmqpRunQueue::poison_count`]); the consumer keeps going.
+//!
+//! # Connection loss
+//!
+//! One connection is shared. When it is found closed, the next caller reconnects, retrying with
+//! exponential backoff and jitter ([`AmqpOptions::min_backoff`] .. [`AmqpOptions::max_backoff`])
+//! for at most [`AmqpOptions::connect_timeout`] per call, and declares the topology again;
+//! consumers resubscribe on their own, retrying until the broker is back. Deliveries that were
+//! unacked when the connection died are requeued by the broker and delivered again (with
+//! `redelivered = true`); acking them on the dead channel fails with
+//! [`QueueError::Unavailable`], and the run-state claim makes their second processing harmless.
+//!
+//! # `consumer_timeout` and long runs
+//!
+//! RabbitMQ closes a consumer's channel with `PRECONDITION_FAILED` when one of its deliveries
+//! stays unacked longer than the broker's `consumer_timeout` (30 minutes by default since
+//! RabbitMQ 3.8.15). A worker acks when its run ends, so a run longer than the timeout loses its
+//! channel: the broker requeues the message, the consumer resubscribes, the message is delivered
+//! again (possibly to another worker, which finds the run claimed and leaves it), and the ack of
+//! the long run fails harmlessly with [`QueueError::Unavailable`]. Nothing is lost, but the
+//! channel churn is wasteful, so set `consumer_timeout` (in `rabbitmq.conf`, in milliseconds)
+//! above the longest expected run, e.g. `consumer_timeout = 21600000` for six hours.
+//!
+//! # Secrets
+//!
+//! The URL's password never appears in logs or errors: they show `amqp://user:***@host/vhost`.
+
+mod consumer;
+mod topology;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::protocol::AMQPErrorKind;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
+use model_runner_core::ports::{Consumer, QueueError, RunMessage, RunQueue};
+use rand::Rng;
+
+use self::consumer::AmqpConsumer;
+
+/// The adapter name in [`QueueError`]s.
+const ADAPTER: &str = "rabbitmq";
+
+/// The kind of queue declared for every queue name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum QueueType {
+    /// Classic durable queues: fast, single-node.
+    #[default]
+    Classic,
+    /// Quorum queues: replicated; a message delivered more than `delivery_limit` times (when
+    /// set) is dead-lettered instead of requeued.
+    Quorum {
+        /// The broker's `x-delivery-limit`.
+        delivery_limit: Option<u32>,
+    },
+}
+
+/// How an [`AmqpRunQueue`] connects, declares and retries.
+///
+/// All queues of one broker MUST be declared with the same [`QueueType`] by every process, or
+/// RabbitMQ refuses the second declaration.
+#[derive(Debug, Clone)]
+pub struct AmqpOptions {
+    /// The kind of queue declared.
+    pub queue_type: QueueType,
+    /// How long one call (connect, publish, consume) waits for an unreachable broker before
+    /// failing with [`QueueError::Unavailable`]. Consumers already running keep retrying.
+    pub connect_timeout: Duration,
+    /// How long `publish` waits for the broker's confirmations.
+    pub confirm_timeout: Duration,
+    /// First delay between reconnect attempts; it doubles up to `max_backoff`, with jitter.
+    pub min_backoff: Duration,
+    /// Longest delay between reconnect attempts.
+    pub max_backoff: Duration,
+    /// Idle confirm-mode channels kept for publishing; concurrent publishes beyond this open
+    /// extra channels, closed after use.
+    pub publisher_channels: usize,
+    /// The connection name shown in the RabbitMQ management UI.
+    pub connection_name: String,
+}
+
+impl Default for AmqpOptions {
+    fn default() -> Self {
+        Self {
+            queue_type: QueueType::Classic,
+            connect_timeout: Duration::from_secs(30),
+            confirm_timeout: Duration::from_secs(30),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            publisher_channels: 8,
+            connection_name: "model-runner".to_owned(),
+        }
+    }
+}
+
+impl AmqpOptions {
+    /// The delay before reconnect attempt `attempt` (from 0): exponential, capped, and
+    /// randomised to between half and all of it, so many clients do not reconnect in step.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let full = self
+            .min_backoff
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max_backoff);
+        full.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+}
+
+/// A [`RunQueue`] on RabbitMQ. Cheap to clone: clones share the connection. See the module docs.
+#[derive(Debug, Clone)]
+pub struct AmqpRunQueue {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// The URL with its password, only ever given to lapin.
+    url: String,
+    /// The URL with `***` for the password, for logs and errors.
+    redacted_url: String,
+    options: AmqpOptions,
+    /// The live connection, replaced when found closed. The async mutex makes concurrent callers
+    /// wait for one reconnect instead of each opening a connection.
+    connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    /// Queues declared on the current connection.
+    declared: Mutex<HashSet<String>>,
+    /// Queues given to `declare_topology`, declared again after each reconnect.
+    topology: Mutex<Vec<String>>,
+    /// Idle confirm-mode channels.
+    publishers: Mutex<Vec<Channel>>,
+    /// Undecodable messages dead-lettered by consumers.
+    poison: AtomicU64,
+    /// Connections opened after the first.
+    reconnects: AtomicU64,
+}
+
+/// A failure of the broker or of lapin, kept as the source of [`QueueError::Backend`].
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}")]
+struct AmqpFailure {
+    context: String,
+    source: lapin::Error,
+}
+
+/// A URL this adapter cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid AMQP URL {url}: {reason}")]
+struct InvalidUrl {
+    url: String,
+    reason: String,
+}
+
+/// Maps a lapin error: what the broker refused on a channel (a precondition, a missing or
+/// forbidden queue) is [`QueueError::Backend`]; anything about the connection is
+/// [`QueueError::Unavailable`], which callers retry.
+fn amqp_error(context: &str, source: lapin::Error) -> QueueError {
+    let refused = matches!(
+        source.kind(),
+        ErrorKind::ProtocolError(e) if matches!(e.kind(), AMQPErrorKind::Soft(_))
+    );
+    if refused {
+        QueueError::Backend {
+            adapter: ADAPTER,
+            source: Box::new(AmqpFailure {
+                context: context.to_owned(),
+                source,
+            }),
+        }
+    } else {
+        QueueError::Unavailable {
+            adapter: ADAPTER,
+            message: format!("{context}: {source}"),
+        }
+    }
+}
+
+/// Checks an `amqp://` / `amqps://` URL and returns it with its password replaced by `***`.
+fn redact_url(url: &str) -> Result<String, QueueError> {
+    let invalid = |shown: &str, reason: String| QueueError::Backend {
+        adapter: ADAPTER,
+        source: Box::new(InvalidUrl {
+            url: shown.to_owned(),
+            reason,
+        }),
+    };
+    let mut parsed = url::Url::parse(url).map_err(|e| {
+        invalid(
+            "(unparsable)",
+            format!("{e}; expected amqp://user:password@host:5672/vhost"),
+        )
+    })?;
+    if parsed.password().is_some() {
+        // Cannot fail for a URL with a host, which any URL with a password has.
+        let _ = parsed.set_password(Some("***"));
+    }
+    let redacted = parsed.to_string();
+    if !matches!(parsed.scheme(), "amqp" | "amqps") {
+        return Err(invalid(
+            &redacted,
+            format!("scheme {:?} is not amqp or amqps", parsed.scheme()),
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(&redacted, "no host".to_owned()));
+    }
+    if let Err(e) = url.parse::<lapin::uri::AMQPUri>() {
+        // lapin's message may quote the URL: never show the password.
+        let mut reason = e.replace(url, &redacted);
+        if let Some(password) = url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.password().map(str::to_owned))
+            && !password.is_empty()
+        {
+            reason = reason.replace(&password, "***");
+        }
+        return Err(invalid(&redacted, reason));
+    }
+    Ok(redacted)
+}
+
+impl AmqpRunQueue {
+    /// Connects to the broker at `url` (`amqp://user:password@host:5672/%2f`; `%2f` is the
+    /// default vhost `/`).
+    ///
+    /// A malformed URL is [`QueueError::Backend`] naming the problem; a broker unreachable for
+    /// [`AmqpOptions::connect_timeout`] is [`QueueError::Unavailable`]. Neither shows the
+    /// password.
+    pub async fn connect(url: &str, options: AmqpOptions) -> Result<Self, QueueError> {
+        let redacted_url = redact_url(url)?;
+        let shared = Arc::new(Shared {
+            url: url.to_owned(),
+            redacted_url,
+            options,
+            connection: tokio::sync::Mutex::new(None),
+            declared: Mutex::new(HashSet::new()),
+            topology: Mutex::new(Vec::new()),
+            publishers: Mutex::new(Vec::new()),
+            poison: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+        });
+        shared.connection().await?;
+        Ok(Self { shared })
+    }
+
+    /// Declares `queues` (durable, each with its `.dead` queue) now, and again after every
+    /// reconnect. Idempotent. Pass `Routing::all_queues(chains)`.
+    pub async fn declare_topology(&self, queues: &[String]) -> Result<(), QueueError> {
+        for q in queues {
+            topology::check_name(q)?;
+        }
+        {
+            let mut topology = lock(&self.shared.topology);
+            for q in queues {
+                if !topology.contains(q) {
+                    topology.push(q.clone());
+                }
+            }
+        }
+        for q in queues {
+            self.shared.ensure_declared(q).await?;
+        }
+        Ok(())
+    }
+
+    /// Undecodable messages the consumers of this queue have dead-lettered.
+    pub fn poison_count(&self) -> u64 {
+        self.shared.poison.load(Ordering::Relaxed)
+    }
+
+    /// How many times the connection was re-established after the first connect.
+    pub fn reconnect_count(&self) -> u64 {
+        self.shared.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// The broker URL with its password redacted, for logs.
+    pub fn redacted_url(&self) -> &str {
+        &self.shared.redacted_url
+    }
+
+    /// Closes the connection; consumers still running see their subscription end and reconnect.
+    pub async fn close(&self) {
+        lock(&self.shared.publishers).clear();
+        if let Some(c) = self.shared.connection.lock().await.take() {
+            let _ = c.close(200, "closed by model-runner".into()).await;
+        }
+    }
+}
+
+/// Locks a std mutex, ignoring poisoning: the guarded sets stay valid after a panic.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    /// The live connection, reconnecting (with backoff, for at most `connect_timeout`) when the
+    /// current one is closed.
+    async fn connection(&self) -> Result<Arc<Connection>, QueueError> {
+        let mut current = self.connection.lock().await;
+        if let Some(c) = current.as_ref()
+            && c.status().connected()
+        {
+            return Ok(c.clone());
+        }
+        let reconnecting = current.take().is_some();
+        let deadline = tokio::time::Instant::now() + self.options.connect_timeout;
+        let mut attempt = 0u32;
+        loop {
+            let properties = ConnectionProperties::default()
+                .with_connection_name(self.options.connection_name.clone().into());
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let error = match tokio::time::timeout(
+                remaining.max(Duration::from_millis(100)),
+                Connection::connect(&self.url, properties),
+            )
+            .await
+            {
+                Ok(Ok(c)) => {
+                    let c = Arc::new(c);
+                    match self.redeclare_topology(&c).await {
+                        Ok(()) => {
+                            if reconnecting {
+                                self.reconnects.fetch_add(1, Ordering::Relaxed);
+                                tracing::info!(url = %self.redacted_url, attempt, "reconnected to RabbitMQ");
+                            }
+                            *current = Some(c.clone());
+                            return Ok(c);
+                        }
+                        Err(e) if e.is_retryable() => e.to_string(),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "connect timed out".to_owned(),
+            };
+            let delay = self.options.backoff(attempt);
+            if tokio::time::Instant::now() + delay >= deadline {
+                return Err(QueueError::Unavailable {
+                    adapter: ADAPTER,
+                    message: format!(
+                        "cannot connect to {} within {:?}: {error}",
+                        self.redacted_url, self.options.connect_timeout
+                    ),
+                });
+            }
+            tracing::warn!(url = %self.redacted_url, attempt, %error, ?delay, "RabbitMQ connection failed; retrying");
+            tokio::time::sleep(delay).await;
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    /// On a new connection: forgets what was declared on the old one and declares the topology.
+    async fn redeclare_topology(&self, connection: &Connection) -> Result<(), QueueError> {
+        lock(&self.declared).clear();
+        lock(&self.publishers).clear();
+        let queues = lock(&self.topology).clone();
+        if queues.is_empty() {
+            return Ok(());
+        }
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| amqp_error("opening a channel", e))?;
+        for q in &queues {
+            topology::declare(&channel, q, self.options.queue_type).await?;
+        }
+        let _ = channel.close(200, "declared".into()).await;
+        lock(&self.declared).extend(queues);
+        Ok(())
+    }
+
+    /// Declares `queue` (and its dead-letter queue) unless already declared on this connection.
+    async fn ensure_declared(&self, queue: &str) -> Result<(), QueueError> {
+        if lock(&self.declared).contains(queue) {
+            return Ok(());
+        }
+        let connection = self.connection().await?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| amqp_error("opening a channel", e))?;
+        let declared = topology::declare(&channel, queue, self.options.queue_type).await;
+        if declared.is_ok() {
+            let _ = channel.close(200, "declared".into()).await;
+            lock(&self.declared).insert(queue.to_owned());
+        }
+        declared
+    }
+
+    /// An idle confirm-mode channel, or a new one.
+    async fn publisher(&self) -> Result<Channel, QueueError> {
+        loop {
+            let Some(channel) = lock(&self.publishers).pop() else {
+                break;
+            };
+            if channel.status().connected() {
+                return Ok(channel);
+            }
+        }
+        let connection = self.connection().await?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| amqp_error("opening a publisher channel", e))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| amqp_error("enabling publisher confirms", e))?;
+        Ok(channel)
+    }
+
+    /// Returns a healthy publisher channel to the pool (or drops it, closing it).
+    fn release(&self, channel: Channel) {
+        let mut pool = lock(&self.publishers);
+        if pool.len() < self.options.publisher_channels {
+            pool.push(channel);
+        }
+    }
+
+    /// Writes every message, then awaits every confirmation.
+    async fn publish_on(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        messages: &[RunMessage],
+    ) -> Result<(), QueueError> {
+        let not_confirmed =
+            |e: lapin::Error| QueueError::NotConfirmed(format!("publishing to {queue}: {e}"));
+        let mut confirms = Vec::with_capacity(messages.len());
+        for m in messages {
+            let mut headers = FieldTable::default();
+            headers.insert("attempt".into(), AMQPValue::LongUInt(m.attempt));
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_message_id(m.run_id.to_string().into())
+                .with_headers(headers);
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    &m.encode(),
+                    properties,
+                )
+                .await
+                .map_err(not_confirmed)?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            let confirmation = confirm.await.map_err(not_confirmed)?;
+            if confirmation.is_nack() {
+                return Err(QueueError::NotConfirmed(format!(
+                    "the broker nacked a message for {queue}"
+                )));
+            }
+            if let Some(returned) = confirmation.take_message() {
+                // The queue vanished since it was declared: declare it again on the retry.
+                lock(&self.declared).remove(queue);
+                return Err(QueueError::NotConfirmed(format!(
+                    "the broker returned a message for {queue}: {} {}",
+                    returned.reply_code, returned.reply_text
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RunQueue for AmqpRunQueue {
+    async fn publish(&self, queue: &str, messages: &[RunMessage]) -> Result<(), QueueError> {
+        topology::check_name(queue)?;
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let shared = &self.shared;
+        shared.ensure_declared(queue).await?;
+        let channel = shared.publisher().await?;
+        match tokio::time::timeout(
+            shared.options.confirm_timeout,
+            shared.publish_on(&channel, queue, messages),
+        )
+        .await
+        {
+            Ok(Ok(())) => {
+                shared.release(channel);
+                Ok(())
+            }
+            // The channel may hold unconfirmed messages: drop (close) it rather than reuse it.
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(QueueError::NotConfirmed(format!(
+                "no confirmation for {queue} within {:?}",
+                shared.options.confirm_timeout
+            ))),
+        }
+    }
+
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>, QueueError> {
+        topology::check_name(queue)?;
+        let consumer = AmqpConsumer::start(self.shared.clone(), queue, prefetch).await?;
+        Ok(Box::new(consumer))
+    }
+
+    /// Queues and messages are durable and persistent: they survive restarts of this process
+    /// and of the broker.
+    fn is_durable(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_and_redacted() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@127.0.0.1:5672/%2f").unwrap(),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://127.0.0.1").unwrap(), "amqp://127.0.0.1");
+        for bad in [
+            "http://guest:secret@host/",
+            "not a url",
+            "amqp://guest:secret@host:notaport/",
+        ] {
+            let err = redact_url(bad).unwrap_err().to_string();
+            assert!(err.contains("invalid AMQP URL"), "{err}");
+            assert!(!err.contains("secret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let o = AmqpOptions::default();
+        for attempt in 0..40 {
+            let d = o.backoff(attempt);
+            let full = o
+                .min_backoff
+                .saturating_mul(1 << attempt.min(16))
+                .min(o.max_backoff);
+            assert!(d >= full / 2 && d <= full, "{attempt}: {d:?}");
+        }
+        assert!(o.backoff(30) <= o.max_backoff);
+    }
+
+    #[tokio::test]
+    async fn unreachable_broker_is_unavailable_without_password() {
+        let options = AmqpOptions {
+            connect_timeout: Duration::from_millis(300),
+            min_backoff: Duration::from_millis(10),
+            ..AmqpOptions::default()
+        };
+        // Port 1 on localhost refuses connections.
+        let err = AmqpRunQueue::connect("amqp://guest:secret@127.0.0.1:1/%2f", options)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, QueueError::Unavailable { .. }), "{err:?}");
+        let shown = err.to_string();
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("guest:***@127.0.0.1:1"), "{shown}");
+    }
+}

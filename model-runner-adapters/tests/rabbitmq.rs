@@ -1,0 +1,235 @@
+//! The RabbitMQ run queue against a real broker found at `AMQP_URL`
+//! (`amqp://guest:guest@127.0.0.1:5672/%2f`). Unset: each test says it is not configured and
+//! passes. Set but unreachable: the tests fail. Every test uses its own queue names, so the tests
+//! run in parallel, also beside other processes on the same broker.
+#![cfg(feature = "rabbitmq")]
+
+use std::time::Duration;
+
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeleteOptions};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use model_runner_adapters::rabbitmq::{AmqpOptions, AmqpRunQueue, QueueType};
+use model_runner_core::conformance::queue::{expect_next, run_all};
+use model_runner_core::ports::{QueueError, RunMessage, RunQueue};
+use model_runner_core::routing::dead_letter_queue_name;
+use model_runner_core::run::RunId;
+
+/// The broker URL, or `None` (with a notice) when `AMQP_URL` is not set.
+fn amqp_url() -> Option<String> {
+    match std::env::var("AMQP_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("AMQP_URL is not set: RabbitMQ test not configured, skipped");
+            None
+        }
+    }
+}
+
+async fn connect(url: &str, options: AmqpOptions) -> AmqpRunQueue {
+    AmqpRunQueue::connect(url, options)
+        .await
+        .expect("AMQP_URL is set, so RabbitMQ MUST be reachable")
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Deletes test queues (and their dead-letter queues) so repeated runs leave the broker clean.
+async fn delete_queues(url: &str, queues: &[String]) {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    for q in queues {
+        for name in [q.clone(), dead_letter_queue_name(q)] {
+            let _ = ch
+                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_classic() {
+    let Some(url) = amqp_url() else { return };
+    let queue = connect(&url, AmqpOptions::default()).await;
+    assert!(queue.is_durable());
+    run_all(move || {
+        let q = queue.clone();
+        async move { q }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_quorum_with_delivery_limit() {
+    let Some(url) = amqp_url() else { return };
+    let options = AmqpOptions {
+        queue_type: QueueType::Quorum {
+            delivery_limit: Some(20),
+        },
+        ..AmqpOptions::default()
+    };
+    let queue = connect(&url, options).await;
+    run_all(move || {
+        let q = queue.clone();
+        async move { q }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_message_is_dead_lettered_and_the_consumer_keeps_going() {
+    let Some(url) = amqp_url() else { return };
+    let queue = connect(&url, AmqpOptions::default()).await;
+    let name = unique("poison");
+    queue
+        .declare_topology(std::slice::from_ref(&name))
+        .await
+        .unwrap();
+
+    // Garbage straight through lapin, then a valid message through the adapter.
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let raw = conn.create_channel().await.unwrap();
+    let garbage = b"\xff\x00not a run message";
+    raw.basic_publish(
+        "".into(),
+        name.as_str().into(),
+        BasicPublishOptions::default(),
+        garbage,
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await
+    .unwrap();
+    let good = RunMessage {
+        run_id: RunId::new(),
+        attempt: 1,
+    };
+    queue.publish(&name, &[good]).await.unwrap();
+
+    let mut consumer = queue.consume(&name, 10).await.unwrap();
+    let d = expect_next(&mut consumer).await;
+    assert_eq!(d.message, good, "the consumer MUST skip the poison message");
+    d.ack().await.unwrap();
+    assert_eq!(queue.poison_count(), 1);
+
+    // The garbage is in the dead-letter queue, byte for byte.
+    let dead = dead_letter_queue_name(&name);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        if let Some(m) = raw
+            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            break m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the poison message MUST reach {dead}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(got.delivery.data, garbage);
+    drop(consumer);
+    let _ = conn.close(200, "done".into()).await;
+    delete_queues(&url, &[name]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_is_declared_idempotently() {
+    let Some(url) = amqp_url() else { return };
+    let queue = connect(&url, AmqpOptions::default()).await;
+    let names = vec![unique("topo_a"), unique("topo_b")];
+    queue.declare_topology(&names).await.unwrap();
+    // Again, and from a second client: the same arguments, so RabbitMQ accepts it.
+    queue.declare_topology(&names).await.unwrap();
+    let other = connect(&url, AmqpOptions::default()).await;
+    other.declare_topology(&names).await.unwrap();
+    // The dead-letter queues exist: a passive declaration succeeds.
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    for n in &names {
+        for q in [n.clone(), dead_letter_queue_name(n)] {
+            ch.queue_declare(
+                q.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{q} MUST exist: {e}"));
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+    delete_queues(&url, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_declaration_is_a_clear_backend_error() {
+    let Some(url) = amqp_url() else { return };
+    let name = unique("conflict");
+    let classic = connect(&url, AmqpOptions::default()).await;
+    classic
+        .declare_topology(std::slice::from_ref(&name))
+        .await
+        .unwrap();
+    let quorum = connect(
+        &url,
+        AmqpOptions {
+            queue_type: QueueType::Quorum {
+                delivery_limit: None,
+            },
+            ..AmqpOptions::default()
+        },
+    )
+    .await;
+    let err = quorum
+        .publish(
+            &name,
+            &[RunMessage {
+                run_id: RunId::new(),
+                attempt: 1,
+            }],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueueError::Backend { .. }), "{err:?}");
+    assert!(err.to_string().contains("PRECONDITION_FAILED"), "{err}");
+    // The refusal did not break the adapter.
+    classic
+        .publish(
+            &name,
+            &[RunMessage {
+                run_id: RunId::new(),
+                attempt: 1,
+            }],
+        )
+        .await
+        .unwrap();
+    delete_queues(&url, &[name]).await;
+}
+
+#[tokio::test]
+async fn bad_urls_name_the_problem_without_the_password() {
+    for (url, expected) in [
+        ("http://guest:hunter2@localhost/", "scheme"),
+        ("amqp://guest:hunter2@localhost:99999/", "invalid AMQP URL"),
+        ("amqp://guest:hunter2@/", "invalid AMQP URL"),
+    ] {
+        let err = AmqpRunQueue::connect(url, AmqpOptions::default())
+            .await
+            .unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains(expected), "{url}: {shown}");
+        assert!(!shown.contains("hunter2"), "{url}: {shown}");
+    }
+}

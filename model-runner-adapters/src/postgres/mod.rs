@@ -1,1 +1,1004 @@
-//! PostgreSQL run store (in progress).
+//! [`PostgresRunStore`]: the production [`RunStore`], on PostgreSQL through sqlx.
+//!
+//! # How data flows
+//!
+//! Runs live in one `runs` table whose columns are the fields of [`ModelRun`], including the
+//! per-run result summary (`blocks_done`, `records_written`, the block range and `last_error`);
+//! the records themselves go to the sink. Idempotency keys, realtime cursors and named leases have
+//! a table each. The schema is embedded from `migrations/postgres/` and applied by
+//! [`PostgresRunStore::connect`] (or [`PostgresRunStore::migrate`]).
+//!
+//! # Transitions
+//!
+//! A transition loads the row, decides the change with [`ModelRun::apply`] (the only place
+//! transitions are decided) and persists it with one compare-and-set statement,
+//! `UPDATE runs ... WHERE id = $1 AND state = $2 AND attempt = $3 AND version = $4`. `version`
+//! is bumped by a trigger on every update, so a write computed from a stale copy never lands: a
+//! late worker cannot overwrite a newer attempt, and two racing callers with the same expectation
+//! cannot both win. No lock is held between the load and the write.
+//!
+//! The store remembers the last row it read or wrote for recently used runs. A transition first
+//! tries the compare-and-set against that copy (one round trip); if it does not match it reloads
+//! the row and decides again, so the copy is only ever an optimisation: every answer other than
+//! success comes from a fresh read.
+//!
+//! [`PostgresRunStore::claim_next`] takes the oldest queued run of a queue with
+//! `FOR UPDATE SKIP LOCKED`, so any number of workers can pull from one queue without waiting on
+//! each other. Creating runs, advancing a realtime cursor with the runs it schedules, and
+//! recording an idempotency key each happen in one transaction.
+//!
+//! # Transient failures
+//!
+//! Connection loss, pool exhaustion, serialization failures, deadlocks, server shutdown and the
+//! `08` SQLSTATE class are [`StoreError::Unavailable`]. Every operation is retried inside the
+//! adapter with bounded exponential backoff (see [`PostgresOptions::retry_budget`]) and returns
+//! `Unavailable` only when the budget is spent. Retrying is safe for every operation:
+//!
+//! - reads are idempotent;
+//! - a transition or claim whose commit was cut off is resolved by reading the row back: if it
+//!   holds exactly the run the lost write computed (same state, attempt, lease and microsecond
+//!   `updated_at`), the write landed and the call succeeds; otherwise the compare-and-set is
+//!   decided again against the fresh row (a `Conflict` if someone else moved it meanwhile);
+//! - `create_runs` and `advance_cursor` generate the run ids before the first attempt and, after a
+//!   cut-off commit, look for them before writing again, so a batch is never created twice;
+//! - `try_lock` is idempotent for its owner.
+//!
+//! A restart of the server therefore loses nothing: callers see slower calls, and
+//! `Unavailable` only when the server stays away longer than the budget.
+
+mod errors;
+mod rows;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use model_runner_core::ports::{
+    CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
+    cursor_conflict, idempotency_conflict, same_batch, state_conflict, validate_batch,
+};
+use model_runner_core::{Chain, ModelRun, NewRun, RunEvent, RunId, RunState};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Postgres, Row};
+use uuid::Uuid;
+
+use errors::{ADAPTER, Backoff, classify, corrupt, redact};
+use rows::{StoredRun, check_ranges, decode, decode_all, now, run_columns, to_i64, to_micros};
+
+/// The embedded migrations of `migrations/postgres/`.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How many runs the store remembers for one-round-trip transitions.
+const REMEMBERED_RUNS: usize = 16_384;
+
+/// How to connect. Build with struct update syntax:
+/// `PostgresOptions { migrate: false, ..Default::default() }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresOptions {
+    /// Apply the embedded migrations on connect (default `true`).
+    pub migrate: bool,
+    /// Size of the connection pool (default 10).
+    pub max_connections: u32,
+    /// Use this schema instead of the default `search_path`, creating it when migrating. Tests
+    /// give each case its own schema. ASCII letters, digits and `_`, not starting with a digit,
+    /// at most 63 characters.
+    pub schema: Option<String>,
+    /// How long to wait for a free pooled connection before the attempt fails as transient
+    /// (default 5 s).
+    pub acquire_timeout: Duration,
+    /// How long an operation keeps retrying transient failures before it returns
+    /// [`StoreError::Unavailable`] (default 30 s, long enough to ride out a server restart or a
+    /// failover).
+    pub retry_budget: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            migrate: true,
+            max_connections: 10,
+            schema: None,
+            acquire_timeout: Duration::from_secs(5),
+            retry_budget: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A [`RunStore`] on PostgreSQL. Cheap to clone; clones share the pool.
+#[derive(Debug, Clone)]
+pub struct PostgresRunStore {
+    pool: PgPool,
+    schema: Option<String>,
+    retry_budget: Duration,
+    /// Recently read or written rows, keyed by id: a first guess for the compare-and-set.
+    remembered: Arc<Mutex<HashMap<RunId, StoredRun>>>,
+}
+
+/// Why one attempt at a multi-statement write failed.
+enum AttemptError {
+    /// Before the commit was sent: nothing was written.
+    Before(StoreError),
+    /// While committing: the write may or may not have landed.
+    InDoubt(StoreError),
+}
+
+impl From<sqlx::Error> for AttemptError {
+    fn from(e: sqlx::Error) -> Self {
+        AttemptError::Before(classify(e))
+    }
+}
+
+impl From<StoreError> for AttemptError {
+    fn from(e: StoreError) -> Self {
+        AttemptError::Before(e)
+    }
+}
+
+/// A bind parameter of a dynamically assembled filter.
+enum Param {
+    Text(String),
+    Time(DateTime<Utc>),
+    Id(Uuid),
+    Int(i64),
+}
+
+/// The compare-and-set every transition persists with.
+const UPDATE_RUN: &str = "UPDATE runs SET state = $5, attempt = $6, max_attempts = $7, \
+     updated_at = $8, queued_at = $9, started_at = $10, finished_at = $11, lease_owner = $12, \
+     lease_expires_at = $13, next_attempt_at = $14, blocks_done = $15, records_written = $16, \
+     last_error = $17 \
+     WHERE id = $1 AND state = $2 AND attempt = $3 AND version = $4 RETURNING version";
+
+const SELECT_RUN: &str = concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1");
+
+impl PostgresRunStore {
+    /// Connects to a `postgres://` (or `postgresql://`) URL and applies the migrations.
+    ///
+    /// A malformed URL is [`StoreError::InvalidInput`]; an unreachable server
+    /// [`StoreError::Unavailable`]. Messages never contain the URL's password.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, PostgresOptions::default()).await
+    }
+
+    /// Connects with explicit options (see [`PostgresOptions`]).
+    pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        let connect = parse_url(url)?;
+        let connect = match &options.schema {
+            Some(schema) => {
+                check_schema_name(schema)?;
+                connect.options([("search_path", schema.as_str())])
+            }
+            None => connect,
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            // A dead connection fails its statement and the call is retried, which costs less
+            // than a round trip before every statement.
+            .test_before_acquire(false)
+            .connect_with(connect)
+            .await
+            .map_err(|e| match classify(e) {
+                StoreError::Unavailable { message, .. } => StoreError::Unavailable {
+                    adapter: ADAPTER,
+                    message: format!("cannot connect to {}: {message}", redact(url)),
+                },
+                other => other,
+            })?;
+        let store = Self {
+            pool,
+            schema: options.schema,
+            retry_budget: options.retry_budget,
+            remembered: Arc::default(),
+        };
+        if options.migrate {
+            store.migrate().await?;
+        }
+        Ok(store)
+    }
+
+    /// Applies the embedded migrations that have not been applied yet (creating the schema of
+    /// [`PostgresOptions::schema`] first). Safe to run concurrently from several processes.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        if let Some(schema) = &self.schema {
+            // The name was checked by `check_schema_name`, so quoting it is enough.
+            sqlx::query(AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+            )))
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        }
+        MIGRATOR.run(&self.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(e) => classify(e),
+            other => StoreError::Backend {
+                adapter: ADAPTER,
+                source: Box::new(other),
+            },
+        })
+    }
+
+    /// The connection pool, for health checks and benchmarks.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Claims the oldest `queued` run of `queue` for `owner` until `lease_until`, skipping runs
+    /// other claimers are taking (`FOR UPDATE SKIP LOCKED`), or `None` when the queue has no
+    /// queued run left. The transition is decided by [`ModelRun::apply`] as for
+    /// [`RunStore::claim`].
+    pub async fn claim_next(
+        &self,
+        queue: &str,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<ModelRun>, StoreError> {
+        let event = RunEvent::Start {
+            owner: owner.to_owned(),
+            lease_until,
+        };
+        let mut backoff = Backoff::new(self.retry_budget);
+        let mut in_doubt: Option<ModelRun> = None;
+        loop {
+            if let Some(mine) = in_doubt.take() {
+                let stored = self.load(mine.id).await?;
+                if stored.run == mine {
+                    self.remember(&stored);
+                    return Ok(Some(stored.run));
+                }
+            }
+            match self.try_claim_next(queue, &event).await {
+                Ok(Some(stored)) => {
+                    self.remember(&stored);
+                    return Ok(Some(stored.run));
+                }
+                Ok(None) => return Ok(None),
+                Err((AttemptError::Before(e), _)) => backoff.retry("claim_next", e).await?,
+                Err((AttemptError::InDoubt(e), next)) => {
+                    backoff.retry("claim_next", e).await?;
+                    in_doubt = next;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)] // the in-doubt run travels with its error
+    async fn try_claim_next(
+        &self,
+        queue: &str,
+        event: &RunEvent,
+    ) -> Result<Option<StoredRun>, (AttemptError, Option<ModelRun>)> {
+        let before = |e: sqlx::Error| (AttemptError::Before(classify(e)), None);
+        let mut tx = self.pool.begin().await.map_err(before)?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE queue = $1 AND state = 'queued' ORDER BY id LIMIT 1 \
+             FOR UPDATE SKIP LOCKED"
+        ))
+        .bind(queue)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(before)?;
+        let Some(row) = row else {
+            tx.commit().await.map_err(before)?;
+            return Ok(None);
+        };
+        let prev = decode(&row).map_err(|e| (AttemptError::Before(e), None))?;
+        let mut next = prev.run.clone();
+        next.apply(event, now())
+            .map_err(|e| (AttemptError::Before(e.into()), None))?;
+        to_micros(&mut next);
+        let version = compare_and_set(&prev, &next)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(before)?
+            // We hold the row lock, so the row cannot have moved.
+            .ok_or_else(|| {
+                (
+                    AttemptError::Before(corrupt("claimed run changed under its row lock")),
+                    None,
+                )
+            })?;
+        match tx.commit().await {
+            Ok(()) => Ok(Some(StoredRun { run: next, version })),
+            Err(e) => Err((AttemptError::InDoubt(classify(e)), Some(next))),
+        }
+    }
+
+    fn remember(&self, stored: &StoredRun) {
+        let mut map = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= REMEMBERED_RUNS
+            && !map.contains_key(&stored.run.id)
+            && let Some(evict) = map.keys().next().copied()
+        {
+            map.remove(&evict);
+        }
+        map.insert(stored.run.id, stored.clone());
+    }
+
+    fn remembered(&self, id: RunId) -> Option<StoredRun> {
+        let map = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&id).cloned()
+    }
+
+    fn forget(&self, id: RunId) {
+        let mut map = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&id);
+    }
+
+    /// Runs an idempotent read, retrying transient failures within the budget.
+    async fn read<T, F, Fut>(&self, op: &str, mut attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        let mut backoff = Backoff::new(self.retry_budget);
+        loop {
+            match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(e) => backoff.retry(op, classify(e)).await?,
+            }
+        }
+    }
+
+    /// The run as stored now.
+    async fn load(&self, id: RunId) -> Result<StoredRun, StoreError> {
+        let row = self
+            .read("get", || {
+                sqlx::query(SELECT_RUN)
+                    .bind(id.0)
+                    .fetch_optional(&self.pool)
+            })
+            .await?;
+        match row {
+            Some(row) => decode(&row),
+            None => {
+                self.forget(id);
+                Err(StoreError::NotFound { id })
+            }
+        }
+    }
+
+    async fn select_runs(
+        &self,
+        op: &str,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Vec<PgRow>, StoreError> {
+        self.read(op, || {
+            bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params).fetch_all(&self.pool)
+        })
+        .await
+    }
+
+    /// One attempt at inserting a batch, in one transaction with its idempotency key.
+    async fn try_create(
+        &self,
+        runs: &[ModelRun],
+        key: Option<&str>,
+        created_at: DateTime<Utc>,
+    ) -> Result<Result<(), Vec<ModelRun>>, AttemptError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = key {
+            let fresh = sqlx::query(
+                "INSERT INTO run_batches (idempotency_key, created_at) VALUES ($1, $2) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(key)
+            .bind(created_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !fresh {
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    run_columns!(),
+                    " FROM runs WHERE idempotency_key = $1 ORDER BY id"
+                ))
+                .bind(key)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.rollback().await?;
+                return Ok(Err(decode_all(&rows)?));
+            }
+        }
+        insert_runs(&mut tx, runs).await?;
+        tx.commit()
+            .await
+            .map_err(|e| AttemptError::InDoubt(classify(e)))?;
+        Ok(Ok(()))
+    }
+
+    async fn exists(&self, id: RunId) -> Result<bool, StoreError> {
+        match self.load(id).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One attempt at moving a cursor and creating its runs, in one transaction.
+    async fn try_advance(
+        &self,
+        model: &str,
+        chain: &Chain,
+        expected: Option<u64>,
+        to: i64,
+        runs: &[ModelRun],
+        at: DateTime<Utc>,
+    ) -> Result<(), AttemptError> {
+        let mut tx = self.pool.begin().await?;
+        let actual: Option<i64> = sqlx::query_scalar(
+            "SELECT block FROM realtime_cursors WHERE model = $1 AND chain = $2 FOR UPDATE",
+        )
+        .bind(model)
+        .bind(chain.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let conflict = |actual: Option<i64>| {
+            AttemptError::Before(cursor_conflict(
+                model,
+                chain,
+                expected,
+                actual.map(|b| b as u64),
+            ))
+        };
+        if actual.map(|b| b as u64) != expected {
+            return Err(conflict(actual));
+        }
+        if actual.is_none() {
+            let inserted = sqlx::query(
+                "INSERT INTO realtime_cursors (model, chain, block, updated_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(model)
+            .bind(chain.as_str())
+            .bind(to)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                // Another scheduler created the cursor since our read.
+                let now_there: Option<i64> = sqlx::query_scalar(
+                    "SELECT block FROM realtime_cursors WHERE model = $1 AND chain = $2",
+                )
+                .bind(model)
+                .bind(chain.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                return Err(conflict(now_there));
+            }
+        } else {
+            sqlx::query(
+                "UPDATE realtime_cursors SET block = $3, updated_at = $4 \
+                 WHERE model = $1 AND chain = $2",
+            )
+            .bind(model)
+            .bind(chain.as_str())
+            .bind(to)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !runs.is_empty() {
+            insert_runs(&mut tx, runs).await?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| AttemptError::InDoubt(classify(e)))
+    }
+}
+
+/// Parses and checks a `postgres://` URL without ever echoing its password.
+fn parse_url(url: &str) -> Result<PgConnectOptions, StoreError> {
+    let shown = redact(url);
+    let parsed = url::Url::parse(url)
+        .map_err(|e| StoreError::InvalidInput(format!("malformed PostgreSQL URL {shown}: {e}")))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(StoreError::InvalidInput(format!(
+            "not a PostgreSQL URL: {shown} (expected postgres://user@host:port/database)"
+        )));
+    }
+    PgConnectOptions::from_str(url).map_err(|e| {
+        let mut message = e.to_string();
+        if let Some(password) = parsed.password().filter(|p| !p.is_empty()) {
+            message = message.replace(password, "***");
+        }
+        StoreError::InvalidInput(format!("malformed PostgreSQL URL {shown}: {message}"))
+    })
+}
+
+fn check_schema_name(schema: &str) -> Result<(), StoreError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && !schema.as_bytes()[0].is_ascii_digit()
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidInput(format!(
+            "invalid schema name {schema:?}: expected 1-63 ASCII letters, digits and '_', not \
+             starting with a digit"
+        )))
+    }
+}
+
+fn compare_and_set<'q>(
+    prev: &StoredRun,
+    next: &ModelRun,
+) -> sqlx::query::QueryScalar<'q, Postgres, i64, PgArguments> {
+    sqlx::query_scalar(UPDATE_RUN)
+        .bind(prev.run.id.0)
+        .bind(prev.run.state.as_str())
+        .bind(i64::from(prev.run.attempt))
+        .bind(prev.version)
+        .bind(next.state.as_str())
+        .bind(i64::from(next.attempt))
+        .bind(i64::from(next.max_attempts))
+        .bind(next.updated_at)
+        .bind(next.queued_at)
+        .bind(next.started_at)
+        .bind(next.finished_at)
+        .bind(next.lease_owner.clone())
+        .bind(next.lease_expires_at)
+        .bind(next.next_attempt_at)
+        // `check_ranges` refused values above i64::MAX before we got here.
+        .bind(next.blocks_done as i64)
+        .bind(next.records_written as i64)
+        .bind(next.last_error.clone())
+}
+
+/// Inserts freshly created runs (all `pending`, attempt 1, one timestamp and key per batch) with
+/// one statement.
+async fn insert_runs(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    runs: &[ModelRun],
+) -> Result<(), AttemptError> {
+    let Some(first) = runs.first() else {
+        return Ok(());
+    };
+    let col = |f: fn(&ModelRun) -> String| runs.iter().map(f).collect::<Vec<String>>();
+    let int = |f: fn(&ModelRun) -> i64| runs.iter().map(f).collect::<Vec<i64>>();
+    sqlx::query(
+        "INSERT INTO runs (id, model, model_version, chain, range_start, range_end, mode, kind, \
+         queue, max_attempts, state, attempt, created_at, updated_at, idempotency_key) \
+         SELECT u.id, u.model, u.model_version, u.chain, u.range_start, u.range_end, u.mode, \
+         u.kind, u.queue, u.max_attempts, $11, $12, $13, $13, $14 \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], \
+         $7::text[], $8::text[], $9::text[], $10::int8[]) \
+         AS u(id, model, model_version, chain, range_start, range_end, mode, kind, queue, \
+         max_attempts)",
+    )
+    .bind(runs.iter().map(|r| r.id.0).collect::<Vec<Uuid>>())
+    .bind(col(|r| r.model.clone()))
+    .bind(col(|r| r.model_version.clone()))
+    .bind(col(|r| r.chain.as_str().to_owned()))
+    .bind(int(|r| r.range.start() as i64))
+    .bind(int(|r| r.range.end() as i64))
+    .bind(col(|r| r.mode.as_str().to_owned()))
+    .bind(col(|r| r.kind.as_str().to_owned()))
+    .bind(col(|r| r.queue.clone()))
+    .bind(int(|r| i64::from(r.max_attempts)))
+    .bind(first.state.as_str())
+    .bind(i64::from(first.attempt))
+    .bind(first.created_at)
+    .bind(first.idempotency_key.clone())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The `WHERE` clause of `filter` (model, chain, mode, since; plus state and the keyset bound
+/// when `paged`) with its parameters, numbered from `$1`.
+fn filter_sql(filter: &RunFilter, paged: bool) -> (String, Vec<Param>) {
+    let mut sql = String::from(" WHERE true");
+    let mut params = Vec::new();
+    let mut add = |clause: &str, p: Param| {
+        params.push(p);
+        sql.push_str(&format!(" AND {clause} ${}", params.len()));
+    };
+    if let Some(m) = &filter.model {
+        add("model =", Param::Text(m.clone()));
+    }
+    if let Some(c) = &filter.chain {
+        add("chain =", Param::Text(c.as_str().to_owned()));
+    }
+    if let Some(m) = filter.mode {
+        add("mode =", Param::Text(m.as_str().to_owned()));
+    }
+    if let Some(t) = filter.since {
+        add("created_at >=", Param::Time(t));
+    }
+    if paged {
+        if let Some(s) = filter.state {
+            add("state =", Param::Text(s.as_str().to_owned()));
+        }
+        if let Some(a) = filter.after {
+            add("id >", Param::Id(a.0));
+        }
+    }
+    (sql, params)
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, Postgres, PgArguments>,
+    params: &[Param],
+) -> sqlx::query::Query<'q, Postgres, PgArguments> {
+    for p in params {
+        q = match p {
+            Param::Text(s) => q.bind(s.clone()),
+            Param::Time(t) => q.bind(*t),
+            Param::Id(u) => q.bind(*u),
+            Param::Int(i) => q.bind(*i),
+        };
+    }
+    q
+}
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl RunStore for PostgresRunStore {
+    async fn create_runs(&self, batch: CreateRuns) -> Result<CreatedRuns, StoreError> {
+        validate_batch(&batch.runs)?;
+        let at = now();
+        let runs: Vec<ModelRun> = batch
+            .runs
+            .iter()
+            .map(|spec| ModelRun::new(spec.clone(), batch.idempotency_key.clone(), at))
+            .collect();
+        for r in &runs {
+            check_ranges(r)?;
+        }
+        let key = batch.idempotency_key.as_deref();
+        let mut backoff = Backoff::new(self.retry_budget);
+        let mut in_doubt = false;
+        loop {
+            // After a cut-off commit, our runs may already be there.
+            if in_doubt && self.exists(runs[0].id).await? {
+                break;
+            }
+            match self.try_create(&runs, key, at).await {
+                Ok(Ok(())) => break,
+                Ok(Err(existing)) => {
+                    if existing.first().map(|r| r.id) == Some(runs[0].id) {
+                        break; // our own earlier attempt, whose commit reply was lost
+                    }
+                    if !same_batch(&existing, &batch.runs) {
+                        return Err(idempotency_conflict(key.unwrap_or_default()));
+                    }
+                    return Ok(CreatedRuns {
+                        runs: existing,
+                        created: false,
+                    });
+                }
+                Err(AttemptError::Before(e)) => backoff.retry("create_runs", e).await?,
+                Err(AttemptError::InDoubt(e)) => {
+                    backoff.retry("create_runs", e).await?;
+                    in_doubt = true;
+                }
+            }
+        }
+        for r in &runs {
+            self.remember(&StoredRun {
+                run: r.clone(),
+                version: 1,
+            });
+        }
+        Ok(CreatedRuns {
+            runs,
+            created: true,
+        })
+    }
+
+    async fn get(&self, id: RunId) -> Result<ModelRun, StoreError> {
+        let stored = self.load(id).await?;
+        self.remember(&stored);
+        Ok(stored.run)
+    }
+
+    async fn list(&self, filter: &RunFilter) -> Result<RunPage, StoreError> {
+        let size = filter.page_size();
+        let (clause, mut params) = filter_sql(filter, true);
+        params.push(Param::Int(limit(size + 1)));
+        let sql = format!(
+            concat!(
+                "SELECT ",
+                run_columns!(),
+                " FROM runs{} ORDER BY id LIMIT ${}"
+            ),
+            clause,
+            params.len()
+        );
+        let rows = self.select_runs("list", &sql, &params).await?;
+        let mut runs = decode_all(&rows)?;
+        let next = if runs.len() > size {
+            runs.truncate(size);
+            runs.last().map(|r| r.id)
+        } else {
+            None
+        };
+        Ok(RunPage { runs, next })
+    }
+
+    async fn count_by_state(
+        &self,
+        filter: &RunFilter,
+    ) -> Result<BTreeMap<RunState, u64>, StoreError> {
+        let (clause, params) = filter_sql(filter, false);
+        let sql = format!("SELECT state, count(*) AS n FROM runs{clause} GROUP BY state");
+        let rows = self.select_runs("count_by_state", &sql, &params).await?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let state: String = row.try_get("state").map_err(classify)?;
+            let n: i64 = row.try_get("n").map_err(classify)?;
+            let state = state
+                .parse::<RunState>()
+                .map_err(|e| corrupt(format!("corrupt run row: {e}")))?;
+            out.insert(state, n as u64);
+        }
+        Ok(out)
+    }
+
+    async fn transition(
+        &self,
+        id: RunId,
+        expected: RunState,
+        expected_attempt: u32,
+        event: RunEvent,
+    ) -> Result<ModelRun, StoreError> {
+        let mut backoff = Backoff::new(self.retry_budget);
+        // The row to decide against: first the remembered copy, then fresh reads.
+        let mut guess = self.remembered(id);
+        // A write whose commit reply was lost.
+        let mut in_doubt: Option<ModelRun> = None;
+        loop {
+            let from_memory = guess.is_some();
+            let prev = match guess.take() {
+                Some(g) => g,
+                None => self.load(id).await?,
+            };
+            if let Some(mine) = in_doubt.take()
+                && prev.run == mine
+            {
+                self.remember(&prev);
+                return Ok(prev.run);
+            }
+            if prev.run.state != expected || prev.run.attempt != expected_attempt {
+                if from_memory {
+                    continue;
+                }
+                self.remember(&prev);
+                return Err(state_conflict(prev.run, expected, expected_attempt));
+            }
+            let mut next = prev.run.clone();
+            if let Err(e) = next.apply(&event, now()) {
+                if from_memory {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            to_micros(&mut next);
+            check_ranges(&next)?;
+            match compare_and_set(&prev, &next)
+                .fetch_optional(&self.pool)
+                .await
+            {
+                Ok(Some(version)) => {
+                    let stored = StoredRun { run: next, version };
+                    self.remember(&stored);
+                    return Ok(stored.run);
+                }
+                // Someone moved the row since we read it: decide again on a fresh read.
+                Ok(None) => {}
+                Err(e) => {
+                    backoff.retry("transition", classify(e)).await?;
+                    in_doubt = Some(next);
+                }
+            }
+        }
+    }
+
+    async fn expired_leases(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<ModelRun>, StoreError> {
+        let rows = self
+            .read("expired_leases", || {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    run_columns!(),
+                    " FROM runs WHERE state = 'running' AND lease_expires_at < $1 \
+                     ORDER BY lease_expires_at, id LIMIT $2"
+                ))
+                .bind(now)
+                .bind(self::limit(limit))
+                .fetch_all(&self.pool)
+            })
+            .await?;
+        decode_all(&rows)
+    }
+
+    async fn outbox(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<ModelRun>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let pending = self
+            .read("outbox", || {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    run_columns!(),
+                    " FROM runs WHERE state = 'pending' ORDER BY id LIMIT $1"
+                ))
+                .bind(self::limit(limit))
+                .fetch_all(&self.pool)
+            })
+            .await?;
+        let mut out = Vec::with_capacity(pending.len());
+        for row in &pending {
+            let stored = decode(row)?;
+            self.remember(&stored);
+            out.push(stored.run);
+        }
+        if out.len() < limit {
+            let rest = limit - out.len();
+            let retries = self
+                .read("outbox", || {
+                    sqlx::query(concat!(
+                        "SELECT ",
+                        run_columns!(),
+                        " FROM runs WHERE state IN ('failed', 'expired') \
+                         AND next_attempt_at IS NOT NULL AND next_attempt_at <= $1 \
+                         AND attempt < max_attempts ORDER BY next_attempt_at, id LIMIT $2"
+                    ))
+                    .bind(now)
+                    .bind(self::limit(rest))
+                    .fetch_all(&self.pool)
+                })
+                .await?;
+            for row in &retries {
+                let stored = decode(row)?;
+                self.remember(&stored);
+                out.push(stored.run);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError> {
+        let block: Option<i64> = self
+            .read("cursor", || {
+                sqlx::query_scalar(
+                    "SELECT block FROM realtime_cursors WHERE model = $1 AND chain = $2",
+                )
+                .bind(model)
+                .bind(chain.as_str())
+                .fetch_optional(&self.pool)
+            })
+            .await?;
+        Ok(block.map(|b| b as u64))
+    }
+
+    async fn cursors(&self, chain: Option<&Chain>) -> Result<Vec<RealtimeCursor>, StoreError> {
+        let chain = chain.map(|c| c.as_str().to_owned());
+        let rows = self
+            .read("cursors", || {
+                sqlx::query(
+                    "SELECT model, chain, block, updated_at FROM realtime_cursors \
+                     WHERE $1::text IS NULL OR chain = $1 ORDER BY model, chain",
+                )
+                .bind(chain.clone())
+                .fetch_all(&self.pool)
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let chain: String = row.try_get("chain").map_err(classify)?;
+                let block: i64 = row.try_get("block").map_err(classify)?;
+                Ok(RealtimeCursor {
+                    model: row.try_get("model").map_err(classify)?,
+                    chain: Chain::new(chain)
+                        .map_err(|e| corrupt(format!("corrupt cursor row: {e}")))?,
+                    block: block as u64,
+                    updated_at: row.try_get("updated_at").map_err(classify)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn advance_cursor(
+        &self,
+        model: &str,
+        chain: &Chain,
+        expected: Option<u64>,
+        to: u64,
+        runs: Vec<NewRun>,
+    ) -> Result<Vec<ModelRun>, StoreError> {
+        if !runs.is_empty() {
+            validate_batch(&runs)?;
+        }
+        let to_block = to_i64(to, "cursor block")?;
+        let at = now();
+        let created: Vec<ModelRun> = runs
+            .into_iter()
+            .map(|spec| ModelRun::new(spec, None, at))
+            .collect();
+        for r in &created {
+            check_ranges(r)?;
+        }
+        let mut backoff = Backoff::new(self.retry_budget);
+        let mut in_doubt = false;
+        loop {
+            if in_doubt {
+                let landed = match created.first() {
+                    Some(first) => self.exists(first.id).await?,
+                    None => self
+                        .cursors(Some(chain))
+                        .await?
+                        .iter()
+                        .any(|c| c.model == model && c.block == to && c.updated_at == at),
+                };
+                if landed {
+                    break;
+                }
+            }
+            match self
+                .try_advance(model, chain, expected, to_block, &created, at)
+                .await
+            {
+                Ok(()) => break,
+                Err(AttemptError::Before(e)) => backoff.retry("advance_cursor", e).await?,
+                Err(AttemptError::InDoubt(e)) => {
+                    backoff.retry("advance_cursor", e).await?;
+                    in_doubt = true;
+                }
+            }
+        }
+        for r in &created {
+            self.remember(&StoredRun {
+                run: r.clone(),
+                version: 1,
+            });
+        }
+        Ok(created)
+    }
+
+    async fn try_lock(
+        &self,
+        name: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let at = Utc::now();
+        // Idempotent for its owner, so retried like a read.
+        let holder: Option<String> = self
+            .read("try_lock", || {
+                sqlx::query_scalar(
+                    "INSERT INTO named_locks (name, owner, held_until) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE \
+                     SET owner = EXCLUDED.owner, held_until = EXCLUDED.held_until \
+                     WHERE named_locks.owner = EXCLUDED.owner OR named_locks.held_until <= $4 \
+                     RETURNING owner",
+                )
+                .bind(name)
+                .bind(owner)
+                .bind(until)
+                .bind(at)
+                .fetch_optional(&self.pool)
+            })
+            .await?;
+        Ok(holder.is_some())
+    }
+}

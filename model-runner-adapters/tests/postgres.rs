@@ -1,0 +1,388 @@
+//! The PostgreSQL run store against a real server.
+//!
+//! Run with: `DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo test -p
+//! model-runner-adapters --no-default-features --features postgres --test postgres`
+//!
+//! Every test works in its own schema (`t_<uuid>`), dropped at the end, so the tests run in
+//! parallel on one database. Without `DATABASE_URL` each test says so and passes; with it set,
+//! an unreachable server fails the test.
+#![cfg(feature = "postgres")]
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use model_runner_adapters::postgres::{PostgresOptions, PostgresRunStore};
+use model_runner_core::conformance::{new_run, unique};
+use model_runner_core::ports::{CreateRuns, RunFilter, RunStore, StoreError};
+use model_runner_core::{RunEvent, RunId, RunState};
+use sqlx::Connection;
+
+fn database_url() -> Option<String> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!(
+                "DATABASE_URL is not set: this PostgreSQL test is not configured and checks \
+                 nothing (CI sets it)"
+            );
+            None
+        }
+    }
+}
+
+/// A store in a fresh schema; panics (fails the test) when the server is unreachable.
+async fn store_in(url: &str, schema: &str, max_connections: u32) -> PostgresRunStore {
+    PostgresRunStore::connect_with(
+        url,
+        PostgresOptions {
+            schema: Some(schema.to_owned()),
+            max_connections,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("DATABASE_URL is set but the store cannot connect: {e}"))
+}
+
+async fn drop_schemas(url: &str, schemas: &[String]) {
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+    for s in schemas {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{s}\" CASCADE"
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("drop schema");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance() {
+    let Some(url) = database_url() else { return };
+    let schemas = Arc::new(Mutex::new(Vec::new()));
+    let made = schemas.clone();
+    model_runner_core::conformance::store::run_all(|| {
+        let (url, made) = (url.clone(), made.clone());
+        async move {
+            let schema = unique("t");
+            made.lock().unwrap().push(schema.clone());
+            store_in(&url, &schema, 8).await
+        }
+    })
+    .await;
+    let schemas = schemas.lock().unwrap().clone();
+    drop_schemas(&url, &schemas).await;
+}
+
+/// 8 connections claiming from 5,000 queued runs claim each exactly once and complete them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_connections_claim_each_run_once() {
+    let Some(url) = database_url() else { return };
+    let schema = unique("t");
+    let store = store_in(&url, &schema, 8).await;
+    let runs: Vec<_> = (0..5000u64)
+        .map(|i| new_run("m", "ethereum", i * 10, i * 10 + 9))
+        .collect();
+    let queue = runs[0].queue.clone();
+    let created = store
+        .create_runs(CreateRuns {
+            runs,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap()
+        .runs;
+    let ids: Vec<RunId> = created.iter().map(|r| r.id).collect();
+    // Enqueue from 8 tasks too.
+    let mut tasks = Vec::new();
+    for chunk in ids.chunks(625) {
+        let (s, chunk) = (store.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            for id in chunk {
+                s.transition(id, RunState::Pending, 1, RunEvent::Enqueue)
+                    .await
+                    .expect("enqueue");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    let lease = Utc::now() + chrono::Duration::minutes(10);
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        // A fresh store per worker, as each worker is its own process in production.
+        let s = store_in(&url, &schema, 1).await;
+        let queue = queue.clone();
+        workers.push(tokio::spawn(async move {
+            let owner = format!("w{w}");
+            let mut done = Vec::new();
+            while let Some(run) = s.claim_next(&queue, &owner, lease).await.expect("claim") {
+                assert_eq!(run.state, RunState::Running);
+                assert_eq!(run.lease_owner.as_deref(), Some(owner.as_str()));
+                let finished = s
+                    .transition(
+                        run.id,
+                        RunState::Running,
+                        run.attempt,
+                        RunEvent::Succeed {
+                            blocks_done: run.range.len(),
+                            records_written: 1,
+                        },
+                    )
+                    .await
+                    .expect("complete");
+                assert_eq!(finished.state, RunState::Succeeded);
+                done.push(run.id);
+            }
+            done
+        }));
+    }
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    assert_eq!(all.len(), 5000, "every run claimed and completed once");
+    let unique_ids: HashSet<_> = all.iter().collect();
+    assert_eq!(unique_ids.len(), 5000, "no run claimed twice");
+    let counts = store.count_by_state(&RunFilter::default()).await.unwrap();
+    assert_eq!(counts.get(&RunState::Succeeded), Some(&5000), "{counts:?}");
+    assert_eq!(counts.len(), 1, "nothing left in another state: {counts:?}");
+    drop_schemas(&url, &[schema]).await;
+}
+
+/// A late worker (another process, holding an old copy of the run) cannot overwrite a newer
+/// attempt, and a stale expectation is a Conflict carrying the run as stored.
+#[tokio::test]
+async fn late_worker_cannot_overwrite_a_newer_attempt() {
+    let Some(url) = database_url() else { return };
+    let schema = unique("t");
+    let worker_a = store_in(&url, &schema, 2).await;
+    let scanner = store_in(&url, &schema, 2).await;
+    let worker_b = store_in(&url, &schema, 2).await;
+    let id = worker_a
+        .create_runs(CreateRuns {
+            runs: vec![new_run("m", "ethereum", 0, 9)],
+            idempotency_key: None,
+        })
+        .await
+        .unwrap()
+        .runs[0]
+        .id;
+    worker_a
+        .transition(id, RunState::Pending, 1, RunEvent::Enqueue)
+        .await
+        .unwrap();
+    let past = Utc::now() - chrono::Duration::seconds(1);
+    worker_a.claim(id, 1, "a", past).await.unwrap();
+    // The lease ran out: another process expires, requeues and hands the run to worker b.
+    let expired = scanner.expired_leases(Utc::now(), 10).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    scanner
+        .transition(
+            id,
+            RunState::Running,
+            1,
+            RunEvent::Expire {
+                retry_at: Some(Utc::now()),
+            },
+        )
+        .await
+        .unwrap();
+    scanner
+        .transition(id, RunState::Expired, 1, RunEvent::Enqueue)
+        .await
+        .unwrap();
+    let lease = Utc::now() + chrono::Duration::minutes(5);
+    worker_b.claim(id, 2, "b", lease).await.unwrap();
+
+    // Worker a wakes up and reports success for attempt 1.
+    let err = worker_a
+        .transition(
+            id,
+            RunState::Running,
+            1,
+            RunEvent::Succeed {
+                blocks_done: 10,
+                records_written: 5,
+            },
+        )
+        .await
+        .unwrap_err();
+    let current = err.current().expect("a Conflict carries the stored run");
+    assert_eq!(
+        (current.state, current.attempt),
+        (RunState::Running, 2),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("is running on attempt 2, not running on attempt 1"),
+        "{err}"
+    );
+    let err = worker_a.heartbeat(id, 1, "a", lease, 3).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    // Worker b's lease holds; its heartbeat and completion go through.
+    let r = worker_b.heartbeat(id, 2, "b", lease, 4).await.unwrap();
+    assert_eq!(r.blocks_done, 4);
+    let done = worker_b
+        .transition(
+            id,
+            RunState::Running,
+            2,
+            RunEvent::Succeed {
+                blocks_done: 10,
+                records_written: 7,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(worker_a.get(id).await.unwrap(), done);
+    // The result summary is kept on the run.
+    assert_eq!((done.blocks_done, done.records_written), (10, 7));
+    assert_eq!(done.last_error, None);
+    drop_schemas(&url, &[schema]).await;
+}
+
+/// Unknown ids, stale states, refused events and over-large numbers are typed errors.
+#[tokio::test]
+async fn bad_input_is_a_typed_error() {
+    let Some(url) = database_url() else { return };
+    let schema = unique("t");
+    let store = store_in(&url, &schema, 2).await;
+    let missing = RunId::new();
+    assert!(matches!(
+        store.get(missing).await,
+        Err(StoreError::NotFound { id }) if id == missing
+    ));
+    let err = store
+        .transition(missing, RunState::Queued, 1, RunEvent::Enqueue)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    assert_eq!(err.to_string(), format!("run {missing} not found"));
+
+    let id = store
+        .create_runs(CreateRuns {
+            runs: vec![new_run("m", "ethereum", 0, 9)],
+            idempotency_key: None,
+        })
+        .await
+        .unwrap()
+        .runs[0]
+        .id;
+    let err = store
+        .claim(id, 1, "w", Utc::now() + chrono::Duration::minutes(1))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("is pending on attempt 1, not queued on attempt 1"),
+        "{err}"
+    );
+    let err = store
+        .transition(
+            id,
+            RunState::Pending,
+            1,
+            RunEvent::Expire { retry_at: None },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "cannot expire a run that is pending");
+
+    let err = store
+        .create_runs(CreateRuns {
+            runs: vec![new_run("m", "ethereum", 1, u64::MAX)],
+            idempotency_key: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    assert!(err.to_string().contains("block number"), "{err}");
+    drop_schemas(&url, &[schema]).await;
+}
+
+#[tokio::test]
+async fn malformed_urls_are_invalid_input_without_passwords() {
+    for (url, says) in [
+        ("mysql://root:hunter2@db/runs", "not a PostgreSQL URL"),
+        ("postgres://root:hunter2@db:notaport/runs", "invalid port"),
+        (
+            "postgres://root:hunter2@db/runs?sslmode=sometimes",
+            "sslmode",
+        ),
+        ("hunter2", "malformed PostgreSQL URL"),
+    ] {
+        let err = PostgresRunStore::connect(url).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, StoreError::InvalidInput(_)), "{url}: {err:?}");
+        assert!(msg.contains(says), "{url}: {msg}");
+        assert!(!msg.contains("hunter2"), "password leaked: {msg}");
+    }
+    let err = PostgresRunStore::connect_with(
+        "postgres://db/runs",
+        PostgresOptions {
+            schema: Some("x; DROP TABLE runs".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("invalid schema name"), "{err}");
+}
+
+#[tokio::test]
+async fn unreachable_server_is_unavailable_without_password() {
+    // Port 1 on localhost refuses connections; no server needed.
+    let err = PostgresRunStore::connect_with(
+        "postgres://root:hunter2@127.0.0.1:1/runs",
+        PostgresOptions {
+            acquire_timeout: Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("postgres://root:***@127.0.0.1:1/runs"),
+        "{msg}"
+    );
+    assert!(!msg.contains("hunter2"), "{msg}");
+}
+
+/// Migrating twice is a no-op; a store told not to migrate uses what is there.
+#[tokio::test]
+async fn migrations_are_idempotent() {
+    let Some(url) = database_url() else { return };
+    let schema = unique("t");
+    let store = store_in(&url, &schema, 2).await;
+    store.migrate().await.expect("second migrate");
+    let again = PostgresRunStore::connect_with(
+        &url,
+        PostgresOptions {
+            schema: Some(schema.clone()),
+            migrate: false,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    again
+        .create_runs(CreateRuns {
+            runs: vec![new_run("m", "ethereum", 0, 9)],
+            idempotency_key: Some("k".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list(&RunFilter::default()).await.unwrap().runs.len(),
+        1
+    );
+    drop_schemas(&url, &[schema]).await;
+}

@@ -131,7 +131,7 @@ impl Rng {
 impl DevnetSource {
     /// A devnet serving `chain`.
     pub fn new(chain: Chain, config: DevnetConfig) -> Self {
-        let mut rng = Rng(config.seed ^ 0xDE71_E7);
+        let mut rng = Rng(config.seed ^ 0x00DE_71E7);
         let accounts = (0..ACCOUNTS)
             .map(|_| Address::from_word(rng.word()))
             .collect();

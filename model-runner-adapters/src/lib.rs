@@ -11,6 +11,7 @@
 
 pub mod devnet;
 pub mod file_sink;
+pub mod file_source;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "rabbitmq")]

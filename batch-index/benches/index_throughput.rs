@@ -1,2 +1,244 @@
-//! Throughput benchmark (filled in below in a later commit).
-fn main() {}
+//! Map/reduce throughput and index size on a large input.
+//!
+//! Run with: `cargo bench -p batch-index --bench index_throughput`
+//! (`BENCH_LEDGERS` overrides the 100,000 ledgers, `BENCH_WORKERS` the 2 workers).
+//!
+//! The 320 real testnet ledgers are replayed with shifted sequence numbers
+//! (re-encoded with `stellar-xdr`) into an in-memory object store. In the
+//! same run it measures:
+//! - the decode-only floor: the same fetch + XDR decode path with no
+//!   extraction, ledgers/s per worker;
+//! - map: the real map job over the same ledgers, ledgers/s per worker, and
+//!   its ratio to the floor (target >= 70%);
+//! - reduce: accounts and (account, index) pairs merged per second;
+//! - index bytes per (account, index), beside lighthorizon's format (gzip of
+//!   its XDR `{firstBit, lastBit, bitmap}` per account and index), both on the
+//!   replayed input and on the real 320-ledger index (target <= 50%).
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use batch_index::extract::Modules;
+use batch_index::map::{MapConfig, MapOutcome, run_map};
+use batch_index::reduce::{ReduceConfig, ReduceOutcome, run_reduce};
+use batch_index::source::{LedgerSource, SourceConfig, open_source};
+use batch_index::stellar::{StellarSource, decode_meta_archive_ledger};
+use batch_index::store::StoreRoot;
+use batch_index::table::{Footer, block_records};
+use batch_index::varint::Cursor;
+use batch_index::{ACCOUNT_INDEXES, bitmap_encoding};
+use futures::{StreamExt, TryStreamExt};
+use roaring::RoaringBitmap;
+use stellar_xdr::{LedgerCloseMeta, Limits, WriteXdr};
+
+const TESTNET: &str = "Test SDF Network ; September 2015";
+const FIRST: u32 = 1410048;
+
+fn set_seq(meta: &mut LedgerCloseMeta, seq: u32) {
+    match meta {
+        LedgerCloseMeta::V0(m) => m.ledger_header.header.ledger_seq = seq,
+        LedgerCloseMeta::V1(m) => m.ledger_header.header.ledger_seq = seq,
+        LedgerCloseMeta::V2(m) => m.ledger_header.header.ledger_seq = seq,
+    }
+}
+
+/// lighthorizon's stored size of one checkpoint set: gzip of the XDR
+/// `{uint32 firstBit; uint32 lastBit; opaque bitmap<>}` where the bitmap
+/// spans bytes `firstBit/8 ..= lastBit/8`, most significant bit first.
+fn lighthorizon_size(set: &RoaringBitmap) -> usize {
+    let first = set.min().unwrap_or(0);
+    let last = set.max().unwrap_or(0);
+    let mut bitmap = vec![0u8; (last / 8 - first / 8 + 1) as usize];
+    for c in set {
+        bitmap[(c / 8 - first / 8) as usize] |= 1 << (7 - c % 8);
+    }
+    let mut xdr = Vec::new();
+    xdr.extend_from_slice(&first.to_be_bytes());
+    xdr.extend_from_slice(&last.to_be_bytes());
+    xdr.extend_from_slice(&(bitmap.len() as u32).to_be_bytes());
+    xdr.extend_from_slice(&bitmap);
+    xdr.resize(xdr.len().div_ceil(4) * 4, 0);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&xdr).unwrap();
+    gz.finish().unwrap().len()
+}
+
+struct SizeReport {
+    pairs: u64,
+    shard_bytes: u64,
+    bitmap_bytes: u64,
+    lighthorizon_bytes: u64,
+}
+
+/// Walks every account shard of a finished index.
+async fn size_report(root: &StoreRoot) -> SizeReport {
+    let mut r = SizeReport {
+        pairs: 0,
+        shard_bytes: 0,
+        bitmap_bytes: 0,
+        lighthorizon_bytes: 0,
+    };
+    for (rel, size) in root.list("accounts").await.unwrap() {
+        r.shard_bytes += size;
+        let bytes = root.get(&rel).await.unwrap();
+        let footer = Footer::parse(&bytes).unwrap();
+        for range in footer.block_ranges() {
+            for (_, value) in
+                block_records(&bytes[range.start as usize..range.end as usize]).unwrap()
+            {
+                let mut c = Cursor::new(value);
+                let n = c.varint().unwrap();
+                for _ in 0..n {
+                    c.varint().unwrap();
+                    let before = c.position();
+                    let set = bitmap_encoding::decode(&mut c).unwrap();
+                    r.bitmap_bytes += (c.position() - before) as u64;
+                    r.lighthorizon_bytes += lighthorizon_size(&set) as u64;
+                    r.pairs += 1;
+                }
+            }
+        }
+    }
+    r
+}
+
+fn print_sizes(label: &str, r: &SizeReport) {
+    let per = |b: u64| b as f64 / r.pairs.max(1) as f64;
+    println!(
+        "{label}: {} (account, index) pairs; batch-index {:.1} B/pair whole shard ({:.1} B/pair bitmap only), lighthorizon gzip(XDR) {:.1} B/pair; ratio whole-shard/lighthorizon = {:.2}, bitmap/lighthorizon = {:.2}",
+        r.pairs,
+        per(r.shard_bytes),
+        per(r.bitmap_bytes),
+        per(r.lighthorizon_bytes),
+        r.shard_bytes as f64 / r.lighthorizon_bytes.max(1) as f64,
+        r.bitmap_bytes as f64 / r.lighthorizon_bytes.max(1) as f64,
+    );
+}
+
+fn main() {
+    let ledgers: u32 = std::env::var("BENCH_LEDGERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let workers: u32 = std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let ledgers = ledgers.div_ceil(64) * 64;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stellar/testnet-lighthorizon");
+        let originals: Vec<LedgerCloseMeta> = (0..320u32)
+            .map(|i| {
+                let seq = FIRST + i;
+                let b = std::fs::read(fixture.join(format!("ledgers/{seq}"))).unwrap();
+                decode_meta_archive_ledger("fixture", seq, &b).unwrap()
+            })
+            .collect();
+
+        // Replay into memory.
+        let t = Instant::now();
+        let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let src = StoreRoot::new(store.clone(), "src", "memory:///src");
+        let mut total_bytes = 0u64;
+        for k in 0..ledgers {
+            let seq = FIRST + k;
+            let mut meta = originals[(k % 320) as usize].clone();
+            set_seq(&mut meta, seq);
+            let mut bytes = vec![0u8; 4];
+            bytes.extend(meta.to_xdr(Limits::none()).unwrap());
+            total_bytes += bytes.len() as u64;
+            src.put(&format!("ledgers/{seq}"), bytes).await.unwrap();
+        }
+        src.put("latest", (FIRST + ledgers - 1).to_string()).await.unwrap();
+        println!(
+            "input: {ledgers} ledgers ({:.0} MB of XDR) replayed from 320 real testnet ledgers in {:.1}s; {workers} workers",
+            total_bytes as f64 / 1e6,
+            t.elapsed().as_secs_f64()
+        );
+
+        let cfg = SourceConfig {
+            chain: batch_index::source::Chain::Stellar,
+            network_passphrase: TESTNET.into(),
+            ethereum_span: 64,
+        };
+        let source: Arc<dyn LedgerSource> = open_source(src.clone(), &cfg).await.unwrap();
+        let stellar = Arc::new(StellarSource::open(src.clone(), TESTNET).await.unwrap());
+
+        // Decode-only floor: same fetch + decode, no extraction.
+        let t = Instant::now();
+        let checkpoints: Vec<(u32, u32)> = (0..ledgers / 64).map(|c| (FIRST + c * 64, FIRST + c * 64 + 63)).collect();
+        let decoded: usize = futures::stream::iter(checkpoints.clone())
+            .map(|(a, b)| {
+                let s = stellar.clone();
+                async move { s.decode_range(a, b).await.map(|v| v.len()) }
+            })
+            .buffer_unordered(workers as usize)
+            .try_fold(0usize, |acc, n| async move { Ok(acc + n) })
+            .await
+            .unwrap();
+        let floor_secs = t.elapsed().as_secs_f64();
+        assert_eq!(decoded as u32, ledgers);
+        let floor = ledgers as f64 / floor_secs / workers as f64;
+
+        // Map: one job over everything, partitioned for 2 reduce jobs.
+        let target = StoreRoot::new(store.clone(), "idx", "memory:///idx");
+        let t = Instant::now();
+        let out = run_map(
+            source.clone(),
+            &target,
+            &MapConfig {
+                job: 0,
+                first_ledger: FIRST,
+                batch_size: ledgers,
+                workers,
+                reduce_jobs: 2,
+                modules: Modules::ALL,
+                force: false,
+                chain: "stellar".into(),
+            },
+        )
+        .await
+        .unwrap();
+        let map_secs = t.elapsed().as_secs_f64();
+        let MapOutcome::Done(manifest) = out else { panic!("fresh map") };
+        assert_eq!(manifest.ledgers_read, ledgers as u64);
+        let map_rate = ledgers as f64 / map_secs / workers as f64;
+        println!("decode-only floor: {floor:.0} ledgers/s per worker ({floor_secs:.2}s)");
+        println!(
+            "map:               {map_rate:.0} ledgers/s per worker ({map_secs:.2}s) = {:.0}% of the decode floor (target >= 70%)",
+            100.0 * map_rate / floor
+        );
+
+        // Reduce both partitions.
+        let t = Instant::now();
+        for job in 0..2 {
+            let r = run_reduce(&target, &target, &ReduceConfig { job, map_jobs: 1, reduce_jobs: 2, workers, force: false })
+                .await
+                .unwrap();
+            assert!(matches!(r, ReduceOutcome::Done(_)));
+        }
+        let reduce_secs = t.elapsed().as_secs_f64();
+        let big = size_report(&target).await;
+        println!(
+            "reduce:            {} accounts, {} (account, index) pairs, {} transactions in {reduce_secs:.3}s = {:.0} pairs/s",
+            manifest.accounts,
+            big.pairs,
+            manifest.transactions,
+            big.pairs as f64 / reduce_secs
+        );
+        print_sizes("index size (replayed input)", &big);
+
+        // The real 320-ledger index (sparse histories, 5 checkpoints).
+        let real_src = StoreRoot::open(fixture.to_str().unwrap()).unwrap();
+        let real = open_source(real_src, &cfg).await.unwrap();
+        let real_target = StoreRoot::new(store.clone(), "real", "memory:///real");
+        batch_index::local_build::build_single_process(real, &real_target, 1, 1, Modules::ALL).await.unwrap();
+        print_sizes("index size (real 320 ledgers)", &size_report(&real_target).await);
+        let _ = ACCOUNT_INDEXES;
+    });
+}

@@ -70,6 +70,7 @@ async fn conformance_quorum_with_delivery_limit() {
         queue_type: QueueType::Quorum {
             delivery_limit: Some(20),
         },
+        consumer_timeout: Some(Duration::from_secs(6 * 3600)),
         ..AmqpOptions::default()
     };
     let queue = connect(&url, options).await;

@@ -1,17 +1,17 @@
-//! [`AmqpConsumer`]: one channel per consumer, driven by a task that survives reconnects.
+//! [`AmqpConsumer`]: one channel per consumer, resubscribing after the connection is lost.
 //!
-//! `consume` subscribes once (so a refused queue fails the call) and hands the lapin consumer
-//! stream to a spawned task. The task decodes each delivery and sends it into an mpsc channel
-//! bounded by the prefetch; [`Consumer::next`] receives from that channel, which makes it
-//! cancel-safe: a cancelled `recv` loses nothing. When the stream fails (connection lost, channel
-//! closed by the broker, consumer cancelled) the task resubscribes on a fresh channel, with
-//! backoff and jitter, until it succeeds or the consumer is dropped.
+//! `consume` subscribes once (so a refused queue fails the call). [`Consumer::next`] then polls
+//! the lapin consumer stream directly, without a task in between; that poll is cancel-safe (a
+//! delivery is taken from the stream only by the poll that returns it), so a worker can
+//! `select!` `next` against shutdown. When the stream fails (connection lost, channel closed by
+//! the broker, consumer cancelled) the next call to `next` resubscribes on a fresh channel,
+//! retrying with backoff and jitter until the broker is back; cancelling it there only drops a
+//! half-made channel.
 //!
-//! Dropping the [`AmqpConsumer`] stops the task, which drops the channel; lapin closes a channel
-//! whose last handle is gone, and the broker requeues its unacked deliveries (marked
-//! redelivered). Dropping a [`Delivery`] unsettled sends a `basic.nack` with requeue from a
-//! spawned task. A delivery received on a channel that has since died is skipped by `next`: the
-//! broker has already requeued it and will deliver it again.
+//! Dropping the [`AmqpConsumer`] drops its channel; lapin closes a channel whose last handle is
+//! gone, and the broker requeues its unacked deliveries (marked redelivered). Dropping a
+//! [`Delivery`] unsettled sends a `basic.nack` with requeue from a spawned task. Deliveries
+//! still buffered from a channel that has died are skipped: the broker delivers them again.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,44 +21,34 @@ use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, Channel};
 use model_runner_core::ports::{Consumer, Delivery, DeliveryHandle, QueueError, RunMessage};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use super::{ADAPTER, Shared, amqp_error};
-
-/// A received, decoded message on its way to [`Consumer::next`].
-#[derive(Debug)]
-struct Received {
-    message: RunMessage,
-    redelivered: bool,
-    acker: Acker,
-}
-
-/// What the driving task sends: a message, or a failure the worker should see (one that retrying
-/// alone will not cure, such as a refused queue declaration).
-type Item = Result<Received, QueueError>;
 
 /// A subscription to one queue on its own channel. See the module docs.
 #[derive(Debug)]
 pub(super) struct AmqpConsumer {
-    queue: Arc<str>,
-    received: mpsc::Receiver<Item>,
-    task: JoinHandle<()>,
+    shared: Arc<Shared>,
+    queue: String,
+    prefetch: u16,
+    state: State,
 }
 
-impl Drop for AmqpConsumer {
-    fn drop(&mut self) {
-        // Dropping the task drops the channel, which closes it: the broker requeues whatever
-        // this consumer holds unacked.
-        self.task.abort();
-    }
+#[derive(Debug)]
+enum State {
+    /// Consuming. The channel is kept so that it closes exactly when the consumer is dropped.
+    Subscribed {
+        _channel: Box<Channel>,
+        stream: lapin::Consumer,
+    },
+    /// The subscription ended; `attempt` resubscriptions have failed since.
+    Lost { attempt: u32 },
 }
 
 impl AmqpConsumer {
-    /// Subscribes to `queue` and starts the task that keeps the subscription alive.
+    /// Subscribes to `queue` with at most `prefetch` (at least 1) unacked deliveries.
     pub(super) async fn start(
         shared: Arc<Shared>,
         queue: &str,
@@ -66,20 +56,14 @@ impl AmqpConsumer {
     ) -> Result<Self, QueueError> {
         let prefetch = prefetch.max(1);
         let (channel, stream) = subscribe(&shared, queue, prefetch).await?;
-        let queue: Arc<str> = queue.into();
-        let (sender, received) = mpsc::channel(usize::from(prefetch));
-        let task = tokio::spawn(drive(
-            shared,
-            queue.clone(),
-            prefetch,
-            channel,
-            stream,
-            sender,
-        ));
         Ok(Self {
-            queue,
-            received,
-            task,
+            shared,
+            queue: queue.to_owned(),
+            prefetch,
+            state: State::Subscribed {
+                _channel: Box::new(channel),
+                stream,
+            },
         })
     }
 }
@@ -88,22 +72,61 @@ impl AmqpConsumer {
 impl Consumer for AmqpConsumer {
     async fn next(&mut self) -> Result<Option<Delivery>, QueueError> {
         loop {
-            match self.received.recv().await {
-                None => return Ok(None),
-                Some(Err(e)) => return Err(e),
-                Some(Ok(r)) if !r.acker.usable() => {
-                    tracing::debug!(queue = %self.queue, "skipping a delivery of a closed channel; the broker redelivers it");
-                }
-                Some(Ok(r)) => {
-                    let handle = AmqpDeliveryHandle {
-                        acker: r.acker,
-                        settled: false,
-                    };
-                    return Ok(Some(Delivery::new(
-                        r.message,
-                        r.redelivered,
-                        Box::new(handle),
-                    )));
+            match &mut self.state {
+                State::Subscribed { stream, .. } => match stream.next().await {
+                    // Buffered before its channel died: the broker has requeued it and will
+                    // deliver it again, and an ack could not reach it anyway.
+                    Some(Ok(delivery)) if !delivery.acker.usable() => {
+                        tracing::debug!(queue = %self.queue, "skipping a delivery of a closed channel");
+                    }
+                    Some(Ok(delivery)) => match RunMessage::decode(&delivery.data) {
+                        Ok(message) => {
+                            let handle = AmqpDeliveryHandle {
+                                acker: delivery.acker,
+                                settled: false,
+                            };
+                            return Ok(Some(Delivery::new(
+                                message,
+                                delivery.redelivered,
+                                Box::new(handle),
+                            )));
+                        }
+                        Err(e) => {
+                            dead_letter_poison(&self.shared, &self.queue, delivery.acker, e).await;
+                        }
+                    },
+                    Some(Err(e)) => {
+                        tracing::warn!(queue = %self.queue, error = %e, "consumer lost its channel; resubscribing");
+                        self.state = State::Lost { attempt: 0 };
+                    }
+                    None => {
+                        tracing::warn!(queue = %self.queue, "consumer cancelled by the broker; resubscribing");
+                        self.state = State::Lost { attempt: 0 };
+                    }
+                },
+                State::Lost { attempt } => {
+                    let attempt = *attempt;
+                    if attempt > 0 {
+                        tokio::time::sleep(self.shared.options.backoff(attempt - 1)).await;
+                    }
+                    match subscribe(&self.shared, &self.queue, self.prefetch).await {
+                        Ok((channel, stream)) => {
+                            tracing::info!(queue = %self.queue, "consumer resubscribed");
+                            self.state = State::Subscribed {
+                                _channel: Box::new(channel),
+                                stream,
+                            };
+                        }
+                        Err(e) => {
+                            tracing::warn!(queue = %self.queue, error = %e, attempt, "resubscribing failed");
+                            self.state = State::Lost {
+                                attempt: attempt.saturating_add(1),
+                            };
+                            if !e.is_retryable() {
+                                return Err(e);
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -127,82 +150,21 @@ async fn subscribe(
         .await
         .map_err(|e| amqp_error("setting the prefetch", e))?;
     let tag = format!("model-runner-{:016x}", rand::random::<u64>());
+    let mut arguments = FieldTable::default();
+    if let Some(timeout) = shared.options.consumer_timeout {
+        let millis = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        arguments.insert("x-consumer-timeout".into(), AMQPValue::LongLongInt(millis));
+    }
     let stream = channel
         .basic_consume(
             queue.into(),
             tag.into(),
             BasicConsumeOptions::default(),
-            FieldTable::default(),
+            arguments,
         )
         .await
         .map_err(|e| amqp_error(&format!("consuming queue {queue}"), e))?;
     Ok((channel, stream))
-}
-
-/// Forwards deliveries to the consumer and resubscribes whenever the subscription ends; returns
-/// once the consumer is gone.
-async fn drive(
-    shared: Arc<Shared>,
-    queue: Arc<str>,
-    prefetch: u16,
-    mut channel: Channel,
-    mut stream: lapin::Consumer,
-    sender: mpsc::Sender<Item>,
-) {
-    loop {
-        let next = tokio::select! {
-            _ = sender.closed() => return,
-            next = stream.next() => next,
-        };
-        match next {
-            Some(Ok(delivery)) => match RunMessage::decode(&delivery.data) {
-                Ok(message) => {
-                    let received = Received {
-                        message,
-                        redelivered: delivery.redelivered,
-                        acker: delivery.acker,
-                    };
-                    if sender.send(Ok(received)).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    dead_letter_poison(&shared, &queue, delivery.acker, e).await;
-                    continue;
-                }
-            },
-            Some(Err(e)) => {
-                tracing::warn!(queue = %queue, error = %e, "consumer lost its channel; resubscribing");
-            }
-            None => {
-                tracing::warn!(queue = %queue, "consumer cancelled by the broker; resubscribing");
-            }
-        }
-        drop(stream);
-        drop(channel);
-        let mut attempt = 0u32;
-        loop {
-            match subscribe(&shared, &queue, prefetch).await {
-                Ok((c, s)) => {
-                    tracing::info!(queue = %queue, "consumer resubscribed");
-                    (channel, stream) = (c, s);
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(queue = %queue, error = %e, attempt, "resubscribing failed");
-                    if !e.is_retryable() && sender.send(Err(e)).await.is_err() {
-                        return;
-                    }
-                    tokio::select! {
-                        _ = sender.closed() => return,
-                        _ = tokio::time::sleep(shared.options.backoff(attempt)) => {}
-                    }
-                    attempt = attempt.saturating_add(1);
-                }
-            }
-        }
-    }
 }
 
 /// Rejects an undecodable delivery without requeue, so it lands in the dead-letter queue (a

@@ -44,8 +44,10 @@
 //! channel: the broker requeues the message, the consumer resubscribes, the message is delivered
 //! again (possibly to another worker, which finds the run claimed and leaves it), and the ack of
 //! the long run fails harmlessly with [`QueueError::Unavailable`]. Nothing is lost, but the
-//! channel churn is wasteful, so set `consumer_timeout` (in `rabbitmq.conf`, in milliseconds)
-//! above the longest expected run, e.g. `consumer_timeout = 21600000` for six hours.
+//! channel churn is wasteful, so keep the timeout above the longest expected run: either on the
+//! broker (`consumer_timeout = 21600000` in `rabbitmq.conf`, milliseconds, six hours here) or, on
+//! RabbitMQ 3.11.15 and later, per consumer with [`AmqpOptions::consumer_timeout`], which this
+//! adapter sends as the `x-consumer-timeout` consumer argument (older brokers ignore it).
 //!
 //! # Secrets
 //!
@@ -109,6 +111,10 @@ pub struct AmqpOptions {
     pub publisher_channels: usize,
     /// The connection name shown in the RabbitMQ management UI.
     pub connection_name: String,
+    /// How long a delivery may stay unacked before the broker closes the consumer's channel
+    /// (`x-consumer-timeout`, RabbitMQ 3.11.15+); `None` keeps the broker's `consumer_timeout`.
+    /// Set it above the longest run.
+    pub consumer_timeout: Option<Duration>,
 }
 
 impl Default for AmqpOptions {
@@ -121,6 +127,7 @@ impl Default for AmqpOptions {
             max_backoff: Duration::from_secs(5),
             publisher_channels: 8,
             connection_name: "model-runner".to_owned(),
+            consumer_timeout: None,
         }
     }
 }
@@ -161,8 +168,8 @@ struct Shared {
     publishers: Mutex<Vec<Channel>>,
     /// Undecodable messages dead-lettered by consumers.
     poison: AtomicU64,
-    /// Connections opened after the first.
-    reconnects: AtomicU64,
+    /// Connections opened, the first included.
+    connects: AtomicU64,
 }
 
 /// A failure of the broker or of lapin, kept as the source of [`QueueError::Backend`].
@@ -267,7 +274,7 @@ impl AmqpRunQueue {
             topology: Mutex::new(Vec::new()),
             publishers: Mutex::new(Vec::new()),
             poison: AtomicU64::new(0),
-            reconnects: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
         });
         shared.connection().await?;
         Ok(Self { shared })
@@ -300,7 +307,10 @@ impl AmqpRunQueue {
 
     /// How many times the connection was re-established after the first connect.
     pub fn reconnect_count(&self) -> u64 {
-        self.shared.reconnects.load(Ordering::Relaxed)
+        self.shared
+            .connects
+            .load(Ordering::Relaxed)
+            .saturating_sub(1)
     }
 
     /// The broker URL with its password redacted, for logs.
@@ -332,7 +342,6 @@ impl Shared {
         {
             return Ok(c.clone());
         }
-        let reconnecting = current.take().is_some();
         let deadline = tokio::time::Instant::now() + self.options.connect_timeout;
         let mut attempt = 0u32;
         loop {
@@ -349,8 +358,7 @@ impl Shared {
                     let c = Arc::new(c);
                     match self.redeclare_topology(&c).await {
                         Ok(()) => {
-                            if reconnecting {
-                                self.reconnects.fetch_add(1, Ordering::Relaxed);
+                            if self.connects.fetch_add(1, Ordering::Relaxed) > 0 {
                                 tracing::info!(url = %self.redacted_url, attempt, "reconnected to RabbitMQ");
                             }
                             *current = Some(c.clone());

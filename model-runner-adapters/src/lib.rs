@@ -9,6 +9,7 @@
 //! | `RunStore` | PostgreSQL | `postgres` | `postgres://...` |
 //! | `RunQueue` | RabbitMQ | `rabbitmq` | `amqp://...` |
 
+pub mod connect;
 pub mod devnet;
 pub mod file_sink;
 pub mod file_source;

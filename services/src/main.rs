@@ -1,2 +1,405 @@
-//! model-runner services.
-fn main() {}
+//! `model-runner`: schedule, queue and execute models over chain data.
+//!
+//! This file only parses flags, sets up logging and calls the library (`model_runner::*`).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use model_runner::{
+    AdapterUrls, AllConfig, BackfillSpec, ChainSpec, RealtimeSpec, build_deps, cli_retry, run_all,
+};
+use model_runner_core::engine::{
+    BackfillRequest, CancellationToken, Enqueuer, EnqueuerConfig, RealtimeSubscription, Scheduler,
+    SchedulerConfig, Worker, WorkerConfig, submit_backfill,
+};
+use model_runner_core::ports::RunFilter;
+use model_runner_core::{Chain, RunId, RunMode, RunState};
+
+/// Schedule, queue and execute models over blockchain data.
+///
+/// Every component can run alone (`scheduler`, `enqueuer`, `worker`) against shared servers,
+/// or all together in one process (`all`). Adapters are chosen by URL; the defaults are embedded
+/// (SQLite file, in-process queue, JSON-lines files, the devnet demo chain), so
+///
+///   model-runner all --backfill ethereum:erc20_transfers:0-20000
+///
+/// works with no server at all.
+#[derive(Debug, Parser)]
+#[command(
+    name = "model-runner",
+    version,
+    about,
+    long_about,
+    verbatim_doc_comment
+)]
+struct Cli {
+    #[command(flatten)]
+    adapters: AdapterFlags,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct AdapterFlags {
+    /// Run store: sqlite://PATH, postgres://USER@HOST/DB (feature `postgres`) or memory://.
+    #[arg(
+        long,
+        env = "MODEL_RUNNER_STORE",
+        default_value = "sqlite://model-runner.db",
+        global = true
+    )]
+    store: String,
+    /// Queue: memory:// (one process only) or amqp://USER:PASS@HOST/VHOST (feature `rabbitmq`).
+    #[arg(
+        long,
+        env = "MODEL_RUNNER_QUEUE",
+        default_value = "memory://",
+        global = true
+    )]
+    queue: String,
+    /// Record sink: file://DIR (one JSON-lines file per topic) or memory://.
+    #[arg(
+        long,
+        env = "MODEL_RUNNER_SINK",
+        default_value = "file://sink",
+        global = true
+    )]
+    sink: String,
+    /// Block source of a chain, NAME=URL; repeat for several chains. URLs: devnet://[?block_time_ms=..&head=..]
+    /// (a generated demo chain) or file://PATH (JSON-RPC responses or ethereum-etl exports).
+    #[arg(
+        long = "chain",
+        env = "MODEL_RUNNER_CHAINS",
+        value_delimiter = ',',
+        default_value = "ethereum=devnet://",
+        global = true
+    )]
+    chains: Vec<ChainSpec>,
+    /// Environment prefix of sink topics: records of ethereum go to `<env>-ethereum-sink`.
+    #[arg(long, env = "MODEL_RUNNER_ENV", default_value = "dev", global = true)]
+    env: String,
+    /// Do not apply store migrations on start (run `model-runner migrate` instead).
+    #[arg(long, env = "MODEL_RUNNER_NO_MIGRATE", global = true)]
+    no_migrate: bool,
+}
+
+impl AdapterFlags {
+    fn urls(&self) -> AdapterUrls {
+        AdapterUrls {
+            store: self.store.clone(),
+            queue: self.queue.clone(),
+            sink: self.sink.clone(),
+            chains: self.chains.clone(),
+            migrate: !self.no_migrate,
+        }
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+struct WorkerFlags {
+    /// Runs executed at once.
+    #[arg(long, env = "MODEL_RUNNER_CONCURRENCY", default_value_t = 4)]
+    concurrency: usize,
+    /// Worker lease in seconds: a run whose worker stops heartbeating is retried after this.
+    #[arg(long, env = "MODEL_RUNNER_LEASE_SECS", default_value_t = 60)]
+    lease_secs: u64,
+    /// Attempts per run before it ends `failed` and its message is dead-lettered.
+    #[arg(long, env = "MODEL_RUNNER_MAX_ATTEMPTS", default_value_t = 3)]
+    max_attempts: u32,
+}
+
+impl WorkerFlags {
+    fn config(&self, env: &str, queues: Vec<String>) -> WorkerConfig {
+        WorkerConfig {
+            queues,
+            concurrency: self.concurrency.max(1),
+            prefetch: (self.concurrency * 2).clamp(1, u16::MAX as usize) as u16,
+            lease: Duration::from_secs(self.lease_secs.max(2)),
+            heartbeat: Duration::from_secs((self.lease_secs / 4).max(1)),
+            retry: cli_retry(),
+            env: env.to_owned(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Everything in one process: submit backfills, follow heads, enqueue and execute.
+    ///
+    /// With only --backfill it exits once every run is done and prints a summary; with
+    /// --realtime it keeps following the chain head until stopped (Ctrl-C / SIGTERM).
+    All {
+        /// Backfill CHAIN:MODEL:START-END (inclusive); repeatable. Given again after a restart,
+        /// the same backfill resumes instead of starting over.
+        #[arg(long, env = "MODEL_RUNNER_BACKFILL", value_delimiter = ',')]
+        backfill: Vec<BackfillSpec>,
+        /// Follow the head of CHAIN with MODEL, as CHAIN:MODEL; repeatable.
+        #[arg(long, env = "MODEL_RUNNER_REALTIME", value_delimiter = ',')]
+        realtime: Vec<RealtimeSpec>,
+        /// Blocks per backfill run.
+        #[arg(long, env = "MODEL_RUNNER_CHUNK_SIZE", default_value_t = 100)]
+        chunk_size: u64,
+        #[command(flatten)]
+        worker: WorkerFlags,
+    },
+    /// Follow chain heads (realtime runs) and retry runs whose worker vanished.
+    Scheduler {
+        /// Follow the head of CHAIN with MODEL, as CHAIN:MODEL; repeatable.
+        #[arg(long, env = "MODEL_RUNNER_REALTIME", value_delimiter = ',')]
+        realtime: Vec<RealtimeSpec>,
+        /// Blocks to stay behind the head.
+        #[arg(long, env = "MODEL_RUNNER_CONFIRMATIONS", default_value_t = 0)]
+        confirmations: u64,
+        /// Seconds between scheduling passes.
+        #[arg(long, env = "MODEL_RUNNER_TICK_SECS", default_value_t = 1)]
+        tick_secs: u64,
+    },
+    /// Publish pending runs to their queues (the outbox relay).
+    Enqueuer,
+    /// Execute runs from queues.
+    Worker {
+        /// Queues to consume (default: every queue of the configured chains and backfill_1..4).
+        #[arg(long, env = "MODEL_RUNNER_QUEUES", value_delimiter = ',')]
+        queues: Vec<String>,
+        #[command(flatten)]
+        worker: WorkerFlags,
+    },
+    /// Submit a backfill (or adhoc run set) and print the created run ids.
+    Backfill {
+        /// CHAIN:MODEL:START-END (inclusive).
+        spec: BackfillSpec,
+        /// Blocks per run.
+        #[arg(long, default_value_t = 100)]
+        chunk_size: u64,
+        /// Submit as adhoc runs to the shared backfill_N pools.
+        #[arg(long)]
+        adhoc: bool,
+        /// For adhoc runs, the pool N of backfill_N (default: spread over all).
+        #[arg(long, requires = "adhoc")]
+        adhoc_queue: Option<u32>,
+        /// Attempts per run.
+        #[arg(long, default_value_t = 3)]
+        max_attempts: u32,
+        /// Resubmitting with the same key returns the same runs.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// List or show runs.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// Apply the run store's schema migrations and exit.
+    Migrate,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// Runs as JSON lines, oldest first.
+    List {
+        /// Only this model.
+        #[arg(long)]
+        model: Option<String>,
+        /// Only this chain.
+        #[arg(long)]
+        chain: Option<Chain>,
+        /// Only this state (pending, queued, running, succeeded, failed, expired, cancelled).
+        #[arg(long)]
+        state: Option<RunState>,
+        /// Page size (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Continue after this run id (the `next` of the previous page).
+        #[arg(long)]
+        after: Option<RunId>,
+    },
+    /// One run as JSON.
+    Show {
+        /// Run id.
+        id: RunId,
+    },
+}
+
+fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        eprintln!("shutting down: finishing in-flight runs");
+        t.cancel();
+    });
+    token
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let deps = build_deps(&cli.adapters.urls()).await?;
+    let env = cli.adapters.env.clone();
+    match cli.command {
+        Command::All {
+            backfill,
+            realtime,
+            chunk_size,
+            worker,
+        } => {
+            if backfill.is_empty() && realtime.is_empty() {
+                anyhow::bail!(
+                    "nothing to do: give --backfill CHAIN:MODEL:START-END and/or --realtime CHAIN:MODEL"
+                );
+            }
+            let config = AllConfig {
+                backfills: backfill,
+                chunk_size,
+                realtime,
+                max_attempts: worker.max_attempts,
+                worker: worker.config(&env, Vec::new()),
+                ..Default::default()
+            };
+            let summary = run_all(deps, config, shutdown_signal()).await?;
+            if !summary.all_succeeded {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
+        Command::Scheduler {
+            realtime,
+            confirmations,
+            tick_secs,
+        } => {
+            let subs = realtime
+                .into_iter()
+                .map(|r| RealtimeSubscription {
+                    confirmations,
+                    ..RealtimeSubscription::new(r.model, r.chain)
+                })
+                .collect();
+            Scheduler::new(
+                deps,
+                SchedulerConfig {
+                    tick: Duration::from_secs(tick_secs.max(1)),
+                    realtime: subs,
+                    retry: cli_retry(),
+                    ..Default::default()
+                },
+            )
+            .run(shutdown_signal())
+            .await;
+        }
+        Command::Enqueuer => {
+            Enqueuer::new(deps, EnqueuerConfig::default())
+                .run(shutdown_signal())
+                .await;
+        }
+        Command::Worker { queues, worker } => {
+            let queues = if queues.is_empty() {
+                deps.routing.all_queues(deps.sources.keys())
+            } else {
+                queues
+            };
+            Worker::new(deps, worker.config(&env, queues))
+                .run(shutdown_signal())
+                .await?;
+        }
+        Command::Backfill {
+            spec,
+            chunk_size,
+            adhoc,
+            adhoc_queue,
+            max_attempts,
+            idempotency_key,
+        } => {
+            let created = submit_backfill(
+                &deps,
+                BackfillRequest {
+                    model: spec.model,
+                    chain: spec.chain,
+                    range: spec.range,
+                    chunk_size,
+                    mode: if adhoc {
+                        RunMode::Adhoc
+                    } else {
+                        RunMode::Backfill
+                    },
+                    adhoc_queue,
+                    max_attempts,
+                    idempotency_key,
+                },
+            )
+            .await?;
+            eprintln!(
+                "{} {} runs",
+                if created.created {
+                    "created"
+                } else {
+                    "already submitted:"
+                },
+                created.runs.len()
+            );
+            for r in created.runs {
+                println!("{}\t{}\t{}", r.id, r.range, r.queue);
+            }
+        }
+        Command::Runs { command } => match command {
+            RunsCommand::List {
+                model,
+                chain,
+                state,
+                limit,
+                after,
+            } => {
+                let page = deps
+                    .store
+                    .list(&RunFilter {
+                        model,
+                        chain,
+                        state,
+                        after,
+                        limit,
+                        ..Default::default()
+                    })
+                    .await?;
+                for r in &page.runs {
+                    println!("{}", serde_json::to_string(r)?);
+                }
+                if let Some(next) = page.next {
+                    eprintln!("more: --after {next}");
+                }
+            }
+            RunsCommand::Show { id } => {
+                let run = deps.store.get(id).await.context("showing run")?;
+                println!("{}", serde_json::to_string_pretty(&run)?);
+            }
+        },
+        Command::Migrate => eprintln!("store migrated"),
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -166,10 +166,8 @@ impl Worker {
         let mut inflight = JoinSet::new();
         let mut failures = 0u32;
         loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            };
+            // Take a delivery first, then wait for a slot: waiting for a slot first would let
+            // idle queues hold every slot while a busy one starves.
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 d = consumer.next() => d,
@@ -177,6 +175,11 @@ impl Worker {
             match next {
                 Ok(Some(delivery)) => {
                     failures = 0;
+                    let permit = tokio::select! {
+                        // Unsettled: the broker gives it to another consumer.
+                        _ = shutdown.cancelled() => break,
+                        p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                    };
                     let (w, hb) = (self.clone(), hand_back.clone());
                     inflight.spawn(async move {
                         w.handle(delivery, hb).await;

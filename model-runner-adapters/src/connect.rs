@@ -1,0 +1,167 @@
+//! Adapters chosen by URL: one `*_from_url` per port.
+//!
+//! | port | URLs |
+//! |---|---|
+//! | store | `memory://`, `sqlite://PATH` / `sqlite::memory:`, `postgres://...` (feature `postgres`) |
+//! | queue | `memory://`, `amqp://...` / `amqps://...` (feature `rabbitmq`) |
+//! | sink | `memory://`, `file://DIR` |
+//! | block source | `devnet://?...`, `file://PATH` |
+//!
+//! A scheme whose feature is not compiled in is an error that says which feature to enable.
+//! Errors never contain a URL's password: see [`redact`].
+
+use std::sync::Arc;
+
+use model_runner_core::Chain;
+use model_runner_core::memory::{MemoryRunQueue, MemoryRunStore, MemorySink};
+use model_runner_core::ports::{
+    BlockSource, QueueError, ResultSink, RunQueue, RunStore, SinkError, SourceError, StoreError,
+};
+
+/// `url` with any password replaced by `***`, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        // Unparsable: keep only the scheme, which cannot hold a secret.
+        Err(_) => match url.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://<unparsable>"),
+            None => "<unparsable URL>".to_owned(),
+        },
+    }
+}
+
+fn scheme(url: &str) -> &str {
+    url.split_once(':').map_or("", |(s, _)| s)
+}
+
+#[allow(dead_code)] // used only by feature-gated arms
+fn disabled(feature: &str, url: &str) -> String {
+    format!(
+        "{} needs the `{feature}` feature, which this build does not have (rebuild with --features {feature})",
+        redact(url)
+    )
+}
+
+/// The run store at `url`; `migrate` applies schema migrations where the store has them.
+pub async fn store_from_url(url: &str, migrate: bool) -> Result<Arc<dyn RunStore>, StoreError> {
+    let _ = migrate;
+    match scheme(url) {
+        "memory" => Ok(Arc::new(MemoryRunStore::new())),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Arc::new(crate::sqlite::SqliteRunStore::connect(url).await?)),
+        #[cfg(not(feature = "sqlite"))]
+        "sqlite" => Err(StoreError::InvalidInput(disabled("sqlite", url))),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(Arc::new(
+            crate::postgres::PostgresRunStore::connect_with(
+                url,
+                crate::postgres::PostgresOptions {
+                    migrate,
+                    ..Default::default()
+                },
+            )
+            .await?,
+        )),
+        #[cfg(not(feature = "postgres"))]
+        "postgres" | "postgresql" => Err(StoreError::InvalidInput(disabled("postgres", url))),
+        _ => Err(StoreError::InvalidInput(format!(
+            "unsupported store URL {}: expected memory://, sqlite://PATH or postgres://...",
+            redact(url)
+        ))),
+    }
+}
+
+/// The queue at `url`. `topology` names the queues to declare up front (brokers only).
+pub async fn queue_from_url(
+    url: &str,
+    topology: &[String],
+) -> Result<Arc<dyn RunQueue>, QueueError> {
+    let _ = topology;
+    let invalid = |reason: String| QueueError::InvalidQueue {
+        name: redact(url),
+        reason,
+    };
+    match scheme(url) {
+        "memory" => Ok(Arc::new(MemoryRunQueue::new())),
+        #[cfg(feature = "rabbitmq")]
+        "amqp" | "amqps" => {
+            let q = crate::rabbitmq::AmqpRunQueue::connect(url, Default::default()).await?;
+            q.declare_topology(topology).await?;
+            Ok(Arc::new(q))
+        }
+        #[cfg(not(feature = "rabbitmq"))]
+        "amqp" | "amqps" => Err(invalid(disabled("rabbitmq", url))),
+        _ => Err(invalid(
+            "unsupported queue URL: expected memory:// or amqp://...".into(),
+        )),
+    }
+}
+
+/// The result sink at `url`.
+pub async fn sink_from_url(url: &str) -> Result<Arc<dyn ResultSink>, SinkError> {
+    match scheme(url) {
+        "memory" => Ok(Arc::new(MemorySink::new())),
+        "file" => Ok(Arc::new(crate::file_sink::FileSink::from_url(url).await?)),
+        _ => Err(SinkError::InvalidTopic {
+            topic: redact(url),
+            reason: "unsupported sink URL: expected file://DIR or memory://".into(),
+        }),
+    }
+}
+
+/// The block source of `chain` at `url`.
+pub fn source_from_url(chain: Chain, url: &str) -> Result<Arc<dyn BlockSource>, SourceError> {
+    match scheme(url) {
+        "devnet" => Ok(Arc::new(crate::devnet::DevnetSource::from_url(chain, url)?)),
+        "file" => Ok(Arc::new(crate::file_source::FileBlockSource::from_url(
+            chain, url,
+        )?)),
+        "http" | "https" | "ws" | "wss" => Err(SourceError::Unsupported(format!(
+            "JSON-RPC node sources ({}) are not available in this build yet; use devnet:// or file://",
+            redact(url)
+        ))),
+        _ => Err(SourceError::InvalidData(format!(
+            "unsupported block source URL {} for chain {chain}: expected devnet://... or file://PATH",
+            redact(url)
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_leak() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/runs"),
+            "postgres://app:***@db:5432/runs"
+        );
+        assert_eq!(redact("amqp://guest@mq/%2f"), "amqp://guest@mq/%2f");
+        assert!(!redact("amqp://u:s3cret@[bad").contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn unknown_and_disabled_schemes_are_clear() {
+        let err = store_from_url("mysql://u:pw@h/db", true).await.unwrap_err();
+        assert!(err.to_string().contains("unsupported store URL"), "{err}");
+        assert!(!err.to_string().contains("pw@"), "{err}");
+        let err = sink_from_url("s3://bucket").await.unwrap_err();
+        assert!(err.to_string().contains("unsupported sink URL"), "{err}");
+        let err = source_from_url(Chain::new("ethereum").unwrap(), "ipfs://x").unwrap_err();
+        assert!(err.to_string().contains("ethereum"), "{err}");
+        #[cfg(not(feature = "rabbitmq"))]
+        {
+            let err = queue_from_url("amqp://guest:pw@localhost", &[])
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("`rabbitmq` feature"), "{err}");
+            assert!(!err.to_string().contains("pw@"), "{err}");
+        }
+        assert!(store_from_url("memory://", true).await.is_ok());
+    }
+}

@@ -1,0 +1,421 @@
+//! The services behind the `model-runner` binary, as library functions: build the engine from
+//! adapter URLs ([`build_deps`]), run any subset of its loops ([`run_all`]) and report progress.
+//! `main.rs` only parses flags and calls these.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use model_runner_adapters::connect::{
+    queue_from_url, sink_from_url, source_from_url, store_from_url,
+};
+use model_runner_core::engine::{
+    BackfillRequest, CancellationToken, EngineDeps, Enqueuer, EnqueuerConfig, RealtimeSubscription,
+    RetryPolicy, Scheduler, SchedulerConfig, Worker, WorkerConfig, WorkerStats, submit_backfill,
+};
+use model_runner_core::ports::RunFilter;
+use model_runner_core::{BlockRange, Chain, ModelRun, Routing, RunId, RunMode, RunState};
+
+/// `CHAIN:MODEL:START-END`, as given to `--backfill`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillSpec {
+    /// Chain.
+    pub chain: Chain,
+    /// Model.
+    pub model: String,
+    /// Blocks.
+    pub range: BlockRange,
+}
+
+impl std::str::FromStr for BackfillSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.splitn(3, ':');
+        let (Some(chain), Some(model), Some(range)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!(
+                "invalid backfill {s:?}: expected CHAIN:MODEL:START-END, e.g. ethereum:erc20_transfers:0-20000"
+            ));
+        };
+        Ok(Self {
+            chain: chain.parse().map_err(|e| format!("{e}"))?,
+            model: model.to_owned(),
+            range: range.parse().map_err(|e| format!("{e}"))?,
+        })
+    }
+}
+
+/// `CHAIN:MODEL`, as given to `--realtime`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealtimeSpec {
+    /// Chain.
+    pub chain: Chain,
+    /// Model.
+    pub model: String,
+}
+
+impl std::str::FromStr for RealtimeSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let Some((chain, model)) = s.split_once(':') else {
+            return Err(format!(
+                "invalid realtime subscription {s:?}: expected CHAIN:MODEL, e.g. ethereum:block_stats"
+            ));
+        };
+        Ok(Self {
+            chain: chain.parse().map_err(|e| format!("{e}"))?,
+            model: model.to_owned(),
+        })
+    }
+}
+
+/// `NAME=URL`, as given to `--chain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSpec {
+    /// Chain.
+    pub chain: Chain,
+    /// Block source URL.
+    pub url: String,
+}
+
+impl std::str::FromStr for ChainSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let Some((chain, url)) = s.split_once('=') else {
+            return Err(format!(
+                "invalid chain {s:?}: expected NAME=URL, e.g. ethereum=devnet:// or ethereum=file://./blocks"
+            ));
+        };
+        Ok(Self {
+            chain: chain.parse().map_err(|e| format!("{e}"))?,
+            url: url.to_owned(),
+        })
+    }
+}
+
+/// Where the adapters are.
+#[derive(Debug, Clone)]
+pub struct AdapterUrls {
+    /// Run store.
+    pub store: String,
+    /// Queue.
+    pub queue: String,
+    /// Sink.
+    pub sink: String,
+    /// Block source per chain.
+    pub chains: Vec<ChainSpec>,
+    /// Apply store migrations on start.
+    pub migrate: bool,
+}
+
+/// Builds the ports from URLs, with the built-in models.
+pub async fn build_deps(urls: &AdapterUrls) -> anyhow::Result<EngineDeps> {
+    let routing = Routing::default();
+    let mut sources = HashMap::new();
+    for c in &urls.chains {
+        let source = source_from_url(c.chain.clone(), &c.url)
+            .with_context(|| format!("block source of {}", c.chain))?;
+        if sources.insert(c.chain.clone(), source).is_some() {
+            bail!("chain {} is configured twice", c.chain);
+        }
+    }
+    let chains: Vec<&Chain> = sources.keys().collect();
+    let topology = routing.all_queues(chains);
+    Ok(EngineDeps {
+        store: store_from_url(&urls.store, urls.migrate)
+            .await
+            .context("run store")?,
+        queue: queue_from_url(&urls.queue, &topology)
+            .await
+            .context("queue")?,
+        sink: sink_from_url(&urls.sink).await.context("sink")?,
+        sources,
+        models: Arc::new(model_runner_core::models::builtin()),
+        routing,
+    })
+}
+
+/// What `all` runs.
+#[derive(Debug, Clone)]
+pub struct AllConfig {
+    /// Backfills to submit (idempotently: a restart resumes them).
+    pub backfills: Vec<BackfillSpec>,
+    /// Blocks per backfill run.
+    pub chunk_size: u64,
+    /// Realtime subscriptions.
+    pub realtime: Vec<RealtimeSpec>,
+    /// Worker settings (its queues default to every queue of the configured chains).
+    pub worker: WorkerConfig,
+    /// Scheduler tick.
+    pub tick: Duration,
+    /// Attempts per run.
+    pub max_attempts: u32,
+    /// Progress line interval; `None` for no progress output.
+    pub progress: Option<Duration>,
+}
+
+impl Default for AllConfig {
+    fn default() -> Self {
+        Self {
+            backfills: Vec::new(),
+            chunk_size: 100,
+            realtime: Vec::new(),
+            worker: WorkerConfig::default(),
+            tick: Duration::from_millis(500),
+            max_attempts: 3,
+            progress: Some(Duration::from_secs(2)),
+        }
+    }
+}
+
+/// The result of `all`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Runs of the submitted backfills by final state.
+    pub backfill_runs: HashMap<RunState, u64>,
+    /// Blocks of succeeded runs (all modes).
+    pub blocks: u64,
+    /// Records delivered.
+    pub records: u64,
+    /// Whether every backfill run succeeded.
+    pub all_succeeded: bool,
+}
+
+/// Runs scheduler, enqueuer and worker in one process. With only backfills it returns once
+/// every backfill run is final; with realtime subscriptions it runs until `shutdown`.
+pub async fn run_all(
+    deps: EngineDeps,
+    config: AllConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let mut outstanding: HashSet<RunId> = HashSet::new();
+    let mut backfill_ids = Vec::new();
+    for b in &config.backfills {
+        let created = submit_backfill(
+            &deps,
+            BackfillRequest {
+                model: b.model.clone(),
+                chain: b.chain.clone(),
+                range: b.range,
+                chunk_size: config.chunk_size,
+                mode: RunMode::Backfill,
+                adhoc_queue: None,
+                max_attempts: config.max_attempts,
+                // The same backfill given again (e.g. after a restart) resumes its runs.
+                idempotency_key: Some(format!(
+                    "cli:{}:{}:{}:{}",
+                    b.chain, b.model, b.range, config.chunk_size
+                )),
+            },
+        )
+        .await
+        .with_context(|| format!("submitting backfill {}:{}:{}", b.chain, b.model, b.range))?;
+        eprintln!(
+            "backfill {}:{}:{} -> {} runs of up to {} blocks{}",
+            b.chain,
+            b.model,
+            b.range,
+            created.runs.len(),
+            config.chunk_size,
+            if created.created { "" } else { " (resumed)" }
+        );
+        for r in &created.runs {
+            backfill_ids.push(r.id);
+            if !is_done(r) {
+                outstanding.insert(r.id);
+            }
+        }
+    }
+
+    let realtime: Vec<RealtimeSubscription> = config
+        .realtime
+        .iter()
+        .map(|r| RealtimeSubscription {
+            max_attempts: config.max_attempts,
+            ..RealtimeSubscription::new(r.model.clone(), r.chain.clone())
+        })
+        .collect();
+    for r in &realtime {
+        deps.models.get_for(&r.model, &r.chain)?;
+        deps.source(&r.chain)?;
+    }
+    let follow = !realtime.is_empty();
+    let retry = config.worker.retry;
+    let scheduler = Scheduler::new(
+        deps.clone(),
+        SchedulerConfig {
+            tick: config.tick,
+            realtime,
+            retry,
+            ..Default::default()
+        },
+    );
+    let enqueuer = Enqueuer::new(deps.clone(), EnqueuerConfig::default());
+    let mut worker_config = config.worker.clone();
+    if worker_config.queues.is_empty() {
+        worker_config.queues = deps.routing.all_queues(deps.sources.keys());
+    }
+    let worker = Worker::new(deps.clone(), worker_config);
+    let stats = worker.stats();
+
+    let loops = shutdown.child_token();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(scheduler.run(loops.clone()));
+    tasks.spawn(enqueuer.run(loops.clone()));
+    let worker_token = loops.clone();
+    let worker_task = tokio::spawn(worker.run(worker_token));
+
+    let mut report = tokio::time::interval(config.progress.unwrap_or(Duration::from_secs(3600)));
+    report.tick().await;
+    let mut poll = tokio::time::interval(Duration::from_millis(200));
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = report.tick(), if config.progress.is_some() => {
+                last = print_progress(&deps, &stats, started, last).await;
+            }
+            _ = poll.tick(), if !follow => {
+                if backfills_done(&deps, &mut outstanding).await? {
+                    break;
+                }
+            }
+        }
+    }
+    loops.cancel();
+    while tasks.join_next().await.is_some() {}
+    worker_task.await.context("worker task")??;
+
+    let mut summary = Summary {
+        blocks: stats.blocks.load(Ordering::Relaxed),
+        records: stats.records.load(Ordering::Relaxed),
+        ..Default::default()
+    };
+    for id in &backfill_ids {
+        let run = deps.store.get(*id).await?;
+        *summary.backfill_runs.entry(run.state).or_default() += 1;
+    }
+    summary.all_succeeded = summary
+        .backfill_runs
+        .iter()
+        .all(|(s, _)| *s == RunState::Succeeded);
+    if config.progress.is_some() {
+        print_summary(&summary, started.elapsed(), backfill_ids.len());
+    }
+    Ok(summary)
+}
+
+/// Final for the purpose of waiting: no further attempt will happen on its own.
+fn is_done(run: &ModelRun) -> bool {
+    run.state.is_final() && !(run.next_attempt_at.is_some() && run.attempt < run.max_attempts)
+}
+
+async fn backfills_done(
+    deps: &EngineDeps,
+    outstanding: &mut HashSet<RunId>,
+) -> anyhow::Result<bool> {
+    let ids: Vec<RunId> = outstanding.iter().copied().collect();
+    for id in ids {
+        if is_done(&deps.store.get(id).await?) {
+            outstanding.remove(&id);
+        } else {
+            // Runs finish roughly in order: stop at the first unfinished one.
+            return Ok(false);
+        }
+    }
+    Ok(outstanding.is_empty())
+}
+
+async fn print_progress(
+    deps: &EngineDeps,
+    stats: &WorkerStats,
+    started: Instant,
+    (at, blocks_then): (Instant, u64),
+) -> (Instant, u64) {
+    let blocks = stats.blocks.load(Ordering::Relaxed);
+    let rate = (blocks - blocks_then) as f64 / at.elapsed().as_secs_f64().max(1e-3);
+    let counts = deps
+        .store
+        .count_by_state(&RunFilter::default())
+        .await
+        .unwrap_or_default();
+    let states: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    eprintln!(
+        "[{:>6.1}s] runs: {} | blocks modeled: {blocks} ({rate:.0}/s) | records: {}",
+        started.elapsed().as_secs_f64(),
+        if states.is_empty() {
+            "none".into()
+        } else {
+            states.join(", ")
+        },
+        stats.records.load(Ordering::Relaxed),
+    );
+    (Instant::now(), blocks)
+}
+
+fn print_summary(s: &Summary, elapsed: Duration, runs: usize) {
+    let mut states: Vec<String> = s
+        .backfill_runs
+        .iter()
+        .map(|(st, n)| format!("{n} {st}"))
+        .collect();
+    states.sort();
+    eprintln!(
+        "done in {:.1}s: {runs} backfill runs ({}), {} blocks modeled ({:.0} blocks/s), {} records delivered",
+        elapsed.as_secs_f64(),
+        states.join(", "),
+        s.blocks,
+        s.blocks as f64 / elapsed.as_secs_f64().max(1e-3),
+        s.records,
+    );
+}
+
+/// The retry policy the CLI uses: quick first retries, as a local user expects.
+pub fn cli_retry() -> RetryPolicy {
+    RetryPolicy {
+        base: Duration::from_secs(1),
+        max: Duration::from_secs(300),
+        jitter: 0.2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_with_clear_errors() {
+        let b: BackfillSpec = "ethereum:erc20_transfers:0-20000".parse().unwrap();
+        assert_eq!(b.range, BlockRange::new(0, 20000).unwrap());
+        assert!(
+            "ethereum:erc20"
+                .parse::<BackfillSpec>()
+                .unwrap_err()
+                .contains("CHAIN:MODEL:START-END")
+        );
+        assert!(
+            "Eth:m:1-2"
+                .parse::<BackfillSpec>()
+                .unwrap_err()
+                .contains("invalid chain name")
+        );
+        assert!(
+            "ethereum:m:9-1"
+                .parse::<BackfillSpec>()
+                .unwrap_err()
+                .contains("start is after end")
+        );
+        assert!(
+            "ethereum"
+                .parse::<RealtimeSpec>()
+                .unwrap_err()
+                .contains("CHAIN:MODEL")
+        );
+        let c: ChainSpec = "matic=devnet://?seed=2".parse().unwrap();
+        assert_eq!(c.url, "devnet://?seed=2");
+        assert!("devnet://".parse::<ChainSpec>().is_err());
+    }
+}

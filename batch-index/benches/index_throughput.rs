@@ -68,6 +68,7 @@ struct SizeReport {
     pairs: u64,
     shard_bytes: u64,
     bitmap_bytes: u64,
+    value_bytes: u64,
     lighthorizon_bytes: u64,
 }
 
@@ -77,6 +78,7 @@ async fn size_report(root: &StoreRoot) -> SizeReport {
         pairs: 0,
         shard_bytes: 0,
         bitmap_bytes: 0,
+        value_bytes: 0,
         lighthorizon_bytes: 0,
     };
     for (rel, size) in root.list("accounts").await.unwrap() {
@@ -87,6 +89,7 @@ async fn size_report(root: &StoreRoot) -> SizeReport {
             for (_, value) in
                 block_records(&bytes[range.start as usize..range.end as usize]).unwrap()
             {
+                r.value_bytes += value.len() as u64;
                 let mut c = Cursor::new(value);
                 let n = c.varint().unwrap();
                 for _ in 0..n {
@@ -105,14 +108,26 @@ async fn size_report(root: &StoreRoot) -> SizeReport {
 
 fn print_sizes(label: &str, r: &SizeReport) {
     let per = |b: u64| b as f64 / r.pairs.max(1) as f64;
+    let ratio = |b: u64| b as f64 / r.lighthorizon_bytes.max(1) as f64;
+    println!("{label}: {} (account, index) pairs", r.pairs);
     println!(
-        "{label}: {} (account, index) pairs; batch-index {:.1} B/pair whole shard ({:.1} B/pair bitmap only), lighthorizon gzip(XDR) {:.1} B/pair; ratio whole-shard/lighthorizon = {:.2}, bitmap/lighthorizon = {:.2}",
-        r.pairs,
-        per(r.shard_bytes),
+        "  lighthorizon gzip(XDR bitmap):     {:6.1} B/pair",
+        per(r.lighthorizon_bytes)
+    );
+    println!(
+        "  batch-index payload (id + bitmap): {:6.1} B/pair = {:.2} x lighthorizon (target <= 0.50)",
+        per(r.value_bytes),
+        ratio(r.value_bytes)
+    );
+    println!(
+        "  batch-index bitmap only:           {:6.1} B/pair = {:.2} x lighthorizon",
         per(r.bitmap_bytes),
-        per(r.lighthorizon_bytes),
-        r.shard_bytes as f64 / r.lighthorizon_bytes.max(1) as f64,
-        r.bitmap_bytes as f64 / r.lighthorizon_bytes.max(1) as f64,
+        ratio(r.bitmap_bytes)
+    );
+    println!(
+        "  batch-index whole shard files:     {:6.1} B/pair = {:.2} x lighthorizon (includes the account keys, which lighthorizon keeps in object names)",
+        per(r.shard_bytes),
+        ratio(r.shard_bytes)
     );
 }
 
@@ -169,48 +184,57 @@ fn main() {
         let source: Arc<dyn LedgerSource> = open_source(src.clone(), &cfg).await.unwrap();
         let stellar = Arc::new(StellarSource::open(src.clone(), TESTNET).await.unwrap());
 
-        // Decode-only floor: same fetch + decode, no extraction.
-        let t = Instant::now();
+        // Decode-only floor (same fetch + decode path, no extraction) and
+        // map, alternated twice; the best of each is reported so a busy
+        // machine penalises both alike.
         let checkpoints: Vec<(u32, u32)> = (0..ledgers / 64).map(|c| (FIRST + c * 64, FIRST + c * 64 + 63)).collect();
-        let decoded: usize = futures::stream::iter(checkpoints.clone())
-            .map(|(a, b)| {
-                let s = stellar.clone();
-                async move { s.decode_range(a, b).await.map(|v| v.len()) }
-            })
-            .buffer_unordered(workers as usize)
-            .try_fold(0usize, |acc, n| async move { Ok(acc + n) })
+        let target = StoreRoot::new(store.clone(), "idx", "memory:///idx");
+        let mut floor_secs = f64::MAX;
+        let mut map_secs = f64::MAX;
+        let mut manifest = None;
+        for round in 0..2 {
+            let t = Instant::now();
+            let decoded: usize = futures::stream::iter(checkpoints.clone())
+                .map(|(a, b)| {
+                    let s = stellar.clone();
+                    async move { s.decode_range(a, b).await.map(|v| v.len()) }
+                })
+                .buffer_unordered(workers as usize)
+                .try_fold(0usize, |acc, n| async move { Ok(acc + n) })
+                .await
+                .unwrap();
+            floor_secs = floor_secs.min(t.elapsed().as_secs_f64());
+            assert_eq!(decoded as u32, ledgers);
+
+            // Map: one job over everything, partitioned for 2 reduce jobs.
+            let t = Instant::now();
+            let out = run_map(
+                source.clone(),
+                &target,
+                &MapConfig {
+                    job: 0,
+                    first_ledger: FIRST,
+                    batch_size: ledgers,
+                    workers,
+                    reduce_jobs: 2,
+                    modules: Modules::ALL,
+                    force: round > 0,
+                    chain: "stellar".into(),
+                },
+            )
             .await
             .unwrap();
-        let floor_secs = t.elapsed().as_secs_f64();
-        assert_eq!(decoded as u32, ledgers);
+            map_secs = map_secs.min(t.elapsed().as_secs_f64());
+            let MapOutcome::Done(m) = out else { panic!("map must run") };
+            assert_eq!(m.ledgers_read, ledgers as u64);
+            manifest = Some(m);
+        }
+        let manifest = manifest.expect("two rounds ran");
         let floor = ledgers as f64 / floor_secs / workers as f64;
-
-        // Map: one job over everything, partitioned for 2 reduce jobs.
-        let target = StoreRoot::new(store.clone(), "idx", "memory:///idx");
-        let t = Instant::now();
-        let out = run_map(
-            source.clone(),
-            &target,
-            &MapConfig {
-                job: 0,
-                first_ledger: FIRST,
-                batch_size: ledgers,
-                workers,
-                reduce_jobs: 2,
-                modules: Modules::ALL,
-                force: false,
-                chain: "stellar".into(),
-            },
-        )
-        .await
-        .unwrap();
-        let map_secs = t.elapsed().as_secs_f64();
-        let MapOutcome::Done(manifest) = out else { panic!("fresh map") };
-        assert_eq!(manifest.ledgers_read, ledgers as u64);
         let map_rate = ledgers as f64 / map_secs / workers as f64;
-        println!("decode-only floor: {floor:.0} ledgers/s per worker ({floor_secs:.2}s)");
+        println!("decode-only floor: {floor:.0} ledgers/s per worker ({floor_secs:.2}s, best of 2)");
         println!(
-            "map:               {map_rate:.0} ledgers/s per worker ({map_secs:.2}s) = {:.0}% of the decode floor (target >= 70%)",
+            "map:               {map_rate:.0} ledgers/s per worker ({map_secs:.2}s, best of 2) = {:.0}% of the decode floor (target >= 70%)",
             100.0 * map_rate / floor
         );
 

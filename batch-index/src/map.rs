@@ -178,7 +178,7 @@ pub async fn run_map(
         }
         job_root.delete("_SUCCESS").await?;
     }
-    let (_, latest) = source.available().await?;
+    let latest = source.latest().await?;
     let range = job_range(cfg.first_ledger, cfg.batch_size, cfg.job, latest)?;
     let collected = match range {
         Some((a, b)) => {

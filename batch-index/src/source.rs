@@ -22,6 +22,13 @@ pub trait LedgerSource: Debug + Send + Sync + 'static {
     /// the source cannot be listed.
     async fn available(&self) -> Result<(u32, u32)>;
 
+    /// Last available ledger; sources override it when it is cheaper than
+    /// [`LedgerSource::available`] (a meta-archive reads `latest` instead of
+    /// listing every ledger).
+    async fn latest(&self) -> Result<u32> {
+        Ok(self.available().await?.1)
+    }
+
     /// Facts of ledgers `first..=last`, which all lie in `checkpoint`.
     /// MUST fail when a ledger in the range that the layout promises is
     /// missing or cannot be decoded.

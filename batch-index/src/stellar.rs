@@ -461,6 +461,13 @@ impl LedgerSource for StellarSource {
         }
     }
 
+    async fn latest(&self) -> Result<u32> {
+        match &self.layout {
+            Layout::MetaArchive { latest } => Ok(*latest),
+            Layout::DataLake { files } => Ok(files.iter().map(|f| f.end).max().unwrap_or(0)),
+        }
+    }
+
     async fn checkpoint_facts(
         &self,
         checkpoint: u32,

@@ -386,3 +386,64 @@ async fn migrations_are_idempotent() {
     );
     drop_schemas(&url, &[schema]).await;
 }
+
+/// `claim_next` goes on after its last claim but comes back for a requeued (older) run, and
+/// says `None` once the queue is empty.
+#[tokio::test]
+async fn claim_next_comes_back_for_requeued_runs() {
+    let Some(url) = database_url() else { return };
+    let schema = unique("t");
+    let store = store_in(&url, &schema, 2).await;
+    let runs: Vec<_> = (0..3).map(|i| new_run("m", "ethereum", i, i)).collect();
+    let queue = runs[0].queue.clone();
+    let ids: Vec<RunId> = store
+        .create_runs(CreateRuns {
+            runs,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap()
+        .runs
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    let lease = Utc::now() + chrono::Duration::minutes(5);
+    assert_eq!(store.claim_next(&queue, "w", lease).await.unwrap(), None);
+    for id in &ids {
+        store
+            .transition(*id, RunState::Pending, 1, RunEvent::Enqueue)
+            .await
+            .unwrap();
+    }
+    let first = store.claim_next(&queue, "w", lease).await.unwrap().unwrap();
+    assert_eq!(first.id, ids[0], "oldest first");
+    store
+        .transition(
+            first.id,
+            RunState::Running,
+            1,
+            RunEvent::Fail {
+                error: "boom".into(),
+                retry_at: Some(Utc::now()),
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .transition(first.id, RunState::Failed, 1, RunEvent::Enqueue)
+        .await
+        .unwrap();
+    let mut order = Vec::new();
+    while let Some(r) = store.claim_next(&queue, "w", lease).await.unwrap() {
+        order.push((r.id, r.attempt));
+    }
+    assert_eq!(order, vec![(ids[1], 1), (ids[2], 1), (ids[0], 2)]);
+    assert_eq!(
+        store
+            .claim_next("some_other_queue", "w", lease)
+            .await
+            .unwrap(),
+        None
+    );
+    drop_schemas(&url, &[schema]).await;
+}

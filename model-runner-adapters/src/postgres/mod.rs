@@ -22,9 +22,8 @@
 //! the row and decides again, so the copy is only ever an optimisation: every answer other than
 //! success comes from a fresh read.
 //!
-//! [`PostgresRunStore::claim_next`] takes the oldest queued run of a queue with
-//! `FOR UPDATE SKIP LOCKED`, so any number of workers can pull from one queue without waiting on
-//! each other. Creating runs, advancing a realtime cursor with the runs it schedules, and
+//! [`PostgresRunStore::claim_next`] takes a queued run of a queue with `FOR UPDATE SKIP LOCKED`,
+//! so any number of workers can pull from one queue without waiting on each other. Creating runs, advancing a realtime cursor with the runs it schedules, and
 //! recording an idempotency key each happen in one transaction.
 //!
 //! # Transient failures
@@ -72,6 +71,9 @@ use rows::{StoredRun, check_ranges, decode, decode_all, now, run_columns, to_i64
 /// The embedded migrations of `migrations/postgres/`.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// `claim_next` scans a queue from its oldest run at least once per this many claims.
+pub const FULL_SCAN_EVERY: u32 = 64;
+
 /// How many runs the store remembers for one-round-trip transitions.
 const REMEMBERED_RUNS: usize = 16_384;
 
@@ -116,6 +118,9 @@ pub struct PostgresRunStore {
     retry_budget: Duration,
     /// Recently read or written rows, keyed by id: a first guess for the compare-and-set.
     remembered: Arc<Mutex<HashMap<RunId, StoredRun>>>,
+    /// Per queue: the last run `claim_next` took and how many claims ago it last scanned the
+    /// queue from its start.
+    claim_hints: Arc<Mutex<HashMap<String, (RunId, u32)>>>,
 }
 
 /// Why one attempt at a multi-statement write failed.
@@ -194,6 +199,7 @@ impl PostgresRunStore {
             schema: options.schema,
             retry_budget: options.retry_budget,
             remembered: Arc::default(),
+            claim_hints: Arc::default(),
         };
         if options.migrate {
             store.migrate().await?;
@@ -227,10 +233,16 @@ impl PostgresRunStore {
         &self.pool
     }
 
-    /// Claims the oldest `queued` run of `queue` for `owner` until `lease_until`, skipping runs
-    /// other claimers are taking (`FOR UPDATE SKIP LOCKED`), or `None` when the queue has no
-    /// queued run left. The transition is decided by [`ModelRun::apply`] as for
-    /// [`RunStore::claim`].
+    /// Claims a `queued` run of `queue` for `owner` until `lease_until`, skipping runs other
+    /// claimers are taking (`FOR UPDATE SKIP LOCKED`), or `None` when the queue has no queued run
+    /// left. The transition is decided by [`ModelRun::apply`] as for [`RunStore::claim`].
+    ///
+    /// Runs are taken in id order from just after the last run this store claimed from the
+    /// queue, going back to the oldest queued run when none follows and at least every
+    /// [`FULL_SCAN_EVERY`] claims, so a requeued (older) run waits at most that many claims.
+    /// Starting after the last claim keeps each claim clear of the index entries that claimed
+    /// runs leave at the head of the queue until vacuum removes them, which would otherwise make
+    /// every claim scan all runs claimed since the last vacuum.
     pub async fn claim_next(
         &self,
         queue: &str,
@@ -243,19 +255,24 @@ impl PostgresRunStore {
         };
         let mut backoff = Backoff::new(self.retry_budget);
         let mut in_doubt: Option<ModelRun> = None;
+        let mut after = self.claim_hint(queue);
         loop {
             if let Some(mine) = in_doubt.take() {
                 let stored = self.load(mine.id).await?;
                 if stored.run == mine {
                     self.remember(&stored);
+                    self.set_claim_hint(queue, mine.id, after.is_none());
                     return Ok(Some(stored.run));
                 }
             }
-            match self.try_claim_next(queue, &event).await {
+            match self.try_claim_next(queue, &event, after).await {
                 Ok(Some(stored)) => {
                     self.remember(&stored);
+                    self.set_claim_hint(queue, stored.run.id, after.is_none());
                     return Ok(Some(stored.run));
                 }
+                // Nothing after the hint: look from the start of the queue.
+                Ok(None) if after.is_some() => after = None,
                 Ok(None) => return Ok(None),
                 Err((AttemptError::Before(e), _)) => backoff.retry("claim_next", e).await?,
                 Err((AttemptError::InDoubt(e), next)) => {
@@ -271,16 +288,18 @@ impl PostgresRunStore {
         &self,
         queue: &str,
         event: &RunEvent,
+        after: Option<RunId>,
     ) -> Result<Option<StoredRun>, (AttemptError, Option<ModelRun>)> {
         let before = |e: sqlx::Error| (AttemptError::Before(classify(e)), None);
         let mut tx = self.pool.begin().await.map_err(before)?;
         let row = sqlx::query(concat!(
             "SELECT ",
             run_columns!(),
-            " FROM runs WHERE queue = $1 AND state = 'queued' ORDER BY id LIMIT 1 \
+            " FROM runs WHERE queue = $1 AND state = 'queued' AND id > $2 ORDER BY id LIMIT 1 \
              FOR UPDATE SKIP LOCKED"
         ))
         .bind(queue)
+        .bind(after.map_or(Uuid::nil(), |a| a.0))
         .fetch_optional(&mut *tx)
         .await
         .map_err(before)?;
@@ -308,6 +327,99 @@ impl PostgresRunStore {
             Ok(()) => Ok(Some(StoredRun { run: next, version })),
             Err(e) => Err((AttemptError::InDoubt(classify(e)), Some(next))),
         }
+    }
+
+    /// One attempt at a transition on one pooled connection (so a cold transition costs one
+    /// connection checkout, not two). Returns transient errors for the caller to retry; a CAS
+    /// cut off mid-flight leaves the run it would have written in `in_doubt`.
+    async fn transition_once(
+        &self,
+        id: RunId,
+        (expected, expected_attempt): (RunState, u32),
+        event: &RunEvent,
+        mut guess: Option<StoredRun>,
+        in_doubt: &mut Option<ModelRun>,
+    ) -> Result<ModelRun, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(classify)?;
+        loop {
+            let from_memory = guess.is_some();
+            let prev = match guess.take() {
+                Some(g) => g,
+                None => {
+                    let row = sqlx::query(SELECT_RUN)
+                        .bind(id.0)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(classify)?;
+                    match row {
+                        Some(row) => decode(&row)?,
+                        None => {
+                            self.forget(id);
+                            return Err(StoreError::NotFound { id });
+                        }
+                    }
+                }
+            };
+            if !from_memory
+                && let Some(mine) = in_doubt.take()
+                && prev.run == mine
+            {
+                // Our earlier write landed; only its reply was lost.
+                self.remember(&prev);
+                return Ok(prev.run);
+            }
+            if prev.run.state != expected || prev.run.attempt != expected_attempt {
+                if from_memory {
+                    continue;
+                }
+                self.remember(&prev);
+                return Err(state_conflict(prev.run, expected, expected_attempt));
+            }
+            let mut next = prev.run.clone();
+            if let Err(e) = next.apply(event, now()) {
+                if from_memory {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            to_micros(&mut next);
+            check_ranges(&next)?;
+            match compare_and_set(&prev, &next)
+                .fetch_optional(&mut *conn)
+                .await
+            {
+                Ok(Some(version)) => {
+                    let stored = StoredRun { run: next, version };
+                    self.remember(&stored);
+                    return Ok(stored.run);
+                }
+                // Someone moved the row since we read it: decide again on a fresh read.
+                Ok(None) => {}
+                Err(e) => {
+                    *in_doubt = Some(next);
+                    return Err(classify(e));
+                }
+            }
+        }
+    }
+
+    /// Where `claim_next` on `queue` starts: after the last claimed run, or at the start of the
+    /// queue every [`FULL_SCAN_EVERY`] claims.
+    fn claim_hint(&self, queue: &str) -> Option<RunId> {
+        let hints = self.claim_hints.lock().unwrap_or_else(|e| e.into_inner());
+        match hints.get(queue) {
+            Some((last, since_full)) if *since_full < FULL_SCAN_EVERY => Some(*last),
+            _ => None,
+        }
+    }
+
+    fn set_claim_hint(&self, queue: &str, last: RunId, was_full_scan: bool) {
+        let mut hints = self.claim_hints.lock().unwrap_or_else(|e| e.into_inner());
+        let since_full = match hints.get(queue) {
+            Some((_, n)) if !was_full_scan => n + 1,
+            _ => 1,
+        };
+        hints.insert(queue.to_owned(), (last, since_full));
     }
 
     fn remember(&self, stored: &StoredRun) {
@@ -759,53 +871,23 @@ impl RunStore for PostgresRunStore {
         event: RunEvent,
     ) -> Result<ModelRun, StoreError> {
         let mut backoff = Backoff::new(self.retry_budget);
-        // The row to decide against: first the remembered copy, then fresh reads.
+        // The row to decide against on the first attempt: the remembered copy.
         let mut guess = self.remembered(id);
         // A write whose commit reply was lost.
         let mut in_doubt: Option<ModelRun> = None;
         loop {
-            let from_memory = guess.is_some();
-            let prev = match guess.take() {
-                Some(g) => g,
-                None => self.load(id).await?,
-            };
-            if let Some(mine) = in_doubt.take()
-                && prev.run == mine
-            {
-                self.remember(&prev);
-                return Ok(prev.run);
-            }
-            if prev.run.state != expected || prev.run.attempt != expected_attempt {
-                if from_memory {
-                    continue;
-                }
-                self.remember(&prev);
-                return Err(state_conflict(prev.run, expected, expected_attempt));
-            }
-            let mut next = prev.run.clone();
-            if let Err(e) = next.apply(&event, now()) {
-                if from_memory {
-                    continue;
-                }
-                return Err(e.into());
-            }
-            to_micros(&mut next);
-            check_ranges(&next)?;
-            match compare_and_set(&prev, &next)
-                .fetch_optional(&self.pool)
+            match self
+                .transition_once(
+                    id,
+                    (expected, expected_attempt),
+                    &event,
+                    guess.take(),
+                    &mut in_doubt,
+                )
                 .await
             {
-                Ok(Some(version)) => {
-                    let stored = StoredRun { run: next, version };
-                    self.remember(&stored);
-                    return Ok(stored.run);
-                }
-                // Someone moved the row since we read it: decide again on a fresh read.
-                Ok(None) => {}
-                Err(e) => {
-                    backoff.retry("transition", classify(e)).await?;
-                    in_doubt = Some(next);
-                }
+                Ok(run) => return Ok(run),
+                Err(e) => backoff.retry("transition", e).await?,
             }
         }
     }

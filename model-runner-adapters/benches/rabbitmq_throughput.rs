@@ -1,0 +1,211 @@
+//! Run with: `AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo bench -p model-runner-adapters
+//! --no-default-features --features rabbitmq --bench rabbitmq_throughput`
+//!
+//! Confirmed publishes per second and consume-and-ack per second through [`AmqpRunQueue`], beside
+//! a floor measured in the same run with raw lapin calls: batches of pipelined publishes (every
+//! message written, then every confirm awaited), 200-byte persistent messages, and a consumer
+//! with prefetch 100 acking each delivery. The adapter uses the same batch size and prefetch.
+//! Raw and adapter work alternate batch by batch (the order swapped every batch) and each side's
+//! time is summed, so load from elsewhere on the machine falls on both sides alike.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use model_runner_adapters::rabbitmq::{AmqpOptions, AmqpRunQueue};
+use model_runner_core::ports::{Consumer, RunMessage, RunQueue};
+use model_runner_core::routing::dead_letter_queue_name;
+use model_runner_core::run::RunId;
+
+/// Messages per measurement.
+const MESSAGES: usize = 20_000;
+/// Messages per publish batch (one `publish` call; one confirm wait in the raw floor).
+const BATCH: usize = 500;
+/// Unacked deliveries per consumer.
+const PREFETCH: u16 = 100;
+/// Payload of the raw floor.
+const PAYLOAD: usize = 200;
+
+fn rate(n: usize, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64()
+}
+
+/// Publishes `BATCH` messages, then awaits all their confirms.
+async fn raw_publish_batch(channel: &Channel, queue: &str, payload: &[u8]) {
+    let mut confirms = Vec::with_capacity(BATCH);
+    for _ in 0..BATCH {
+        confirms.push(
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    payload,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish"),
+        );
+    }
+    for c in confirms {
+        assert!(c.await.expect("confirm").is_ack());
+    }
+}
+
+/// Receives and acks `BATCH` deliveries.
+async fn raw_consume_batch(consumer: &mut lapin::Consumer) {
+    for _ in 0..BATCH {
+        let d = consumer.next().await.expect("stream").expect("delivery");
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+}
+
+/// Receives and acks `BATCH` deliveries through the adapter.
+async fn adapter_consume_batch(consumer: &mut Box<dyn Consumer>) {
+    for _ in 0..BATCH {
+        let d = consumer.next().await.expect("next").expect("delivery");
+        d.ack().await.unwrap();
+    }
+}
+
+/// Runs `a` and `b` and adds the time each took to `ta` and `tb`; `b_first` swaps the order.
+async fn timed_pair(
+    b_first: bool,
+    a: impl Future<Output = ()>,
+    b: impl Future<Output = ()>,
+    ta: &mut Duration,
+    tb: &mut Duration,
+) {
+    let time = async |f: std::pin::Pin<&mut dyn Future<Output = ()>>| {
+        let start = Instant::now();
+        f.await;
+        start.elapsed()
+    };
+    let (mut a, mut b) = (std::pin::pin!(a), std::pin::pin!(b));
+    if b_first {
+        *tb += time(b.as_mut()).await;
+        *ta += time(a.as_mut()).await;
+    } else {
+        *ta += time(a.as_mut()).await;
+        *tb += time(b.as_mut()).await;
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let Ok(url) = std::env::var("AMQP_URL") else {
+        eprintln!("AMQP_URL is not set: RabbitMQ benchmark not configured, nothing measured");
+        return;
+    };
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ at AMQP_URL");
+    let queue = AmqpRunQueue::connect(&url, AmqpOptions::default())
+        .await
+        .expect("RabbitMQ at AMQP_URL");
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    let raw_queue = format!("bench_raw_{suffix}");
+    let adapter_queue = format!("bench_adapter_{suffix}");
+    let publisher = conn.create_channel().await.unwrap();
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publisher
+        .queue_declare(
+            raw_queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    queue
+        .declare_topology(std::slice::from_ref(&adapter_queue))
+        .await
+        .unwrap();
+
+    let payload = vec![b'x'; PAYLOAD];
+    let batch: Vec<RunMessage> = (0..BATCH)
+        .map(|i| RunMessage {
+            run_id: RunId::new(),
+            attempt: i as u32,
+        })
+        .collect();
+    let (mut raw_pub, mut adapter_pub) = (Duration::ZERO, Duration::ZERO);
+    for i in 0..MESSAGES / BATCH {
+        timed_pair(
+            i % 2 == 1,
+            raw_publish_batch(&publisher, &raw_queue, &payload),
+            async {
+                queue
+                    .publish(&adapter_queue, &batch)
+                    .await
+                    .expect("publish")
+            },
+            &mut raw_pub,
+            &mut adapter_pub,
+        )
+        .await;
+    }
+
+    let consumer_channel = conn.create_channel().await.unwrap();
+    consumer_channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut raw_consumer = consumer_channel
+        .basic_consume(
+            raw_queue.as_str().into(),
+            "bench-raw".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut adapter_consumer = queue.consume(&adapter_queue, PREFETCH).await.unwrap();
+    let (mut raw_con, mut adapter_con) = (Duration::ZERO, Duration::ZERO);
+    for i in 0..MESSAGES / BATCH {
+        timed_pair(
+            i % 2 == 1,
+            raw_consume_batch(&mut raw_consumer),
+            adapter_consume_batch(&mut adapter_consumer),
+            &mut raw_con,
+            &mut adapter_con,
+        )
+        .await;
+    }
+
+    let (rp, ap) = (rate(MESSAGES, raw_pub), rate(MESSAGES, adapter_pub));
+    let (rc, ac) = (rate(MESSAGES, raw_con), rate(MESSAGES, adapter_con));
+    println!(
+        "{MESSAGES} messages each, in alternating batches of {BATCH}; prefetch {PREFETCH}; raw payload {PAYLOAD} bytes"
+    );
+    println!(
+        "publish (confirmed)  raw lapin floor: {rp:>9.0} msg/s   adapter: {ap:>9.0} msg/s   adapter/raw: {:>5.1}%",
+        100.0 * ap / rp
+    );
+    println!(
+        "consume + ack        raw lapin floor: {rc:>9.0} msg/s   adapter: {ac:>9.0} msg/s   adapter/raw: {:>5.1}%",
+        100.0 * ac / rc
+    );
+
+    drop(raw_consumer);
+    drop(adapter_consumer);
+    drop(consumer_channel);
+    for q in [
+        raw_queue.clone(),
+        adapter_queue.clone(),
+        dead_letter_queue_name(&adapter_queue),
+    ] {
+        let _ = publisher
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    queue.close().await;
+    let _ = conn.close(200, "done".into()).await;
+}

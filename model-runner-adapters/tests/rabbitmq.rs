@@ -219,6 +219,143 @@ async fn conflicting_declaration_is_a_clear_backend_error() {
     delete_queues(&url, &[name]).await;
 }
 
+fn messages(n: usize) -> Vec<RunMessage> {
+    (0..n)
+        .map(|i| RunMessage {
+            run_id: RunId::new(),
+            attempt: i as u32 + 1,
+        })
+        .collect()
+}
+
+/// A worker `select!`s `next` against other work: cancelling it at any point loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_is_cancel_safe() {
+    let Some(url) = amqp_url() else { return };
+    let queue = connect(&url, AmqpOptions::default()).await;
+    let name = unique("cancel");
+    let sent = messages(200);
+    let mut consumer = queue.consume(&name, 20).await.unwrap();
+    let publisher = {
+        let (queue, name, sent) = (queue.clone(), name.clone(), sent.clone());
+        tokio::spawn(async move {
+            for chunk in sent.chunks(10) {
+                queue.publish(&name, chunk).await.unwrap();
+            }
+        })
+    };
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut cancelled = 0u32;
+    while got.len() < sent.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "got {} of {}",
+            got.len(),
+            sent.len()
+        );
+        // A tiny budget, so many calls are cancelled while waiting.
+        tokio::select! {
+            next = consumer.next() => {
+                let d = next.unwrap().unwrap();
+                got.push(d.message);
+                d.ack().await.unwrap();
+            }
+            _ = tokio::time::sleep(Duration::from_micros(200)) => cancelled += 1,
+        }
+    }
+    publisher.await.unwrap();
+    assert_eq!(got, sent, "every message, once, in order");
+    eprintln!("{cancelled} calls to next were cancelled");
+    delete_queues(&url, &[name]).await;
+}
+
+/// A delivery dropped without being settled comes back while its consumer lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_delivery_is_requeued() {
+    let Some(url) = amqp_url() else { return };
+    let queue = connect(&url, AmqpOptions::default()).await;
+    let name = unique("dropped");
+    let sent = messages(1);
+    queue.publish(&name, &sent).await.unwrap();
+    let mut consumer = queue.consume(&name, 5).await.unwrap();
+    let first = expect_next(&mut consumer).await;
+    assert!(!first.redelivered);
+    drop(first);
+    let again = expect_next(&mut consumer).await;
+    assert_eq!(again.message, sent[0]);
+    assert!(again.redelivered, "it MUST be marked redelivered");
+    again.ack().await.unwrap();
+    delete_queues(&url, &[name]).await;
+}
+
+/// Concurrent publishers share the pool of confirm channels; every message arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_publishers() {
+    let Some(url) = amqp_url() else { return };
+    let queue = connect(&url, AmqpOptions::default()).await;
+    let name = unique("concurrent");
+    let batches: Vec<Vec<RunMessage>> = (0..16).map(|_| messages(50)).collect();
+    let tasks: Vec<_> = batches
+        .iter()
+        .cloned()
+        .map(|batch| {
+            let (queue, name) = (queue.clone(), name.clone());
+            tokio::spawn(async move { queue.publish(&name, &batch).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().expect("every publish is confirmed");
+    }
+    let mut consumer = queue.consume(&name, 100).await.unwrap();
+    let mut got = std::collections::HashSet::new();
+    for _ in 0..16 * 50 {
+        let d = expect_next(&mut consumer).await;
+        assert!(got.insert(d.message), "duplicate {:?}", d.message);
+        d.ack().await.unwrap();
+    }
+    let sent: std::collections::HashSet<_> = batches.into_iter().flatten().collect();
+    assert_eq!(got, sent);
+    delete_queues(&url, &[name]).await;
+}
+
+/// Properties a consumer outside this adapter can rely on: persistent, the run id as message
+/// id, the attempt in a header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_persistent_with_id_and_attempt() {
+    let Some(url) = amqp_url() else { return };
+    let queue = connect(&url, AmqpOptions::default()).await;
+    let name = unique("props");
+    let m = RunMessage {
+        run_id: RunId::new(),
+        attempt: 7,
+    };
+    queue.publish(&name, &[m]).await.unwrap();
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let got = ch
+        .basic_get(name.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("a confirmed message is in the queue");
+    let props = &got.delivery.properties;
+    assert_eq!(*props.delivery_mode(), Some(2));
+    assert_eq!(
+        props.message_id().as_ref().map(|s| s.to_string()),
+        Some(m.run_id.to_string())
+    );
+    let attempt = props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("attempt").cloned());
+    assert_eq!(attempt, Some(lapin::types::AMQPValue::LongUInt(7)));
+    assert_eq!(RunMessage::decode(&got.delivery.data).unwrap(), m);
+    let _ = conn.close(200, "done".into()).await;
+    delete_queues(&url, &[name]).await;
+}
+
 #[tokio::test]
 async fn bad_urls_name_the_problem_without_the_password() {
     for (url, expected) in [

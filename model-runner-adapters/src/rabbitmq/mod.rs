@@ -22,25 +22,31 @@
 //!
 //! # Consuming
 //!
-//! Manual acks, one channel per consumer with its own prefetch, and a
-//! cancel-safe `next`. A message that is not a [`RunMessage`] is rejected to the dead-letter
-//! queue, logged and counted ([`AmqpRunQueue::poison_count`]); the consumer keeps going.
+//! Manual acks, one channel per consumer with its own prefetch (`basic.qos`), and a cancel-safe
+//! `next` that polls lapin's consumer stream directly. A message that is not a [`RunMessage`] is
+//! rejected to the dead-letter queue, logged and counted ([`AmqpRunQueue::poison_count`]); the
+//! consumer keeps going. (A dead-letter queue has no dead-letter queue of its own: garbage found
+//! while consuming one is dropped by the broker, after the same log line.) Dropping a consumer
+//! closes its channel, so the broker requeues what it held; dropping an unsettled delivery
+//! sends `basic.nack` with requeue.
 //!
 //! # Connection loss
 //!
 //! One connection is shared. When it is found closed, the next caller reconnects, retrying with
 //! exponential backoff and jitter ([`AmqpOptions::min_backoff`] .. [`AmqpOptions::max_backoff`])
-//! for at most [`AmqpOptions::connect_timeout`] per call, and declares the topology again;
-//! consumers resubscribe on their own, retrying until the broker is back. Deliveries that were
-//! unacked when the connection died are requeued by the broker and delivered again (with
-//! `redelivered = true`); acking them on the dead channel fails with
-//! [`QueueError::Unavailable`], and the run-state claim makes their second processing harmless.
+//! for at most [`AmqpOptions::connect_timeout`] per call, and declares the topology again. A
+//! consumer whose subscription ended resubscribes inside its next `next` call, retrying with the
+//! same backoff until the broker is back, so a worker waiting in `next` simply waits longer.
+//! Deliveries that were unacked when the connection died are requeued by the broker and
+//! delivered again (with `redelivered = true`): those still buffered are skipped, and acking one
+//! already handed to a worker fails with [`QueueError::Unavailable`]; the run-state claim makes
+//! its second processing harmless. Nothing needs a process restart.
 //!
 //! # `consumer_timeout` and long runs
 //!
 //! RabbitMQ closes a consumer's channel with `PRECONDITION_FAILED` when one of its deliveries
-//! stays unacked longer than the broker's `consumer_timeout` (30 minutes by default since
-//! RabbitMQ 3.8.15). A worker acks when its run ends, so a run longer than the timeout loses its
+//! stays unacked longer than the broker's `consumer_timeout` (1800000 ms, 30 minutes, by
+//! default in current releases). A worker acks when its run ends, so a run longer than the timeout loses its
 //! channel: the broker requeues the message, the consumer resubscribes, the message is delivered
 //! again (possibly to another worker, which finds the run claimed and leaves it), and the ack of
 //! the long run fails harmlessly with [`QueueError::Unavailable`]. Nothing is lost, but the

@@ -131,6 +131,109 @@ fn print_sizes(label: &str, r: &SizeReport) {
     );
 }
 
+/// splitmix64, for reproducible synthetic data without a dependency.
+fn next(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Reduce at scale: 8 map jobs' partials holding 400,000 distinct random
+/// accounts (each in 1 to 8 random checkpoints of 2,000, in one or both
+/// indexes, some accounts seen by several jobs), merged by one reduce job
+/// with `workers` shards.
+async fn synthetic_reduce(store: Arc<dyn object_store::ObjectStore>, workers: u32) {
+    use batch_index::account::Account;
+    use batch_index::manifest::{FileEntry, MAP_FORMAT, MapManifest, to_json};
+    use batch_index::partial::{AccountSets, encode_accounts, encode_transactions};
+    let root = StoreRoot::new(store, "synthetic", "memory:///synthetic");
+    let map_jobs = 8u32;
+    let accounts_per_job = 60_000u32;
+    let mut rng = 42u64;
+    let pool: Vec<String> = (0..400_000)
+        .map(|_| {
+            let mut k = [0u8; 32];
+            for chunk in k.chunks_mut(8) {
+                chunk.copy_from_slice(&next(&mut rng).to_le_bytes());
+            }
+            Account::Stellar(k).to_string()
+        })
+        .collect();
+    let mut input_bytes = 0u64;
+    let mut records = 0u64;
+    for job in 0..map_jobs {
+        let mut sets = AccountSets::new();
+        for _ in 0..accounts_per_job {
+            let a = &pool[(next(&mut rng) % pool.len() as u64) as usize];
+            let entry = sets.entry(a.clone()).or_default();
+            for name in ACCOUNT_INDEXES {
+                if name == ACCOUNT_INDEXES[0] || next(&mut rng).is_multiple_of(3) {
+                    let set: &mut RoaringBitmap = entry.entry(name.to_string()).or_default();
+                    for _ in 0..1 + next(&mut rng) % 8 {
+                        set.insert(20_000 + (next(&mut rng) % 2_000) as u32);
+                    }
+                }
+            }
+        }
+        records += sets.len() as u64;
+        let part = encode_accounts(&sets);
+        let txs = encode_transactions(&Default::default());
+        input_bytes += part.len() as u64;
+        let job_root = root.child(&format!("job_{job}"));
+        let files = vec![
+            FileEntry::of("accounts/part-0.bin", &part, sets.len() as u64),
+            FileEntry::of("transactions/part-0.bin", &txs, 0),
+        ];
+        job_root.put("accounts/part-0.bin", part).await.unwrap();
+        job_root.put("transactions/part-0.bin", txs).await.unwrap();
+        let manifest = MapManifest {
+            format: MAP_FORMAT.into(),
+            job,
+            chain: "stellar".into(),
+            ledgers: None,
+            ledgers_read: 0,
+            reduce_job_count: 1,
+            index_names: ACCOUNT_INDEXES.iter().map(|s| s.to_string()).collect(),
+            accounts: sets.len() as u64,
+            transactions: 0,
+            files,
+        };
+        job_root.put("_SUCCESS", to_json(&manifest)).await.unwrap();
+    }
+    let t = Instant::now();
+    let out = run_reduce(
+        &root,
+        &root,
+        &ReduceConfig {
+            job: 0,
+            map_jobs,
+            reduce_jobs: 1,
+            workers,
+            force: false,
+        },
+    )
+    .await
+    .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let ReduceOutcome::Done(m) = out else {
+        panic!("fresh reduce")
+    };
+    let merged: u64 = m
+        .files
+        .iter()
+        .filter(|f| f.path.starts_with("accounts/"))
+        .map(|f| f.records)
+        .sum();
+    println!(
+        "reduce (synthetic): {map_jobs} map jobs x {accounts_per_job} records ({records} account records, {:.1} MB of partials) -> {merged} accounts in {secs:.2}s = {:.0} records/s, {:.1} MB/s",
+        input_bytes as f64 / 1e6,
+        records as f64 / secs,
+        input_bytes as f64 / 1e6 / secs
+    );
+}
+
 fn main() {
     let ledgers: u32 = std::env::var("BENCH_LEDGERS")
         .ok()
@@ -256,6 +359,8 @@ fn main() {
             big.pairs as f64 / reduce_secs
         );
         print_sizes("index size (replayed input)", &big);
+
+        synthetic_reduce(store.clone(), workers).await;
 
         // The real 320-ledger index (sparse histories, 5 checkpoints).
         let real_src = StoreRoot::open(fixture.to_str().unwrap()).unwrap();

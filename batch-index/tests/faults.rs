@@ -195,3 +195,91 @@ fn bad_configuration_is_reported_clearly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("REDUCE_JOB_COUNT=2"));
 }
+
+/// A fake S3 endpoint: answers each request (one per connection) with the
+/// status chosen by `policy(request_number)` and records the request lines.
+fn fake_s3(policy: fn(usize) -> u16) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n")
+                && conn.read(&mut byte).map(|k| k == 1).unwrap_or(false)
+            {
+                head.push(byte[0]);
+            }
+            let line = String::from_utf8_lossy(&head)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            log.lock().unwrap().push(line);
+            let status = policy(n);
+            let body = format!("<Error><Code>{status}</Code></Error>");
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (endpoint, seen)
+}
+
+fn s3_map_env(dir: &Path, endpoint: &str) -> Vec<(&'static str, String)> {
+    let mut env = map_env(dir, 0);
+    env.push(("TXMETA_SOURCE", "s3://bucket/ledgers".to_string()));
+    env.push(("AWS_ENDPOINT", endpoint.to_string()));
+    env.push(("AWS_ALLOW_HTTP", "true".to_string()));
+    env.push(("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE".to_string()));
+    env.push(("AWS_SECRET_ACCESS_KEY", "topsecretvalue".to_string()));
+    env.push(("AWS_REGION", "us-east-1".to_string()));
+    env
+}
+
+#[test]
+fn transient_s3_errors_are_retried_a_bounded_number_of_times() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Always 503: the first read is tried 1 + 6 times, then the job fails.
+    let (endpoint, seen) = fake_s3(|_| 503);
+    let out = batch_index(&["map"], &s3_map_env(tmp.path(), &endpoint));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("s3://bucket/ledgers/latest") && err.contains("after 6 retries"),
+        "{err}"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 7, "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|l| l.starts_with("GET /bucket/ledgers/latest")),
+        "{seen:?}"
+    );
+
+    // Two 503s then 404: the read is retried, then the real answer is used
+    // (no `latest`, so the source is listed as a data lake, which 404s too).
+    let (endpoint, seen) = fake_s3(|n| if n < 2 { 503 } else { 404 });
+    let out = batch_index(&["map"], &s3_map_env(tmp.path(), &endpoint));
+    assert!(!out.status.success());
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() >= 4, "{seen:?}");
+    assert!(
+        seen[..3]
+            .iter()
+            .all(|l| l.starts_with("GET /bucket/ledgers/latest")),
+        "{seen:?}"
+    );
+    assert!(
+        seen[3].contains("list-type=2"),
+        "after the retried GET comes the listing: {seen:?}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("topsecretvalue"), "{err}");
+}

@@ -46,6 +46,9 @@
 //! `Unavailable` only when the server stays away longer than the budget.
 
 mod errors;
+#[cfg(test)]
+mod plans;
+mod queries;
 mod rows;
 
 use std::collections::{BTreeMap, HashMap};
@@ -66,7 +69,11 @@ use sqlx::{AssertSqlSafe, Postgres, Row};
 use uuid::Uuid;
 
 use errors::{ADAPTER, Backoff, classify, corrupt, redact};
-use rows::{StoredRun, check_ranges, decode, decode_all, now, run_columns, to_i64, to_micros};
+use queries::{
+    CLAIM_NEXT, EXPIRED_LEASES, OUTBOX_PENDING, OUTBOX_RETRIES, Param, SELECT_RUN,
+    SELECT_RUNS_OF_KEY, UPDATE_RUN, bind_all, count_sql, list_sql,
+};
+use rows::{StoredRun, check_ranges, decode, decode_all, now, to_i64, to_micros};
 
 /// The embedded migrations of `migrations/postgres/`.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -142,23 +149,6 @@ impl From<StoreError> for AttemptError {
         AttemptError::Before(e)
     }
 }
-
-/// A bind parameter of a dynamically assembled filter.
-enum Param {
-    Text(String),
-    Time(DateTime<Utc>),
-    Id(Uuid),
-    Int(i64),
-}
-
-/// The compare-and-set every transition persists with.
-const UPDATE_RUN: &str = "UPDATE runs SET state = $5, attempt = $6, max_attempts = $7, \
-     updated_at = $8, queued_at = $9, started_at = $10, finished_at = $11, lease_owner = $12, \
-     lease_expires_at = $13, next_attempt_at = $14, blocks_done = $15, records_written = $16, \
-     last_error = $17 \
-     WHERE id = $1 AND state = $2 AND attempt = $3 AND version = $4 RETURNING version";
-
-const SELECT_RUN: &str = concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1");
 
 impl PostgresRunStore {
     /// Connects to a `postgres://` (or `postgresql://`) URL and applies the migrations.
@@ -292,17 +282,12 @@ impl PostgresRunStore {
     ) -> Result<Option<StoredRun>, (AttemptError, Option<ModelRun>)> {
         let before = |e: sqlx::Error| (AttemptError::Before(classify(e)), None);
         let mut tx = self.pool.begin().await.map_err(before)?;
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            run_columns!(),
-            " FROM runs WHERE queue = $1 AND state = 'queued' AND id > $2 ORDER BY id LIMIT 1 \
-             FOR UPDATE SKIP LOCKED"
-        ))
-        .bind(queue)
-        .bind(after.map_or(Uuid::nil(), |a| a.0))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(before)?;
+        let row = sqlx::query(CLAIM_NEXT)
+            .bind(queue)
+            .bind(after.map_or(Uuid::nil(), |a| a.0))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(before)?;
         let Some(row) = row else {
             tx.commit().await.map_err(before)?;
             return Ok(None);
@@ -483,7 +468,11 @@ impl PostgresRunStore {
         params: &[Param],
     ) -> Result<Vec<PgRow>, StoreError> {
         self.read(op, || {
-            bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params).fetch_all(&self.pool)
+            // Not kept as a prepared statement: planned afresh with the values each time, as
+            // a generic plan cannot know how selective a state, model or `since` is.
+            bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params)
+                .persistent(false)
+                .fetch_all(&self.pool)
         })
         .await
     }
@@ -508,14 +497,10 @@ impl PostgresRunStore {
             .rows_affected()
                 == 1;
             if !fresh {
-                let rows = sqlx::query(concat!(
-                    "SELECT ",
-                    run_columns!(),
-                    " FROM runs WHERE idempotency_key = $1 ORDER BY id"
-                ))
-                .bind(key)
-                .fetch_all(&mut *tx)
-                .await?;
+                let rows = sqlx::query(SELECT_RUNS_OF_KEY)
+                    .bind(key)
+                    .fetch_all(&mut *tx)
+                    .await?;
                 tx.rollback().await?;
                 return Ok(Err(decode_all(&rows)?));
             }
@@ -709,53 +694,6 @@ async fn insert_runs(
     Ok(())
 }
 
-/// The `WHERE` clause of `filter` (model, chain, mode, since; plus state and the keyset bound
-/// when `paged`) with its parameters, numbered from `$1`.
-fn filter_sql(filter: &RunFilter, paged: bool) -> (String, Vec<Param>) {
-    let mut sql = String::from(" WHERE true");
-    let mut params = Vec::new();
-    let mut add = |clause: &str, p: Param| {
-        params.push(p);
-        sql.push_str(&format!(" AND {clause} ${}", params.len()));
-    };
-    if let Some(m) = &filter.model {
-        add("model =", Param::Text(m.clone()));
-    }
-    if let Some(c) = &filter.chain {
-        add("chain =", Param::Text(c.as_str().to_owned()));
-    }
-    if let Some(m) = filter.mode {
-        add("mode =", Param::Text(m.as_str().to_owned()));
-    }
-    if let Some(t) = filter.since {
-        add("created_at >=", Param::Time(t));
-    }
-    if paged {
-        if let Some(s) = filter.state {
-            add("state =", Param::Text(s.as_str().to_owned()));
-        }
-        if let Some(a) = filter.after {
-            add("id >", Param::Id(a.0));
-        }
-    }
-    (sql, params)
-}
-
-fn bind_all<'q>(
-    mut q: sqlx::query::Query<'q, Postgres, PgArguments>,
-    params: &[Param],
-) -> sqlx::query::Query<'q, Postgres, PgArguments> {
-    for p in params {
-        q = match p {
-            Param::Text(s) => q.bind(s.clone()),
-            Param::Time(t) => q.bind(*t),
-            Param::Id(u) => q.bind(*u),
-            Param::Int(i) => q.bind(*i),
-        };
-    }
-    q
-}
-
 fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -822,17 +760,7 @@ impl RunStore for PostgresRunStore {
 
     async fn list(&self, filter: &RunFilter) -> Result<RunPage, StoreError> {
         let size = filter.page_size();
-        let (clause, mut params) = filter_sql(filter, true);
-        params.push(Param::Int(limit(size + 1)));
-        let sql = format!(
-            concat!(
-                "SELECT ",
-                run_columns!(),
-                " FROM runs{} ORDER BY id LIMIT ${}"
-            ),
-            clause,
-            params.len()
-        );
+        let (sql, params) = list_sql(filter, limit(size + 1));
         let rows = self.select_runs("list", &sql, &params).await?;
         let mut runs = decode_all(&rows)?;
         let next = if runs.len() > size {
@@ -848,8 +776,7 @@ impl RunStore for PostgresRunStore {
         &self,
         filter: &RunFilter,
     ) -> Result<BTreeMap<RunState, u64>, StoreError> {
-        let (clause, params) = filter_sql(filter, false);
-        let sql = format!("SELECT state, count(*) AS n FROM runs{clause} GROUP BY state");
+        let (sql, params) = count_sql(filter);
         let rows = self.select_runs("count_by_state", &sql, &params).await?;
         let mut out = BTreeMap::new();
         for row in rows {
@@ -899,15 +826,10 @@ impl RunStore for PostgresRunStore {
     ) -> Result<Vec<ModelRun>, StoreError> {
         let rows = self
             .read("expired_leases", || {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    run_columns!(),
-                    " FROM runs WHERE state = 'running' AND lease_expires_at < $1 \
-                     ORDER BY lease_expires_at, id LIMIT $2"
-                ))
-                .bind(now)
-                .bind(self::limit(limit))
-                .fetch_all(&self.pool)
+                sqlx::query(EXPIRED_LEASES)
+                    .bind(now)
+                    .bind(self::limit(limit))
+                    .fetch_all(&self.pool)
             })
             .await?;
         decode_all(&rows)
@@ -919,13 +841,9 @@ impl RunStore for PostgresRunStore {
         }
         let pending = self
             .read("outbox", || {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    run_columns!(),
-                    " FROM runs WHERE state = 'pending' ORDER BY id LIMIT $1"
-                ))
-                .bind(self::limit(limit))
-                .fetch_all(&self.pool)
+                sqlx::query(OUTBOX_PENDING)
+                    .bind(self::limit(limit))
+                    .fetch_all(&self.pool)
             })
             .await?;
         let mut out = Vec::with_capacity(pending.len());
@@ -938,16 +856,10 @@ impl RunStore for PostgresRunStore {
             let rest = limit - out.len();
             let retries = self
                 .read("outbox", || {
-                    sqlx::query(concat!(
-                        "SELECT ",
-                        run_columns!(),
-                        " FROM runs WHERE state IN ('failed', 'expired') \
-                         AND next_attempt_at IS NOT NULL AND next_attempt_at <= $1 \
-                         AND attempt < max_attempts ORDER BY next_attempt_at, id LIMIT $2"
-                    ))
-                    .bind(now)
-                    .bind(self::limit(rest))
-                    .fetch_all(&self.pool)
+                    sqlx::query(OUTBOX_RETRIES)
+                        .bind(now)
+                        .bind(self::limit(rest))
+                        .fetch_all(&self.pool)
                 })
                 .await?;
             for row in &retries {

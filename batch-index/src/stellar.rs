@@ -496,6 +496,58 @@ mod tests {
     use super::*;
 
     #[test]
+    fn muxed_accounts_count_as_their_base_account() {
+        use stellar_xdr::{
+            Asset, MuxedAccount, MuxedAccountMed25519, Operation, PaymentOp, Transaction,
+            TransactionExt, TransactionV1Envelope, Uint256,
+        };
+        let muxed = |key: u8, id: u64| {
+            MuxedAccount::MuxedEd25519(MuxedAccountMed25519 {
+                id,
+                ed25519: Uint256([key; 32]),
+            })
+        };
+        let pay = |src: Option<MuxedAccount>, dst: MuxedAccount| Operation {
+            source_account: src,
+            body: OperationBody::Payment(PaymentOp {
+                destination: dst,
+                asset: Asset::Native,
+                amount: 1,
+            }),
+        };
+        let tx = Transaction {
+            source_account: muxed(1, 7),
+            fee: 100,
+            seq_num: stellar_xdr::SequenceNumber(1),
+            cond: stellar_xdr::Preconditions::None,
+            memo: stellar_xdr::Memo::None,
+            operations: vec![
+                pay(None, muxed(2, 9)),
+                pay(Some(muxed(3, 1)), MuxedAccount::Ed25519(Uint256([2; 32]))),
+            ]
+            .try_into()
+            .unwrap(),
+            ext: TransactionExt::V0,
+        };
+        let env = TransactionEnvelope::Tx(TransactionV1Envelope {
+            tx,
+            signatures: Default::default(),
+        });
+        let mut facts = CheckpointFacts::new(1);
+        add_envelope_participants(&env, &mut facts);
+        let mut got: Vec<(Account, u8)> = facts.accounts.into_iter().collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (Account::Stellar([1; 32]), MASK_PAYMENT),
+                (Account::Stellar([2; 32]), MASK_PAYMENT),
+                (Account::Stellar([3; 32]), MASK_PAYMENT),
+            ]
+        );
+    }
+
+    #[test]
     fn lake_names() {
         assert_eq!(
             parse_lake_name("FCD285FF--53312000.xdr.zstd"),

@@ -359,3 +359,64 @@ fn query_command_and_rerun_contract() {
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_lake_layout_indexes_like_the_meta_archive() {
+    use stellar_xdr::{LedgerCloseMetaBatch, Limits, WriteXdr};
+    // Re-pack the real ledgers as a Galexie data lake: zstd batches of 100
+    // ledgers (not aligned to checkpoints), in partition folders.
+    let tmp = tempfile::tempdir().unwrap();
+    let lake = tmp.path().join("lake");
+    let ledgers = fixture("stellar/testnet-lighthorizon/ledgers");
+    let mut start = 1410048u32;
+    while start <= 1410367 {
+        let end = (start + 99).min(1410367);
+        let metas: Vec<_> = (start..=end)
+            .map(|seq| {
+                let b = std::fs::read(ledgers.join(seq.to_string())).unwrap();
+                batch_index::stellar::decode_meta_archive_ledger("fixture", seq, &b).unwrap()
+            })
+            .collect();
+        let batch = LedgerCloseMetaBatch {
+            start_sequence: start,
+            end_sequence: end,
+            ledger_close_metas: metas.try_into().unwrap(),
+        };
+        let xdr = batch.to_xdr(Limits::none()).unwrap();
+        let dir = lake.join(format!(
+            "{:08X}--{}-{}",
+            u32::MAX - start / 200 * 200,
+            start / 200 * 200,
+            start / 200 * 200 + 199
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let name = format!("{:08X}--{start}-{end}.xdr.zstd", u32::MAX - start);
+        std::fs::write(dir.join(name), zstd::encode_all(xdr.as_slice(), 3).unwrap()).unwrap();
+        start = end + 1;
+    }
+    let from_lake = tmp.path().join("from-lake");
+    let out = batch_index(
+        &[
+            "run",
+            "--source",
+            lake.to_str().unwrap(),
+            "--target",
+            from_lake.to_str().unwrap(),
+            "--map-jobs",
+            "3",
+            "--reduce-jobs",
+            "2",
+            "--workers",
+            "2",
+        ],
+        &[("NETWORK_PASSPHRASE", TESTNET.to_string())],
+    );
+    assert_ok(&out, "run over the data lake");
+    let reference = tmp.path().join("reference");
+    single_process(&reference, 2, 2).await;
+    assert_same_index(
+        &final_index_files(&reference),
+        &final_index_files(&from_lake),
+        "data lake vs meta-archive",
+    );
+}

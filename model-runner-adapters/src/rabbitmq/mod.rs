@@ -156,7 +156,6 @@ pub struct AmqpRunQueue {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
 struct Shared {
     /// The URL with its password, only ever given to lapin.
     url: String,
@@ -176,6 +175,18 @@ struct Shared {
     poison: AtomicU64,
     /// Connections opened, the first included.
     connects: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    /// Shows the redacted URL only: the password must not reach logs through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("url", &self.redacted_url)
+            .field("options", &self.options)
+            .field("poison", &self.poison)
+            .field("connects", &self.connects)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A failure of the broker or of lapin, kept as the source of [`QueueError::Backend`].
@@ -270,18 +281,7 @@ impl AmqpRunQueue {
     /// [`AmqpOptions::connect_timeout`] is [`QueueError::Unavailable`]. Neither shows the
     /// password.
     pub async fn connect(url: &str, options: AmqpOptions) -> Result<Self, QueueError> {
-        let redacted_url = redact_url(url)?;
-        let shared = Arc::new(Shared {
-            url: url.to_owned(),
-            redacted_url,
-            options,
-            connection: tokio::sync::Mutex::new(None),
-            declared: Mutex::new(HashSet::new()),
-            topology: Mutex::new(Vec::new()),
-            publishers: Mutex::new(Vec::new()),
-            poison: AtomicU64::new(0),
-            connects: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new(url, options)?);
         shared.connection().await?;
         Ok(Self { shared })
     }
@@ -292,16 +292,14 @@ impl AmqpRunQueue {
         for q in queues {
             topology::check_name(q)?;
         }
-        {
-            let mut topology = lock(&self.shared.topology);
-            for q in queues {
-                if !topology.contains(q) {
-                    topology.push(q.clone());
-                }
-            }
-        }
         for q in queues {
             self.shared.ensure_declared(q).await?;
+            // Only what the broker accepted is declared again on reconnect: a refused queue
+            // must not make every later reconnect fail.
+            let mut topology = lock(&self.shared.topology);
+            if !topology.contains(q) {
+                topology.push(q.clone());
+            }
         }
         Ok(())
     }
@@ -339,6 +337,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// State for `url`, not yet connected.
+    fn new(url: &str, options: AmqpOptions) -> Result<Self, QueueError> {
+        Ok(Self {
+            url: url.to_owned(),
+            redacted_url: redact_url(url)?,
+            options,
+            connection: tokio::sync::Mutex::new(None),
+            declared: Mutex::new(HashSet::new()),
+            topology: Mutex::new(Vec::new()),
+            publishers: Mutex::new(Vec::new()),
+            poison: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+        })
+    }
+
     /// The live connection, reconnecting (with backoff, for at most `connect_timeout`) when the
     /// current one is closed.
     async fn connection(&self) -> Result<Arc<Connection>, QueueError> {
@@ -576,6 +589,18 @@ mod tests {
             assert!(err.contains("invalid AMQP URL"), "{err}");
             assert!(!err.contains("secret"), "{err}");
         }
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let shared =
+            Shared::new("amqp://user:hunter2@localhost/%2f", AmqpOptions::default()).unwrap();
+        let queue = AmqpRunQueue {
+            shared: Arc::new(shared),
+        };
+        let shown = format!("{queue:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("user:***@localhost"), "{shown}");
     }
 
     #[test]

@@ -120,10 +120,10 @@ pub fn source_from_url(chain: Chain, url: &str) -> Result<Arc<dyn BlockSource>, 
         "file" => Ok(Arc::new(crate::file_source::FileBlockSource::from_url(
             chain, url,
         )?)),
-        "http" | "https" | "ws" | "wss" => Err(SourceError::Unsupported(format!(
-            "JSON-RPC node sources ({}) are not available in this build yet; use devnet:// or file://",
-            redact(url)
-        ))),
+        #[cfg(feature = "jsonrpc")]
+        "http" | "https" => Ok(Arc::new(crate::jsonrpc::JsonRpcSource::new(chain, url)?)),
+        #[cfg(not(feature = "jsonrpc"))]
+        "http" | "https" => Err(SourceError::Unsupported(disabled("jsonrpc", url))),
         _ => Err(SourceError::InvalidData(format!(
             "unsupported block source URL {} for chain {chain}: expected devnet://... or file://PATH",
             redact(url)

@@ -209,8 +209,10 @@ fn lossless_row(line: &str) -> Result<Value, serde_json::Error> {
     Ok(Value::Object(row))
 }
 
+/// Joins JSON-RPC / ethereum-etl values into blocks; shared with the JSON-RPC source, which
+/// receives the very same response shapes over HTTP.
 #[derive(Default)]
-struct Loader {
+pub(crate) struct Loader {
     blocks: BTreeMap<u64, Block>,
     txs: Vec<(u64, Transaction)>,
     receipts: HashMap<B256, Receipt>,
@@ -219,7 +221,7 @@ struct Loader {
 
 impl Loader {
     /// One JSON value from a file: a JSON-RPC response, a bare result, or an etl row.
-    fn value(&mut self, v: &Value) -> Result<(), String> {
+    pub(crate) fn value(&mut self, v: &Value) -> Result<(), String> {
         let v = v.get("result").unwrap_or(v);
         match v {
             Value::Array(items) => {
@@ -295,7 +297,7 @@ impl Loader {
         }
     }
 
-    fn finish(mut self) -> BTreeMap<u64, Block> {
+    pub(crate) fn finish(mut self) -> BTreeMap<u64, Block> {
         self.txs.sort_by_key(|(b, t)| (*b, t.index));
         self.txs.dedup_by_key(|(b, t)| (*b, t.index));
         for (number, mut tx) in self.txs {

@@ -13,6 +13,8 @@ pub mod connect;
 pub mod devnet;
 pub mod file_sink;
 pub mod file_source;
+#[cfg(feature = "jsonrpc")]
+pub mod jsonrpc;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "rabbitmq")]

@@ -1,14 +1,16 @@
 //! Single-process build: reads the whole source in one process and writes
 //! the same final shards as map + reduce, without partial files. It is the
-//! reference the distributed runs are compared with byte for byte.
+//! reference the distributed runs are compared with byte for byte. Its
+//! reduce manifests record `map_job_count: 0`.
 
 use std::sync::Arc;
 
 use crate::account::Owner;
 use crate::error::Result;
 use crate::extract::Modules;
+use crate::manifest::{REDUCE_FORMAT, ReduceManifest, to_json};
 use crate::map::collect;
-use crate::reduce::{WorkerData, write_shards};
+use crate::reduce::{WorkerData, reduce_success, write_shards};
 use crate::source::LedgerSource;
 use crate::store::StoreRoot;
 
@@ -37,7 +39,17 @@ pub async fn build_single_process(
             .insert(h, p);
     }
     for (job, w) in shards.iter().enumerate() {
-        write_shards(target, job as u32, reduce_jobs, w).await?;
+        let files = write_shards(target, job as u32, reduce_jobs, w).await?;
+        let manifest = ReduceManifest {
+            format: REDUCE_FORMAT.into(),
+            job: job as u32,
+            map_job_count: 0,
+            worker_count: workers,
+            files,
+        };
+        target
+            .put(&reduce_success(job as u32), to_json(&manifest))
+            .await?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Queries over a finished index.
 //!
-//! [`IndexReader::open`] reads `layout.json` once. A lookup hashes the key to
+//! [`IndexReader::open`] reads `layout.json` once and checks that every
+//! reduce job wrote its `_SUCCESS` manifest. A lookup hashes the key to
 //! its shard, reads the shard's footer with one suffix range read (then keeps
 //! it cached) and the one block that can hold the key with a second range
 //! read: at most two range reads of one object per lookup.
@@ -8,13 +9,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use futures::{StreamExt, TryStreamExt};
 use roaring::RoaringBitmap;
 
 use crate::account::{Account, Owner};
 use crate::bitmap_encoding;
 use crate::error::{Error, Result};
 use crate::manifest::read_json;
-use crate::reduce::{LAYOUT_FORMAT, Layout, account_shard, transaction_shard};
+use crate::reduce::{LAYOUT_FORMAT, Layout, account_shard, reduce_success, transaction_shard};
 use crate::store::StoreRoot;
 use crate::table::{self, FOOTER_BUDGET, Footer};
 use crate::varint::Cursor;
@@ -76,6 +78,24 @@ impl IndexReader {
                 root.describe("layout.json"),
                 "unknown format or zero shards",
             ));
+        }
+        // Every reduce job must have finished: a crashed reducer may have
+        // left some shards rewritten and others not.
+        let missing: Vec<u32> = futures::stream::iter(0..layout.reduce_job_count)
+            .map(|j| {
+                let root = root.clone();
+                async move { Ok::<_, Error>((j, root.get_opt(&reduce_success(j)).await?.is_some())) }
+            })
+            .buffered(16)
+            .try_filter_map(|(j, done)| async move { Ok((!done).then_some(j)) })
+            .try_collect()
+            .await?;
+        if !missing.is_empty() {
+            return Err(Error::NotFound(format!(
+                "index at {} is incomplete: reduce job(s) {missing:?} have no {}",
+                root.describe(""),
+                reduce_success(missing[0])
+            )));
         }
         Ok(IndexReader {
             root,

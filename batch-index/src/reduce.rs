@@ -72,6 +72,11 @@ pub enum ReduceOutcome {
     Done(Box<ReduceManifest>),
 }
 
+/// Path of reduce job `job`'s manifest.
+pub fn reduce_success(job: u32) -> String {
+    format!("_SUCCESS/reduce-{job}.json")
+}
+
 /// Path of an account shard.
 pub fn account_shard(owner: Owner) -> String {
     format!("accounts/{}-{}.shard", owner.job, owner.worker)
@@ -174,7 +179,7 @@ pub async fn run_reduce(
             cfg.job, cfg.reduce_jobs
         )));
     }
-    let success = format!("_SUCCESS/reduce-{}.json", cfg.job);
+    let success = reduce_success(cfg.job);
     if target.get_opt(&success).await?.is_some() {
         if !cfg.force {
             tracing::info!(

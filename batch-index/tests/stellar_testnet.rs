@@ -258,6 +258,18 @@ async fn lookups_take_at_most_two_range_reads() {
     assert_eq!(reader.range_reads(), 3, "footer cached: one block");
 }
 
+#[tokio::test]
+async fn reader_refuses_an_index_whose_reduce_did_not_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    single_process(tmp.path(), 3, 1).await;
+    std::fs::remove_file(tmp.path().join("_SUCCESS/reduce-1.json")).unwrap();
+    let e = IndexReader::open(StoreRoot::open(tmp.path().to_str().unwrap()).unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("incomplete") && e.contains("[1]"), "{e}");
+}
+
 #[test]
 fn query_command_and_rerun_contract() {
     let tmp = tempfile::tempdir().unwrap();

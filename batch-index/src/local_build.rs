@@ -38,7 +38,7 @@ pub async fn build_single_process(
             .transactions
             .insert(h, p);
     }
-    for (job, w) in shards.iter().enumerate() {
+    for (job, w) in shards.into_iter().enumerate() {
         let files = write_shards(target, job as u32, reduce_jobs, w).await?;
         let manifest = ReduceManifest {
             format: REDUCE_FORMAT.into(),

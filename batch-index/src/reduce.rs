@@ -129,27 +129,38 @@ pub async fn write_shards(
     target: &StoreRoot,
     job: u32,
     reduce_jobs: u32,
-    workers: &[WorkerData],
+    workers: Vec<WorkerData>,
 ) -> Result<Vec<FileEntry>> {
+    let worker_count = workers.len() as u32;
+    let encoded = futures::future::try_join_all(workers.into_iter().map(|data| {
+        tokio::task::spawn_blocking(move || {
+            (
+                encode_account_shard(&data.accounts),
+                data.accounts.len() as u64,
+                encode_transaction_shard(&data.transactions),
+                data.transactions.len() as u64,
+            )
+        })
+    }))
+    .await
+    .map_err(|e| Error::JobFailed(format!("reduce job {job}: encode task failed: {e}")))?;
     let mut files = Vec::new();
-    for (w, data) in workers.iter().enumerate() {
+    for (w, (acc, n_acc, tx, n_tx)) in encoded.into_iter().enumerate() {
         let owner = Owner {
             job,
             worker: w as u32,
         };
-        let acc = encode_account_shard(&data.accounts);
         let rel = account_shard(owner);
-        files.push(FileEntry::of(&rel, &acc, data.accounts.len() as u64));
+        files.push(FileEntry::of(&rel, &acc, n_acc));
         target.put(&rel, acc).await?;
-        let tx = encode_transaction_shard(&data.transactions);
         let rel = transaction_shard(owner);
-        files.push(FileEntry::of(&rel, &tx, data.transactions.len() as u64));
+        files.push(FileEntry::of(&rel, &tx, n_tx));
         target.put(&rel, tx).await?;
     }
     let layout = Layout {
         format: LAYOUT_FORMAT.into(),
         reduce_job_count: reduce_jobs,
-        worker_count: workers.len() as u32,
+        worker_count,
     };
     target.put("layout.json", to_json(&layout)).await?;
     Ok(files)
@@ -196,7 +207,9 @@ pub async fn run_reduce(
         .buffered(8)
         .try_collect()
         .await?;
-    let mut workers = vec![WorkerData::default(); cfg.workers as usize];
+    // Route records to their worker, then merge and encode each worker's
+    // shard on its own blocking thread.
+    let mut routed: Vec<Routed> = (0..cfg.workers).map(|_| Routed::default()).collect();
     for (m, (accounts, txs)) in parts.into_iter().enumerate() {
         for (text, sets) in accounts {
             let owner = Owner::of_account(&text, cfg.reduce_jobs, cfg.workers);
@@ -209,24 +222,21 @@ pub async fn run_reduce(
                     ),
                 ));
             }
-            merge_sets(
-                workers[owner.worker as usize]
-                    .accounts
-                    .entry(text)
-                    .or_default(),
-                sets,
-            );
+            routed[owner.worker as usize].0.push((text, sets));
         }
         for (h, p) in txs {
             let owner = Owner::of_transaction(&h, cfg.reduce_jobs, cfg.workers);
-            let e = workers[owner.worker as usize]
-                .transactions
-                .entry(h)
-                .or_insert(p);
-            *e = (*e).min(p);
+            routed[owner.worker as usize].1.push((h, p));
         }
     }
-    let files = write_shards(target, job, cfg.reduce_jobs, &workers).await?;
+    let merged = futures::future::try_join_all(
+        routed
+            .into_iter()
+            .map(|r| tokio::task::spawn_blocking(move || merge_worker(r))),
+    )
+    .await
+    .map_err(|e| Error::JobFailed(format!("reduce job {job}: merge task failed: {e}")))?;
+    let files = write_shards(target, job, cfg.reduce_jobs, merged).await?;
     let manifest = ReduceManifest {
         format: REDUCE_FORMAT.into(),
         job,
@@ -236,6 +246,36 @@ pub async fn run_reduce(
     };
     target.put(&success, to_json(&manifest)).await?;
     Ok(ReduceOutcome::Done(Box::new(manifest)))
+}
+
+/// Records routed to one worker, before merging.
+type Routed = (Vec<partial::AccountRecord>, Vec<([u8; 32], u64)>);
+
+/// Merges one worker's records: sort by account (stable, so sets of the
+/// same account are adjacent), fold, and bulk-build the sorted map.
+fn merge_worker((mut accounts, txs): Routed) -> WorkerData {
+    accounts.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut folded: Vec<(String, BTreeMap<String, RoaringBitmap>)> =
+        Vec::with_capacity(accounts.len());
+    for (text, sets) in accounts {
+        match folded.last_mut() {
+            Some((last, into)) if *last == text => merge_sets(into, sets),
+            _ => {
+                let mut into = BTreeMap::new();
+                merge_sets(&mut into, sets);
+                folded.push((text, into));
+            }
+        }
+    }
+    let mut transactions = BTreeMap::new();
+    for (h, p) in txs {
+        let e = transactions.entry(h).or_insert(p);
+        *e = (*e).min(p);
+    }
+    WorkerData {
+        accounts: folded.into_iter().collect(),
+        transactions,
+    }
 }
 
 type Partition = (

@@ -169,9 +169,13 @@ impl StellarSource {
                 .map_err(|e| Error::decode("ledger batch", e))?
             }
             Layout::DataLake { files } => {
-                let wanted: Vec<LakeFile> = files
+                // Files are sorted by start and do not overlap: skip to the
+                // first one that can hold `first`.
+                let from = files.partition_point(|f| f.end < first);
+                let wanted: Vec<LakeFile> = files[from..]
                     .iter()
-                    .filter(|f| f.end >= first && f.start <= last)
+                    .take_while(|f| f.start <= last)
+                    .filter(|f| f.end >= first)
                     .cloned()
                     .collect();
                 let root = self.root.clone();
@@ -200,6 +204,23 @@ impl StellarSource {
                     .filter(|m| (first..=last).contains(&ledger_seq(m)))
                     .collect();
                 metas.sort_by_key(ledger_seq);
+                // Every ledger of the range must be there exactly once.
+                for (expected, m) in
+                    (first..=last).zip(metas.iter().map(ledger_seq).chain(std::iter::repeat(0)))
+                {
+                    if m != expected {
+                        return Err(Error::NotFound(format!(
+                            "ledger {expected} is missing from the data lake at {} (or duplicated)",
+                            self.root.describe("")
+                        )));
+                    }
+                }
+                if metas.len() as u64 != u64::from(last - first) + 1 {
+                    return Err(Error::corrupt(
+                        self.root.describe(""),
+                        format!("ledgers {first}..={last} appear more than once"),
+                    ));
+                }
                 Ok(metas)
             }
         }

@@ -2,6 +2,8 @@
 //! adapter URLs ([`build_deps`]), run any subset of its loops ([`run_all`]) and report progress.
 //! `main.rs` only parses flags and calls these.
 
+pub mod api;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

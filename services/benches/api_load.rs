@@ -1,0 +1,3 @@
+//! Load benchmark of the HTTP API (filled in by the next commit).
+
+fn main() {}

@@ -1,0 +1,193 @@
+//! The HTTP API: model-run CRUD, backfills, progress, with OpenAPI, auth and clear errors.
+//!
+//! [`app`] builds the axum [`Router`] over the engine's ports ([`EngineDeps`]); [`serve`] binds it
+//! and runs until a shutdown token is cancelled. A request flows through the timeout middleware,
+//! the body limit, then its handler: auth extractors ([`auth`]) run first, then path, query and
+//! body extractors, each turning bad input into an [`ApiError`] that names the field; handlers
+//! call the store or the engine's `submit_backfill` and map port errors into `ApiError` as well.
+//!
+//! | Method | Path | Scope |
+//! |---|---|---|
+//! | `POST` | `/v1/runs` | write |
+//! | `GET` | `/v1/runs`, `/v1/runs/{id}` | read |
+//! | `POST` | `/v1/runs/{id}/cancel`, `/v1/runs/{id}/retry` | write |
+//! | `GET` | `/v1/models`, `/v1/chains/{chain}/progress` | read |
+//! | `GET` | `/healthz`, `/readyz`, `/openapi.json`, `/docs` | none |
+
+pub mod auth;
+pub mod body;
+pub mod catalog;
+pub mod error;
+pub mod health;
+pub mod openapi;
+pub mod runs;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use model_runner_core::engine::{CancellationToken, EngineDeps};
+
+pub use auth::ApiAuth;
+pub use error::ApiError;
+
+/// Request limits.
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Largest `limit` of `GET /v1/runs`.
+    pub max_page_size: u32,
+    /// Most blocks one submission may cover.
+    pub max_blocks_per_submission: u64,
+    /// Most runs one submission may create.
+    pub max_runs_per_submission: u64,
+    /// Longest a request may take before it is answered `503 timeout`.
+    pub request_timeout: Duration,
+}
+
+impl Default for ApiLimits {
+    /// 64 KiB bodies, pages of up to 1000 runs, up to 1e9 blocks and 100,000 runs per
+    /// submission, 30 s per request.
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            max_page_size: 1000,
+            max_blocks_per_submission: 1_000_000_000,
+            max_runs_per_submission: 100_000,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How the API behaves.
+#[derive(Debug, Clone, Default)]
+pub struct ApiConfig {
+    /// Who may call it.
+    pub auth: ApiAuth,
+    /// Request limits.
+    pub limits: ApiLimits,
+}
+
+/// What every handler gets: the ports and the configuration.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    /// The engine's ports, models and routing.
+    pub deps: EngineDeps,
+    /// Auth and limits.
+    pub config: Arc<ApiConfig>,
+    openapi: Arc<String>,
+}
+
+impl ApiState {
+    /// State over `deps` with `config`.
+    pub fn new(deps: EngineDeps, config: ApiConfig) -> Self {
+        let openapi = openapi::document(config.auth.open_reads)
+            .to_json()
+            .expect("the OpenAPI document serialises");
+        Self {
+            deps,
+            config: Arc::new(config),
+            openapi: Arc::new(openapi),
+        }
+    }
+}
+
+/// The API's router.
+pub fn app(state: ApiState) -> Router {
+    let limits = state.config.limits.clone();
+    Router::new()
+        .route("/v1/runs", post(runs::submit).get(runs::list_runs))
+        .route("/v1/runs/{id}", get(runs::get_run))
+        .route("/v1/runs/{id}/cancel", post(runs::cancel))
+        .route("/v1/runs/{id}/retry", post(runs::retry))
+        .route("/v1/models", get(catalog::list_models))
+        .route("/v1/chains/{chain}/progress", get(catalog::chain_progress))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi_json))
+        .route("/docs", get(|| async { Html(openapi::DOCS_PAGE) }))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            limits.request_timeout,
+            timeout,
+        ))
+        .with_state(state)
+}
+
+async fn openapi_json(State(state): State<ApiState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi.as_str().to_owned(),
+    )
+        .into_response()
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(
+        "not_found",
+        format!(
+            "no route for {} {}; see /openapi.json",
+            req.method(),
+            req.uri().path().chars().take(200).collect::<String>()
+        ),
+    )
+}
+
+async fn timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("the request took longer than {}s", limit.as_secs_f64()),
+        )
+        .into_response(),
+    }
+}
+
+/// Serves [`app`] on `addr` until `shutdown` is cancelled, then finishes in-flight requests.
+pub async fn serve(
+    addr: SocketAddr,
+    state: ApiState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the API to {addr}"))?;
+    serve_on(listener, state, shutdown).await
+}
+
+/// Serves [`app`] on a bound listener (tests bind `127.0.0.1:0`).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (write, read) = state.config.auth.token_counts();
+    if write == 0 {
+        tracing::warn!(
+            "no API write tokens configured (set {}): every write will be refused",
+            auth::WRITE_TOKENS_ENV
+        );
+    }
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        write_tokens = write,
+        read_tokens = read,
+        open_reads = state.config.auth.open_reads,
+        "API listening"
+    );
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("serving the API")
+}

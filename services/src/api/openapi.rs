@@ -1,0 +1,85 @@
+//! The OpenAPI document, generated from the handlers' `#[utoipa::path]` attributes and the
+//! views' `ToSchema` derives, and a docs page that renders it.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{OpenApi as OpenApiDoc, PathItem};
+use utoipa::{Modify, OpenApi};
+
+use super::error::{ErrorDetail, ErrorResponse};
+use super::{catalog, health, runs};
+
+/// The API description.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "model-runner API",
+        description = "Submit backfills, follow and control model runs, and see chain progress. \
+Reads need a read or write bearer token unless reads are open; writes need a write token."
+    ),
+    paths(
+        runs::submit,
+        runs::list_runs,
+        runs::get_run,
+        runs::cancel,
+        runs::retry,
+        catalog::list_models,
+        catalog::chain_progress,
+        health::healthz,
+        health::readyz,
+    ),
+    components(schemas(ErrorResponse, ErrorDetail)),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "runs", description = "Model runs"),
+        (name = "models", description = "Registered models"),
+        (name = "chains", description = "Chain progress"),
+        (name = "health", description = "Probes"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut OpenApiDoc) {
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+    }
+}
+
+/// The document as served: with open reads, `GET` operations also accept no credentials.
+pub fn document(open_reads: bool) -> OpenApiDoc {
+    let mut doc = ApiDoc::openapi();
+    if open_reads {
+        for item in doc.paths.paths.values_mut() {
+            let PathItem { get, .. } = item;
+            if let Some(op) = get
+                && let Some(security) = op.security.as_mut()
+            {
+                security.push(SecurityRequirement::default());
+            }
+        }
+    }
+    doc
+}
+
+/// A page that renders `/openapi.json` (Scalar, loaded from its CDN).
+pub const DOCS_PAGE: &str = r#"<!doctype html>
+<html>
+<head>
+<title>model-runner API</title>
+<meta charset="utf-8"/>
+<meta name="viewport" content="width=device-width, initial-scale=1"/>
+</head>
+<body>
+<noscript>The API description is at <a href="/openapi.json">/openapi.json</a>.</noscript>
+<script id="api-reference" data-url="/openapi.json"></script>
+<script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
+</body>
+</html>
+"#;

@@ -1,0 +1,660 @@
+//! `/v1/runs`: submit backfills and adhoc run sets, read runs, cancel and retry them.
+//!
+//! Submission validates the request (every check names its field), then hands it to the engine's
+//! [`submit_backfill`], which creates one run per chunk atomically. Cancel and retry are
+//! compare-and-set transitions through [`RunStore::transition`](model_runner_core::ports::RunStore),
+//! re-read and retried a few times when a worker moves the run concurrently.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use chrono::{DateTime, Utc};
+use model_runner_core::engine::{BackfillRequest, submit_backfill};
+use model_runner_core::ports::{RunFilter, StoreError};
+use model_runner_core::{
+    BlockRange, Chain, ModelKind, ModelRun, RunEvent, RunId, RunMode, RunState,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::ApiState;
+use super::auth::{ReadAccess, WriteAccess};
+use super::body::{ApiJson, OptionalJson};
+use super::error::{ApiError, ErrorResponse};
+
+/// The header that makes a resubmission return the first submission's runs.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The state of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStateView {
+    /// Created, not yet on a queue.
+    Pending,
+    /// On its queue, waiting for a worker.
+    Queued,
+    /// Being executed under a lease.
+    Running,
+    /// Done.
+    Succeeded,
+    /// Failed; retried while attempts remain.
+    Failed,
+    /// The worker's lease ran out; retried while attempts remain.
+    Expired,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+impl From<RunState> for RunStateView {
+    fn from(s: RunState) -> Self {
+        match s {
+            RunState::Pending => Self::Pending,
+            RunState::Queued => Self::Queued,
+            RunState::Running => Self::Running,
+            RunState::Succeeded => Self::Succeeded,
+            RunState::Failed => Self::Failed,
+            RunState::Expired => Self::Expired,
+            RunState::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+/// How a run was scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunModeView {
+    /// Following the chain head.
+    Realtime,
+    /// A chunk of a planned backfill.
+    Backfill,
+    /// A one-off run on the shared `backfill_N` pools.
+    Adhoc,
+}
+
+impl From<RunMode> for RunModeView {
+    fn from(m: RunMode) -> Self {
+        match m {
+            RunMode::Realtime => Self::Realtime,
+            RunMode::Backfill => Self::Backfill,
+            RunMode::Adhoc => Self::Adhoc,
+        }
+    }
+}
+
+/// Whether a model reads contract state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKindView {
+    /// Calls contract state.
+    Reads,
+    /// Only transforms block data.
+    Nonreads,
+}
+
+impl From<ModelKind> for ModelKindView {
+    fn from(k: ModelKind) -> Self {
+        match k {
+            ModelKind::Reads => Self::Reads,
+            ModelKind::Nonreads => Self::Nonreads,
+        }
+    }
+}
+
+/// An inclusive block range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RangeView {
+    /// First block (inclusive).
+    pub start: u64,
+    /// Last block (inclusive), not before `start`.
+    pub end: u64,
+}
+
+/// One model run.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RunView {
+    /// Run id (UUID v7).
+    pub id: Uuid,
+    /// Model name.
+    pub model: String,
+    /// Model version at scheduling time.
+    pub model_version: String,
+    /// Chain.
+    pub chain: String,
+    /// Blocks.
+    pub range: RangeView,
+    /// How it was scheduled.
+    pub mode: RunModeView,
+    /// Reads or nonreads.
+    pub kind: ModelKindView,
+    /// Queue it is published to.
+    pub queue: String,
+    /// Current state.
+    pub state: RunStateView,
+    /// Current attempt, from 1.
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// When the current attempt was queued.
+    pub queued_at: Option<DateTime<Utc>>,
+    /// When the current attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a final state.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// When the next attempt may be queued (failed/expired runs with attempts left).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Blocks processed by the current attempt.
+    pub blocks_done: u64,
+    /// Records written by the succeeded attempt.
+    pub records_written: u64,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+}
+
+impl From<ModelRun> for RunView {
+    fn from(r: ModelRun) -> Self {
+        Self {
+            id: r.id.0,
+            model: r.model,
+            model_version: r.model_version,
+            chain: r.chain.to_string(),
+            range: RangeView {
+                start: r.range.start(),
+                end: r.range.end(),
+            },
+            mode: r.mode.into(),
+            kind: r.kind.into(),
+            queue: r.queue,
+            state: r.state.into(),
+            attempt: r.attempt,
+            max_attempts: r.max_attempts,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            queued_at: r.queued_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            next_attempt_at: r.next_attempt_at,
+            blocks_done: r.blocks_done,
+            records_written: r.records_written,
+            last_error: r.last_error,
+        }
+    }
+}
+
+/// `POST /v1/runs`: a backfill or adhoc run set.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRuns {
+    /// Registered model name (see `GET /v1/models`).
+    #[schema(example = "erc20_transfers")]
+    pub model: String,
+    /// Configured chain.
+    #[schema(example = "ethereum")]
+    pub chain: String,
+    /// Blocks to process, inclusive.
+    pub range: RangeView,
+    /// Blocks per run (default 100).
+    #[schema(minimum = 1, example = 100)]
+    pub chunk_size: Option<u64>,
+    /// `backfill` (default) or `adhoc`; `adhoc` when only `adhoc_queue` is given.
+    pub mode: Option<RunModeView>,
+    /// For adhoc runs: the `backfill_N` pool (1-based); absent spreads over every pool.
+    #[schema(minimum = 1)]
+    pub adhoc_queue: Option<u32>,
+    /// Attempts per run (default 3, at most 100).
+    #[schema(minimum = 1, maximum = 100)]
+    pub max_attempts: Option<u32>,
+}
+
+/// The runs a submission created (or, for a repeated `Idempotency-Key`, had created).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SubmittedRuns {
+    /// `false` when an earlier submission with the same `Idempotency-Key` was returned.
+    pub created: bool,
+    /// Number of runs.
+    pub count: usize,
+    /// Their ids, in block order.
+    pub run_ids: Vec<Uuid>,
+}
+
+/// Largest `max_attempts` a submission may ask for.
+const MAX_ATTEMPTS_LIMIT: u32 = 100;
+/// Longest `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_idempotency_key",
+            format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        )
+        .field("Idempotency-Key")
+    };
+    let key = value.to_str().map_err(|_| bad())?.trim();
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY
+        || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+    {
+        return Err(bad());
+    }
+    // Namespaced so an API key never collides with the keys the CLI derives.
+    Ok(Some(format!("api:{key}")))
+}
+
+/// Submit a backfill or adhoc run set.
+#[utoipa::path(
+    post,
+    path = "/v1/runs",
+    tag = "runs",
+    request_body = SubmitRuns,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Resubmitting with the same key returns the first submission's runs")),
+    responses(
+        (status = 201, description = "Runs created", body = SubmittedRuns),
+        (status = 200, description = "Same Idempotency-Key as an earlier submission: its runs", body = SubmittedRuns),
+        (status = 400, description = "Invalid request", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 403, description = "Token may not write", body = ErrorResponse),
+        (status = 409, description = "Idempotency-Key used for different runs", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+        (status = 415, description = "Not JSON", body = ErrorResponse),
+    ),
+    security(("bearer" = ["write"]))
+)]
+pub async fn submit(
+    State(state): State<ApiState>,
+    _: WriteAccess,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<SubmitRuns>,
+) -> Result<(StatusCode, Json<SubmittedRuns>), ApiError> {
+    let limits = &state.config.limits;
+    let idempotency_key = idempotency_key(&headers)?;
+    let chain = Chain::new(req.chain.clone())
+        .map_err(|e| ApiError::bad_request("invalid_chain", e.to_string()).field("chain"))?;
+    let range = BlockRange::new(req.range.start, req.range.end)
+        .map_err(|e| ApiError::bad_request("invalid_range", e.to_string()).field("range"))?;
+    let chunk_size = req.chunk_size.unwrap_or(100);
+    if chunk_size == 0 {
+        return Err(ApiError::bad_request(
+            "invalid_chunk_size",
+            "chunk_size must be at least 1 block",
+        )
+        .field("chunk_size"));
+    }
+    if range.len() > limits.max_blocks_per_submission {
+        return Err(ApiError::bad_request(
+            "range_too_large",
+            format!(
+                "range {range} has {} blocks, more than the {} allowed per submission; split it",
+                range.len(),
+                limits.max_blocks_per_submission
+            ),
+        )
+        .field("range"));
+    }
+    let runs = range.len().div_ceil(chunk_size);
+    if runs > limits.max_runs_per_submission {
+        return Err(ApiError::bad_request(
+            "too_many_runs",
+            format!(
+                "range {range} in chunks of {chunk_size} blocks makes {runs} runs, more than the {} allowed per submission; use larger chunks or split the range",
+                limits.max_runs_per_submission
+            ),
+        )
+        .field("chunk_size"));
+    }
+    let mode = match (req.mode, req.adhoc_queue) {
+        (None, None) | (Some(RunModeView::Backfill), None) => RunMode::Backfill,
+        (None | Some(RunModeView::Adhoc), _) => RunMode::Adhoc,
+        (Some(RunModeView::Backfill), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_adhoc_queue",
+                "adhoc_queue is only valid with mode `adhoc`",
+            )
+            .field("adhoc_queue"));
+        }
+        (Some(RunModeView::Realtime), _) => {
+            return Err(ApiError::bad_request(
+                "invalid_mode",
+                "mode must be `backfill` or `adhoc`: realtime runs are created by the scheduler",
+            )
+            .field("mode"));
+        }
+    };
+    let max_attempts = req.max_attempts.unwrap_or(3);
+    if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
+        return Err(ApiError::bad_request(
+            "invalid_max_attempts",
+            format!("max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"),
+        )
+        .field("max_attempts"));
+    }
+    let deps = &state.deps;
+    deps.models.get_for(&req.model, &chain)?;
+    deps.source(&chain)?;
+    let created = submit_backfill(
+        deps,
+        BackfillRequest {
+            model: req.model,
+            chain,
+            range,
+            chunk_size,
+            mode,
+            adhoc_queue: req.adhoc_queue,
+            max_attempts,
+            idempotency_key,
+        },
+    )
+    .await?;
+    let status = if created.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(SubmittedRuns {
+            created: created.created,
+            count: created.runs.len(),
+            run_ids: created.runs.iter().map(|r| r.id.0).collect(),
+        }),
+    ))
+}
+
+fn parse_id(id: &str) -> Result<RunId, ApiError> {
+    id.parse::<RunId>()
+        .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()).field("id"))
+}
+
+/// One run.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}",
+    tag = "runs",
+    params(("id" = String, Path, description = "Run id (UUID)")),
+    responses(
+        (status = 200, description = "The run", body = RunView),
+        (status = 400, description = "Not a UUID", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 404, description = "No such run", body = ErrorResponse),
+    ),
+    security(("bearer" = ["read"]))
+)]
+pub async fn get_run(
+    State(state): State<ApiState>,
+    _: ReadAccess,
+    Path(id): Path<String>,
+) -> Result<Json<RunView>, ApiError> {
+    let id = parse_id(&id)?;
+    Ok(Json(state.deps.store.get(id).await?.into()))
+}
+
+/// Query of `GET /v1/runs`. Every field is optional; values are validated one by one so an
+/// error names its parameter.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only this model.
+    pub model: Option<String>,
+    /// Only this chain.
+    pub chain: Option<String>,
+    /// Only this state.
+    #[param(value_type = Option<RunStateView>)]
+    pub state: Option<String>,
+    /// Only this mode.
+    #[param(value_type = Option<RunModeView>)]
+    pub mode: Option<String>,
+    /// Only runs created at or after this RFC 3339 time.
+    #[param(value_type = Option<DateTime<Utc>>)]
+    pub since: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    pub limit: Option<String>,
+    /// The `next` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of runs, oldest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RunPageView {
+    /// The runs.
+    pub runs: Vec<RunView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next: Option<String>,
+}
+
+fn parse_query(q: ListQuery, max_page: u32) -> Result<RunFilter, ApiError> {
+    fn parsed<T: std::str::FromStr>(
+        value: Option<String>,
+        field: &'static str,
+        code: &'static str,
+    ) -> Result<Option<T>, ApiError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        value
+            .map(|v| {
+                v.parse::<T>()
+                    .map_err(|e| ApiError::bad_request(code, e.to_string()).field(field))
+            })
+            .transpose()
+    }
+    let limit = match q.limit {
+        None => 100,
+        Some(l) => match l.parse::<u32>() {
+            Ok(n) if (1..=max_page).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_limit",
+                    format!(
+                        "invalid limit {:?}: expected a page size from 1 to {max_page}",
+                        l.chars().take(32).collect::<String>()
+                    ),
+                )
+                .field("limit"));
+            }
+        },
+    };
+    let since = q
+        .since
+        .map(|s| {
+            DateTime::parse_from_rfc3339(&s)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_since",
+                        format!(
+                            "invalid since {:?}: expected an RFC 3339 time such as 2026-01-31T12:00:00Z",
+                            s.chars().take(64).collect::<String>()
+                        ),
+                    )
+                    .field("since")
+                })
+        })
+        .transpose()?;
+    let after = q
+        .cursor
+        .map(|c| {
+            c.parse::<RunId>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_cursor",
+                    "invalid cursor: pass the `next` value of the previous page unchanged",
+                )
+                .field("cursor")
+            })
+        })
+        .transpose()?;
+    if let Some(m) = &q.model
+        && (m.is_empty() || m.len() > 128)
+    {
+        return Err(
+            ApiError::bad_request("invalid_model", "model must be 1 to 128 characters")
+                .field("model"),
+        );
+    }
+    Ok(RunFilter {
+        model: q.model,
+        chain: parsed(q.chain, "chain", "invalid_chain")?,
+        state: parsed(q.state, "state", "invalid_state")?,
+        mode: parsed(q.mode, "mode", "invalid_mode")?,
+        since,
+        after,
+        limit,
+    })
+}
+
+/// Runs matching the filters, oldest first, one page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/runs",
+    tag = "runs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of runs", body = RunPageView),
+        (status = 400, description = "Invalid parameter", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+    ),
+    security(("bearer" = ["read"]))
+)]
+pub async fn list_runs(
+    State(state): State<ApiState>,
+    _: ReadAccess,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<RunPageView>, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!("invalid query string: {}", e.body_text()),
+        )
+    })?;
+    let filter = parse_query(q, state.config.limits.max_page_size)?;
+    let page = state.deps.store.list(&filter).await?;
+    Ok(Json(RunPageView {
+        runs: page.runs.into_iter().map(RunView::from).collect(),
+        next: page.next.map(|n| n.to_string()),
+    }))
+}
+
+/// Optional body of `POST /v1/runs/{id}/cancel`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRun {
+    /// Why, recorded on the run (at most 500 characters).
+    pub reason: Option<String>,
+}
+
+/// Attempts at a compare-and-set before giving up on a run that keeps changing.
+const CAS_ATTEMPTS: usize = 5;
+
+/// Applies the event `make` returns for the run's current state, re-reading the run when a
+/// concurrent change beats us.
+async fn transition_current(
+    state: &ApiState,
+    id: RunId,
+    make: impl Fn(&ModelRun) -> Result<RunEvent, ApiError>,
+) -> Result<ModelRun, ApiError> {
+    for _ in 0..CAS_ATTEMPTS {
+        let run = state.deps.store.get(id).await?;
+        let event = make(&run)?;
+        match state
+            .deps
+            .store
+            .transition(id, run.state, run.attempt, event)
+            .await
+        {
+            Ok(run) => return Ok(run),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::conflict(format!(
+        "run {id} kept changing state while being updated; try again"
+    )))
+}
+
+/// Cancel a pending, queued or running run.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/cancel",
+    tag = "runs",
+    params(("id" = String, Path, description = "Run id (UUID)")),
+    request_body(content = Option<CancelRun>, description = "Optional reason"),
+    responses(
+        (status = 200, description = "The cancelled run", body = RunView),
+        (status = 400, description = "Not a UUID or invalid body", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 403, description = "Token may not write", body = ErrorResponse),
+        (status = 404, description = "No such run", body = ErrorResponse),
+        (status = 409, description = "The run is finished", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+        (status = 415, description = "Not JSON", body = ErrorResponse),
+    ),
+    security(("bearer" = ["write"]))
+)]
+pub async fn cancel(
+    State(state): State<ApiState>,
+    _: WriteAccess,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<CancelRun>,
+) -> Result<Json<RunView>, ApiError> {
+    let id = parse_id(&id)?;
+    let reason = body.unwrap_or_default().reason;
+    if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
+        return Err(ApiError::bad_request(
+            "invalid_reason",
+            "reason must be at most 500 characters",
+        )
+        .field("reason"));
+    }
+    let run = transition_current(&state, id, |run| match run.state {
+        RunState::Pending | RunState::Queued | RunState::Running => Ok(RunEvent::Cancel {
+            reason: reason.clone(),
+        }),
+        s => Err(ApiError::conflict(format!(
+            "run {id} is {s}: only pending, queued or running runs can be cancelled"
+        ))),
+    })
+    .await?;
+    Ok(Json(run.into()))
+}
+
+/// Retry a failed or expired run now (granting one more attempt if none remain).
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/retry",
+    tag = "runs",
+    params(("id" = String, Path, description = "Run id (UUID)")),
+    responses(
+        (status = 200, description = "The run, due for its next attempt", body = RunView),
+        (status = 400, description = "Not a UUID", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 403, description = "Token may not write", body = ErrorResponse),
+        (status = 404, description = "No such run", body = ErrorResponse),
+        (status = 409, description = "The run is not failed or expired", body = ErrorResponse),
+    ),
+    security(("bearer" = ["write"]))
+)]
+pub async fn retry(
+    State(state): State<ApiState>,
+    _: WriteAccess,
+    Path(id): Path<String>,
+) -> Result<Json<RunView>, ApiError> {
+    let id = parse_id(&id)?;
+    let run = transition_current(&state, id, |run| match run.state {
+        RunState::Failed | RunState::Expired => Ok(RunEvent::ScheduleRetry { at: Utc::now() }),
+        s => Err(ApiError::conflict(format!(
+            "run {id} is {s}: only failed or expired runs can be retried"
+        ))),
+    })
+    .await?;
+    Ok(Json(run.into()))
+}

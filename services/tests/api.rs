@@ -1,0 +1,1186 @@
+//! Tests of the HTTP API through `app(...)` with `oneshot`: every endpoint and every error path.
+//!
+//! Each case is one `async fn(Store)` run on SQLite and, with the `postgres` feature, on the real
+//! PostgreSQL at `DATABASE_URL` (each test in its own schema). `DATABASE_URL` unset: the
+//! PostgreSQL variant says it is not configured and checks nothing; set but unreachable: it fails.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use chrono::Utc;
+use model_runner::api::{ApiAuth, ApiConfig, ApiLimits, ApiState, app};
+use model_runner_adapters::devnet::{DevnetConfig, DevnetSource};
+use model_runner_adapters::sqlite::SqliteRunStore;
+use model_runner_core::engine::EngineDeps;
+use model_runner_core::memory::{MemoryRunQueue, MemorySink};
+use model_runner_core::ports::RunStore;
+use model_runner_core::{
+    BlockRange, Chain, ModelKind, NewRun, Routing, RunEvent, RunId, RunMode, RunState,
+};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const WRITE: &str = "write-token-1";
+const READ: &str = "read-token-1";
+
+fn eth() -> Chain {
+    Chain::new("ethereum").unwrap()
+}
+
+/// Which store a case runs on.
+#[derive(Debug, Clone, Copy)]
+enum Store {
+    Sqlite,
+    #[cfg(feature = "postgres")]
+    Postgres,
+}
+
+/// A store for one test; `None` when the backend is not configured.
+async fn open_store(kind: Store, dir: &std::path::Path) -> Option<Arc<dyn RunStore>> {
+    match kind {
+        Store::Sqlite => Some(Arc::new(
+            SqliteRunStore::connect(&format!("sqlite://{}/runs.db", dir.display()))
+                .await
+                .unwrap(),
+        )),
+        #[cfg(feature = "postgres")]
+        Store::Postgres => {
+            use model_runner_adapters::postgres::{PostgresOptions, PostgresRunStore};
+            let url = match std::env::var("DATABASE_URL") {
+                Ok(u) if !u.is_empty() => u,
+                _ => {
+                    eprintln!(
+                        "DATABASE_URL is not set: this PostgreSQL API test is not configured and checks nothing"
+                    );
+                    return None;
+                }
+            };
+            let schema = format!("api_test_{}", uuid::Uuid::now_v7().simple());
+            let store = PostgresRunStore::connect_with(
+                &url,
+                PostgresOptions {
+                    schema: Some(schema),
+                    max_connections: 4,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("DATABASE_URL is set but the store cannot connect: {e}"));
+            Some(Arc::new(store))
+        }
+    }
+}
+
+struct Api {
+    app: Router,
+    store: Arc<dyn RunStore>,
+    _dir: tempfile::TempDir,
+}
+
+async fn api_with(kind: Store, config: ApiConfig) -> Option<Api> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(kind, dir.path()).await?;
+    let deps = EngineDeps {
+        store: store.clone(),
+        queue: Arc::new(MemoryRunQueue::new()),
+        sink: Arc::new(MemorySink::new()),
+        sources: HashMap::from([(
+            eth(),
+            Arc::new(DevnetSource::new(eth(), DevnetConfig::default()))
+                as Arc<dyn model_runner_core::ports::BlockSource>,
+        )]),
+        models: Arc::new(model_runner_core::models::builtin()),
+        routing: Routing::default(),
+    };
+    Some(Api {
+        app: app(ApiState::new(deps, config)),
+        store,
+        _dir: dir,
+    })
+}
+
+fn config() -> ApiConfig {
+    ApiConfig {
+        auth: ApiAuth::new(WRITE, READ, false),
+        limits: ApiLimits::default(),
+    }
+}
+
+impl Api {
+    /// Sends a request; `body` is sent as JSON when given.
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(b) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Body::from(b.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(req.body(body).unwrap()).await
+    }
+
+    async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
+        let response = self.app.clone().oneshot(req).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        (status, value)
+    }
+
+    async fn submit(&self, body: Value) -> (StatusCode, Value) {
+        self.call("POST", "/v1/runs", Some(WRITE), Some(body)).await
+    }
+
+    /// Submits and returns the run ids.
+    async fn submit_ok(&self, body: Value) -> Vec<String> {
+        let (status, v) = self.submit(body).await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        v["run_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// Asserts an error response: status, code, field, and that the message contains `words`.
+#[track_caller]
+fn assert_error(
+    got: &(StatusCode, Value),
+    status: StatusCode,
+    code: &str,
+    field: Option<&str>,
+    words: &str,
+) {
+    let (s, v) = got;
+    assert_eq!(*s, status, "{v}");
+    let e = &v["error"];
+    assert_eq!(e["code"], code, "{v}");
+    assert_eq!(e["field"].as_str(), field, "{v}");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains(words),
+        "message {message:?} does not contain {words:?}"
+    );
+}
+
+fn backfill(start: u64, end: u64, chunk: u64) -> Value {
+    json!({
+        "model": "erc20_transfers",
+        "chain": "ethereum",
+        "range": {"start": start, "end": end},
+        "chunk_size": chunk,
+    })
+}
+
+/// Runs `$case` on every configured store.
+macro_rules! on_every_store {
+    ($($case:ident),+ $(,)?) => {$(
+        mod $case {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$case(super::Store::Sqlite).await;
+            }
+            #[cfg(feature = "postgres")]
+            #[tokio::test]
+            async fn postgres() {
+                super::$case(super::Store::Postgres).await;
+            }
+        }
+    )+};
+}
+
+on_every_store!(
+    submit_get_and_idempotency,
+    submit_errors,
+    body_errors,
+    list_pagination_and_filters,
+    list_errors,
+    get_errors,
+    cancel_paths,
+    retry_paths,
+    auth_paths,
+    models_and_progress,
+    probes_openapi_and_fallback,
+    million_block_backfill,
+);
+
+async fn submit_get_and_idempotency(kind: Store) {
+    let Some(api) = api_with(kind, config()).await else {
+        return;
+    };
+    let (status, v) = api.submit(backfill(0, 999, 100)).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["created"], true);
+    assert_eq!(v["count"], 10);
+    let ids = v["run_ids"].as_array().unwrap().clone();
+    assert_eq!(ids.len(), 10);
+
+    let (status, run) = api
+        .call(
+            "GET",
+            &format!("/v1/runs/{}", ids[3].as_str().unwrap()),
+            Some(READ),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!(run["id"], ids[3]);
+    assert_eq!(run["state"], "pending");
+    assert_eq!(run["mode"], "backfill");
+    assert_eq!(run["kind"], "nonreads");
+    assert_eq!(run["range"], json!({"start": 300, "end": 399}));
+    assert_eq!(run["attempt"], 1);
+    assert_eq!(run["max_attempts"], 3);
+
+    // Adhoc, with an Idempotency-Key: a resubmission returns the same runs with 200.
+    let adhoc = json!({
+        "model": "block_stats", "chain": "ethereum", "range": {"start": 5, "end": 14},
+        "chunk_size": 5, "adhoc_queue": 2, "max_attempts": 1,
+    });
+    let request = || {
+        Request::builder()
+            .method("POST")
+            .uri("/v1/runs")
+            .header(header::AUTHORIZATION, format!("Bearer {WRITE}"))
+            .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+            .header("Idempotency-Key", "adhoc-1")
+            .body(Body::from(adhoc.to_string()))
+            .unwrap()
+    };
+    let (status, first) = api.send(request()).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(first["count"], 2);
+    let (status, again) = api.send(request()).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["created"], false);
+    assert_eq!(again["run_ids"], first["run_ids"]);
+    let id = first["run_ids"][1].as_str().unwrap();
+    let (_, run) = api
+        .call("GET", &format!("/v1/runs/{id}"), Some(READ), None)
+        .await;
+    assert_eq!(run["mode"], "adhoc");
+    assert!(
+        run["queue"].as_str().unwrap().contains("backfill_2"),
+        "{run}"
+    );
+    assert_eq!(run["max_attempts"], 1);
+
+    // The same key for different runs is a conflict.
+    let other = Request::builder()
+        .method("POST")
+        .uri("/v1/runs")
+        .header(header::AUTHORIZATION, format!("Bearer {WRITE}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("Idempotency-Key", "adhoc-1")
+        .body(Body::from(backfill(0, 9, 5).to_string()))
+        .unwrap();
+    let got = api.send(other).await;
+    assert_error(&got, StatusCode::CONFLICT, "conflict", None, "adhoc-1");
+
+    // A malformed key names the header.
+    let bad_key = Request::builder()
+        .method("POST")
+        .uri("/v1/runs")
+        .header(header::AUTHORIZATION, format!("Bearer {WRITE}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("Idempotency-Key", "x".repeat(300))
+        .body(Body::from(backfill(0, 9, 5).to_string()))
+        .unwrap();
+    let got = api.send(bad_key).await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid_idempotency_key",
+        Some("Idempotency-Key"),
+        "Idempotency-Key",
+    );
+}
+
+async fn submit_errors(kind: Store) {
+    let Some(api) = api_with(kind, config()).await else {
+        return;
+    };
+    let with = |patch: Value| {
+        let mut b = backfill(0, 99, 10);
+        for (k, v) in patch.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let cases: Vec<(Value, &str, Option<&str>, &str)> = vec![
+        (
+            with(json!({"model": "nope"})),
+            "unknown_model",
+            Some("model"),
+            "unknown model \"nope\"",
+        ),
+        (
+            with(json!({"chain": "bitcoin"})),
+            "unknown_chain",
+            Some("chain"),
+            "unknown chain \"bitcoin\"",
+        ),
+        (
+            with(json!({"chain": "Not A Chain"})),
+            "invalid_chain",
+            Some("chain"),
+            "invalid chain name",
+        ),
+        (
+            with(json!({"range": {"start": 10, "end": 5}})),
+            "invalid_range",
+            Some("range"),
+            "start is after end",
+        ),
+        (
+            with(json!({"range": {"start": 0, "end": u64::MAX}})),
+            "invalid_range",
+            Some("range"),
+            "more than u64::MAX",
+        ),
+        (
+            with(json!({"range": {"start": 0, "end": 2_000_000_000u64}})),
+            "range_too_large",
+            Some("range"),
+            "allowed per submission",
+        ),
+        (
+            with(json!({"range": {"start": 0, "end": 999_999}, "chunk_size": 1})),
+            "too_many_runs",
+            Some("chunk_size"),
+            "1000000 runs",
+        ),
+        (
+            with(json!({"chunk_size": 0})),
+            "invalid_chunk_size",
+            Some("chunk_size"),
+            "at least 1",
+        ),
+        (
+            with(json!({"max_attempts": 0})),
+            "invalid_max_attempts",
+            Some("max_attempts"),
+            "between 1 and 100",
+        ),
+        (
+            with(json!({"max_attempts": 101})),
+            "invalid_max_attempts",
+            Some("max_attempts"),
+            "between 1 and 100",
+        ),
+        (
+            with(json!({"mode": "realtime"})),
+            "invalid_mode",
+            Some("mode"),
+            "scheduler",
+        ),
+        (
+            with(json!({"mode": "backfill", "adhoc_queue": 1})),
+            "invalid_adhoc_queue",
+            Some("adhoc_queue"),
+            "only valid with mode `adhoc`",
+        ),
+        (
+            with(json!({"adhoc_queue": 99})),
+            "invalid_adhoc_queue",
+            Some("adhoc_queue"),
+            "99",
+        ),
+    ];
+    for (body, code, field, words) in cases {
+        let got = api.submit(body).await;
+        assert_error(&got, StatusCode::BAD_REQUEST, code, field, words);
+    }
+}
+
+async fn body_errors(kind: Store) {
+    let limits = ApiLimits {
+        max_body_bytes: 1024,
+        ..Default::default()
+    };
+    let Some(api) = api_with(kind, ApiConfig { limits, ..config() }).await else {
+        return;
+    };
+    let raw = |content_type: Option<&str>, body: String| {
+        let mut r = Request::builder()
+            .method("POST")
+            .uri("/v1/runs")
+            .header(header::AUTHORIZATION, format!("Bearer {WRITE}"));
+        if let Some(ct) = content_type {
+            r = r.header(header::CONTENT_TYPE, ct);
+        }
+        r.body(Body::from(body)).unwrap()
+    };
+    let got = api
+        .send(raw(Some("application/json"), "{\"model\": ".into()))
+        .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+        None,
+        "malformed JSON",
+    );
+    let got = api
+        .send(raw(
+            Some("application/json"),
+            format!("{} trailing", backfill(0, 9, 5)),
+        ))
+        .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+        None,
+        "malformed JSON",
+    );
+    let mut extra = backfill(0, 9, 5);
+    extra["priority"] = json!(1);
+    let got = api
+        .send(raw(Some("application/json"), extra.to_string()))
+        .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+        Some("priority"),
+        "unknown field `priority`",
+    );
+    let mut extra = backfill(0, 9, 5);
+    extra["range"]["step"] = json!(1);
+    let got = api
+        .send(raw(Some("application/json"), extra.to_string()))
+        .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+        Some("range.step"),
+        "unknown field `step`",
+    );
+    let got = api
+        .send(raw(
+            Some("application/json"),
+            json!({"model": "erc20_transfers", "chain": "ethereum"}).to_string(),
+        ))
+        .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+        Some("range"),
+        "missing field `range`",
+    );
+    let mut wrong = backfill(0, 9, 5);
+    wrong["range"]["start"] = json!(-1);
+    let got = api
+        .send(raw(Some("application/json"), wrong.to_string()))
+        .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+        Some("range.start"),
+        "invalid value",
+    );
+    let got = api.send(raw(Some("application/json"), "null".into())).await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+        None,
+        "invalid type",
+    );
+    let got = api.send(raw(None, backfill(0, 9, 5).to_string())).await;
+    assert_error(
+        &got,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        None,
+        "application/json",
+    );
+    let got = api
+        .send(raw(Some("text/plain"), backfill(0, 9, 5).to_string()))
+        .await;
+    assert_error(
+        &got,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        None,
+        "application/json",
+    );
+    let mut big = backfill(0, 9, 5);
+    big["model"] = json!("m".repeat(4096));
+    let got = api
+        .send(raw(Some("application/json"), big.to_string()))
+        .await;
+    assert_error(
+        &got,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        None,
+        "1024 bytes",
+    );
+    // Nothing was created by any of these.
+    let (_, page) = api.call("GET", "/v1/runs", Some(READ), None).await;
+    assert_eq!(page["runs"].as_array().unwrap().len(), 0, "{page}");
+}
+
+async fn list_pagination_and_filters(kind: Store) {
+    let Some(api) = api_with(kind, config()).await else {
+        return;
+    };
+    let before = Utc::now();
+    let erc = api.submit_ok(backfill(0, 49, 10)).await;
+    let stats = api
+        .submit_ok(json!({"model": "block_stats", "chain": "ethereum", "range": {"start": 0, "end": 2}, "chunk_size": 1, "mode": "adhoc"}))
+        .await;
+
+    // Walk everything two at a time: every run once, in id order.
+    let mut seen = Vec::new();
+    let mut uri = "/v1/runs?limit=2".to_owned();
+    loop {
+        let (status, page) = api.call("GET", &uri, Some(READ), None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let runs = page["runs"].as_array().unwrap();
+        assert!(runs.len() <= 2);
+        seen.extend(runs.iter().map(|r| r["id"].as_str().unwrap().to_owned()));
+        match page["next"].as_str() {
+            Some(next) => uri = format!("/v1/runs?limit=2&cursor={next}"),
+            None => break,
+        }
+    }
+    let mut all: Vec<String> = erc.iter().chain(&stats).cloned().collect();
+    all.sort();
+    assert_eq!(seen, all);
+
+    let ids = |page: &Value| -> Vec<String> {
+        page["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, page) = api
+        .call("GET", "/v1/runs?model=block_stats", Some(READ), None)
+        .await;
+    assert_eq!(ids(&page), stats);
+    let (_, page) = api
+        .call(
+            "GET",
+            "/v1/runs?mode=backfill&chain=ethereum",
+            Some(READ),
+            None,
+        )
+        .await;
+    assert_eq!(ids(&page), erc);
+    let (_, page) = api
+        .call("GET", "/v1/runs?state=pending&limit=1000", Some(READ), None)
+        .await;
+    assert_eq!(ids(&page).len(), 8);
+    let (_, page) = api
+        .call("GET", "/v1/runs?state=running", Some(READ), None)
+        .await;
+    assert_eq!(ids(&page).len(), 0);
+    let since = before.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let (_, page) = api
+        .call(
+            "GET",
+            &format!("/v1/runs?since={}", since.replace('+', "%2B")),
+            Some(READ),
+            None,
+        )
+        .await;
+    assert_eq!(ids(&page).len(), 8, "{page}");
+    let (_, page) = api
+        .call(
+            "GET",
+            "/v1/runs?since=2999-01-01T00:00:00Z",
+            Some(READ),
+            None,
+        )
+        .await;
+    assert_eq!(ids(&page).len(), 0);
+    let (_, page) = api
+        .call("GET", "/v1/runs?model=unknown_model", Some(READ), None)
+        .await;
+    assert_eq!(ids(&page).len(), 0);
+}
+
+async fn list_errors(kind: Store) {
+    let Some(api) = api_with(kind, config()).await else {
+        return;
+    };
+    let cases = [
+        ("limit=0", "invalid_limit", Some("limit"), "1 to 1000"),
+        ("limit=1001", "invalid_limit", Some("limit"), "1 to 1000"),
+        ("limit=ten", "invalid_limit", Some("limit"), "\"ten\""),
+        ("cursor=abc", "invalid_cursor", Some("cursor"), "next"),
+        (
+            "state=done",
+            "invalid_state",
+            Some("state"),
+            "invalid run state \"done\"",
+        ),
+        (
+            "mode=daily",
+            "invalid_mode",
+            Some("mode"),
+            "invalid run mode \"daily\"",
+        ),
+        (
+            "chain=ETH",
+            "invalid_chain",
+            Some("chain"),
+            "invalid chain name",
+        ),
+        (
+            "since=yesterday",
+            "invalid_since",
+            Some("since"),
+            "RFC 3339",
+        ),
+        ("model=", "invalid_model", Some("model"), "1 to 128"),
+        ("colour=red", "invalid_query", None, "colour"),
+    ];
+    for (query, code, field, words) in cases {
+        let got = api
+            .call("GET", &format!("/v1/runs?{query}"), Some(READ), None)
+            .await;
+        assert_error(&got, StatusCode::BAD_REQUEST, code, field, words);
+    }
+}
+
+async fn get_errors(kind: Store) {
+    let Some(api) = api_with(kind, config()).await else {
+        return;
+    };
+    let got = api
+        .call("GET", "/v1/runs/not-a-uuid", Some(READ), None)
+        .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid_id",
+        Some("id"),
+        "invalid run id \"not-a-uuid\"",
+    );
+    let unknown = RunId::new();
+    let got = api
+        .call("GET", &format!("/v1/runs/{unknown}"), Some(READ), None)
+        .await;
+    assert_error(
+        &got,
+        StatusCode::NOT_FOUND,
+        "run_not_found",
+        Some("id"),
+        &unknown.to_string(),
+    );
+    for path in ["cancel", "retry"] {
+        let got = api
+            .call("POST", &format!("/v1/runs/xyz/{path}"), Some(WRITE), None)
+            .await;
+        assert_error(
+            &got,
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            Some("id"),
+            "invalid run id",
+        );
+        let got = api
+            .call(
+                "POST",
+                &format!("/v1/runs/{unknown}/{path}"),
+                Some(WRITE),
+                None,
+            )
+            .await;
+        assert_error(
+            &got,
+            StatusCode::NOT_FOUND,
+            "run_not_found",
+            Some("id"),
+            "not found",
+        );
+    }
+}
+
+async fn cancel_paths(kind: Store) {
+    let Some(api) = api_with(kind, config()).await else {
+        return;
+    };
+    let ids = api.submit_ok(backfill(0, 29, 10)).await;
+    let (status, run) = api
+        .call(
+            "POST",
+            &format!("/v1/runs/{}/cancel", ids[0]),
+            Some(WRITE),
+            Some(json!({"reason": "wrong range"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!(run["state"], "cancelled");
+    assert_eq!(run["last_error"], "cancelled: wrong range");
+    let got = api
+        .call(
+            "POST",
+            &format!("/v1/runs/{}/cancel", ids[0]),
+            Some(WRITE),
+            None,
+        )
+        .await;
+    assert_error(
+        &got,
+        StatusCode::CONFLICT,
+        "conflict",
+        None,
+        "is cancelled: only pending, queued or running",
+    );
+
+    // A queued and a running run can be cancelled too; a succeeded one cannot.
+    let id1: RunId = ids[1].parse().unwrap();
+    api.store
+        .transition(id1, RunState::Pending, 1, RunEvent::Enqueue)
+        .await
+        .unwrap();
+    let (status, run) = api
+        .call("POST", &format!("/v1/runs/{id1}/cancel"), Some(WRITE), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!(run["state"], "cancelled");
+    let id2: RunId = ids[2].parse().unwrap();
+    let lease = Utc::now() + chrono::Duration::seconds(60);
+    api.store
+        .transition(id2, RunState::Pending, 1, RunEvent::Enqueue)
+        .await
+        .unwrap();
+    api.store.claim(id2, 1, "w", lease).await.unwrap();
+    api.store
+        .transition(
+            id2,
+            RunState::Running,
+            1,
+            RunEvent::Succeed {
+                blocks_done: 10,
+                records_written: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let got = api
+        .call("POST", &format!("/v1/runs/{id2}/cancel"), Some(WRITE), None)
+        .await;
+    assert_error(&got, StatusCode::CONFLICT, "conflict", None, "is succeeded");
+
+    let got = api
+        .call(
+            "POST",
+            &format!("/v1/runs/{}/cancel", ids[0]),
+            Some(WRITE),
+            Some(json!({"why": "x"})),
+        )
+        .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+        Some("why"),
+        "unknown field `why`",
+    );
+    let got = api
+        .call(
+            "POST",
+            &format!("/v1/runs/{}/cancel", ids[0]),
+            Some(WRITE),
+            Some(json!({"reason": "r".repeat(501)})),
+        )
+        .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid_reason",
+        Some("reason"),
+        "500 characters",
+    );
+}
+
+async fn retry_paths(kind: Store) {
+    let Some(api) = api_with(kind, config()).await else {
+        return;
+    };
+    let ids = api
+        .submit_ok(json!({"model": "erc20_transfers", "chain": "ethereum", "range": {"start": 0, "end": 1}, "chunk_size": 1, "max_attempts": 1}))
+        .await;
+    let got = api
+        .call(
+            "POST",
+            &format!("/v1/runs/{}/retry", ids[0]),
+            Some(WRITE),
+            None,
+        )
+        .await;
+    assert_error(
+        &got,
+        StatusCode::CONFLICT,
+        "conflict",
+        None,
+        "is pending: only failed or expired runs can be retried",
+    );
+
+    // Fail it on its only attempt, then retry: one more attempt is granted, due now.
+    let id: RunId = ids[0].parse().unwrap();
+    let lease = Utc::now() + chrono::Duration::seconds(60);
+    api.store
+        .transition(id, RunState::Pending, 1, RunEvent::Enqueue)
+        .await
+        .unwrap();
+    api.store.claim(id, 1, "w", lease).await.unwrap();
+    api.store
+        .transition(
+            id,
+            RunState::Running,
+            1,
+            RunEvent::Fail {
+                error: "boom".into(),
+                retry_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    let (status, run) = api
+        .call("POST", &format!("/v1/runs/{id}/retry"), Some(WRITE), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!(run["state"], "failed");
+    assert_eq!(run["max_attempts"], 2);
+    assert!(run["next_attempt_at"].is_string(), "{run}");
+    let due = api
+        .store
+        .outbox(Utc::now() + chrono::Duration::seconds(1), 10)
+        .await
+        .unwrap();
+    assert!(
+        due.iter().any(|r| r.id == id),
+        "the retried run is due for publishing"
+    );
+
+    let got = api
+        .call(
+            "POST",
+            &format!("/v1/runs/{}/cancel", ids[0]),
+            Some(WRITE),
+            None,
+        )
+        .await;
+    assert_error(&got, StatusCode::CONFLICT, "conflict", None, "is failed");
+}
+
+async fn auth_paths(kind: Store) {
+    let Some(api) = api_with(kind, config()).await else {
+        return;
+    };
+    let body = backfill(0, 9, 5);
+    let got = api.call("POST", "/v1/runs", None, Some(body.clone())).await;
+    assert_error(
+        &got,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        None,
+        "missing bearer token",
+    );
+    let got = api
+        .call("POST", "/v1/runs", Some("guess"), Some(body.clone()))
+        .await;
+    assert_error(
+        &got,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        None,
+        "invalid bearer token",
+    );
+    assert!(
+        !got.1.to_string().contains("guess"),
+        "the presented token is not echoed"
+    );
+    let got = api
+        .call("POST", "/v1/runs", Some(READ), Some(body.clone()))
+        .await;
+    assert_error(
+        &got,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        None,
+        "write token",
+    );
+    let basic = Request::builder()
+        .method("GET")
+        .uri("/v1/models")
+        .header(header::AUTHORIZATION, "Basic dXNlcjpwYXNz")
+        .body(Body::empty())
+        .unwrap();
+    let got = api.send(basic).await;
+    assert_error(
+        &got,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        None,
+        "malformed Authorization header",
+    );
+    // 401 carries the challenge.
+    let response = api
+        .app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/v1/runs")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+    // Writes are checked before the body is read.
+    let got = api
+        .call("POST", "/v1/runs", None, Some(json!({"nonsense": true})))
+        .await;
+    assert_eq!(got.0, StatusCode::UNAUTHORIZED);
+    for path in ["cancel", "retry"] {
+        let got = api
+            .call(
+                "POST",
+                &format!("/v1/runs/{}/{path}", RunId::new()),
+                Some(READ),
+                None,
+            )
+            .await;
+        assert_eq!(got.0, StatusCode::FORBIDDEN, "{}", got.1);
+        let got = api
+            .call(
+                "POST",
+                &format!("/v1/runs/{}/{path}", RunId::new()),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(got.0, StatusCode::UNAUTHORIZED, "{}", got.1);
+    }
+    for uri in [
+        "/v1/runs",
+        "/v1/models",
+        "/v1/chains/ethereum/progress",
+        &format!("/v1/runs/{}", RunId::new()),
+    ] {
+        let got = api.call("GET", uri, None, None).await;
+        assert_eq!(got.0, StatusCode::UNAUTHORIZED, "{uri}: {}", got.1);
+        let got = api.call("GET", "/v1/models", Some(WRITE), None).await;
+        assert_eq!(got.0, StatusCode::OK, "a write token also reads");
+    }
+    let (status, _) = api
+        .call("POST", "/v1/runs", Some(WRITE), Some(body.clone()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // Open reads: GETs need no token, writes still do.
+    let open = ApiConfig {
+        auth: ApiAuth::new(WRITE, "", true),
+        ..config()
+    };
+    let Some(api) = api_with(kind, open).await else {
+        return;
+    };
+    let (status, _) = api.call("GET", "/v1/runs", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let got = api.call("POST", "/v1/runs", None, Some(body.clone())).await;
+    assert_eq!(got.0, StatusCode::UNAUTHORIZED);
+    let (_, doc) = api.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(
+        doc["paths"]["/v1/runs"]["get"]["security"],
+        json!([{"bearer": ["read"]}, {}])
+    );
+    assert_eq!(
+        doc["paths"]["/v1/runs"]["post"]["security"],
+        json!([{"bearer": ["write"]}])
+    );
+
+    // No tokens at all: every write is refused.
+    let Some(api) = api_with(
+        kind,
+        ApiConfig {
+            auth: ApiAuth::new("", "", false),
+            ..config()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let got = api.call("POST", "/v1/runs", Some(""), Some(body)).await;
+    assert_eq!(got.0, StatusCode::UNAUTHORIZED);
+}
+
+async fn models_and_progress(kind: Store) {
+    let Some(api) = api_with(kind, config()).await else {
+        return;
+    };
+    let (status, v) = api.call("GET", "/v1/models", Some(READ), None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let models = v["models"].as_array().unwrap();
+    let names: Vec<&str> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["block_stats", "erc20_transfers"]);
+    for m in models {
+        assert_eq!(m["kind"], "nonreads");
+        assert!(!m["version"].as_str().unwrap().is_empty());
+        assert_eq!(m["chains"], json!(["ethereum"]));
+    }
+
+    api.submit_ok(backfill(0, 29, 10)).await;
+    let ids = api.submit_ok(backfill(100, 109, 10)).await;
+    api.call(
+        "POST",
+        &format!("/v1/runs/{}/cancel", ids[0]),
+        Some(WRITE),
+        None,
+    )
+    .await;
+    let realtime = NewRun {
+        model: "block_stats".into(),
+        model_version: "1".into(),
+        chain: eth(),
+        range: BlockRange::new(0, 41).unwrap(),
+        mode: RunMode::Realtime,
+        kind: ModelKind::Nonreads,
+        queue: "ethereum_realtime_nonreads".into(),
+        max_attempts: 3,
+    };
+    api.store
+        .advance_cursor("block_stats", &eth(), None, 41, vec![realtime])
+        .await
+        .unwrap();
+
+    let (status, p) = api
+        .call("GET", "/v1/chains/ethereum/progress", Some(READ), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    assert_eq!(p["chain"], "ethereum");
+    let head = p["head"]["number"].as_u64().unwrap();
+    assert!(head >= 41, "{p}");
+    assert!(p["head"]["hash"].as_str().unwrap().starts_with("0x"));
+    assert_eq!(p["head_error"], Value::Null);
+    assert_eq!(p["models"].as_array().unwrap().len(), 1, "{p}");
+    assert_eq!(p["models"][0]["model"], "block_stats");
+    assert_eq!(p["models"][0]["cursor"], 41);
+    let lag = p["models"][0]["lag"].as_u64().unwrap();
+    assert!(lag <= head - 41 + 1_000_000, "{p}");
+    assert_eq!(
+        p["runs_by_state"],
+        json!({"pending": 4, "queued": 0, "running": 0, "succeeded": 0, "failed": 0, "expired": 0, "cancelled": 1})
+    );
+
+    let got = api
+        .call("GET", "/v1/chains/bitcoin/progress", Some(READ), None)
+        .await;
+    assert_error(
+        &got,
+        StatusCode::NOT_FOUND,
+        "unknown_chain",
+        Some("chain"),
+        "ethereum",
+    );
+    let got = api
+        .call("GET", "/v1/chains/BTC/progress", Some(READ), None)
+        .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid_chain",
+        Some("chain"),
+        "invalid chain name \"BTC\"",
+    );
+}
+
+async fn probes_openapi_and_fallback(kind: Store) {
+    let Some(api) = api_with(kind, config()).await else {
+        return;
+    };
+    let (status, v) = api.call("GET", "/healthz", None, None).await;
+    assert_eq!((status, v), (StatusCode::OK, json!({"status": "ok"})));
+    let (status, v) = api.call("GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(
+        v,
+        json!({"status": "ready", "store": "ok", "queue": "ok", "sink": "ok"})
+    );
+
+    let (status, doc) = api.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/runs",
+        "/v1/runs/{id}",
+        "/v1/runs/{id}/cancel",
+        "/v1/runs/{id}/retry",
+        "/v1/models",
+        "/v1/chains/{chain}/progress",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is documented");
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert!(doc["components"]["schemas"]["ErrorResponse"].is_object());
+
+    let (status, page) = api.call("GET", "/docs", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.as_str().unwrap().contains("/openapi.json"));
+
+    let got = api.call("GET", "/v2/whatever", None, None).await;
+    assert_error(
+        &got,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+        "no route for GET /v2/whatever",
+    );
+    let (status, _) = api.call("DELETE", "/v1/runs", Some(WRITE), None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+/// A 1,000,000-block backfill in chunks of 100 makes 10,000 runs in one request.
+async fn million_block_backfill(kind: Store) {
+    let Some(api) = api_with(kind, config()).await else {
+        return;
+    };
+    let (status, v) = api.submit(backfill(1_000_000, 1_999_999, 100)).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["count"], 10_000);
+    assert_eq!(v["run_ids"].as_array().unwrap().len(), 10_000);
+    let counts = api.store.count_by_state(&Default::default()).await.unwrap();
+    assert_eq!(counts.get(&RunState::Pending), Some(&10_000));
+}

@@ -232,14 +232,7 @@ impl RunStore for SqliteRunStore {
             q.push(" AND id > ").push_bind(after.to_string());
         }
         q.push(" ORDER BY id LIMIT ").push_bind(size as i64 + 1);
-        let mut runs = self.fetch_docs(q).await?;
-        let next = if runs.len() > size {
-            runs.truncate(size);
-            runs.last().map(|r| r.id)
-        } else {
-            None
-        };
-        Ok(RunPage { runs, next })
+        Ok(RunPage::from_overfetched(self.fetch_docs(q).await?, size))
     }
 
     async fn count_by_state(

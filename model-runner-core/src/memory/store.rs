@@ -97,7 +97,7 @@ impl RunStore for MemoryRunStore {
             .after
             .map(std::ops::Bound::Excluded)
             .unwrap_or(std::ops::Bound::Unbounded);
-        let mut runs: Vec<ModelRun> = inner
+        let runs: Vec<ModelRun> = inner
             .runs
             .range((start, std::ops::Bound::Unbounded))
             .map(|(_, r)| r)
@@ -105,13 +105,7 @@ impl RunStore for MemoryRunStore {
             .take(size + 1)
             .cloned()
             .collect();
-        let next = if runs.len() > size {
-            runs.truncate(size);
-            runs.last().map(|r| r.id)
-        } else {
-            None
-        };
-        Ok(RunPage { runs, next })
+        Ok(RunPage::from_overfetched(runs, size))
     }
 
     async fn count_by_state(

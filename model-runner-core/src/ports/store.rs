@@ -135,6 +135,21 @@ pub struct RunPage {
     pub next: Option<RunId>,
 }
 
+impl RunPage {
+    /// A page from up to `size + 1` matching runs fetched in id order: the extra run, if any,
+    /// only tells that another page follows. Adapters fetch one more than the page size and
+    /// call this, so every store pages the same way.
+    pub fn from_overfetched(mut runs: Vec<ModelRun>, size: usize) -> Self {
+        let next = if runs.len() > size {
+            runs.truncate(size);
+            runs.last().map(|r| r.id)
+        } else {
+            None
+        };
+        Self { runs, next }
+    }
+}
+
 /// Where realtime scheduling of a model on a chain has got to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RealtimeCursor {

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | store | `memory://`, `sqlite://PATH` / `sqlite::memory:`, `postgres://...` (feature `postgres`) |
 //! | queue | `memory://`, `amqp://...` / `amqps://...` (feature `rabbitmq`) |
-//! | sink | `memory://`, `file://DIR` |
+//! | sink | `memory://`, `file://DIR`, `kafka://host:port[,host:port][?setting=value]` (feature `kafka`) |
 //! | block source | `devnet://?...`, `file://PATH` |
 //!
 //! A scheme whose feature is not compiled in is an error that says which feature to enable.
@@ -106,9 +106,17 @@ pub async fn sink_from_url(url: &str) -> Result<Arc<dyn ResultSink>, SinkError> 
     match scheme(url) {
         "memory" => Ok(Arc::new(MemorySink::new())),
         "file" => Ok(Arc::new(crate::file_sink::FileSink::from_url(url).await?)),
+        #[cfg(feature = "kafka")]
+        "kafka" => Ok(Arc::new(crate::kafka::KafkaSink::from_url(url)?)),
+        #[cfg(not(feature = "kafka"))]
+        "kafka" => Err(SinkError::InvalidTopic {
+            // The query may hold SASL credentials: leave it out.
+            topic: redact(url.split('?').next().unwrap_or(url)),
+            reason: disabled("kafka", url.split('?').next().unwrap_or(url)),
+        }),
         _ => Err(SinkError::InvalidTopic {
             topic: redact(url),
-            reason: "unsupported sink URL: expected file://DIR or memory://".into(),
+            reason: "unsupported sink URL: expected file://DIR, memory:// or kafka://host:port (feature `kafka`)".into(),
         }),
     }
 }
@@ -150,8 +158,16 @@ mod tests {
         let err = store_from_url("mysql://u:pw@h/db", true).await.unwrap_err();
         assert!(err.to_string().contains("unsupported store URL"), "{err}");
         assert!(!err.to_string().contains("pw@"), "{err}");
-        let err = sink_from_url("s3://bucket").await.unwrap_err();
+        let err = sink_from_url("gopher://bucket").await.unwrap_err();
         assert!(err.to_string().contains("unsupported sink URL"), "{err}");
+        #[cfg(not(feature = "kafka"))]
+        {
+            let err = sink_from_url("kafka://h:9092?sasl.password=pw")
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("`kafka` feature"), "{err}");
+            assert!(!err.to_string().contains("pw"), "{err}");
+        }
         let err = source_from_url(Chain::new("ethereum").unwrap(), "ipfs://x").unwrap_err();
         assert!(err.to_string().contains("ethereum"), "{err}");
         #[cfg(not(feature = "rabbitmq"))]

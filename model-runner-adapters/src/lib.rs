@@ -8,6 +8,7 @@
 //! | `RunStore` | SQLite (embedded) | `sqlite` (default) | `sqlite://path.db` |
 //! | `RunStore` | PostgreSQL | `postgres` | `postgres://...` |
 //! | `RunQueue` | RabbitMQ | `rabbitmq` | `amqp://...` |
+//! | `ResultSink` | Kafka (rdkafka) | `kafka` | `kafka://host:port[,host:port][?librdkafka.setting=value]` |
 
 pub mod connect;
 pub mod devnet;
@@ -15,6 +16,8 @@ pub mod file_sink;
 pub mod file_source;
 #[cfg(feature = "jsonrpc")]
 pub mod jsonrpc;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "rabbitmq")]

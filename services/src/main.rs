@@ -2,10 +2,12 @@
 //!
 //! This file only parses flags, sets up logging and calls the library (`model_runner::*`).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use model_runner::api::{ApiAuth, ApiConfig, ApiState};
 use model_runner::{
     AdapterUrls, AllConfig, BackfillSpec, ChainSpec, RealtimeSpec, build_deps, cli_retry, run_all,
 };
@@ -124,6 +126,23 @@ impl WorkerFlags {
     }
 }
 
+#[derive(Debug, Args, Clone)]
+struct ApiFlags {
+    /// Let reads (GET) through without a token. Writes always need a write token: the
+    /// comma-separated MODEL_RUNNER_API_TOKENS (read-only tokens: MODEL_RUNNER_API_READ_TOKENS).
+    #[arg(long, env = "MODEL_RUNNER_API_OPEN_READS")]
+    api_open_reads: bool,
+}
+
+impl ApiFlags {
+    fn config(&self) -> ApiConfig {
+        ApiConfig {
+            auth: ApiAuth::from_env(self.api_open_reads),
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Everything in one process: submit backfills, follow heads, enqueue and execute.
@@ -143,6 +162,19 @@ enum Command {
         chunk_size: u64,
         #[command(flatten)]
         worker: WorkerFlags,
+        /// Also serve the HTTP API on this address; the process then keeps running until stopped.
+        #[arg(long, env = "MODEL_RUNNER_API_ADDR")]
+        api_addr: Option<SocketAddr>,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Serve the HTTP API (runs, backfills, models, progress; OpenAPI at /openapi.json).
+    Api {
+        /// Address to listen on.
+        #[arg(long, env = "MODEL_RUNNER_API_ADDR", default_value = "127.0.0.1:8080")]
+        api_addr: SocketAddr,
+        #[command(flatten)]
+        api: ApiFlags,
     },
     /// Follow chain heads (realtime runs) and retry runs whose worker vanished.
     Scheduler {
@@ -271,10 +303,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             realtime,
             chunk_size,
             worker,
+            api_addr,
+            api,
         } => {
-            if backfill.is_empty() && realtime.is_empty() {
+            if backfill.is_empty() && realtime.is_empty() && api_addr.is_none() {
                 anyhow::bail!(
-                    "nothing to do: give --backfill CHAIN:MODEL:START-END and/or --realtime CHAIN:MODEL"
+                    "nothing to do: give --backfill CHAIN:MODEL:START-END, --realtime CHAIN:MODEL and/or --api-addr ADDR"
                 );
             }
             let config = AllConfig {
@@ -285,7 +319,16 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 worker: worker.config(&env, Vec::new()),
                 ..Default::default()
             };
-            let summary = run_all(deps, config, shutdown_signal()).await?;
+            let shutdown = shutdown_signal();
+            let server = api_addr.map(|addr| {
+                let state = ApiState::new(deps.clone(), api.config());
+                tokio::spawn(model_runner::api::serve(addr, state, shutdown.clone()))
+            });
+            let summary = run_all(deps, config, shutdown.clone()).await?;
+            if let Some(server) = server {
+                eprintln!("API still serving until stopped (Ctrl-C / SIGTERM)");
+                server.await.context("API task")??;
+            }
             if !summary.all_succeeded {
                 return Ok(std::process::ExitCode::FAILURE);
             }
@@ -399,6 +442,17 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&run)?);
             }
         },
+        Command::Api { api_addr, api } => {
+            eprintln!(
+                "API listening on http://{api_addr} (OpenAPI at /openapi.json, docs at /docs)"
+            );
+            model_runner::api::serve(
+                api_addr,
+                ApiState::new(deps, api.config()),
+                shutdown_signal(),
+            )
+            .await?;
+        }
         Command::Migrate => eprintln!("store migrated"),
     }
     Ok(std::process::ExitCode::SUCCESS)

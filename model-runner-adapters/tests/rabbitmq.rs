@@ -289,6 +289,25 @@ async fn dropped_delivery_is_requeued() {
     delete_queues(&url, &[name]).await;
 }
 
+/// One large batch goes out pipelined and still arrives in publish order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batch_keeps_publish_order() {
+    let Some(url) = amqp_url() else { return };
+    let queue = connect(&url, AmqpOptions::default()).await;
+    let name = unique("large_batch");
+    let sent = messages(2_000);
+    queue.publish(&name, &sent).await.unwrap();
+    let mut consumer = queue.consume(&name, 100).await.unwrap();
+    let mut got = Vec::with_capacity(sent.len());
+    for _ in 0..sent.len() {
+        let d = expect_next(&mut consumer).await;
+        got.push(d.message);
+        d.ack().await.unwrap();
+    }
+    assert!(got == sent, "messages MUST arrive in publish order");
+    delete_queues(&url, &[name]).await;
+}
+
 /// Concurrent publishers share the pool of confirm channels; every message arrives once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_publishers() {

@@ -13,8 +13,9 @@
 //! # Publishing
 //!
 //! A batch is published on a channel in confirm mode taken from a small pool: every message is
-//! written (persistent, `message_id` = run id, header `attempt`, `mandatory`) before any
-//! confirmation is awaited, so a batch costs about one round trip, not one per message. `publish`
+//! written (persistent, `message_id` = run id, header `attempt`, `mandatory`; all writes driven
+//! at once, in order) before any confirmation is awaited, so a batch costs about one round trip,
+//! not one per message. `publish`
 //! returns `Ok` only when the broker has acked every message; a nack, a returned (unroutable)
 //! message, a lost channel or no confirmation within [`AmqpOptions::confirm_timeout`] is
 //! [`QueueError::NotConfirmed`], which the enqueuer retries (duplicates are fine: delivery is
@@ -63,8 +64,10 @@ mod consumer;
 mod topology;
 
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -483,8 +486,8 @@ impl Shared {
     ) -> Result<(), QueueError> {
         let not_confirmed =
             |e: lapin::Error| QueueError::NotConfirmed(format!("publishing to {queue}: {e}"));
-        let mut confirms = Vec::with_capacity(messages.len());
-        for m in messages {
+        let payloads: Vec<Vec<u8>> = messages.iter().map(RunMessage::encode).collect();
+        let writes = messages.iter().zip(&payloads).map(|(m, payload)| {
             let mut headers = FieldTable::default();
             headers.insert("attempt".into(), AMQPValue::LongUInt(m.attempt));
             let properties = BasicProperties::default()
@@ -492,21 +495,18 @@ impl Shared {
                 .with_content_type("application/json".into())
                 .with_message_id(m.run_id.to_string().into())
                 .with_headers(headers);
-            let confirm = channel
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    &m.encode(),
-                    properties,
-                )
-                .await
-                .map_err(not_confirmed)?;
-            confirms.push(confirm);
-        }
+            channel.basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                payload,
+                properties,
+            )
+        });
+        let confirms = write_in_order(writes).await.map_err(not_confirmed)?;
         for confirm in confirms {
             let confirmation = confirm.await.map_err(not_confirmed)?;
             if confirmation.is_nack() {
@@ -525,6 +525,46 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// Drives every write at once, so the I/O loop sends them together instead of one wake-up per
+/// message, and returns their results in order. Each write's first poll queues its frames (and
+/// takes its confirm sequence number), and the first poll happens in slice order: the messages
+/// go out in publish order.
+async fn write_in_order<F, T>(writes: impl IntoIterator<Item = F>) -> lapin::Result<Vec<T>>
+where
+    F: Future<Output = lapin::Result<T>>,
+{
+    let mut pending: Vec<Option<Pin<Box<F>>>> =
+        writes.into_iter().map(|w| Some(Box::pin(w))).collect();
+    let mut done: Vec<Option<T>> = pending.iter().map(|_| None).collect();
+    // Writes finish roughly in order: skip the finished prefix instead of polling it again.
+    let mut first = 0;
+    std::future::poll_fn(|cx| {
+        let mut all_done = true;
+        for (slot, out) in pending[first..].iter_mut().zip(done[first..].iter_mut()) {
+            if let Some(write) = slot {
+                match write.as_mut().poll(cx) {
+                    Poll::Ready(Ok(value)) => {
+                        *out = Some(value);
+                        *slot = None;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => all_done = false,
+                }
+            }
+        }
+        while pending.get(first).is_some_and(Option::is_none) {
+            first += 1;
+        }
+        if all_done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await?;
+    Ok(done.into_iter().flatten().collect())
 }
 
 #[async_trait]

@@ -93,8 +93,8 @@ pub struct PostgresOptions {
     /// Size of the connection pool (default 10).
     pub max_connections: u32,
     /// Use this schema instead of the default `search_path`, creating it when migrating. Tests
-    /// give each case its own schema. ASCII letters, digits and `_`, not starting with a digit,
-    /// at most 63 characters.
+    /// give each case its own schema. Lowercase ASCII letters, digits and `_`, not starting with
+    /// a digit, at most 63 characters.
     pub schema: Option<String>,
     /// How long to wait for a free pooled connection before the attempt fails as transient
     /// (default 5 s).
@@ -616,15 +616,16 @@ fn check_schema_name(schema: &str) -> Result<(), StoreError> {
     let ok = !schema.is_empty()
         && schema.len() <= 63
         && !schema.as_bytes()[0].is_ascii_digit()
+        // Lowercase only: `search_path` folds unquoted names to lowercase.
         && schema
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok {
         Ok(())
     } else {
         Err(StoreError::InvalidInput(format!(
-            "invalid schema name {schema:?}: expected 1-63 ASCII letters, digits and '_', not \
-             starting with a digit"
+            "invalid schema name {schema:?}: expected 1-63 lowercase ASCII letters, digits and \
+             '_', not starting with a digit"
         )))
     }
 }

@@ -68,7 +68,8 @@ pub(crate) enum Param {
 }
 
 /// A page of [`RunStore::list`](model_runner_core::ports::RunStore::list): `limit` rows from
-/// the keyset bound on, by id (primary key, or `runs_model_id` / `runs_state_id` when filtered).
+/// the keyset bound on, by id (primary key, or `runs_model_id`, `runs_model_chain_id`,
+/// `runs_model_state_id`, `runs_state_id` or `runs_created_at` when filtered).
 pub(crate) fn list_sql(filter: &RunFilter, limit: i64) -> (String, Vec<Param>) {
     let (clause, mut params) = filter_sql(filter, true);
     params.push(Param::Int(limit));
@@ -85,7 +86,7 @@ pub(crate) fn list_sql(filter: &RunFilter, limit: i64) -> (String, Vec<Param>) {
 }
 
 /// Runs per state matching `filter` but its state and keyset bound (an index-only scan of
-/// `runs_model_counts` when filtered by model).
+/// `runs_model_state_id` when filtered by model).
 pub(crate) fn count_sql(filter: &RunFilter) -> (String, Vec<Param>) {
     let (clause, params) = filter_sql(filter, false);
     (

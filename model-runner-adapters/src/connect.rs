@@ -4,7 +4,7 @@
 //! |---|---|
 //! | store | `memory://`, `sqlite://PATH` / `sqlite::memory:`, `postgres://...` (feature `postgres`) |
 //! | queue | `memory://`, `amqp://...` / `amqps://...` (feature `rabbitmq`) |
-//! | sink | `memory://`, `file://DIR`, `kafka://host:port[,host:port][?setting=value]` (feature `kafka`) |
+//! | sink | `memory://`, `file://DIR`, `kafka://host:port[,host:port][?setting=value]` (feature `kafka`), `s3://bucket[/prefix]` / `parquet+file:///DIR` (feature `parquet`) |
 //! | block source | `devnet://?...`, `file://PATH` |
 //!
 //! A scheme whose feature is not compiled in is an error that says which feature to enable.
@@ -114,9 +114,19 @@ pub async fn sink_from_url(url: &str) -> Result<Arc<dyn ResultSink>, SinkError> 
             topic: redact(url.split('?').next().unwrap_or(url)),
             reason: disabled("kafka", url.split('?').next().unwrap_or(url)),
         }),
+        #[cfg(feature = "parquet")]
+        "s3" | "parquet+s3" | "parquet+file" => {
+            Ok(Arc::new(crate::parquet::ParquetSink::from_url(url)?))
+        }
+        #[cfg(not(feature = "parquet"))]
+        "s3" | "parquet+s3" | "parquet+file" => Err(SinkError::InvalidTopic {
+            // The query may hold S3 credentials: leave it out.
+            topic: redact(url.split('?').next().unwrap_or(url)),
+            reason: disabled("parquet", url.split('?').next().unwrap_or(url)),
+        }),
         _ => Err(SinkError::InvalidTopic {
             topic: redact(url),
-            reason: "unsupported sink URL: expected file://DIR, memory:// or kafka://host:port (feature `kafka`)".into(),
+            reason: "unsupported sink URL: expected file://DIR, memory://, kafka://host:port (feature `kafka`) or s3://bucket / parquet+file:///DIR (feature `parquet`)".into(),
         }),
     }
 }
@@ -166,6 +176,14 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(err.to_string().contains("`kafka` feature"), "{err}");
+            assert!(!err.to_string().contains("pw"), "{err}");
+        }
+        #[cfg(not(feature = "parquet"))]
+        {
+            let err = sink_from_url("s3://bucket?aws_secret_access_key=pw")
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("`parquet` feature"), "{err}");
             assert!(!err.to_string().contains("pw"), "{err}");
         }
         let err = source_from_url(Chain::new("ethereum").unwrap(), "ipfs://x").unwrap_err();

@@ -9,6 +9,7 @@
 //! | `RunStore` | PostgreSQL | `postgres` | `postgres://...` |
 //! | `RunQueue` | RabbitMQ | `rabbitmq` | `amqp://...` |
 //! | `ResultSink` | Kafka (rdkafka) | `kafka` | `kafka://host:port[,host:port][?librdkafka.setting=value]` |
+//! | `ResultSink` | Parquet on object storage | `parquet` | `s3://bucket[/prefix]`, `parquet+file:///dir` |
 
 pub mod connect;
 pub mod devnet;
@@ -18,6 +19,8 @@ pub mod file_source;
 pub mod jsonrpc;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "parquet")]
+pub mod parquet;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "rabbitmq")]

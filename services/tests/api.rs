@@ -1184,3 +1184,139 @@ async fn million_block_backfill(kind: Store) {
     let counts = api.store.count_by_state(&Default::default()).await.unwrap();
     assert_eq!(counts.get(&RunState::Pending), Some(&10_000));
 }
+
+/// A store whose reads never answer, to exercise the request timeout; everything else is the
+/// in-memory store.
+#[derive(Debug)]
+struct StuckStore(model_runner_core::memory::MemoryRunStore);
+
+#[async_trait::async_trait]
+impl RunStore for StuckStore {
+    async fn create_runs(
+        &self,
+        batch: model_runner_core::ports::CreateRuns,
+    ) -> Result<model_runner_core::ports::CreatedRuns, model_runner_core::ports::StoreError> {
+        self.0.create_runs(batch).await
+    }
+    async fn get(
+        &self,
+        _id: RunId,
+    ) -> Result<model_runner_core::ModelRun, model_runner_core::ports::StoreError> {
+        std::future::pending().await
+    }
+    async fn list(
+        &self,
+        filter: &model_runner_core::ports::RunFilter,
+    ) -> Result<model_runner_core::ports::RunPage, model_runner_core::ports::StoreError> {
+        self.0.list(filter).await
+    }
+    async fn count_by_state(
+        &self,
+        filter: &model_runner_core::ports::RunFilter,
+    ) -> Result<std::collections::BTreeMap<RunState, u64>, model_runner_core::ports::StoreError>
+    {
+        self.0.count_by_state(filter).await
+    }
+    async fn transition(
+        &self,
+        id: RunId,
+        expected: RunState,
+        expected_attempt: u32,
+        event: RunEvent,
+    ) -> Result<model_runner_core::ModelRun, model_runner_core::ports::StoreError> {
+        self.0
+            .transition(id, expected, expected_attempt, event)
+            .await
+    }
+    async fn expired_leases(
+        &self,
+        now: chrono::DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<model_runner_core::ModelRun>, model_runner_core::ports::StoreError> {
+        self.0.expired_leases(now, limit).await
+    }
+    async fn outbox(
+        &self,
+        now: chrono::DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<model_runner_core::ModelRun>, model_runner_core::ports::StoreError> {
+        self.0.outbox(now, limit).await
+    }
+    async fn cursor(
+        &self,
+        model: &str,
+        chain: &Chain,
+    ) -> Result<Option<u64>, model_runner_core::ports::StoreError> {
+        self.0.cursor(model, chain).await
+    }
+    async fn cursors(
+        &self,
+        chain: Option<&Chain>,
+    ) -> Result<Vec<model_runner_core::ports::RealtimeCursor>, model_runner_core::ports::StoreError>
+    {
+        self.0.cursors(chain).await
+    }
+    async fn advance_cursor(
+        &self,
+        model: &str,
+        chain: &Chain,
+        expected: Option<u64>,
+        to: u64,
+        runs: Vec<NewRun>,
+    ) -> Result<Vec<model_runner_core::ModelRun>, model_runner_core::ports::StoreError> {
+        self.0
+            .advance_cursor(model, chain, expected, to, runs)
+            .await
+    }
+    async fn try_lock(
+        &self,
+        name: &str,
+        owner: &str,
+        until: chrono::DateTime<Utc>,
+    ) -> Result<bool, model_runner_core::ports::StoreError> {
+        self.0.try_lock(name, owner, until).await
+    }
+}
+
+#[tokio::test]
+async fn a_stuck_store_times_out_with_503_and_fails_readiness() {
+    let store: Arc<dyn RunStore> = Arc::new(StuckStore(Default::default()));
+    let deps = EngineDeps {
+        store: store.clone(),
+        queue: Arc::new(MemoryRunQueue::new()),
+        sink: Arc::new(MemorySink::new()),
+        sources: HashMap::new(),
+        models: Arc::new(model_runner_core::models::builtin()),
+        routing: Routing::default(),
+    };
+    let config = ApiConfig {
+        limits: ApiLimits {
+            request_timeout: std::time::Duration::from_millis(100),
+            ..Default::default()
+        },
+        ..config()
+    };
+    let api = Api {
+        app: app(ApiState::new(deps, config)),
+        store,
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let got = api
+        .call(
+            "GET",
+            &format!("/v1/runs/{}", RunId::new()),
+            Some(READ),
+            None,
+        )
+        .await;
+    assert_error(
+        &got,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "timeout",
+        None,
+        "longer than 0.1s",
+    );
+    let (status, v) = api.call("GET", "/readyz", None, None).await;
+    // The request timeout (100 ms) answers before the 2 s bound of the readiness check.
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+}

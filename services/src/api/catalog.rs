@@ -135,7 +135,8 @@ pub struct ChainProgress {
     get,
     path = "/v1/chains/{chain}/progress",
     tag = "chains",
-    params(("chain" = String, Path, description = "A configured chain, e.g. `ethereum`")),
+    params(("chain" = String, Path, pattern = "^[a-z]([a-z0-9]|-[a-z0-9])*$", max_length = 32,
+        description = "A configured chain, e.g. `ethereum`")),
     responses(
         (status = 200, description = "Progress", body = ChainProgress),
         (status = 400, description = "Invalid chain name", body = ErrorResponse),

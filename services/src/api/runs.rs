@@ -191,10 +191,14 @@ impl From<ModelRun> for RunView {
 #[serde(deny_unknown_fields)]
 pub struct SubmitRuns {
     /// Registered model name (see `GET /v1/models`).
-    #[schema(example = "erc20_transfers")]
+    #[schema(example = "erc20_transfers", min_length = 1, max_length = 128)]
     pub model: String,
     /// Configured chain.
-    #[schema(example = "ethereum")]
+    #[schema(
+        example = "ethereum",
+        pattern = "^[a-z]([a-z0-9]|-[a-z0-9])*$",
+        max_length = 32
+    )]
     pub chain: String,
     /// Blocks to process, inclusive.
     pub range: RangeView,
@@ -255,7 +259,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     path = "/v1/runs",
     tag = "runs",
     request_body = SubmitRuns,
-    params(("Idempotency-Key" = Option<String>, Header,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+        pattern = "^[!-~]([ -~]*[!-~])?$",
         description = "Resubmitting with the same key returns the first submission's runs")),
     responses(
         (status = 201, description = "Runs created", body = SubmittedRuns),
@@ -379,7 +384,7 @@ fn parse_id(id: &str) -> Result<RunId, ApiError> {
     get,
     path = "/v1/runs/{id}",
     tag = "runs",
-    params(("id" = String, Path, description = "Run id (UUID)")),
+    params(("id" = Uuid, Path, description = "Run id (UUID)")),
     responses(
         (status = 200, description = "The run", body = RunView),
         (status = 400, description = "Not a UUID", body = ErrorResponse),
@@ -404,8 +409,10 @@ pub async fn get_run(
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only this model.
+    #[param(min_length = 1, max_length = 128)]
     pub model: Option<String>,
     /// Only this chain.
+    #[param(pattern = "^[a-z]([a-z0-9]|-[a-z0-9])*$", max_length = 32)]
     pub chain: Option<String>,
     /// Only this state.
     #[param(value_type = Option<RunStateView>)]
@@ -420,6 +427,7 @@ pub struct ListQuery {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
     /// The `next` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     pub cursor: Option<String>,
 }
 
@@ -549,6 +557,7 @@ pub async fn list_runs(
 #[serde(deny_unknown_fields)]
 pub struct CancelRun {
     /// Why, recorded on the run (at most 500 characters).
+    #[schema(max_length = 500)]
     pub reason: Option<String>,
 }
 
@@ -586,7 +595,7 @@ async fn transition_current(
     post,
     path = "/v1/runs/{id}/cancel",
     tag = "runs",
-    params(("id" = String, Path, description = "Run id (UUID)")),
+    params(("id" = Uuid, Path, description = "Run id (UUID)")),
     request_body(content = Option<CancelRun>, description = "Optional reason"),
     responses(
         (status = 200, description = "The cancelled run", body = RunView),
@@ -632,7 +641,7 @@ pub async fn cancel(
     post,
     path = "/v1/runs/{id}/retry",
     tag = "runs",
-    params(("id" = String, Path, description = "Run id (UUID)")),
+    params(("id" = Uuid, Path, description = "Run id (UUID)")),
     responses(
         (status = 200, description = "The run, due for its next attempt", body = RunView),
         (status = 400, description = "Not a UUID", body = ErrorResponse),

@@ -168,13 +168,20 @@ async fn main() {
             let store = PostgresRunStore::connect_with(
                 &url,
                 PostgresOptions {
-                    schema: Some(schema),
+                    schema: Some(schema.clone()),
                     ..Default::default()
                 },
             )
             .await
             .expect("DATABASE_URL is set but the store cannot connect");
+            let pool = store.pool().clone();
             bench_store("postgres", Arc::new(store)).await;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA \"{schema}\" CASCADE"
+            )))
+            .execute(&pool)
+            .await
+            .expect("dropping the benchmark schema");
         }
         _ => println!("[postgres] DATABASE_URL is not set: PostgreSQL not benchmarked"),
     }

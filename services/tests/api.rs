@@ -34,8 +34,49 @@ fn eth() -> Chain {
 #[derive(Debug, Clone, Copy)]
 enum Store {
     Sqlite,
+    /// PostgreSQL; every store of the case gets a schema starting with this prefix.
     #[cfg(feature = "postgres")]
-    Postgres,
+    Postgres(&'static str),
+}
+
+#[cfg(feature = "postgres")]
+fn database_url() -> Option<String> {
+    match std::env::var("DATABASE_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            eprintln!(
+                "DATABASE_URL is not set: this PostgreSQL API test is not configured and checks nothing"
+            );
+            None
+        }
+    }
+}
+
+/// Runs a case on PostgreSQL in schemas of its own, dropped afterwards.
+#[cfg(feature = "postgres")]
+async fn on_postgres<F: std::future::Future<Output = ()>>(case: impl FnOnce(Store) -> F) {
+    let Some(url) = database_url() else { return };
+    let prefix: &'static str =
+        Box::leak(format!("api_test_{}", uuid::Uuid::now_v7().simple()).into_boxed_str());
+    case(Store::Postgres(prefix)).await;
+    let pool = sqlx::PgPool::connect(&url)
+        .await
+        .expect("connect to drop schemas");
+    let schemas: Vec<(String,)> = sqlx::query_as(
+        "SELECT schema_name::text FROM information_schema.schemata WHERE schema_name LIKE $1",
+    )
+    .bind(format!("{}\\_%", prefix.replace('_', "\\_")))
+    .fetch_all(&pool)
+    .await
+    .expect("list schemas");
+    for (schema,) in schemas {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA \"{schema}\" CASCADE"
+        )))
+        .execute(&pool)
+        .await
+        .expect("drop schema");
+    }
 }
 
 /// A store for one test; `None` when the backend is not configured.
@@ -47,18 +88,12 @@ async fn open_store(kind: Store, dir: &std::path::Path) -> Option<Arc<dyn RunSto
                 .unwrap(),
         )),
         #[cfg(feature = "postgres")]
-        Store::Postgres => {
+        Store::Postgres(prefix) => {
             use model_runner_adapters::postgres::{PostgresOptions, PostgresRunStore};
-            let url = match std::env::var("DATABASE_URL") {
-                Ok(u) if !u.is_empty() => u,
-                _ => {
-                    eprintln!(
-                        "DATABASE_URL is not set: this PostgreSQL API test is not configured and checks nothing"
-                    );
-                    return None;
-                }
-            };
-            let schema = format!("api_test_{}", uuid::Uuid::now_v7().simple());
+            let url = database_url()?;
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let schema = format!("{prefix}_{n}");
             let store = PostgresRunStore::connect_with(
                 &url,
                 PostgresOptions {
@@ -205,7 +240,7 @@ macro_rules! on_every_store {
             #[cfg(feature = "postgres")]
             #[tokio::test]
             async fn postgres() {
-                super::$case(super::Store::Postgres).await;
+                super::on_postgres(super::$case).await;
             }
         }
     )+};
@@ -357,8 +392,14 @@ async fn submit_errors(kind: Store) {
         (
             with(json!({"range": {"start": 0, "end": u64::MAX}})),
             "invalid_range",
-            Some("range"),
-            "more than u64::MAX",
+            Some("range.end"),
+            "larger than 9007199254740991",
+        ),
+        (
+            with(json!({"chunk_size": 1u64 << 53})),
+            "invalid_range",
+            Some("chunk_size"),
+            "2^53 - 1",
         ),
         (
             with(json!({"range": {"start": 0, "end": 2_000_000_000u64}})),
@@ -1155,6 +1196,12 @@ async fn probes_openapi_and_fallback(kind: Store) {
         "bearer"
     );
     assert!(doc["components"]["schemas"]["ErrorResponse"].is_object());
+    let submit = &doc["components"]["schemas"]["SubmitRuns"]["properties"];
+    assert_eq!(
+        submit["model"]["enum"],
+        json!(["block_stats", "erc20_transfers"])
+    );
+    assert_eq!(submit["chain"]["enum"], json!(["ethereum"]));
 
     let (status, page) = api.call("GET", "/docs", None, None).await;
     assert_eq!(status, StatusCode::OK);

@@ -89,9 +89,9 @@ pub struct ApiState {
 impl ApiState {
     /// State over `deps` with `config`.
     pub fn new(deps: EngineDeps, config: ApiConfig) -> Self {
-        let openapi = openapi::document(config.auth.open_reads)
-            .to_json()
-            .expect("the OpenAPI document serialises");
+        let mut chains: Vec<&str> = deps.sources.keys().map(|c| c.as_str()).collect();
+        chains.sort_unstable();
+        let openapi = openapi::served_json(config.auth.open_reads, &deps.models.names(), &chains);
         Self {
             deps,
             config: Arc::new(config),

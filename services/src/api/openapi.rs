@@ -52,7 +52,21 @@ impl Modify for BearerScheme {
     }
 }
 
-/// The document as served: with open reads, `GET` operations also accept no credentials.
+/// The document as served, as JSON: with open reads, `GET` operations also accept no
+/// credentials; a submission's `model` and `chain` list the registered models and configured
+/// chains of this process.
+pub fn served_json(open_reads: bool, models: &[&str], chains: &[&str]) -> String {
+    let mut doc = serde_json::to_value(document(open_reads)).expect("the document serialises");
+    let submit = &mut doc["components"]["schemas"]["SubmitRuns"]["properties"];
+    if submit.is_object() {
+        submit["model"]["enum"] = serde_json::json!(models);
+        submit["chain"]["enum"] = serde_json::json!(chains);
+    }
+    doc.to_string()
+}
+
+/// The document generated from the code: with open reads, `GET` operations also accept no
+/// credentials.
 pub fn document(open_reads: bool) -> OpenApiDoc {
     let mut doc = ApiDoc::openapi();
     if open_reads {

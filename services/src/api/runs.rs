@@ -101,13 +101,19 @@ impl From<ModelKind> for ModelKindView {
     }
 }
 
+/// The largest block number and chunk size a request may use: 2^53 - 1, the largest integer
+/// every JSON client represents exactly.
+pub const MAX_BLOCK: u64 = (1 << 53) - 1;
+
 /// An inclusive block range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RangeView {
     /// First block (inclusive).
+    #[schema(maximum = 9007199254740991_u64)]
     pub start: u64,
     /// Last block (inclusive), not before `start`.
+    #[schema(maximum = 9007199254740991_u64)]
     pub end: u64,
 }
 
@@ -203,7 +209,7 @@ pub struct SubmitRuns {
     /// Blocks to process, inclusive.
     pub range: RangeView,
     /// Blocks per run (default 100).
-    #[schema(minimum = 1, example = 100)]
+    #[schema(minimum = 1, maximum = 9007199254740991_u64, example = 100)]
     pub chunk_size: Option<u64>,
     /// `backfill` (default) or `adhoc`; `adhoc` when only `adhoc_queue` is given.
     pub mode: Option<RunModeView>,
@@ -282,6 +288,19 @@ pub async fn submit(
 ) -> Result<(StatusCode, Json<SubmittedRuns>), ApiError> {
     let limits = &state.config.limits;
     let idempotency_key = idempotency_key(&headers)?;
+    for (value, field) in [
+        (req.range.start, "range.start"),
+        (req.range.end, "range.end"),
+        (req.chunk_size.unwrap_or(1), "chunk_size"),
+    ] {
+        if value > MAX_BLOCK {
+            return Err(ApiError::bad_request(
+                "invalid_range",
+                format!("{field} {value} is larger than {MAX_BLOCK} (2^53 - 1)"),
+            )
+            .field(field));
+        }
+    }
     let chain = Chain::new(req.chain.clone())
         .map_err(|e| ApiError::bad_request("invalid_chain", e.to_string()).field("chain"))?;
     let range = BlockRange::new(req.range.start, req.range.end)

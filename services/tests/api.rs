@@ -802,6 +802,19 @@ async fn cancel_paths(kind: Store) {
     );
 
     // A queued and a running run can be cancelled too; a succeeded one cannot.
+    let (status, run) = api
+        .call(
+            "POST",
+            &format!("/v1/runs/{}/cancel", ids[0]),
+            Some(WRITE),
+            Some(Value::Null),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a null body is no body: {run}"
+    );
     let id1: RunId = ids[1].parse().unwrap();
     api.store
         .transition(id1, RunState::Pending, 1, RunEvent::Enqueue)

@@ -16,7 +16,7 @@ use super::error::ApiError;
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
-/// A JSON body that may be empty (`None`).
+/// A JSON body that may be empty or `null` (`None`).
 #[derive(Debug)]
 pub struct OptionalJson<T>(pub Option<T>);
 
@@ -111,6 +111,7 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for OptionalJson<T> {
             return Ok(OptionalJson(None));
         }
         check_content_type(&headers)?;
-        parse_json(&bytes).map(|v| OptionalJson(Some(v)))
+        // `null` is "no body" too, as the OpenAPI document (an optional, nullable body) says.
+        parse_json::<Option<T>>(&bytes).map(OptionalJson)
     }
 }

@@ -557,6 +557,18 @@ mod tests {
         assert!(!err.contains("hunter"), "{err}");
     }
 
+    /// With `kafka-tls`, the settings of a managed cluster (SASL over TLS) are accepted.
+    #[cfg(feature = "kafka-tls")]
+    #[test]
+    fn sasl_ssl_settings_are_accepted() {
+        let sink = KafkaSink::from_url(
+            "kafka://broker.example:9093?security.protocol=SASL_SSL&sasl.mechanisms=PLAIN\
+             &sasl.username=key&sasl.password=hunter2",
+        )
+        .unwrap();
+        assert!(!format!("{sink:?}").contains("hunter2"));
+    }
+
     #[tokio::test]
     async fn bad_topics_and_empty_batches() {
         let sink = KafkaSink::new(KafkaConfig::new(["127.0.0.1:1"])).unwrap();

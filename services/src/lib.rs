@@ -156,6 +156,9 @@ pub struct AllConfig {
     pub max_attempts: u32,
     /// Progress line interval; `None` for no progress output.
     pub progress: Option<Duration>,
+    /// Keep the engine running after the backfills are done (e.g. while an API accepts new
+    /// runs), until `shutdown`.
+    pub keep_running: bool,
 }
 
 impl Default for AllConfig {
@@ -168,6 +171,7 @@ impl Default for AllConfig {
             tick: Duration::from_millis(500),
             max_attempts: 3,
             progress: Some(Duration::from_secs(2)),
+            keep_running: false,
         }
     }
 }
@@ -186,7 +190,8 @@ pub struct Summary {
 }
 
 /// Runs scheduler, enqueuer and worker in one process. With only backfills it returns once
-/// every backfill run is final; with realtime subscriptions it runs until `shutdown`.
+/// every backfill run is final; with realtime subscriptions or `keep_running` it runs until
+/// `shutdown`.
 pub async fn run_all(
     deps: EngineDeps,
     config: AllConfig,
@@ -244,7 +249,7 @@ pub async fn run_all(
         deps.models.get_for(&r.model, &r.chain)?;
         deps.source(&r.chain)?;
     }
-    let follow = !realtime.is_empty();
+    let follow = !realtime.is_empty() || config.keep_running;
     let retry = config.worker.retry;
     let scheduler = Scheduler::new(
         deps.clone(),

@@ -317,6 +317,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 realtime,
                 max_attempts: worker.max_attempts,
                 worker: worker.config(&env, Vec::new()),
+                // Runs submitted through the API must still be executed.
+                keep_running: api_addr.is_some(),
                 ..Default::default()
             };
             let shutdown = shutdown_signal();
@@ -326,7 +328,6 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             });
             let summary = run_all(deps, config, shutdown.clone()).await?;
             if let Some(server) = server {
-                eprintln!("API still serving until stopped (Ctrl-C / SIGTERM)");
                 server.await.context("API task")??;
             }
             if !summary.all_succeeded {

@@ -132,6 +132,10 @@ struct ApiFlags {
     /// comma-separated MODEL_RUNNER_API_TOKENS (read-only tokens: MODEL_RUNNER_API_READ_TOKENS).
     #[arg(long, env = "MODEL_RUNNER_API_OPEN_READS")]
     api_open_reads: bool,
+    /// Also serve the account index built by `batch-index` at this root (a directory or
+    /// s3://bucket/prefix) under GET /v1/index/accounts/{account} and /v1/index/transactions/{hash}.
+    #[arg(long, env = "MODEL_RUNNER_INDEX_ROOT")]
+    index_root: Option<String>,
 }
 
 impl ApiFlags {
@@ -140,6 +144,18 @@ impl ApiFlags {
             auth: ApiAuth::from_env(self.api_open_reads),
             ..Default::default()
         }
+    }
+
+    async fn state(&self, deps: model_runner_core::engine::EngineDeps) -> anyhow::Result<ApiState> {
+        let state = ApiState::new(deps, self.config());
+        let Some(root) = &self.index_root else {
+            return Ok(state);
+        };
+        let root = batch_index::store::StoreRoot::open(root).context("--index-root")?;
+        let reader = batch_index::IndexReader::open(root)
+            .await
+            .context("opening the account index at --index-root")?;
+        Ok(state.with_index(reader))
     }
 }
 
@@ -322,10 +338,17 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 ..Default::default()
             };
             let shutdown = shutdown_signal();
-            let server = api_addr.map(|addr| {
-                let state = ApiState::new(deps.clone(), api.config());
-                tokio::spawn(model_runner::api::serve(addr, state, shutdown.clone()))
-            });
+            let server = match api_addr {
+                Some(addr) => {
+                    let state = api.state(deps.clone()).await?;
+                    Some(tokio::spawn(model_runner::api::serve(
+                        addr,
+                        state,
+                        shutdown.clone(),
+                    )))
+                }
+                None => None,
+            };
             let summary = run_all(deps, config, shutdown.clone()).await?;
             if let Some(server) = server {
                 server.await.context("API task")??;
@@ -447,12 +470,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             eprintln!(
                 "API listening on http://{api_addr} (OpenAPI at /openapi.json, docs at /docs)"
             );
-            model_runner::api::serve(
-                api_addr,
-                ApiState::new(deps, api.config()),
-                shutdown_signal(),
-            )
-            .await?;
+            model_runner::api::serve(api_addr, api.state(deps).await?, shutdown_signal()).await?;
         }
         Command::Migrate => eprintln!("store migrated"),
     }

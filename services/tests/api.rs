@@ -1380,3 +1380,73 @@ async fn a_stuck_store_times_out_with_503_and_fails_readiness() {
     // The request timeout (100 ms) answers before the 2 s bound of the readiness check.
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
 }
+
+/// The batch-index lookups are served under the API's read scope when an index is attached.
+#[tokio::test]
+async fn index_endpoints_are_served_with_read_scope() {
+    use batch_index::extract::Modules;
+    use batch_index::local_build::build_single_process;
+    use batch_index::source::{Chain as IndexChain, SourceConfig, open_source};
+    use batch_index::store::StoreRoot;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../batch-index/tests/fixtures/stellar/testnet-lighthorizon"
+    );
+    let cfg = SourceConfig {
+        chain: IndexChain::Stellar,
+        network_passphrase: "Test SDF Network ; September 2015".into(),
+        ethereum_span: 64,
+    };
+    let source = open_source(StoreRoot::open(fixture).unwrap(), &cfg)
+        .await
+        .unwrap();
+    let root = StoreRoot::open(tmp.path().to_str().unwrap()).unwrap();
+    build_single_process(source, &root, 1, 1, Modules::ALL)
+        .await
+        .unwrap();
+    let reader = batch_index::IndexReader::open(root).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = model_runner_adapters::sqlite::SqliteRunStore::connect(&format!(
+        "sqlite://{}/runs.db",
+        dir.path().display()
+    ))
+    .await
+    .unwrap();
+    let deps = model_runner_core::engine::EngineDeps {
+        store: std::sync::Arc::new(store),
+        queue: std::sync::Arc::new(model_runner_core::memory::MemoryRunQueue::new()),
+        sink: std::sync::Arc::new(model_runner_core::memory::MemorySink::new()),
+        sources: Default::default(),
+        models: std::sync::Arc::new(model_runner_core::models::builtin()),
+        routing: Default::default(),
+    };
+    let config = model_runner::api::ApiConfig {
+        auth: model_runner::api::ApiAuth::new("writer", "reader", false),
+        ..Default::default()
+    };
+    let app =
+        model_runner::api::app(model_runner::api::ApiState::new(deps, config).with_index(reader));
+    let acc = "GC4HPUZ3EEGOHMCS46DEMJ6UEGAJ7VF4FI5WSGJOFIAVT64YY64YSNEE";
+    let path = format!("/v1/index/accounts/{acc}?index=all/payments");
+    let request = |token: Option<&str>| {
+        let mut b = axum::http::Request::get(&path);
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        b.body(axum::body::Body::empty()).unwrap()
+    };
+    use tower::ServiceExt;
+    let denied = app.clone().oneshot(request(None)).await.unwrap();
+    assert_eq!(denied.status(), 401, "index reads need the read scope");
+    let ok = app.oneshot(request(Some("reader"))).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let body = axum::body::to_bytes(ok.into_body(), 1 << 20).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        v["checkpoints"].as_array().is_some_and(|c| !c.is_empty()),
+        "{v}"
+    );
+}

@@ -84,6 +84,7 @@ pub struct ApiState {
     /// Auth and limits.
     pub config: Arc<ApiConfig>,
     openapi: Arc<String>,
+    index: Option<batch_index::IndexReader>,
 }
 
 impl ApiState {
@@ -96,14 +97,23 @@ impl ApiState {
             deps,
             config: Arc::new(config),
             openapi: Arc::new(openapi),
+            index: None,
         }
+    }
+
+    /// Also serves the account index of `reader` (built by `batch-index`) at
+    /// `GET /v1/index/accounts/{account}` and `GET /v1/index/transactions/{hash}`, with the same
+    /// read scope as the other reads.
+    pub fn with_index(mut self, reader: batch_index::IndexReader) -> Self {
+        self.index = Some(reader);
+        self
     }
 }
 
 /// The API's router.
 pub fn app(state: ApiState) -> Router {
     let limits = state.config.limits.clone();
-    Router::new()
+    let api = Router::new()
         .route("/v1/runs", post(runs::submit).get(runs::list_runs))
         .route("/v1/runs/{id}", get(runs::get_run))
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
@@ -120,7 +130,24 @@ pub fn app(state: ApiState) -> Router {
             limits.request_timeout,
             timeout,
         ))
-        .with_state(state)
+        .with_state(state.clone());
+    match state.index.clone() {
+        Some(reader) => api.merge(
+            batch_index::http::router(reader)
+                .layer(middleware::from_fn_with_state(state, require_read)),
+        ),
+        None => api,
+    }
+}
+
+/// Index lookups need the read scope, like every other read.
+async fn require_read(
+    State(_): State<ApiState>,
+    _: auth::ReadAccess,
+    req: Request,
+    next: Next,
+) -> Response {
+    next.run(req).await
 }
 
 async fn openapi_json(State(state): State<ApiState>) -> Response {

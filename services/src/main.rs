@@ -311,7 +311,10 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
-    let deps = build_deps(&cli.adapters.urls()).await?;
+    let mut urls = cli.adapters.urls();
+    // `migrate` migrates even when MODEL_RUNNER_NO_MIGRATE is set for the services.
+    urls.migrate |= matches!(cli.command, Command::Migrate);
+    let deps = build_deps(&urls).await?;
     let env = cli.adapters.env.clone();
     match cli.command {
         Command::All {

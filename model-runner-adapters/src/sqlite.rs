@@ -120,33 +120,36 @@ impl SqliteRunStore {
         Ok(Self { writer, reader })
     }
 
+    /// Inserts `runs` with multi-row `INSERT`s of [`INSERT_ROWS`] rows each: one statement per
+    /// few hundred runs instead of one round trip per run (a 78,000-run backfill submission
+    /// took 10 s row by row in a debug build).
     async fn insert(
         conn: &mut SqliteConnection,
         runs: Vec<NewRun>,
         key: Option<&str>,
     ) -> Result<Vec<ModelRun>, StoreError> {
         let now = Utc::now();
-        let mut out = Vec::with_capacity(runs.len());
-        for spec in runs {
-            let run = ModelRun::new(spec, key.map(str::to_owned), now);
-            sqlx::query(
-                "INSERT INTO runs (id, model, chain, mode, state, attempt, max_attempts, created_at, idempotency_key, doc) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(run.id.to_string())
-            .bind(&run.model)
-            .bind(run.chain.as_str())
-            .bind(run.mode.as_str())
-            .bind(run.state.as_str())
-            .bind(run.attempt)
-            .bind(run.max_attempts)
-            .bind(micros(run.created_at))
-            .bind(key)
-            .bind(encode(&run))
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
-            out.push(run);
+        let out: Vec<ModelRun> = runs
+            .into_iter()
+            .map(|spec| ModelRun::new(spec, key.map(str::to_owned), now))
+            .collect();
+        for chunk in out.chunks(INSERT_ROWS) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO runs (id, model, chain, mode, state, attempt, max_attempts, created_at, idempotency_key, doc) ",
+            );
+            q.push_values(chunk, |mut b, run| {
+                b.push_bind(run.id.to_string())
+                    .push_bind(run.model.clone())
+                    .push_bind(run.chain.as_str().to_owned())
+                    .push_bind(run.mode.as_str())
+                    .push_bind(run.state.as_str())
+                    .push_bind(run.attempt)
+                    .push_bind(run.max_attempts)
+                    .push_bind(micros(run.created_at))
+                    .push_bind(key.map(str::to_owned))
+                    .push_bind(encode(run));
+            });
+            q.build().execute(&mut *conn).await.map_err(backend)?;
         }
         Ok(out)
     }
@@ -185,6 +188,9 @@ impl SqliteRunStore {
         rows.iter().map(|r| decode(r.get::<&str, _>(0))).collect()
     }
 }
+
+/// Rows per multi-row `INSERT`: 10 binds each stays far below SQLite's 32,766-variable limit.
+const INSERT_ROWS: usize = 500;
 
 #[async_trait]
 impl RunStore for SqliteRunStore {

@@ -5,6 +5,9 @@
 #   cargo build -p model-runner && services/tests/schemathesis.sh [path/to/model-runner]
 #
 # Env: PORT (default 18181), MAX_EXAMPLES (50), MAX_TIME (240 s), SEED (1).
+# Requests may take up to the server's own 30 s limit (it answers 503 `timeout` after that), so the
+# client waits 35 s rather than schemathesis's default 10 s: a 100,000-run submission is a valid
+# request that a debug build on a busy 2-core machine can take several seconds to store.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:-${CARGO_TARGET_DIR:-$here/../../target}/debug/model-runner}
@@ -33,5 +36,6 @@ schemathesis --config-file "$here/schemathesis.toml" run "http://127.0.0.1:$port
   -H "Authorization: Bearer $token" \
   --max-examples "${MAX_EXAMPLES:-50}" \
   --max-time "${MAX_TIME:-240}" \
+  --request-timeout 35 \
   --seed "${SEED:-1}" \
   --no-color

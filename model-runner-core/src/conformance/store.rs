@@ -31,6 +31,7 @@ where
     cursor_advances_atomically(make().await).await;
     named_lock_has_one_holder(make().await).await;
     counts_by_state(make().await).await;
+    large_batch_is_stored_whole(make().await).await;
 }
 
 async fn create(store: &impl RunStore, n: u64) -> Vec<RunId> {
@@ -647,4 +648,38 @@ pub async fn counts_by_state(store: impl RunStore) {
     assert_eq!(counts.get(&RunState::Pending), Some(&3));
     assert_eq!(counts.get(&RunState::Queued), Some(&1));
     assert_eq!(counts.values().sum::<u64>(), 4);
+}
+
+/// A batch of thousands of runs (one large backfill submission) is stored whole, in order, and an
+/// idempotent resubmission returns all of it.
+pub async fn large_batch_is_stored_whole(store: impl RunStore) {
+    const N: u64 = 2_345;
+    let batch = CreateRuns {
+        runs: (0..N)
+            .map(|i| new_run("m", "ethereum", i * 10, i * 10 + 9))
+            .collect(),
+        idempotency_key: Some("big".into()),
+    };
+    let created = store.create_runs(batch.clone()).await.expect("create_runs");
+    assert_eq!(created.runs.len() as u64, N);
+    assert!(created.runs.windows(2).all(|w| w[0].id < w[1].id));
+    let counts = store.count_by_state(&RunFilter::default()).await.unwrap();
+    assert_eq!(
+        counts.get(&RunState::Pending),
+        Some(&N),
+        "every run MUST be stored"
+    );
+    for r in [
+        &created.runs[0],
+        &created.runs[1_000],
+        &created.runs[N as usize - 1],
+    ] {
+        assert_eq!(&store.get(r.id).await.expect("get"), r);
+    }
+    let again = store.create_runs(batch).await.expect("resubmit");
+    assert!(!again.created);
+    assert_eq!(
+        again.runs, created.runs,
+        "a resubmission MUST return the whole batch"
+    );
 }

@@ -3,6 +3,9 @@
 //! A user model (`large_transfers`: ERC-20 transfers above a threshold) registered next to the
 //! built-ins and run embedded over 500 devnet blocks: in-memory store and queue, records in a
 //! memory sink. Swap the adapters for `SqliteRunStore`, `FileSink`, ... without touching the model.
+//!
+//! The model declares its record schema: the worker checks every payload against it, and the
+//! Parquet sink (`parquet+file:///DIR`, `s3://...`) makes one typed column per field.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,8 +21,8 @@ use model_runner_core::memory::{MemoryRunQueue, MemoryRunStore, MemorySink};
 use model_runner_core::models::decode_transfer;
 use model_runner_core::ports::RunStore;
 use model_runner_core::{
-    Block, BlockRange, Chain, Model, ModelContext, ModelError, ModelKind, Record, Routing, RunMode,
-    RunState, topic_name,
+    Block, BlockRange, Chain, FieldType, Model, ModelContext, ModelError, ModelKind, Record,
+    RecordSchema, Routing, RunMode, RunState, topic_name,
 };
 
 /// ERC-20 transfers of more than `min` base units.
@@ -38,6 +41,18 @@ impl Model for LargeTransfers {
     }
     fn kind(&self) -> ModelKind {
         ModelKind::Nonreads
+    }
+    /// Exactly the payload below; change the version when this changes.
+    fn record_schema(&self) -> Option<RecordSchema> {
+        Some(
+            RecordSchema::new()
+                .required(
+                    "token",
+                    FieldType::Hex,
+                    "ERC-20 contract, checksummed 0x-hex",
+                )
+                .required("value", FieldType::BigInt, "amount in base units (uint256)"),
+        )
     }
     async fn run(&self, ctx: &ModelContext, blocks: &[Block]) -> Result<Vec<Record>, ModelError> {
         let mut out = Vec::new();
@@ -115,6 +130,9 @@ async fn main() -> anyhow::Result<()> {
     enqueuer.await?;
     worker.await??;
     let records = sink.records(&topic_name("example", &chain));
+    if let Some(schema) = sink.declared_schema("large_transfers", "0.1.0") {
+        println!("declared schema: {}", serde_json::to_string(&schema)?);
+    }
     println!(
         "{} runs succeeded, {} large transfers; first: {}",
         created.runs.len(),

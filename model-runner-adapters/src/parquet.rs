@@ -31,9 +31,9 @@
 //!
 //! # Schema
 //!
-//! The port has no declared record schema yet, so the Arrow schema is derived from the envelope
-//! (the same fields as the Kafka sink's JSON, version [`ENVELOPE_VERSION`], also stored in the
-//! file's key-value metadata under `model_runner.envelope_version`):
+//! Every file starts with the envelope columns (the same fields as the Kafka sink's JSON, version
+//! [`ENVELOPE_VERSION`], also stored in the file's key-value metadata under
+//! `model_runner.envelope_version`):
 //!
 //! | column | type | |
 //! |---|---|---|
@@ -44,18 +44,52 @@
 //! | `block_hash` | Utf8 | `0x`-hex, as in the JSON envelope |
 //! | `run_id` | Utf8 | UUID |
 //! | `payload` | Utf8 | the payload as JSON text, exact (the read side parses this) |
-//! | `payload_<field>` | Boolean / Int64 / Float64 / Utf8 | see below |
+//!
+//! followed by typed `payload_<field>` columns, so a warehouse can load the rows without
+//! parsing JSON.
+//!
+//! ## Declared models: columns fixed by the record schema
+//!
+//! For a `(model, model_version)` whose [`RecordSchema`] was declared
+//! ([`ResultSink::declare_schema`]; the worker declares every registered model's schema when it
+//! starts), the typed columns are exactly one `payload_<field>` per declared field, in declared
+//! order, nullable as declared, present even when every value of a run is null: every file of
+//! the model version has the same columns, so one warehouse table loads them all. The schema
+//! itself is stored as JSON in the file's key-value metadata under [`RECORD_SCHEMA_KEY`].
+//!
+//! | [`FieldType`] | Arrow type | |
+//! |---|---|---|
+//! | `bool` | Boolean | |
+//! | `int64` | Int64 | |
+//! | `uint64` | UInt64 | |
+//! | `float64` | Float64 | |
+//! | `string` | Utf8 | |
+//! | `bigint` | Utf8 | decimal digits, exactly as emitted |
+//! | `hex` | Utf8 | `0x`-hex, exactly as emitted |
+//! | `json` | Utf8 | JSON text |
+//!
+//! `bigint` stays a decimal string because no warehouse decimal holds a `uint256`: its maximum
+//! has 78 digits, Arrow's Decimal256 and BigQuery's BIGNUMERIC hold 76, Snowflake's NUMBER 38.
+//! A string loads everywhere without loss (ethereum-etl's public BigQuery tables keep `value` as
+//! STRING too); cast it in the warehouse where the values are known to fit.
+//!
+//! A record of a declared version that does not conform (a missing non-nullable field, a wrong
+//! type, an undeclared field) fails the whole `send` with [`SinkError::SchemaMismatch`] naming
+//! the record and field, before anything of the batch is written; nothing is dropped or coerced.
+//! Declaring a different schema for an already declared `(model, version)` is refused with
+//! [`SinkError::InvalidSchema`].
+//!
+//! ## Undeclared models: columns inferred per file
 //!
 //! When every payload of a file is a JSON object and a top-level field holds the same scalar type
-//! in all of them (nulls allowed), it also gets a typed, nullable `payload_<field>` column, so a
-//! warehouse can load it without parsing JSON. The typed columns are inferred per file: a field
-//! that is null in every record of a run is missing from that run's file. A schema declared by
-//! the model would fix the columns per model version instead.
+//! in all of them (nulls allowed), it gets a typed, nullable `payload_<field>` column (Boolean,
+//! Int64, Float64 or Utf8). These columns are inferred per file: a field that is null in every
+//! record of a run is missing from that run's file, so declare a schema for stable columns.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use arrow_array::builder::{StringBuilder, UInt64Builder};
 use arrow_array::cast::AsArray;
@@ -64,7 +98,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use futures::TryStreamExt;
 use model_runner_core::ports::{ResultSink, SinkError};
-use model_runner_core::{Chain, Record, RecordKey, RunId};
+use model_runner_core::{Chain, FieldType, Record, RecordKey, RecordSchema, RunId};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -85,7 +119,11 @@ pub const ENVELOPE_VERSION: u32 = 1;
 /// Key of the envelope version in each file's key-value metadata.
 pub const ENVELOPE_VERSION_KEY: &str = "model_runner.envelope_version";
 
-/// At most this many typed payload columns per file.
+/// Key of the declared record schema (JSON) in the key-value metadata of a declared model's
+/// files.
+pub const RECORD_SCHEMA_KEY: &str = "model_runner.record_schema";
+
+/// At most this many inferred payload columns per file.
 const MAX_TYPED_COLUMNS: usize = 64;
 
 /// The envelope columns, in file order.
@@ -168,17 +206,46 @@ pub fn redact_url(url: &str) -> String {
     format!("{base}?{}", query.join("&"))
 }
 
-/// The Parquet sink. See the module docs for the layout, schema and guarantees.
+/// A declared record schema and its JSON text (the file metadata).
+#[derive(Debug)]
+struct Declared {
+    schema: RecordSchema,
+    json: String,
+}
+
+/// Declared schemas by (model, model version).
+type Declarations = HashMap<(String, String), Arc<Declared>>;
+
+/// The Parquet sink. See the module docs for the layout, schema and guarantees. Clones share
+/// their declared schemas.
 #[derive(Debug, Clone)]
 pub struct ParquetSink {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
+    declared: Arc<RwLock<Declarations>>,
 }
 
 impl ParquetSink {
     /// A sink writing under `prefix` of `store`.
     pub fn new(store: Arc<dyn ObjectStore>, prefix: Path) -> Self {
-        Self { store, prefix }
+        Self {
+            store,
+            prefix,
+            declared: Arc::default(),
+        }
+    }
+
+    /// The schema declared for `model` at `version`, if any.
+    pub fn declared_schema(&self, model: &str, version: &str) -> Option<RecordSchema> {
+        self.declaration(model, version).map(|d| d.schema.clone())
+    }
+
+    fn declaration(&self, model: &str, version: &str) -> Option<Arc<Declared>> {
+        self.declared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(model.to_owned(), version.to_owned()))
+            .cloned()
     }
 
     /// A sink writing into the local directory `dir` (created if missing), with fsync.
@@ -298,6 +365,9 @@ impl ResultSink for ParquetSink {
                 });
             groups[slot].push(r);
         }
+        // Encode every file before writing any, so a nonconforming record fails the batch
+        // before anything of it is stored.
+        let mut files = Vec::with_capacity(groups.len());
         for group in groups {
             let first = group[0];
             let start = group.iter().map(|r| r.key.block_number).min().unwrap_or(0);
@@ -309,7 +379,13 @@ impl ResultSink for ParquetSink {
                 (start, end),
                 first.run_id,
             );
-            let bytes = encode(&group)?;
+            let declared = self.declaration(&first.key.model, &first.model_version);
+            if let Some(d) = &declared {
+                check_declared(&group, d)?;
+            }
+            files.push((path, encode(&group, declared.as_deref())?));
+        }
+        for (path, bytes) in files {
             self.store
                 .put(&path, PutPayload::from(bytes))
                 .await
@@ -322,6 +398,129 @@ impl ResultSink for ParquetSink {
     async fn flush(&self) -> Result<(), SinkError> {
         Ok(())
     }
+
+    /// Fixes the typed columns of `model` at `version` (see the module docs); refuses an
+    /// invalid schema, or one different from the schema already declared for that version.
+    async fn declare_schema(
+        &self,
+        model: &str,
+        version: &str,
+        schema: &RecordSchema,
+    ) -> Result<(), SinkError> {
+        let refuse = |reason: String| SinkError::InvalidSchema {
+            model: model.to_owned(),
+            version: version.to_owned(),
+            reason,
+        };
+        schema.validate().map_err(|e| refuse(e.to_string()))?;
+        let mut declared = self.declared.write().unwrap_or_else(|e| e.into_inner());
+        let key = (model.to_owned(), version.to_owned());
+        match declared.get(&key) {
+            Some(d) if d.schema == *schema => Ok(()),
+            Some(_) => Err(refuse(
+                "a different schema is already declared for this version; change the model \
+                 version when its schema changes"
+                    .into(),
+            )),
+            None => {
+                let json = serde_json::to_string(schema)
+                    .map_err(|e| refuse(format!("encoding it as JSON: {e}")))?;
+                declared.insert(
+                    key,
+                    Arc::new(Declared {
+                        schema: schema.clone(),
+                        json,
+                    }),
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Checks one group (one run) of a declared model version: one version, conforming payloads.
+fn check_declared(records: &[&Record], declared: &Declared) -> Result<(), SinkError> {
+    let version = &records[0].model_version;
+    for r in records {
+        if r.model_version != *version {
+            return Err(backend(
+                format!("records of run {}", r.run_id),
+                format!(
+                    "model versions {version} and {} in one run",
+                    r.model_version
+                ),
+            ));
+        }
+        declared
+            .schema
+            .check(&r.payload)
+            .map_err(|mismatch| SinkError::SchemaMismatch {
+                model: r.key.model.clone(),
+                version: r.model_version.clone(),
+                key: r.key.to_string(),
+                mismatch: Box::new(mismatch),
+            })?;
+    }
+    Ok(())
+}
+
+/// The Arrow type of a declared field (see the module docs' table).
+fn declared_type(ty: FieldType) -> DataType {
+    match ty {
+        FieldType::Bool => DataType::Boolean,
+        FieldType::Int64 => DataType::Int64,
+        FieldType::UInt64 => DataType::UInt64,
+        FieldType::Float64 => DataType::Float64,
+        FieldType::String | FieldType::BigInt | FieldType::Hex | FieldType::Json => DataType::Utf8,
+    }
+}
+
+/// The column of a declared field; the payloads were checked, so a value is of its type or
+/// null (and null only where the field is nullable).
+fn declared_column(records: &[&Record], name: &str, ty: FieldType) -> Result<ArrayRef, SinkError> {
+    let values = records
+        .iter()
+        .map(|r| r.payload.get(name).filter(|v| !v.is_null()));
+    Ok(match ty {
+        FieldType::Bool => Arc::new(
+            values
+                .map(|v| v.and_then(Value::as_bool))
+                .collect::<arrow_array::BooleanArray>(),
+        ),
+        FieldType::Int64 => Arc::new(
+            values
+                .map(|v| v.and_then(Value::as_i64))
+                .collect::<arrow_array::Int64Array>(),
+        ),
+        FieldType::UInt64 => Arc::new(
+            values
+                .map(|v| v.and_then(Value::as_u64))
+                .collect::<arrow_array::UInt64Array>(),
+        ),
+        FieldType::Float64 => Arc::new(
+            values
+                .map(|v| v.and_then(Value::as_f64))
+                .collect::<arrow_array::Float64Array>(),
+        ),
+        FieldType::String | FieldType::BigInt | FieldType::Hex => Arc::new(
+            values
+                .map(|v| v.and_then(Value::as_str))
+                .collect::<arrow_array::StringArray>(),
+        ),
+        FieldType::Json => {
+            let mut column = StringBuilder::with_capacity(records.len(), records.len() * 32);
+            for v in values {
+                match v {
+                    Some(v) => column.append_value(
+                        serde_json::to_string(v)
+                            .map_err(|e| backend(format!("encoding field {name}"), e))?,
+                    ),
+                    None => column.append_null(),
+                }
+            }
+            Arc::new(column.finish())
+        }
+    })
 }
 
 /// A scalar JSON type that gets a typed column.
@@ -428,8 +627,9 @@ fn typed_column(records: &[&Record], name: &str, ty: Scalar) -> ArrayRef {
     }
 }
 
-/// The Parquet bytes of one group of records (one run).
-fn encode(records: &[&Record]) -> Result<Vec<u8>, SinkError> {
+/// The Parquet bytes of one group of records (one run): typed columns from the declared schema
+/// (`declared`, whose payloads were checked) or inferred from the payloads.
+fn encode(records: &[&Record], declared: Option<&Declared>) -> Result<Vec<u8>, SinkError> {
     let n = records.len();
     let mut record_key = StringBuilder::with_capacity(n, n * 48);
     let mut model = StringBuilder::with_capacity(n, n * 16);
@@ -475,19 +675,35 @@ fn encode(records: &[&Record]) -> Result<Vec<u8>, SinkError> {
         Arc::new(run_id.finish()),
         Arc::new(payload.finish()),
     ];
-    for (name, ty) in typed_fields(records) {
-        fields.push(Field::new(format!("payload_{name}"), ty.data_type(), true));
-        columns.push(typed_column(records, &name, ty));
+    let mut metadata = vec![KeyValue::new(
+        ENVELOPE_VERSION_KEY.to_owned(),
+        ENVELOPE_VERSION.to_string(),
+    )];
+    match declared {
+        Some(d) => {
+            for f in d.schema.fields() {
+                fields.push(Field::new(
+                    format!("payload_{}", f.name),
+                    declared_type(f.ty),
+                    f.nullable,
+                ));
+                columns.push(declared_column(records, &f.name, f.ty)?);
+            }
+            metadata.push(KeyValue::new(RECORD_SCHEMA_KEY.to_owned(), d.json.clone()));
+        }
+        None => {
+            for (name, ty) in typed_fields(records) {
+                fields.push(Field::new(format!("payload_{name}"), ty.data_type(), true));
+                columns.push(typed_column(records, &name, ty));
+            }
+        }
     }
     let schema = Arc::new(Schema::new(fields));
     let batch = RecordBatch::try_new(schema.clone(), columns)
         .map_err(|e| backend("building the record batch", e))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        .set_key_value_metadata(Some(vec![KeyValue::new(
-            ENVELOPE_VERSION_KEY.to_owned(),
-            ENVELOPE_VERSION.to_string(),
-        )]))
+        .set_key_value_metadata(Some(metadata))
         .build();
     let mut out = Vec::with_capacity(n * 128);
     let mut writer = ArrowWriter::try_new(&mut out, schema, Some(props))

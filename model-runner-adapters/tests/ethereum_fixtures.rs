@@ -1,5 +1,6 @@
 //! Real mainnet data (ethereum-etl's test resources, see tests/fixtures/ethereum-etl/README.md):
-//! the file source reads it and `erc20_transfers` gives exactly ethereum-etl's rows.
+//! the file source reads it and `erc20_transfers` gives exactly ethereum-etl's rows, which
+//! conform to its declared record schema.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +33,13 @@ async fn transfers_csv(source: Arc<dyn BlockSource>, blocks: &[Block]) -> Vec<St
         source,
     };
     let records = Erc20Transfers.run(&ctx, blocks).await.unwrap();
+    // Real mainnet rows conform to the declared schema (the worker would refuse them otherwise).
+    let schema = Erc20Transfers.record_schema().unwrap();
+    for r in &records {
+        schema
+            .check(&r.payload)
+            .unwrap_or_else(|e| panic!("{}: {e}", r.key));
+    }
     let mut lines = vec![
         "token_address,from_address,to_address,value,transaction_hash,log_index,block_number"
             .to_owned(),

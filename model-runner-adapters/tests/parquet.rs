@@ -1,17 +1,34 @@
 //! The Parquet sink on a local directory and on S3 (moto, from `S3_ENDPOINT`): the conformance
-//! suite, the file layout, replacement on rerun, the schema, and URL errors.
+//! suite, the file layout, replacement on rerun, the inferred and the declared schema (also
+//! through the engine), and URL errors.
 #![cfg(feature = "parquet")]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type, UInt64Type};
+use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
-use model_runner_adapters::parquet::{ENVELOPE_VERSION_KEY, ParquetSink, read_records};
+use model_runner_adapters::devnet::{DevnetConfig, DevnetSource};
+use model_runner_adapters::parquet::{
+    ENVELOPE_VERSION_KEY, ParquetSink, RECORD_SCHEMA_KEY, read_records,
+};
 use model_runner_core::conformance::{sink, unique};
-use model_runner_core::ports::{ResultSink, SinkError};
-use model_runner_core::{Chain, RunId};
+use model_runner_core::engine::{
+    BackfillRequest, CancellationToken, EngineDeps, Enqueuer, EnqueuerConfig, Worker, WorkerConfig,
+    submit_backfill,
+};
+use model_runner_core::memory::{MemoryRunQueue, MemoryRunStore};
+use model_runner_core::ports::{ResultSink, RunStore, SinkError};
+use model_runner_core::{
+    BlockRange, Chain, FieldType, Model, PayloadError, Record, RecordSchema, Routing, RunId,
+    RunMode, RunState,
+};
 use object_store::path::Path;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn ethereum() -> Chain {
@@ -161,6 +178,406 @@ async fn payloads_without_a_common_shape_keep_only_the_json_column() {
         &DataType::Float64
     );
     assert_eq!(sink2.read_topic("t", &ethereum()).await.unwrap(), typed);
+}
+
+/// A column as `(name, type, nullable)`.
+type Column = (String, DataType, bool);
+
+/// The one Parquet file under `dir`: its columns, its key-value metadata, and its rows as one
+/// batch.
+fn read_only_file(dir: &std::path::Path) -> (Vec<Column>, HashMap<String, String>, RecordBatch) {
+    let all = files(dir);
+    assert_eq!(all.len(), 1, "{all:?}");
+    let file = std::fs::File::open(dir.join(&all[0])).unwrap();
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    let columns = builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().clone(), f.is_nullable()))
+        .collect();
+    let metadata = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|kv| (kv.key, kv.value.unwrap_or_default()))
+        .collect();
+    let mut batches: Vec<RecordBatch> = builder.build().unwrap().map(Result::unwrap).collect();
+    assert_eq!(batches.len(), 1, "small test files hold one batch");
+    (columns, metadata, batches.pop().unwrap())
+}
+
+/// The envelope columns every file starts with.
+fn envelope() -> Vec<Column> {
+    [
+        ("record_key", DataType::Utf8),
+        ("model", DataType::Utf8),
+        ("chain", DataType::Utf8),
+        ("block_number", DataType::UInt64),
+        ("position", DataType::UInt64),
+        ("model_version", DataType::Utf8),
+        ("block_hash", DataType::Utf8),
+        ("run_id", DataType::Utf8),
+        ("payload", DataType::Utf8),
+    ]
+    .into_iter()
+    .map(|(n, t)| (n.to_owned(), t, false))
+    .collect()
+}
+
+/// Every field type, a nullable column some records fill, and one no record fills.
+fn token_schema() -> RecordSchema {
+    RecordSchema::new()
+        .required("token", FieldType::Hex, "contract")
+        .required("value", FieldType::BigInt, "amount, uint256")
+        .required("log_index", FieldType::UInt64, "")
+        .required("delta", FieldType::Int64, "")
+        .required("price", FieldType::Float64, "")
+        .required("ok", FieldType::Bool, "")
+        .required("symbol", FieldType::String, "")
+        .nullable("extra", FieldType::Json, "nested data")
+        .nullable("memo", FieldType::String, "never set in these tests")
+}
+
+/// `n` records of `token_schema` for model `tokens`, version `3`; `extra` is set on even
+/// records only, `memo` is missing or null everywhere.
+fn token_records(n: u64) -> Vec<Record> {
+    let mut records = sink::records("tokens", n, 0);
+    for (i, r) in records.iter_mut().enumerate() {
+        r.model_version = "3".into();
+        r.payload = json!({
+            "token": format!("0x{:040x}", i + 1),
+            "value": format!("1157920892373161954235709850086879078532699846656405640394575840079131296399{i:02}"),
+            "log_index": u64::MAX - i as u64,
+            "delta": -(i as i64),
+            "price": i as f64 + 0.5,
+            "ok": i % 2 == 0,
+            "symbol": "TKN",
+        });
+        if i % 2 == 0 {
+            r.payload["extra"] = json!({"path": [i, "x"]});
+        }
+        if i % 3 == 0 {
+            r.payload["memo"] = serde_json::Value::Null;
+        }
+    }
+    records
+}
+
+#[tokio::test]
+async fn a_declared_model_gets_exactly_its_columns_even_all_null_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = ParquetSink::local(dir.path()).unwrap();
+    // Declared through `Arc<dyn ResultSink>`, as the engine does; clones share declarations.
+    let port: Arc<dyn ResultSink> = Arc::new(sink.clone());
+    port.declare_schema("tokens", "3", &token_schema())
+        .await
+        .unwrap();
+    assert_eq!(sink.declared_schema("tokens", "3"), Some(token_schema()));
+    assert_eq!(sink.declared_schema("tokens", "4"), None);
+
+    let recs = token_records(6);
+    sink.send("prod-ethereum-sink", &recs).await.unwrap();
+    let (columns, metadata, batch) = read_only_file(dir.path());
+
+    let mut expected = envelope();
+    expected.extend(
+        [
+            ("payload_token", DataType::Utf8, false),
+            ("payload_value", DataType::Utf8, false),
+            ("payload_log_index", DataType::UInt64, false),
+            ("payload_delta", DataType::Int64, false),
+            ("payload_price", DataType::Float64, false),
+            ("payload_ok", DataType::Boolean, false),
+            ("payload_symbol", DataType::Utf8, false),
+            ("payload_extra", DataType::Utf8, true),
+            ("payload_memo", DataType::Utf8, true),
+        ]
+        .map(|(n, t, null)| (n.to_owned(), t, null)),
+    );
+    assert_eq!(columns, expected, "declared order, types and nullability");
+
+    assert_eq!(metadata[ENVELOPE_VERSION_KEY], "1");
+    let stored: RecordSchema = serde_json::from_str(&metadata[RECORD_SCHEMA_KEY]).unwrap();
+    assert_eq!(stored, token_schema());
+
+    // The typed values are the payload's.
+    let col = |name: &str| batch.column_by_name(name).unwrap().clone();
+    assert_eq!(col("payload_memo").null_count(), 6, "all null, still there");
+    let extra = col("payload_extra");
+    let extra = extra.as_string::<i32>();
+    assert_eq!(extra.value(0), r#"{"path":[0,"x"]}"#);
+    assert!(extra.is_null(1));
+    assert_eq!(
+        col("payload_value").as_string::<i32>().value(5),
+        "115792089237316195423570985008687907853269984665640564039457584007913129639905"
+    );
+    assert_eq!(
+        col("payload_token").as_string::<i32>().value(1),
+        "0x0000000000000000000000000000000000000002"
+    );
+    assert_eq!(
+        col("payload_log_index")
+            .as_primitive::<UInt64Type>()
+            .value(0),
+        u64::MAX
+    );
+    assert_eq!(
+        col("payload_delta").as_primitive::<Int64Type>().value(4),
+        -4
+    );
+    assert_eq!(
+        col("payload_price").as_primitive::<Float64Type>().value(2),
+        2.5
+    );
+    assert!(!col("payload_ok").as_boolean().value(1));
+    assert_eq!(
+        sink.read_topic("prod-ethereum-sink", &ethereum())
+            .await
+            .unwrap(),
+        recs,
+        "records read back unchanged"
+    );
+
+    // Another, undeclared version of the same model keeps the inferred columns: no all-null
+    // `memo`, no `extra` (not a scalar).
+    let dir2 = tempfile::tempdir().unwrap();
+    let sink2 = ParquetSink::local(dir2.path()).unwrap();
+    sink2
+        .declare_schema("tokens", "3", &token_schema())
+        .await
+        .unwrap();
+    let mut v4 = token_records(6);
+    for r in &mut v4 {
+        r.model_version = "4".into();
+    }
+    sink2.send("prod-ethereum-sink", &v4).await.unwrap();
+    let (columns, metadata, _) = read_only_file(dir2.path());
+    let names: Vec<&str> = columns.iter().map(|c| c.0.as_str()).collect();
+    assert!(names.contains(&"payload_value"), "{names:?}");
+    assert!(!names.contains(&"payload_memo"), "{names:?}");
+    assert!(!names.contains(&"payload_extra"), "{names:?}");
+    assert!(
+        columns.iter().skip(9).all(|c| c.2),
+        "inferred columns are nullable"
+    );
+    assert!(!metadata.contains_key(RECORD_SCHEMA_KEY));
+}
+
+#[tokio::test]
+async fn a_nonconforming_record_is_refused_naming_the_field_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = ParquetSink::local(dir.path()).unwrap();
+    sink.declare_schema("tokens", "3", &token_schema())
+        .await
+        .unwrap();
+    // A valid group of an undeclared model first: the batch fails as a whole.
+    let mut batch = sink::records("other", 3, 1);
+    let good = token_records(4);
+    batch.extend(good.iter().cloned());
+
+    /// The field to break, how, and the start of the message.
+    type Case = (&'static str, fn(&mut serde_json::Value), &'static str);
+    let cases: [Case; 5] = [
+        (
+            "value",
+            |p| p["value"] = json!(1000),
+            r#"field "value": expected a string of decimal digits (bigint), e.g. "1000", found number 1000"#,
+        ),
+        (
+            "log_index",
+            |p| p["log_index"] = json!(-1),
+            r#"field "log_index": expected an integer in u64 range, found number -1"#,
+        ),
+        (
+            "symbol",
+            |p| {
+                p.as_object_mut().unwrap().remove("symbol");
+            },
+            r#"field "symbol" is missing: expected a string, and the field is not nullable"#,
+        ),
+        (
+            "ok",
+            |p| p["ok"] = serde_json::Value::Null,
+            r#"field "ok" is null: expected a bool, and the field is not nullable"#,
+        ),
+        (
+            "surprise",
+            |p| p["surprise"] = json!("x"),
+            r#"field "surprise" is not declared in the record schema"#,
+        ),
+    ];
+    for (field, break_it, message) in cases {
+        let mut recs = batch.clone();
+        break_it(&mut recs[5].payload);
+        let key = recs[5].key.to_string();
+        let err = sink.send("prod-ethereum-sink", &recs).await.unwrap_err();
+        match &err {
+            SinkError::SchemaMismatch {
+                model,
+                version,
+                key: k,
+                mismatch,
+            } => {
+                assert_eq!((model.as_str(), version.as_str()), ("tokens", "3"));
+                assert_eq!(k, &key);
+                assert_eq!(mismatch.field(), Some(field));
+            }
+            other => panic!("{field}: expected SchemaMismatch, got {other:?}"),
+        }
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "record {key} does not match the declared schema of tokens 3: {message}"
+            )),
+            "{text}"
+        );
+        assert!(files(dir.path()).is_empty(), "{field}: nothing written");
+    }
+    // A payload that is not an object.
+    let mut recs = good.clone();
+    recs[0].payload = json!([1]);
+    let err = sink.send("t", &recs).await.unwrap_err();
+    assert!(
+        matches!(&err, SinkError::SchemaMismatch { mismatch, .. }
+            if matches!(**mismatch, PayloadError::NotAnObject { .. })),
+        "{err:?}"
+    );
+    assert!(files(dir.path()).is_empty());
+
+    // The same schema again is fine; a different one for the same version, or an invalid one,
+    // is refused with the reason.
+    sink.declare_schema("tokens", "3", &token_schema())
+        .await
+        .unwrap();
+    let changed = token_schema().nullable("fee", FieldType::UInt64, "");
+    let err = sink
+        .declare_schema("tokens", "3", &changed)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SinkError::InvalidSchema { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "record schema of tokens 3 refused: a different schema is already declared for this version; change the model version when its schema changes"
+    );
+    let invalid = RecordSchema::new().required("Token", FieldType::Hex, "");
+    let err = sink
+        .declare_schema("tokens", "5", &invalid)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            r#"record schema of tokens 5 refused: invalid record schema: field "Token""#
+        ),
+        "{err}"
+    );
+    assert_eq!(sink.declared_schema("tokens", "5"), None);
+
+    // The conforming batch goes through.
+    sink.send("prod-ethereum-sink", &batch).await.unwrap();
+    assert_eq!(files(dir.path()).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_declares_builtin_schemas_so_files_have_their_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = ParquetSink::local(dir.path()).unwrap();
+    let models = model_runner_core::models::builtin();
+    let deps = EngineDeps {
+        store: Arc::new(MemoryRunStore::new()),
+        queue: Arc::new(MemoryRunQueue::new()),
+        sink: Arc::new(sink.clone()),
+        sources: HashMap::from([(
+            ethereum(),
+            Arc::new(DevnetSource::new(
+                ethereum(),
+                DevnetConfig {
+                    txs: 5,
+                    logs: 10,
+                    ..Default::default()
+                },
+            )) as _,
+        )]),
+        models: Arc::new(models),
+        routing: Routing::default(),
+    };
+    let created = submit_backfill(
+        &deps,
+        BackfillRequest {
+            model: "block_stats".into(),
+            chain: ethereum(),
+            range: BlockRange::new(0, 9).unwrap(),
+            chunk_size: 10,
+            mode: RunMode::Backfill,
+            adhoc_queue: None,
+            max_attempts: 1,
+            idempotency_key: None,
+        },
+    )
+    .await
+    .unwrap();
+    let stop = CancellationToken::new();
+    let enqueuer =
+        tokio::spawn(Enqueuer::new(deps.clone(), EnqueuerConfig::default()).run(stop.clone()));
+    let worker = Worker::new(
+        deps.clone(),
+        WorkerConfig {
+            queues: deps.routing.all_queues([&ethereum()]),
+            env: "test".into(),
+            ..Default::default()
+        },
+    );
+    let worker = tokio::spawn(worker.run(stop.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let run = deps.store.get(created.runs[0].id).await.unwrap();
+        if run.state == RunState::Succeeded {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline && run.state != RunState::Failed,
+            "{run:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    enqueuer.await.unwrap();
+    worker.await.unwrap().unwrap();
+
+    let schema = model_runner_core::models::BlockStats
+        .record_schema()
+        .unwrap();
+    for model in ["block_stats", "erc20_transfers"] {
+        let declared = deps.models.get(model).unwrap();
+        assert_eq!(
+            sink.declared_schema(model, declared.version()),
+            declared.record_schema(),
+            "the worker declared {model}'s schema at start"
+        );
+    }
+    let (columns, metadata, batch) = read_only_file(dir.path());
+    assert_eq!(batch.num_rows(), 10);
+    let typed: Vec<Column> = columns.into_iter().skip(9).collect();
+    let want: Vec<Column> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let ty = if f.ty == FieldType::UInt64 {
+                DataType::UInt64
+            } else {
+                DataType::Utf8
+            };
+            (format!("payload_{}", f.name), ty, false)
+        })
+        .collect();
+    assert_eq!(typed, want);
+    assert_eq!(
+        serde_json::from_str::<RecordSchema>(&metadata[RECORD_SCHEMA_KEY]).unwrap(),
+        schema
+    );
 }
 
 #[tokio::test]

@@ -28,6 +28,9 @@ pub mod conformance;
 
 pub use chain::{BlockRange, Chain, ChainError, ModelKind, RunMode};
 pub use data::{Block, BlockHead, CallRequest, Log, Receipt, Transaction};
-pub use model::{Model, ModelContext, ModelError, ModelRegistry, Record, RecordKey};
+pub use model::{
+    FieldSpec, FieldType, Model, ModelContext, ModelError, ModelRegistry, PayloadError, Record,
+    RecordKey, RecordSchema, SchemaError,
+};
 pub use routing::{Routing, adhoc_queue_name, dead_letter_queue_name, queue_name, topic_name};
 pub use run::{ModelRun, NewRun, RunEvent, RunId, RunState, TransitionError};

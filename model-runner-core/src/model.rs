@@ -4,6 +4,11 @@
 //! it once per run with every block of the run's range, in order, and sends what it returns to
 //! the chain's sink topic. Record keys are deterministic (model, chain, block, position), so a
 //! rerun of the same blocks produces the same keys and a consumer can deduplicate.
+//!
+//! A model may declare the shape of its payloads as a [`RecordSchema`]; the worker then checks
+//! every payload before sending it, and typed sinks derive their columns from it.
+
+mod schema;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,6 +22,10 @@ use crate::chain::{BlockRange, Chain, ModelKind};
 use crate::data::Block;
 use crate::ports::{BlockSource, SourceError};
 use crate::run::RunId;
+
+pub use schema::{
+    FieldSpec, FieldType, MAX_FIELD_NAME_LEN, PayloadError, RecordSchema, SchemaError,
+};
 
 /// The deterministic identity of a record.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -120,6 +129,32 @@ pub trait Model: fmt::Debug + Send + Sync + 'static {
     /// Chains it supports; empty means every chain.
     fn chains(&self) -> Vec<Chain> {
         Vec::new()
+    }
+    /// The shape of every payload this model emits, or `None` (the default) for schemaless
+    /// payloads.
+    ///
+    /// A declared schema is a promise checked at run time: the worker checks every payload
+    /// with [`RecordSchema::check`] before sending, and a mismatch fails the run's attempt (a
+    /// model bug, retried like a model error) with a message naming the model, record key and
+    /// field. Sinks with typed columns (Parquet) derive them from it. It MUST be the same for
+    /// the same [`version`](Self::version): change the version when the schema changes.
+    ///
+    /// ```
+    /// # use model_runner_core::model::{FieldType, RecordSchema};
+    /// # struct M;
+    /// # impl M {
+    /// fn record_schema(&self) -> Option<RecordSchema> {
+    ///     Some(
+    ///         RecordSchema::new()
+    ///             .required("token", FieldType::Hex, "ERC-20 contract")
+    ///             .required("value", FieldType::BigInt, "amount in base units")
+    ///             .nullable("note", FieldType::String, ""),
+    ///     )
+    /// }
+    /// # }
+    /// ```
+    fn record_schema(&self) -> Option<RecordSchema> {
+        None
     }
     /// Runs over `blocks` (the whole run range, ascending).
     async fn run(&self, ctx: &ModelContext, blocks: &[Block]) -> Result<Vec<Record>, ModelError>;

@@ -198,6 +198,11 @@ pub async fn run_all(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
+    // The worker declares them too; doing it first turns an invalid schema into an error here
+    // instead of a worker that stops while this waits for its backfills.
+    deps.declare_schemas()
+        .await
+        .context("declaring the models' record schemas to the sink")?;
     let mut outstanding: HashSet<RunId> = HashSet::new();
     let mut backfill_ids = Vec::new();
     for b in &config.backfills {

@@ -1110,6 +1110,28 @@ async fn models_and_progress(kind: Store) {
         assert!(!m["version"].as_str().unwrap().is_empty());
         assert_eq!(m["chains"], json!(["ethereum"]));
     }
+    // The declared record schema, in column order.
+    let fields = models[1]["record_schema"].as_array().unwrap();
+    let names: Vec<&str> = fields.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "token_address",
+            "from_address",
+            "to_address",
+            "value",
+            "transaction_hash",
+            "log_index",
+            "block_number"
+        ]
+    );
+    assert_eq!(
+        fields[3],
+        json!({"name": "value", "type": "bigint", "nullable": false,
+               "description": "amount in the token's base unit (uint256)"})
+    );
+    assert_eq!(fields[5]["type"], "uint64");
+    assert_eq!(models[0]["record_schema"][1]["type"], "hex");
 
     api.submit_ok(backfill(0, 29, 10)).await;
     let ids = api.submit_ok(backfill(100, 109, 10)).await;

@@ -8,7 +8,7 @@ use alloy_primitives::B256;
 
 use super::unique;
 use crate::chain::Chain;
-use crate::model::{Record, RecordKey};
+use crate::model::{FieldType, Record, RecordKey, RecordSchema};
 use crate::ports::ResultSink;
 use crate::run::RunId;
 
@@ -33,6 +33,19 @@ pub fn records(model: &str, n: u64, payload_bytes: usize) -> Vec<Record> {
             }),
         })
         .collect()
+}
+
+/// The schema [`records`] payloads follow, plus a nullable `note` (JSON) they leave out.
+pub fn records_schema() -> RecordSchema {
+    RecordSchema::new()
+        .required("i", FieldType::UInt64, "record number")
+        .required(
+            "value",
+            FieldType::BigInt,
+            "the number again, as a decimal string",
+        )
+        .required("pad", FieldType::String, "padding")
+        .nullable("note", FieldType::Json, "never set by `records`")
 }
 
 /// Runs every case against `sink`, reading topics back with `read`.
@@ -80,6 +93,29 @@ where
 
     // Flush is idempotent.
     sink.flush().await.expect("flush twice");
+
+    // A declared schema: declaring it again succeeds, and conforming records (a nullable field
+    // missing, null or set) are accepted and read back unchanged.
+    let schema = records_schema();
+    sink.declare_schema("conf-declared", "1", &schema)
+        .await
+        .expect("declare_schema");
+    sink.declare_schema("conf-declared", "1", &schema)
+        .await
+        .expect("declaring the same schema again MUST succeed");
+    let declared_topic = unique("conf-sink-declared");
+    let mut declared = records("conf-declared", 30, 16);
+    declared[1].payload["note"] = serde_json::Value::Null;
+    declared[2].payload["note"] = serde_json::json!({"nested": [1, "two"]});
+    sink.send(&declared_topic, &declared)
+        .await
+        .expect("conforming records of a declared model MUST be accepted");
+    sink.flush().await.unwrap();
+    assert_eq!(
+        by_key(read(declared_topic).await),
+        by_key(declared),
+        "records of a declared model MUST be readable, unchanged"
+    );
 
     // A large batch arrives whole.
     let big_topic = unique("conf-sink-big");

@@ -22,9 +22,9 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 
 use crate::chain::Chain;
-use crate::model::{ModelRegistry, RegistryError};
+use crate::model::{ModelRegistry, RegistryError, SchemaError};
 use crate::ports::{
-    BlockSource, QueueError, ResultSink, RunQueue, RunStore, SourceError, StoreError,
+    BlockSource, QueueError, ResultSink, RunQueue, RunStore, SinkError, SourceError, StoreError,
 };
 use crate::routing::{Routing, RoutingError};
 
@@ -64,6 +64,30 @@ impl EngineDeps {
             }
         })
     }
+
+    /// Validates the record schema of every registered model that declares one and declares it
+    /// to the sink ([`ResultSink::declare_schema`]); returns how many were declared. The
+    /// [`Worker`] calls this when it starts, so only code that sends records by other means
+    /// needs to.
+    pub async fn declare_schemas(&self) -> Result<usize, EngineError> {
+        let mut declared = 0;
+        for model in self.models.iter() {
+            let Some(schema) = model.record_schema() else {
+                continue;
+            };
+            schema
+                .validate()
+                .map_err(|error| EngineError::InvalidSchema {
+                    model: model.name().to_owned(),
+                    error,
+                })?;
+            self.sink
+                .declare_schema(model.name(), model.version(), &schema)
+                .await?;
+            declared += 1;
+        }
+        Ok(declared)
+    }
 }
 
 /// An engine failure.
@@ -82,6 +106,17 @@ pub enum EngineError {
     /// Unknown or unsupported model.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// Sink failure (declaring record schemas).
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// A model declares an invalid record schema.
+    #[error("model {model}: {error}")]
+    InvalidSchema {
+        /// The model.
+        model: String,
+        /// What is wrong, naming the field.
+        error: SchemaError,
+    },
     /// Bad adhoc slot.
     #[error(transparent)]
     Routing(#[from] RoutingError),

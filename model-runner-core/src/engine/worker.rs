@@ -9,13 +9,18 @@
 //! another worker) is acked and dropped; one whose run is not claimable *yet* (the enqueuer has
 //! published but not yet marked it) is requeued. A failed attempt is retried through the outbox
 //! with backoff; the last one's message is rejected to the dead-letter queue.
+//!
+//! Models that declare a [`RecordSchema`](crate::model::RecordSchema) have it declared to the
+//! sink when the worker starts, and every payload of theirs is checked against it before the
+//! run's records are sent: a mismatch fails the attempt like a model error, and nothing of the
+//! run is sent.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::Semaphore;
+use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -92,6 +97,8 @@ pub struct Worker {
     deps: EngineDeps,
     config: Arc<WorkerConfig>,
     stats: Arc<WorkerStats>,
+    /// Set once every model's record schema was declared to the sink.
+    schemas_declared: Arc<OnceCell<()>>,
 }
 
 impl Worker {
@@ -101,7 +108,21 @@ impl Worker {
             deps,
             config: Arc::new(config),
             stats: Arc::default(),
+            schemas_declared: Arc::default(),
         }
+    }
+
+    /// Declares the models' record schemas to the sink once per worker
+    /// ([`EngineDeps::declare_schemas`]); a failed declaration is tried again on the next call.
+    async fn declare_schemas(&self) -> Result<(), EngineError> {
+        self.schemas_declared
+            .get_or_try_init(|| async {
+                let n = self.deps.declare_schemas().await?;
+                debug!(worker = %self.config.id, schemas = n, "record schemas declared to the sink");
+                Ok::<_, EngineError>(())
+            })
+            .await
+            .map(|_| ())
     }
 
     /// Live counters.
@@ -109,15 +130,17 @@ impl Worker {
         self.stats.clone()
     }
 
-    /// Consumes the configured queues until `shutdown` is cancelled, then stops consuming,
-    /// gives in-flight runs `shutdown_grace` to finish (handing back the rest), and flushes the
-    /// sink.
+    /// Declares the models' record schemas to the sink (an invalid schema or a refusal stops
+    /// the worker before it consumes anything), consumes the configured queues until
+    /// `shutdown` is cancelled, then stops consuming, gives in-flight runs `shutdown_grace` to
+    /// finish (handing back the rest), and flushes the sink.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), EngineError> {
         if self.config.queues.is_empty() {
             return Err(EngineError::InvalidInput(
                 "a worker needs at least one queue to consume".into(),
             ));
         }
+        self.declare_schemas().await?;
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let hand_back = CancellationToken::new();
         let mut loops = JoinSet::new();
@@ -358,6 +381,11 @@ impl Worker {
             Ok(m) => m,
             Err(e) => return permanent(e.to_string()),
         };
+        // Normally done at start; this covers `handle` driven directly and a failed first try.
+        if let Err(e) = self.declare_schemas().await {
+            return transient(format!("declaring record schemas to the sink: {e}"));
+        }
+        let schema = model.record_schema();
         let source = match self.deps.source(&run.chain) {
             Ok(s) => s.clone(),
             Err(e) => return permanent(e.to_string()),
@@ -398,6 +426,17 @@ impl Worker {
                 return transient(format!("model {name} panicked: {msg}"));
             }
         };
+        if let Some(schema) = &schema {
+            for r in &records {
+                if let Err(e) = schema.check(&r.payload) {
+                    return transient(format!(
+                        "model {name} emitted a record that does not match its record schema: \
+                         record {}: {e}",
+                        r.key
+                    ));
+                }
+            }
+        }
         let topic = topic_name(&self.config.env, &run.chain);
         if let Err(e) = self.deps.sink.send(&topic, &records).await {
             return transient(format!("sending {} records to {topic}: {e}", records.len()));
@@ -427,4 +466,221 @@ fn settle(result: Result<(), crate::ports::QueueError>) {
 
 fn chrono_dur(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use async_trait::async_trait;
+    use serde_json::json;
+
+    use super::*;
+    use crate::chain::{BlockRange, Chain, ModelKind, RunMode};
+    use crate::data::Block;
+    use crate::engine::{BackfillRequest, Enqueuer, EnqueuerConfig, submit_backfill};
+    use crate::memory::{MemoryBlockSource, MemoryRunQueue, MemoryRunStore, MemorySink};
+    use crate::model::{FieldType, Model, ModelError, ModelRegistry, Record, RecordSchema};
+    use crate::routing::Routing;
+
+    /// Declares `{block_number: uint64, label: string, note: string?}`; at block `bad_block`
+    /// (if any) it emits `label` as a number.
+    #[derive(Debug)]
+    struct Labels {
+        bad_block: Option<u64>,
+        schema: RecordSchema,
+    }
+
+    impl Labels {
+        fn new(bad_block: Option<u64>) -> Self {
+            Self {
+                bad_block,
+                schema: RecordSchema::new()
+                    .required("block_number", FieldType::UInt64, "")
+                    .required("label", FieldType::String, "")
+                    .nullable("note", FieldType::String, ""),
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Model for Labels {
+        fn name(&self) -> &str {
+            "labels"
+        }
+        fn version(&self) -> &str {
+            "2"
+        }
+        fn kind(&self) -> ModelKind {
+            ModelKind::Nonreads
+        }
+        fn record_schema(&self) -> Option<RecordSchema> {
+            Some(self.schema.clone())
+        }
+        async fn run(
+            &self,
+            ctx: &ModelContext,
+            blocks: &[Block],
+        ) -> Result<Vec<Record>, ModelError> {
+            Ok(blocks
+                .iter()
+                .map(|b| {
+                    let label = if Some(b.number) == self.bad_block {
+                        json!(b.number)
+                    } else {
+                        json!(format!("block {}", b.number))
+                    };
+                    ctx.record(b, 0, json!({"block_number": b.number, "label": label}))
+                })
+                .collect())
+        }
+    }
+
+    fn chain() -> Chain {
+        Chain::new("ethereum").unwrap()
+    }
+
+    fn deps(model: Labels) -> (EngineDeps, Arc<MemorySink>) {
+        let sink = Arc::new(MemorySink::new());
+        let source = MemoryBlockSource::new(chain(), crate::models::tests::blocks(0, 19));
+        let deps = EngineDeps {
+            store: Arc::new(MemoryRunStore::new()),
+            queue: Arc::new(MemoryRunQueue::new()),
+            sink: sink.clone(),
+            sources: HashMap::from([(chain(), Arc::new(source) as _)]),
+            models: Arc::new(ModelRegistry::new().with(Arc::new(model)).unwrap()),
+            routing: Routing::default(),
+        };
+        (deps, sink)
+    }
+
+    /// Backfills blocks 0-19 in runs of 10 (two attempts each) and waits until every run is
+    /// final with no attempt left.
+    async fn backfill(deps: &EngineDeps) -> Vec<ModelRun> {
+        let created = submit_backfill(
+            deps,
+            BackfillRequest {
+                model: "labels".into(),
+                chain: chain(),
+                range: BlockRange::new(0, 19).unwrap(),
+                chunk_size: 10,
+                mode: RunMode::Backfill,
+                adhoc_queue: None,
+                max_attempts: 2,
+                idempotency_key: None,
+            },
+        )
+        .await
+        .unwrap();
+        let stop = CancellationToken::new();
+        let enqueuer = tokio::spawn(
+            Enqueuer::new(
+                deps.clone(),
+                EnqueuerConfig {
+                    idle: Duration::from_millis(5),
+                    ..Default::default()
+                },
+            )
+            .run(stop.clone()),
+        );
+        let worker = Worker::new(
+            deps.clone(),
+            WorkerConfig {
+                queues: deps.routing.all_queues([&chain()]),
+                retry: RetryPolicy {
+                    base: Duration::from_millis(5),
+                    max: Duration::from_millis(20),
+                    jitter: 0.0,
+                },
+                env: "test".into(),
+                ..Default::default()
+            },
+        );
+        let worker = tokio::spawn(worker.run(stop.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let runs = loop {
+            let mut runs = Vec::new();
+            for r in &created.runs {
+                runs.push(deps.store.get(r.id).await.unwrap());
+            }
+            let settled = runs.iter().all(|r| {
+                r.state == RunState::Succeeded
+                    || (r.state == RunState::Failed && r.attempt == r.max_attempts)
+            });
+            if settled {
+                break runs;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "runs did not settle: {runs:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        stop.cancel();
+        enqueuer.await.unwrap();
+        worker.await.unwrap().unwrap();
+        runs
+    }
+
+    #[tokio::test]
+    async fn conforming_records_are_sent_and_the_schema_is_declared_to_the_sink() {
+        let (deps, sink) = deps(Labels::new(None));
+        let runs = backfill(&deps).await;
+        assert!(runs.iter().all(|r| r.state == RunState::Succeeded));
+        assert_eq!(sink.records("test-ethereum-sink").len(), 20);
+        assert_eq!(
+            sink.declared_schema("labels", "2"),
+            Labels::new(None).record_schema()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_record_that_breaks_the_schema_fails_the_attempt_naming_model_key_and_field() {
+        let (deps, sink) = deps(Labels::new(Some(13)));
+        let mut runs = backfill(&deps).await;
+        runs.sort_by_key(|r| r.range.start());
+        assert_eq!(runs[0].state, RunState::Succeeded);
+        let bad = &runs[1];
+        assert_eq!(
+            (bad.state, bad.attempt),
+            (RunState::Failed, 2),
+            "retried like a model error, then failed: {bad:?}"
+        );
+        assert_eq!(
+            bad.last_error.as_deref(),
+            Some(
+                "model labels emitted a record that does not match its record schema: record \
+                 labels:ethereum:13:0: field \"label\": expected a string, found number 13"
+            )
+        );
+        // Nothing of the failed run reached the sink: only the first run's ten records.
+        let sent = sink.records("test-ethereum-sink");
+        assert_eq!(sent.len(), 10);
+        assert!(sent.iter().all(|r| r.key.block_number < 10));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_schema_stops_the_worker_before_it_consumes() {
+        let mut model = Labels::new(None);
+        model.schema = model.schema.required("Label", FieldType::String, "");
+        let (deps, sink) = deps(model);
+        let worker = Worker::new(
+            deps.clone(),
+            WorkerConfig {
+                queues: deps.routing.all_queues([&chain()]),
+                ..Default::default()
+            },
+        );
+        let err = worker.run(CancellationToken::new()).await.unwrap_err();
+        assert!(
+            matches!(&err, EngineError::InvalidSchema { model, error } if model == "labels" && error.field() == "Label"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "model labels: invalid record schema: field \"Label\" (#3): not a column identifier: \
+             use lowercase letters, digits and '_', starting with a letter or '_'"
+        );
+        assert_eq!(sink.declared_schema("labels", "2"), None);
+    }
 }

@@ -5,13 +5,16 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::model::Record;
+use crate::model::{Record, RecordSchema};
 use crate::ports::{ResultSink, SinkError};
 
 /// A [`ResultSink`] that keeps every record in memory, readable with [`MemorySink::records`].
+/// Declared record schemas are kept too ([`MemorySink::declared_schema`]); records are stored
+/// as JSON values, so they are not checked against them.
 #[derive(Debug, Default)]
 pub struct MemorySink {
     topics: Mutex<BTreeMap<String, Vec<Record>>>,
+    schemas: Mutex<BTreeMap<(String, String), RecordSchema>>,
 }
 
 impl MemorySink {
@@ -28,6 +31,15 @@ impl MemorySink {
             .get(topic)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The schema last declared for `model` at `version`.
+    pub fn declared_schema(&self, model: &str, version: &str) -> Option<RecordSchema> {
+        self.schemas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(model.to_owned(), version.to_owned()))
+            .cloned()
     }
 
     /// Topic names that received records.
@@ -63,6 +75,19 @@ impl ResultSink for MemorySink {
     }
 
     async fn flush(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    async fn declare_schema(
+        &self,
+        model: &str,
+        version: &str,
+        schema: &RecordSchema,
+    ) -> Result<(), SinkError> {
+        self.schemas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((model.to_owned(), version.to_owned()), schema.clone());
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::erc20_transfers::decode_transfer;
 use crate::chain::ModelKind;
 use crate::data::Block;
-use crate::model::{Model, ModelContext, ModelError, Record};
+use crate::model::{FieldType, Model, ModelContext, ModelError, Record, RecordSchema};
 
 /// The `block_stats` model: transactions, logs, ERC-20 transfers, gas and contract creations
 /// per block.
@@ -23,6 +23,28 @@ impl Model for BlockStats {
     }
     fn kind(&self) -> ModelKind {
         ModelKind::Nonreads
+    }
+    fn record_schema(&self) -> Option<RecordSchema> {
+        use FieldType::{Hex, UInt64};
+        Some(
+            RecordSchema::new()
+                .required("block_number", UInt64, "block number")
+                .required("block_hash", Hex, "block hash, lowercase 0x-hex")
+                .required("timestamp", UInt64, "block time, Unix seconds")
+                .required("transaction_count", UInt64, "transactions in the block")
+                .required("log_count", UInt64, "logs in the block")
+                .required(
+                    "erc20_transfer_count",
+                    UInt64,
+                    "ERC-20 Transfer logs (three topics, 32-byte data)",
+                )
+                .required(
+                    "contract_creation_count",
+                    UInt64,
+                    "transactions without a recipient",
+                )
+                .required("gas_used", UInt64, "gas used by all transactions"),
+        )
     }
     async fn run(&self, ctx: &ModelContext, blocks: &[Block]) -> Result<Vec<Record>, ModelError> {
         Ok(blocks

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::chain::ModelKind;
 use crate::data::{Block, Log};
-use crate::model::{Model, ModelContext, ModelError, Record};
+use crate::model::{FieldType, Model, ModelContext, ModelError, Record, RecordSchema};
 
 /// `keccak256("Transfer(address,address,uint256)")`, shared by ERC-20 and ERC-721.
 pub const TRANSFER_TOPIC: B256 =
@@ -87,6 +87,20 @@ impl Model for Erc20Transfers {
     }
     fn kind(&self) -> ModelKind {
         ModelKind::Nonreads
+    }
+    /// ethereum-etl's `token_transfers` columns, in its order.
+    fn record_schema(&self) -> Option<RecordSchema> {
+        use FieldType::{BigInt, Hex, UInt64};
+        Some(
+            RecordSchema::new()
+                .required("token_address", Hex, "token contract, lowercase 0x-hex")
+                .required("from_address", Hex, "sender, lowercase 0x-hex")
+                .required("to_address", Hex, "recipient, lowercase 0x-hex")
+                .required("value", BigInt, "amount in the token's base unit (uint256)")
+                .required("transaction_hash", Hex, "transaction that emitted the log")
+                .required("log_index", UInt64, "log index in the block")
+                .required("block_number", UInt64, "block number"),
+        )
     }
     async fn run(&self, ctx: &ModelContext, blocks: &[Block]) -> Result<Vec<Record>, ModelError> {
         Ok(blocks

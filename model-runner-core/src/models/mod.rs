@@ -19,9 +19,117 @@ pub fn builtin() -> ModelRegistry {
 }
 
 #[cfg(test)]
-mod tests {
-    use crate::chain::Chain;
-    use crate::model::RegistryError;
+pub(crate) mod tests {
+    use std::sync::Arc;
+
+    use alloy_primitives::{Address, B256, Bytes, U256};
+
+    use super::TRANSFER_TOPIC;
+    use crate::chain::{BlockRange, Chain};
+    use crate::data::{Block, Log, Transaction};
+    use crate::memory::MemoryBlockSource;
+    use crate::model::{ModelContext, RegistryError};
+    use crate::run::RunId;
+
+    /// Blocks `start..=end` with, per block, a contract creation, a call, an ERC-20 transfer of
+    /// a value wider than 64 bits, an ERC-721 transfer and an unrelated log.
+    pub(crate) fn blocks(start: u64, end: u64) -> Vec<Block> {
+        (start..=end)
+            .map(|number| {
+                let tx = |index: u64, to: Option<Address>| Transaction {
+                    hash: B256::with_last_byte(index as u8),
+                    index,
+                    from: Address::with_last_byte(1),
+                    to,
+                    value: U256::ZERO,
+                    gas: 21_000,
+                    gas_price: Some(1),
+                    nonce: index,
+                    input: Bytes::new(),
+                    receipt: None,
+                };
+                let log = |log_index: u64, topics: Vec<B256>, data: Vec<u8>| Log {
+                    address: Address::with_last_byte(0xAB),
+                    topics,
+                    data: Bytes::from(data),
+                    log_index,
+                    transaction_hash: B256::with_last_byte(1),
+                    transaction_index: 1,
+                    block_number: number,
+                };
+                let word = |b: u8| Address::with_last_byte(b).into_word();
+                let value = (U256::from(u64::MAX) * U256::from(1000u64) + U256::from(number))
+                    .to_be_bytes::<32>()
+                    .to_vec();
+                Block {
+                    number,
+                    hash: B256::with_last_byte(number as u8),
+                    parent_hash: B256::ZERO,
+                    timestamp: 1_700_000_000 + number * 12,
+                    miner: None,
+                    gas_used: 42_000,
+                    gas_limit: 30_000_000,
+                    base_fee_per_gas: Some(7),
+                    transactions: vec![tx(0, None), tx(1, Some(Address::with_last_byte(2)))],
+                    logs: vec![
+                        log(0, vec![TRANSFER_TOPIC, word(3), word(4)], value),
+                        log(
+                            1,
+                            vec![TRANSFER_TOPIC, word(3), word(4), B256::ZERO],
+                            vec![],
+                        ),
+                        log(2, vec![B256::ZERO], vec![1, 2, 3]),
+                    ],
+                }
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn builtin_models_emit_exactly_their_declared_schemas() {
+        let chain = Chain::new("ethereum").unwrap();
+        let blocks = blocks(10, 14);
+        let source = Arc::new(MemoryBlockSource::new(chain.clone(), blocks.clone()));
+        for model in super::builtin().iter() {
+            let schema = model
+                .record_schema()
+                .expect("built-in models declare a schema");
+            schema.validate().unwrap();
+            assert!(
+                schema.fields().iter().all(|f| !f.nullable),
+                "{}: every field is always present",
+                model.name()
+            );
+            let ctx = ModelContext {
+                run_id: RunId::new(),
+                model: model.name().to_owned(),
+                model_version: model.version().to_owned(),
+                chain: chain.clone(),
+                range: BlockRange::new(10, 14).unwrap(),
+                source: source.clone(),
+            };
+            let records = model.run(&ctx, &blocks).await.unwrap();
+            assert_eq!(records.len(), 5, "{}: one record per block", model.name());
+            for r in &records {
+                schema
+                    .check(&r.payload)
+                    .unwrap_or_else(|e| panic!("{}: {e}: {}", model.name(), r.payload));
+                // Exactly the declared fields.
+                let mut keys: Vec<&str> = r
+                    .payload
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
+                keys.sort_unstable();
+                let mut declared: Vec<&str> =
+                    schema.fields().iter().map(|f| f.name.as_str()).collect();
+                declared.sort_unstable();
+                assert_eq!(keys, declared, "{}", model.name());
+            }
+        }
+    }
 
     #[test]
     fn unknown_model_is_a_typed_error() {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::model::Record;
+use crate::model::{PayloadError, Record, RecordSchema};
 
 /// A sink failure. Any error fails the run's attempt, which is then retried: records are never
 /// dropped silently.
@@ -38,6 +38,31 @@ pub enum SinkError {
         /// What happened (no secrets).
         message: String,
     },
+    /// A record schema the sink cannot store: invalid, or different from the schema already
+    /// declared for the same model version. Retrying does not help; fix the model (or bump its
+    /// version when its schema changes).
+    #[error("record schema of {model} {version} refused: {reason}")]
+    InvalidSchema {
+        /// Model name.
+        model: String,
+        /// Model version.
+        version: String,
+        /// Why.
+        reason: String,
+    },
+    /// A record that does not match the schema declared for its model version. Like any error,
+    /// the batch is not delivered; retrying does not help, since the model emits the record.
+    #[error("record {key} does not match the declared schema of {model} {version}: {mismatch}")]
+    SchemaMismatch {
+        /// Model name.
+        model: String,
+        /// Model version.
+        version: String,
+        /// The record's key (`model:chain:block:position`).
+        key: String,
+        /// The field and what was expected and found (boxed: keeps every `Result` small).
+        mismatch: Box<PayloadError>,
+    },
     /// Any other backend failure.
     #[error("sink backend {adapter}: {source}")]
     Backend {
@@ -60,12 +85,43 @@ pub enum SinkError {
 /// - Records of one `send` SHOULD keep their order within a topic.
 /// - An empty batch MUST succeed and write nothing.
 /// - `flush` MUST make everything sent so far durable and MAY be called any number of times.
+///
+/// ## Record schemas
+///
+/// Before sending records of a model version whose model declares a
+/// [`RecordSchema`](crate::model::RecordSchema), the engine calls `declare_schema` for it
+/// (the worker declares every registered model's schema when it starts, and again before its
+/// first send if that failed). Records of a model version never declared are schemaless.
+///
+/// - `declare_schema` MUST be idempotent: declaring the same schema again succeeds.
+/// - After `declare_schema`, records of that `(model, version)` that conform to the schema MUST
+///   be accepted and read back unchanged, like any record; records of undeclared models MUST
+///   still be accepted.
+/// - A sink MAY ignore schemas (the default implementation does: JSON lines and Kafka carry the
+///   payload as JSON). A sink that derives a storage schema from them (typed columns) MUST
+///   refuse a schema it cannot store, or a different schema for an already declared
+///   `(model, version)`, with [`SinkError::InvalidSchema`], and MUST refuse a nonconforming
+///   record of a declared version with [`SinkError::SchemaMismatch`] naming the field, never
+///   dropping or coercing it.
+/// - `declare_schema` SHOULD be cheap (it runs at worker start): a sink that registers schemas
+///   remotely returns [`SinkError::Unavailable`] when it cannot, and the declaration is retried.
 #[async_trait]
 pub trait ResultSink: fmt::Debug + Send + Sync + 'static {
     /// Sends a batch to `topic`, waiting for durability.
     async fn send(&self, topic: &str, records: &[Record]) -> Result<(), SinkError>;
     /// Makes everything sent so far durable.
     async fn flush(&self) -> Result<(), SinkError>;
+    /// Declares the payload schema of `model` at `version`, before its records are sent. The
+    /// default accepts and ignores it.
+    async fn declare_schema(
+        &self,
+        model: &str,
+        version: &str,
+        schema: &RecordSchema,
+    ) -> Result<(), SinkError> {
+        let _ = (model, version, schema);
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -76,6 +132,14 @@ impl<T: ResultSink + ?Sized> ResultSink for Arc<T> {
     async fn flush(&self) -> Result<(), SinkError> {
         (**self).flush().await
     }
+    async fn declare_schema(
+        &self,
+        model: &str,
+        version: &str,
+        schema: &RecordSchema,
+    ) -> Result<(), SinkError> {
+        (**self).declare_schema(model, version, schema).await
+    }
 }
 
 #[async_trait]
@@ -85,5 +149,13 @@ impl<T: ResultSink + ?Sized> ResultSink for Box<T> {
     }
     async fn flush(&self) -> Result<(), SinkError> {
         (**self).flush().await
+    }
+    async fn declare_schema(
+        &self,
+        model: &str,
+        version: &str,
+        schema: &RecordSchema,
+    ) -> Result<(), SinkError> {
+        (**self).declare_schema(model, version, schema).await
     }
 }

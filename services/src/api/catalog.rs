@@ -6,8 +6,8 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
-use model_runner_core::Chain;
 use model_runner_core::ports::RunFilter;
+use model_runner_core::{Chain, FieldSpec, FieldType};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -30,6 +30,71 @@ pub struct ModelView {
     pub version: String,
     /// Configured chains it can run on.
     pub chains: Vec<String>,
+    /// The payload fields the model declares, in column order; `null` for a model whose
+    /// payloads are schemaless.
+    pub record_schema: Option<Vec<FieldView>>,
+}
+
+/// A declared payload field.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FieldView {
+    /// Payload key; typed sinks name the column `payload_<name>`.
+    pub name: String,
+    /// Type.
+    #[serde(rename = "type")]
+    pub ty: FieldTypeView,
+    /// Whether the field may be missing or null.
+    pub nullable: bool,
+    /// What it means (may be empty).
+    pub description: String,
+}
+
+/// The type of a payload field and its JSON shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldTypeView {
+    /// `true` / `false`.
+    Bool,
+    /// An integer in i64 range.
+    Int64,
+    /// An integer in u64 range.
+    UInt64,
+    /// A number.
+    Float64,
+    /// A string.
+    String,
+    /// An integer wider than 64 bits as a string of decimal digits (e.g. uint256 amounts).
+    BigInt,
+    /// Bytes as a `0x`-prefixed hex string.
+    Hex,
+    /// Any JSON value.
+    Json,
+}
+
+impl From<FieldType> for FieldTypeView {
+    fn from(t: FieldType) -> Self {
+        match t {
+            FieldType::Bool => Self::Bool,
+            FieldType::Int64 => Self::Int64,
+            FieldType::UInt64 => Self::UInt64,
+            FieldType::Float64 => Self::Float64,
+            FieldType::String => Self::String,
+            FieldType::BigInt => Self::BigInt,
+            FieldType::Hex => Self::Hex,
+            FieldType::Json => Self::Json,
+        }
+    }
+}
+
+impl From<&FieldSpec> for FieldView {
+    fn from(f: &FieldSpec) -> Self {
+        Self {
+            name: f.name.clone(),
+            ty: f.ty.into(),
+            nullable: f.nullable,
+            description: f.description.clone(),
+        }
+    }
 }
 
 /// The registered models.
@@ -39,7 +104,8 @@ pub struct ModelList {
     pub models: Vec<ModelView>,
 }
 
-/// The registered models, with the configured chains each can run on.
+/// The registered models, with the configured chains each can run on and their declared
+/// record schemas.
 #[utoipa::path(
     get,
     path = "/v1/models",
@@ -68,6 +134,9 @@ pub async fn list_models(State(state): State<ApiState>, _: ReadAccess) -> Json<M
                     .filter(|c| supported.is_empty() || supported.contains(c))
                     .map(|c| c.to_string())
                     .collect(),
+                record_schema: m
+                    .record_schema()
+                    .map(|s| s.fields().iter().map(FieldView::from).collect()),
             }
         })
         .collect();

@@ -34,11 +34,21 @@ fn spec(i: u64) -> NewRun {
 }
 
 async fn connect(url: &str, schema: &str, max_connections: u32) -> PostgresRunStore {
+    connect_with(url, schema, max_connections, false).await
+}
+
+async fn connect_with(
+    url: &str,
+    schema: &str,
+    max_connections: u32,
+    durable_claims: bool,
+) -> PostgresRunStore {
     PostgresRunStore::connect_with(
         url,
         PostgresOptions {
             schema: Some(schema.to_owned()),
             max_connections,
+            durable_claims,
             ..Default::default()
         },
     )
@@ -152,8 +162,8 @@ async fn main() {
         .await
         .expect("floor rows");
     // Enough queued runs for both claim loops at a few thousand cycles per second.
-    let budget = 2000 * seconds.as_secs().max(1);
-    let ids = Arc::new(queued_runs(&setup, 2 * budget).await);
+    let budget = 3000 * seconds.as_secs().max(1);
+    let ids = Arc::new(queued_runs(&setup, 3 * budget).await);
     let queue = spec(0).queue;
     let lease = Utc::now() + chrono::Duration::minutes(30);
 
@@ -188,42 +198,41 @@ async fn main() {
         }
     });
     // The port's claim by id (the id a worker got from the queue), from a store that has not
-    // seen the runs: load, compare-and-set, then a remembered compare-and-set to complete.
-    let cold = connect(&url, &schema, CONNECTIONS).await;
-    let next = Arc::new(AtomicUsize::new(ids.len() / 2));
-    let by_id_step = Arc::new(move |w: usize| {
-        let (s, ids, next) = (cold.clone(), ids.clone(), next.clone());
-        async move {
-            let owner = format!("w{w}");
-            loop {
-                let Some(id) = ids.get(next.fetch_add(1, Ordering::Relaxed)).copied() else {
-                    return false;
-                };
-                match s.claim(id, 1, &owner, lease).await {
-                    Ok(run) => {
-                        complete(&s, run.id, run.attempt).await;
-                        return true;
-                    }
-                    // Taken by the claim_next loop: skip it, as a worker would.
-                    Err(e) if e.current().is_some() => continue,
-                    Err(e) => panic!("claim: {e}"),
-                }
-            }
-        }
-    });
+    // seen the runs: load, compare-and-set, then a remembered compare-and-set to complete. Once
+    // with the default asynchronous claims, once with `durable_claims`. The two loops and
+    // claim_next take runs from different thirds of the queue.
+    let third = ids.len() / 3;
+    let by_id_step = by_id(
+        connect(&url, &schema, CONNECTIONS).await,
+        ids.clone(),
+        third,
+        lease,
+    );
+    let durable_step = by_id(
+        connect_with(&url, &schema, CONNECTIONS, true).await,
+        ids.clone(),
+        2 * third,
+        lease,
+    );
 
     measure(Duration::from_secs(1), floor_step.clone()).await; // warm up
-    let (mut floor, mut claim_next, mut by_id) =
-        (Rate::default(), Rate::default(), Rate::default());
+    let (mut floor, mut claim_next, mut by_id, mut durable) = (
+        Rate::default(),
+        Rate::default(),
+        Rate::default(),
+        Rate::default(),
+    );
     for _ in 0..ROUNDS {
         floor.add(measure(slice, floor_step.clone()).await);
         claim_next.add(measure(slice, claim_next_step.clone()).await);
         by_id.add(measure(slice, by_id_step.clone()).await);
+        durable.add(measure(slice, durable_step.clone()).await);
     }
-    let (floor, claim_next, by_id) = (
+    let (floor, claim_next, by_id, durable) = (
         floor.per_second(),
         claim_next.per_second(),
         by_id.per_second(),
+        durable.per_second(),
     );
     println!(
         "postgres claims, {CONNECTIONS} connections, {}s per figure in {ROUNDS} interleaved slices:",
@@ -238,12 +247,48 @@ async fn main() {
         "  claim(id) + complete cycles/s:                {by_id:>8.0}  = {:.0}% of floor",
         100.0 * by_id / floor
     );
+    println!(
+        "  claim(id) + complete, durable_claims, cycles/s:{durable:>8.0}  = {:.0}% of floor",
+        100.0 * durable / floor
+    );
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP SCHEMA \"{schema}\" CASCADE"
     )))
     .execute(setup.pool())
     .await
     .expect("drop schema");
+}
+
+/// Claim-by-id-and-complete cycles on `store`, over `ids` from index `from` on.
+fn by_id(
+    store: PostgresRunStore,
+    ids: Arc<Vec<RunId>>,
+    from: usize,
+    lease: chrono::DateTime<Utc>,
+) -> Arc<
+    impl Fn(usize) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync + 'static,
+> {
+    let next = Arc::new(AtomicUsize::new(from));
+    Arc::new(move |w: usize| {
+        let (s, ids, next) = (store.clone(), ids.clone(), next.clone());
+        Box::pin(async move {
+            let owner = format!("w{w}");
+            loop {
+                let Some(id) = ids.get(next.fetch_add(1, Ordering::Relaxed)).copied() else {
+                    return false;
+                };
+                match s.claim(id, 1, &owner, lease).await {
+                    Ok(run) => {
+                        complete(&s, run.id, run.attempt).await;
+                        return true;
+                    }
+                    // Taken by another loop: skip it, as a worker would.
+                    Err(e) if e.current().is_some() => continue,
+                    Err(e) => panic!("claim: {e}"),
+                }
+            }
+        }) as std::pin::Pin<Box<dyn Future<Output = bool> + Send>>
+    })
 }
 
 async fn complete(store: &PostgresRunStore, id: RunId, attempt: u32) {

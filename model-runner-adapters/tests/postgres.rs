@@ -316,6 +316,14 @@ async fn malformed_urls_are_invalid_input_without_passwords() {
             "sslmode",
         ),
         ("hunter2", "malformed PostgreSQL URL"),
+        (
+            "postgres://root:hunter2@db/runs?durable_claims=maybe",
+            "invalid durable_claims=\"maybe\"",
+        ),
+        (
+            "postgres://root:hunter2@db/runs?durable_claims=true&sslmode=sometimes",
+            "sslmode",
+        ),
     ] {
         let err = PostgresRunStore::connect(url).await.unwrap_err();
         let msg = err.to_string();
@@ -354,6 +362,54 @@ async fn unreachable_server_is_unavailable_without_password() {
         "{msg}"
     );
     assert!(!msg.contains("hunter2"), "{msg}");
+}
+
+/// `?durable_claims=` is the store's own URL parameter, taken out before libpq sees the rest.
+#[tokio::test]
+async fn durable_claims_from_the_url() {
+    let Some(url) = database_url() else { return };
+    let schema = unique("t");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    for (param, durable) in [
+        ("", false),
+        ("durable_claims=true", true),
+        ("durable_claims=0", false),
+    ] {
+        let full = if param.is_empty() {
+            url.clone()
+        } else {
+            format!("{url}{sep}{param}")
+        };
+        let store = PostgresRunStore::connect_with(
+            &full,
+            PostgresOptions {
+                schema: Some(schema.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{param}: {e}"));
+        assert_eq!(store.durable_claims(), durable, "{param}");
+        let run = store
+            .create_runs(CreateRuns {
+                runs: vec![new_run("m", "ethereum", 0, 9)],
+                idempotency_key: None,
+            })
+            .await
+            .unwrap()
+            .runs
+            .remove(0);
+        store
+            .transition(run.id, RunState::Pending, 1, RunEvent::Enqueue)
+            .await
+            .unwrap();
+        let claimed = store
+            .claim(run.id, 1, "w", Utc::now() + chrono::Duration::minutes(1))
+            .await
+            .unwrap();
+        assert_eq!(claimed.state, RunState::Running);
+    }
+    drop_schemas(&url, &[schema]).await;
 }
 
 /// Migrating twice is a no-op; a store told not to migrate uses what is there.
@@ -444,6 +500,168 @@ async fn claim_next_comes_back_for_requeued_runs() {
             .await
             .unwrap(),
         None
+    );
+    drop_schemas(&url, &[schema]).await;
+}
+
+/// Upgrading a store created before `run_states` existed (migrations 0001-0003, one `runs`
+/// table) keeps every run with all its fields, and the runs go on moving afterwards.
+#[tokio::test]
+async fn upgrade_to_run_states_keeps_every_run() {
+    let Some(url) = database_url() else { return };
+    let schema = unique("t");
+    // The schema as release 0003 left it, through sqlx's migrator so the upgrade sees the same
+    // history (and checksums) a real deployment has.
+    let old = tempfile::tempdir().unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.as_str() < "0004" {
+            std::fs::copy(&path, old.path().join(name)).unwrap();
+        }
+    }
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SET search_path = \"{schema}\""
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&mut conn)
+        .await
+        .expect("old migrations");
+    // Four runs as the old store wrote them: pending, running under a lease, failed with a
+    // retry due, succeeded with its result summary.
+    sqlx::raw_sql(
+        "INSERT INTO runs (id, model, model_version, chain, range_start, range_end, mode, kind, \
+         queue, state, attempt, max_attempts, created_at, updated_at, queued_at, started_at, \
+         finished_at, lease_owner, lease_expires_at, next_attempt_at, blocks_done, \
+         records_written, last_error, idempotency_key) VALUES \
+         ('00000000-0000-7000-8000-000000000001', 'm', '1', 'ethereum', 0, 9, 'backfill', \
+          'nonreads', 'ethereum_backfill_nonreads', 'pending', 1, 3, \
+          '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', NULL, NULL, NULL, NULL, NULL, NULL, \
+          0, 0, NULL, 'key-1'), \
+         ('00000000-0000-7000-8000-000000000002', 'm', '1', 'ethereum', 10, 19, 'backfill', \
+          'nonreads', 'ethereum_backfill_nonreads', 'running', 2, 3, \
+          '2026-01-01T00:00:01Z', '2026-01-01T00:01:00Z', '2026-01-01T00:00:30Z', \
+          '2026-01-01T00:01:00Z', NULL, 'worker-a', '2099-01-01T00:00:00Z', NULL, 4, 7, \
+          'first attempt: boom', 'key-1'), \
+         ('00000000-0000-7000-8000-000000000003', 'm', '1', 'matic', 20, 29, 'adhoc', \
+          'reads', 'backfill_2', 'failed', 1, 2, \
+          '2026-01-01T00:00:02Z', '2026-01-01T00:02:00Z', '2026-01-01T00:00:40Z', \
+          '2026-01-01T00:01:30Z', '2026-01-01T00:02:00Z', NULL, NULL, \
+          '2026-01-01T00:03:00Z', 0, 0, 'model m failed: boom', NULL), \
+         ('00000000-0000-7000-8000-000000000004', 'n', '2', 'ethereum', 30, 39, 'realtime', \
+          'nonreads', 'ethereum_realtime_nonreads', 'succeeded', 1, 3, \
+          '2026-01-01T00:00:03Z', '2026-01-01T00:05:00Z', '2026-01-01T00:00:50Z', \
+          '2026-01-01T00:04:00Z', '2026-01-01T00:05:00Z', NULL, NULL, NULL, 10, 42, NULL, NULL); \
+         INSERT INTO run_batches (idempotency_key, created_at) VALUES ('key-1', now())",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("old rows");
+    let before: Vec<String> = sqlx::query_scalar(
+        "SELECT row_to_json(r)::text FROM (SELECT id, model, model_version, chain, range_start, \
+         range_end, mode, kind, queue, state, attempt, max_attempts, created_at, updated_at, \
+         queued_at, started_at, finished_at, lease_owner, lease_expires_at, next_attempt_at, \
+         blocks_done, records_written, last_error, idempotency_key FROM runs ORDER BY id) r",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+
+    // The upgrade: a store connecting with `migrate` applies 0004.
+    let store = store_in(&url, &schema, 2).await;
+    let after: Vec<String> = sqlx::query_scalar(
+        "SELECT row_to_json(x)::text FROM (SELECT r.id, r.model, r.model_version, r.chain, \
+         r.range_start, r.range_end, r.mode, r.kind, r.queue, s.state, s.attempt, \
+         s.max_attempts, r.created_at, s.updated_at, s.queued_at, s.started_at, s.finished_at, \
+         s.lease_owner, s.lease_expires_at, s.next_attempt_at, s.blocks_done, \
+         s.records_written, s.last_error, r.idempotency_key \
+         FROM runs r JOIN run_states s ON s.id = r.id ORDER BY r.id) x",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        after, before,
+        "every field of every run survives the upgrade"
+    );
+
+    // Through the port: the runs read back, filter, count and move on as before.
+    let all = store.list(&RunFilter::default()).await.unwrap().runs;
+    assert_eq!(all.len(), 4);
+    let running = &all[1];
+    assert_eq!(
+        (
+            running.state,
+            running.attempt,
+            running.lease_owner.as_deref()
+        ),
+        (RunState::Running, 2, Some("worker-a"))
+    );
+    assert_eq!(running.last_error.as_deref(), Some("first attempt: boom"));
+    assert_eq!((running.blocks_done, running.records_written), (4, 7));
+    let failed = store
+        .list(&RunFilter {
+            state: Some(RunState::Failed),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .runs;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].queue, "backfill_2");
+    let counts = store
+        .count_by_state(&RunFilter {
+            model: Some("m".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(counts.values().sum::<u64>(), 3);
+    let done = store
+        .transition(
+            running.id,
+            RunState::Running,
+            2,
+            RunEvent::Succeed {
+                blocks_done: 10,
+                records_written: 9,
+            },
+        )
+        .await
+        .expect("a migrated run moves on");
+    assert_eq!(done.state, RunState::Succeeded);
+    // A stale expectation still loses against the migrated row version.
+    let err = store
+        .transition(
+            running.id,
+            RunState::Running,
+            2,
+            RunEvent::Cancel { reason: None },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    let err = store
+        .create_runs(CreateRuns {
+            runs: vec![new_run("m", "ethereum", 0, 9)],
+            idempotency_key: Some("key-1".into()),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { .. }) && err.to_string().contains("key-1"),
+        "the old batch's idempotency key still guards it: {err}"
     );
     drop_schemas(&url, &[schema]).await;
 }

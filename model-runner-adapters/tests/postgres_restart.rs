@@ -1,12 +1,16 @@
-//! The PostgreSQL run store across a server restart: the server is restarted while workers claim
-//! and complete runs; afterwards every run is succeeded exactly once and none was lost.
+//! The PostgreSQL run store across a server restart and a server crash: the server is restarted
+//! (or killed and started) while workers claim and complete runs; afterwards every run is
+//! succeeded exactly once and none was lost.
 //!
 //! Run with: `DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo test -p
 //! model-runner-adapters --no-default-features --features postgres --test postgres_restart`
 //!
 //! It restarts the server with `PG_RESTART_COMMAND` (default
-//! `pg_ctlcluster --skip-systemctl-redirect 15 main restart`), which breaks every other test
-//! using the server at that moment: CI runs it in a step of its own, after everything else.
+//! `pg_ctlcluster --skip-systemctl-redirect 15 main restart`) and crashes it with
+//! `PG_CRASH_COMMAND` (default: `stop -m immediate`, which skips the shutdown checkpoint and
+//! recovers from the WAL on start, as after a power cut, then `start`). Both break every other
+//! test using the server at that moment: CI runs them in a step of their own, after everything
+//! else, and they take turns with each other.
 #![cfg(feature = "postgres")]
 
 use std::collections::HashSet;
@@ -17,7 +21,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use model_runner_adapters::postgres::{PostgresOptions, PostgresRunStore};
 use model_runner_core::conformance::{new_run, unique};
-use model_runner_core::ports::{CreateRuns, RunFilter, RunStore};
+use model_runner_core::ports::{CreateRuns, RunFilter, RunStore, StoreError};
 use model_runner_core::{RunEvent, RunId, RunState};
 
 const RUNS: u64 = 3000;
@@ -65,8 +69,34 @@ async fn wait_for(what: &str, limit: Duration, cond: impl Fn() -> bool) {
     }
 }
 
+/// The two tests stop the one shared server: one at a time.
+static SERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restart_under_load_loses_nothing() {
+    let restart = std::env::var("PG_RESTART_COMMAND")
+        .unwrap_or_else(|_| "pg_ctlcluster --skip-systemctl-redirect 15 main restart".to_owned());
+    under_load("restart", &restart).await;
+}
+
+/// An immediate stop loses what was committed without waiting for the WAL flush: the store's
+/// asynchronous claims. A worker whose claim was undone finds its run `queued` again on the same
+/// attempt when it completes, drops its result (as the engine's worker hands the message back),
+/// and the run is claimed and completed again: still exactly once in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_under_load_loses_nothing() {
+    let crash = std::env::var("PG_CRASH_COMMAND").unwrap_or_else(|_| {
+        "pg_ctlcluster --skip-systemctl-redirect 15 main stop -m immediate && \
+         pg_ctlcluster --skip-systemctl-redirect 15 main start"
+            .to_owned()
+    });
+    under_load("crash", &crash).await;
+}
+
+/// Workers claim and complete `RUNS` runs while `command` takes the server away.
+async fn under_load(what: &str, command: &str) {
+    let _turn = SERVER.lock().await;
+    let restart = command.to_owned();
     let url = match std::env::var("DATABASE_URL") {
         Ok(url) if !url.is_empty() => url,
         _ => {
@@ -77,8 +107,6 @@ async fn restart_under_load_loses_nothing() {
             return;
         }
     };
-    let restart = std::env::var("PG_RESTART_COMMAND")
-        .unwrap_or_else(|_| "pg_ctlcluster --skip-systemctl-redirect 15 main restart".to_owned());
     let schema = unique("t");
     let store = store_in(&url, &schema, 8).await;
     let runs: Vec<_> = (0..RUNS)
@@ -114,15 +142,21 @@ async fn restart_under_load_loses_nothing() {
 
     let completed = Arc::new(Mutex::new(Vec::new()));
     let count = Arc::new(AtomicUsize::new(0));
+    let lost_claims = Arc::new(AtomicUsize::new(0));
     let lease = Utc::now() + chrono::Duration::minutes(30);
     let mut workers = Vec::new();
     for w in 0..WORKERS {
         let s = store_in(&url, &schema, 2).await;
-        let (queue, completed, count) = (queue.clone(), completed.clone(), count.clone());
+        let (queue, completed, count, lost_claims) = (
+            queue.clone(),
+            completed.clone(),
+            count.clone(),
+            lost_claims.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let owner = format!("w{w}");
             while let Some(run) = s.claim_next(&queue, &owner, lease).await.expect("claim") {
-                let done = s
+                let done = match s
                     .transition(
                         run.id,
                         RunState::Running,
@@ -133,7 +167,18 @@ async fn restart_under_load_loses_nothing() {
                         },
                     )
                     .await
-                    .expect("complete");
+                {
+                    Ok(done) => done,
+                    // The claim was undone by the crash: the run is queued again and will be
+                    // claimed again, by this worker or another.
+                    Err(StoreError::Conflict {
+                        current: Some(c), ..
+                    }) if c.state == RunState::Queued && c.attempt == run.attempt => {
+                        lost_claims.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(e) => panic!("complete {}: {e}", run.id),
+                };
                 assert_eq!(done.state, RunState::Succeeded);
                 completed.lock().unwrap().push(run.id);
                 count.fetch_add(1, Ordering::Relaxed);
@@ -158,7 +203,7 @@ async fn restart_under_load_loses_nothing() {
     assert!(status.success(), "restart command failed: {status}");
     assert!(
         before_restart < RUNS as usize,
-        "the restart must happen while runs are being processed"
+        "the {what} must happen while runs are being processed"
     );
 
     for w in workers {
@@ -170,7 +215,7 @@ async fn restart_under_load_loses_nothing() {
     let started_after = server_started_at(&store).await;
     assert!(
         started_after > started_before,
-        "the server was restarted ({started_before} -> {started_after})"
+        "the server was taken away ({what}: {started_before} -> {started_after})"
     );
 
     let completed = completed.lock().unwrap().clone();
@@ -202,8 +247,9 @@ async fn restart_under_load_loses_nothing() {
     }
     assert_eq!(seen, RUNS);
     eprintln!(
-        "restart test: {before_restart} of {RUNS} runs done before the restart, all {RUNS} done \
-         once after it"
+        "{what} test: {before_restart} of {RUNS} runs done before the {what}, all {RUNS} done \
+         once after it; {} claims undone by it and made again",
+        lost_claims.load(Ordering::Relaxed)
     );
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP SCHEMA \"{schema}\" CASCADE"

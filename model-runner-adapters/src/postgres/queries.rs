@@ -7,55 +7,78 @@ use sqlx::Postgres;
 use sqlx::postgres::PgArguments;
 use uuid::Uuid;
 
-use super::rows::run_columns;
+use super::rows::{run_columns, run_tables, run_tables_by_state};
 
-/// One run by primary key.
-pub(crate) const SELECT_RUN: &str = concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1");
+/// One run by primary key (`runs_pkey`, `run_states_pkey`).
+pub(crate) const SELECT_RUN: &str =
+    concat!("SELECT ", run_columns!(), run_tables!(), " WHERE r.id = $1");
 
 /// The runs of an idempotency key in batch order (`runs_idempotency`).
 pub(crate) const SELECT_RUNS_OF_KEY: &str = concat!(
     "SELECT ",
     run_columns!(),
-    " FROM runs WHERE idempotency_key = $1 ORDER BY id"
+    run_tables!(),
+    " WHERE r.idempotency_key = $1 ORDER BY r.id"
 );
 
-/// The compare-and-set every transition persists with (primary key).
-pub(crate) const UPDATE_RUN: &str = "UPDATE runs SET state = $5, attempt = $6, \
-     max_attempts = $7, updated_at = $8, queued_at = $9, started_at = $10, finished_at = $11, \
-     lease_owner = $12, lease_expires_at = $13, next_attempt_at = $14, blocks_done = $15, \
-     records_written = $16, last_error = $17 \
-     WHERE id = $1 AND state = $2 AND attempt = $3 AND version = $4 RETURNING version";
+/// The `SET` and `WHERE` of the compare-and-set every transition persists with (primary key).
+macro_rules! update_run {
+    ($from:literal) => {
+        concat!(
+            "UPDATE run_states SET state = $5, attempt = $6, max_attempts = $7, updated_at = $8, \
+             queued_at = $9, started_at = $10, finished_at = $11, lease_owner = $12, \
+             lease_expires_at = $13, next_attempt_at = $14, blocks_done = $15, \
+             records_written = $16, last_error = $17, version = version + 1",
+            $from,
+            " WHERE id = $1 AND state = $2 AND attempt = $3 AND version = $4 RETURNING version"
+        )
+    };
+}
 
-/// The next queued run of a queue after `$2`, locked, skipping locked ones (`runs_queued`).
+/// The compare-and-set every transition persists with, committed durably.
+pub(crate) const UPDATE_RUN: &str = update_run!("");
+
+/// [`UPDATE_RUN`] committed without waiting for the WAL flush (`synchronous_commit = off` for
+/// this one transaction): for claims and lease renewals, whose loss in a server crash is
+/// harmless (see the module docs, "Asynchronous claims").
+pub(crate) const UPDATE_RUN_ASYNC: &str =
+    update_run!(" FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit");
+
+/// The next queued run of a queue after `$2`, locked, skipping locked ones
+/// (`run_states_queued`).
 pub(crate) const CLAIM_NEXT: &str = concat!(
     "SELECT ",
     run_columns!(),
-    " FROM runs WHERE queue = $1 AND state = 'queued' AND id > $2 ORDER BY id LIMIT 1 \
-     FOR UPDATE SKIP LOCKED"
+    run_tables_by_state!(),
+    " WHERE s.queue = $1 AND s.state = 'queued' AND s.id > $2 ORDER BY s.id LIMIT 1 \
+     FOR UPDATE OF s SKIP LOCKED"
 );
 
-/// Running runs whose lease ended before `$1` (`runs_leases`).
+/// Running runs whose lease ended before `$1` (`run_states_leases`).
 pub(crate) const EXPIRED_LEASES: &str = concat!(
     "SELECT ",
     run_columns!(),
-    " FROM runs WHERE state = 'running' AND lease_expires_at < $1 \
-     ORDER BY lease_expires_at, id LIMIT $2"
+    run_tables_by_state!(),
+    " WHERE s.state = 'running' AND s.lease_expires_at < $1 \
+     ORDER BY s.lease_expires_at, s.id LIMIT $2"
 );
 
-/// Pending runs, oldest first (`runs_outbox_pending`).
+/// Pending runs, oldest first (`run_states_outbox_pending`).
 pub(crate) const OUTBOX_PENDING: &str = concat!(
     "SELECT ",
     run_columns!(),
-    " FROM runs WHERE state = 'pending' ORDER BY id LIMIT $1"
+    run_tables_by_state!(),
+    " WHERE s.state = 'pending' ORDER BY s.id LIMIT $1"
 );
 
-/// Failed or expired runs whose retry is due at `$1` (`runs_outbox_retries`).
+/// Failed or expired runs whose retry is due at `$1` (`run_states_outbox_retries`).
 pub(crate) const OUTBOX_RETRIES: &str = concat!(
     "SELECT ",
     run_columns!(),
-    " FROM runs WHERE state IN ('failed', 'expired') \
-     AND next_attempt_at IS NOT NULL AND next_attempt_at <= $1 \
-     AND attempt < max_attempts ORDER BY next_attempt_at, id LIMIT $2"
+    run_tables_by_state!(),
+    " WHERE s.state IN ('failed', 'expired') \
+     AND s.next_attempt_at IS NOT NULL AND s.next_attempt_at <= $1 \
+     AND s.attempt < s.max_attempts ORDER BY s.next_attempt_at, s.id LIMIT $2"
 );
 
 /// A bind parameter of a dynamically assembled filter.
@@ -68,45 +91,61 @@ pub(crate) enum Param {
 }
 
 /// A page of [`RunStore::list`](model_runner_core::ports::RunStore::list): `limit` rows from
-/// the keyset bound on, by id (primary key, or `runs_model_id`, `runs_model_chain_id`,
-/// `runs_model_state_id`, `runs_state_id` or `runs_created_at` when filtered).
+/// the keyset bound on, by id. Filtered by state, it is driven by `run_states`
+/// (`run_states_model_state_id` or `run_states_state_id`); otherwise by `runs` (its primary key,
+/// or `runs_model_id`, `runs_model_chain_id` or `runs_created_at` when filtered), whose indexes
+/// transitions never touch.
 pub(crate) fn list_sql(filter: &RunFilter, limit: i64) -> (String, Vec<Param>) {
-    let (clause, mut params) = filter_sql(filter, true);
+    let by_state = filter.state.is_some();
+    let (t, table, other) = if by_state {
+        ("s", "run_states", "runs r ON r.id = s.id")
+    } else {
+        ("r", "runs", "run_states s ON s.id = r.id")
+    };
+    let (clause, mut params) = filter_sql(filter, true, t);
     params.push(Param::Int(limit));
+    // The page is chosen from one table, then joined to the other half of its runs: planned
+    // as one join, the planner would rather walk the primary key than sort the few runs an
+    // index finds (a `since` of the last hour walked a million runs).
     let sql = format!(
         concat!(
             "SELECT ",
             run_columns!(),
-            " FROM runs{} ORDER BY id LIMIT ${}"
+            " FROM (SELECT * FROM {table} {t}{clause} ORDER BY {t}.id LIMIT ${n}) {t} \
+             JOIN {other} ORDER BY {t}.id"
         ),
-        clause,
-        params.len()
+        table = table,
+        t = t,
+        clause = clause,
+        n = params.len(),
+        other = other,
     );
     (sql, params)
 }
 
-/// Runs per state matching `filter` but its state and keyset bound (an index-only scan of
-/// `runs_model_state_id` when filtered by model).
+/// Runs per state matching `filter` but its state and keyset bound, from `run_states` alone (an
+/// index-only scan of `run_states_model_state_id` when filtered by model).
 pub(crate) fn count_sql(filter: &RunFilter) -> (String, Vec<Param>) {
-    let (clause, params) = filter_sql(filter, false);
+    let (clause, params) = filter_sql(filter, false, "s");
     (
-        format!("SELECT state, count(*) AS n FROM runs{clause} GROUP BY state"),
+        format!("SELECT s.state, count(*) AS n FROM run_states s{clause} GROUP BY s.state"),
         params,
     )
 }
 
 /// The `WHERE` clause of `filter` (model, chain, mode, since; plus state and the keyset bound
-/// when `paged`) with its parameters, numbered from `$1`.
+/// when `paged`) on the columns of table alias `t` (`r` or `s`, which both carry model, chain,
+/// mode, created_at and id; state is only in `s`), with its parameters, numbered from `$1`.
 ///
 /// State and mode are written into the SQL (they come from a fixed set of `&'static str`), so
 /// the planner sees the value: a generic plan for `state = $n` would assume every state is as
 /// common as `succeeded` and walk the primary key for a rare one.
-fn filter_sql(filter: &RunFilter, paged: bool) -> (String, Vec<Param>) {
+fn filter_sql(filter: &RunFilter, paged: bool, t: &str) -> (String, Vec<Param>) {
     let mut sql = String::from(" WHERE true");
     let mut params = Vec::new();
     let mut add = |clause: &str, p: Param| {
         params.push(p);
-        sql.push_str(&format!(" AND {clause} ${}", params.len()));
+        sql.push_str(&format!(" AND {t}.{clause} ${}", params.len()));
     };
     if let Some(m) = &filter.model {
         add("model =", Param::Text(m.clone()));
@@ -114,17 +153,17 @@ fn filter_sql(filter: &RunFilter, paged: bool) -> (String, Vec<Param>) {
     if let Some(c) = &filter.chain {
         add("chain =", Param::Text(c.as_str().to_owned()));
     }
-    if let Some(t) = filter.since {
-        add("created_at >=", Param::Time(t));
+    if let Some(ts) = filter.since {
+        add("created_at >=", Param::Time(ts));
     }
     if paged && let Some(a) = filter.after {
         add("id >", Param::Id(a.0));
     }
     if let Some(m) = filter.mode {
-        sql.push_str(&format!(" AND mode = '{}'", m.as_str()));
+        sql.push_str(&format!(" AND {t}.mode = '{}'", m.as_str()));
     }
     if paged && let Some(s) = filter.state {
-        sql.push_str(&format!(" AND state = '{}'", s.as_str()));
+        sql.push_str(&format!(" AND s.state = '{}'", s.as_str()));
     }
     (sql, params)
 }

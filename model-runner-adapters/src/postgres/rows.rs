@@ -1,4 +1,4 @@
-//! Between [`ModelRun`] and a `runs` row: column lists, decoding, and the integer and timestamp
+//! Between [`ModelRun`] and its `runs` and `run_states` rows: column lists, decoding, and the integer and timestamp
 //! conversions PostgreSQL needs.
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -9,16 +9,33 @@ use sqlx::postgres::PgRow;
 
 use super::errors::corrupt;
 
-/// Every column of `runs`, in the order [`decode`] reads them by name.
+/// Every column of a run, from `runs r` (what never changes) joined with `run_states s` (what
+/// transitions change), in the order [`decode`] reads them by name. Use with [`run_tables!`].
 macro_rules! run_columns {
     () => {
-        "id, model, model_version, chain, range_start, range_end, mode, kind, queue, state, \
-         attempt, max_attempts, created_at, updated_at, queued_at, started_at, finished_at, \
-         lease_owner, lease_expires_at, next_attempt_at, blocks_done, records_written, \
-         last_error, idempotency_key, version"
+        "r.id, r.model, r.model_version, r.chain, r.range_start, r.range_end, r.mode, r.kind, \
+         r.queue, s.state, s.attempt, s.max_attempts, r.created_at, s.updated_at, s.queued_at, \
+         s.started_at, s.finished_at, s.lease_owner, s.lease_expires_at, s.next_attempt_at, \
+         s.blocks_done, s.records_written, s.last_error, r.idempotency_key, s.version"
+    };
+}
+
+/// The tables [`run_columns!`] reads, driven by `run_states` (for queries on state).
+macro_rules! run_tables_by_state {
+    () => {
+        " FROM run_states s JOIN runs r ON r.id = s.id"
+    };
+}
+
+/// The tables [`run_columns!`] reads, driven by `runs` (for queries on what never changes).
+macro_rules! run_tables {
+    () => {
+        " FROM runs r JOIN run_states s ON s.id = r.id"
     };
 }
 pub(crate) use run_columns;
+pub(crate) use run_tables;
+pub(crate) use run_tables_by_state;
 
 /// A run as stored, with the row version its compare-and-set checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +44,7 @@ pub(crate) struct StoredRun {
     pub(crate) version: i64,
 }
 
-/// Decodes one `runs` row selected with [`run_columns!`].
+/// Decodes one row selected with [`run_columns!`].
 pub(crate) fn decode(row: &PgRow) -> Result<StoredRun, StoreError> {
     decode_inner(row).map_err(|e| match e {
         Decode::Sql(e) => corrupt(format!("unreadable run row: {e}")),

@@ -86,9 +86,23 @@ pub struct WorkerStats {
 
 enum Outcome {
     Succeeded(u64),
-    Failed { error: String, permanent: bool },
+    Failed {
+        error: String,
+        permanent: bool,
+    },
     LeaseLost(String),
+    /// The store shows the run `queued` again on the attempt we claimed: our claim was lost (a
+    /// store may commit claims asynchronously, and a crash can undo the last ones).
+    ClaimLost,
     HandedBack,
+}
+
+/// Whether `e` shows that the claim on `run` was undone: the run is `queued` again on the same
+/// attempt. Nothing else moves a run back to `queued` without a new attempt, so its message
+/// must go back to the queue (or the run would wait in `queued` with no message to run it).
+fn claim_lost(e: &StoreError, run: &ModelRun) -> bool {
+    matches!(e, StoreError::Conflict { current: Some(c), .. }
+        if c.state == RunState::Queued && c.attempt == run.attempt)
 }
 
 /// The worker loop.
@@ -288,6 +302,11 @@ impl Worker {
                             .fetch_add(run.range.len(), Ordering::Relaxed);
                         self.stats.records.fetch_add(records, Ordering::Relaxed);
                     }
+                    Err(e) if claim_lost(&e, &run) => {
+                        warn!(run = %run.id, "records delivered but the claim on the run was lost (store crash?); requeueing its message so it runs again");
+                        settle(delivery.nack_requeue().await);
+                        return;
+                    }
                     Err(e) => {
                         warn!(run = %run.id, error = %e, "records delivered but the run could not be marked succeeded; it will run again")
                     }
@@ -309,6 +328,11 @@ impl Worker {
                     )
                     .await
                 {
+                    if claim_lost(&e, &run) {
+                        warn!(run = %run.id, "the claim on the run was lost (store crash?); requeueing its message");
+                        settle(delivery.nack_requeue().await);
+                        return;
+                    }
                     warn!(run = %run.id, error = %e, "could not record the failure; the lease will expire and the run will be retried");
                 }
                 if last {
@@ -321,6 +345,10 @@ impl Worker {
                 info!(run = %run.id, %reason, "run abandoned");
                 settle(delivery.ack().await);
             }
+            Outcome::ClaimLost => {
+                warn!(run = %run.id, "the claim on the run was lost (store crash?); requeueing its message");
+                settle(delivery.nack_requeue().await);
+            }
             Outcome::HandedBack => {
                 let event = RunEvent::Fail {
                     error: format!("worker {} shut down before finishing", self.config.id),
@@ -330,6 +358,10 @@ impl Worker {
                     .transition(run.id, RunState::Running, run.attempt, event)
                     .await
                 {
+                    if claim_lost(&e, &run) {
+                        settle(delivery.nack_requeue().await);
+                        return;
+                    }
                     warn!(run = %run.id, error = %e, "could not hand back the run; its lease will expire");
                 }
                 settle(delivery.ack().await);
@@ -351,6 +383,7 @@ impl Worker {
                     .await
                 {
                     Ok(_) => {}
+                    Err(e) if claim_lost(&e, run) => return Outcome::ClaimLost,
                     Err(
                         e @ (StoreError::Conflict { .. }
                         | StoreError::Transition(_)
@@ -481,7 +514,9 @@ mod tests {
     use crate::engine::{BackfillRequest, Enqueuer, EnqueuerConfig, submit_backfill};
     use crate::memory::{MemoryBlockSource, MemoryRunQueue, MemoryRunStore, MemorySink};
     use crate::model::{FieldType, Model, ModelError, ModelRegistry, Record, RecordSchema};
+    use crate::ports::RunStore;
     use crate::routing::Routing;
+    use crate::run::RunId;
 
     /// Declares `{block_number: uint64, label: string, note: string?}`; at block `bad_block`
     /// (if any) it emits `label` as a number.
@@ -682,5 +717,127 @@ mod tests {
              use lowercase letters, digits and '_', starting with a letter or '_'"
         );
         assert_eq!(sink.declared_schema("labels", "2"), None);
+    }
+
+    /// A store that "loses" the first claim it is asked for, as a PostgreSQL store with
+    /// asynchronous claims can in a server crash: it answers as if the claim landed, but the
+    /// run stays `queued`.
+    #[derive(Debug)]
+    struct LosesFirstClaim {
+        inner: MemoryRunStore,
+        lost: std::sync::Mutex<Option<RunId>>,
+    }
+
+    #[async_trait]
+    impl RunStore for LosesFirstClaim {
+        async fn create_runs(
+            &self,
+            batch: crate::ports::CreateRuns,
+        ) -> Result<crate::ports::CreatedRuns, StoreError> {
+            self.inner.create_runs(batch).await
+        }
+        async fn get(&self, id: RunId) -> Result<ModelRun, StoreError> {
+            self.inner.get(id).await
+        }
+        async fn list(
+            &self,
+            filter: &crate::ports::RunFilter,
+        ) -> Result<crate::ports::RunPage, StoreError> {
+            self.inner.list(filter).await
+        }
+        async fn count_by_state(
+            &self,
+            filter: &crate::ports::RunFilter,
+        ) -> Result<std::collections::BTreeMap<RunState, u64>, StoreError> {
+            self.inner.count_by_state(filter).await
+        }
+        async fn transition(
+            &self,
+            id: RunId,
+            expected: RunState,
+            attempt: u32,
+            event: RunEvent,
+        ) -> Result<ModelRun, StoreError> {
+            let lose = matches!(event, RunEvent::Start { .. }) && {
+                let mut lost = self.lost.lock().unwrap();
+                lost.is_none() && lost.replace(id).is_none()
+            };
+            {
+                if lose {
+                    let mut run = self.inner.get(id).await?;
+                    assert_eq!((run.state, run.attempt), (expected, attempt));
+                    run.apply(&event, Utc::now()).unwrap();
+                    return Ok(run);
+                }
+            }
+            self.inner.transition(id, expected, attempt, event).await
+        }
+        async fn expired_leases(
+            &self,
+            now: chrono::DateTime<Utc>,
+            limit: usize,
+        ) -> Result<Vec<ModelRun>, StoreError> {
+            self.inner.expired_leases(now, limit).await
+        }
+        async fn outbox(
+            &self,
+            now: chrono::DateTime<Utc>,
+            limit: usize,
+        ) -> Result<Vec<ModelRun>, StoreError> {
+            self.inner.outbox(now, limit).await
+        }
+        async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError> {
+            self.inner.cursor(model, chain).await
+        }
+        async fn cursors(
+            &self,
+            chain: Option<&Chain>,
+        ) -> Result<Vec<crate::ports::RealtimeCursor>, StoreError> {
+            self.inner.cursors(chain).await
+        }
+        async fn advance_cursor(
+            &self,
+            model: &str,
+            chain: &Chain,
+            expected: Option<u64>,
+            to: u64,
+            runs: Vec<crate::run::NewRun>,
+        ) -> Result<Vec<ModelRun>, StoreError> {
+            self.inner
+                .advance_cursor(model, chain, expected, to, runs)
+                .await
+        }
+        async fn try_lock(
+            &self,
+            name: &str,
+            owner: &str,
+            until: chrono::DateTime<Utc>,
+        ) -> Result<bool, StoreError> {
+            self.inner.try_lock(name, owner, until).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_claim_sends_the_message_back_so_the_run_still_runs() {
+        let (mut deps, sink) = deps(Labels::new(None));
+        let store = Arc::new(LosesFirstClaim {
+            inner: MemoryRunStore::new(),
+            lost: std::sync::Mutex::new(None),
+        });
+        deps.store = store.clone();
+        // Without the requeue, the run whose claim was lost would wait in `queued` with no
+        // message, and `backfill` would time out.
+        let runs = backfill(&deps).await;
+        let lost = store.lost.lock().unwrap().expect("a claim was lost");
+        for r in &runs {
+            assert_eq!((r.state, r.attempt), (RunState::Succeeded, 1), "{r:?}");
+        }
+        // The lost run executed twice (at least once): its records were sent twice, with the
+        // same keys, so a consumer deduplicating by key sees each of the 20 records once.
+        let sent = sink.records("test-ethereum-sink");
+        assert_eq!(sent.len(), 30);
+        let keys: std::collections::BTreeSet<_> = sent.iter().map(|r| r.key.clone()).collect();
+        assert_eq!(keys.len(), 20);
+        assert!(runs.iter().any(|r| r.id == lost));
     }
 }

@@ -194,7 +194,13 @@ pub struct RealtimeCursor {
 ///   it returns `Conflict`.
 /// - `try_lock` MUST grant a named lease to one owner at a time until `until`; the holder MAY
 ///   renew it; another owner gets it only after it ends.
-/// - Every write MUST be durable when the call returns (for durable adapters).
+/// - Every write MUST be durable when the call returns (for durable adapters), with one
+///   exception an adapter MAY take and MUST document: a claim (`Start`) and a heartbeat MAY be
+///   committed without waiting for durability, so that a crash of the store (not a clean
+///   restart) can undo the last ones. An undone claim leaves the run `queued` on the same
+///   attempt; a caller that then finds its run in that state MUST give the run back to be
+///   claimed again (the worker requeues its message) rather than drop it. An undone heartbeat
+///   only leaves the earlier lease end.
 #[async_trait]
 pub trait RunStore: fmt::Debug + Send + Sync + 'static {
     /// Creates a batch of runs atomically (see the contract).

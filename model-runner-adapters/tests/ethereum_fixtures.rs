@@ -144,6 +144,45 @@ async fn erc20_transfers_match_ethereum_etl_on_exported_logs() {
     );
 }
 
+/// Receipts and logs from ethereum-etl's JSON-lines exports (`receipts.json`, `logs.json`)
+/// joined onto the node's block: the same transfers as from the node's own receipts.
+#[tokio::test]
+async fn erc20_transfers_match_ethereum_etl_from_exported_receipts_and_logs() {
+    let source = Arc::new(FileBlockSource::open(eth(), fixtures("etl_receipts_483920")).unwrap());
+    let blocks = source.blocks(BlockRange::single(483_920)).await.unwrap();
+    let block = &blocks[0];
+    assert_eq!(block.transactions.len(), 4);
+    let receipts: Vec<_> = block
+        .transactions
+        .iter()
+        .map(|t| {
+            t.receipt
+                .as_ref()
+                .expect("receipt joined from receipts.json")
+        })
+        .collect();
+    // expected_receipts.json: transaction 3 used 21,000 gas, 143,706 cumulatively.
+    let third = block
+        .transactions
+        .iter()
+        .position(|t| t.index == 3)
+        .unwrap();
+    assert_eq!(
+        (
+            receipts[third].gas_used,
+            receipts[third].cumulative_gas_used
+        ),
+        (21_000, 143_706)
+    );
+    // logs.json holds two logs; both are ERC-20 transfers.
+    assert_eq!(block.logs.len(), 2);
+    let got = transfers_csv(source, &blocks).await;
+    assert_eq!(
+        got,
+        expected(fixtures("block_483920/expected_token_transfers.csv"))
+    );
+}
+
 #[tokio::test]
 async fn reads_ethereum_etl_json_lines_exports() {
     let source = FileBlockSource::open(eth(), fixtures("blocks_17173049_17173050")).unwrap();

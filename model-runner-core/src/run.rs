@@ -2,11 +2,17 @@
 //!
 //! ```text
 //! pending ──Enqueue──▶ queued ──Start──▶ running ──Succeed──▶ succeeded
-//!                        ▲                  │ ├──Fail──────▶ failed  ──┐
-//!                        │                  │ └──Expire────▶ expired ──┤
+//!                        ▲ ▲                │ ├──Fail──────▶ failed  ──┐
+//!                        │ └──Release───────┤ └──Expire────▶ expired ──┤
+//!                        │   (same attempt) │                          │
 //!                        └──────Enqueue (attempt + 1, while attempts remain)
-//! pending | queued | running ──Cancel──▶ cancelled
+//! pending | queued | running | failed | expired ──Cancel──▶ cancelled
 //! ```
+//!
+//! `Release` is a worker handing its run back unfinished (it is shutting down): the run goes
+//! back to `queued` on the same attempt, so a hand-back never spends an attempt. `Cancel` is
+//! the user's final word, so it is allowed from every state that is not `succeeded` or
+//! `cancelled`, including a `failed`/`expired` run that would otherwise be retried.
 //!
 //! [`RunState::next`] is the only place a transition is decided and [`ModelRun::apply`] the only
 //! place a run's fields change with it; stores call `apply` and persist the result with a
@@ -116,7 +122,8 @@ impl RunState {
             (Running, RunEvent::Succeed { .. }) => Succeeded,
             (Running, RunEvent::Fail { .. }) => Failed,
             (Running, RunEvent::Expire { .. }) => Expired,
-            (Pending | Queued | Running, RunEvent::Cancel { .. }) => Cancelled,
+            (Running, RunEvent::Release { .. }) => Queued,
+            (Pending | Queued | Running | Failed | Expired, RunEvent::Cancel { .. }) => Cancelled,
             (Failed | Expired, RunEvent::ScheduleRetry { .. }) => self,
             _ => {
                 return Err(TransitionError::Illegal {
@@ -173,7 +180,16 @@ pub enum RunEvent {
         /// Earliest start of the next attempt.
         retry_at: Option<DateTime<Utc>>,
     },
-    /// A user cancels the run.
+    /// The lease holder hands the run back unfinished (e.g. it is shutting down): the run goes
+    /// back to `queued` on the same attempt, without spending one, for another worker to claim.
+    Release {
+        /// Who holds the lease; must match.
+        owner: String,
+        /// Why, recorded in `last_error`.
+        reason: String,
+    },
+    /// A user cancels the run. Allowed until the run succeeded or was cancelled, including a
+    /// `failed`/`expired` run awaiting (or out of) retries.
     Cancel {
         /// Why, if given.
         reason: Option<String>,
@@ -196,6 +212,7 @@ impl RunEvent {
             RunEvent::Succeed { .. } => "succeed",
             RunEvent::Fail { .. } => "fail",
             RunEvent::Expire { .. } => "expire",
+            RunEvent::Release { .. } => "release",
             RunEvent::Cancel { .. } => "cancel",
             RunEvent::ScheduleRetry { .. } => "retry",
         }
@@ -415,6 +432,19 @@ impl ModelRun {
                 self.next_attempt_at = retry_at.filter(|_| self.attempt < self.max_attempts);
                 self.release(now);
             }
+            RunEvent::Release { owner, reason } => {
+                if self.lease_owner.as_deref() != Some(owner) {
+                    return Err(TransitionError::NotLeaseHolder {
+                        holder: self.lease_owner.clone(),
+                        owner: owner.clone(),
+                    });
+                }
+                self.lease_owner = None;
+                self.lease_expires_at = None;
+                self.started_at = None;
+                self.blocks_done = 0;
+                self.last_error = Some(format!("handed back: {reason}"));
+            }
             RunEvent::Cancel { reason } => {
                 if let Some(r) = reason {
                     self.last_error = Some(format!("cancelled: {r}"));
@@ -466,6 +496,10 @@ mod tests {
                 retry_at: Some(t),
             },
             RunEvent::Expire { retry_at: Some(t) },
+            RunEvent::Release {
+                owner: "w".into(),
+                reason: "shutdown".into(),
+            },
             RunEvent::Cancel { reason: None },
             RunEvent::ScheduleRetry { at: t },
         ]
@@ -483,9 +517,12 @@ mod tests {
             (Running, "succeed", Succeeded),
             (Running, "fail", Failed),
             (Running, "expire", Expired),
+            (Running, "release", Queued),
             (Pending, "cancel", Cancelled),
             (Queued, "cancel", Cancelled),
             (Running, "cancel", Cancelled),
+            (Failed, "cancel", Cancelled),
+            (Expired, "cancel", Cancelled),
             (Failed, "retry", Failed),
             (Expired, "retry", Expired),
         ];
@@ -625,6 +662,143 @@ mod tests {
         assert!(r.is_due_for_publish(now));
         r.apply(&RunEvent::Enqueue, now).unwrap();
         assert_eq!((r.state, r.attempt), (Queued, 3));
+    }
+
+    #[test]
+    fn release_hands_back_on_the_same_attempt() {
+        let now = Utc::now();
+        let mut r = run();
+        r.max_attempts = 1;
+        r.apply(&RunEvent::Enqueue, now).unwrap();
+        let start = RunEvent::Start {
+            owner: "w1".into(),
+            lease_until: now,
+        };
+        r.apply(&start, now).unwrap();
+        r.apply(
+            &RunEvent::Heartbeat {
+                owner: "w1".into(),
+                lease_until: now,
+                blocks_done: 4,
+            },
+            now,
+        )
+        .unwrap();
+        // Only the lease holder may hand the run back.
+        let foreign = RunEvent::Release {
+            owner: "w2".into(),
+            reason: "shutdown".into(),
+        };
+        assert_eq!(
+            r.apply(&foreign, now),
+            Err(TransitionError::NotLeaseHolder {
+                holder: Some("w1".into()),
+                owner: "w2".into()
+            })
+        );
+        assert_eq!(r.state, Running, "a refused event changes nothing");
+        r.apply(
+            &RunEvent::Release {
+                owner: "w1".into(),
+                reason: "worker w1 shut down".into(),
+            },
+            now,
+        )
+        .unwrap();
+        assert_eq!((r.state, r.attempt, r.max_attempts), (Queued, 1, 1));
+        assert_eq!(r.lease_owner, None);
+        assert_eq!(r.lease_expires_at, None);
+        assert_eq!(r.started_at, None);
+        assert_eq!(r.finished_at, None);
+        assert_eq!(r.blocks_done, 0);
+        assert_eq!(
+            r.last_error.as_deref(),
+            Some("handed back: worker w1 shut down")
+        );
+        assert!(
+            !r.is_due_for_publish(now),
+            "its message is requeued, not republished"
+        );
+        // Another worker claims it on the same attempt; the last attempt is still whole.
+        r.apply(
+            &RunEvent::Start {
+                owner: "w2".into(),
+                lease_until: now,
+            },
+            now,
+        )
+        .unwrap();
+        r.apply(
+            &RunEvent::Succeed {
+                blocks_done: 10,
+                records_written: 3,
+            },
+            now,
+        )
+        .unwrap();
+        assert_eq!((r.state, r.attempt), (Succeeded, 1));
+        assert_eq!(r.last_error, None);
+        // Release is refused outside `running`, whatever the attempts.
+        for from in [Pending, Queued, Succeeded, Failed, Expired, Cancelled] {
+            assert_eq!(
+                from.next(&foreign, 1, 1),
+                Err(TransitionError::Illegal {
+                    from,
+                    event: "release"
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn cancel_stops_a_failed_or_expired_run_for_good() {
+        let now = Utc::now();
+        // With attempts left (it would be retried) and with none left.
+        for (max_attempts, end) in [(2, "fail"), (2, "expire"), (1, "fail"), (1, "expire")] {
+            let mut r = run();
+            r.max_attempts = max_attempts;
+            r.apply(&RunEvent::Enqueue, now).unwrap();
+            r.apply(
+                &RunEvent::Start {
+                    owner: "w".into(),
+                    lease_until: now,
+                },
+                now,
+            )
+            .unwrap();
+            let ev = if end == "fail" {
+                RunEvent::Fail {
+                    error: "boom".into(),
+                    retry_at: Some(now),
+                }
+            } else {
+                RunEvent::Expire {
+                    retry_at: Some(now),
+                }
+            };
+            r.apply(&ev, now).unwrap();
+            assert_eq!(r.is_due_for_publish(now), max_attempts == 2);
+            assert_eq!(
+                r.state
+                    .next(&RunEvent::Cancel { reason: None }, 1, max_attempts),
+                Ok(Cancelled)
+            );
+            r.apply(
+                &RunEvent::Cancel {
+                    reason: Some("not needed".into()),
+                },
+                now,
+            )
+            .unwrap();
+            assert_eq!(r.state, Cancelled, "{end} {max_attempts}");
+            assert_eq!(r.next_attempt_at, None);
+            assert!(
+                !r.is_due_for_publish(now),
+                "a cancelled run is never published"
+            );
+            assert!(r.apply(&RunEvent::Enqueue, now).is_err());
+            assert!(r.apply(&RunEvent::ScheduleRetry { at: now }, now).is_err());
+        }
     }
 
     #[test]

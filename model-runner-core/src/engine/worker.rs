@@ -3,7 +3,12 @@
 //! For each delivery: claim the run (a lease in the store), load its blocks, run the model
 //! (a panic is caught and fails the attempt), send the records to `<env>-<chain>-sink`, mark the
 //! run `succeeded`, then ack. The lease is renewed by heartbeats while the run executes; if the
-//! run is cancelled or its lease is taken meanwhile, the work is abandoned.
+//! run is cancelled or its lease is taken meanwhile, the work is abandoned (the model's task is
+//! aborted). Heartbeats carry the run's progress: the blocks loaded and handed to the model.
+//!
+//! On shutdown, runs still executing after `shutdown_grace` are handed back: the run goes back
+//! to `queued` on the same attempt ([`RunEvent::Release`], no attempt spent) and its message is
+//! requeued, so another worker picks it up.
 //!
 //! A message whose run is no longer claimable (done, cancelled, a stale attempt, held by
 //! another worker) is acked and dropped; one whose run is not claimable *yet* (the enqueuer has
@@ -350,26 +355,45 @@ impl Worker {
                 settle(delivery.nack_requeue().await);
             }
             Outcome::HandedBack => {
-                let event = RunEvent::Fail {
-                    error: format!("worker {} shut down before finishing", self.config.id),
-                    retry_at: Some(Utc::now()),
+                // Back to `queued` on the same attempt (no attempt spent), and the message back
+                // to the queue for another worker.
+                let event = RunEvent::Release {
+                    owner: self.config.id.clone(),
+                    reason: format!("worker {} shut down before finishing", self.config.id),
                 };
-                if let Err(e) = store
+                match store
                     .transition(run.id, RunState::Running, run.attempt, event)
                     .await
                 {
-                    if claim_lost(&e, &run) {
+                    Ok(_) => {
+                        info!(run = %run.id, attempt = run.attempt, "run handed back at shutdown");
                         settle(delivery.nack_requeue().await);
-                        return;
                     }
-                    warn!(run = %run.id, error = %e, "could not hand back the run; its lease will expire");
+                    // Queued on our attempt already: our claim was undone; the message goes
+                    // back all the same.
+                    Err(e) if claim_lost(&e, &run) => settle(delivery.nack_requeue().await),
+                    Err(
+                        e @ (StoreError::Conflict { .. }
+                        | StoreError::Transition(_)
+                        | StoreError::NotFound { .. }),
+                    ) => {
+                        // Cancelled, expired or taken meanwhile: nothing left for this message.
+                        info!(run = %run.id, error = %e, "run moved on before it was handed back; dropping its message");
+                        settle(delivery.ack().await);
+                    }
+                    Err(e) => {
+                        // The lease will expire and the scheduler retries the run; requeueing
+                        // the message too would only be dropped by the next claimer.
+                        warn!(run = %run.id, error = %e, "could not hand back the run; its lease will expire");
+                        settle(delivery.ack().await);
+                    }
                 }
-                settle(delivery.ack().await);
             }
         }
     }
 
     async fn execute_with_heartbeat(&self, run: &ModelRun) -> Outcome {
+        let progress = AtomicU64::new(0);
         let heartbeat = async {
             let mut tick = tokio::time::interval(self.config.heartbeat);
             tick.tick().await;
@@ -379,7 +403,13 @@ impl Worker {
                 match self
                     .deps
                     .store
-                    .heartbeat(run.id, run.attempt, &self.config.id, until, 0)
+                    .heartbeat(
+                        run.id,
+                        run.attempt,
+                        &self.config.id,
+                        until,
+                        progress.load(Ordering::Relaxed),
+                    )
                     .await
                 {
                     Ok(_) => {}
@@ -396,12 +426,14 @@ impl Worker {
             }
         };
         tokio::select! {
-            o = self.execute(run) => o,
+            o = self.execute(run, &progress) => o,
             o = heartbeat => o,
         }
     }
 
-    async fn execute(&self, run: &ModelRun) -> Outcome {
+    /// Executes the run; `progress` is set to the blocks done so far (loaded and handed to the
+    /// model), for the heartbeats. Dropping the future aborts the model's task.
+    async fn execute(&self, run: &ModelRun, progress: &AtomicU64) -> Outcome {
         let permanent = |error: String| Outcome::Failed {
             error,
             permanent: true,
@@ -443,8 +475,12 @@ impl Worker {
             range: run.range,
             source,
         };
+        progress.store(blocks.len() as u64, Ordering::Relaxed);
         let name = run.model.clone();
-        let records = match tokio::spawn(async move { model.run(&ctx, &blocks).await }).await {
+        // Aborted if this future is dropped (lease lost, run handed back): a hung model must not
+        // run on, detached, forever.
+        let task = AbortOnDrop(tokio::spawn(async move { model.run(&ctx, &blocks).await }));
+        let records = match task.join().await {
             Ok(Ok(records)) => records,
             Ok(Err(e)) => return transient(format!("model {name} failed: {e}")),
             Err(join) => {
@@ -475,6 +511,21 @@ impl Worker {
             return transient(format!("sending {} records to {topic}: {e}", records.len()));
         }
         Outcome::Succeeded(records.len() as u64)
+    }
+}
+
+/// A task aborted when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -839,5 +890,244 @@ mod tests {
         let keys: std::collections::BTreeSet<_> = sent.iter().map(|r| r.key.clone()).collect();
         assert_eq!(keys.len(), 20);
         assert!(runs.iter().any(|r| r.id == lost));
+    }
+
+    /// Waits (without producing anything) while `block` is set; counts how many of its
+    /// executions were dropped before they finished.
+    #[derive(Debug, Default)]
+    struct Blocker {
+        block: std::sync::atomic::AtomicBool,
+        started: AtomicU64,
+        dropped: Arc<AtomicU64>,
+    }
+
+    struct CountDrop(Arc<AtomicU64>, bool);
+
+    impl Drop for CountDrop {
+        fn drop(&mut self) {
+            if !self.1 {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Model for Blocker {
+        fn name(&self) -> &str {
+            "blocker"
+        }
+        fn version(&self) -> &str {
+            "1"
+        }
+        fn kind(&self) -> ModelKind {
+            ModelKind::Nonreads
+        }
+        async fn run(
+            &self,
+            ctx: &ModelContext,
+            blocks: &[Block],
+        ) -> Result<Vec<Record>, ModelError> {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            let mut guard = CountDrop(self.dropped.clone(), false);
+            while self.block.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            guard.1 = true;
+            Ok(blocks
+                .iter()
+                .map(|b| ctx.record(b, 0, json!({"n": b.number})))
+                .collect())
+        }
+    }
+
+    /// Deps with the blocker model, and one pending run of blocks 0-9 with `max_attempts`.
+    async fn blocker_deps(
+        max_attempts: u32,
+    ) -> (EngineDeps, Arc<Blocker>, Arc<MemoryRunQueue>, ModelRun) {
+        let model = Arc::new(Blocker::default());
+        model.block.store(true, Ordering::SeqCst);
+        let queue = Arc::new(MemoryRunQueue::new());
+        let source = MemoryBlockSource::new(chain(), crate::models::tests::blocks(0, 19));
+        let deps = EngineDeps {
+            store: Arc::new(MemoryRunStore::new()),
+            queue: queue.clone(),
+            sink: Arc::new(MemorySink::new()),
+            sources: HashMap::from([(chain(), Arc::new(source) as _)]),
+            models: Arc::new(ModelRegistry::new().with(model.clone()).unwrap()),
+            routing: Routing::default(),
+        };
+        let created = submit_backfill(
+            &deps,
+            BackfillRequest {
+                model: "blocker".into(),
+                chain: chain(),
+                range: BlockRange::new(0, 9).unwrap(),
+                chunk_size: 10,
+                mode: RunMode::Backfill,
+                adhoc_queue: None,
+                max_attempts,
+                idempotency_key: None,
+            },
+        )
+        .await
+        .unwrap();
+        let run = created.runs[0].clone();
+        let enqueuer = Enqueuer::new(deps.clone(), EnqueuerConfig::default());
+        assert_eq!(enqueuer.pass().await.unwrap(), 1);
+        (deps, model, queue, run)
+    }
+
+    fn blocker_worker(deps: &EngineDeps, id: &str) -> Worker {
+        Worker::new(
+            deps.clone(),
+            WorkerConfig {
+                id: id.into(),
+                queues: deps.routing.all_queues([&chain()]),
+                lease: Duration::from_secs(30),
+                heartbeat: Duration::from_millis(10),
+                shutdown_grace: Duration::from_millis(20),
+                env: "test".into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    async fn wait_for(
+        deps: &EngineDeps,
+        id: RunId,
+        what: &str,
+        done: impl Fn(&ModelRun) -> bool,
+    ) -> ModelRun {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let run = deps.store.get(id).await.unwrap();
+            if done(&run) {
+                return run;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {run:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_handed_back_at_shutdown_keeps_its_attempt_and_another_worker_finishes_it() {
+        let (deps, model, queue, run) = blocker_deps(1).await;
+        let stop = CancellationToken::new();
+        let w1 = tokio::spawn(blocker_worker(&deps, "w1").run(stop.clone()));
+        wait_for(&deps, run.id, "w1 to claim the run", |r| {
+            r.state == RunState::Running
+        })
+        .await;
+        assert_eq!(queue.ready_len(&run.queue), 0);
+        stop.cancel();
+        w1.await.unwrap().unwrap();
+
+        let back = deps.store.get(run.id).await.unwrap();
+        assert_eq!(
+            (back.state, back.attempt, back.max_attempts),
+            (RunState::Queued, 1, 1),
+            "handed back on the same attempt: {back:?}"
+        );
+        assert_eq!(back.lease_owner, None);
+        assert_eq!(
+            back.last_error.as_deref(),
+            Some("handed back: worker w1 shut down before finishing")
+        );
+        assert_eq!(
+            queue.ready_len(&run.queue),
+            1,
+            "its message is back in the queue"
+        );
+        assert_eq!(
+            queue.ready_len(&crate::routing::dead_letter_queue_name(&run.queue)),
+            0
+        );
+        // The abandoned execution was aborted, not left running.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while model.dropped.load(Ordering::SeqCst) < 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the model task was not aborted"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        // A second worker picks the run up on the same attempt and completes it.
+        model.block.store(false, Ordering::SeqCst);
+        let stop = CancellationToken::new();
+        let w2 = blocker_worker(&deps, "w2");
+        let stats = w2.stats();
+        let w2 = tokio::spawn(w2.run(stop.clone()));
+        let done = wait_for(&deps, run.id, "w2 to finish the run", |r| {
+            r.state.is_final()
+        })
+        .await;
+        stop.cancel();
+        w2.await.unwrap().unwrap();
+        assert_eq!(
+            (done.state, done.attempt),
+            (RunState::Succeeded, 1),
+            "{done:?}"
+        );
+        assert_eq!(done.records_written, 10);
+        assert_eq!(done.last_error, None);
+        assert_eq!(stats.runs_succeeded.load(Ordering::Relaxed), 1);
+        assert_eq!(model.started.load(Ordering::SeqCst), 2);
+        assert_eq!(queue.ready_len(&run.queue), 0);
+    }
+
+    #[tokio::test]
+    async fn heartbeats_report_progress_while_the_model_runs() {
+        let (deps, model, _queue, run) = blocker_deps(3).await;
+        let stop = CancellationToken::new();
+        let w = tokio::spawn(blocker_worker(&deps, "w1").run(stop.clone()));
+        let running = wait_for(&deps, run.id, "progress in the store", |r| {
+            r.state == RunState::Running && r.blocks_done > 0
+        })
+        .await;
+        assert_eq!(running.blocks_done, 10, "the run's blocks are loaded");
+        assert_eq!(model.started.load(Ordering::SeqCst), 1);
+        model.block.store(false, Ordering::SeqCst);
+        let done = wait_for(&deps, run.id, "the run to finish", |r| r.state.is_final()).await;
+        stop.cancel();
+        w.await.unwrap().unwrap();
+        assert_eq!((done.state, done.blocks_done), (RunState::Succeeded, 10));
+    }
+
+    #[tokio::test]
+    async fn losing_the_lease_aborts_the_model() {
+        let (deps, model, queue, run) = blocker_deps(3).await;
+        let stop = CancellationToken::new();
+        let w = tokio::spawn(blocker_worker(&deps, "w1").run(stop.clone()));
+        wait_for(&deps, run.id, "the claim", |r| r.state == RunState::Running).await;
+        // A user cancels the run: the next heartbeat finds it gone and abandons the work.
+        deps.store
+            .transition(
+                run.id,
+                RunState::Running,
+                1,
+                RunEvent::Cancel { reason: None },
+            )
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while model.dropped.load(Ordering::SeqCst) < 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the model task still runs after its lease was lost"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.cancel();
+        w.await.unwrap().unwrap();
+        assert_eq!(model.started.load(Ordering::SeqCst), 1);
+        assert_eq!(queue.ready_len(&run.queue), 0, "the message was acked");
+        assert_eq!(
+            deps.store.get(run.id).await.unwrap().state,
+            RunState::Cancelled
+        );
     }
 }

@@ -160,3 +160,332 @@ impl Enqueuer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::chain::{BlockRange, Chain, RunMode};
+    use crate::engine::{BackfillRequest, Worker, WorkerConfig, submit_backfill};
+    use crate::memory::{MemoryBlockSource, MemoryRunQueue, MemoryRunStore, MemorySink};
+    use crate::ports::{Consumer, QueueError, RunQueue, RunStore};
+    use crate::routing::Routing;
+    use crate::run::RunId;
+
+    /// A memory queue that records, for every message published, the run's state in the store
+    /// at that moment; it can lose the broker's confirmation (after the messages landed), and
+    /// cancel a run while its message is being published.
+    #[derive(Debug)]
+    struct SpyQueue {
+        inner: MemoryRunQueue,
+        store: Arc<MemoryRunStore>,
+        seen: Mutex<Vec<(RunId, u32, RunState)>>,
+        lose_confirmation: AtomicBool,
+        cancel_on_publish: Mutex<Option<RunId>>,
+    }
+
+    #[async_trait]
+    impl RunQueue for SpyQueue {
+        async fn publish(&self, queue: &str, messages: &[RunMessage]) -> Result<(), QueueError> {
+            for m in messages {
+                let state = self.store.get(m.run_id).await.unwrap().state;
+                self.seen.lock().unwrap().push((m.run_id, m.attempt, state));
+            }
+            let cancel = self.cancel_on_publish.lock().unwrap().take();
+            if let Some(id) = cancel {
+                let run = self.store.get(id).await.unwrap();
+                self.store
+                    .transition(
+                        id,
+                        run.state,
+                        run.attempt,
+                        RunEvent::Cancel { reason: None },
+                    )
+                    .await
+                    .unwrap();
+            }
+            self.inner.publish(queue, messages).await?;
+            if self.lose_confirmation.load(Ordering::SeqCst) {
+                return Err(QueueError::NotConfirmed("connection lost".into()));
+            }
+            Ok(())
+        }
+        async fn consume(
+            &self,
+            queue: &str,
+            prefetch: u16,
+        ) -> Result<Box<dyn Consumer>, QueueError> {
+            self.inner.consume(queue, prefetch).await
+        }
+        fn is_durable(&self) -> bool {
+            true
+        }
+    }
+
+    fn chain() -> Chain {
+        Chain::new("ethereum").unwrap()
+    }
+
+    fn setup() -> (
+        EngineDeps,
+        Arc<MemoryRunStore>,
+        Arc<SpyQueue>,
+        Arc<MemorySink>,
+    ) {
+        let store = Arc::new(MemoryRunStore::new());
+        let queue = Arc::new(SpyQueue {
+            inner: MemoryRunQueue::new(),
+            store: store.clone(),
+            seen: Mutex::default(),
+            lose_confirmation: AtomicBool::new(false),
+            cancel_on_publish: Mutex::default(),
+        });
+        let sink = Arc::new(MemorySink::new());
+        let source = MemoryBlockSource::new(chain(), crate::models::tests::blocks(0, 29));
+        let deps = EngineDeps {
+            store: store.clone(),
+            queue: queue.clone(),
+            sink: sink.clone(),
+            sources: HashMap::from([(chain(), Arc::new(source) as _)]),
+            models: Arc::new(crate::models::builtin()),
+            routing: Routing::default(),
+        };
+        (deps, store, queue, sink)
+    }
+
+    async fn submit(deps: &EngineDeps, max_attempts: u32) -> Vec<ModelRun> {
+        submit_backfill(
+            deps,
+            BackfillRequest {
+                model: "block_stats".into(),
+                chain: chain(),
+                range: BlockRange::new(0, 29).unwrap(),
+                chunk_size: 10,
+                mode: RunMode::Backfill,
+                adhoc_queue: None,
+                max_attempts,
+                idempotency_key: None,
+            },
+        )
+        .await
+        .unwrap()
+        .runs
+    }
+
+    fn enqueuer(deps: &EngineDeps) -> Enqueuer {
+        Enqueuer::new(
+            deps.clone(),
+            EnqueuerConfig {
+                batch: 2,
+                idle: Duration::from_millis(5),
+            },
+        )
+    }
+
+    async fn state(store: &MemoryRunStore, id: RunId) -> (RunState, u32) {
+        let r = store.get(id).await.unwrap();
+        (r.state, r.attempt)
+    }
+
+    #[tokio::test]
+    async fn pending_runs_are_published_then_marked_queued() {
+        let (deps, store, queue, _) = setup();
+        let runs = submit(&deps, 3).await;
+        let e = enqueuer(&deps);
+        // Batches of two: two passes publish the three runs; a third finds nothing.
+        assert_eq!(e.pass().await.unwrap(), 2);
+        assert_eq!(e.pass().await.unwrap(), 1);
+        assert_eq!(e.pass().await.unwrap(), 0);
+        let seen = queue.seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            runs.iter()
+                .map(|r| (r.id, 1, RunState::Pending))
+                .collect::<Vec<_>>(),
+            "each run published once, on attempt 1, while still pending"
+        );
+        for r in &runs {
+            let now = store.get(r.id).await.unwrap();
+            assert_eq!((now.state, now.attempt), (RunState::Queued, 1));
+            assert!(now.queued_at.is_some());
+        }
+        assert_eq!(queue.inner.ready_len(&runs[0].queue), 3);
+    }
+
+    #[tokio::test]
+    async fn an_unconfirmed_publish_marks_nothing_and_the_runs_are_published_again() {
+        let (deps, store, queue, sink) = setup();
+        let runs = submit(&deps, 3).await;
+        let e = enqueuer(&deps);
+        // The messages reach the queue but the confirmation is lost, as in a crash between
+        // publishing and marking: the runs stay in the outbox.
+        queue.lose_confirmation.store(true, Ordering::SeqCst);
+        assert!(matches!(e.pass().await, Err(EngineError::Queue(_))));
+        for r in &runs {
+            assert_eq!(state(&store, r.id).await, (RunState::Pending, 1));
+        }
+        assert_eq!(queue.inner.ready_len(&runs[0].queue), 2);
+        // Restarted, the relay publishes them again (duplicates) and marks them.
+        queue.lose_confirmation.store(false, Ordering::SeqCst);
+        assert_eq!(e.pass().await.unwrap(), 2);
+        assert_eq!(e.pass().await.unwrap(), 1);
+        assert_eq!(queue.inner.ready_len(&runs[0].queue), 5);
+        let seen = queue.seen.lock().unwrap().clone();
+        for r in &runs[..2] {
+            assert_eq!(
+                seen.iter().filter(|(id, _, _)| *id == r.id).count(),
+                2,
+                "published twice"
+            );
+        }
+
+        // A worker runs every run once; the duplicate messages are dropped.
+        let stop = CancellationToken::new();
+        let worker = Worker::new(
+            deps.clone(),
+            WorkerConfig {
+                queues: deps.routing.all_queues([&chain()]),
+                env: "test".into(),
+                ..Default::default()
+            },
+        );
+        let stats = worker.stats();
+        let handle = tokio::spawn(worker.run(stop.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while queue.inner.ready_len(&runs[0].queue) > 0
+            || stats.runs_succeeded.load(Ordering::Relaxed) + stats.dropped.load(Ordering::Relaxed)
+                < 5
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "worker did not drain the queue"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.cancel();
+        handle.await.unwrap().unwrap();
+        for r in &runs {
+            assert_eq!(state(&store, r.id).await, (RunState::Succeeded, 1));
+        }
+        assert_eq!(stats.runs_succeeded.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(sink.records("test-ethereum-sink").len(), 30);
+    }
+
+    #[tokio::test]
+    async fn retries_are_published_when_due_and_cancelled_runs_never() {
+        let (deps, store, queue, _) = setup();
+        let runs = submit(&deps, 2).await;
+        let e = enqueuer(&deps);
+        while e.pass().await.unwrap() > 0 {}
+        let now = Utc::now();
+        let retry_at = [
+            now - chrono::Duration::seconds(1),
+            now + chrono::Duration::seconds(3600),
+            now - chrono::Duration::seconds(1),
+        ];
+        for (r, at) in runs.iter().zip(retry_at) {
+            store
+                .claim(r.id, 1, "w", now + chrono::Duration::seconds(60))
+                .await
+                .unwrap();
+            store
+                .transition(
+                    r.id,
+                    RunState::Running,
+                    1,
+                    RunEvent::Fail {
+                        error: "boom".into(),
+                        retry_at: Some(at),
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        // The third would be retried, but a user cancels it.
+        store
+            .transition(
+                runs[2].id,
+                RunState::Failed,
+                1,
+                RunEvent::Cancel { reason: None },
+            )
+            .await
+            .unwrap();
+        queue.seen.lock().unwrap().clear();
+        assert_eq!(e.pass().await.unwrap(), 1);
+        assert_eq!(e.pass().await.unwrap(), 0);
+        assert_eq!(
+            queue.seen.lock().unwrap().clone(),
+            [(runs[0].id, 2, RunState::Failed)],
+            "only the due retry, on its next attempt"
+        );
+        assert_eq!(state(&store, runs[0].id).await, (RunState::Queued, 2));
+        assert_eq!(state(&store, runs[1].id).await, (RunState::Failed, 1));
+        assert_eq!(state(&store, runs[2].id).await, (RunState::Cancelled, 1));
+        // The last attempt failed: nothing more to publish.
+        store
+            .claim(runs[0].id, 2, "w", now + chrono::Duration::seconds(60))
+            .await
+            .unwrap();
+        store
+            .transition(
+                runs[0].id,
+                RunState::Running,
+                2,
+                RunEvent::Fail {
+                    error: "again".into(),
+                    retry_at: Some(now),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(e.pass().await.unwrap(), 0);
+        assert_eq!(queue.seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_run_cancelled_while_being_published_is_not_marked() {
+        let (deps, store, queue, _) = setup();
+        let runs = submit(&deps, 3).await;
+        *queue.cancel_on_publish.lock().unwrap() = Some(runs[1].id);
+        let e = Enqueuer::new(deps.clone(), EnqueuerConfig::default());
+        assert_eq!(e.pass().await.unwrap(), 2);
+        assert_eq!(state(&store, runs[0].id).await, (RunState::Queued, 1));
+        assert_eq!(state(&store, runs[1].id).await, (RunState::Cancelled, 1));
+        assert_eq!(state(&store, runs[2].id).await, (RunState::Queued, 1));
+        assert_eq!(e.pass().await.unwrap(), 0, "and never published again");
+    }
+
+    #[tokio::test]
+    async fn queued_runs_are_republished_for_a_queue_that_lost_them() {
+        let (deps, store, queue, _) = setup();
+        let runs = submit(&deps, 3).await;
+        let e = enqueuer(&deps);
+        while e.pass().await.unwrap() > 0 {}
+        // One runs; the others wait in `queued`.
+        store
+            .claim(
+                runs[0].id,
+                1,
+                "w",
+                Utc::now() + chrono::Duration::seconds(60),
+            )
+            .await
+            .unwrap();
+        queue.seen.lock().unwrap().clear();
+        assert_eq!(e.republish_queued().await.unwrap(), 2);
+        assert_eq!(
+            queue.seen.lock().unwrap().clone(),
+            [
+                (runs[1].id, 1, RunState::Queued),
+                (runs[2].id, 1, RunState::Queued)
+            ]
+        );
+    }
+}

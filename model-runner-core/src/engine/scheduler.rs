@@ -308,3 +308,528 @@ impl Scheduler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::chain::ModelKind;
+    use crate::memory::{MemoryBlockSource, MemoryRunQueue, MemoryRunStore, MemorySink};
+    use crate::ports::{BlockSource, RunFilter, RunStore};
+    use crate::routing::{Routing, queue_name};
+    use crate::run::ModelRun;
+
+    fn chain() -> Chain {
+        Chain::new("ethereum").unwrap()
+    }
+
+    /// Deps over a chain whose head is `head`, with the built-in models.
+    fn setup(head: u64) -> (EngineDeps, Arc<MemoryBlockSource>) {
+        let source = Arc::new(MemoryBlockSource::new(
+            chain(),
+            crate::models::tests::blocks(0, head),
+        ));
+        let deps = EngineDeps {
+            store: Arc::new(MemoryRunStore::new()),
+            queue: Arc::new(MemoryRunQueue::new()),
+            sink: Arc::new(MemorySink::new()),
+            sources: HashMap::from([(chain(), source.clone() as _)]),
+            models: Arc::new(crate::models::builtin()),
+            routing: Routing::default(),
+        };
+        (deps, source)
+    }
+
+    /// Grows the chain to `head`.
+    async fn grow(source: &MemoryBlockSource, head: u64) {
+        let from = source.head().await.unwrap().number + 1;
+        for b in crate::models::tests::blocks(from, head) {
+            source.push(b);
+        }
+    }
+
+    fn sub(
+        start: Option<u64>,
+        confirmations: u64,
+        max_blocks_per_run: u64,
+    ) -> RealtimeSubscription {
+        RealtimeSubscription {
+            start,
+            confirmations,
+            max_blocks_per_run,
+            ..RealtimeSubscription::new("block_stats", chain())
+        }
+    }
+
+    fn scheduler(deps: &EngineDeps, owner: &str, subs: Vec<RealtimeSubscription>) -> Scheduler {
+        Scheduler::new(
+            deps.clone(),
+            SchedulerConfig {
+                owner: owner.into(),
+                realtime: subs,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Every run in the store, by range.
+    async fn all_runs(deps: &EngineDeps) -> Vec<ModelRun> {
+        let mut filter = RunFilter {
+            limit: 1000,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        loop {
+            let page = deps.store.list(&filter).await.unwrap();
+            out.extend(page.runs);
+            match page.next {
+                Some(n) => filter.after = Some(n),
+                None => break,
+            }
+        }
+        out.sort_by_key(|r| r.range.start());
+        out
+    }
+
+    fn ranges(runs: &[ModelRun]) -> Vec<(u64, u64)> {
+        runs.iter()
+            .map(|r| (r.range.start(), r.range.end()))
+            .collect()
+    }
+
+    /// The runs cover `start..=end` exactly once: contiguous, no overlap, no gap.
+    fn assert_tiles(runs: &[ModelRun], start: u64, end: u64) {
+        let mut next = start;
+        for r in runs {
+            assert_eq!(
+                r.range.start(),
+                next,
+                "gap or overlap at {}: {:?}",
+                next,
+                ranges(runs)
+            );
+            next = r.range.end() + 1;
+        }
+        assert_eq!(next, end + 1, "{:?}", ranges(runs));
+    }
+
+    #[tokio::test]
+    async fn two_schedulers_sharing_the_store_lock_create_each_range_once() {
+        let (deps, source) = setup(24);
+        let subs = vec![sub(Some(0), 0, 10)];
+        let a = scheduler(&deps, "a", subs.clone());
+        let b = scheduler(&deps, "b", subs.clone());
+
+        let (ra, rb) = tokio::join!(a.tick(), b.tick());
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert!(ra.leader ^ rb.leader, "exactly one leads: {ra:?} {rb:?}");
+        assert_eq!(ra.created + rb.created, 3);
+        let (leader, follower) = if ra.leader { (&a, &b) } else { (&b, &a) };
+
+        // The follower does nothing while the leader's lock lasts, even with new blocks.
+        grow(&source, 40).await;
+        assert_eq!(
+            follower.tick().await.unwrap(),
+            TickReport {
+                leader: false,
+                created: 0,
+                expired: 0
+            }
+        );
+        assert_eq!(all_runs(&deps).await.len(), 3);
+        let r = leader.tick().await.unwrap();
+        assert_eq!((r.leader, r.created), (true, 2));
+
+        let runs = all_runs(&deps).await;
+        assert_eq!(
+            ranges(&runs),
+            [(0, 9), (10, 19), (20, 24), (25, 34), (35, 40)]
+        );
+        assert_tiles(&runs, 0, 40);
+        assert_eq!(
+            deps.store.cursor("block_stats", &chain()).await.unwrap(),
+            Some(40)
+        );
+        for r in &runs {
+            assert_eq!(r.mode, RunMode::Realtime);
+            assert_eq!(r.state, RunState::Pending);
+            assert_eq!(r.max_attempts, 3);
+            assert_eq!(
+                r.queue,
+                queue_name(&chain(), RunMode::Realtime, ModelKind::Nonreads)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn leadership_passes_on_when_the_leader_stops_renewing() {
+        let (deps, source) = setup(9);
+        let subs = vec![sub(Some(0), 0, 10)];
+        let short = |owner: &str| {
+            Scheduler::new(
+                deps.clone(),
+                SchedulerConfig {
+                    owner: owner.into(),
+                    realtime: subs.clone(),
+                    leadership: Duration::from_millis(30),
+                    ..Default::default()
+                },
+            )
+        };
+        let (a, b) = (short("a"), short("b"));
+        assert_eq!(a.tick().await.unwrap().created, 1);
+        assert!(!b.tick().await.unwrap().leader);
+        grow(&source, 19).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // `a` is gone; `b` takes over from the cursor `a` left.
+        let r = b.tick().await.unwrap();
+        assert_eq!((r.leader, r.created), (true, 1));
+        assert!(!a.tick().await.unwrap().leader, "`b` holds it now");
+        let runs = all_runs(&deps).await;
+        assert_eq!(ranges(&runs), [(0, 9), (10, 19)]);
+    }
+
+    /// A memory store whose `cursor` yields first, so two schedulers' reads interleave.
+    #[derive(Debug, Default)]
+    struct YieldingStore(MemoryRunStore);
+
+    #[async_trait::async_trait]
+    impl RunStore for YieldingStore {
+        async fn create_runs(&self, batch: CreateRuns) -> Result<CreatedRuns, StoreError> {
+            self.0.create_runs(batch).await
+        }
+        async fn get(&self, id: crate::run::RunId) -> Result<ModelRun, StoreError> {
+            self.0.get(id).await
+        }
+        async fn list(&self, filter: &RunFilter) -> Result<crate::ports::RunPage, StoreError> {
+            self.0.list(filter).await
+        }
+        async fn count_by_state(
+            &self,
+            filter: &RunFilter,
+        ) -> Result<std::collections::BTreeMap<RunState, u64>, StoreError> {
+            self.0.count_by_state(filter).await
+        }
+        async fn transition(
+            &self,
+            id: crate::run::RunId,
+            expected: RunState,
+            attempt: u32,
+            event: RunEvent,
+        ) -> Result<ModelRun, StoreError> {
+            self.0.transition(id, expected, attempt, event).await
+        }
+        async fn expired_leases(
+            &self,
+            now: chrono::DateTime<Utc>,
+            limit: usize,
+        ) -> Result<Vec<ModelRun>, StoreError> {
+            self.0.expired_leases(now, limit).await
+        }
+        async fn outbox(
+            &self,
+            now: chrono::DateTime<Utc>,
+            limit: usize,
+        ) -> Result<Vec<ModelRun>, StoreError> {
+            self.0.outbox(now, limit).await
+        }
+        async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError> {
+            let c = self.0.cursor(model, chain).await;
+            tokio::task::yield_now().await;
+            c
+        }
+        async fn cursors(
+            &self,
+            chain: Option<&Chain>,
+        ) -> Result<Vec<crate::ports::RealtimeCursor>, StoreError> {
+            self.0.cursors(chain).await
+        }
+        async fn advance_cursor(
+            &self,
+            model: &str,
+            chain: &Chain,
+            expected: Option<u64>,
+            to: u64,
+            runs: Vec<NewRun>,
+        ) -> Result<Vec<ModelRun>, StoreError> {
+            self.0
+                .advance_cursor(model, chain, expected, to, runs)
+                .await
+        }
+        async fn try_lock(
+            &self,
+            name: &str,
+            owner: &str,
+            until: chrono::DateTime<Utc>,
+        ) -> Result<bool, StoreError> {
+            self.0.try_lock(name, owner, until).await
+        }
+    }
+
+    /// Even two schedulers that both believe they lead (a lock lost to a pause) create no
+    /// duplicate range: both read the same cursor, and its compare-and-set lets one win.
+    #[tokio::test]
+    async fn racing_schedulers_are_kept_apart_by_the_cursor() {
+        let (mut deps, source) = setup(24);
+        deps.store = Arc::new(YieldingStore::default());
+        let s = sub(Some(0), 0, 10);
+        let a = scheduler(&deps, "a", vec![s.clone()]);
+        let b = scheduler(&deps, "b", vec![s.clone()]);
+        for head in [24, 30, 31, 55] {
+            grow(&source, head).await;
+            let (x, y) = tokio::join!(a.schedule_realtime(&s), b.schedule_realtime(&s));
+            let (x, y) = (x.unwrap(), y.unwrap());
+            assert!(
+                (x == 0) != (y == 0),
+                "the first to advance the cursor wins, the other creates nothing: {x} {y}"
+            );
+        }
+        let runs = all_runs(&deps).await;
+        assert_tiles(&runs, 0, 55);
+        assert!(runs.iter().all(|r| r.range.len() <= 10));
+    }
+
+    #[tokio::test]
+    async fn realtime_stays_confirmations_behind_the_head() {
+        let (deps, source) = setup(100);
+        let s = scheduler(&deps, "a", vec![sub(None, 6, 10)]);
+        // No cursor and no start: begin at the confirmed head, 100 - 6.
+        assert_eq!(s.tick().await.unwrap().created, 1);
+        assert_eq!(ranges(&all_runs(&deps).await), [(94, 94)]);
+        // Nothing new is confirmed until the head moves.
+        assert_eq!(s.tick().await.unwrap().created, 0);
+        grow(&source, 103).await;
+        assert_eq!(s.tick().await.unwrap().created, 1);
+        assert_eq!(ranges(&all_runs(&deps).await), [(94, 94), (95, 97)]);
+        assert_eq!(
+            deps.store.cursor("block_stats", &chain()).await.unwrap(),
+            Some(97)
+        );
+
+        // A chain shorter than the confirmations schedules nothing.
+        let (deps, _) = setup(4);
+        let s = scheduler(&deps, "a", vec![sub(Some(0), 6, 10)]);
+        assert_eq!(s.tick().await.unwrap().created, 0);
+        assert!(all_runs(&deps).await.is_empty());
+        assert_eq!(
+            deps.store.cursor("block_stats", &chain()).await.unwrap(),
+            None
+        );
+
+        // A start beyond the confirmed head waits for it.
+        let (deps, source) = setup(20);
+        let s = scheduler(&deps, "a", vec![sub(Some(18), 3, 10)]);
+        assert_eq!(s.tick().await.unwrap().created, 0);
+        grow(&source, 22).await;
+        assert_eq!(s.tick().await.unwrap().created, 1);
+        assert_eq!(ranges(&all_runs(&deps).await), [(18, 19)]);
+    }
+
+    #[tokio::test]
+    async fn catching_up_is_limited_per_tick_and_per_run() {
+        let (deps, _) = setup(999);
+        let s = Scheduler::new(
+            deps.clone(),
+            SchedulerConfig {
+                owner: "a".into(),
+                realtime: vec![sub(Some(0), 0, 10)],
+                max_runs_per_tick: 5,
+                ..Default::default()
+            },
+        );
+        assert_eq!(s.tick().await.unwrap().created, 5);
+        let runs = all_runs(&deps).await;
+        assert_tiles(&runs, 0, 49);
+        assert!(runs.iter().all(|r| r.range.len() == 10));
+        assert_eq!(
+            deps.store.cursor("block_stats", &chain()).await.unwrap(),
+            Some(49)
+        );
+        assert_eq!(s.tick().await.unwrap().created, 5);
+        assert_tiles(&all_runs(&deps).await, 0, 99);
+
+        // max_blocks_per_run 0 is taken as 1.
+        let (deps, _) = setup(3);
+        let s = scheduler(&deps, "a", vec![sub(Some(0), 0, 0)]);
+        assert_eq!(s.tick().await.unwrap().created, 4);
+        assert_eq!(
+            ranges(&all_runs(&deps).await),
+            [(0, 0), (1, 1), (2, 2), (3, 3)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_subscription_does_not_stop_the_others() {
+        let (deps, _) = setup(9);
+        let s = scheduler(
+            &deps,
+            "a",
+            vec![
+                RealtimeSubscription::new("no_such_model", chain()),
+                RealtimeSubscription::new("block_stats", Chain::new("polygon").unwrap()),
+                sub(Some(0), 0, 100),
+            ],
+        );
+        let r = s.tick().await.unwrap();
+        assert_eq!((r.leader, r.created), (true, 1));
+        assert_eq!(ranges(&all_runs(&deps).await), [(0, 9)]);
+    }
+
+    #[tokio::test]
+    async fn expired_leases_are_sent_back_for_retry() {
+        let (deps, _) = setup(9);
+        let created = submit_backfill(&deps, backfill(0, 19, 10)).await.unwrap();
+        let now = Utc::now();
+        for (i, r) in created.runs.iter().enumerate() {
+            deps.store
+                .transition(r.id, RunState::Pending, 1, RunEvent::Enqueue)
+                .await
+                .unwrap();
+            // The first run's lease ended; the second's still runs.
+            let until = if i == 0 {
+                now - chrono::Duration::seconds(1)
+            } else {
+                now + chrono::Duration::seconds(60)
+            };
+            deps.store.claim(r.id, 1, "w", until).await.unwrap();
+        }
+        let s = scheduler(&deps, "a", vec![]);
+        assert_eq!(s.tick().await.unwrap().expired, 1);
+        let gone = deps.store.get(created.runs[0].id).await.unwrap();
+        assert_eq!(gone.state, RunState::Expired);
+        assert!(gone.next_attempt_at.is_some(), "it will be retried");
+        assert_eq!(gone.lease_owner, None);
+        let alive = deps.store.get(created.runs[1].id).await.unwrap();
+        assert_eq!(alive.state, RunState::Running);
+        // A follower expires nothing.
+        let b = scheduler(&deps, "b", vec![]);
+        assert_eq!(b.tick().await.unwrap(), TickReport::default());
+    }
+
+    fn backfill(start: u64, end: u64, chunk_size: u64) -> BackfillRequest {
+        BackfillRequest {
+            model: "block_stats".into(),
+            chain: chain(),
+            range: BlockRange::new(start, end).unwrap(),
+            chunk_size,
+            mode: RunMode::Backfill,
+            adhoc_queue: None,
+            max_attempts: 2,
+            idempotency_key: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn backfills_are_cut_into_chunks() {
+        let (deps, _) = setup(9);
+        let created = submit_backfill(&deps, backfill(5, 29, 10)).await.unwrap();
+        assert!(created.created);
+        assert_eq!(ranges(&created.runs), [(5, 14), (15, 24), (25, 29)]);
+        for r in &created.runs {
+            assert_eq!(
+                (r.state, r.attempt, r.max_attempts),
+                (RunState::Pending, 1, 2)
+            );
+            assert_eq!(r.mode, RunMode::Backfill);
+            assert_eq!(r.model_version, "1.0.0");
+            assert_eq!(
+                r.queue,
+                queue_name(&chain(), RunMode::Backfill, ModelKind::Nonreads)
+            );
+        }
+        // One block per run, and a chunk larger than the range.
+        let one = submit_backfill(&deps, backfill(0, 2, 1)).await.unwrap();
+        assert_eq!(ranges(&one.runs), [(0, 0), (1, 1), (2, 2)]);
+        let whole = submit_backfill(&deps, backfill(0, 2, 1000)).await.unwrap();
+        assert_eq!(ranges(&whole.runs), [(0, 2)]);
+
+        // Adhoc runs spread over the pools unless a pool is named.
+        let routing = Routing::new(2).unwrap();
+        let deps = EngineDeps { routing, ..deps };
+        let adhoc = BackfillRequest {
+            mode: RunMode::Adhoc,
+            ..backfill(0, 29, 10)
+        };
+        let spread = submit_backfill(&deps, adhoc.clone()).await.unwrap();
+        let queues: Vec<_> = spread.runs.iter().map(|r| r.queue.as_str()).collect();
+        assert_eq!(
+            queues,
+            [
+                crate::routing::adhoc_queue_name(1),
+                crate::routing::adhoc_queue_name(2),
+                crate::routing::adhoc_queue_name(1)
+            ]
+        );
+        let pinned = BackfillRequest {
+            adhoc_queue: Some(2),
+            ..adhoc.clone()
+        };
+        let pinned = submit_backfill(&deps, pinned).await.unwrap();
+        assert!(
+            pinned
+                .runs
+                .iter()
+                .all(|r| r.queue == crate::routing::adhoc_queue_name(2))
+        );
+
+        // The same idempotency key returns the same runs.
+        let keyed = BackfillRequest {
+            idempotency_key: Some("k".into()),
+            ..backfill(0, 19, 10)
+        };
+        let first = submit_backfill(&deps, keyed.clone()).await.unwrap();
+        let again = submit_backfill(&deps, keyed).await.unwrap();
+        assert!(first.created && !again.created);
+        assert_eq!(first.runs, again.runs);
+    }
+
+    #[tokio::test]
+    async fn bad_backfills_are_refused_before_any_run_is_created() {
+        let (deps, _) = setup(9);
+        let bad = [
+            (
+                BackfillRequest {
+                    mode: RunMode::Realtime,
+                    ..backfill(0, 9, 5)
+                },
+                "not `realtime`",
+            ),
+            (backfill(0, 9, 0), "chunk_size must be at least 1"),
+            (
+                BackfillRequest {
+                    max_attempts: 0,
+                    ..backfill(0, 9, 5)
+                },
+                "max_attempts must be at least 1",
+            ),
+            (
+                backfill(0, MAX_RUNS_PER_BACKFILL, 1),
+                "more than 1000000; use larger chunks",
+            ),
+            (
+                BackfillRequest {
+                    model: "nope".into(),
+                    ..backfill(0, 9, 5)
+                },
+                "unknown model",
+            ),
+            (
+                BackfillRequest {
+                    chain: Chain::new("polygon").unwrap(),
+                    ..backfill(0, 9, 5)
+                },
+                "polygon",
+            ),
+        ];
+        for (req, want) in bad {
+            let err = submit_backfill(&deps, req.clone()).await.unwrap_err();
+            assert!(err.to_string().contains(want), "{req:?}: {err}");
+        }
+        assert!(all_runs(&deps).await.is_empty());
+        // Exactly the limit is fine.
+        let ok = submit_backfill(&deps, backfill(0, MAX_RUNS_PER_BACKFILL - 1, 1000)).await;
+        assert_eq!(ok.unwrap().runs.len(), 1000);
+    }
+}

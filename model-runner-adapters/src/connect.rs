@@ -47,12 +47,20 @@ fn disabled(feature: &str, url: &str) -> String {
 }
 
 /// The run store at `url`; `migrate` applies schema migrations where the store has them.
+/// With `migrate` false a SQLite store must already exist with its schema up to date (the error
+/// says to run `model-runner migrate`); a PostgreSQL store is used as it is.
 pub async fn store_from_url(url: &str, migrate: bool) -> Result<Arc<dyn RunStore>, StoreError> {
     let _ = migrate;
     match scheme(url) {
         "memory" => Ok(Arc::new(MemoryRunStore::new())),
         #[cfg(feature = "sqlite")]
-        "sqlite" => Ok(Arc::new(crate::sqlite::SqliteRunStore::connect(url).await?)),
+        "sqlite" => Ok(Arc::new(
+            crate::sqlite::SqliteRunStore::connect_with(
+                url,
+                crate::sqlite::SqliteOptions { migrate },
+            )
+            .await?,
+        )),
         #[cfg(not(feature = "sqlite"))]
         "sqlite" => Err(StoreError::InvalidInput(disabled("sqlite", url))),
         #[cfg(feature = "postgres")]

@@ -65,9 +65,44 @@ fn encode(run: &ModelRun) -> String {
     serde_json::to_string(run).expect("a ModelRun always serialises")
 }
 
+/// The embedded migrations of `migrations/sqlite/`.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How to connect. Build with struct update syntax:
+/// `SqliteOptions { migrate: false, ..Default::default() }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// Create the file if it is missing and apply the embedded migrations on connect (default
+    /// `true`). With `false` the file must exist with every migration of this build applied,
+    /// and connecting fails otherwise, saying to run `model-runner migrate`.
+    pub migrate: bool,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self { migrate: true }
+    }
+}
+
+/// The error for a store whose schema is missing or not the one this build expects.
+fn not_migrated(base: &str, why: String) -> StoreError {
+    StoreError::Backend {
+        adapter: ADAPTER,
+        source: format!(
+            "store not migrated: {base} {why}; run `model-runner migrate` (or connect with migrations enabled)"
+        )
+        .into(),
+    }
+}
+
 impl SqliteRunStore {
     /// Opens (creating if missing) and migrates the store at `url`.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, SqliteOptions::default()).await
+    }
+
+    /// Opens the store at `url`; see [`SqliteOptions`] for what `options.migrate` changes.
+    pub async fn connect_with(url: &str, options: SqliteOptions) -> Result<Self, StoreError> {
         let (base, synchronous) = match url.split_once("?synchronous=") {
             Some((b, "normal")) => (b, SqliteSynchronous::Normal),
             Some((b, "full")) => (b, SqliteSynchronous::Full),
@@ -81,7 +116,7 @@ impl SqliteRunStore {
         let memory = base.contains(":memory:");
         let opts = SqliteConnectOptions::from_str(base)
             .map_err(|e| StoreError::InvalidInput(format!("invalid sqlite URL {base:?}: {e}")))?
-            .create_if_missing(true)
+            .create_if_missing(options.migrate)
             .journal_mode(if memory {
                 SqliteJournalMode::Memory
             } else {
@@ -89,6 +124,9 @@ impl SqliteRunStore {
             })
             .synchronous(synchronous)
             .busy_timeout(Duration::from_secs(30));
+        if !options.migrate && !memory && !opts.get_filename().exists() {
+            return Err(not_migrated(base, "does not exist".into()));
+        }
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -100,24 +138,100 @@ impl SqliteRunStore {
                 adapter: ADAPTER,
                 message: format!("cannot open {base}: {e}"),
             })?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&writer)
+        let store = Self {
+            // Replaced below for files; an in-memory database exists once per connection, so
+            // it is read through the writer.
+            reader: writer.clone(),
+            writer,
+        };
+        if options.migrate {
+            store.migrate().await?;
+        } else {
+            store.check_migrated(base).await?;
+        }
+        if memory {
+            return Ok(store);
+        }
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.read_only(true))
+            .await
+            .map_err(backend)?;
+        Ok(Self { reader, ..store })
+    }
+
+    /// Applies the embedded migrations that have not been applied yet.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR
+            .run(&self.writer)
             .await
             .map_err(|e| StoreError::Backend {
                 adapter: ADAPTER,
                 source: Box::new(e),
-            })?;
-        // An in-memory database exists once per connection: read through the writer.
-        let reader = if memory {
-            writer.clone()
-        } else {
-            SqlitePoolOptions::new()
-                .max_connections(4)
-                .connect_with(opts.read_only(true))
+            })
+    }
+
+    /// Fails unless every embedded migration has been applied, unchanged, and nothing newer.
+    async fn check_migrated(&self, base: &str) -> Result<(), StoreError> {
+        let table: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(backend)?;
+        if table.is_none() {
+            return Err(not_migrated(base, "has no model-runner schema".into()));
+        }
+        let applied: Vec<(i64, Vec<u8>, bool)> =
+            sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations")
+                .fetch_all(&self.writer)
                 .await
-                .map_err(backend)?
-        };
-        Ok(Self { writer, reader })
+                .map_err(backend)?;
+        let applied: BTreeMap<i64, (Vec<u8>, bool)> =
+            applied.into_iter().map(|(v, c, ok)| (v, (c, ok))).collect();
+        for m in MIGRATOR
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration())
+        {
+            match applied.get(&m.version) {
+                None => {
+                    return Err(not_migrated(
+                        base,
+                        format!("lacks migration {} ({})", m.version, m.description),
+                    ));
+                }
+                Some((_, false)) => {
+                    return Err(not_migrated(
+                        base,
+                        format!(
+                            "has migration {} ({}) partially applied",
+                            m.version, m.description
+                        ),
+                    ));
+                }
+                Some((checksum, true)) if checksum.as_slice() != &*m.checksum => {
+                    return Err(StoreError::Backend {
+                        adapter: ADAPTER,
+                        source: format!(
+                            "{base}: migration {} ({}) was applied from different SQL than this build's",
+                            m.version, m.description
+                        )
+                        .into(),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(v) = applied.keys().find(|v| !MIGRATOR.version_exists(**v)) {
+            return Err(StoreError::Backend {
+                adapter: ADAPTER,
+                source: format!(
+                    "{base} has migration {v}, which this build does not know: it was migrated by a newer model-runner"
+                )
+                .into(),
+            });
+        }
+        Ok(())
     }
 
     /// Inserts `runs` with multi-row `INSERT`s of [`INSERT_ROWS`] rows each: one statement per

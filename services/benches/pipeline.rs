@@ -2,11 +2,14 @@
 //!
 //! Run with: `cargo bench -p model-runner --bench pipeline [-- BLOCKS [RUN_BLOCKS [MODEL [SLOTS]]]]`
 //!
-//! Prints blocks modeled per second and runs per second for the embedded pipeline (SQLite store,
-//! in-memory queue, JSON-lines file sink, devnet blocks, scheduler + enqueuer + worker in one
-//! process), and for the same model called directly in one loop over the same devnet blocks
-//! (generated the same way, records built but not written). The ratio is the pipeline's
-//! efficiency; the target is at least 50 % for 100-block runs.
+//! Prints blocks modeled per second and runs per second for the model called directly in one
+//! loop over devnet blocks (generated the same way, records built but not written), and for the
+//! embedded pipeline (SQLite store, in-memory queue, JSON-lines file sink, devnet blocks,
+//! scheduler + enqueuer + worker in one process) twice: with 1 worker slot, which does the same
+//! work one run at a time like the direct loop, and with SLOTS worker slots (default: the
+//! available parallelism). The 1-slot ratio is the pipeline's overhead (target: at least 50 %
+//! of the direct loop for 100-block runs); the SLOTS ratio also counts runs executed side by
+//! side, which the single-threaded direct loop does not do, so it can exceed 100 %.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,50 +59,63 @@ async fn main() {
     }
     let direct = t.elapsed();
 
-    // Pipeline.
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteRunStore::connect(&format!("sqlite://{}/runs.db", dir.path().display()))
-        .await
-        .unwrap();
-    let deps = EngineDeps {
-        store: Arc::new(store),
-        queue: Arc::new(MemoryRunQueue::new()),
-        sink: Arc::new(FileSink::open(dir.path().join("sink")).await.unwrap()),
-        sources: HashMap::from([(chain.clone(), source.clone() as Arc<dyn BlockSource>)]),
-        models,
-        routing: Routing::default(),
-    };
-    let workers: usize = args
+    let slots: usize = args
         .get(3)
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let t = Instant::now();
-    let summary = run_all(
-        deps,
-        AllConfig {
-            backfills: vec![BackfillSpec {
-                chain,
-                model: model_name.clone(),
-                range,
-            }],
-            chunk_size: run_blocks,
-            worker: WorkerConfig {
-                concurrency: workers,
-                prefetch: 4,
-                env: "bench".into(),
-                ..Default::default()
-            },
-            tick: Duration::from_millis(100),
-            progress: None,
-            ..Default::default()
-        },
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    let pipeline = t.elapsed();
-    assert!(summary.all_succeeded);
-    assert_eq!(summary.records as usize, direct_records);
+    let pipeline = |workers: usize| {
+        let (source, models, chain, model_name) = (
+            source.clone(),
+            models.clone(),
+            chain.clone(),
+            model_name.clone(),
+        );
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let store =
+                SqliteRunStore::connect(&format!("sqlite://{}/runs.db", dir.path().display()))
+                    .await
+                    .unwrap();
+            let deps = EngineDeps {
+                store: Arc::new(store),
+                queue: Arc::new(MemoryRunQueue::new()),
+                sink: Arc::new(FileSink::open(dir.path().join("sink")).await.unwrap()),
+                sources: HashMap::from([(chain.clone(), source as Arc<dyn BlockSource>)]),
+                models,
+                routing: Routing::default(),
+            };
+            let t = Instant::now();
+            let summary = run_all(
+                deps,
+                AllConfig {
+                    backfills: vec![BackfillSpec {
+                        chain,
+                        model: model_name,
+                        range,
+                    }],
+                    chunk_size: run_blocks,
+                    worker: WorkerConfig {
+                        concurrency: workers,
+                        prefetch: 4,
+                        env: "bench".into(),
+                        ..Default::default()
+                    },
+                    tick: Duration::from_millis(100),
+                    progress: None,
+                    ..Default::default()
+                },
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+            let elapsed = t.elapsed();
+            assert!(summary.all_succeeded);
+            assert_eq!(summary.records as usize, direct_records);
+            elapsed
+        }
+    };
+    let one_slot = pipeline(1).await;
+    let n_slots = pipeline(slots).await;
 
     let runs = blocks.div_ceil(run_blocks) as f64;
     let bps = |d: Duration| blocks as f64 / d.as_secs_f64();
@@ -107,20 +123,35 @@ async fn main() {
     println!(
         "model {model_name}, {blocks} devnet blocks (~150 txs, ~300 logs each), {run_blocks}-block runs, {direct_records} records"
     );
-    println!(
-        "direct model loop:  {:>9.0} blocks/s  {:>7.1} runs/s  ({:.2} s)",
-        bps(direct),
-        rps(direct),
-        direct.as_secs_f64()
+    let line = |label: &str, d: Duration, note: String| {
+        println!(
+            "{label:<26}{:>9.0} blocks/s  {:>7.1} runs/s  ({:.2} s{note})",
+            bps(d),
+            rps(d),
+            d.as_secs_f64()
+        );
+    };
+    line("direct model loop:", direct, ", 1 thread".into());
+    let adapters = "sqlite + memory queue + file sink";
+    line(
+        "pipeline, 1 slot:",
+        one_slot,
+        format!(", 1 worker slot, {adapters}"),
     );
-    println!(
-        "embedded pipeline:  {:>9.0} blocks/s  {:>7.1} runs/s  ({:.2} s, {workers} worker slots, sqlite + memory queue + file sink)",
-        bps(pipeline),
-        rps(pipeline),
-        pipeline.as_secs_f64()
+    line(
+        &format!("pipeline, {slots} slots:"),
+        n_slots,
+        format!(", {slots} worker slots, {adapters}"),
     );
-    println!(
-        "pipeline / direct:  {:.0}%",
-        100.0 * direct.as_secs_f64() / pipeline.as_secs_f64()
+    let ratio = |label: String, d: Duration| {
+        println!(
+            "{label:<48}{:>4.0}%",
+            100.0 * direct.as_secs_f64() / d.as_secs_f64()
+        );
+    };
+    ratio("pipeline / direct, 1 slot (overhead):".into(), one_slot);
+    ratio(
+        format!("pipeline / direct, {slots} slots (with parallelism):"),
+        n_slots,
     );
 }

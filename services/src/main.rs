@@ -27,13 +27,18 @@ use model_runner_core::{Chain, RunId, RunMode, RunState};
 ///   model-runner all --backfill ethereum:erc20_transfers:0-20000
 ///
 /// works with no server at all.
+///
+/// Every flag also reads the environment variable shown next to it ([env: ...]); a flag given on
+/// the command line wins. The adapter flags (--store, --queue, --sink, --chain, --env,
+/// --no-migrate) apply to every command and may come before or after it.
 #[derive(Debug, Parser)]
 #[command(
     name = "model-runner",
     version,
     about,
     long_about,
-    verbatim_doc_comment
+    verbatim_doc_comment,
+    after_help = EXAMPLES
 )]
 struct Cli {
     #[command(flatten)]
@@ -42,9 +47,35 @@ struct Cli {
     command: Command,
 }
 
+const EXAMPLES: &str = "\
+Examples:
+  # Backfill 20,000 devnet blocks in one process (SQLite file, JSON-lines sink), then exit
+  model-runner all --backfill ethereum:erc20_transfers:0-20000
+
+  # Follow the head and serve the HTTP API until Ctrl-C
+  MODEL_RUNNER_API_TOKENS=secret model-runner all --realtime ethereum:block_stats --api-addr 127.0.0.1:8080
+
+  # Distributed: one component per process against shared servers
+  export MODEL_RUNNER_STORE=postgres://runner@db/runs MODEL_RUNNER_QUEUE=amqp://runner:secret@mq/%2f
+  model-runner migrate
+  model-runner scheduler --realtime ethereum:block_stats
+  model-runner enqueuer
+  model-runner worker --concurrency 8
+  model-runner backfill ethereum:erc20_transfers:17000000-17100000 --chunk-size 500
+
+  # Inspect runs
+  model-runner runs list --state failed --of-chain ethereum
+  model-runner runs show 0192f5c4-7a1e-7cc0-9a5e-3f3b1c2d4e5f
+
+Run `model-runner <COMMAND> --help` for a command's flags and examples.";
+
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Adapters (every command)")]
 struct AdapterFlags {
-    /// Run store: sqlite://PATH, postgres://USER@HOST/DB (feature `postgres`) or memory://.
+    /// Run store: sqlite://PATH (created if missing), sqlite::memory:, memory:// (both
+    /// throw-away) or postgres://USER[:PASS]@HOST[:PORT]/DB (feature `postgres`).
+    ///
+    /// E.g. --store sqlite:///var/lib/model-runner/runs.db, --store postgres://runner@db/runs
     #[arg(
         long,
         env = "MODEL_RUNNER_STORE",
@@ -52,7 +83,11 @@ struct AdapterFlags {
         global = true
     )]
     store: String,
-    /// Queue: memory:// (one process only) or amqp://USER:PASS@HOST/VHOST (feature `rabbitmq`).
+    /// Queue: memory:// (in-process: shared only by components of one process, as in `all`) or
+    /// amqp[s]://USER:PASS@HOST[:PORT]/VHOST
+    /// (RabbitMQ; feature `rabbitmq`).
+    ///
+    /// E.g. --queue amqp://runner:secret@mq/%2f
     #[arg(
         long,
         env = "MODEL_RUNNER_QUEUE",
@@ -60,7 +95,12 @@ struct AdapterFlags {
         global = true
     )]
     queue: String,
-    /// Record sink: file://DIR (one JSON-lines file per topic) or memory://.
+    /// Record sink: file://DIR (one JSON-lines file per topic), memory://,
+    /// kafka://HOST:PORT[,HOST:PORT][?librdkafka.setting=value] (feature `kafka`),
+    /// s3://BUCKET/PREFIX or parquet+file:///DIR (one Parquet file per run; feature `parquet`).
+    ///
+    /// E.g. --sink kafka://broker1:9092,broker2:9092, --sink s3://lake/model-runner,
+    /// --sink parquet+file:///data/records
     #[arg(
         long,
         env = "MODEL_RUNNER_SINK",
@@ -68,8 +108,12 @@ struct AdapterFlags {
         global = true
     )]
     sink: String,
-    /// Block source of a chain, NAME=URL; repeat for several chains. URLs: devnet://[?block_time_ms=..&head=..]
-    /// (a generated demo chain) or file://PATH (JSON-RPC responses or ethereum-etl exports).
+    /// Block source of a chain, NAME=URL; repeat (or separate with commas) for several chains.
+    /// URLs: devnet://[?block_time_ms=..&head=..&seed=..] (a generated demo chain), file://PATH
+    /// (JSON-RPC responses or ethereum-etl exports) or http(s)://NODE (an Ethereum JSON-RPC
+    /// node; feature `jsonrpc`).
+    ///
+    /// E.g. --chain ethereum=https://eth-node:8545 --chain matic=devnet://?seed=2
     #[arg(
         long = "chain",
         env = "MODEL_RUNNER_CHAINS",
@@ -81,7 +125,8 @@ struct AdapterFlags {
     /// Environment prefix of sink topics: records of ethereum go to `<env>-ethereum-sink`.
     #[arg(long, env = "MODEL_RUNNER_ENV", default_value = "dev", global = true)]
     env: String,
-    /// Do not apply store migrations on start (run `model-runner migrate` instead).
+    /// Do not apply store migrations on start; apply them with `model-runner migrate` (which
+    /// migrates even with this flag). A SQLite store must then exist with its schema up to date.
     #[arg(long, env = "MODEL_RUNNER_NO_MIGRATE", global = true)]
     no_migrate: bool,
 }
@@ -165,6 +210,11 @@ enum Command {
     ///
     /// With only --backfill it exits once every run is done and prints a summary; with
     /// --realtime it keeps following the chain head until stopped (Ctrl-C / SIGTERM).
+    #[command(after_help = "\
+Examples:
+  model-runner all --backfill ethereum:erc20_transfers:0-20000 --chunk-size 500
+  model-runner all --realtime ethereum:block_stats --realtime ethereum:erc20_transfers
+  model-runner all --api-addr 127.0.0.1:8080 --api-open-reads")]
     All {
         /// Backfill CHAIN:MODEL:START-END (inclusive); repeatable. Given again after a restart,
         /// the same backfill resumes instead of starting over.
@@ -185,6 +235,13 @@ enum Command {
         api: ApiFlags,
     },
     /// Serve the HTTP API (runs, backfills, models, progress; OpenAPI at /openapi.json).
+    ///
+    /// Writes need a bearer token from MODEL_RUNNER_API_TOKENS (comma-separated); reads also
+    /// accept MODEL_RUNNER_API_READ_TOKENS, or no token with --api-open-reads.
+    #[command(after_help = "\
+Examples:
+  MODEL_RUNNER_API_TOKENS=secret model-runner api --api-addr 0.0.0.0:8080
+  model-runner api --api-open-reads --index-root s3://indexes/stellar")]
     Api {
         /// Address to listen on.
         #[arg(long, env = "MODEL_RUNNER_API_ADDR", default_value = "127.0.0.1:8080")]
@@ -193,6 +250,9 @@ enum Command {
         api: ApiFlags,
     },
     /// Follow chain heads (realtime runs) and retry runs whose worker vanished.
+    #[command(after_help = "\
+Example:
+  model-runner scheduler --realtime ethereum:block_stats --confirmations 12")]
     Scheduler {
         /// Follow the head of CHAIN with MODEL, as CHAIN:MODEL; repeatable.
         #[arg(long, env = "MODEL_RUNNER_REALTIME", value_delimiter = ',')]
@@ -207,6 +267,9 @@ enum Command {
     /// Publish pending runs to their queues (the outbox relay).
     Enqueuer,
     /// Execute runs from queues.
+    #[command(after_help = "\
+Example:
+  model-runner worker --queues ethereum_realtime_nonreads,ethereum_backfill_nonreads --concurrency 8")]
     Worker {
         /// Queues to consume (default: every queue of the configured chains and backfill_1..4).
         #[arg(long, env = "MODEL_RUNNER_QUEUES", value_delimiter = ',')]
@@ -215,23 +278,30 @@ enum Command {
         worker: WorkerFlags,
     },
     /// Submit a backfill (or adhoc run set) and print the created run ids.
+    ///
+    /// Prints one line per run: id, blocks, queue. The runs are executed by workers (`worker`
+    /// or `all`) reading the same store and queue.
+    #[command(after_help = "\
+Examples:
+  model-runner backfill ethereum:erc20_transfers:17000000-17100000 --chunk-size 500
+  model-runner backfill ethereum:block_stats:0-999 --adhoc --adhoc-queue 2 --idempotency-key fix-42")]
     Backfill {
-        /// CHAIN:MODEL:START-END (inclusive).
+        /// CHAIN:MODEL:START-END (inclusive), e.g. ethereum:erc20_transfers:0-20000.
         spec: BackfillSpec,
         /// Blocks per run.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, env = "MODEL_RUNNER_CHUNK_SIZE", default_value_t = 100)]
         chunk_size: u64,
         /// Submit as adhoc runs to the shared backfill_N pools.
-        #[arg(long)]
+        #[arg(long, env = "MODEL_RUNNER_ADHOC")]
         adhoc: bool,
         /// For adhoc runs, the pool N of backfill_N (default: spread over all).
-        #[arg(long, requires = "adhoc")]
+        #[arg(long, env = "MODEL_RUNNER_ADHOC_QUEUE", requires = "adhoc")]
         adhoc_queue: Option<u32>,
         /// Attempts per run.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, env = "MODEL_RUNNER_MAX_ATTEMPTS", default_value_t = 3)]
         max_attempts: u32,
         /// Resubmitting with the same key returns the same runs.
-        #[arg(long)]
+        #[arg(long, env = "MODEL_RUNNER_IDEMPOTENCY_KEY")]
         idempotency_key: Option<String>,
     },
     /// List or show runs.
@@ -240,30 +310,50 @@ enum Command {
         command: RunsCommand,
     },
     /// Apply the run store's schema migrations and exit.
+    ///
+    /// Services started with --no-migrate (MODEL_RUNNER_NO_MIGRATE) leave the schema alone;
+    /// this applies it, even when that flag is set.
+    #[command(after_help = "\
+Example:
+  model-runner --store postgres://runner@db/runs migrate")]
     Migrate,
 }
 
 #[derive(Debug, Subcommand)]
 enum RunsCommand {
     /// Runs as JSON lines, oldest first.
+    ///
+    /// When more runs match, the flag for the next page is printed to stderr
+    /// (`more: --after ID`).
+    #[command(after_help = "\
+Examples:
+  model-runner runs list --state failed --of-chain ethereum --limit 20
+  model-runner runs list --model erc20_transfers --after 0192f5c4-7a1e-7cc0-9a5e-3f3b1c2d4e5f")]
     List {
         /// Only this model.
-        #[arg(long)]
+        #[arg(long, env = "MODEL_RUNNER_RUNS_MODEL")]
         model: Option<String>,
-        /// Only this chain.
-        #[arg(long)]
-        chain: Option<Chain>,
+        /// Only runs of this chain (`--chain` configures block sources).
+        #[arg(
+            long = "of-chain",
+            env = "MODEL_RUNNER_RUNS_CHAIN",
+            value_name = "CHAIN"
+        )]
+        of_chain: Option<Chain>,
         /// Only this state (pending, queued, running, succeeded, failed, expired, cancelled).
-        #[arg(long)]
+        #[arg(long, env = "MODEL_RUNNER_RUNS_STATE")]
         state: Option<RunState>,
         /// Page size (at most 1000).
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, env = "MODEL_RUNNER_RUNS_LIMIT", default_value_t = 100)]
         limit: u32,
         /// Continue after this run id (the `next` of the previous page).
-        #[arg(long)]
+        #[arg(long, env = "MODEL_RUNNER_RUNS_AFTER")]
         after: Option<RunId>,
     },
     /// One run as JSON.
+    #[command(after_help = "\
+Example:
+  model-runner runs show 0192f5c4-7a1e-7cc0-9a5e-3f3b1c2d4e5f")]
     Show {
         /// Run id.
         id: RunId,
@@ -441,7 +531,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Runs { command } => match command {
             RunsCommand::List {
                 model,
-                chain,
+                of_chain: chain,
                 state,
                 limit,
                 after,

@@ -13,6 +13,7 @@
 //! | `POST` | `/v1/runs/{id}/cancel`, `/v1/runs/{id}/retry` | write |
 //! | `GET` | `/v1/models`, `/v1/chains/{chain}/progress` | read |
 //! | `GET` | `/healthz`, `/readyz`, `/openapi.json`, `/docs` | none |
+//! | `GET` | `/v1/index/accounts/{account}`, `/v1/index/transactions/{hash}` (with an index) | read |
 
 pub mod auth;
 pub mod body;
@@ -90,9 +91,7 @@ pub struct ApiState {
 impl ApiState {
     /// State over `deps` with `config`.
     pub fn new(deps: EngineDeps, config: ApiConfig) -> Self {
-        let mut chains: Vec<&str> = deps.sources.keys().map(|c| c.as_str()).collect();
-        chains.sort_unstable();
-        let openapi = openapi::served_json(config.auth.open_reads, &deps.models.names(), &chains);
+        let openapi = Self::openapi_of(&deps, &config, false);
         Self {
             deps,
             config: Arc::new(config),
@@ -103,10 +102,17 @@ impl ApiState {
 
     /// Also serves the account index of `reader` (built by `batch-index`) at
     /// `GET /v1/index/accounts/{account}` and `GET /v1/index/transactions/{hash}`, with the same
-    /// read scope as the other reads.
+    /// read scope as the other reads, and lists them in `/openapi.json`.
     pub fn with_index(mut self, reader: batch_index::IndexReader) -> Self {
         self.index = Some(reader);
+        self.openapi = Arc::new(Self::openapi_of(&self.deps, &self.config, true));
         self
+    }
+
+    fn openapi_of(deps: &EngineDeps, config: &ApiConfig, index: bool) -> String {
+        let mut chains: Vec<&str> = deps.sources.keys().map(|c| c.as_str()).collect();
+        chains.sort_unstable();
+        openapi::served_json(config.auth.open_reads, index, &deps.models.names(), &chains)
     }
 }
 

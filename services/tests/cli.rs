@@ -1,0 +1,278 @@
+//! The `model-runner` binary's command line, run as a user would: every command's help works
+//! (in a debug build clap checks the whole command definition there, e.g. for two flags with one
+//! name), every flag reads an environment variable, and the runs filters and `--no-migrate` do
+//! what their help says.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_model-runner");
+
+/// The binary with `args`, run in `dir`, with none of the caller's `MODEL_RUNNER_*` variables.
+fn run_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).current_dir(dir);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MODEL_RUNNER_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    cmd.output().expect("running model-runner")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Succeeds and returns stdout, or fails the test with the command's stderr.
+fn ok(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = run_in(dir, args, env);
+    assert!(
+        out.status.success(),
+        "model-runner {args:?} failed ({}):\n{}\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// The subcommands listed under `Commands:` in a help text, without `help`.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The options of a short (`-h`) help text as (long name, its text including any wrapped lines).
+fn options(help: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut in_option = false;
+    for line in help.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let t = line.trim_start();
+        let t = t
+            .strip_prefix('-')
+            .and_then(|r| r.get(1..))
+            .and_then(|r| r.strip_prefix(", "))
+            .unwrap_or(t);
+        if (1..=6).contains(&indent)
+            && let Some(rest) = t.strip_prefix("--")
+        {
+            let name = rest
+                .split(|c: char| c.is_whitespace() || c == '=')
+                .next()
+                .unwrap_or_default();
+            out.push((name.to_owned(), line.to_owned()));
+            in_option = true;
+        } else if in_option && indent > 6 {
+            let last = out.last_mut().expect("an option");
+            last.1.push(' ');
+            last.1.push_str(line.trim());
+        } else {
+            in_option = false;
+        }
+    }
+    out
+}
+
+#[test]
+fn every_command_has_help_and_every_flag_an_env_var() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pending: Vec<Vec<String>> = vec![Vec::new()];
+    let mut seen = Vec::new();
+    while let Some(path) = pending.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        // The long help builds the command like any parse; the short one is one line per flag.
+        args.push("--help");
+        let out = run_in(dir.path(), &args, &[]);
+        assert!(
+            out.status.success(),
+            "`model-runner {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            text(&out.stderr)
+        );
+        *args.last_mut().unwrap() = "-h";
+        let short = ok(dir.path(), &args, &[]);
+        let flags = options(&short);
+        assert!(
+            flags.iter().any(|(n, _)| n == "help"),
+            "no options parsed from:\n{short}"
+        );
+        for (name, line) in &flags {
+            if name == "help" || name == "version" {
+                continue;
+            }
+            assert!(
+                line.contains("[env: MODEL_RUNNER_"),
+                "`model-runner {}`: --{name} reads no environment variable: {line}",
+                path.join(" ")
+            );
+        }
+        for sub in subcommands(&text(&out.stdout)) {
+            let mut p = path.clone();
+            p.push(sub);
+            pending.push(p);
+        }
+        seen.push(path.join(" "));
+    }
+    for expected in [
+        "",
+        "all",
+        "api",
+        "scheduler",
+        "enqueuer",
+        "worker",
+        "backfill",
+        "runs",
+        "runs list",
+        "runs show",
+        "migrate",
+    ] {
+        assert!(
+            seen.iter().any(|s| s == expected),
+            "`{expected}` not reached; saw {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn adapter_help_names_every_scheme_and_its_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = ok(dir.path(), &["--help"], &[]);
+    for s in [
+        "file://DIR",
+        "kafka://",
+        "feature `kafka`",
+        "s3://BUCKET/PREFIX",
+        "parquet+file:///DIR",
+        "feature `parquet`",
+        "http(s)://NODE",
+        "feature `jsonrpc`",
+        "devnet://",
+        "postgres://",
+        "amqp",
+        "Examples:",
+    ] {
+        assert!(help.contains(s), "--help does not mention {s}:\n{help}");
+    }
+}
+
+#[test]
+fn runs_list_filters_by_chain_from_flag_or_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}/runs.db", dir.path().display());
+    let env = [
+        ("MODEL_RUNNER_STORE", store.as_str()),
+        ("MODEL_RUNNER_SINK", "memory://"),
+    ];
+    let created = ok(
+        dir.path(),
+        &[
+            "backfill",
+            "ethereum:block_stats:0-199",
+            "--chunk-size",
+            "100",
+        ],
+        &env,
+    );
+    assert_eq!(created.lines().count(), 2, "{created}");
+    // The chunk size from the environment.
+    let created = ok(
+        dir.path(),
+        &["backfill", "ethereum:erc20_transfers:0-199"],
+        &[env[0], env[1], ("MODEL_RUNNER_CHUNK_SIZE", "50")],
+    );
+    assert_eq!(created.lines().count(), 4, "{created}");
+
+    let listed = ok(
+        dir.path(),
+        &["runs", "list", "--of-chain", "ethereum"],
+        &env,
+    );
+    assert_eq!(listed.lines().count(), 6, "{listed}");
+    let listed = ok(
+        dir.path(),
+        &[
+            "runs",
+            "list",
+            "--of-chain",
+            "ethereum",
+            "--model",
+            "block_stats",
+        ],
+        &env,
+    );
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    let listed = ok(
+        dir.path(),
+        &["runs", "list"],
+        &[env[0], env[1], ("MODEL_RUNNER_RUNS_CHAIN", "matic")],
+    );
+    assert_eq!(listed.lines().count(), 0, "{listed}");
+    // The flag wins over the variable.
+    let listed = ok(
+        dir.path(),
+        &["runs", "list", "--of-chain", "ethereum"],
+        &[env[0], env[1], ("MODEL_RUNNER_RUNS_CHAIN", "matic")],
+    );
+    assert_eq!(listed.lines().count(), 6, "{listed}");
+    // The global --chain (block sources) still works next to the filter.
+    let listed = ok(
+        dir.path(),
+        &[
+            "runs",
+            "list",
+            "--chain",
+            "ethereum=devnet://",
+            "--of-chain",
+            "ethereum",
+            "--limit",
+            "1",
+        ],
+        &env,
+    );
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+}
+
+#[test]
+fn no_migrate_refuses_an_unmigrated_sqlite_store_until_migrate() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let store = format!("sqlite://{}", db.display());
+    let env = [
+        ("MODEL_RUNNER_STORE", store.as_str()),
+        ("MODEL_RUNNER_SINK", "memory://"),
+    ];
+
+    let out = run_in(dir.path(), &["runs", "list", "--no-migrate"], &env);
+    assert!(!out.status.success(), "an unmigrated store was used");
+    let err = text(&out.stderr);
+    assert!(err.contains("store not migrated"), "{err}");
+    assert!(err.contains("model-runner migrate"), "{err}");
+    assert!(!db.exists(), "--no-migrate created the store");
+
+    // `migrate` migrates even when the variable says not to.
+    let out = run_in(
+        dir.path(),
+        &["migrate"],
+        &[env[0], env[1], ("MODEL_RUNNER_NO_MIGRATE", "true")],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("store migrated"));
+
+    let listed = ok(
+        dir.path(),
+        &["runs", "list"],
+        &[env[0], env[1], ("MODEL_RUNNER_NO_MIGRATE", "true")],
+    );
+    assert_eq!(listed, "");
+}

@@ -5,6 +5,10 @@
 //! `fsync`s before it returns, so a confirmed batch survives a crash; a crash mid-batch can
 //! leave a torn last line, which [`read_topic`] skips. Delivery is at-least-once: a retried run
 //! appends its records again, and readers deduplicate by key (the last line wins).
+//!
+//! [`ResultSink::ping`] creates and removes a hidden probe file (`DIR/.ping-<uuid>`, never a
+//! topic file: topics cannot start with `.`), so it fails when the directory is gone, read-only
+//! or otherwise refuses new files.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -135,6 +139,26 @@ impl ResultSink for FileSink {
         }
         Ok(())
     }
+
+    /// Creates and removes a hidden probe file in the directory; see the module docs.
+    async fn ping(&self) -> Result<(), SinkError> {
+        let probe = self
+            .dir
+            .join(format!(".ping-{}", uuid::Uuid::now_v7().simple()));
+        let unavailable = |what: &str, e: std::io::Error| SinkError::Unavailable {
+            adapter: ADAPTER,
+            message: format!("ping: {what} {}: {e}", probe.display()),
+        };
+        tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .await
+            .map_err(|e| unavailable("creating", e))?;
+        tokio::fs::remove_file(&probe)
+            .await
+            .map_err(|e| unavailable("removing", e))
+    }
 }
 
 /// Reads back every complete record of a topic file, in order (a torn last line is skipped).
@@ -185,6 +209,20 @@ mod tests {
             .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"key\":"))
             .unwrap();
         assert_eq!(read_topic(&sink.path("t")).unwrap(), recs);
+    }
+
+    #[tokio::test]
+    async fn ping_needs_a_writable_directory_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::open(dir.path().join("out")).await.unwrap();
+        sink.ping().await.unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("out")).unwrap().count(),
+            0
+        );
+        std::fs::remove_dir(dir.path().join("out")).unwrap();
+        let err = sink.ping().await.unwrap_err();
+        assert!(matches!(err, SinkError::Unavailable { .. }), "{err:?}");
     }
 
     #[tokio::test]

@@ -44,6 +44,13 @@
 //! Secrets (`*password*`, `*secret*`, `ssl.key*`, `sasl.oauthbearer.config`) never appear in
 //! logs, errors or `Debug` output.
 //!
+//! # Readiness
+//!
+//! [`ResultSink::ping`] fetches the cluster metadata (brokers and topics) from a broker, within
+//! [`PING_TIMEOUT`]: an idle producer's `flush` succeeds with every broker down, a metadata
+//! request does not. It fails with [`SinkError::Unavailable`] when no broker answers in time
+//! or the metadata lists no broker; the error names the bootstrap brokers, never a secret.
+//!
 //! [`send`]: ResultSink::send
 
 use std::collections::VecDeque;
@@ -79,6 +86,9 @@ const FIXED_SETTINGS: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks
 
 /// How long [`ResultSink::flush`] waits for outstanding messages.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long [`ResultSink::ping`] waits for the cluster metadata.
+pub const PING_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// The JSON value of a message: a [`Record`] and the envelope version.
 #[derive(Serialize)]
@@ -491,6 +501,34 @@ impl ResultSink for KafkaSink {
                 message: format!("flush: {e}"),
             })
     }
+
+    /// Fetches the cluster metadata within [`PING_TIMEOUT`]; see the module docs.
+    async fn ping(&self) -> Result<(), SinkError> {
+        let producer = self.producer();
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, PING_TIMEOUT)
+                .map(|m| m.brokers().len())
+        })
+        .await
+        .map_err(|e| SinkError::Backend {
+            adapter: ADAPTER,
+            source: Box::new(e),
+        })?;
+        let unavailable = |why: String| SinkError::Unavailable {
+            adapter: ADAPTER,
+            message: self.config.scrub(&format!(
+                "ping: no cluster metadata from {} within {PING_TIMEOUT:?}: {why}",
+                self.config.brokers.join(",")
+            )),
+        };
+        match metadata {
+            Ok(0) => Err(unavailable("the metadata lists no broker".into())),
+            Ok(_) => Ok(()),
+            Err(e) => Err(unavailable(e.to_string())),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -580,6 +618,26 @@ mod tests {
         // Nothing to deliver: succeeds without reaching the (absent) broker.
         sink.send("t", &[]).await.unwrap();
         sink.flush().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn ping_fails_without_a_broker_and_hides_secrets() {
+        let sink =
+            KafkaSink::new(KafkaConfig::new(["127.0.0.1:1"]).set("sasl.password", "hunter2"))
+                .unwrap();
+        // What `flush` cannot tell: an idle producer flushes fine with no broker at all.
+        sink.flush().await.unwrap();
+        let started = std::time::Instant::now();
+        let err = sink.ping().await.unwrap_err();
+        assert!(
+            started.elapsed() < PING_TIMEOUT * 2,
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(matches!(err, SinkError::Unavailable { .. }), "{err:?}");
+        let shown = err.to_string();
+        assert!(shown.contains("127.0.0.1:1"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]

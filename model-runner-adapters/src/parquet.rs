@@ -119,6 +119,9 @@ pub const ENVELOPE_VERSION: u32 = 1;
 /// Key of the envelope version in each file's key-value metadata.
 pub const ENVELOPE_VERSION_KEY: &str = "model_runner.envelope_version";
 
+/// How long [`ResultSink::ping`] waits for the object store to list the prefix.
+pub const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// Key of the declared record schema (JSON) in the key-value metadata of a declared model's
 /// files.
 pub const RECORD_SCHEMA_KEY: &str = "model_runner.record_schema";
@@ -397,6 +400,26 @@ impl ResultSink for ParquetSink {
     /// Every `send` is durable when it returns; nothing is buffered.
     async fn flush(&self) -> Result<(), SinkError> {
         Ok(())
+    }
+
+    /// Lists under the prefix (the first page only: one request on S3) within
+    /// [`PING_TIMEOUT`]: the object store answered, with the credentials given.
+    async fn ping(&self) -> Result<(), SinkError> {
+        let mut listing = self.store.list(Some(&self.prefix));
+        let first = listing.try_next();
+        let unavailable = |why: String| SinkError::Unavailable {
+            adapter: ADAPTER,
+            message: format!(
+                "ping: listing {} under {:?}: {why}",
+                self.store,
+                self.prefix.as_ref()
+            ),
+        };
+        match tokio::time::timeout(PING_TIMEOUT, first).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unavailable(e.to_string())),
+            Err(_) => Err(unavailable(format!("no answer within {PING_TIMEOUT:?}"))),
+        }
     }
 
     /// Fixes the typed columns of `model` at `version` (see the module docs); refuses an
@@ -808,6 +831,22 @@ pub async fn read_records(store: &dyn ObjectStore, dir: &Path) -> Result<Vec<Rec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn ping_lists_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = ParquetSink::local(dir.path().join("lake")).unwrap();
+        sink.ping().await.unwrap();
+        // An S3 endpoint nobody listens on: unavailable, and no credential in the error.
+        let sink = ParquetSink::from_url(
+            "s3://bucket/prefix?aws_endpoint=http://127.0.0.1:1&aws_allow_http=true\
+             &aws_region=us-east-1&aws_access_key_id=AKIA&aws_secret_access_key=hunter2",
+        )
+        .unwrap();
+        let err = sink.ping().await.unwrap_err();
+        assert!(matches!(err, SinkError::Unavailable { .. }), "{err:?}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
 
     #[test]
     fn env_is_the_topic_without_its_chain_suffix() {

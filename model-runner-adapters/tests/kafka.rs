@@ -239,3 +239,26 @@ async fn produce_errors_are_retried_or_reported_and_nothing_is_lost() {
     }
     assert_eq!(got.len(), first.len() + second.len());
 }
+
+/// The readiness probe asks the cluster for its metadata: OK on the mock cluster, an error
+/// (within a few seconds) when no broker answers, although `flush` succeeds there.
+#[tokio::test]
+async fn ping_reaches_the_cluster_or_fails() {
+    let (_cluster, bootstrap) = mock();
+    let sink = KafkaSink::from_url(&format!("kafka://{bootstrap}")).unwrap();
+    sink.ping().await.expect("the mock cluster answers");
+
+    let down = KafkaSink::from_url("kafka://127.0.0.1:1?sasl.password=hunter2").unwrap();
+    down.flush()
+        .await
+        .expect("an idle producer flushes without a broker");
+    let started = Instant::now();
+    let err = down.ping().await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, SinkError::Unavailable { .. }), "{err:?}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}

@@ -390,3 +390,134 @@ async fn bad_urls_name_the_problem_without_the_password() {
         assert!(!shown.contains("hunter2"), "{url}: {shown}");
     }
 }
+
+/// A TCP forwarder to the broker that can be cut and set up again: a broker outage for the
+/// clients that go through it, without stopping the broker other tests share.
+struct Forwarder {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    streams: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Forwarder {
+    /// Listens on `127.0.0.1:port` (`0`: any free port) and forwards to `upstream`.
+    fn start(upstream: String, port: u16) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let streams = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let acceptor = {
+            let (stop, streams) = (stop.clone(), streams.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((client, _)) => {
+                            client.set_nonblocking(false).unwrap();
+                            let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                                continue;
+                            };
+                            let mut held = streams.lock().unwrap();
+                            held.push(client.try_clone().unwrap());
+                            held.push(server.try_clone().unwrap());
+                            drop(held);
+                            pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                            pipe(server, client);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(_) => break,
+                    }
+                }
+            })
+        };
+        Self {
+            port,
+            stop,
+            streams,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// Stops listening and closes every forwarded connection.
+    fn cut(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(acceptor) = self.acceptor.take() {
+            acceptor.join().unwrap();
+        }
+        for s in self.streams.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+}
+
+/// `ping` answers `Ok` while the broker is reachable, fails within a few seconds (without the
+/// password) once it is not, and recovers by itself when the broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_follows_the_broker() {
+    let Some(url) = amqp_url() else { return };
+    let direct = connect(&url, AmqpOptions::default()).await;
+    direct.ping().await.expect("the broker at AMQP_URL answers");
+
+    let parsed = url::Url::parse(&url).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        parsed.host_str().unwrap(),
+        parsed.port().unwrap_or(5672)
+    );
+    let mut forwarder = Forwarder::start(upstream.clone(), 0);
+    let port = forwarder.port;
+    let mut via = parsed.clone();
+    via.set_host(Some("127.0.0.1")).unwrap();
+    via.set_port(Some(port)).unwrap();
+    let options = AmqpOptions {
+        min_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(100),
+        ..AmqpOptions::default()
+    };
+    let queue = connect(via.as_str(), options).await;
+    queue
+        .ping()
+        .await
+        .expect("the broker answers through the forwarder");
+
+    forwarder.cut();
+    let started = std::time::Instant::now();
+    let err = queue.ping().await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "ping MUST be bounded: {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, QueueError::Unavailable { .. }), "{err:?}");
+    if let Some(password) = parsed.password().filter(|p| !p.is_empty()) {
+        let shown = err.to_string();
+        assert!(!shown.contains(&format!(":{password}@")), "{shown}");
+    }
+    // Pings keep failing while the broker is away.
+    assert!(queue.ping().await.is_err());
+
+    let _back = Forwarder::start(upstream, port);
+    let mut attempts = 0;
+    while let Err(e) = queue.ping().await {
+        attempts += 1;
+        assert!(attempts < 10, "ping does not recover: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -56,6 +56,13 @@
 //! RabbitMQ 3.11.15 and later, per consumer with [`AmqpOptions::consumer_timeout`], which this
 //! adapter sends as the `x-consumer-timeout` consumer argument (older brokers ignore it).
 //!
+//! # Readiness
+//!
+//! [`RunQueue::ping`] takes the live connection (reconnecting when it is found closed, as a
+//! publish would), opens a channel and closes it again: two round trips the broker must answer,
+//! with no effect on any queue. It gives up after [`PING_TIMEOUT`] (or
+//! [`AmqpOptions::connect_timeout`] if shorter) with [`QueueError::Unavailable`].
+//!
 //! # Secrets
 //!
 //! The URL's password never appears in logs or errors: they show `amqp://user:***@host/vhost`.
@@ -82,6 +89,10 @@ use self::consumer::AmqpConsumer;
 
 /// The adapter name in [`QueueError`]s.
 const ADAPTER: &str = "rabbitmq";
+
+/// The longest [`RunQueue::ping`] waits for the broker (capped by
+/// [`AmqpOptions::connect_timeout`]).
+pub const PING_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// The kind of queue declared for every queue name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -607,6 +618,34 @@ impl RunQueue for AmqpRunQueue {
     fn is_durable(&self) -> bool {
         true
     }
+
+    /// Opens and closes a channel on the live connection (reconnecting if it is closed), within
+    /// [`PING_TIMEOUT`]; see the module docs.
+    async fn ping(&self) -> Result<(), QueueError> {
+        let shared = &self.shared;
+        let limit = shared.options.connect_timeout.min(PING_TIMEOUT);
+        let probe = async {
+            let connection = shared.connection().await?;
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(|e| amqp_error("ping: opening a channel", e))?;
+            channel
+                .close(200, "ping".into())
+                .await
+                .map_err(|e| amqp_error("ping: closing a channel", e))
+        };
+        match tokio::time::timeout(limit, probe).await {
+            Ok(result) => result,
+            Err(_) => Err(QueueError::Unavailable {
+                adapter: ADAPTER,
+                message: format!(
+                    "ping: {} did not answer within {limit:?}",
+                    shared.redacted_url
+                ),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -655,6 +694,32 @@ mod tests {
             assert!(d >= full / 2 && d <= full, "{attempt}: {d:?}");
         }
         assert!(o.backoff(30) <= o.max_backoff);
+    }
+
+    #[tokio::test]
+    async fn ping_fails_fast_without_a_broker_and_hides_the_password() {
+        let shared = Shared::new(
+            "amqp://guest:hunter2@127.0.0.1:1/%2f",
+            AmqpOptions {
+                min_backoff: Duration::from_millis(10),
+                ..AmqpOptions::default()
+            },
+        )
+        .unwrap();
+        let queue = AmqpRunQueue {
+            shared: Arc::new(shared),
+        };
+        let started = std::time::Instant::now();
+        let err = queue.ping().await.unwrap_err();
+        assert!(
+            started.elapsed() < PING_TIMEOUT * 2,
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(matches!(err, QueueError::Unavailable { .. }), "{err:?}");
+        let shown = err.to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("guest:***@127.0.0.1:1"), "{shown}");
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! In-memory reference adapters for every port: always compiled, used by tests and by
 //! embedders who want no persistence. They pass the same conformance suites as the durable
-//! adapters, so behaviour proven here holds there.
+//! adapters, so behaviour proven here holds there. Their readiness probes (`ping`) answer
+//! `Ok`: there is nothing remote to reach.
 
 mod queue;
 mod sink;

@@ -157,6 +157,22 @@ pub trait Consumer: fmt::Debug + Send {
 /// - Every message MUST be delivered to one consumer at a time.
 /// - `is_durable` tells whether messages survive a process restart; when it is `false` the
 ///   enqueuer republishes `queued` runs on start.
+///
+/// ## Readiness
+///
+/// `ping` is the readiness probe behind `GET /readyz`.
+///
+/// - `ping` MUST return `Ok` only when the broker answered a request made by this call (a
+///   remembered connection state is not enough), and MUST fail (with
+///   [`QueueError::Unavailable`] when the broker cannot be reached) otherwise. It MAY
+///   reconnect, doing what any reconnect does (such as declaring the topology again), as the
+///   next `publish` would.
+/// - `ping` MUST NOT have effects a consumer can see: no message published, consumed or
+///   settled.
+/// - `ping` SHOULD bound its own wait to a couple of seconds; callers MUST still bound it with
+///   a timeout of their own.
+/// - Its error MUST NOT contain secrets (passwords of URLs, credentials).
+/// - An adapter with nothing remote to check (in-memory) MAY keep the default, which is `Ok`.
 #[async_trait]
 pub trait RunQueue: fmt::Debug + Send + Sync + 'static {
     /// Publishes a batch to `queue` and waits for the broker's confirmation.
@@ -167,6 +183,12 @@ pub trait RunQueue: fmt::Debug + Send + Sync + 'static {
 
     /// Whether messages survive a restart of this process.
     fn is_durable(&self) -> bool;
+
+    /// Readiness probe: whether the broker answers now (see the contract). The default, for
+    /// adapters with nothing remote to check, is `Ok`.
+    async fn ping(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -180,6 +202,9 @@ impl<T: RunQueue + ?Sized> RunQueue for Arc<T> {
     fn is_durable(&self) -> bool {
         (**self).is_durable()
     }
+    async fn ping(&self) -> Result<(), QueueError> {
+        (**self).ping().await
+    }
 }
 
 #[async_trait]
@@ -192,5 +217,8 @@ impl<T: RunQueue + ?Sized> RunQueue for Box<T> {
     }
     fn is_durable(&self) -> bool {
         (**self).is_durable()
+    }
+    async fn ping(&self) -> Result<(), QueueError> {
+        (**self).ping().await
     }
 }

@@ -105,6 +105,22 @@ pub enum SinkError {
 ///   dropping or coercing it.
 /// - `declare_schema` SHOULD be cheap (it runs at worker start): a sink that registers schemas
 ///   remotely returns [`SinkError::Unavailable`] when it cannot, and the declaration is retried.
+///
+/// ## Readiness
+///
+/// `ping` is the readiness probe behind `GET /readyz`. `flush` is no such probe: an idle
+/// producer has nothing to flush and succeeds whether or not its broker is reachable.
+///
+/// - `ping` MUST return `Ok` only when the destination answered a request made by this call
+///   (a broker's cluster metadata, an object store's listing, a directory accepting a new
+///   file), and MUST fail (with [`SinkError::Unavailable`] when it cannot be reached)
+///   otherwise.
+/// - `ping` MUST NOT write records or change what a reader of any topic sees; a local sink MAY
+///   create and remove a hidden probe file.
+/// - `ping` SHOULD bound its own wait to a couple of seconds; callers MUST still bound it with
+///   a timeout of their own.
+/// - Its error MUST NOT contain secrets (passwords, SASL or TLS settings).
+/// - A sink with nothing to check (in-memory) MAY keep the default, which is `Ok`.
 #[async_trait]
 pub trait ResultSink: fmt::Debug + Send + Sync + 'static {
     /// Sends a batch to `topic`, waiting for durability.
@@ -120,6 +136,11 @@ pub trait ResultSink: fmt::Debug + Send + Sync + 'static {
         schema: &RecordSchema,
     ) -> Result<(), SinkError> {
         let _ = (model, version, schema);
+        Ok(())
+    }
+    /// Readiness probe: whether the destination answers now (see the contract). The default,
+    /// for sinks with nothing to check, is `Ok`.
+    async fn ping(&self) -> Result<(), SinkError> {
         Ok(())
     }
 }
@@ -140,6 +161,9 @@ impl<T: ResultSink + ?Sized> ResultSink for Arc<T> {
     ) -> Result<(), SinkError> {
         (**self).declare_schema(model, version, schema).await
     }
+    async fn ping(&self) -> Result<(), SinkError> {
+        (**self).ping().await
+    }
 }
 
 #[async_trait]
@@ -157,5 +181,8 @@ impl<T: ResultSink + ?Sized> ResultSink for Box<T> {
         schema: &RecordSchema,
     ) -> Result<(), SinkError> {
         (**self).declare_schema(model, version, schema).await
+    }
+    async fn ping(&self) -> Result<(), SinkError> {
+        (**self).ping().await
     }
 }

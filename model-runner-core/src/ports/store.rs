@@ -201,6 +201,20 @@ pub struct RealtimeCursor {
 ///   attempt; a caller that then finds its run in that state MUST give the run back to be
 ///   claimed again (the worker requeues its message) rather than drop it. An undone heartbeat
 ///   only leaves the earlier lease end.
+///
+/// ## Readiness
+///
+/// `ping` is the readiness probe behind `GET /readyz`.
+///
+/// - `ping` MUST return `Ok` only when the backend answered a read made by this call, and MUST
+///   fail (with [`StoreError::Unavailable`] when the backend cannot be reached) otherwise.
+/// - `ping` MUST NOT write anything.
+/// - `ping` SHOULD bound its own wait to a couple of seconds; callers MUST still bound it with
+///   a timeout of their own.
+/// - Its error MUST NOT contain secrets.
+/// - The default reads the nil run id by primary key (`get`; `NotFound` means the backend
+///   answered), which also proves the schema is in place; an adapter MAY override it with a
+///   cheaper round trip.
 #[async_trait]
 pub trait RunStore: fmt::Debug + Send + Sync + 'static {
     /// Creates a batch of runs atomically (see the contract).
@@ -302,6 +316,15 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
         owner: &str,
         until: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+
+    /// Readiness probe: whether the backend answers now (see the contract). The default reads
+    /// the nil run id: `NotFound` means reachable.
+    async fn ping(&self) -> Result<(), StoreError> {
+        match self.get(RunId(uuid::Uuid::nil())).await {
+            Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 macro_rules! forward_store {
@@ -397,6 +420,9 @@ macro_rules! forward_store {
                 until: DateTime<Utc>,
             ) -> Result<bool, StoreError> {
                 (**self).try_lock(name, owner, until).await
+            }
+            async fn ping(&self) -> Result<(), StoreError> {
+                (**self).ping().await
             }
         }
     };

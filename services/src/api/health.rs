@@ -1,26 +1,32 @@
 //! Liveness and readiness probes, open to everyone.
 //!
-//! Readiness checks what the ports allow without side effects: the store answers a primary-key
-//! read (`get` of the nil id; `NotFound` means reachable), the sink answers `flush()`. The queue
-//! port has no side-effect-free call (publishing would put a message on a real queue), so the
-//! queue counts as ready once the process has built it: its adapter connected and declared the
-//! topology at start-up. A `ping` on each port would make this exact.
+//! Readiness asks each port its readiness probe, concurrently, each bounded by
+//! [`CHECK_TIMEOUT`]: [`RunStore::ping`] (by default a primary-key read of the nil id, where
+//! `NotFound` means reachable), [`RunQueue::ping`] (RabbitMQ: a channel opened and closed on the
+//! live connection) and [`ResultSink::ping`] (Kafka: the cluster metadata; files: a probe file in
+//! the directory; Parquet: a listing of the prefix). None has a side effect a user can see. The
+//! answer names each component `ok` or `unavailable`; why one failed is logged (with any URL
+//! password replaced by `***`), not returned: the endpoint is unauthenticated.
+//!
+//! [`RunStore::ping`]: model_runner_core::ports::RunStore::ping
+//! [`RunQueue::ping`]: model_runner_core::ports::RunQueue::ping
+//! [`ResultSink::ping`]: model_runner_core::ports::ResultSink::ping
 
+use std::fmt::Display;
+use std::future::Future;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use model_runner_core::RunId;
-use model_runner_core::ports::StoreError;
+use model_runner_adapters::connect::redact;
 use serde::Serialize;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use super::ApiState;
 
 /// How long each readiness check may take.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `ok` or what failed.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -34,11 +40,11 @@ pub struct Health {
 pub struct Readiness {
     /// `ready` when every check passed, else `unavailable`.
     pub status: String,
-    /// `ok` or `unavailable`.
+    /// `ok` or `unavailable`: the run store answered a read.
     pub store: String,
-    /// `ok` once the queue adapter is built (see the module docs).
+    /// `ok` or `unavailable`: the broker answered.
     pub queue: String,
-    /// `ok` or `unavailable`.
+    /// `ok` or `unavailable`: the result sink's destination answered.
     pub sink: String,
 }
 
@@ -55,6 +61,49 @@ fn verdict(ok: bool) -> String {
     if ok { "ok" } else { "unavailable" }.to_owned()
 }
 
+/// `message` with the password of every URL in it replaced by `***`. The adapters' errors carry
+/// no secret already; this keeps a log line safe should one slip through.
+fn scrub(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for (i, word) in message.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        if !word.contains("://") {
+            out.push_str(word);
+            continue;
+        }
+        let is_edge = |c: char| {
+            matches!(
+                c,
+                '(' | ')' | '[' | ']' | '<' | '>' | '"' | '\'' | ',' | ';'
+            )
+        };
+        let core = word.trim_matches(is_edge);
+        let start = word.len() - word.trim_start_matches(is_edge).len();
+        out.push_str(&word[..start]);
+        out.push_str(&redact(core));
+        out.push_str(&word[start + core.len()..]);
+    }
+    out
+}
+
+/// Runs one port's probe within [`CHECK_TIMEOUT`]; logs why it failed.
+async fn check<E: Display>(component: &str, probe: impl Future<Output = Result<(), E>>) -> bool {
+    match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            let error = scrub(&e.to_string());
+            tracing::warn!(component, %error, "readiness: check failed");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(component, timeout = ?CHECK_TIMEOUT, "readiness: check timed out");
+            false
+        }
+    }
+}
+
 /// Store, queue and sink are reachable.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
@@ -63,28 +112,12 @@ fn verdict(ok: bool) -> String {
     ))]
 pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Readiness>) {
     let deps = &state.deps;
-    let store = async {
-        match tokio::time::timeout(CHECK_TIMEOUT, deps.store.get(RunId(Uuid::nil()))).await {
-            Ok(Ok(_)) | Ok(Err(StoreError::NotFound { .. })) => true,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "readiness: store check failed");
-                false
-            }
-            Err(_) => false,
-        }
-    };
-    let sink = async {
-        match tokio::time::timeout(CHECK_TIMEOUT, deps.sink.flush()).await {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "readiness: sink check failed");
-                false
-            }
-            Err(_) => false,
-        }
-    };
-    let (store, sink) = tokio::join!(store, sink);
-    let ready = store && sink;
+    let (store, queue, sink) = tokio::join!(
+        check("store", deps.store.ping()),
+        check("queue", deps.queue.ping()),
+        check("sink", deps.sink.ping()),
+    );
+    let ready = store && queue && sink;
     (
         if ready {
             StatusCode::OK
@@ -94,8 +127,26 @@ pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Readines
         Json(Readiness {
             status: if ready { "ready" } else { "unavailable" }.into(),
             store: verdict(store),
-            queue: verdict(true),
+            queue: verdict(queue),
             sink: verdict(sink),
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scrub;
+
+    #[test]
+    fn passwords_of_urls_are_scrubbed() {
+        assert_eq!(
+            scrub("cannot connect to (amqp://guest:hunter2@broker:5672/%2f): refused"),
+            "cannot connect to (amqp://guest:***@broker:5672/%2f): refused"
+        );
+        assert_eq!(
+            scrub("no password in amqp://broker:5672 here"),
+            "no password in amqp://broker:5672 here"
+        );
+        assert!(!scrub("postgres://u:hunter2@db/x,").contains("hunter2"));
+    }
 }

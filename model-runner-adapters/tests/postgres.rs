@@ -412,6 +412,58 @@ async fn durable_claims_from_the_url() {
     drop_schemas(&url, &[schema]).await;
 }
 
+/// Statements are bounded by `statement_timeout` (a stuck one becomes a retried `Unavailable`),
+/// but migrations are not: a store with a 1 ms limit still migrates a fresh schema.
+#[tokio::test]
+async fn statement_timeout_bounds_statements_but_not_migrations() {
+    let Some(url) = database_url() else { return };
+    let schema = unique("t");
+    let store = PostgresRunStore::connect_with(
+        &url,
+        PostgresOptions {
+            schema: Some(schema.clone()),
+            statement_timeout: Some(Duration::from_millis(1)),
+            retry_budget: Duration::from_millis(300),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("migrations run without the statement timeout");
+    // Each migration file is one simple query of many statements, far longer than 1 ms. Even
+    // `SHOW` may be cut off on a loaded machine, so it gets a few tries.
+    let mut limit = None;
+    for _ in 0..50 {
+        if let Ok(l) = sqlx::query_scalar::<_, String>("SHOW statement_timeout")
+            .fetch_one(store.pool())
+            .await
+        {
+            limit = Some(l);
+            break;
+        }
+    }
+    assert_eq!(
+        limit.as_deref(),
+        Some("1ms"),
+        "pooled connections keep the limit after migrating"
+    );
+    let err = sqlx::query("SELECT pg_sleep(0.2)")
+        .execute(store.pool())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("57014"),
+        "{err}"
+    );
+    let default = store_in(&url, &schema, 1).await;
+    let limit: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(default.pool())
+        .await
+        .unwrap();
+    assert_eq!(limit, "30s");
+    drop_schemas(&url, &[schema]).await;
+}
+
 /// Migrating twice is a no-op; a store told not to migrate uses what is there.
 #[tokio::test]
 async fn migrations_are_idempotent() {

@@ -38,11 +38,12 @@ fn is_transient(err: &sqlx::Error) -> bool {
 }
 
 /// SQLSTATEs after which the same statement may succeed: serialization failure, deadlock,
-/// admin/crash shutdown, cannot connect now, too many connections and connection exceptions.
+/// admin/crash shutdown, cannot connect now, too many connections, a statement cancelled (by the
+/// store's `statement_timeout`: nothing it did remains) and connection exceptions.
 fn is_transient_sqlstate(code: &str) -> bool {
     matches!(
         code,
-        "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300"
+        "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300" | "57014"
     ) || code.starts_with("08")
 }
 

@@ -143,6 +143,10 @@ pub struct PostgresOptions {
     /// module docs, "Asynchronous claims". Every other write waits for the flush. A URL's
     /// `?durable_claims=true` (or `false`) overrides this.
     pub durable_claims: bool,
+    /// The server cancels any statement of the store that runs longer than this (default 30 s;
+    /// `None` for no limit), so a stuck query becomes a retried [`StoreError::Unavailable`]
+    /// instead of a call that never returns. Migrations run without it.
+    pub statement_timeout: Option<Duration>,
 }
 
 impl Default for PostgresOptions {
@@ -154,6 +158,7 @@ impl Default for PostgresOptions {
             acquire_timeout: Duration::from_secs(5),
             retry_budget: Duration::from_secs(30),
             durable_claims: false,
+            statement_timeout: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -216,6 +221,13 @@ impl PostgresRunStore {
             }
             None => connect,
         };
+        let connect = match options.statement_timeout {
+            Some(limit) => connect.options([(
+                "statement_timeout",
+                format!("{}ms", limit.as_millis().max(1)),
+            )]),
+            None => connect,
+        };
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
@@ -248,22 +260,34 @@ impl PostgresRunStore {
     /// Applies the embedded migrations that have not been applied yet (creating the schema of
     /// [`PostgresOptions::schema`] first). Safe to run concurrently from several processes.
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        // On one connection without the statement timeout: a migration may copy every run.
+        let mut conn = self.pool.acquire().await.map_err(classify)?;
+        sqlx::query("SET statement_timeout = 0")
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
         if let Some(schema) = &self.schema {
             // The name was checked by `check_schema_name`, so quoting it is enough.
             sqlx::query(AssertSqlSafe(format!(
                 "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
             )))
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await
             .map_err(classify)?;
         }
-        MIGRATOR.run(&self.pool).await.map_err(|e| match e {
+        MIGRATOR.run(&mut *conn).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(e) => classify(e),
             other => StoreError::Backend {
                 adapter: ADAPTER,
                 source: Box::new(other),
             },
-        })
+        })?;
+        // Back to the connection's own limit before it returns to the pool.
+        sqlx::query("RESET statement_timeout")
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+        Ok(())
     }
 
     /// Whether claims and heartbeats wait for the WAL flush ([`PostgresOptions::durable_claims`]).

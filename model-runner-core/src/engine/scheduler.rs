@@ -473,7 +473,7 @@ mod tests {
                 SchedulerConfig {
                     owner: owner.into(),
                     realtime: subs.clone(),
-                    leadership: Duration::from_millis(30),
+                    leadership: Duration::from_millis(300),
                     ..Default::default()
                 },
             )
@@ -482,7 +482,7 @@ mod tests {
         assert_eq!(a.tick().await.unwrap().created, 1);
         assert!(!b.tick().await.unwrap().leader);
         grow(&source, 19).await;
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
         // `a` is gone; `b` takes over from the cursor `a` left.
         let r = b.tick().await.unwrap();
         assert_eq!((r.leader, r.created), (true, 1));

@@ -798,7 +798,7 @@ async fn cancel_paths(kind: Store) {
         StatusCode::CONFLICT,
         "conflict",
         None,
-        "is cancelled: only pending, queued or running",
+        "is cancelled: only",
     );
 
     // A queued and a running run can be cancelled too; a succeeded one cannot.
@@ -941,15 +941,38 @@ async fn retry_paths(kind: Store) {
         "the retried run is due for publishing"
     );
 
-    let got = api
+    // A failed run due for a retry is not finished: cancelling it is the user's final word,
+    // and the outbox no longer republishes it.
+    let (status, run) = api
         .call(
             "POST",
             &format!("/v1/runs/{}/cancel", ids[0]),
             Some(WRITE),
+            Some(json!({"reason": "not needed"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!(run["state"], "cancelled");
+    assert_eq!(run["last_error"], "cancelled: not needed");
+    assert!(run["next_attempt_at"].is_null(), "{run}");
+    let due = api
+        .store
+        .outbox(Utc::now() + chrono::Duration::seconds(1), 10)
+        .await
+        .unwrap();
+    assert!(
+        !due.iter().any(|r| r.id == id),
+        "a cancelled run is not published again"
+    );
+    let got = api
+        .call(
+            "POST",
+            &format!("/v1/runs/{}/retry", ids[0]),
+            Some(WRITE),
             None,
         )
         .await;
-    assert_error(&got, StatusCode::CONFLICT, "conflict", None, "is failed");
+    assert_error(&got, StatusCode::CONFLICT, "conflict", None, "is cancelled");
 }
 
 async fn auth_paths(kind: Store) {

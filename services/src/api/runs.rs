@@ -609,7 +609,8 @@ async fn transition_current(
     )))
 }
 
-/// Cancel a pending, queued or running run.
+/// Cancel a run that has not succeeded: pending, queued, running, or failed/expired (a retry
+/// may still be due; cancelling is final).
 #[utoipa::path(
     post,
     path = "/v1/runs/{id}/cancel",
@@ -622,7 +623,7 @@ async fn transition_current(
         (status = 401, description = "No valid token", body = ErrorResponse),
         (status = 403, description = "Token may not write", body = ErrorResponse),
         (status = 404, description = "No such run", body = ErrorResponse),
-        (status = 409, description = "The run is finished", body = ErrorResponse),
+        (status = 409, description = "The run already succeeded or was cancelled", body = ErrorResponse),
         (status = 413, description = "Body too large", body = ErrorResponse),
         (status = 415, description = "Not JSON", body = ErrorResponse),
     ),
@@ -644,11 +645,16 @@ pub async fn cancel(
         .field("reason"));
     }
     let run = transition_current(&state, id, |run| match run.state {
-        RunState::Pending | RunState::Queued | RunState::Running => Ok(RunEvent::Cancel {
+        RunState::Pending
+        | RunState::Queued
+        | RunState::Running
+        | RunState::Failed
+        | RunState::Expired => Ok(RunEvent::Cancel {
             reason: reason.clone(),
         }),
         s => Err(ApiError::conflict(format!(
-            "run {id} is {s}: only pending, queued or running runs can be cancelled"
+            "run {id} is {s}: only pending, queued, running, failed or expired runs can be \
+             cancelled"
         ))),
     })
     .await?;

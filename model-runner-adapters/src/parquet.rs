@@ -12,8 +12,12 @@
 //!
 //! where `env` is the topic without its `-<chain>-sink` suffix (`prod-ethereum-sink` → `prod`; a
 //! topic without that suffix is used whole, so topics stay isolated) and `start`/`end` are the
-//! lowest and highest block of the group's records. The worker sends all records of a run in one
-//! call, so one run gives one file. Rows keep the order of the batch.
+//! run's block range. The worker sends all records of a run attempt with
+//! [`ResultSink::send_run`], so one run gives one file, named by the range the run covered, and
+//! a run that produced no records still writes a file of zero rows (so a rerun that produces
+//! none replaces an earlier attempt's file, and a reader can tell the run is done). A plain
+//! `send`, which knows no run, groups records by (model, chain, run id) and names each file by
+//! the lowest and highest block of its records. Rows keep the order of the batch.
 //!
 //! # Atomicity and the delivery guarantee: effectively-once per run
 //!
@@ -97,7 +101,7 @@ use arrow_array::types::UInt64Type;
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use futures::TryStreamExt;
-use model_runner_core::ports::{ResultSink, SinkError};
+use model_runner_core::ports::{ResultSink, RunOutput, SinkError};
 use model_runner_core::{Chain, FieldType, Record, RecordKey, RecordSchema, RunId};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -346,6 +350,32 @@ impl ParquetSink {
             .join(format!("{run_id}.parquet").as_str())
     }
 
+    /// Encodes one run's records, checking them against the declared schema of
+    /// `(model, version)` if there is one.
+    fn encode_run(
+        &self,
+        model: &str,
+        version: &str,
+        group: &[&Record],
+    ) -> Result<Vec<u8>, SinkError> {
+        let declared = self.declaration(model, version);
+        if let Some(d) = &declared {
+            check_declared(group, version, d)?;
+        }
+        encode(group, declared.as_deref())
+    }
+
+    /// Stores encoded files, each with one atomic `put`.
+    async fn put_all(&self, files: Vec<(Path, Vec<u8>)>) -> Result<(), SinkError> {
+        for (path, bytes) in files {
+            self.store
+                .put(&path, PutPayload::from(bytes))
+                .await
+                .map_err(|e| storage(format!("writing {path}"), e))?;
+        }
+        Ok(())
+    }
+
     /// Every record in the files of `topic` for `chain`.
     pub async fn read_topic(&self, topic: &str, chain: &Chain) -> Result<Vec<Record>, SinkError> {
         read_records(self.store.as_ref(), &self.topic_dir(topic, chain)).await
@@ -382,19 +412,46 @@ impl ResultSink for ParquetSink {
                 (start, end),
                 first.run_id,
             );
-            let declared = self.declaration(&first.key.model, &first.model_version);
-            if let Some(d) = &declared {
-                check_declared(&group, d)?;
-            }
-            files.push((path, encode(&group, declared.as_deref())?));
+            files.push((
+                path,
+                self.encode_run(&first.key.model, &first.model_version, &group)?,
+            ));
         }
-        for (path, bytes) in files {
-            self.store
-                .put(&path, PutPayload::from(bytes))
-                .await
-                .map_err(|e| storage(format!("writing {path}"), e))?;
+        self.put_all(files).await
+    }
+
+    /// One file for the run, named by the run's own block range, written even when the run
+    /// produced no records (a file of zero rows says the run is done and replaces an earlier
+    /// attempt's file).
+    async fn send_run(
+        &self,
+        topic: &str,
+        run: &RunOutput,
+        records: &[Record],
+    ) -> Result<(), SinkError> {
+        check_topic(topic)?;
+        if let Some(stray) = records.iter().find(|r| {
+            r.run_id != run.run_id || r.key.model != run.model || r.key.chain != run.chain
+        }) {
+            return Err(SinkError::Backend {
+                adapter: ADAPTER,
+                source: format!(
+                    "record {} of run {} was sent as part of run {} ({} on {})",
+                    stray.key, stray.run_id, run.run_id, run.model, run.chain
+                )
+                .into(),
+            });
         }
-        Ok(())
+        let group: Vec<&Record> = records.iter().collect();
+        let path = self.file_path(
+            topic,
+            &run.chain,
+            &run.model,
+            (run.range.start(), run.range.end()),
+            run.run_id,
+        );
+        let bytes = self.encode_run(&run.model, &run.model_version, &group)?;
+        self.put_all(vec![(path, bytes)]).await
     }
 
     /// Every `send` is durable when it returns; nothing is buffered.
@@ -462,8 +519,11 @@ impl ResultSink for ParquetSink {
 }
 
 /// Checks one group (one run) of a declared model version: one version, conforming payloads.
-fn check_declared(records: &[&Record], declared: &Declared) -> Result<(), SinkError> {
-    let version = &records[0].model_version;
+fn check_declared(
+    records: &[&Record],
+    version: &str,
+    declared: &Declared,
+) -> Result<(), SinkError> {
     for r in records {
         if r.model_version != *version {
             return Err(backend(

@@ -21,7 +21,7 @@ use model_runner_core::engine::{
     submit_backfill,
 };
 use model_runner_core::memory::{MemoryRunQueue, MemoryRunStore};
-use model_runner_core::ports::{ResultSink, RunStore, SinkError};
+use model_runner_core::ports::{ResultSink, RunOutput, RunStore, SinkError};
 use model_runner_core::{
     BlockRange, Chain, FieldType, Model, PayloadError, Record, RecordSchema, Routing, RunId,
     RunMode, RunState,
@@ -578,6 +578,66 @@ async fn the_engine_declares_builtin_schemas_so_files_have_their_columns() {
         serde_json::from_str::<RecordSchema>(&metadata[RECORD_SCHEMA_KEY]).unwrap(),
         schema
     );
+}
+
+/// What the worker sends: a run's file is named by the run's own block range (not by the blocks
+/// that happened to produce records), a run that produced nothing still leaves a file of zero
+/// rows (which also replaces an earlier attempt's file), and a record of another run is refused.
+#[tokio::test]
+async fn send_run_names_the_file_by_the_run_range_and_records_empty_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = ParquetSink::local(dir.path()).unwrap();
+    // Records of blocks 1000-1001 from a run over 990-1009.
+    let records = sink::records("m", 20, 0);
+    let run = RunOutput {
+        run_id: records[0].run_id,
+        model: "m".into(),
+        model_version: "1".into(),
+        chain: ethereum(),
+        range: BlockRange::new(990, 1009).unwrap(),
+    };
+    sink.send_run("prod-ethereum-sink", &run, &records)
+        .await
+        .unwrap();
+    let want = format!(
+        "prod/ethereum/m/block_range=990-1009/{}.parquet",
+        run.run_id
+    );
+    assert_eq!(files(dir.path()), vec![want.clone()]);
+    let back = sink
+        .read_topic("prod-ethereum-sink", &ethereum())
+        .await
+        .unwrap();
+    assert_eq!(back, records);
+
+    // A rerun of the same run that produced nothing replaces the file with an empty one.
+    sink.send_run("prod-ethereum-sink", &run, &[])
+        .await
+        .unwrap();
+    assert_eq!(files(dir.path()), vec![want]);
+    let file = std::fs::File::open(dir.path().join(&files(dir.path())[0])).unwrap();
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    assert_eq!(builder.metadata().file_metadata().num_rows(), 0);
+    let columns: Vec<Column> = builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().clone(), f.is_nullable()))
+        .collect();
+    assert_eq!(columns, envelope());
+
+    // A record of another run is refused, and nothing is written for it.
+    let other = sink::records("m", 1, 0);
+    let err = sink
+        .send_run("prod-ethereum-sink", &run, &other)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("was sent as part of run {}", run.run_id)),
+        "{err}"
+    );
+    assert_eq!(files(dir.path()).len(), 1);
 }
 
 #[tokio::test]

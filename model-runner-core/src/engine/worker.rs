@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use super::{CancellationToken, EngineDeps, EngineError, RetryPolicy};
 use crate::model::ModelContext;
-use crate::ports::{Delivery, RunMessage, StoreError};
+use crate::ports::{Delivery, RunMessage, RunOutput, StoreError};
 use crate::routing::topic_name;
 use crate::run::{ModelRun, RunEvent, RunState};
 
@@ -507,7 +507,14 @@ impl Worker {
             }
         }
         let topic = topic_name(&self.config.env, &run.chain);
-        if let Err(e) = self.deps.sink.send(&topic, &records).await {
+        let output = RunOutput {
+            run_id: run.id,
+            model: run.model.clone(),
+            model_version: run.model_version.clone(),
+            chain: run.chain.clone(),
+            range: run.range,
+        };
+        if let Err(e) = self.deps.sink.send_run(&topic, &output, &records).await {
             return transient(format!("sending {} records to {topic}: {e}", records.len()));
         }
         Outcome::Succeeded(records.len() as u64)

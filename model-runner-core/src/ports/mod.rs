@@ -10,7 +10,7 @@ mod source;
 mod store;
 
 pub use queue::{Consumer, Delivery, DeliveryHandle, QueueError, RunMessage, RunQueue};
-pub use sink::{ResultSink, SinkError};
+pub use sink::{ResultSink, RunOutput, SinkError};
 pub use source::{BlockSource, SourceError};
 pub use store::{
     CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,

@@ -5,7 +5,24 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::chain::{BlockRange, Chain};
 use crate::model::{PayloadError, Record, RecordSchema};
+use crate::run::RunId;
+
+/// The run attempt whose records one [`ResultSink::send_run`] carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutput {
+    /// The run.
+    pub run_id: RunId,
+    /// Its model.
+    pub model: String,
+    /// The model version the records were made with.
+    pub model_version: String,
+    /// Its chain.
+    pub chain: Chain,
+    /// The blocks the run covered, whether or not each produced records.
+    pub range: BlockRange,
+}
 
 /// A sink failure. Any error fails the run's attempt, which is then retried: records are never
 /// dropped silently.
@@ -125,6 +142,20 @@ pub enum SinkError {
 pub trait ResultSink: fmt::Debug + Send + Sync + 'static {
     /// Sends a batch to `topic`, waiting for durability.
     async fn send(&self, topic: &str, records: &[Record]) -> Result<(), SinkError>;
+    /// Sends every record one attempt of `run` produced (possibly none) to `topic`, waiting
+    /// for durability: what the worker calls. Every record MUST belong to `run`. A sink that
+    /// lays out its output per run (files per run) SHOULD name it by `run.range` rather than by
+    /// the blocks that happened to produce records, and MAY record a run that produced none.
+    /// The default sends the records with [`send`](Self::send).
+    async fn send_run(
+        &self,
+        topic: &str,
+        run: &RunOutput,
+        records: &[Record],
+    ) -> Result<(), SinkError> {
+        let _ = run;
+        self.send(topic, records).await
+    }
     /// Makes everything sent so far durable.
     async fn flush(&self) -> Result<(), SinkError>;
     /// Declares the payload schema of `model` at `version`, before its records are sent. The
@@ -150,6 +181,14 @@ impl<T: ResultSink + ?Sized> ResultSink for Arc<T> {
     async fn send(&self, topic: &str, records: &[Record]) -> Result<(), SinkError> {
         (**self).send(topic, records).await
     }
+    async fn send_run(
+        &self,
+        topic: &str,
+        run: &RunOutput,
+        records: &[Record],
+    ) -> Result<(), SinkError> {
+        (**self).send_run(topic, run, records).await
+    }
     async fn flush(&self) -> Result<(), SinkError> {
         (**self).flush().await
     }
@@ -170,6 +209,14 @@ impl<T: ResultSink + ?Sized> ResultSink for Arc<T> {
 impl<T: ResultSink + ?Sized> ResultSink for Box<T> {
     async fn send(&self, topic: &str, records: &[Record]) -> Result<(), SinkError> {
         (**self).send(topic, records).await
+    }
+    async fn send_run(
+        &self,
+        topic: &str,
+        run: &RunOutput,
+        records: &[Record],
+    ) -> Result<(), SinkError> {
+        (**self).send_run(topic, run, records).await
     }
     async fn flush(&self) -> Result<(), SinkError> {
         (**self).flush().await

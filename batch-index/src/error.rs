@@ -42,6 +42,15 @@ pub enum Error {
         #[source]
         source: object_store::Error,
     },
+    /// A chain block source (the runner's `devnet://`, `runner+file://` or
+    /// `http(s)://` sources) failed or returned an incomplete range.
+    #[error("block source {source_name}: {reason}")]
+    Source {
+        /// Which source (redacted URL).
+        source_name: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// A child job process failed (local runner).
     #[error("job failed: {0}")]
     JobFailed(String),

@@ -14,6 +14,15 @@
 //! parties. Positions are `block << 32 | transactionIndex << 12`.
 //! The whole source is loaded at open, which suits exports of a job's range
 //! (not a whole chain in one prefix).
+//!
+//! Blocks from the runner's block sources (`model_runner_core::Block`, e.g.
+//! `devnet://` or a node) go through [`block_facts`], which applies the same
+//! rules; [`crate::runner_source`] wraps such a source.
+//!
+//! Block numbers are `u64` here. The index format keeps the ledger number in
+//! the upper 32 bits of a TOID and 32-bit checkpoint ids, so a block above
+//! `u32::MAX` is refused with an error ([`index_ledger`]) rather than wrapped;
+//! Ethereum mainnet is at about 2^24.5.
 
 use std::collections::BTreeMap;
 
@@ -44,7 +53,7 @@ pub struct BlockFacts {
 #[derive(Debug)]
 pub struct EthereumSource {
     span: CheckpointSpan,
-    blocks: BTreeMap<u32, BlockFacts>,
+    blocks: BTreeMap<u64, BlockFacts>,
 }
 
 fn field<'a>(v: &'a Value, names: &[&str]) -> Option<&'a Value> {
@@ -115,11 +124,76 @@ fn tx_hash(v: &Value, what: &str) -> Result<[u8; 32]> {
         .map_err(|_| Error::decode(what, format!("hash `{s}` is not 32 bytes")))
 }
 
-fn block_number(v: &Value, what: &str) -> Result<u32> {
-    let n = field(v, &["blockNumber", "block_number", "number"])
+fn block_number(v: &Value, what: &str) -> Result<u64> {
+    field(v, &["blockNumber", "block_number", "number"])
         .and_then(quantity)
-        .ok_or_else(|| Error::decode(what, "missing block number"))?;
-    u32::try_from(n).map_err(|_| Error::decode(what, format!("block number {n} exceeds 32 bits")))
+        .ok_or_else(|| Error::decode(what, "missing block number"))
+}
+
+/// Block `block` as the index's 32-bit ledger number (TOID upper half,
+/// checkpoint arithmetic); fails above `u32::MAX`.
+pub fn index_ledger(block: u64) -> Result<u32> {
+    u32::try_from(block).map_err(|_| {
+        Error::invalid(format!(
+            "block {block} is above the index format's 32-bit ledger field (TOID `ledger << 32`)"
+        ))
+    })
+}
+
+/// Position of transaction `index` of `block`: `block << 32 | index << 12`.
+pub fn ethereum_toid(block: u64, index: u64, what: &str) -> Result<u64> {
+    let ledger = index_ledger(block).map_err(|e| Error::decode(what, e))?;
+    if index > 0xF_FFFF {
+        return Err(Error::decode(
+            what,
+            format!("transaction index {index} does not fit the TOID's 20 bits"),
+        ));
+    }
+    Ok(toid(ledger, index as u32, 0))
+}
+
+fn eth_account(a: &alloy_primitives::Address) -> Account {
+    Account::Ethereum(a.0.0)
+}
+
+const TRANSFER_TOPIC_B256: alloy_primitives::B256 =
+    alloy_primitives::b256!("ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef");
+
+/// Facts of one block from a runner block source, by the same rules as the
+/// JSON loader: transaction `from`/`to` (payments when `value != 0`), the
+/// receipt's created contract, log emitters, and `Transfer` topic parties.
+pub fn block_facts(block: &model_runner_core::Block) -> Result<BlockFacts> {
+    let what = format!("block {}", block.number);
+    let mut out = BlockFacts::default();
+    for tx in &block.transactions {
+        let mask = if tx.value.is_zero() {
+            MASK_ALL
+        } else {
+            MASK_PAYMENT
+        };
+        out.participants.push((eth_account(&tx.from), mask));
+        if let Some(to) = &tx.to {
+            out.participants.push((eth_account(to), mask));
+        }
+        if let Some(c) = tx.receipt.as_ref().and_then(|r| r.contract_address) {
+            out.participants.push((eth_account(&c), MASK_ALL));
+        }
+        out.transactions
+            .push((tx.hash.0, ethereum_toid(block.number, tx.index, &what)?));
+    }
+    for log in &block.logs {
+        out.participants.push((eth_account(&log.address), MASK_ALL));
+        if log.topics.len() >= 3 && log.topics[0] == TRANSFER_TOPIC_B256 {
+            for t in &log.topics[1..3] {
+                let mut a = [0u8; 20];
+                a.copy_from_slice(&t.0[12..]);
+                out.participants.push((Account::Ethereum(a), MASK_PAYMENT));
+            }
+        }
+    }
+    out.transactions.sort();
+    out.transactions.dedup();
+    Ok(out)
 }
 
 fn add_log(log: &Value, what: &str, out: &mut BlockFacts) -> Result<()> {
@@ -138,7 +212,7 @@ fn add_log(log: &Value, what: &str, out: &mut BlockFacts) -> Result<()> {
     Ok(())
 }
 
-fn add_transaction(tx: &Value, block: u32, what: &str, out: &mut BlockFacts) -> Result<()> {
+fn add_transaction(tx: &Value, block: u64, what: &str, out: &mut BlockFacts) -> Result<()> {
     let value_moves = field(tx, &["value"]).is_some_and(is_nonzero);
     let mask = if value_moves { MASK_PAYMENT } else { MASK_ALL };
     if let Some(from) = field(tx, &["from", "from_address"]) {
@@ -154,12 +228,13 @@ fn add_transaction(tx: &Value, block: u32, what: &str, out: &mut BlockFacts) -> 
     let index = field(tx, &["transactionIndex", "transaction_index"])
         .and_then(quantity)
         .ok_or_else(|| Error::decode(what, "transaction without index"))?;
-    out.transactions.push((hash, toid(block, index as u32, 0)));
+    out.transactions
+        .push((hash, ethereum_toid(block, index, what)?));
     Ok(())
 }
 
 /// Adds one JSON value (RPC response or etl row) to `blocks`.
-pub fn add_json_value(v: &Value, what: &str, blocks: &mut BTreeMap<u32, BlockFacts>) -> Result<()> {
+pub fn add_json_value(v: &Value, what: &str, blocks: &mut BTreeMap<u64, BlockFacts>) -> Result<()> {
     let v = match v.get("result") {
         Some(Value::Null) => return Ok(()),
         Some(r) => r,
@@ -225,7 +300,7 @@ pub fn add_json_value(v: &Value, what: &str, blocks: &mut BTreeMap<u32, BlockFac
 }
 
 /// Parses one file's bytes (a JSON document or JSON lines).
-pub fn parse_file(name: &str, bytes: &[u8], blocks: &mut BTreeMap<u32, BlockFacts>) -> Result<()> {
+pub fn parse_file(name: &str, bytes: &[u8], blocks: &mut BTreeMap<u64, BlockFacts>) -> Result<()> {
     let stream = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>();
     for (i, v) in stream.enumerate() {
         let v = v.map_err(|e| Error::decode(name, format!("invalid JSON: {e}")))?;
@@ -262,7 +337,7 @@ impl EthereumSource {
     }
 
     /// The loaded blocks (for brute-force checks).
-    pub fn blocks(&self) -> &BTreeMap<u32, BlockFacts> {
+    pub fn blocks(&self) -> &BTreeMap<u64, BlockFacts> {
         &self.blocks
     }
 }
@@ -275,7 +350,7 @@ impl LedgerSource for EthereumSource {
 
     async fn available(&self) -> Result<(u32, u32)> {
         match (self.blocks.keys().next(), self.blocks.keys().next_back()) {
-            (Some(a), Some(b)) => Ok((*a, *b)),
+            (Some(a), Some(b)) => Ok((index_ledger(*a)?, index_ledger(*b)?)),
             _ => Err(Error::NotFound(
                 "the Ethereum source holds no blocks".into(),
             )),
@@ -290,7 +365,7 @@ impl LedgerSource for EthereumSource {
         modules: Modules,
     ) -> Result<CheckpointFacts> {
         let mut facts = CheckpointFacts::new(checkpoint);
-        for (_, b) in self.blocks.range(first..=last) {
+        for (_, b) in self.blocks.range(u64::from(first)..=u64::from(last)) {
             facts.ledgers += 1;
             if modules.accounts {
                 for (a, m) in &b.participants {

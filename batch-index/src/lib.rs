@@ -9,7 +9,8 @@
 //! Data flow:
 //!
 //! 1. A [`source`] ([`stellar`] meta-archive or data-lake layout, or
-//!    [`ethereum`] JSON-RPC / ethereum-etl files) yields, per checkpoint, the
+//!    [`ethereum`] JSON-RPC / ethereum-etl files, or Ethereum blocks from the
+//!    model runner's block sources through [`runner_source`]) yields, per checkpoint, the
 //!    participants of every transaction ([`extract::CheckpointFacts`]).
 //! 2. [`map`] job `i` covers its checkpoint range and writes under `job_<i>/`
 //!    the accounts seen and partial indexes partitioned by reduce job
@@ -38,6 +39,7 @@ pub mod partial;
 pub mod reader;
 pub mod reduce;
 pub mod runner;
+pub mod runner_source;
 pub mod source;
 pub mod stellar;
 pub mod store;

@@ -10,7 +10,7 @@ use batch_index::extract::Modules;
 use batch_index::map::{MapConfig, MapOutcome, run_map};
 use batch_index::reduce::{ReduceConfig, ReduceOutcome, run_reduce};
 use batch_index::runner::{RunConfig, run_local};
-use batch_index::source::{Chain, SourceConfig, open_source};
+use batch_index::source::{Chain, SourceConfig, open_source_url};
 use batch_index::stellar::PUBNET_PASSPHRASE;
 use batch_index::store::StoreRoot;
 use batch_index::{Error, IndexReader, Result};
@@ -102,9 +102,13 @@ impl SourceArgs {
 
 #[derive(Debug, Args)]
 struct MapArgs {
-    /// Ledger source URL: file:///dir, s3://bucket/prefix (meta-archive with
-    /// `ledgers/<seq>` + `latest`, or a data lake of `*.xdr.zstd`; for
-    /// Ethereum a folder of JSON-RPC / ethereum-etl `.json` files).
+    /// Ledger source URL. Stellar: file:///dir or s3://bucket/prefix
+    /// (meta-archive with `ledgers/<seq>` + `latest`, or a data lake of
+    /// `*.xdr.zstd`). Ethereum (--chain ethereum): file:///dir or s3://... of
+    /// JSON-RPC / ethereum-etl `.json` files, or a runner block source:
+    /// `devnet://?head=199&seed=1` (deterministic devnet), `runner+file:///dir`
+    /// (the runner's file source: JSON-RPC responses or ethereum-etl exports
+    /// with blocks) or `http(s)://node` (JSON-RPC, build feature `jsonrpc`).
     #[arg(long, env = "TXMETA_SOURCE")]
     source: String,
     /// Index root URL; this job writes INDEX_TARGET/job_<i>/.
@@ -160,7 +164,8 @@ struct ReduceArgs {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Ledger source URL (see `map --help`).
+    /// Ledger source URL: file://, s3://, or for Ethereum also devnet://,
+    /// runner+file:// and http(s):// (see `map --help`).
     #[arg(long, env = "TXMETA_SOURCE")]
     source: String,
     /// Index root URL (map outputs and final index).
@@ -190,7 +195,8 @@ struct RunArgs {
 
 #[derive(Debug, Args)]
 struct BuildArgs {
-    /// Ledger source URL.
+    /// Ledger source URL (see `map --help`; e.g. `devnet://?head=199` with
+    /// `--chain ethereum --checkpoint-span 64`).
     #[arg(long, env = "TXMETA_SOURCE")]
     source: String,
     /// Final index root URL.
@@ -232,7 +238,7 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Map(a) => {
             let job = a.job.resolve()?;
-            let source = open_source(StoreRoot::open(&a.source)?, &a.source_args.config()).await?;
+            let source = open_source_url(&a.source, &a.source_args.config()).await?;
             let target = StoreRoot::open(&a.target)?;
             let cfg = MapConfig {
                 job,
@@ -306,7 +312,7 @@ async fn run(cli: Cli) -> Result<()> {
             run_local(&cfg).await?;
         }
         Command::Build(a) => {
-            let source = open_source(StoreRoot::open(&a.source)?, &a.source_args.config()).await?;
+            let source = open_source_url(&a.source, &a.source_args.config()).await?;
             batch_index::local_build::build_single_process(
                 source,
                 &StoreRoot::open(&a.target)?,

@@ -11,8 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::AsyncReadExt;
 
 use crate::error::{Error, Result};
-use crate::source::{SourceConfig, open_source};
-use crate::store::StoreRoot;
+use crate::source::{SourceConfig, open_source_url};
 
 /// The variable the runner tells children to read their index from.
 pub const LOCAL_INDEX_VAR: &str = "JOB_COMPLETION_INDEX";
@@ -59,7 +58,7 @@ pub fn plan(first: u32, latest: u32, span: u32, map_jobs: u32) -> (u32, u32) {
 /// Runs all jobs; fails on the first failed job, with its exit status and
 /// the tail of its stderr.
 pub async fn run_local(cfg: &RunConfig) -> Result<()> {
-    let source = open_source(StoreRoot::open(&cfg.source)?, &cfg.source_cfg).await?;
+    let source = open_source_url(&cfg.source, &cfg.source_cfg).await?;
     let (first, latest) = source.available().await?;
     let (first_cp, batch) = plan(first, latest, source.span().ledgers(), cfg.map_jobs);
     let common: Vec<(&str, String)> = vec![

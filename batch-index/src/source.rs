@@ -1,6 +1,9 @@
 //! The port every chain source implements: which ledgers exist, and the
-//! facts of one checkpoint's ledgers. Sources are chosen by `--chain` and
-//! read through [`crate::store::StoreRoot`].
+//! facts of one checkpoint's ledgers. Sources are chosen by `--chain` and the
+//! source URL ([`open_source_url`]): object-store URLs (`file://`, paths,
+//! `s3://`, `memory://`) are read through [`crate::store::StoreRoot`];
+//! `devnet://`, `runner+file://` and `http(s)://` go through the model
+//! runner's block sources ([`crate::runner_source`], Ethereum only).
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -94,4 +97,23 @@ pub async fn open_source(root: StoreRoot, cfg: &SourceConfig) -> Result<Arc<dyn 
                 .await?,
         ),
     })
+}
+
+/// Opens the source named by `url`: a runner block source for `devnet://`,
+/// `runner+file://DIR` and `http(s)://NODE` (Ethereum only), otherwise the
+/// object-store source at `url` ([`open_source`]).
+pub async fn open_source_url(url: &str, cfg: &SourceConfig) -> Result<Arc<dyn LedgerSource>> {
+    if crate::runner_source::is_runner_url(url) {
+        if cfg.chain != Chain::Ethereum {
+            return Err(Error::invalid(format!(
+                "`{}` is a runner block source, which serves Ethereum blocks: pass --chain ethereum (CHAIN=ethereum)",
+                crate::store::redact_url(url)
+            )));
+        }
+        let span = CheckpointSpan::new(cfg.ethereum_span)?;
+        return Ok(Arc::new(crate::runner_source::RunnerBlockSource::from_url(
+            url, span,
+        )?));
+    }
+    open_source(StoreRoot::open(url)?, cfg).await
 }

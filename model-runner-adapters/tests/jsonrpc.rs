@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use alloy_primitives::{Address, Bytes, U256, hex};
 use model_runner_adapters::jsonrpc::JsonRpcSource;
+use model_runner_core::conformance::source::{CallSupport, SourceFacts};
 use model_runner_core::models::{Erc20Transfers, TRANSFER_TOPIC};
 use model_runner_core::ports::{BlockSource, SourceError};
 use model_runner_core::{BlockRange, CallRequest, Chain, Model, ModelContext, RunId};
@@ -177,4 +178,70 @@ async fn unreachable_nodes_and_bad_urls_are_clear() {
     let err = s.head().await.unwrap_err();
     assert!(matches!(err, SourceError::Unavailable { .. }), "{err}");
     assert!(!err.to_string().contains("s3cret"), "{err}");
+}
+
+/// The head number, as the node says.
+async fn block_number(url: &str) -> u64 {
+    let n = rpc(url, "eth_blockNumber", json!([])).await;
+    u64::from_str_radix(n.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+}
+
+/// The block source conformance suite on the node: a range of 36 blocks (two batches of the
+/// source) around a block that deploys a contract returning 42, read back before and at that
+/// block with `eth_call`.
+#[tokio::test]
+async fn block_source_conformance() {
+    let Some(url) = node_url() else { return };
+    // Enough blocks before the deployment for the range (ganache's `evm_mine` mines one).
+    while block_number(&url).await < 30 {
+        rpc(&url, "evm_mine", json!([])).await;
+    }
+    let accounts = rpc(&url, "eth_accounts", json!([])).await;
+    let from = accounts[0].as_str().unwrap().to_owned();
+    // Runtime `mstore(0, 42); return(0, 32)`, returned by its constructor.
+    let mut code = vec![0x69];
+    code.extend_from_slice(&hex!("602a60005260206000f3"));
+    code.extend_from_slice(&[0x60, 0x00, 0x52, 0x60, 0x0a, 0x60, 0x16, 0xf3]);
+    let receipt = deploy(&url, &from, &code).await;
+    let deployed = u64::from_str_radix(
+        receipt["blockNumber"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
+    let answer: Address = receipt["contractAddress"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    while block_number(&url).await < deployed + 5 {
+        rpc(&url, "evm_mine", json!([])).await;
+    }
+    let call = |block| CallRequest {
+        to: answer,
+        data: Bytes::new(),
+        block,
+    };
+    let chain = Chain::new("ethereum").unwrap();
+    let source = JsonRpcSource::new(chain.clone(), &url).unwrap();
+    model_runner_core::conformance::source::run_all(
+        source,
+        &SourceFacts {
+            chain,
+            known: BlockRange::new(deployed - 30, deployed + 5).unwrap(),
+            missing: vec![],
+            linked: true,
+            receipts: true,
+            call: CallSupport::Known(vec![
+                (call(deployed - 1), Bytes::new()),
+                (
+                    call(deployed),
+                    Bytes::from(U256::from(42).to_be_bytes::<32>().to_vec()),
+                ),
+            ]),
+        },
+    )
+    .await;
 }

@@ -6,6 +6,7 @@
 
 pub mod queue;
 pub mod sink;
+pub mod source;
 pub mod store;
 
 use crate::chain::{BlockRange, Chain, ModelKind, RunMode};

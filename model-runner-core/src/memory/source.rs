@@ -66,7 +66,8 @@ impl BlockSource for MemoryBlockSource {
         let lo = (range.start() - first) as usize;
         let hi = (range.end() - first) as usize;
         if hi >= blocks.len() {
-            return Err(missing(first + blocks.len() as u64));
+            // The first block of the range past the head.
+            return Err(missing(range.start().max(first + blocks.len() as u64)));
         }
         Ok(blocks[lo..=hi].to_vec())
     }

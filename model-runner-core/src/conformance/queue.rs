@@ -29,6 +29,7 @@ where
     reject_dead_letters(make().await).await;
     competing_consumers_share_without_duplicates(make().await).await;
     invalid_queue_name(make().await).await;
+    ping_answers_without_visible_effects(make().await).await;
 }
 
 fn messages(n: u32) -> Vec<RunMessage> {
@@ -193,4 +194,35 @@ pub async fn competing_consumers_share_without_duplicates(queue: impl RunQueue) 
 pub async fn invalid_queue_name(queue: impl RunQueue) {
     let err = queue.publish("", &messages(1)).await.unwrap_err();
     assert!(matches!(err, QueueError::InvalidQueue { .. }), "{err:?}");
+}
+
+/// `ping` succeeds on a healthy broker, and a consumer sees nothing of it: no message
+/// published, consumed or settled.
+pub async fn ping_answers_without_visible_effects(queue: impl RunQueue) {
+    queue
+        .ping()
+        .await
+        .expect("ping MUST succeed on a healthy broker");
+    let name = unique("conf_ping");
+    let sent = messages(2);
+    queue.publish(&name, &sent).await.unwrap();
+    for _ in 0..3 {
+        queue.ping().await.expect("ping MUST succeed again");
+    }
+    let mut c = queue.consume(&name, 10).await.unwrap();
+    let first = expect_next(&mut c).await;
+    assert_eq!(
+        first.message, sent[0],
+        "ping MUST NOT consume or settle messages"
+    );
+    assert!(!first.redelivered, "ping MUST NOT settle messages");
+    // Pinging while a delivery is unsettled leaves it to its consumer.
+    queue.ping().await.expect("ping with a consumer attached");
+    first.ack().await.unwrap();
+    let second = expect_next(&mut c).await;
+    assert_eq!(second.message, sent[1]);
+    assert!(!second.redelivered);
+    second.ack().await.unwrap();
+    queue.ping().await.unwrap();
+    expect_quiet(&mut c).await;
 }

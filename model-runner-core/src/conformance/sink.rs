@@ -59,6 +59,11 @@ where
         rs.into_iter().map(|r| (r.key.to_string(), r)).collect()
     };
 
+    // `ping` succeeds on a healthy destination.
+    sink.ping()
+        .await
+        .expect("ping MUST succeed on a healthy destination");
+
     // Every record of a confirmed send is readable, equal key by key.
     let topic = unique("conf-sink");
     let sent = records("conf", 250, 64);
@@ -93,6 +98,17 @@ where
 
     // Flush is idempotent.
     sink.flush().await.expect("flush twice");
+
+    // `ping` changes nothing a reader of a topic sees.
+    for _ in 0..3 {
+        sink.ping().await.expect("ping MUST succeed again");
+    }
+    sink.flush().await.unwrap();
+    assert_eq!(
+        by_key(read(topic.clone()).await),
+        by_key(sent.clone()),
+        "ping MUST NOT write records or change what a reader sees"
+    );
 
     // A declared schema: declaring it again succeeds, and conforming records (a nullable field
     // missing, null or set) are accepted and read back unchanged.

@@ -32,6 +32,8 @@ where
     named_lock_has_one_holder(make().await).await;
     counts_by_state(make().await).await;
     large_batch_is_stored_whole(make().await).await;
+    release_hands_back_on_the_same_attempt(make().await).await;
+    ping_answers_and_writes_nothing(make().await).await;
 }
 
 async fn create(store: &impl RunStore, n: u64) -> Vec<RunId> {
@@ -681,5 +683,150 @@ pub async fn large_batch_is_stored_whole(store: impl RunStore) {
     assert_eq!(
         again.runs, created.runs,
         "a resubmission MUST return the whole batch"
+    );
+}
+
+/// `Release` moves a running run back to `queued` on the same attempt, lease cleared and the
+/// reason recorded, only for the current lease holder on that attempt; it can then be claimed
+/// again on that attempt.
+pub async fn release_hands_back_on_the_same_attempt(store: impl RunStore) {
+    let id = create(&store, 1).await[0];
+    enqueue_all(&store, &[id]).await;
+    let lease = Utc::now() + Duration::minutes(5);
+    store.claim(id, 1, "w1", lease).await.unwrap();
+    store.heartbeat(id, 1, "w1", lease, 3).await.unwrap();
+    let release = |owner: &str| RunEvent::Release {
+        owner: owner.to_owned(),
+        reason: "worker shutting down".into(),
+    };
+
+    let err = store
+        .transition(id, RunState::Running, 1, release("w2"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Transition(_)),
+        "a Release by another worker than the lease holder MUST be refused, got {err:?}"
+    );
+    let err = store
+        .transition(id, RunState::Running, 2, release("w1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { .. }),
+        "a Release on another attempt MUST be a Conflict, got {err:?}"
+    );
+    let err = store
+        .transition(id, RunState::Queued, 1, release("w1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    let still = store.get(id).await.unwrap();
+    assert_eq!(
+        (still.state, still.attempt, still.lease_owner.as_deref()),
+        (RunState::Running, 1, Some("w1")),
+        "refused releases change nothing"
+    );
+
+    let released = store
+        .transition(id, RunState::Running, 1, release("w1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (released.state, released.attempt),
+        (RunState::Queued, 1),
+        "Release MUST requeue the run on the same attempt"
+    );
+    assert!(
+        released.lease_owner.is_none(),
+        "Release MUST clear the lease"
+    );
+    assert!(
+        released.lease_expires_at.is_none(),
+        "Release MUST clear the lease"
+    );
+    assert_eq!(released.blocks_done, 0);
+    assert!(
+        released
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("worker shutting down")),
+        "Release MUST record its reason: {:?}",
+        released.last_error
+    );
+    assert_eq!(
+        store.get(id).await.unwrap(),
+        released,
+        "the stored run MUST equal the returned one"
+    );
+    assert!(
+        store
+            .expired_leases(Utc::now() + Duration::hours(1), 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a released run holds no lease"
+    );
+
+    // Another worker claims it on the same attempt; the old holder can no longer release it.
+    let again = store.claim(id, 1, "w2", lease).await.unwrap();
+    assert_eq!((again.state, again.attempt), (RunState::Running, 1));
+    let err = store
+        .transition(id, RunState::Running, 1, release("w1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Transition(_)),
+        "a former lease holder MUST NOT release the run, got {err:?}"
+    );
+    let done = store
+        .transition(
+            id,
+            RunState::Running,
+            1,
+            RunEvent::Succeed {
+                blocks_done: 10,
+                records_written: 1,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((done.state, done.attempt), (RunState::Succeeded, 1));
+}
+
+/// `ping` succeeds on a healthy store and writes nothing.
+pub async fn ping_answers_and_writes_nothing(store: impl RunStore) {
+    store
+        .ping()
+        .await
+        .expect("ping MUST succeed on a healthy store");
+    let ids = create(&store, 2).await;
+    enqueue_all(&store, &ids[..1]).await;
+    let before = store.list(&RunFilter::default()).await.unwrap();
+    let counts = store.count_by_state(&RunFilter::default()).await.unwrap();
+    let eth = Chain::new("ethereum").unwrap();
+    let cursors = store.cursors(Some(&eth)).await.unwrap();
+    for _ in 0..3 {
+        store.ping().await.expect("ping MUST succeed again");
+    }
+    assert_eq!(
+        store.list(&RunFilter::default()).await.unwrap(),
+        before,
+        "ping MUST NOT write anything"
+    );
+    assert_eq!(
+        store.count_by_state(&RunFilter::default()).await.unwrap(),
+        counts,
+        "ping MUST NOT write anything"
+    );
+    assert_eq!(store.cursors(Some(&eth)).await.unwrap(), cursors);
+    assert!(
+        store
+            .outbox(Utc::now(), 100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.id == ids[1]),
+        "ping MUST NOT create runs"
     );
 }

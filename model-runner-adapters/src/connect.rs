@@ -3,7 +3,7 @@
 //! | port | URLs |
 //! |---|---|
 //! | store | `memory://`, `sqlite://PATH` / `sqlite::memory:`, `postgres://...` (feature `postgres`) |
-//! | queue | `memory://`, `amqp://...` / `amqps://...` (feature `rabbitmq`) |
+//! | queue | `memory://`, `amqp://...[?queue_type=quorum&delivery_limit=N&...]` / `amqps://...` (feature `rabbitmq`) |
 //! | sink | `memory://`, `file://DIR`, `kafka://host:port[,host:port][?setting=value]` (feature `kafka`), `s3://bucket[/prefix]` / `parquet+file:///DIR` (feature `parquet`) |
 //! | block source | `devnet://?...`, `file://PATH` |
 //!
@@ -84,6 +84,11 @@ pub async fn store_from_url(url: &str, migrate: bool) -> Result<Arc<dyn RunStore
 }
 
 /// The queue at `url`. `topology` names the queues to declare up front (brokers only).
+///
+/// An `amqp://` URL takes the adapter's options as query parameters, e.g.
+/// `amqp://u:p@host/%2f?queue_type=quorum&delivery_limit=5&consumer_timeout_ms=21600000&prefetch=32`
+/// (all of them: [`AmqpOptions::from_url`](crate::rabbitmq::AmqpOptions::from_url), feature
+/// `rabbitmq`); an unknown or malformed parameter is an error naming it.
 pub async fn queue_from_url(
     url: &str,
     topology: &[String],
@@ -97,7 +102,8 @@ pub async fn queue_from_url(
         "memory" => Ok(Arc::new(MemoryRunQueue::new())),
         #[cfg(feature = "rabbitmq")]
         "amqp" | "amqps" => {
-            let q = crate::rabbitmq::AmqpRunQueue::connect(url, Default::default()).await?;
+            let (url, options) = crate::rabbitmq::AmqpOptions::from_url(url)?;
+            let q = crate::rabbitmq::AmqpRunQueue::connect(&url, options).await?;
             q.declare_topology(topology).await?;
             Ok(Arc::new(q))
         }

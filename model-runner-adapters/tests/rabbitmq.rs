@@ -6,8 +6,12 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use model_runner_adapters::connect::queue_from_url;
 use model_runner_adapters::rabbitmq::{AmqpOptions, AmqpRunQueue, QueueType};
 use model_runner_core::conformance::queue::{expect_next, run_all};
 use model_runner_core::ports::{QueueError, RunMessage, RunQueue};
@@ -217,6 +221,168 @@ async fn conflicting_declaration_is_a_clear_backend_error() {
         .await
         .unwrap();
     delete_queues(&url, &[name]).await;
+}
+
+/// `url` with `query` appended to whatever query it already has.
+fn with_query(url: &str, query: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}{query}")
+}
+
+/// Declares `queue` (durable) with `args` on a fresh connection: `Err` with the broker's reply
+/// when the queue exists with other arguments.
+async fn declare_with(url: &str, queue: &str, args: FieldTable) -> Result<(), String> {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let result = ch
+        .queue_declare(queue.into(), QueueDeclareOptions::durable(), args)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    let _ = conn.close(200, "done".into()).await;
+    result
+}
+
+/// The arguments the adapter gives the quorum work queue `queue`, with `delivery_limit`.
+fn quorum_work_queue_args(queue: &str, delivery_limit: Option<u32>) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from("")),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(LongString::from(dead_letter_queue_name(queue))),
+    );
+    if let Some(limit) = delivery_limit {
+        args.insert("x-delivery-limit".into(), AMQPValue::LongUInt(limit));
+    }
+    args
+}
+
+/// `queue_type=quorum&delivery_limit=N` in the `--queue` URL declares quorum queues with that
+/// delivery limit, as the broker sees them: a redeclaration with the same arguments is
+/// accepted, one with another limit or type refused, and a message requeued more than N times
+/// lands in the dead-letter queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_parameters_declare_quorum_queues_with_the_delivery_limit() {
+    let Some(url) = amqp_url() else { return };
+    let name = unique("url_quorum");
+    let queue = queue_from_url(
+        &with_query(
+            &url,
+            "queue_type=quorum&delivery_limit=2&consumer_timeout_ms=3600000",
+        ),
+        std::slice::from_ref(&name),
+    )
+    .await
+    .unwrap();
+
+    // The broker's view of the declared queues.
+    declare_with(&url, &name, quorum_work_queue_args(&name, Some(2)))
+        .await
+        .expect("same arguments: accepted");
+    let err = declare_with(&url, &name, quorum_work_queue_args(&name, Some(3)))
+        .await
+        .unwrap_err();
+    assert!(err.contains("PRECONDITION_FAILED"), "{err}");
+    assert!(err.contains("x-delivery-limit"), "{err}");
+    let err = declare_with(&url, &name, FieldTable::default())
+        .await
+        .unwrap_err();
+    assert!(err.contains("PRECONDITION_FAILED"), "{err}");
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    declare_with(&url, &dead_letter_queue_name(&name), quorum)
+        .await
+        .expect("the dead-letter queue is a quorum queue too");
+
+    // The limit at work: the third return dead-letters the message.
+    let sent = messages(1);
+    queue.publish(&name, &sent).await.unwrap();
+    let mut consumer = queue.consume(&name, 100).await.unwrap();
+    for _ in 0..3 {
+        let d = expect_next(&mut consumer).await;
+        assert_eq!(d.message, sent[0]);
+        d.nack_requeue().await.unwrap();
+    }
+    let mut dead = queue
+        .consume(&dead_letter_queue_name(&name), 1)
+        .await
+        .unwrap();
+    let d = expect_next(&mut dead).await;
+    assert_eq!(d.message, sent[0], "dead-lettered after 2 redeliveries");
+    d.ack().await.unwrap();
+    drop(dead);
+
+    drop(consumer);
+    drop(queue);
+    delete_queues(&url, &[name]).await;
+}
+
+/// `prefetch` in the `--queue` URL overrides the prefetch a consumer asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_prefetch_overrides_the_consumers() {
+    let Some(url) = amqp_url() else { return };
+    let name = unique("url_prefetch");
+    let queue = queue_from_url(&with_query(&url, "prefetch=3"), &[])
+        .await
+        .unwrap();
+    queue.publish(&name, &messages(5)).await.unwrap();
+    let mut consumer = queue.consume(&name, 100).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(expect_next(&mut consumer).await);
+    }
+    let more = tokio::time::timeout(Duration::from_millis(700), consumer.next()).await;
+    assert!(
+        more.is_err(),
+        "a 4th delivery despite prefetch=3: {:?}",
+        more.map(|r| r.map(|d| d.map(|d| d.message)))
+    );
+    for d in held {
+        d.ack().await.unwrap();
+    }
+    // Acking frees the window: the rest arrive.
+    for _ in 0..2 {
+        expect_next(&mut consumer).await.ack().await.unwrap();
+    }
+    drop(consumer);
+    drop(queue);
+    delete_queues(&url, &[name]).await;
+}
+
+/// A bad parameter in the `--queue` URL fails before connecting, naming it, without the password.
+#[tokio::test]
+async fn bad_url_parameters_are_named_without_the_password() {
+    for (query, named) in [
+        ("queue_type=stream", "queue_type=stream"),
+        ("delivery_limit=5", "needs `queue_type=quorum`"),
+        ("prefetch=0", "prefetch=0"),
+        (
+            "consumer_timeout=60",
+            "unknown parameter `consumer_timeout`",
+        ),
+    ] {
+        let err = queue_from_url(
+            &format!("amqp://guest:hunter2@127.0.0.1:1/%2f?{query}"),
+            &[],
+        )
+        .await
+        .unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains(named), "{query}: {shown}");
+        assert!(!shown.contains("hunter2"), "{query}: {shown}");
+    }
 }
 
 fn messages(n: usize) -> Vec<RunMessage> {

@@ -48,13 +48,16 @@ enum State {
 }
 
 impl AmqpConsumer {
-    /// Subscribes to `queue` with at most `prefetch` (at least 1) unacked deliveries.
+    /// Subscribes to `queue` with at most `prefetch` (at least 1; [`AmqpOptions::prefetch`]
+    /// overrides it) unacked deliveries.
+    ///
+    /// [`AmqpOptions::prefetch`]: super::AmqpOptions::prefetch
     pub(super) async fn start(
         shared: Arc<Shared>,
         queue: &str,
         prefetch: u16,
     ) -> Result<Self, QueueError> {
-        let prefetch = prefetch.max(1);
+        let prefetch = shared.options.prefetch.unwrap_or(prefetch).max(1);
         let (channel, stream) = subscribe(&shared, queue, prefetch).await?;
         Ok(Self {
             shared,

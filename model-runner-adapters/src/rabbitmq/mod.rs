@@ -26,7 +26,9 @@
 //! Manual acks, one channel per consumer with its own prefetch (`basic.qos`), and a cancel-safe
 //! `next` that polls lapin's consumer stream directly. A message that is not a [`RunMessage`] is
 //! rejected to the dead-letter queue, logged and counted ([`AmqpRunQueue::poison_count`]); the
-//! consumer keeps going. (A dead-letter queue has no dead-letter queue of its own: garbage found
+//! consumer keeps going. (The workspace has no metrics facility to export the count to: it is an
+//! in-process counter, and the `error` log line, target `model_runner_adapters::rabbitmq`, is
+//! what to alert on; `<queue>.dead` holds the messages themselves.) (A dead-letter queue has no dead-letter queue of its own: garbage found
 //! while consuming one is dropped by the broker, after the same log line.) Dropping a consumer
 //! closes its channel, so the broker requeues what it held; dropping an unsettled delivery
 //! sends `basic.nack` with requeue.
@@ -53,8 +55,34 @@
 //! the long run fails harmlessly with [`QueueError::Unavailable`]. Nothing is lost, but the
 //! channel churn is wasteful, so keep the timeout above the longest expected run: either on the
 //! broker (`consumer_timeout = 21600000` in `rabbitmq.conf`, milliseconds, six hours here) or, on
-//! RabbitMQ 3.11.15 and later, per consumer with [`AmqpOptions::consumer_timeout`], which this
-//! adapter sends as the `x-consumer-timeout` consumer argument (older brokers ignore it).
+//! RabbitMQ 3.11.15 and later, per consumer with [`AmqpOptions::consumer_timeout`] (URL
+//! parameter `consumer_timeout_ms`), which this adapter sends as the `x-consumer-timeout`
+//! consumer argument (older brokers ignore it), or per queue with a `consumer-timeout` policy
+//! (`rabbitmqctl set_policy long-runs '^ethereum_' '{"consumer-timeout":21600000}' --apply-to
+//! queues`), which needs no change to the declared queue arguments.
+//!
+//! # URL parameters
+//!
+//! [`AmqpOptions::from_url`] (used by `connect::queue_from_url`) reads the options from the
+//! URL's query, e.g.
+//! `amqp://runner:secret@mq/%2f?queue_type=quorum&delivery_limit=5&consumer_timeout_ms=21600000&prefetch=32`:
+//!
+//! | parameter | value | sets |
+//! |---|---|---|
+//! | `queue_type` | `classic` (default) or `quorum` | [`AmqpOptions::queue_type`] |
+//! | `delivery_limit` | integer ≥ 1; needs `queue_type=quorum` | the quorum queues' `x-delivery-limit` |
+//! | `consumer_timeout_ms` | integer ≥ 1 | [`AmqpOptions::consumer_timeout`] (`x-consumer-timeout`) |
+//! | `prefetch` | 1 ..= 65535 | [`AmqpOptions::prefetch`], overriding the caller's prefetch |
+//! | `connect_timeout_ms` | integer ≥ 1 | [`AmqpOptions::connect_timeout`] |
+//! | `confirm_timeout_ms` | integer ≥ 1 | [`AmqpOptions::confirm_timeout`] |
+//! | `publisher_channels` | integer | [`AmqpOptions::publisher_channels`] |
+//! | `connection_name` | text | [`AmqpOptions::connection_name`] |
+//!
+//! lapin's own parameters (`heartbeat`, `connection_timeout`, `frame_max`, `channel_max`,
+//! `auth_mechanism`) stay in the URL given to lapin. Anything else, a repeated parameter or a
+//! malformed value is an error naming the parameter. Every process sharing a broker must use the
+//! same `queue_type` and `delivery_limit`, or RabbitMQ refuses the later declarations
+//! (`PRECONDITION_FAILED`).
 //!
 //! # Readiness
 //!
@@ -68,6 +96,7 @@
 //! The URL's password never appears in logs or errors: they show `amqp://user:***@host/vhost`.
 
 mod consumer;
+mod params;
 mod topology;
 
 use std::collections::HashSet;
@@ -135,6 +164,9 @@ pub struct AmqpOptions {
     /// (`x-consumer-timeout`, RabbitMQ 3.11.15+); `None` keeps the broker's `consumer_timeout`.
     /// Set it above the longest run.
     pub consumer_timeout: Option<Duration>,
+    /// When set, every consumer takes this prefetch instead of the one passed to
+    /// [`RunQueue::consume`] (URL parameter `prefetch`).
+    pub prefetch: Option<u16>,
 }
 
 impl Default for AmqpOptions {
@@ -148,11 +180,20 @@ impl Default for AmqpOptions {
             publisher_channels: 8,
             connection_name: "model-runner".to_owned(),
             consumer_timeout: None,
+            prefetch: None,
         }
     }
 }
 
 impl AmqpOptions {
+    /// Reads the options from the query parameters of `url` (the `--queue` URL of the services)
+    /// and returns the URL to connect to, without them, beside the options. The parameters are
+    /// listed in the [`params`](self#url-parameters) section of the module docs; an unknown,
+    /// repeated or malformed parameter is [`QueueError::Backend`] naming it, without the password.
+    pub fn from_url(url: &str) -> Result<(String, Self), QueueError> {
+        params::parse(url)
+    }
+
     /// The delay before reconnect attempt `attempt` (from 0): exponential, capped, and
     /// randomised to between half and all of it, so many clients do not reconnect in step.
     fn backoff(&self, attempt: u32) -> Duration {

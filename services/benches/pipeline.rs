@@ -24,6 +24,10 @@ use model_runner_core::memory::MemoryRunQueue;
 use model_runner_core::ports::BlockSource;
 use model_runner_core::{BlockRange, Chain, ModelContext, Routing};
 
+/// The allocator of the `model-runner` binary, so both loops run as they would there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args()

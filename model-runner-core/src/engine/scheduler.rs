@@ -491,89 +491,16 @@ mod tests {
         assert_eq!(ranges(&runs), [(0, 9), (10, 19)]);
     }
 
-    /// A memory store whose `cursor` yields first, so two schedulers' reads interleave.
-    #[derive(Debug, Default)]
-    struct YieldingStore(MemoryRunStore);
-
-    #[async_trait::async_trait]
-    impl RunStore for YieldingStore {
-        async fn create_runs(&self, batch: CreateRuns) -> Result<CreatedRuns, StoreError> {
-            self.0.create_runs(batch).await
-        }
-        async fn get(&self, id: crate::run::RunId) -> Result<ModelRun, StoreError> {
-            self.0.get(id).await
-        }
-        async fn list(&self, filter: &RunFilter) -> Result<crate::ports::RunPage, StoreError> {
-            self.0.list(filter).await
-        }
-        async fn count_by_state(
-            &self,
-            filter: &RunFilter,
-        ) -> Result<std::collections::BTreeMap<RunState, u64>, StoreError> {
-            self.0.count_by_state(filter).await
-        }
-        async fn transition(
-            &self,
-            id: crate::run::RunId,
-            expected: RunState,
-            attempt: u32,
-            event: RunEvent,
-        ) -> Result<ModelRun, StoreError> {
-            self.0.transition(id, expected, attempt, event).await
-        }
-        async fn expired_leases(
-            &self,
-            now: chrono::DateTime<Utc>,
-            limit: usize,
-        ) -> Result<Vec<ModelRun>, StoreError> {
-            self.0.expired_leases(now, limit).await
-        }
-        async fn outbox(
-            &self,
-            now: chrono::DateTime<Utc>,
-            limit: usize,
-        ) -> Result<Vec<ModelRun>, StoreError> {
-            self.0.outbox(now, limit).await
-        }
-        async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError> {
-            let c = self.0.cursor(model, chain).await;
-            tokio::task::yield_now().await;
-            c
-        }
-        async fn cursors(
-            &self,
-            chain: Option<&Chain>,
-        ) -> Result<Vec<crate::ports::RealtimeCursor>, StoreError> {
-            self.0.cursors(chain).await
-        }
-        async fn advance_cursor(
-            &self,
-            model: &str,
-            chain: &Chain,
-            expected: Option<u64>,
-            to: u64,
-            runs: Vec<NewRun>,
-        ) -> Result<Vec<ModelRun>, StoreError> {
-            self.0
-                .advance_cursor(model, chain, expected, to, runs)
-                .await
-        }
-        async fn try_lock(
-            &self,
-            name: &str,
-            owner: &str,
-            until: chrono::DateTime<Utc>,
-        ) -> Result<bool, StoreError> {
-            self.0.try_lock(name, owner, until).await
-        }
-    }
-
     /// Even two schedulers that both believe they lead (a lock lost to a pause) create no
     /// duplicate range: both read the same cursor, and its compare-and-set lets one win.
     #[tokio::test]
     async fn racing_schedulers_are_kept_apart_by_the_cursor() {
         let (mut deps, source) = setup(24);
-        deps.store = Arc::new(YieldingStore::default());
+        // Each cursor read yields, so the two schedulers' reads interleave.
+        deps.store = Arc::new(crate::memory::HookedStore {
+            yield_after_cursor: true,
+            ..Default::default()
+        });
         let s = sub(Some(0), 0, 10);
         let a = scheduler(&deps, "a", vec![s.clone()]);
         let b = scheduler(&deps, "b", vec![s.clone()]);

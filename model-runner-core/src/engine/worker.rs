@@ -777,116 +777,34 @@ mod tests {
         assert_eq!(sink.declared_schema("labels", "2"), None);
     }
 
-    /// A store that "loses" the first claim it is asked for, as a PostgreSQL store with
-    /// asynchronous claims can in a server crash: it answers as if the claim landed, but the
-    /// run stays `queued`.
-    #[derive(Debug)]
-    struct LosesFirstClaim {
-        inner: MemoryRunStore,
-        lost: std::sync::Mutex<Option<RunId>>,
-    }
-
-    #[async_trait]
-    impl RunStore for LosesFirstClaim {
-        async fn create_runs(
-            &self,
-            batch: crate::ports::CreateRuns,
-        ) -> Result<crate::ports::CreatedRuns, StoreError> {
-            self.inner.create_runs(batch).await
-        }
-        async fn get(&self, id: RunId) -> Result<ModelRun, StoreError> {
-            self.inner.get(id).await
-        }
-        async fn list(
-            &self,
-            filter: &crate::ports::RunFilter,
-        ) -> Result<crate::ports::RunPage, StoreError> {
-            self.inner.list(filter).await
-        }
-        async fn count_by_state(
-            &self,
-            filter: &crate::ports::RunFilter,
-        ) -> Result<std::collections::BTreeMap<RunState, u64>, StoreError> {
-            self.inner.count_by_state(filter).await
-        }
-        async fn transition(
-            &self,
-            id: RunId,
-            expected: RunState,
-            attempt: u32,
-            event: RunEvent,
-        ) -> Result<ModelRun, StoreError> {
-            let lose = matches!(event, RunEvent::Start { .. }) && {
-                let mut lost = self.lost.lock().unwrap();
-                lost.is_none() && lost.replace(id).is_none()
-            };
-            {
-                if lose {
-                    let mut run = self.inner.get(id).await?;
-                    assert_eq!((run.state, run.attempt), (expected, attempt));
-                    run.apply(&event, Utc::now()).unwrap();
-                    return Ok(run);
-                }
-            }
-            self.inner.transition(id, expected, attempt, event).await
-        }
-        async fn expired_leases(
-            &self,
-            now: chrono::DateTime<Utc>,
-            limit: usize,
-        ) -> Result<Vec<ModelRun>, StoreError> {
-            self.inner.expired_leases(now, limit).await
-        }
-        async fn outbox(
-            &self,
-            now: chrono::DateTime<Utc>,
-            limit: usize,
-        ) -> Result<Vec<ModelRun>, StoreError> {
-            self.inner.outbox(now, limit).await
-        }
-        async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError> {
-            self.inner.cursor(model, chain).await
-        }
-        async fn cursors(
-            &self,
-            chain: Option<&Chain>,
-        ) -> Result<Vec<crate::ports::RealtimeCursor>, StoreError> {
-            self.inner.cursors(chain).await
-        }
-        async fn advance_cursor(
-            &self,
-            model: &str,
-            chain: &Chain,
-            expected: Option<u64>,
-            to: u64,
-            runs: Vec<crate::run::NewRun>,
-        ) -> Result<Vec<ModelRun>, StoreError> {
-            self.inner
-                .advance_cursor(model, chain, expected, to, runs)
-                .await
-        }
-        async fn try_lock(
-            &self,
-            name: &str,
-            owner: &str,
-            until: chrono::DateTime<Utc>,
-        ) -> Result<bool, StoreError> {
-            self.inner.try_lock(name, owner, until).await
-        }
-    }
-
     #[tokio::test]
     async fn a_lost_claim_sends_the_message_back_so_the_run_still_runs() {
         let (mut deps, sink) = deps(Labels::new(None));
-        let store = Arc::new(LosesFirstClaim {
-            inner: MemoryRunStore::new(),
-            lost: std::sync::Mutex::new(None),
+        // The first claim is "lost", as a PostgreSQL store with asynchronous claims can lose
+        // one in a server crash: answered as if it landed, while the run stays `queued`.
+        let lost = Arc::new(std::sync::Mutex::new(None::<RunId>));
+        let first = lost.clone();
+        deps.store = Arc::new(crate::memory::HookedStore {
+            on_transition: Some(Box::new(move |stored, expected, attempt, event| {
+                if !matches!(event, RunEvent::Start { .. }) {
+                    return None;
+                }
+                let mut first = first.lock().unwrap();
+                if first.is_some() {
+                    return None;
+                }
+                *first = Some(stored.id);
+                assert_eq!((stored.state, stored.attempt), (expected, attempt));
+                let mut run = stored.clone();
+                run.apply(event, Utc::now()).unwrap();
+                Some(Ok(run))
+            })),
+            ..Default::default()
         });
-        deps.store = store.clone();
         // Without the requeue, the run whose claim was lost would wait in `queued` with no
         // message, and `backfill` would time out.
         let runs = backfill(&deps).await;
-        let lost = store.lost.lock().unwrap().expect("a claim was lost");
+        let lost = lost.lock().unwrap().expect("a claim was lost");
         for r in &runs {
             assert_eq!((r.state, r.attempt), (RunState::Succeeded, 1), "{r:?}");
         }

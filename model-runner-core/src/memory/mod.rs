@@ -3,11 +3,15 @@
 //! adapters, so behaviour proven here holds there. Their readiness probes (`ping`) answer
 //! `Ok`: there is nothing remote to reach.
 
+#[cfg(test)]
+mod hooked;
 mod queue;
 mod sink;
 mod source;
 mod store;
 
+#[cfg(test)]
+pub(crate) use hooked::HookedStore;
 pub use queue::MemoryRunQueue;
 pub use sink::MemorySink;
 pub use source::MemoryBlockSource;

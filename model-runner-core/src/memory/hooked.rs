@@ -1,0 +1,110 @@
+//! Test support: a [`MemoryRunStore`] with hooks on the two calls engine tests need to bend.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::MemoryRunStore;
+use crate::chain::Chain;
+use crate::ports::{
+    CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
+};
+use crate::run::{ModelRun, NewRun, RunEvent, RunId, RunState};
+
+/// Decides a transition instead of the store: given the run as stored and the call's
+/// arguments, `Some(answer)` is returned without touching the store.
+pub(crate) type TransitionHook = Box<
+    dyn Fn(&ModelRun, RunState, u32, &RunEvent) -> Option<Result<ModelRun, StoreError>>
+        + Send
+        + Sync,
+>;
+
+/// A [`MemoryRunStore`] whose `transition` asks a hook first and whose `cursor` may yield to
+/// other tasks after reading (so two callers' reads interleave). Everything else is the store's.
+#[derive(Default)]
+pub(crate) struct HookedStore {
+    pub(crate) inner: MemoryRunStore,
+    pub(crate) on_transition: Option<TransitionHook>,
+    pub(crate) yield_after_cursor: bool,
+}
+
+impl std::fmt::Debug for HookedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookedStore").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl RunStore for HookedStore {
+    async fn create_runs(&self, batch: CreateRuns) -> Result<CreatedRuns, StoreError> {
+        self.inner.create_runs(batch).await
+    }
+    async fn get(&self, id: RunId) -> Result<ModelRun, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn list(&self, filter: &RunFilter) -> Result<RunPage, StoreError> {
+        self.inner.list(filter).await
+    }
+    async fn count_by_state(
+        &self,
+        filter: &RunFilter,
+    ) -> Result<BTreeMap<RunState, u64>, StoreError> {
+        self.inner.count_by_state(filter).await
+    }
+    async fn transition(
+        &self,
+        id: RunId,
+        expected: RunState,
+        attempt: u32,
+        event: RunEvent,
+    ) -> Result<ModelRun, StoreError> {
+        if let Some(hook) = &self.on_transition {
+            let stored = self.inner.get(id).await?;
+            if let Some(answer) = hook(&stored, expected, attempt, &event) {
+                return answer;
+            }
+        }
+        self.inner.transition(id, expected, attempt, event).await
+    }
+    async fn expired_leases(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<ModelRun>, StoreError> {
+        self.inner.expired_leases(now, limit).await
+    }
+    async fn outbox(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<ModelRun>, StoreError> {
+        self.inner.outbox(now, limit).await
+    }
+    async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError> {
+        let cursor = self.inner.cursor(model, chain).await;
+        if self.yield_after_cursor {
+            tokio::task::yield_now().await;
+        }
+        cursor
+    }
+    async fn cursors(&self, chain: Option<&Chain>) -> Result<Vec<RealtimeCursor>, StoreError> {
+        self.inner.cursors(chain).await
+    }
+    async fn advance_cursor(
+        &self,
+        model: &str,
+        chain: &Chain,
+        expected: Option<u64>,
+        to: u64,
+        runs: Vec<NewRun>,
+    ) -> Result<Vec<ModelRun>, StoreError> {
+        self.inner
+            .advance_cursor(model, chain, expected, to, runs)
+            .await
+    }
+    async fn try_lock(
+        &self,
+        name: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner.try_lock(name, owner, until).await
+    }
+}

@@ -49,8 +49,10 @@
 //! - an undone claim leaves the run `queued` on the same attempt. The worker that thought it
 //!   held it fails its next heartbeat or its completion with a `Conflict` showing exactly that,
 //!   and hands the queue message back instead of acknowledging it (see the engine's worker), so
-//!   the run is claimed again. Records it already sent are sent again with the same keys, which
-//!   is the at-least-once delivery every sink already documents;
+//!   the run is claimed again. If another worker has claimed (or even completed) the run in the
+//!   meantime, the `Conflict` shows that instead and the worker drops its result. Either way the
+//!   run's records may be sent twice, with the same keys, which is the at-least-once delivery
+//!   every sink already documents;
 //! - an undone heartbeat leaves the earlier lease end, which can only make the lease expire
 //!   sooner: the run is then retried as after any lost lease.
 //!

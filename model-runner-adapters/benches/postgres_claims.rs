@@ -193,7 +193,7 @@ async fn main() {
             else {
                 return false;
             };
-            complete(&s, run.id, run.attempt).await;
+            complete(&s, run.id, run.attempt, &owner).await;
             true
         }
     });
@@ -279,7 +279,7 @@ fn by_id(
                 };
                 match s.claim(id, 1, &owner, lease).await {
                     Ok(run) => {
-                        complete(&s, run.id, run.attempt).await;
+                        complete(&s, run.id, run.attempt, &owner).await;
                         return true;
                     }
                     // Taken by another loop: skip it, as a worker would.
@@ -291,13 +291,14 @@ fn by_id(
     })
 }
 
-async fn complete(store: &PostgresRunStore, id: RunId, attempt: u32) {
+async fn complete(store: &PostgresRunStore, id: RunId, attempt: u32, owner: &str) {
     store
         .transition(
             id,
             RunState::Running,
             attempt,
             RunEvent::Succeed {
+                owner: owner.to_owned(),
                 blocks_done: 10,
                 records_written: 1,
             },

@@ -129,6 +129,7 @@ async fn eight_connections_claim_each_run_once() {
                         RunState::Running,
                         run.attempt,
                         RunEvent::Succeed {
+                            owner: owner.clone(),
                             blocks_done: run.range.len(),
                             records_written: 1,
                         },
@@ -187,6 +188,7 @@ async fn late_worker_cannot_overwrite_a_newer_attempt() {
             RunState::Running,
             1,
             RunEvent::Expire {
+                at: Utc::now(),
                 retry_at: Some(Utc::now()),
             },
         )
@@ -206,6 +208,7 @@ async fn late_worker_cannot_overwrite_a_newer_attempt() {
             RunState::Running,
             1,
             RunEvent::Succeed {
+                owner: "a".into(),
                 blocks_done: 10,
                 records_written: 5,
             },
@@ -234,6 +237,7 @@ async fn late_worker_cannot_overwrite_a_newer_attempt() {
             RunState::Running,
             2,
             RunEvent::Succeed {
+                owner: "b".into(),
                 blocks_done: 10,
                 records_written: 7,
             },
@@ -288,7 +292,7 @@ async fn bad_input_is_a_typed_error() {
             id,
             RunState::Pending,
             1,
-            RunEvent::Expire { retry_at: None },
+            RunEvent::Expire { at: Utc::now(), retry_at: None },
         )
         .await
         .unwrap_err();
@@ -531,6 +535,7 @@ async fn claim_next_comes_back_for_requeued_runs() {
             RunState::Running,
             1,
             RunEvent::Fail {
+                owner: "w".into(),
                 error: "boom".into(),
                 retry_at: Some(Utc::now()),
             },
@@ -686,6 +691,7 @@ async fn upgrade_to_run_states_keeps_every_run() {
             RunState::Running,
             2,
             RunEvent::Succeed {
+                owner: "worker-a".into(),
                 blocks_done: 10,
                 records_written: 9,
             },

@@ -162,6 +162,7 @@ async fn under_load(what: &str, command: &str) {
                         RunState::Running,
                         run.attempt,
                         RunEvent::Succeed {
+                            owner: owner.clone(),
                             blocks_done: run.range.len(),
                             records_written: 1,
                         },

@@ -160,23 +160,31 @@ pub enum RunEvent {
         /// Blocks processed so far.
         blocks_done: u64,
     },
-    /// The run's records are durably in the sink.
+    /// The lease holder reports the run's records durably in the sink.
     Succeed {
+        /// Who holds the lease; must match.
+        owner: String,
         /// Blocks processed.
         blocks_done: u64,
         /// Records sent to the sink.
         records_written: u64,
     },
-    /// The attempt failed. `retry_at` is when the next attempt may start; it is dropped when no
-    /// attempts remain.
+    /// The lease holder reports the attempt failed. `retry_at` is when the next attempt may
+    /// start; it is dropped when no attempts remain.
     Fail {
+        /// Who holds the lease; must match.
+        owner: String,
         /// What went wrong, shown to users.
         error: String,
         /// Earliest start of the next attempt.
         retry_at: Option<DateTime<Utc>>,
     },
-    /// The lease ran out without a heartbeat.
+    /// The lease ran out without a heartbeat. Refused while the lease still ends after `at`,
+    /// so a heartbeat that renewed the lease after the caller listed the run wins: the check
+    /// runs inside the store's compare-and-set, not against the caller's stale copy.
     Expire {
+        /// When the caller found the lease ended.
+        at: DateTime<Utc>,
         /// Earliest start of the next attempt.
         retry_at: Option<DateTime<Utc>>,
     },
@@ -243,13 +251,23 @@ pub enum TransitionError {
         /// Attempts allowed.
         max_attempts: u32,
     },
-    /// A heartbeat from a worker that does not hold the lease.
+    /// A heartbeat, completion or hand-back from a worker that does not hold the lease.
     #[error("run is leased by {holder:?}, not {owner:?}")]
     NotLeaseHolder {
         /// The current holder.
         holder: Option<String>,
         /// Who asked.
         owner: String,
+    },
+    /// An expiry of a lease that was renewed after the caller saw it end.
+    #[error("the lease of {holder:?} runs until {until}, after {at}: it was renewed")]
+    LeaseActive {
+        /// The current holder.
+        holder: Option<String>,
+        /// When the lease ends now.
+        until: DateTime<Utc>,
+        /// When the caller found it ended.
+        at: DateTime<Utc>,
     },
 }
 
@@ -400,30 +418,41 @@ impl ModelRun {
                 lease_until,
                 blocks_done,
             } => {
-                if self.lease_owner.as_deref() != Some(owner) {
-                    return Err(TransitionError::NotLeaseHolder {
-                        holder: self.lease_owner.clone(),
-                        owner: owner.clone(),
-                    });
-                }
+                self.check_holder(owner)?;
                 self.lease_expires_at = Some(*lease_until);
                 self.blocks_done = *blocks_done;
             }
             RunEvent::Succeed {
+                owner,
                 blocks_done,
                 records_written,
             } => {
+                self.check_holder(owner)?;
                 self.blocks_done = *blocks_done;
                 self.records_written = *records_written;
                 self.last_error = None;
                 self.release(now);
             }
-            RunEvent::Fail { error, retry_at } => {
+            RunEvent::Fail {
+                owner,
+                error,
+                retry_at,
+            } => {
+                self.check_holder(owner)?;
                 self.last_error = Some(error.clone());
                 self.next_attempt_at = retry_at.filter(|_| self.attempt < self.max_attempts);
                 self.release(now);
             }
-            RunEvent::Expire { retry_at } => {
+            RunEvent::Expire { at, retry_at } => {
+                if let Some(until) = self.lease_expires_at
+                    && until > *at
+                {
+                    return Err(TransitionError::LeaseActive {
+                        holder: self.lease_owner.clone(),
+                        until,
+                        at: *at,
+                    });
+                }
                 self.last_error = Some(format!(
                     "lease of {} expired (attempt {})",
                     self.lease_owner.as_deref().unwrap_or("unknown worker"),
@@ -433,12 +462,7 @@ impl ModelRun {
                 self.release(now);
             }
             RunEvent::Release { owner, reason } => {
-                if self.lease_owner.as_deref() != Some(owner) {
-                    return Err(TransitionError::NotLeaseHolder {
-                        holder: self.lease_owner.clone(),
-                        owner: owner.clone(),
-                    });
-                }
+                self.check_holder(owner)?;
                 self.lease_owner = None;
                 self.lease_expires_at = None;
                 self.started_at = None;
@@ -460,6 +484,18 @@ impl ModelRun {
         self.state = to;
         self.updated_at = now;
         Ok(())
+    }
+
+    /// Refuses an event of a worker that does not hold the lease.
+    fn check_holder(&self, owner: &str) -> Result<(), TransitionError> {
+        if self.lease_owner.as_deref() == Some(owner) {
+            Ok(())
+        } else {
+            Err(TransitionError::NotLeaseHolder {
+                holder: self.lease_owner.clone(),
+                owner: owner.to_owned(),
+            })
+        }
     }
 
     fn release(&mut self, now: DateTime<Utc>) {
@@ -488,14 +524,19 @@ mod tests {
                 blocks_done: 1,
             },
             RunEvent::Succeed {
+                owner: "w".into(),
                 blocks_done: 1,
                 records_written: 1,
             },
             RunEvent::Fail {
+                owner: "w".into(),
                 error: "boom".into(),
                 retry_at: Some(t),
             },
-            RunEvent::Expire { retry_at: Some(t) },
+            RunEvent::Expire {
+                at: t,
+                retry_at: Some(t),
+            },
             RunEvent::Release {
                 owner: "w".into(),
                 reason: "shutdown".into(),
@@ -625,6 +666,7 @@ mod tests {
         assert_eq!(r.blocks_done, 0, "a refused event changes nothing");
         r.apply(
             &RunEvent::Fail {
+                owner: "w1".into(),
                 error: "boom".into(),
                 retry_at: Some(now),
             },
@@ -648,6 +690,7 @@ mod tests {
         .unwrap();
         r.apply(
             &RunEvent::Fail {
+                owner: "w2".into(),
                 error: "again".into(),
                 retry_at: Some(now),
             },
@@ -662,6 +705,75 @@ mod tests {
         assert!(r.is_due_for_publish(now));
         r.apply(&RunEvent::Enqueue, now).unwrap();
         assert_eq!((r.state, r.attempt), (Queued, 3));
+    }
+
+    /// Completion, failure and hand-back come from the lease holder only, and an expiry loses
+    /// to a heartbeat that renewed the lease after the expirer saw it end.
+    #[test]
+    fn lease_rules_hold_for_every_worker_event() {
+        let now = Utc::now();
+        let running = || {
+            let mut r = run();
+            r.apply(&RunEvent::Enqueue, now).unwrap();
+            r.apply(
+                &RunEvent::Start {
+                    owner: "w1".into(),
+                    lease_until: now + chrono::Duration::seconds(60),
+                },
+                now,
+            )
+            .unwrap();
+            r
+        };
+        let foreign = [
+            RunEvent::Succeed {
+                owner: "w2".into(),
+                blocks_done: 10,
+                records_written: 1,
+            },
+            RunEvent::Fail {
+                owner: "w2".into(),
+                error: "boom".into(),
+                retry_at: None,
+            },
+            RunEvent::Release {
+                owner: "w2".into(),
+                reason: "shutdown".into(),
+            },
+        ];
+        for ev in &foreign {
+            let mut r = running();
+            assert_eq!(
+                r.apply(ev, now),
+                Err(TransitionError::NotLeaseHolder {
+                    holder: Some("w1".into()),
+                    owner: "w2".into()
+                }),
+                "{}",
+                ev.name()
+            );
+            let before = r.clone();
+            let _ = r.apply(ev, now);
+            assert_eq!(r, before, "a refused event changes nothing");
+        }
+        // The lease runs 60 s from `now`: an expiry seen at `now` is refused, one seen after
+        // the lease's end is applied.
+        let mut r = running();
+        let early = RunEvent::Expire {
+            at: now,
+            retry_at: None,
+        };
+        assert!(matches!(
+            r.apply(&early, now),
+            Err(TransitionError::LeaseActive { .. })
+        ));
+        assert_eq!(r.state, Running);
+        let late = RunEvent::Expire {
+            at: now + chrono::Duration::seconds(61),
+            retry_at: None,
+        };
+        r.apply(&late, now).unwrap();
+        assert_eq!(r.state, Expired);
     }
 
     #[test]
@@ -730,6 +842,7 @@ mod tests {
         .unwrap();
         r.apply(
             &RunEvent::Succeed {
+                owner: "w2".into(),
                 blocks_done: 10,
                 records_written: 3,
             },
@@ -768,11 +881,13 @@ mod tests {
             .unwrap();
             let ev = if end == "fail" {
                 RunEvent::Fail {
+                    owner: "w".into(),
                     error: "boom".into(),
                     retry_at: Some(now),
                 }
             } else {
                 RunEvent::Expire {
+                    at: now,
                     retry_at: Some(now),
                 }
             };

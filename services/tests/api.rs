@@ -838,6 +838,7 @@ async fn cancel_paths(kind: Store) {
             RunState::Running,
             1,
             RunEvent::Succeed {
+                owner: "w".into(),
                 blocks_done: 10,
                 records_written: 0,
             },
@@ -918,6 +919,7 @@ async fn retry_paths(kind: Store) {
             RunState::Running,
             1,
             RunEvent::Fail {
+                owner: "w".into(),
                 error: "boom".into(),
                 retry_at: None,
             },

@@ -27,6 +27,7 @@ where
     claims_are_exclusive(Arc::new(make().await)).await;
     heartbeat_only_for_holder(make().await).await;
     expired_leases_are_listed(make().await).await;
+    worker_events_need_the_lease(make().await).await;
     outbox_order_and_retries(make().await).await;
     cursor_advances_atomically(make().await).await;
     named_lock_has_one_holder(make().await).await;
@@ -273,6 +274,7 @@ pub async fn transition_is_compare_and_set(store: impl RunStore) {
             RunState::Pending,
             1,
             RunEvent::Succeed {
+                owner: "w".into(),
                 blocks_done: 1,
                 records_written: 1,
             },
@@ -306,6 +308,7 @@ pub async fn transition_is_compare_and_set(store: impl RunStore) {
             RunState::Running,
             1,
             RunEvent::Fail {
+                owner: "w1".into(),
                 error: "boom: model panicked".into(),
                 retry_at: Some(Utc::now()),
             },
@@ -331,6 +334,7 @@ pub async fn transition_is_compare_and_set(store: impl RunStore) {
             RunState::Running,
             2,
             RunEvent::Succeed {
+                owner: "w2".into(),
                 blocks_done: 10,
                 records_written: 42,
             },
@@ -463,6 +467,7 @@ pub async fn expired_leases_are_listed(store: impl RunStore) {
             RunState::Running,
             1,
             RunEvent::Expire {
+                at: now,
                 retry_at: Some(now),
             },
         )
@@ -470,6 +475,76 @@ pub async fn expired_leases_are_listed(store: impl RunStore) {
         .unwrap();
     assert_eq!(r.state, RunState::Expired);
     assert!(store.expired_leases(now, 100).await.unwrap().is_empty());
+}
+
+/// `Succeed` and `Fail` MUST come from the lease holder, and `Expire` MUST lose to a heartbeat
+/// that renewed the lease after the expirer listed the run (checked inside the
+/// compare-and-set, against the stored lease, not the caller's copy).
+pub async fn worker_events_need_the_lease(store: impl RunStore) {
+    let id = create(&store, 1).await[0];
+    enqueue_all(&store, &[id]).await;
+    let now = Utc::now();
+    store
+        .claim(id, 1, "w1", now - Duration::seconds(5))
+        .await
+        .unwrap();
+    let listed = store.expired_leases(now, 10).await.unwrap();
+    assert_eq!(listed.len(), 1, "the lease ended 5 s ago");
+    for event in [
+        RunEvent::Succeed {
+            owner: "w2".into(),
+            blocks_done: 10,
+            records_written: 1,
+        },
+        RunEvent::Fail {
+            owner: "w2".into(),
+            error: "boom".into(),
+            retry_at: None,
+        },
+    ] {
+        let err = store
+            .transition(id, RunState::Running, 1, event)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Transition(_)), "{err:?}");
+    }
+    // The holder renews after the expirer listed the run: the expiry MUST be refused.
+    store
+        .heartbeat(id, 1, "w1", now + Duration::minutes(5), 3)
+        .await
+        .unwrap();
+    let err = store
+        .transition(
+            id,
+            RunState::Running,
+            1,
+            RunEvent::Expire {
+                at: now,
+                retry_at: Some(now),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Transition(_)), "{err:?}");
+    let still = store.get(id).await.unwrap();
+    assert_eq!(
+        (still.state, still.lease_owner.as_deref(), still.blocks_done),
+        (RunState::Running, Some("w1"), 3)
+    );
+    let done = store
+        .transition(
+            id,
+            RunState::Running,
+            1,
+            RunEvent::Succeed {
+                owner: "w1".into(),
+                blocks_done: 10,
+                records_written: 1,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.state, RunState::Succeeded);
 }
 
 /// The outbox gives pending runs oldest first, then due retries; not future or spent ones.
@@ -493,6 +568,7 @@ pub async fn outbox_order_and_retries(store: impl RunStore) {
         store.claim(*id, 1, "w", lease).await.unwrap();
     }
     let fail = |retry_at| RunEvent::Fail {
+        owner: "w".into(),
         error: "x".into(),
         retry_at,
     };
@@ -785,6 +861,7 @@ pub async fn release_hands_back_on_the_same_attempt(store: impl RunStore) {
             RunState::Running,
             1,
             RunEvent::Succeed {
+                owner: "w2".into(),
                 blocks_done: 10,
                 records_written: 1,
             },

@@ -400,6 +400,7 @@ mod tests {
                     RunState::Running,
                     1,
                     RunEvent::Fail {
+                        owner: "w".into(),
                         error: "boom".into(),
                         retry_at: Some(at),
                     },
@@ -439,6 +440,7 @@ mod tests {
                 RunState::Running,
                 2,
                 RunEvent::Fail {
+                    owner: "w".into(),
                     error: "again".into(),
                     retry_at: Some(now),
                 },

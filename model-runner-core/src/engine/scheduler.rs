@@ -278,7 +278,7 @@ impl Scheduler {
                     run.id,
                     RunState::Running,
                     run.attempt,
-                    RunEvent::Expire { retry_at },
+                    RunEvent::Expire { at: now, retry_at },
                 )
                 .await
             {
@@ -286,7 +286,8 @@ impl Scheduler {
                     n += 1;
                     info!(run = %r.id, attempt = r.attempt, owner = ?run.lease_owner, retry = r.next_attempt_at.is_some(), "lease expired");
                 }
-                Err(StoreError::Conflict { .. }) => {}
+                // Finished, or its lease renewed, since it was listed.
+                Err(StoreError::Conflict { .. } | StoreError::Transition(_)) => {}
                 Err(e) => return Err(e.into()),
             }
         }

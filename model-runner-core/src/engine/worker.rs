@@ -293,6 +293,7 @@ impl Worker {
         match outcome {
             Outcome::Succeeded(records) => {
                 let event = RunEvent::Succeed {
+                    owner: self.config.id.clone(),
                     blocks_done: run.range.len(),
                     records_written: records,
                 };
@@ -329,7 +330,11 @@ impl Worker {
                         run.id,
                         RunState::Running,
                         run.attempt,
-                        RunEvent::Fail { error, retry_at },
+                        RunEvent::Fail {
+                            owner: self.config.id.clone(),
+                            error,
+                            retry_at,
+                        },
                     )
                     .await
                 {

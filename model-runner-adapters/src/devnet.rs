@@ -8,10 +8,15 @@
 //! addresses drawn from a Zipf distribution over 10,000 accounts (a few hot contracts and
 //! wallets, a long tail), like mainnet. Logs are ERC-20 `Transfer`s (about half), ERC-721
 //! `Transfer`s (four topics), ERC-20 `Approval`s and other events; some transactions create
-//! contracts.
+//! contracts. `txs=0` gives blocks without transactions, hence without logs (a log belongs to a
+//! transaction); `logs=0` gives blocks without logs.
 //!
-//! URL: `devnet://?block_time_ms=1000&head=1000000&seed=1&txs=150&logs=300`, every parameter
-//! optional with those defaults. `head` is the head block at the moment the source is created.
+//! `delay_ms=N` makes every [`BlockSource::blocks`] call wait N ms before it returns: a slow
+//! source, for tests of runs that outlast a shutdown grace. It does not change any content.
+//!
+//! URL: `devnet://?block_time_ms=1000&head=1000000&seed=1&txs=150&logs=300&delay_ms=0`, every
+//! parameter optional with those defaults. `head` is the head block at the moment the source is
+//! created.
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +44,9 @@ pub struct DevnetConfig {
     pub txs: u32,
     /// Mean logs per block.
     pub logs: u32,
+    /// Wait of every `blocks` call: a slow source, for tests of runs that outlast a shutdown
+    /// grace.
+    pub delay: Duration,
 }
 
 impl Default for DevnetConfig {
@@ -49,6 +57,7 @@ impl Default for DevnetConfig {
             seed: 1,
             txs: 150,
             logs: 300,
+            delay: Duration::ZERO,
         }
     }
 }
@@ -76,9 +85,10 @@ impl DevnetConfig {
                 "seed" => c.seed = num()?,
                 "txs" => c.txs = num()?.min(10_000) as u32,
                 "logs" => c.logs = num()?.min(20_000) as u32,
+                "delay_ms" => c.delay = Duration::from_millis(num()?),
                 other => {
                     return Err(SourceError::InvalidData(format!(
-                        "unknown devnet parameter {other:?}: known are block_time_ms, head, seed, txs, logs"
+                        "unknown devnet parameter {other:?}: known are block_time_ms, head, seed, txs, logs, delay_ms"
                     )));
                 }
             }
@@ -115,7 +125,11 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+    /// `mean` ± 20 % (at least ±1), uniformly; exactly 0 for a mean of 0.
     fn around(&mut self, mean: u32) -> usize {
+        if mean == 0 {
+            return 0;
+        }
         let spread = (mean / 5).max(1) as u64;
         (u64::from(mean) - spread + self.below(2 * spread + 1)) as usize
     }
@@ -184,8 +198,15 @@ impl DevnetSource {
     pub fn generate(&self, number: u64) -> Block {
         let mut rng = Rng(self.config.seed.wrapping_mul(0x100_0000_01B3) ^ number);
         let hash = self.block_hash(number);
-        let tx_count = rng.around(self.config.txs).max(1);
-        let log_count = rng.around(self.config.logs);
+        // A nonzero mean never draws an empty block of transactions; logs need a transaction.
+        let tx_count = match rng.around(self.config.txs) {
+            0 if self.config.txs > 0 => 1,
+            n => n,
+        };
+        let log_count = match rng.around(self.config.logs) {
+            _ if tx_count == 0 => 0,
+            n => n,
+        };
         let mut transactions = Vec::with_capacity(tx_count);
         let mut cumulative = 0u64;
         for index in 0..tx_count as u64 {
@@ -299,6 +320,9 @@ impl BlockSource for DevnetSource {
                 source_name: format!("devnet (head is {head})"),
             });
         }
+        if !self.config.delay.is_zero() {
+            tokio::time::sleep(self.config.delay).await;
+        }
         Ok((range.start()..=range.end())
             .map(|n| self.generate(n))
             .collect())
@@ -373,12 +397,62 @@ mod tests {
         assert!(err.to_string().contains("head is 100"), "{err}");
     }
 
+    #[tokio::test]
+    async fn zero_txs_or_logs_load_empty_blocks() {
+        for (url, has_txs, has_logs) in [
+            ("devnet://?head=100&logs=0", true, false),
+            ("devnet://?head=100&txs=0", false, false),
+            ("devnet://?head=100&txs=0&logs=0", false, false),
+            ("devnet://?head=100&txs=1&logs=1", true, true),
+        ] {
+            let d = DevnetSource::from_url(Chain::new("ethereum").unwrap(), url).unwrap();
+            let blocks = d.blocks(BlockRange::new(0, 100).unwrap()).await.unwrap();
+            assert_eq!(blocks.len(), 101, "{url}");
+            let txs: usize = blocks.iter().map(|b| b.transactions.len()).sum();
+            let logs: usize = blocks.iter().map(|b| b.logs.len()).sum();
+            assert_eq!(txs > 0, has_txs, "{url}: {txs} transactions");
+            assert_eq!(logs > 0, has_logs, "{url}: {logs} logs");
+            if has_txs {
+                assert!(blocks.iter().all(|b| !b.transactions.is_empty()), "{url}");
+            }
+            assert_eq!(blocks[100].parent_hash, blocks[99].hash, "{url}");
+        }
+    }
+
+    #[test]
+    fn delay_parses_and_defaults_to_none() {
+        let c = DevnetConfig::from_url("devnet://?delay_ms=1500&block_time_ms=500").unwrap();
+        assert_eq!(c.delay, Duration::from_millis(1500));
+        assert_eq!(c.block_time, Duration::from_millis(500));
+        assert_eq!(
+            DevnetConfig::from_url("devnet://").unwrap().delay,
+            Duration::ZERO
+        );
+        let err = DevnetConfig::from_url("devnet://?delay_ms=soon").unwrap_err();
+        assert!(err.to_string().contains("delay_ms=\"soon\""), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delay_slows_every_load_without_changing_content() {
+        let chain = Chain::new("ethereum").unwrap();
+        let slow =
+            DevnetSource::from_url(chain.clone(), "devnet://?head=10&delay_ms=1500").unwrap();
+        let fast = DevnetSource::from_url(chain, "devnet://?head=10").unwrap();
+        let range = BlockRange::new(3, 5).unwrap();
+        let t0 = tokio::time::Instant::now();
+        let slow_blocks = slow.blocks(range).await.unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(1500));
+        assert_eq!(slow_blocks, fast.blocks(range).await.unwrap());
+    }
+
     #[test]
     fn bad_urls() {
         let err = DevnetConfig::from_url("devnet://?blocktime=5").unwrap_err();
         assert!(err.to_string().contains("\"blocktime\""), "{err}");
         let err = DevnetConfig::from_url("devnet://?head=-1").unwrap_err();
         assert!(err.to_string().contains("head=\"-1\""), "{err}");
+        let err = DevnetConfig::from_url("devnet://?wait=1").unwrap_err();
+        assert!(err.to_string().contains("delay_ms"), "{err}");
         assert_eq!(
             DevnetConfig::from_url("devnet://").unwrap(),
             DevnetConfig::default()

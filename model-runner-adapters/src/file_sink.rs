@@ -3,8 +3,10 @@
 //! Each line is one [`Record`] as JSON: `{"key":{"model","chain","block_number","position"},
 //! "model_version","block_hash","run_id","payload"}`. `send` appends the whole batch and
 //! `fsync`s before it returns, so a confirmed batch survives a crash; a crash mid-batch can
-//! leave a torn last line, which [`read_topic`] skips. Delivery is at-least-once: a retried run
-//! appends its records again, and readers deduplicate by key (the last line wins).
+//! leave a torn last line, which [`read_topic`] skips. The next sink to open that file ends the
+//! torn fragment with a newline before it appends, so its first record starts a line of its own
+//! instead of being glued onto the fragment; [`read_topic`] skips the fragment's line too. Delivery is at-least-once: a retried run appends its records again, and readers
+//! deduplicate by key (the last line wins).
 //!
 //! [`ResultSink::ping`] creates and removes a hidden probe file (`DIR/.ping-<uuid>`, never a
 //! topic file: topics cannot start with `.`), so it fails when the directory is gone, read-only
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use model_runner_core::Record;
 use model_runner_core::ports::{ResultSink, SinkError};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 const ADAPTER: &str = "file";
@@ -89,16 +91,40 @@ impl FileSink {
             return Ok(f.clone());
         }
         let path = self.path(topic);
-        let f = tokio::fs::OpenOptions::new()
+        let mut f = tokio::fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&path)
             .await
             .map_err(|e| io(format!("opening {}", path.display()), e))?;
+        end_torn_line(&mut f).await.map_err(|e| {
+            io(
+                format!("ending the torn last line of {}", path.display()),
+                e,
+            )
+        })?;
         let f = Arc::new(Mutex::new(f));
         files.insert(topic.to_owned(), f.clone());
         Ok(f)
     }
+}
+
+/// Appends a newline when the file does not end with one: a writer crashed mid-line, and the
+/// next record must not be glued onto its fragment.
+async fn end_torn_line(f: &mut tokio::fs::File) -> std::io::Result<()> {
+    if f.metadata().await?.len() == 0 {
+        return Ok(());
+    }
+    f.seek(std::io::SeekFrom::End(-1)).await?;
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last).await?;
+    if last[0] != b'\n' {
+        // Append mode: the write lands at the end whatever the read position.
+        f.write_all(b"\n").await?;
+        f.sync_data().await?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -161,29 +187,33 @@ impl ResultSink for FileSink {
     }
 }
 
-/// Reads back every complete record of a topic file, in order (a torn last line is skipped).
+/// Reads back every complete record of a topic file, in order. A torn record is skipped: the
+/// torn last line, and a line that ends before its JSON does (a torn record that a later writer
+/// ended with a newline). Any other line that does not parse is an error.
 pub fn read_topic(path: &Path) -> Result<Vec<Record>, SinkError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io(format!("reading {}", path.display()), e)),
     };
-    let complete = match text.rfind('\n') {
-        Some(i) => &text[..=i],
-        None => "",
+    let complete = match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(i) => &bytes[..i],
+        None => return Ok(Vec::new()),
     };
-    complete
-        .lines()
-        .enumerate()
-        .map(|(i, line)| {
-            serde_json::from_str(line).map_err(|e| {
-                io(
+    let mut records = Vec::new();
+    for (i, line) in complete.split(|&b| b == b'\n').enumerate() {
+        match serde_json::from_slice(line) {
+            Ok(r) => records.push(r),
+            Err(e) if e.is_eof() => {}
+            Err(e) => {
+                return Err(io(
                     format!("{} line {}", path.display(), i + 1),
                     std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                )
-            })
-        })
-        .collect()
+                ));
+            }
+        }
+    }
+    Ok(records)
 }
 
 #[cfg(test)]
@@ -209,6 +239,38 @@ mod tests {
             .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"key\":"))
             .unwrap();
         assert_eq!(read_topic(&sink.path("t")).unwrap(), recs);
+    }
+
+    #[tokio::test]
+    async fn a_reopened_file_ends_a_torn_line_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs = model_runner_core::conformance::sink::records("m", 2, 1);
+        let path = dir.path().join("t.jsonl");
+        let mut text = serde_json::to_vec(&recs[0]).unwrap();
+        text.push(b'\n');
+        let second = serde_json::to_vec(&recs[1]).unwrap();
+        text.extend_from_slice(&second[..second.len() / 2]);
+        std::fs::write(&path, &text).unwrap();
+
+        let sink = FileSink::open(dir.path()).await.unwrap();
+        sink.send("t", &recs[1..]).await.unwrap();
+        assert_eq!(read_topic(&path).unwrap(), recs);
+        // Reopening a file that ends with a newline adds nothing.
+        let before = std::fs::read(&path).unwrap();
+        let sink = FileSink::open(dir.path()).await.unwrap();
+        sink.send("t", &recs[..1]).await.unwrap();
+        let after = std::fs::read(&path).unwrap();
+        assert_eq!(&after[..before.len()], &before[..]);
+        assert_eq!(after.len() - before.len(), text.len() - second.len() / 2);
+    }
+
+    #[test]
+    fn a_line_that_is_not_a_torn_record_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        std::fs::write(&path, b"{\"key\": nope}\n").unwrap();
+        let err = read_topic(&path).unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
     }
 
     #[tokio::test]

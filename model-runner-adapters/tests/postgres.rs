@@ -292,7 +292,10 @@ async fn bad_input_is_a_typed_error() {
             id,
             RunState::Pending,
             1,
-            RunEvent::Expire { at: Utc::now(), retry_at: None },
+            RunEvent::Expire {
+                at: Utc::now(),
+                retry_at: None,
+            },
         )
         .await
         .unwrap_err();

@@ -125,6 +125,7 @@ impl RunState {
             (Running, RunEvent::Release { .. }) => Queued,
             (Pending | Queued | Running | Failed | Expired, RunEvent::Cancel { .. }) => Cancelled,
             (Failed | Expired, RunEvent::ScheduleRetry { .. }) => self,
+            (Queued, RunEvent::Republish { .. }) => Queued,
             _ => {
                 return Err(TransitionError::Illegal {
                     from: self,
@@ -202,6 +203,13 @@ pub enum RunEvent {
         /// Why, if given.
         reason: Option<String>,
     },
+    /// The reconciler published the message of a run that stayed `queued` too long (its
+    /// message may be lost) again; the run stays `queued` on the same attempt and its queue
+    /// time restarts, so it is republished at most once per reconcile age.
+    Republish {
+        /// `queued_at` as the reconciler saw it: refused if the run was queued anew since.
+        queued_at: DateTime<Utc>,
+    },
     /// A user asks a `failed`/`expired` run to be retried at `at`, granting one more attempt if
     /// none remain.
     ScheduleRetry {
@@ -223,6 +231,7 @@ impl RunEvent {
             RunEvent::Release { .. } => "release",
             RunEvent::Cancel { .. } => "cancel",
             RunEvent::ScheduleRetry { .. } => "retry",
+            RunEvent::Republish { .. } => "republish",
         }
     }
 }
@@ -341,6 +350,10 @@ pub struct ModelRun {
     pub last_error: Option<String>,
     /// The idempotency key of the batch that created it.
     pub idempotency_key: Option<String>,
+    /// How many times the reconciler published the run's message again because the run
+    /// stayed `queued` longer than the reconcile age (its message was presumably lost).
+    #[serde(default)]
+    pub republished: u32,
 }
 
 impl ModelRun {
@@ -370,6 +383,7 @@ impl ModelRun {
             records_written: 0,
             last_error: None,
             idempotency_key,
+            republished: 0,
         }
     }
 
@@ -476,6 +490,16 @@ impl ModelRun {
                 self.next_attempt_at = None;
                 self.release(now);
             }
+            RunEvent::Republish { queued_at } => {
+                if self.queued_at != Some(*queued_at) {
+                    return Err(TransitionError::Illegal {
+                        from: self.state,
+                        event: "republish (queued again since it was seen)",
+                    });
+                }
+                self.queued_at = Some(now);
+                self.republished = self.republished.saturating_add(1);
+            }
             RunEvent::ScheduleRetry { at } => {
                 self.max_attempts = self.max_attempts.max(self.attempt + 1);
                 self.next_attempt_at = Some(*at);
@@ -543,6 +567,7 @@ mod tests {
             },
             RunEvent::Cancel { reason: None },
             RunEvent::ScheduleRetry { at: t },
+            RunEvent::Republish { queued_at: t },
         ]
     }
 
@@ -566,6 +591,7 @@ mod tests {
             (Expired, "cancel", Cancelled),
             (Failed, "retry", Failed),
             (Expired, "retry", Expired),
+            (Queued, "republish", Queued),
         ];
         let mut seen = 0;
         for from in RunState::ALL {

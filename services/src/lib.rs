@@ -112,6 +112,36 @@ pub struct AdapterUrls {
     pub migrate: bool,
 }
 
+impl AdapterUrls {
+    /// Refuses in-process adapters for a command that runs as one process of several
+    /// (`scheduler`, `enqueuer`, `worker`, `backfill`): a `memory://` queue or a `memory://` /
+    /// `sqlite::memory:` store lives and dies with this process, so the other processes would
+    /// never see its runs or messages (an enqueuer would mark runs `queued` in a queue no worker
+    /// can read). `queue` says whether the command uses the queue at all.
+    pub fn require_shared(&self, command: &str, queue: bool) -> anyhow::Result<()> {
+        let store = self.store.trim();
+        if store.starts_with("memory:") || store.starts_with("sqlite::memory:") {
+            bail!(
+                "`model-runner {command}` runs as one process among several, but --store {store} \
+                 (MODEL_RUNNER_STORE) lives only inside this process: give a store the other \
+                 processes share, e.g. --store postgres://USER@HOST/DB or sqlite://PATH, or run \
+                 everything in one process with `model-runner all`"
+            );
+        }
+        if queue && self.queue.trim().starts_with("memory:") {
+            bail!(
+                "`model-runner {command}` runs as one process among several, but --queue {} \
+                 (MODEL_RUNNER_QUEUE, the default) lives only inside this process, so no other \
+                 process could read its messages: give a broker, e.g. --queue \
+                 amqp://USER:PASS@HOST/%2f, or run everything in one process with \
+                 `model-runner all`",
+                self.queue.trim()
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Builds the ports from URLs, with the built-in models.
 pub async fn build_deps(urls: &AdapterUrls) -> anyhow::Result<EngineDeps> {
     let routing = Routing::default();

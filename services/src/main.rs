@@ -154,6 +154,11 @@ struct WorkerFlags {
     /// Attempts per run before it ends `failed` and its message is dead-lettered.
     #[arg(long, env = "MODEL_RUNNER_MAX_ATTEMPTS", default_value_t = 3)]
     max_attempts: u32,
+    /// On SIGTERM or Ctrl-C, seconds in-flight runs may take to finish before they are
+    /// handed back (to `queued` on the same attempt, their messages requeued for another
+    /// worker). Keep it under your orchestrator's kill timeout.
+    #[arg(long, env = "MODEL_RUNNER_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    shutdown_grace_secs: u64,
 }
 
 impl WorkerFlags {
@@ -166,6 +171,7 @@ impl WorkerFlags {
             heartbeat: Duration::from_secs((self.lease_secs / 4).max(1)),
             retry: cli_retry(),
             env: env.to_owned(),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             ..Default::default()
         }
     }
@@ -263,6 +269,16 @@ Example:
         /// Seconds between scheduling passes.
         #[arg(long, env = "MODEL_RUNNER_TICK_SECS", default_value_t = 1)]
         tick_secs: u64,
+        /// Seconds a run may stay `queued` before the reconciler publishes its message again
+        /// (a message lost to a broker fault or a dead channel would strand it otherwise).
+        /// Set it above the longest wait a message may have in a queue behind others: each
+        /// republish of a run still waiting adds a duplicate message, which workers drop.
+        #[arg(
+            long,
+            env = "MODEL_RUNNER_RECONCILE_AFTER_SECS",
+            default_value_t = 3600
+        )]
+        reconcile_after_secs: u64,
     },
     /// Publish pending runs to their queues (the outbox relay).
     Enqueuer,
@@ -409,6 +425,13 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let mut urls = cli.adapters.urls();
     // `migrate` migrates even when MODEL_RUNNER_NO_MIGRATE is set for the services.
     urls.migrate |= matches!(cli.command, Command::Migrate);
+    match &cli.command {
+        Command::Scheduler { .. } => urls.require_shared("scheduler", true)?,
+        Command::Enqueuer => urls.require_shared("enqueuer", true)?,
+        Command::Worker { .. } => urls.require_shared("worker", true)?,
+        Command::Backfill { .. } => urls.require_shared("backfill", false)?,
+        _ => {}
+    }
     let deps = build_deps(&urls).await?;
     let env = cli.adapters.env.clone();
     match cli.command {
@@ -459,6 +482,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             realtime,
             confirmations,
             tick_secs,
+            reconcile_after_secs,
         } => {
             let subs = realtime
                 .into_iter()
@@ -473,6 +497,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     tick: Duration::from_secs(tick_secs.max(1)),
                     realtime: subs,
                     retry: cli_retry(),
+                    reconcile_after: Duration::from_secs(reconcile_after_secs.max(1)),
                     ..Default::default()
                 },
             )

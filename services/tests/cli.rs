@@ -276,3 +276,65 @@ fn no_migrate_refuses_an_unmigrated_sqlite_store_until_migrate() {
     );
     assert_eq!(listed, "");
 }
+
+/// A component that runs as one process of several refuses an in-process queue or store,
+/// naming the flag, before it touches anything: an `enqueuer` on the default `memory://` queue
+/// used to mark runs `queued` in a queue no worker could read.
+#[test]
+fn standalone_components_refuse_in_process_adapters() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}/runs.db", dir.path().display());
+    for command in ["scheduler", "enqueuer", "worker"] {
+        let out = run_in(dir.path(), &["--store", &store, command], &[]);
+        assert!(!out.status.success(), "{command} accepted memory://");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!("`model-runner {command}`"))
+                && err.contains("--queue memory://")
+                && err.contains("MODEL_RUNNER_QUEUE")
+                && err.contains("model-runner all"),
+            "{command}: {err}"
+        );
+        for memory_store in ["memory://", "sqlite::memory:"] {
+            let out = run_in(
+                dir.path(),
+                &[
+                    "--store",
+                    memory_store,
+                    "--queue",
+                    "amqp://127.0.0.1:1/%2f",
+                    command,
+                ],
+                &[],
+            );
+            assert!(!out.status.success());
+            let err = text(&out.stderr);
+            assert!(
+                err.contains(&format!("--store {memory_store}")),
+                "{command} {memory_store}: {err}"
+            );
+        }
+    }
+    // `backfill` only writes runs to the store: any queue will do, not an in-process store.
+    let out = run_in(
+        dir.path(),
+        &[
+            "--store",
+            "memory://",
+            "backfill",
+            "ethereum:block_stats:0-99",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--store memory://"));
+    ok(
+        dir.path(),
+        &["--store", &store, "backfill", "ethereum:block_stats:0-99"],
+        &[("MODEL_RUNNER_SINK", "memory://")],
+    );
+    assert!(
+        !dir.path().join("sink").exists(),
+        "refused commands created nothing"
+    );
+}

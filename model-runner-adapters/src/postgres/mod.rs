@@ -769,6 +769,7 @@ fn compare_and_set<'q>(
     .bind(next.blocks_done as i64)
     .bind(next.records_written as i64)
     .bind(next.last_error.clone())
+    .bind(i32::try_from(next.republished).unwrap_or(i32::MAX))
 }
 
 /// Inserts freshly created runs (all `pending`, attempt 1, one timestamp and key per batch): one

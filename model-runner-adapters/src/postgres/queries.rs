@@ -28,7 +28,7 @@ macro_rules! update_run {
             "UPDATE run_states SET state = $5, attempt = $6, max_attempts = $7, updated_at = $8, \
              queued_at = $9, started_at = $10, finished_at = $11, lease_owner = $12, \
              lease_expires_at = $13, next_attempt_at = $14, blocks_done = $15, \
-             records_written = $16, last_error = $17, version = version + 1",
+             records_written = $16, last_error = $17, republished = $18, version = version + 1",
             $from,
             " WHERE id = $1 AND state = $2 AND attempt = $3 AND version = $4 RETURNING version"
         )

@@ -16,7 +16,8 @@ macro_rules! run_columns {
         "r.id, r.model, r.model_version, r.chain, r.range_start, r.range_end, r.mode, r.kind, \
          r.queue, s.state, s.attempt, s.max_attempts, r.created_at, s.updated_at, s.queued_at, \
          s.started_at, s.finished_at, s.lease_owner, s.lease_expires_at, s.next_attempt_at, \
-         s.blocks_done, s.records_written, s.last_error, r.idempotency_key, s.version"
+         s.blocks_done, s.records_written, s.last_error, r.idempotency_key, s.republished, \
+         s.version"
     };
 }
 
@@ -102,6 +103,7 @@ fn decode_inner(row: &PgRow) -> Result<StoredRun, Decode> {
         records_written: unsigned("records_written")?,
         last_error: row.try_get("last_error")?,
         idempotency_key: row.try_get("idempotency_key")?,
+        republished: u32::try_from(row.try_get::<i32, _>("republished")?).unwrap_or(0),
     };
     Ok(StoredRun {
         run,

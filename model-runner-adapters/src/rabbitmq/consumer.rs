@@ -8,7 +8,9 @@
 //! retrying with backoff and jitter until the broker is back; cancelling it there only drops a
 //! half-made channel.
 //!
-//! Dropping the [`AmqpConsumer`] drops its channel; lapin closes a channel whose last handle is
+//! [`Consumer::cancel`] sends `basic.cancel` and nacks (requeue) what the broker had sent but
+//! `next` not returned, and keeps the channel open, so a worker shutting down can still settle
+//! (or hand back) the deliveries it holds. Dropping the [`AmqpConsumer`] drops its channel; lapin closes a channel whose last handle is
 //! gone, and the broker requeues its unacked deliveries (marked redelivered). Dropping a
 //! [`Delivery`] unsettled sends a `basic.nack` with requeue from a spawned task. Deliveries
 //! still buffered from a channel that has died are skipped: the broker delivers them again.
@@ -19,7 +21,8 @@ use std::sync::atomic::Ordering;
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, Channel};
@@ -45,6 +48,9 @@ enum State {
     },
     /// The subscription ended; `attempt` resubscriptions have failed since.
     Lost { attempt: u32 },
+    /// Deliveries stopped by [`Consumer::cancel`]; the channel stays open so that what was
+    /// handed out can still be settled, and closes when the consumer is dropped.
+    Cancelled { _channel: Option<Box<Channel>> },
 }
 
 impl AmqpConsumer {
@@ -73,6 +79,10 @@ impl AmqpConsumer {
 
 #[async_trait]
 impl Consumer for AmqpConsumer {
+    async fn cancel(&mut self) -> Result<(), QueueError> {
+        self.cancel_subscription().await
+    }
+
     async fn next(&mut self) -> Result<Option<Delivery>, QueueError> {
         loop {
             match &mut self.state {
@@ -107,6 +117,7 @@ impl Consumer for AmqpConsumer {
                         self.state = State::Lost { attempt: 0 };
                     }
                 },
+                State::Cancelled { .. } => return Ok(None),
                 State::Lost { attempt } => {
                     let attempt = *attempt;
                     if attempt > 0 {
@@ -133,6 +144,49 @@ impl Consumer for AmqpConsumer {
                 }
             }
         }
+    }
+}
+
+impl AmqpConsumer {
+    /// `basic.cancel`, then hands back (nack, requeue) what the broker had already sent and
+    /// [`Consumer::next`] not returned, until the stream ends.
+    async fn cancel_subscription(&mut self) -> Result<(), QueueError> {
+        let state = std::mem::replace(&mut self.state, State::Cancelled { _channel: None });
+        let State::Subscribed {
+            _channel: channel,
+            mut stream,
+        } = state
+        else {
+            // Lost (nothing is subscribed) or cancelled already.
+            return Ok(());
+        };
+        let cancelled = channel
+            .basic_cancel(stream.tag(), BasicCancelOptions::default())
+            .await
+            .map_err(|e| amqp_error(&format!("cancelling the consumer of {}", self.queue), e));
+        if cancelled.is_ok() {
+            // After cancel-ok the stream ends once its buffer is drained; bounded in case the
+            // channel dies meanwhile (then the broker requeues everything anyway).
+            let drain = async {
+                while let Some(Ok(delivery)) = stream.next().await {
+                    if delivery.acker.usable() {
+                        let _ = delivery
+                            .acker
+                            .nack(BasicNackOptions {
+                                multiple: false,
+                                requeue: true,
+                            })
+                            .await;
+                    }
+                }
+            };
+            let bound = std::time::Duration::from_secs(5).min(self.shared.options.confirm_timeout);
+            let _ = tokio::time::timeout(bound, drain).await;
+        }
+        self.state = State::Cancelled {
+            _channel: Some(channel),
+        };
+        cancelled
     }
 }
 

@@ -25,6 +25,8 @@ where
     publish_consume_in_order(make().await).await;
     queues_are_isolated(make().await).await;
     unacked_comes_back_after_consumer_drop(make().await).await;
+    held_delivery_comes_back_at_once_when_its_consumer_drops(make().await).await;
+    cancel_stops_deliveries_and_keeps_held_ones_settleable(make().await).await;
     nack_requeues(make().await).await;
     reject_dead_letters(make().await).await;
     competing_consumers_share_without_duplicates(make().await).await;
@@ -107,6 +109,71 @@ pub async fn unacked_comes_back_after_consumer_drop(queue: impl RunQueue) {
     assert!(d.redelivered, "it MUST be marked redelivered");
     d.ack().await.unwrap();
     expect_quiet(&mut c2).await;
+}
+
+/// A consumer dropped while a delivery of its is still held (not dropped, not settled): the
+/// message MUST come back to another consumer at once, and settling the held delivery
+/// afterwards MUST fail, as on a closed AMQP channel. (The in-memory queue once kept such a
+/// delivery settleable after its consumer was gone, which hid a worker shutdown bug that
+/// RabbitMQ shows.)
+pub async fn held_delivery_comes_back_at_once_when_its_consumer_drops(queue: impl RunQueue) {
+    let name = unique("conf_drop_held");
+    let sent = messages(1);
+    queue.publish(&name, &sent).await.unwrap();
+    let mut first = queue.consume(&name, 10).await.unwrap();
+    let held = expect_next(&mut first).await;
+    let mut second = queue.consume(&name, 10).await.unwrap();
+    expect_quiet(&mut second).await;
+    drop(first);
+    let again = expect_next(&mut second).await;
+    assert_eq!(again.message, sent[0]);
+    assert!(again.redelivered);
+    assert!(
+        held.nack_requeue().await.is_err(),
+        "settling a delivery of a dropped consumer MUST fail"
+    );
+    again.ack().await.unwrap();
+    expect_quiet(&mut second).await;
+}
+
+/// After `cancel`, the consumer gets nothing new (`next` is `Ok(None)`), other consumers get
+/// the rest, and what it held stays settleable until it is dropped.
+pub async fn cancel_stops_deliveries_and_keeps_held_ones_settleable(queue: impl RunQueue) {
+    let name = unique("conf_cancel");
+    let sent = messages(3);
+    queue.publish(&name, &sent[..1]).await.unwrap();
+    let mut c = queue.consume(&name, 1).await.unwrap();
+    let held = expect_next(&mut c).await;
+    assert_eq!(held.message, sent[0]);
+    c.cancel().await.expect("cancel");
+    c.cancel().await.expect("cancel is idempotent");
+    queue.publish(&name, &sent[1..]).await.unwrap();
+    assert!(
+        tokio::time::timeout(ARRIVES, c.next())
+            .await
+            .expect("next after cancel MUST return")
+            .expect("next after cancel")
+            .is_none(),
+        "a cancelled consumer MUST get nothing new"
+    );
+    let mut other = queue.consume(&name, 10).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let d = expect_next(&mut other).await;
+        got.push(d.message);
+        d.ack().await.unwrap();
+    }
+    got.sort_by_key(|m| m.attempt);
+    assert_eq!(got, sent[1..]);
+    // Still settleable: the hand-back of a shutting-down worker.
+    held.nack_requeue()
+        .await
+        .expect("a held delivery stays settleable after cancel");
+    let back = expect_next(&mut other).await;
+    assert_eq!(back.message, sent[0]);
+    back.ack().await.unwrap();
+    drop(c);
+    expect_quiet(&mut other).await;
 }
 
 /// `nack_requeue` makes a message deliverable again.

@@ -1,6 +1,8 @@
 //! The scheduler: follows chain heads, splits backfills, and sends runs whose worker vanished
 //! back for another attempt.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -8,8 +10,8 @@ use tracing::{debug, info, warn};
 
 use super::{CancellationToken, EngineDeps, EngineError, RetryPolicy};
 use crate::chain::{BlockRange, Chain, RunMode};
-use crate::ports::{CreateRuns, CreatedRuns, StoreError};
-use crate::run::{NewRun, RunEvent, RunState};
+use crate::ports::{CreateRuns, CreatedRuns, RunMessage, StoreError};
+use crate::run::{ModelRun, NewRun, RunEvent, RunState};
 
 /// Follow `chain`'s head with `model`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +147,11 @@ pub struct SchedulerConfig {
     pub retry: RetryPolicy,
     /// Most runs created per subscription per tick (catching up after downtime).
     pub max_runs_per_tick: u64,
+    /// A run `queued` longer than this has its message published again by the reconciler
+    /// (whatever lost it: a broker that dropped it, a requeue on a dead channel). Set it above
+    /// the longest time a message may legitimately wait in a queue behind others: each
+    /// republish of a waiting run adds a duplicate message, which the worker's claim drops.
+    pub reconcile_after: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -156,6 +163,7 @@ impl Default for SchedulerConfig {
             realtime: Vec::new(),
             retry: RetryPolicy::default(),
             max_runs_per_tick: 100,
+            reconcile_after: Duration::from_secs(3600),
         }
     }
 }
@@ -169,6 +177,8 @@ pub struct TickReport {
     pub created: usize,
     /// Runs whose lease had expired.
     pub expired: usize,
+    /// Stale `queued` runs whose message was published again.
+    pub republished: usize,
 }
 
 /// The scheduler loop. Several may run; a store lock lets one act at a time.
@@ -176,6 +186,9 @@ pub struct TickReport {
 pub struct Scheduler {
     deps: EngineDeps,
     config: SchedulerConfig,
+    /// When the reconciler last looked for stale `queued` runs (it looks every tenth of the
+    /// reconcile age, not every tick: the look scans the queued runs).
+    last_reconcile: Arc<Mutex<Option<tokio::time::Instant>>>,
 }
 
 /// Name of the leadership lock in the store.
@@ -184,7 +197,11 @@ pub const SCHEDULER_LOCK: &str = "scheduler";
 impl Scheduler {
     /// A scheduler over `deps`.
     pub fn new(deps: EngineDeps, config: SchedulerConfig) -> Self {
-        Self { deps, config }
+        Self {
+            deps,
+            config,
+            last_reconcile: Arc::default(),
+        }
     }
 
     /// One pass: take leadership, schedule realtime runs, expire dead leases.
@@ -210,7 +227,79 @@ impl Scheduler {
             }
         }
         report.expired = self.expire_leases().await?;
+        report.republished = self.reconcile().await?;
         Ok(report)
+    }
+
+    /// Publishes again the message of every run `queued` for longer than the reconcile age,
+    /// then marks it republished (which restarts its queue time). Duplicates are harmless: the
+    /// worker's claim drops all but one. One failing queue does not stop the others.
+    async fn reconcile(&self) -> Result<usize, EngineError> {
+        let age = self.config.reconcile_after;
+        {
+            let mut last = self
+                .last_reconcile
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let now = tokio::time::Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < age / 10) {
+                return Ok(0);
+            }
+            *last = Some(now);
+        }
+        let now = Utc::now();
+        let before = now - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+        let stale = self.deps.store.stale_queued(before, 1000).await?;
+        let mut by_queue: BTreeMap<&str, Vec<&ModelRun>> = BTreeMap::new();
+        for run in &stale {
+            by_queue.entry(run.queue.as_str()).or_default().push(run);
+        }
+        let mut republished = 0;
+        for (queue, runs) in by_queue {
+            let messages: Vec<RunMessage> = runs
+                .iter()
+                .map(|r| RunMessage {
+                    run_id: r.id,
+                    attempt: r.attempt,
+                })
+                .collect();
+            if let Err(e) = self.deps.queue.publish(queue, &messages).await {
+                warn!(%queue, runs = runs.len(), error = %e, "reconciler could not republish stale queued runs; next look retries");
+                continue;
+            }
+            for run in runs {
+                let Some(queued_at) = run.queued_at else {
+                    continue;
+                };
+                match self
+                    .deps
+                    .store
+                    .transition(
+                        run.id,
+                        RunState::Queued,
+                        run.attempt,
+                        RunEvent::Republish { queued_at },
+                    )
+                    .await
+                {
+                    Ok(r) => {
+                        republished += 1;
+                        info!(run = %r.id, %queue, attempt = r.attempt, queued_since = %queued_at, republished = r.republished, "reconciler republished a stale queued run");
+                    }
+                    // Claimed, cancelled or queued anew since it was listed.
+                    Err(StoreError::Conflict { .. } | StoreError::Transition(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        if republished > 0 {
+            warn!(
+                runs = republished,
+                age_secs = age.as_secs(),
+                "reconciler republished runs queued longer than the reconcile age (their messages were lost)"
+            );
+        }
+        Ok(republished)
     }
 
     async fn schedule_realtime(&self, sub: &RealtimeSubscription) -> Result<usize, EngineError> {
@@ -318,7 +407,7 @@ mod tests {
     use super::*;
     use crate::chain::ModelKind;
     use crate::memory::{MemoryBlockSource, MemoryRunQueue, MemoryRunStore, MemorySink};
-    use crate::ports::{BlockSource, RunFilter, RunStore};
+    use crate::ports::{BlockSource, RunFilter, RunQueue, RunStore};
     use crate::routing::{Routing, queue_name};
     use crate::run::ModelRun;
 
@@ -416,6 +505,82 @@ mod tests {
         assert_eq!(next, end + 1, "{:?}", ranges(runs));
     }
 
+    /// A `queued` run whose message is gone (acked by a consumer without running it, as a
+    /// requeue on a dead channel loses it) is republished once it is older than the reconcile
+    /// age, and marked so; a run queued recently is left alone.
+    #[tokio::test]
+    async fn the_reconciler_republishes_runs_stranded_in_queued() {
+        let (deps, _source) = setup(100);
+        let queue = Arc::new(MemoryRunQueue::new());
+        let deps = EngineDeps {
+            queue: queue.clone(),
+            ..deps
+        };
+        let created = submit_backfill(
+            &deps,
+            BackfillRequest {
+                model: "block_stats".into(),
+                chain: chain(),
+                range: BlockRange::new(0, 9).unwrap(),
+                chunk_size: 10,
+                mode: RunMode::Backfill,
+                adhoc_queue: None,
+                max_attempts: 3,
+                idempotency_key: None,
+            },
+        )
+        .await
+        .unwrap();
+        let run = &created.runs[0];
+        let enqueuer = crate::engine::Enqueuer::new(deps.clone(), Default::default());
+        assert_eq!(enqueuer.pass().await.unwrap(), 1);
+        // The message is lost.
+        let mut consumer = queue.consume(&run.queue, 1).await.unwrap();
+        consumer.next().await.unwrap().unwrap().ack().await.unwrap();
+        assert_eq!(queue.ready_len(&run.queue), 0);
+        let queued = deps.store.get(run.id).await.unwrap();
+
+        let scheduler = Scheduler::new(
+            deps.clone(),
+            SchedulerConfig {
+                owner: "s1".into(),
+                reconcile_after: Duration::from_secs(3600),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            scheduler.tick().await.unwrap().republished,
+            0,
+            "queued just now"
+        );
+        let scheduler = Scheduler::new(
+            deps.clone(),
+            SchedulerConfig {
+                owner: "s1".into(),
+                reconcile_after: Duration::from_millis(20),
+                ..Default::default()
+            },
+        );
+        // Let the run's queue time pass the (tiny) reconcile age.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let report = scheduler.tick().await.unwrap();
+        assert_eq!(report.republished, 1);
+        assert_eq!(queue.ready_len(&run.queue), 1, "its message is back");
+        let after = deps.store.get(run.id).await.unwrap();
+        assert_eq!(
+            (after.state, after.attempt, after.republished),
+            (RunState::Queued, 1, 1)
+        );
+        assert!(
+            after.queued_at > queued.queued_at,
+            "its queue time restarts"
+        );
+        // Not again before another reconcile age has passed.
+        assert_eq!(scheduler.tick().await.unwrap().republished, 0);
+        let d = consumer.next().await.unwrap().unwrap();
+        assert_eq!((d.message.run_id, d.message.attempt), (run.id, 1));
+    }
+
     #[tokio::test]
     async fn two_schedulers_sharing_the_store_lock_create_each_range_once() {
         let (deps, source) = setup(24);
@@ -436,7 +601,8 @@ mod tests {
             TickReport {
                 leader: false,
                 created: 0,
-                expired: 0
+                expired: 0,
+                republished: 0,
             }
         );
         assert_eq!(all_runs(&deps).await.len(), 3);

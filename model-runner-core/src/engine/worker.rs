@@ -241,8 +241,16 @@ impl Worker {
             // Reap finished runs so the set does not grow.
             while inflight.try_join_next().is_some() {}
         }
-        drop(consumer);
+        // Stop deliveries but keep the channel open until every delivery in flight is settled:
+        // dropping the consumer now would close its channel, the broker would hand the
+        // in-flight messages to another worker (which finds the run still `running` here and
+        // drops them), and a run handed back after the grace could not be requeued on the
+        // closed channel: it would wait `queued` with no message.
+        if let Err(e) = consumer.cancel().await {
+            warn!(%queue, error = %e, "cancelling the consumer failed; in-flight messages may be redelivered early");
+        }
         while inflight.join_next().await.is_some() {}
+        drop(consumer);
     }
 
     /// Processes one delivery to the end: claim, execute, record the outcome, settle the
@@ -1006,6 +1014,52 @@ mod tests {
         assert_eq!(done.last_error, None);
         assert_eq!(stats.runs_succeeded.load(Ordering::Relaxed), 1);
         assert_eq!(model.started.load(Ordering::SeqCst), 2);
+        assert_eq!(queue.ready_len(&run.queue), 0);
+    }
+
+    /// A worker is stopped while another one runs, holding a run that outlasts its grace.
+    /// Its consumer must stay open until the hand-back is settled: with the consumer dropped
+    /// at once (as before), the broker gave the message to the other worker, which found the
+    /// run `running` and dropped it, and the hand-back's requeue then failed on the closed
+    /// channel, leaving the run `queued` with no message.
+    #[tokio::test]
+    async fn a_run_handed_back_while_another_worker_runs_is_finished_by_it() {
+        let (deps, model, queue, run) = blocker_deps(1).await;
+        let stop1 = CancellationToken::new();
+        let w1 = tokio::spawn(blocker_worker(&deps, "w1").run(stop1.clone()));
+        wait_for(&deps, run.id, "w1 to claim the run", |r| {
+            r.state == RunState::Running
+        })
+        .await;
+        let stop2 = CancellationToken::new();
+        let w2 = blocker_worker(&deps, "w2");
+        let stats2 = w2.stats();
+        let w2 = tokio::spawn(w2.run(stop2.clone()));
+        stop1.cancel();
+        w1.await.unwrap().unwrap();
+        // w2 takes the handed-back run on the same attempt (the model still blocks).
+        wait_for(&deps, run.id, "w2 to claim the handed-back run", |r| {
+            r.state == RunState::Running && r.lease_owner.as_deref() == Some("w2")
+        })
+        .await;
+        model.block.store(false, Ordering::SeqCst);
+        let done = wait_for(&deps, run.id, "w2 to finish the run", |r| {
+            r.state.is_final()
+        })
+        .await;
+        stop2.cancel();
+        w2.await.unwrap().unwrap();
+        assert_eq!(
+            (done.state, done.attempt),
+            (RunState::Succeeded, 1),
+            "{done:?}"
+        );
+        assert_eq!(stats2.runs_succeeded.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            stats2.dropped.load(Ordering::Relaxed),
+            0,
+            "w2 never saw the message while w1 held the run"
+        );
         assert_eq!(queue.ready_len(&run.queue), 0);
     }
 

@@ -1,4 +1,9 @@
 //! [`MemoryRunQueue`]: named FIFO queues in memory with acks, redelivery and dead letters.
+//!
+//! It behaves like RabbitMQ where the engine depends on it: each consumer is a channel, and
+//! dropping the consumer puts every delivery it handed out and that is still unsettled back
+//! in the queue at once, after which settling those deliveries fails, as on a closed AMQP
+//! channel. [`Consumer::cancel`] stops deliveries while what was handed out stays settleable.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -92,10 +97,14 @@ impl RunQueue for MemoryRunQueue {
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>, QueueError> {
         check_name(queue)?;
         Ok(Box::new(MemoryConsumer {
-            shared: self.shared.clone(),
-            queue_name: queue.to_owned(),
+            channel: Arc::new(Channel {
+                shared: self.shared.clone(),
+                queue_name: queue.to_owned(),
+                state: Mutex::default(),
+            }),
             queue: self.shared.queue(queue),
             permits: Arc::new(Semaphore::new(usize::from(prefetch.max(1)))),
+            cancelled: false,
         }))
     }
 
@@ -104,17 +113,85 @@ impl RunQueue for MemoryRunQueue {
     }
 }
 
+/// The channel of one consumer, as in AMQP: it tracks the deliveries handed out and not yet
+/// settled, and when it closes (the consumer is dropped) they all go back to the queue at
+/// once, and settling any of them fails from then on.
 #[derive(Debug)]
-struct MemoryConsumer {
+struct Channel {
     shared: Arc<Shared>,
     queue_name: String,
+    state: Mutex<ChannelState>,
+}
+
+#[derive(Debug, Default)]
+struct ChannelState {
+    closed: bool,
+    next_tag: u64,
+    unsettled: HashMap<u64, RunMessage>,
+}
+
+impl Channel {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChannelState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes delivery `tag` off the channel for settling; an error once the channel closed
+    /// (the broker has requeued the message already).
+    fn take(&self, tag: u64, what: &str) -> Result<RunMessage, QueueError> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(QueueError::Unavailable {
+                adapter: "memory",
+                message: format!(
+                    "{what} not sent: the delivery's consumer was dropped, so the message is back in the queue"
+                ),
+            });
+        }
+        state
+            .unsettled
+            .remove(&tag)
+            .ok_or_else(|| QueueError::Backend {
+                adapter: "memory",
+                source: format!("{what}: delivery {tag} was settled already").into(),
+            })
+    }
+
+    fn close(&self) {
+        let unsettled = {
+            let mut state = self.lock();
+            state.closed = true;
+            std::mem::take(&mut state.unsettled)
+        };
+        let queue = self.shared.queue(&self.queue_name);
+        let mut by_tag: Vec<_> = unsettled.into_iter().collect();
+        by_tag.sort_by_key(|(tag, _)| std::cmp::Reverse(*tag));
+        for (_, message) in by_tag {
+            queue.push(message, true);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct MemoryConsumer {
+    channel: Arc<Channel>,
     queue: Arc<Queue>,
     permits: Arc<Semaphore>,
+    cancelled: bool,
+}
+
+impl Drop for MemoryConsumer {
+    /// Closes the channel: every unsettled delivery goes back to the queue now.
+    fn drop(&mut self) {
+        self.channel.close();
+    }
 }
 
 #[async_trait]
 impl Consumer for MemoryConsumer {
     async fn next(&mut self) -> Result<Option<Delivery>, QueueError> {
+        if self.cancelled {
+            return Ok(None);
+        }
         let permit = self
             .permits
             .clone()
@@ -132,10 +209,16 @@ impl Consumer for MemoryConsumer {
             if let Some((message, redelivered)) = popped {
                 // Another waiter may be able to take the next message.
                 self.queue.notify.notify_one();
+                let tag = {
+                    let mut state = self.channel.lock();
+                    state.next_tag += 1;
+                    let tag = state.next_tag;
+                    state.unsettled.insert(tag, message);
+                    tag
+                };
                 let handle = MemoryHandle {
-                    shared: self.shared.clone(),
-                    queue_name: self.queue_name.clone(),
-                    message,
+                    channel: self.channel.clone(),
+                    tag,
                     settled: false,
                     _permit: permit,
                 };
@@ -144,22 +227,43 @@ impl Consumer for MemoryConsumer {
             notified.await;
         }
     }
+
+    async fn cancel(&mut self) -> Result<(), QueueError> {
+        // Nothing is buffered beyond the deliveries handed out, which stay settleable.
+        self.cancelled = true;
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
 struct MemoryHandle {
-    shared: Arc<Shared>,
-    queue_name: String,
-    message: RunMessage,
+    channel: Arc<Channel>,
+    tag: u64,
     settled: bool,
     _permit: OwnedSemaphorePermit,
 }
 
+impl MemoryHandle {
+    /// Marks the delivery settled and takes its message off the channel.
+    fn settle(&mut self, what: &str) -> Result<RunMessage, QueueError> {
+        self.settled = true;
+        self.channel.take(self.tag, what)
+    }
+
+    fn queue(&self, name: &str) -> Arc<Queue> {
+        self.channel.shared.queue(name)
+    }
+}
+
 impl Drop for MemoryHandle {
-    /// An unsettled delivery goes back to the front of its queue, marked redelivered.
+    /// An unsettled delivery goes back to the front of its queue, marked redelivered (as the
+    /// AMQP adapter nacks a dropped delivery); after its channel closed it is back already.
     fn drop(&mut self) {
-        if !self.settled {
-            self.shared.queue(&self.queue_name).push(self.message, true);
+        if self.settled {
+            return;
+        }
+        if let Ok(message) = self.channel.take(self.tag, "requeue") {
+            self.queue(&self.channel.queue_name).push(message, true);
         }
     }
 }
@@ -167,20 +271,19 @@ impl Drop for MemoryHandle {
 #[async_trait]
 impl DeliveryHandle for MemoryHandle {
     async fn ack(mut self: Box<Self>) -> Result<(), QueueError> {
-        self.settled = true;
-        Ok(())
+        self.settle("ack").map(drop)
     }
 
-    async fn nack_requeue(self: Box<Self>) -> Result<(), QueueError> {
-        // Dropping unsettled requeues.
+    async fn nack_requeue(mut self: Box<Self>) -> Result<(), QueueError> {
+        let message = self.settle("nack")?;
+        self.queue(&self.channel.queue_name).push(message, true);
         Ok(())
     }
 
     async fn reject(mut self: Box<Self>) -> Result<(), QueueError> {
-        self.settled = true;
-        self.shared
-            .queue(&dead_letter_queue_name(&self.queue_name))
-            .push(self.message, false);
+        let message = self.settle("reject")?;
+        self.queue(&dead_letter_queue_name(&self.channel.queue_name))
+            .push(message, false);
         Ok(())
     }
 }

@@ -132,11 +132,26 @@ impl Delivery {
 }
 
 /// A subscription to one queue.
+///
+/// A consumer is a subscription *and* the channel its deliveries are settled on, as in AMQP:
+/// dropping it closes that channel, so every delivery it handed out and that is not settled yet
+/// goes back to the queue at once (to another consumer), and settling such a delivery
+/// afterwards fails. A worker that wants to stop receiving but still settle what it holds (a
+/// graceful shutdown) calls [`Consumer::cancel`] first and drops the consumer only once every
+/// delivery is settled.
 #[async_trait]
 pub trait Consumer: fmt::Debug + Send {
     /// The next delivery, waiting for one. MUST be cancel-safe (a cancelled call loses no
-    /// message), so a worker can `select!` it against shutdown. `Ok(None)` when closed.
+    /// message), so a worker can `select!` it against shutdown. `Ok(None)` when closed or
+    /// cancelled.
     async fn next(&mut self) -> Result<Option<Delivery>, QueueError>;
+
+    /// Stops deliveries (AMQP `basic.cancel`) and keeps the channel open: deliveries already
+    /// returned by [`next`](Consumer::next) MUST stay settleable until the consumer is dropped;
+    /// messages the adapter received but did not return MUST go back to the queue; later calls
+    /// of `next` MUST return `Ok(None)`. Idempotent. An error means the broker may still send
+    /// deliveries to this consumer until it is dropped; they come back then.
+    async fn cancel(&mut self) -> Result<(), QueueError>;
 }
 
 /// A message broker with named queues.
@@ -153,7 +168,10 @@ pub trait Consumer: fmt::Debug + Send {
 ///   [`dead_letter_queue_name`](crate::routing::dead_letter_queue_name)), which is consumable
 ///   like any queue.
 /// - A delivery neither acked nor rejected MUST come back (with `redelivered = true`) once its
-///   consumer goes away: delivery is at-least-once.
+///   consumer goes away, at once: delivery is at-least-once. Settling it after its consumer was
+///   dropped MUST fail (the message is back in the queue already). A consumer that was
+///   [cancelled](Consumer::cancel) receives nothing new, while what it holds stays settleable
+///   until it is dropped.
 /// - Every message MUST be delivered to one consumer at a time.
 /// - `is_durable` tells whether messages survive a process restart; when it is `false` the
 ///   enqueuer republishes `queued` runs on start.

@@ -186,6 +186,8 @@ pub struct RealtimeCursor {
 /// - `heartbeat` MUST renew the lease and record progress only for the current lease holder on
 ///   that attempt.
 /// - `expired_leases` MUST return `running` runs whose lease ended before `now`.
+/// - `stale_queued` MUST return `queued` runs whose `queued_at` is before `before`, oldest
+///   first, and no other run.
 /// - `outbox` MUST return runs due for publishing at `now` (see
 ///   [`ModelRun::is_due_for_publish`]): every `pending` run, oldest first, then retries whose
 ///   time has come.
@@ -290,6 +292,37 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<ModelRun>, StoreError>;
 
+    /// `queued` runs whose `queued_at` is before `before`, oldest `queued_at` first, at most
+    /// `limit`: the reconciler's candidates, whose message may be lost. The default walks
+    /// [`list`](RunStore::list) over the `queued` runs; adapters MAY answer from an index.
+    async fn stale_queued(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<ModelRun>, StoreError> {
+        let mut filter = RunFilter {
+            state: Some(RunState::Queued),
+            limit: 1000,
+            ..Default::default()
+        };
+        let mut stale = Vec::new();
+        loop {
+            let page = self.list(&filter).await?;
+            stale.extend(
+                page.runs
+                    .into_iter()
+                    .filter(|r| r.queued_at.is_some_and(|at| at < before)),
+            );
+            match page.next {
+                Some(next) => filter.after = Some(next),
+                None => break,
+            }
+        }
+        stale.sort_by_key(|r| (r.queued_at, r.id));
+        stale.truncate(limit);
+        Ok(stale)
+    }
+
     /// Runs due for publishing at `now`, in order.
     async fn outbox(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<ModelRun>, StoreError>;
 
@@ -391,6 +424,13 @@ macro_rules! forward_store {
                 limit: usize,
             ) -> Result<Vec<ModelRun>, StoreError> {
                 (**self).outbox(now, limit).await
+            }
+            async fn stale_queued(
+                &self,
+                before: DateTime<Utc>,
+                limit: usize,
+            ) -> Result<Vec<ModelRun>, StoreError> {
+                (**self).stale_queued(before, limit).await
             }
             async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError> {
                 (**self).cursor(model, chain).await

@@ -160,6 +160,9 @@ pub struct RunView {
     pub records_written: u64,
     /// The last failure's message.
     pub last_error: Option<String>,
+    /// How many times the scheduler's reconciler republished the run's message because it
+    /// stayed queued longer than the reconcile age.
+    pub republished: u32,
 }
 
 impl From<ModelRun> for RunView {
@@ -188,6 +191,7 @@ impl From<ModelRun> for RunView {
             blocks_done: r.blocks_done,
             records_written: r.records_written,
             last_error: r.last_error,
+            republished: r.republished,
         }
     }
 }

@@ -423,17 +423,33 @@ impl RunStore for SqliteRunStore {
         self.fetch_docs(q).await
     }
 
-    async fn outbox(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<ModelRun>, StoreError> {
-        let mut q =
-            QueryBuilder::new("SELECT doc FROM runs WHERE state = 'pending' ORDER BY id LIMIT ");
-        q.push_bind(limit as i64);
+    async fn outbox(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        skip_queues: &[String],
+    ) -> Result<Vec<ModelRun>, StoreError> {
+        let skip = |q: &mut QueryBuilder<'_, Sqlite>| {
+            if !skip_queues.is_empty() {
+                q.push(" AND json_extract(doc, '$.queue') NOT IN (");
+                let mut list = q.separated(", ");
+                for queue in skip_queues {
+                    list.push_bind(queue.clone());
+                }
+                q.push(")");
+            }
+        };
+        let mut q = QueryBuilder::new("SELECT doc FROM runs WHERE state = 'pending'");
+        skip(&mut q);
+        q.push(" ORDER BY id LIMIT ").push_bind(limit as i64);
         let mut out = self.fetch_docs(q).await?;
         if out.len() < limit {
             let mut q = QueryBuilder::new(
                 "SELECT doc FROM runs WHERE state IN ('failed', 'expired') AND attempt < max_attempts AND next_attempt_at <= ",
             );
-            q.push_bind(micros(now))
-                .push(" ORDER BY next_attempt_at, id LIMIT ")
+            q.push_bind(micros(now));
+            skip(&mut q);
+            q.push(" ORDER BY next_attempt_at, id LIMIT ")
                 .push_bind((limit - out.len()) as i64);
             out.extend(self.fetch_docs(q).await?);
         }

@@ -935,7 +935,7 @@ async fn retry_paths(kind: Store) {
     assert!(run["next_attempt_at"].is_string(), "{run}");
     let due = api
         .store
-        .outbox(Utc::now() + chrono::Duration::seconds(1), 10)
+        .outbox(Utc::now() + chrono::Duration::seconds(1), 10, &[])
         .await
         .unwrap();
     assert!(
@@ -959,7 +959,7 @@ async fn retry_paths(kind: Store) {
     assert!(run["next_attempt_at"].is_null(), "{run}");
     let due = api
         .store
-        .outbox(Utc::now() + chrono::Duration::seconds(1), 10)
+        .outbox(Utc::now() + chrono::Duration::seconds(1), 10, &[])
         .await
         .unwrap();
     assert!(
@@ -1346,8 +1346,9 @@ impl RunStore for StuckStore {
         &self,
         now: chrono::DateTime<Utc>,
         limit: usize,
+        skip_queues: &[String],
     ) -> Result<Vec<model_runner_core::ModelRun>, model_runner_core::ports::StoreError> {
-        self.0.outbox(now, limit).await
+        self.0.outbox(now, limit, skip_queues).await
     }
     async fn cursor(
         &self,

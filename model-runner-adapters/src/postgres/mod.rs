@@ -103,8 +103,8 @@ use uuid::Uuid;
 
 use errors::{ADAPTER, Backoff, classify, corrupt, redact};
 use queries::{
-    CLAIM_NEXT, EXPIRED_LEASES, OUTBOX_PENDING, OUTBOX_RETRIES, Param, SELECT_RUN,
-    SELECT_RUNS_OF_KEY, UPDATE_RUN, UPDATE_RUN_ASYNC, bind_all, count_sql, list_sql,
+    CLAIM_NEXT, EXPIRED_LEASES, MARK_ENQUEUED, OUTBOX_PENDING, OUTBOX_RETRIES, Param, SELECT_RUN,
+    SELECT_RUNS_OF_KEY, STALE_QUEUED, UPDATE_RUN, UPDATE_RUN_ASYNC, bind_all, count_sql, list_sql,
 };
 use rows::{StoredRun, check_ranges, decode, decode_all, now, to_i64, to_micros};
 
@@ -972,7 +972,54 @@ impl RunStore for PostgresRunStore {
         decode_all(&rows)
     }
 
-    async fn outbox(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<ModelRun>, StoreError> {
+    async fn mark_enqueued(&self, runs: &[(RunId, RunState, u32)]) -> Result<usize, StoreError> {
+        if runs.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<uuid::Uuid> = runs.iter().map(|(id, _, _)| id.0).collect();
+        let states: Vec<&str> = runs.iter().map(|(_, s, _)| s.as_str()).collect();
+        let attempts: Vec<i64> = runs.iter().map(|(_, _, a)| i64::from(*a)).collect();
+        let now = now();
+        for id in &ids {
+            // The remembered copies are one version behind now.
+            self.forget(RunId(*id));
+        }
+        // Safe to send again after a lost reply: rows already marked no longer match.
+        let done = self
+            .read("mark_enqueued", || {
+                sqlx::query(MARK_ENQUEUED)
+                    .bind(&ids)
+                    .bind(&states)
+                    .bind(&attempts)
+                    .bind(now)
+                    .execute(&self.pool)
+            })
+            .await?;
+        Ok(done.rows_affected() as usize)
+    }
+
+    async fn stale_queued(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<ModelRun>, StoreError> {
+        let rows = self
+            .read("stale_queued", || {
+                sqlx::query(STALE_QUEUED)
+                    .bind(before)
+                    .bind(self::limit(limit))
+                    .fetch_all(&self.pool)
+            })
+            .await?;
+        decode_all(&rows)
+    }
+
+    async fn outbox(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        skip_queues: &[String],
+    ) -> Result<Vec<ModelRun>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -980,6 +1027,7 @@ impl RunStore for PostgresRunStore {
             .read("outbox", || {
                 sqlx::query(OUTBOX_PENDING)
                     .bind(self::limit(limit))
+                    .bind(skip_queues)
                     .fetch_all(&self.pool)
             })
             .await?;
@@ -996,6 +1044,7 @@ impl RunStore for PostgresRunStore {
                     sqlx::query(OUTBOX_RETRIES)
                         .bind(now)
                         .bind(self::limit(rest))
+                        .bind(skip_queues)
                         .fetch_all(&self.pool)
                 })
                 .await?;

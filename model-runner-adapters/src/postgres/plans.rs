@@ -203,13 +203,20 @@ async fn statements_stay_on_their_indexes_at_scale() {
         ),
         (
             "outbox, pending",
-            (OUTBOX_PENDING.into(), vec![Param::Int(100)]),
+            (
+                OUTBOX_PENDING.into(),
+                vec![Param::Int(100), Param::Texts(vec!["backfill_1".into()])],
+            ),
         ),
         (
             "outbox, retries",
             (
                 OUTBOX_RETRIES.into(),
-                vec![Param::Time(now), Param::Int(100)],
+                vec![
+                    Param::Time(now),
+                    Param::Int(100),
+                    Param::Texts(vec!["backfill_1".into()]),
+                ],
             ),
         ),
         (

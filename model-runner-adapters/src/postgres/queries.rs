@@ -63,12 +63,12 @@ pub(crate) const EXPIRED_LEASES: &str = concat!(
      ORDER BY s.lease_expires_at, s.id LIMIT $2"
 );
 
-/// Pending runs, oldest first (`run_states_outbox_pending`).
+/// Pending runs, oldest first, of queues other than those in `$2` (`run_states_outbox_pending`).
 pub(crate) const OUTBOX_PENDING: &str = concat!(
     "SELECT ",
     run_columns!(),
     run_tables_by_state!(),
-    " WHERE s.state = 'pending' ORDER BY s.id LIMIT $1"
+    " WHERE s.state = 'pending' AND s.queue <> ALL($2) ORDER BY s.id LIMIT $1"
 );
 
 /// Failed or expired runs whose retry is due at `$1` (`run_states_outbox_retries`).
@@ -78,7 +78,29 @@ pub(crate) const OUTBOX_RETRIES: &str = concat!(
     run_tables_by_state!(),
     " WHERE s.state IN ('failed', 'expired') \
      AND s.next_attempt_at IS NOT NULL AND s.next_attempt_at <= $1 \
-     AND s.attempt < s.max_attempts ORDER BY s.next_attempt_at, s.id LIMIT $2"
+     AND s.attempt < s.max_attempts AND s.queue <> ALL($3) \
+     ORDER BY s.next_attempt_at, s.id LIMIT $2"
+);
+
+/// [`RunEvent::Enqueue`](model_runner_core::RunEvent::Enqueue) for a batch of published runs
+/// in one statement: `$1` ids, `$2` expected states, `$3` expected attempts, `$4` now. Each row
+/// is a compare-and-set on its own (id, state, attempt); the `SET` mirrors `ModelRun::apply`
+/// for `Enqueue` (a conformance case compares the two), and the `WHERE` its refusals.
+pub(crate) const MARK_ENQUEUED: &str = "UPDATE run_states s SET state = 'queued', \
+     attempt = CASE WHEN s.state = 'pending' THEN s.attempt ELSE s.attempt + 1 END, \
+     updated_at = $4, queued_at = $4, started_at = NULL, finished_at = NULL, \
+     next_attempt_at = NULL, blocks_done = 0, version = s.version + 1 \
+     FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS m(id, state, attempt) \
+     WHERE s.id = m.id AND s.state = m.state AND s.attempt = m.attempt \
+     AND (s.state = 'pending' OR (s.state IN ('failed', 'expired') AND s.attempt < s.max_attempts))";
+
+/// Queued runs whose queue time began before `$1`, oldest first (`run_states_queued`, whose
+/// rows are the queued runs).
+pub(crate) const STALE_QUEUED: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    run_tables_by_state!(),
+    " WHERE s.state = 'queued' AND s.queued_at < $1 ORDER BY s.queued_at, s.id LIMIT $2"
 );
 
 /// A bind parameter of a dynamically assembled filter.
@@ -88,6 +110,7 @@ pub(crate) enum Param {
     Time(DateTime<Utc>),
     Id(Uuid),
     Int(i64),
+    Texts(Vec<String>),
 }
 
 /// A page of [`RunStore::list`](model_runner_core::ports::RunStore::list): `limit` rows from
@@ -179,6 +202,7 @@ pub(crate) fn bind_all<'q>(
             Param::Time(t) => q.bind(*t),
             Param::Id(u) => q.bind(*u),
             Param::Int(i) => q.bind(*i),
+            Param::Texts(v) => q.bind(v.clone()),
         };
     }
     q

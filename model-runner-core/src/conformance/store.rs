@@ -28,6 +28,7 @@ where
     heartbeat_only_for_holder(make().await).await;
     expired_leases_are_listed(make().await).await;
     worker_events_need_the_lease(make().await).await;
+    mark_enqueued_is_a_compare_and_set_per_run(make().await).await;
     outbox_order_and_retries(make().await).await;
     cursor_advances_atomically(make().await).await;
     named_lock_has_one_holder(make().await).await;
@@ -547,18 +548,103 @@ pub async fn worker_events_need_the_lease(store: impl RunStore) {
     assert_eq!(done.state, RunState::Succeeded);
 }
 
+/// `mark_enqueued` leaves each run as `transition(.., Enqueue)` would, marks only runs still
+/// in their expected state and attempt, and counts what it marked.
+pub async fn mark_enqueued_is_a_compare_and_set_per_run(store: impl RunStore) {
+    let ids = create(&store, 6).await;
+    // ids[4] and ids[5] fail their first attempt (a retry is due), so Enqueue starts attempt 2.
+    for id in &ids[4..] {
+        store
+            .transition(*id, RunState::Pending, 1, RunEvent::Enqueue)
+            .await
+            .unwrap();
+        store
+            .claim(*id, 1, "w", Utc::now() + Duration::minutes(1))
+            .await
+            .unwrap();
+        store
+            .transition(
+                *id,
+                RunState::Running,
+                1,
+                RunEvent::Fail {
+                    owner: "w".into(),
+                    error: "boom".into(),
+                    retry_at: Some(Utc::now()),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .transition(
+            ids[2],
+            RunState::Pending,
+            1,
+            RunEvent::Cancel { reason: None },
+        )
+        .await
+        .unwrap();
+    let marked = store
+        .mark_enqueued(&[
+            (ids[0], RunState::Pending, 1),
+            (ids[1], RunState::Pending, 1),
+            (ids[2], RunState::Pending, 1), // cancelled meanwhile
+            (ids[3], RunState::Failed, 1),  // wrong expectation
+            (ids[4], RunState::Failed, 1),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(marked, 3);
+    // The same event, one run at a time, for comparison.
+    let one = store
+        .transition(ids[5], RunState::Failed, 1, RunEvent::Enqueue)
+        .await
+        .unwrap();
+    let batch = store.get(ids[4]).await.unwrap();
+    let fields = |r: &crate::run::ModelRun| {
+        (
+            r.state,
+            r.attempt,
+            r.started_at,
+            r.finished_at,
+            r.next_attempt_at,
+            r.blocks_done,
+            r.lease_owner.clone(),
+            r.last_error.clone(),
+            r.queued_at.is_some(),
+        )
+    };
+    assert_eq!(fields(&batch), fields(&one));
+    assert_eq!((batch.state, batch.attempt), (RunState::Queued, 2));
+    for (i, state) in [
+        (0, RunState::Queued),
+        (1, RunState::Queued),
+        (2, RunState::Cancelled),
+        (3, RunState::Pending),
+    ] {
+        assert_eq!(store.get(ids[i]).await.unwrap().state, state, "run {i}");
+    }
+    // Marked runs are claimable on the attempt their message carries.
+    store
+        .claim(ids[4], 2, "w2", Utc::now() + Duration::minutes(1))
+        .await
+        .unwrap();
+    assert_eq!(store.mark_enqueued(&[]).await.unwrap(), 0);
+}
+
 /// The outbox gives pending runs oldest first, then due retries; not future or spent ones.
 pub async fn outbox_order_and_retries(store: impl RunStore) {
     let ids = create(&store, 5).await;
     let now = Utc::now();
-    let out = store.outbox(now, 100).await.unwrap();
+    let out = store.outbox(now, 100, &[]).await.unwrap();
     assert_eq!(
         out.iter().map(|r| r.id).collect::<Vec<_>>(),
         ids,
         "pending, oldest first"
     );
     assert_eq!(
-        store.outbox(now, 2).await.unwrap().len(),
+        store.outbox(now, 2, &[]).await.unwrap().len(),
         2,
         "limit applies"
     );
@@ -595,7 +681,7 @@ pub async fn outbox_order_and_retries(store: impl RunStore) {
         .await
         .unwrap();
     let due: BTreeSet<_> = store
-        .outbox(now, 100)
+        .outbox(now, 100, &[])
         .await
         .unwrap()
         .into_iter()
@@ -899,7 +985,7 @@ pub async fn ping_answers_and_writes_nothing(store: impl RunStore) {
     assert_eq!(store.cursors(Some(&eth)).await.unwrap(), cursors);
     assert!(
         store
-            .outbox(Utc::now(), 100)
+            .outbox(Utc::now(), 100, &[])
             .await
             .unwrap()
             .iter()

@@ -5,15 +5,16 @@
 //! publishes the run again on restart: a duplicate message, which the worker's claim makes
 //! harmless. A run is never lost, because it stays in the outbox until marked.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use tracing::{info, warn};
 
 use super::{CancellationToken, EngineDeps, EngineError};
-use crate::ports::{RunFilter, RunMessage, StoreError};
-use crate::run::{ModelRun, RunEvent, RunState};
+use crate::ports::{RunFilter, RunMessage};
+use crate::run::{ModelRun, RunId, RunState};
 
 /// Enqueuer settings.
 #[derive(Debug, Clone)]
@@ -38,20 +39,49 @@ impl Default for EnqueuerConfig {
 pub struct Enqueuer {
     deps: EngineDeps,
     config: EnqueuerConfig,
+    /// Queues whose last publish failed, and until when to leave their runs out of the
+    /// outbox, so that one broken queue neither stalls the others nor fills every batch.
+    failing: Arc<Mutex<HashMap<String, QueueBackoff>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct QueueBackoff {
+    failures: u32,
+    until: tokio::time::Instant,
 }
 
 impl Enqueuer {
     /// An enqueuer over `deps`.
     pub fn new(deps: EngineDeps, config: EnqueuerConfig) -> Self {
-        Self { deps, config }
+        Self {
+            deps,
+            config,
+            failing: Arc::default(),
+        }
     }
 
-    /// Publishes one batch of due runs and marks them queued; returns how many were marked.
+    fn failing(&self) -> std::sync::MutexGuard<'_, HashMap<String, QueueBackoff>> {
+        self.failing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes one batch of due runs, queue by queue, and marks each queue's runs queued in
+    /// one store call once the broker confirmed them; returns how many were marked. A queue
+    /// whose publish fails is logged and left out of the next passes for a backoff (200 ms,
+    /// doubling, at most 30 s) while the other queues go on; only a store failure fails the
+    /// pass.
     pub async fn pass(&self) -> Result<usize, EngineError> {
+        let skip: Vec<String> = {
+            let now = tokio::time::Instant::now();
+            self.failing()
+                .iter()
+                .filter(|(_, b)| b.until > now)
+                .map(|(q, _)| q.clone())
+                .collect()
+        };
         let due = self
             .deps
             .store
-            .outbox(Utc::now(), self.config.batch)
+            .outbox(Utc::now(), self.config.batch, &skip)
             .await?;
         if due.is_empty() {
             return Ok(0);
@@ -70,20 +100,29 @@ impl Enqueuer {
                 })
                 .collect();
             // Confirmed by the broker before any run is marked.
-            self.deps.queue.publish(queue, &messages).await?;
-            for run in runs {
-                match self
-                    .deps
-                    .store
-                    .transition(run.id, run.state, run.attempt, RunEvent::Enqueue)
-                    .await
-                {
-                    Ok(_) => marked += 1,
-                    // Cancelled or changed meanwhile: the message will be dropped by the worker.
-                    Err(StoreError::Conflict { .. } | StoreError::Transition(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
+            if let Err(e) = self.deps.queue.publish(queue, &messages).await {
+                let mut failing = self.failing();
+                let failures = failing.get(queue).map_or(0, |b| b.failures) + 1;
+                let backoff = Duration::from_millis(200)
+                    .saturating_mul(1 << failures.min(8))
+                    .min(Duration::from_secs(30));
+                failing.insert(
+                    queue.to_owned(),
+                    QueueBackoff {
+                        failures,
+                        until: tokio::time::Instant::now() + backoff,
+                    },
+                );
+                warn!(%queue, runs = runs.len(), failures, error = %e, backoff_ms = backoff.as_millis() as u64, "publishing failed; this queue's runs wait, the other queues go on");
+                continue;
             }
+            if self.failing().remove(queue).is_some() {
+                info!(%queue, "publishing to the queue works again");
+            }
+            let expected: Vec<(RunId, RunState, u32)> =
+                runs.iter().map(|r| (r.id, r.state, r.attempt)).collect();
+            // Runs cancelled or changed meanwhile are not marked: the worker drops their message.
+            marked += self.deps.store.mark_enqueued(&expected).await?;
         }
         Ok(marked)
     }
@@ -175,7 +214,7 @@ mod tests {
     use crate::memory::{MemoryBlockSource, MemoryRunQueue, MemoryRunStore, MemorySink};
     use crate::ports::{Consumer, QueueError, RunQueue, RunStore};
     use crate::routing::Routing;
-    use crate::run::RunId;
+    use crate::run::{RunEvent, RunId};
 
     /// A memory queue that records, for every message published, the run's state in the store
     /// at that moment; it can lose the broker's confirmation (after the messages landed), and
@@ -277,6 +316,85 @@ mod tests {
         .runs
     }
 
+    /// A memory queue whose `backfill_1` refuses every publish.
+    #[derive(Debug, Default)]
+    struct OneBadQueue(MemoryRunQueue);
+
+    #[async_trait]
+    impl RunQueue for OneBadQueue {
+        async fn publish(&self, queue: &str, messages: &[RunMessage]) -> Result<(), QueueError> {
+            if queue == "backfill_1" {
+                return Err(QueueError::Unavailable {
+                    adapter: "test",
+                    message: "backfill_1 is broken".into(),
+                });
+            }
+            self.0.publish(queue, messages).await
+        }
+        async fn consume(
+            &self,
+            queue: &str,
+            prefetch: u16,
+        ) -> Result<Box<dyn Consumer>, QueueError> {
+            self.0.consume(queue, prefetch).await
+        }
+        fn is_durable(&self) -> bool {
+            true
+        }
+    }
+
+    /// One queue that refuses publishes must not stall the others, even when its runs are the
+    /// oldest in the outbox and fill a whole batch (the enqueuer used to abort its pass on the
+    /// first failing queue and read the same oldest runs again every pass).
+    #[tokio::test]
+    async fn one_failing_queue_does_not_stall_the_others() {
+        let (deps, store, _spy, _sink) = setup();
+        let queue = Arc::new(OneBadQueue::default());
+        let deps = EngineDeps {
+            queue: queue.clone(),
+            ..deps
+        };
+        let adhoc = submit_backfill(
+            &deps,
+            BackfillRequest {
+                model: "block_stats".into(),
+                chain: chain(),
+                range: BlockRange::new(0, 29).unwrap(),
+                chunk_size: 10,
+                mode: RunMode::Adhoc,
+                adhoc_queue: Some(1),
+                max_attempts: 3,
+                idempotency_key: None,
+            },
+        )
+        .await
+        .unwrap()
+        .runs;
+        let backfill = submit(&deps, 3).await;
+        let enqueuer = Enqueuer::new(
+            deps.clone(),
+            EnqueuerConfig {
+                batch: 3,
+                idle: Duration::from_millis(5),
+            },
+        );
+        // The oldest three are backfill_1's: the pass publishes nothing, and is no error.
+        assert_eq!(enqueuer.pass().await.unwrap(), 0);
+        // The next pass leaves backfill_1 out and relays the others.
+        assert_eq!(enqueuer.pass().await.unwrap(), 3);
+        for r in &backfill {
+            assert_eq!(state(&store, r.id).await, (RunState::Queued, 1));
+        }
+        assert_eq!(queue.0.ready_len(&backfill[0].queue), 3);
+        for r in &adhoc {
+            assert_eq!(
+                state(&store, r.id).await,
+                (RunState::Pending, 1),
+                "still in the outbox"
+            );
+        }
+    }
+
     fn enqueuer(deps: &EngineDeps) -> Enqueuer {
         Enqueuer::new(
             deps.clone(),
@@ -325,13 +443,14 @@ mod tests {
         // The messages reach the queue but the confirmation is lost, as in a crash between
         // publishing and marking: the runs stay in the outbox.
         queue.lose_confirmation.store(true, Ordering::SeqCst);
-        assert!(matches!(e.pass().await, Err(EngineError::Queue(_))));
+        assert_eq!(e.pass().await.unwrap(), 0, "a failed publish marks nothing");
         for r in &runs {
             assert_eq!(state(&store, r.id).await, (RunState::Pending, 1));
         }
         assert_eq!(queue.inner.ready_len(&runs[0].queue), 2);
         // Restarted, the relay publishes them again (duplicates) and marks them.
         queue.lose_confirmation.store(false, Ordering::SeqCst);
+        let e = enqueuer(&deps);
         assert_eq!(e.pass().await.unwrap(), 2);
         assert_eq!(e.pass().await.unwrap(), 1);
         assert_eq!(queue.inner.ready_len(&runs[0].queue), 5);

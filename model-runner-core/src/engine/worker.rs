@@ -12,7 +12,9 @@
 //!
 //! A message whose run is no longer claimable (done, cancelled, a stale attempt, held by
 //! another worker) is acked and dropped; one whose run is not claimable *yet* (the enqueuer has
-//! published but not yet marked it) is requeued. A failed attempt is retried through the outbox
+//! published but not yet marked it) is held while the claim is retried with backoff (up to
+//! [`WorkerConfig::unmarked_wait`]), never spun through the broker, whose quorum queues count
+//! every requeue toward their delivery limit. A failed attempt is retried through the outbox
 //! with backoff; the last one's message is rejected to the dead-letter queue.
 //!
 //! Models that declare a [`RecordSchema`](crate::model::RecordSchema) have it declared to the
@@ -56,6 +58,13 @@ pub struct WorkerConfig {
     pub env: String,
     /// On shutdown, how long in-flight runs may take to finish before they are handed back.
     pub shutdown_grace: Duration,
+    /// How long a delivery whose run is published but not yet marked `queued` (the enqueuer
+    /// marks right after the broker confirms) is held while the claim is retried, before its
+    /// message is requeued.
+    pub unmarked_wait: Duration,
+    /// How long a run this worker cannot serve (no block source for its chain, no such model)
+    /// waits before its message goes back to the queue for another worker.
+    pub pass_on_pause: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -70,6 +79,8 @@ impl Default for WorkerConfig {
             retry: RetryPolicy::default(),
             env: "dev".into(),
             shutdown_grace: Duration::from_secs(30),
+            unmarked_wait: Duration::from_secs(30),
+            pass_on_pause: Duration::from_millis(500),
         }
     }
 }
@@ -257,42 +268,64 @@ impl Worker {
     /// message. `hand_back` abandons the run (shutdown).
     pub async fn handle(&self, delivery: Delivery, hand_back: CancellationToken) {
         let msg = delivery.message;
-        let lease_until = Utc::now() + chrono_dur(self.config.lease);
-        let run = match self
-            .deps
-            .store
-            .claim(msg.run_id, msg.attempt, &self.config.id, lease_until)
-            .await
-        {
-            Ok(run) => run,
-            Err(StoreError::Conflict {
-                current: Some(current),
-                ..
-            }) if not_yet_claimable(&msg, &current) => {
-                debug!(run = %msg.run_id, "run not yet marked queued; requeueing its message");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                settle(delivery.nack_requeue().await);
-                return;
-            }
-            Err(StoreError::Conflict { .. } | StoreError::Transition(_)) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                debug!(run = %msg.run_id, attempt = msg.attempt, "run no longer claimable; dropping its message");
-                settle(delivery.ack().await);
-                return;
-            }
-            Err(StoreError::NotFound { id }) => {
-                warn!(run = %id, "message for an unknown run; dead-lettering it");
-                settle(delivery.reject().await);
-                return;
-            }
-            Err(e) => {
-                warn!(run = %msg.run_id, error = %e, "claim failed; requeueing");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                settle(delivery.nack_requeue().await);
-                return;
+        let mut wait = Duration::from_millis(10);
+        let waiting_since = tokio::time::Instant::now();
+        let run = loop {
+            let lease_until = Utc::now() + chrono_dur(self.config.lease);
+            match self
+                .deps
+                .store
+                .claim(msg.run_id, msg.attempt, &self.config.id, lease_until)
+                .await
+            {
+                Ok(run) => break run,
+                Err(StoreError::Conflict {
+                    current: Some(current),
+                    ..
+                }) if not_yet_claimable(&msg, &current) => {
+                    // Published but not yet marked `queued`: wait here, holding the delivery.
+                    // Requeueing it instead would spin it through the broker, and on quorum
+                    // queues every requeue counts toward `delivery_limit`, so a healthy run
+                    // would be dead-lettered.
+                    if waiting_since.elapsed() >= self.config.unmarked_wait {
+                        warn!(run = %msg.run_id, waited_ms = waiting_since.elapsed().as_millis() as u64, "run still not marked queued; requeueing its message");
+                        settle(delivery.nack_requeue().await);
+                        return;
+                    }
+                    debug!(run = %msg.run_id, "run not yet marked queued; waiting");
+                    tokio::select! {
+                        _ = hand_back.cancelled() => {
+                            settle(delivery.nack_requeue().await);
+                            return;
+                        }
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(Duration::from_millis(500));
+                }
+                Err(StoreError::Conflict { .. } | StoreError::Transition(_)) => {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    debug!(run = %msg.run_id, attempt = msg.attempt, "run no longer claimable; dropping its message");
+                    settle(delivery.ack().await);
+                    return;
+                }
+                Err(StoreError::NotFound { id }) => {
+                    warn!(run = %id, "message for an unknown run; dead-lettering it");
+                    settle(delivery.reject().await);
+                    return;
+                }
+                Err(e) => {
+                    warn!(run = %msg.run_id, error = %e, "claim failed; requeueing");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    settle(delivery.nack_requeue().await);
+                    return;
+                }
             }
         };
 
+        if let Err(reason) = self.can_serve(&run) {
+            self.pass_on(run, delivery, reason, hand_back).await;
+            return;
+        }
         let outcome = tokio::select! {
             o = self.execute_with_heartbeat(&run) => o,
             _ = hand_back.cancelled() => Outcome::HandedBack,
@@ -401,6 +434,66 @@ impl Worker {
                         settle(delivery.ack().await);
                     }
                 }
+            }
+        }
+    }
+
+    /// Whether this worker has the run's model (for its chain) and a block source for its
+    /// chain. Workers of one fleet may differ (adhoc pools `backfill_N` are consumed by every
+    /// worker, whatever chains it serves), so a run this worker cannot serve is not a failure
+    /// of the run.
+    fn can_serve(&self, run: &ModelRun) -> Result<(), String> {
+        self.deps
+            .models
+            .get_for(&run.model, &run.chain)
+            .map_err(|e| e.to_string())?;
+        self.deps.source(&run.chain).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Hands a run this worker cannot serve back to its queue for a worker that can: the run
+    /// goes back to `queued` on the same attempt ([`RunEvent::Release`], no attempt spent),
+    /// and after a pause (so a fleet where no worker serves it does not spin) a fresh copy of
+    /// its message is published and this delivery acked. A fresh copy rather than a requeue:
+    /// quorum queues count requeues toward their delivery limit, and passing a run along
+    /// several workers must not dead-letter it.
+    async fn pass_on(
+        &self,
+        run: ModelRun,
+        delivery: Delivery,
+        reason: String,
+        hand_back: CancellationToken,
+    ) {
+        let event = RunEvent::Release {
+            owner: self.config.id.clone(),
+            reason: format!("worker {} cannot run it: {reason}", self.config.id),
+        };
+        if let Err(e) = self
+            .deps
+            .store
+            .transition(run.id, RunState::Running, run.attempt, event)
+            .await
+        {
+            // Taken from us meanwhile (cancelled, expired): nothing left for this message. A
+            // store failure: the lease expires and the scheduler retries the run.
+            warn!(run = %run.id, error = %e, "could not hand back a run this worker cannot serve");
+            settle(delivery.ack().await);
+            return;
+        }
+        info!(run = %run.id, model = %run.model, chain = %run.chain, %reason, "run passed on to a worker that can serve it");
+        tokio::select! {
+            _ = hand_back.cancelled() => {}
+            _ = tokio::time::sleep(self.config.pass_on_pause) => {}
+        }
+        let message = RunMessage {
+            run_id: run.id,
+            attempt: run.attempt,
+        };
+        match self.deps.queue.publish(&run.queue, &[message]).await {
+            Ok(()) => settle(delivery.ack().await),
+            Err(e) => {
+                warn!(run = %run.id, error = %e, "republishing a passed-on run failed; requeueing its message");
+                settle(delivery.nack_requeue().await);
             }
         }
     }
@@ -1061,6 +1154,93 @@ mod tests {
             "w2 never saw the message while w1 held the run"
         );
         assert_eq!(queue.ready_len(&run.queue), 0);
+    }
+
+    /// Every worker consumes the adhoc pools `backfill_1..4`, whatever chains it serves. A run
+    /// of a chain this worker has no source for goes back to the queue for a worker that has
+    /// one; it used to be failed permanently on attempt 1 ("unknown chain").
+    #[tokio::test]
+    async fn adhoc_runs_go_to_a_worker_that_serves_their_chain() {
+        let matic = Chain::new("matic").unwrap();
+        let eth_source: Arc<dyn crate::ports::BlockSource> = Arc::new(MemoryBlockSource::new(
+            chain(),
+            crate::models::tests::blocks(0, 199),
+        ));
+        let matic_source: Arc<dyn crate::ports::BlockSource> = Arc::new(MemoryBlockSource::new(
+            matic.clone(),
+            crate::models::tests::blocks(0, 199),
+        ));
+        let api = EngineDeps {
+            store: Arc::new(MemoryRunStore::new()),
+            queue: Arc::new(MemoryRunQueue::new()),
+            sink: Arc::new(MemorySink::new()),
+            sources: HashMap::from([
+                (chain(), eth_source.clone()),
+                (matic.clone(), matic_source.clone()),
+            ]),
+            models: Arc::new(crate::models::builtin()),
+            routing: Routing::default(),
+        };
+        let created = submit_backfill(
+            &api,
+            BackfillRequest {
+                model: "block_stats".into(),
+                chain: matic.clone(),
+                range: BlockRange::new(0, 199).unwrap(),
+                chunk_size: 10,
+                mode: RunMode::Adhoc,
+                adhoc_queue: None,
+                max_attempts: 1,
+                idempotency_key: None,
+            },
+        )
+        .await
+        .unwrap();
+        let stop = CancellationToken::new();
+        let enqueuer = tokio::spawn(
+            Enqueuer::new(
+                api.clone(),
+                EnqueuerConfig {
+                    idle: Duration::from_millis(5),
+                    ..Default::default()
+                },
+            )
+            .run(stop.clone()),
+        );
+        let worker_of = |id: &str, c: &Chain, source: &Arc<dyn crate::ports::BlockSource>| {
+            let deps = EngineDeps {
+                sources: HashMap::from([(c.clone(), source.clone())]),
+                ..api.clone()
+            };
+            let w = Worker::new(
+                deps.clone(),
+                WorkerConfig {
+                    id: id.into(),
+                    queues: deps.routing.all_queues([c]),
+                    pass_on_pause: Duration::from_millis(5),
+                    env: "test".into(),
+                    ..Default::default()
+                },
+            );
+            (w.stats(), tokio::spawn(w.run(stop.clone())))
+        };
+        let (eth_stats, eth) = worker_of("w-eth", &chain(), &eth_source);
+        let (matic_stats, matic_worker) = worker_of("w-matic", &matic, &matic_source);
+        for r in &created.runs {
+            let done = wait_for(&api, r.id, "the run to finish", |r| r.state.is_final()).await;
+            assert_eq!(
+                (done.state, done.attempt),
+                (RunState::Succeeded, 1),
+                "{done:?}"
+            );
+        }
+        stop.cancel();
+        eth.await.unwrap().unwrap();
+        matic_worker.await.unwrap().unwrap();
+        enqueuer.await.unwrap();
+        assert_eq!(eth_stats.runs_failed.load(Ordering::Relaxed), 0);
+        assert_eq!(eth_stats.runs_succeeded.load(Ordering::Relaxed), 0);
+        assert_eq!(matic_stats.runs_succeeded.load(Ordering::Relaxed), 20);
     }
 
     #[tokio::test]

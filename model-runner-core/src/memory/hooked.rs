@@ -74,8 +74,13 @@ impl RunStore for HookedStore {
     ) -> Result<Vec<ModelRun>, StoreError> {
         self.inner.expired_leases(now, limit).await
     }
-    async fn outbox(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<ModelRun>, StoreError> {
-        self.inner.outbox(now, limit).await
+    async fn outbox(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        skip_queues: &[String],
+    ) -> Result<Vec<ModelRun>, StoreError> {
+        self.inner.outbox(now, limit, skip_queues).await
     }
     async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError> {
         let cursor = self.inner.cursor(model, chain).await;

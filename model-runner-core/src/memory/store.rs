@@ -159,12 +159,18 @@ impl RunStore for MemoryRunStore {
         Ok(out)
     }
 
-    async fn outbox(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<ModelRun>, StoreError> {
+    async fn outbox(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        skip_queues: &[String],
+    ) -> Result<Vec<ModelRun>, StoreError> {
         let inner = self.lock();
+        let skipped = |r: &ModelRun| skip_queues.iter().any(|q| *q == r.queue);
         let mut pending: Vec<ModelRun> = inner
             .runs
             .values()
-            .filter(|r| r.state == RunState::Pending)
+            .filter(|r| r.state == RunState::Pending && !skipped(r))
             .take(limit)
             .cloned()
             .collect();
@@ -172,7 +178,9 @@ impl RunStore for MemoryRunStore {
             let mut retries: Vec<ModelRun> = inner
                 .runs
                 .values()
-                .filter(|r| r.state != RunState::Pending && r.is_due_for_publish(now))
+                .filter(|r| {
+                    r.state != RunState::Pending && r.is_due_for_publish(now) && !skipped(r)
+                })
                 .cloned()
                 .collect();
             retries.sort_by_key(|r| (r.next_attempt_at, r.id));

@@ -186,11 +186,13 @@ pub struct RealtimeCursor {
 /// - `heartbeat` MUST renew the lease and record progress only for the current lease holder on
 ///   that attempt.
 /// - `expired_leases` MUST return `running` runs whose lease ended before `now`.
+/// - `mark_enqueued` MUST leave every run exactly as `transition(id, state, attempt, Enqueue)`
+///   would (same fields, same refusals), whether it marks them one by one or together.
 /// - `stale_queued` MUST return `queued` runs whose `queued_at` is before `before`, oldest
 ///   first, and no other run.
 /// - `outbox` MUST return runs due for publishing at `now` (see
 ///   [`ModelRun::is_due_for_publish`]): every `pending` run, oldest first, then retries whose
-///   time has come.
+///   time has come, leaving out every run whose queue is in `skip_queues`.
 /// - `advance_cursor` MUST, atomically, check the cursor of (model, chain) equals `expected`
 ///   (`None`: no cursor yet), set it to `to`, and create `runs`; on mismatch nothing changes and
 ///   it returns `Conflict`.
@@ -292,6 +294,27 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<ModelRun>, StoreError>;
 
+    /// Marks published runs `queued` ([`RunEvent::Enqueue`]): each run only if it is still in
+    /// the given state on the given attempt, a compare-and-set per run as
+    /// [`transition`](RunStore::transition) makes it; runs that moved on meanwhile (cancelled,
+    /// say) are left as they are and not counted. Returns how many were marked. The default
+    /// transitions them one by one; adapters SHOULD mark the batch in one round trip, with
+    /// the same result.
+    async fn mark_enqueued(&self, runs: &[(RunId, RunState, u32)]) -> Result<usize, StoreError> {
+        let mut marked = 0;
+        for (id, state, attempt) in runs {
+            match self
+                .transition(*id, *state, *attempt, RunEvent::Enqueue)
+                .await
+            {
+                Ok(_) => marked += 1,
+                Err(StoreError::Conflict { .. } | StoreError::Transition(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(marked)
+    }
+
     /// `queued` runs whose `queued_at` is before `before`, oldest `queued_at` first, at most
     /// `limit`: the reconciler's candidates, whose message may be lost. The default walks
     /// [`list`](RunStore::list) over the `queued` runs; adapters MAY answer from an index.
@@ -323,8 +346,14 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
         Ok(stale)
     }
 
-    /// Runs due for publishing at `now`, in order.
-    async fn outbox(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<ModelRun>, StoreError>;
+    /// Runs due for publishing at `now`, in order, leaving out runs of `skip_queues` (queues the
+    /// enqueuer cannot publish to right now, so their runs do not crowd out the others).
+    async fn outbox(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        skip_queues: &[String],
+    ) -> Result<Vec<ModelRun>, StoreError>;
 
     /// The realtime cursor of (model, chain).
     async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError>;
@@ -422,8 +451,15 @@ macro_rules! forward_store {
                 &self,
                 now: DateTime<Utc>,
                 limit: usize,
+                skip_queues: &[String],
             ) -> Result<Vec<ModelRun>, StoreError> {
-                (**self).outbox(now, limit).await
+                (**self).outbox(now, limit, skip_queues).await
+            }
+            async fn mark_enqueued(
+                &self,
+                runs: &[(RunId, RunState, u32)],
+            ) -> Result<usize, StoreError> {
+                (**self).mark_enqueued(runs).await
             }
             async fn stale_queued(
                 &self,

@@ -151,14 +151,22 @@ impl AmqpConsumer {
     /// `basic.cancel`, then hands back (nack, requeue) what the broker had already sent and
     /// [`Consumer::next`] not returned, until the stream ends.
     async fn cancel_subscription(&mut self) -> Result<(), QueueError> {
-        let state = std::mem::replace(&mut self.state, State::Cancelled { _channel: None });
+        match self.state {
+            State::Subscribed { .. } => {}
+            // Cancelled already: keep its channel open.
+            State::Cancelled { .. } => return Ok(()),
+            // Nothing is subscribed (a dead channel's deliveries are back in the queue).
+            State::Lost { .. } => {
+                self.state = State::Cancelled { _channel: None };
+                return Ok(());
+            }
+        }
         let State::Subscribed {
             _channel: channel,
             mut stream,
-        } = state
+        } = std::mem::replace(&mut self.state, State::Cancelled { _channel: None })
         else {
-            // Lost (nothing is subscribed) or cancelled already.
-            return Ok(());
+            unreachable!("matched as subscribed above");
         };
         let cancelled = channel
             .basic_cancel(stream.tag(), BasicCancelOptions::default())

@@ -499,7 +499,7 @@ impl Worker {
     }
 
     async fn execute_with_heartbeat(&self, run: &ModelRun) -> Outcome {
-        let progress = AtomicU64::new(0);
+        let progress = Arc::new(AtomicU64::new(0));
         let heartbeat = async {
             let mut tick = tokio::time::interval(self.config.heartbeat);
             tick.tick().await;
@@ -531,8 +531,20 @@ impl Worker {
                 }
             }
         };
+        // The whole execution (source, model, sink) in a task of its own, so that a panic
+        // anywhere in it fails this attempt with its message instead of killing the delivery's
+        // task and leaving the run `running` until its lease expires. Aborted when dropped.
+        let execution = {
+            let (worker, run, progress) = (self.clone(), run.clone(), progress.clone());
+            AbortOnDrop(tokio::spawn(async move {
+                worker.execute(&run, &progress).await
+            }))
+        };
         tokio::select! {
-            o = self.execute(run, &progress) => o,
+            o = execution.join() => o.unwrap_or_else(|join| Outcome::Failed {
+                error: format!("executing the run panicked: {}", panic_message(join)),
+                permanent: false,
+            }),
             o = heartbeat => o,
         }
     }
@@ -585,33 +597,34 @@ impl Worker {
         let name = run.model.clone();
         // Aborted if this future is dropped (lease lost, run handed back): a hung model must not
         // run on, detached, forever.
-        let task = AbortOnDrop(tokio::spawn(async move { model.run(&ctx, &blocks).await }));
-        let records = match task.join().await {
-            Ok(Ok(records)) => records,
-            Ok(Err(e)) => return transient(format!("model {name} failed: {e}")),
-            Err(join) => {
-                let msg = match join.try_into_panic() {
-                    Ok(p) => p
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic payload".into()),
-                    Err(_) => "task cancelled".into(),
-                };
-                return transient(format!("model {name} panicked: {msg}"));
-            }
-        };
-        if let Some(schema) = &schema {
-            for r in &records {
-                if let Err(e) = schema.check(&r.payload) {
-                    return transient(format!(
-                        "model {name} emitted a record that does not match its record schema: \
-                         record {}: {e}",
-                        r.key
-                    ));
+        // On the model pool, not this runtime: a model that computes for seconds (or blocks a
+        // thread) must not starve the heartbeats, or its lease expires and the run executes
+        // twice. The record schema check runs there too.
+        let task = AbortOnDrop(model_runtime().spawn(async move {
+            let records = model.run(&ctx, &blocks).await?;
+            if let Some(schema) = &schema {
+                for r in &records {
+                    if let Err(e) = schema.check(&r.payload) {
+                        return Err(ModelOutputError::Schema(format!("record {}: {e}", r.key)));
+                    }
                 }
             }
-        }
+            Ok(records)
+        }));
+        let records = match task.join().await {
+            Ok(Ok(records)) => records,
+            Ok(Err(ModelOutputError::Model(e))) => {
+                return transient(format!("model {name} failed: {e}"));
+            }
+            Ok(Err(ModelOutputError::Schema(e))) => {
+                return transient(format!(
+                    "model {name} emitted a record that does not match its record schema: {e}"
+                ));
+            }
+            Err(join) => {
+                return transient(format!("model {name} panicked: {}", panic_message(join)));
+            }
+        };
         let topic = topic_name(&self.config.env, &run.chain);
         let output = RunOutput {
             run_id: run.id,
@@ -625,6 +638,51 @@ impl Worker {
         }
         Outcome::Succeeded(records.len() as u64)
     }
+}
+
+/// What can go wrong in the model task: the model's own error, or a record that breaks the
+/// model's record schema.
+enum ModelOutputError {
+    Model(crate::model::ModelError),
+    Schema(String),
+}
+
+impl From<crate::model::ModelError> for ModelOutputError {
+    fn from(e: crate::model::ModelError) -> Self {
+        Self::Model(e)
+    }
+}
+
+/// The message of a panicked task (or "task cancelled").
+fn panic_message(join: tokio::task::JoinError) -> String {
+    match join.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic payload".into()),
+        Err(_) => "task cancelled".into(),
+    }
+}
+
+/// The runtime models run on, with threads of its own (as many as the machine has cores), so
+/// a model that computes for long or blocks its thread cannot starve the worker's heartbeats,
+/// consumers and store calls. Created on first use; it lives as long as the process (a
+/// runtime cannot be dropped from async code, and a model's I/O handles may be bound to it).
+fn model_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(
+                std::thread::available_parallelism()
+                    .map(usize::from)
+                    .unwrap_or(2),
+            )
+            .thread_name("model-runner-model")
+            .enable_all()
+            .build()
+            .expect("starting the model runtime's threads")
+    })
 }
 
 /// A task aborted when dropped.
@@ -1241,6 +1299,144 @@ mod tests {
         assert_eq!(eth_stats.runs_failed.load(Ordering::Relaxed), 0);
         assert_eq!(eth_stats.runs_succeeded.load(Ordering::Relaxed), 0);
         assert_eq!(matic_stats.runs_succeeded.load(Ordering::Relaxed), 20);
+    }
+
+    /// Blocks its thread (no `.await`) until it sees a heartbeat of its run in the store, as a
+    /// CPU-heavy model would hold its thread; gives up after two seconds.
+    #[derive(Debug)]
+    struct Hog(Arc<MemoryRunStore>);
+
+    #[async_trait]
+    impl Model for Hog {
+        fn name(&self) -> &str {
+            "hog"
+        }
+        fn version(&self) -> &str {
+            "1"
+        }
+        fn kind(&self) -> ModelKind {
+            ModelKind::Nonreads
+        }
+        async fn run(
+            &self,
+            ctx: &ModelContext,
+            blocks: &[Block],
+        ) -> Result<Vec<Record>, ModelError> {
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(2) {
+                let run = futures::executor::block_on(self.0.get(ctx.run_id)).unwrap();
+                if run.blocks_done > 0 {
+                    return Ok(blocks
+                        .iter()
+                        .map(|b| ctx.record(b, 0, json!({"n": b.number})))
+                        .collect());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(ModelError::Failed(
+                "no heartbeat while the model held its thread".into(),
+            ))
+        }
+    }
+
+    /// Source whose `blocks` panics.
+    #[derive(Debug)]
+    struct PanickySource;
+
+    #[async_trait]
+    impl crate::ports::BlockSource for PanickySource {
+        fn chain(&self) -> &Chain {
+            static C: std::sync::OnceLock<Chain> = std::sync::OnceLock::new();
+            C.get_or_init(chain)
+        }
+        async fn head(&self) -> Result<crate::data::BlockHead, crate::ports::SourceError> {
+            panic!("head is not used here")
+        }
+        async fn blocks(
+            &self,
+            _range: BlockRange,
+        ) -> Result<Vec<Block>, crate::ports::SourceError> {
+            panic!("attempt to subtract with overflow")
+        }
+    }
+
+    async fn one_run(deps: &EngineDeps, model: &str) -> ModelRun {
+        let created = submit_backfill(
+            deps,
+            BackfillRequest {
+                model: model.into(),
+                chain: chain(),
+                range: BlockRange::new(0, 9).unwrap(),
+                chunk_size: 10,
+                mode: RunMode::Backfill,
+                adhoc_queue: None,
+                max_attempts: 1,
+                idempotency_key: None,
+            },
+        )
+        .await
+        .unwrap();
+        let enqueuer = Enqueuer::new(deps.clone(), EnqueuerConfig::default());
+        assert_eq!(enqueuer.pass().await.unwrap(), 1);
+        created.runs[0].clone()
+    }
+
+    /// On a single-threaded runtime a model that holds its thread used to starve the
+    /// heartbeats (its lease then expires and the run executes twice); models now run on their
+    /// own pool, so the heartbeat lands while the model still holds its thread.
+    #[tokio::test]
+    async fn a_model_holding_its_thread_does_not_starve_the_heartbeats() {
+        let store = Arc::new(MemoryRunStore::new());
+        let deps = EngineDeps {
+            store: store.clone(),
+            queue: Arc::new(MemoryRunQueue::new()),
+            sink: Arc::new(MemorySink::new()),
+            sources: HashMap::from([(
+                chain(),
+                Arc::new(MemoryBlockSource::new(
+                    chain(),
+                    crate::models::tests::blocks(0, 19),
+                )) as _,
+            )]),
+            models: Arc::new(ModelRegistry::new().with(Arc::new(Hog(store))).unwrap()),
+            routing: Routing::default(),
+        };
+        let run = one_run(&deps, "hog").await;
+        let stop = CancellationToken::new();
+        let w = tokio::spawn(blocker_worker(&deps, "w1").run(stop.clone()));
+        let done = wait_for(&deps, run.id, "the run to finish", |r| r.state.is_final()).await;
+        stop.cancel();
+        w.await.unwrap().unwrap();
+        assert_eq!(done.state, RunState::Succeeded, "{done:?}");
+    }
+
+    /// A panic in the block source (or the sink) fails the attempt with the panic's message;
+    /// it used to kill the delivery's task and leave the run `running`.
+    #[tokio::test]
+    async fn a_panicking_source_fails_the_attempt_with_its_message() {
+        let deps = EngineDeps {
+            store: Arc::new(MemoryRunStore::new()),
+            queue: Arc::new(MemoryRunQueue::new()),
+            sink: Arc::new(MemorySink::new()),
+            sources: HashMap::from([(chain(), Arc::new(PanickySource) as _)]),
+            models: Arc::new(crate::models::builtin()),
+            routing: Routing::default(),
+        };
+        let run = one_run(&deps, "block_stats").await;
+        let stop = CancellationToken::new();
+        let w = tokio::spawn(blocker_worker(&deps, "w1").run(stop.clone()));
+        let done = wait_for(&deps, run.id, "the attempt to fail", |r| r.state.is_final()).await;
+        stop.cancel();
+        w.await.unwrap().unwrap();
+        assert_eq!(
+            (done.state, done.attempt),
+            (RunState::Failed, 1),
+            "{done:?}"
+        );
+        assert_eq!(
+            done.last_error.as_deref(),
+            Some("executing the run panicked: attempt to subtract with overflow")
+        );
     }
 
     #[tokio::test]

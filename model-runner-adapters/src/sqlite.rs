@@ -429,7 +429,7 @@ impl RunStore for SqliteRunStore {
         limit: usize,
         skip_queues: &[String],
     ) -> Result<Vec<ModelRun>, StoreError> {
-        let skip = |q: &mut QueryBuilder<'_, Sqlite>| {
+        let skip = |q: &mut QueryBuilder<Sqlite>| {
             if !skip_queues.is_empty() {
                 q.push(" AND json_extract(doc, '$.queue') NOT IN (");
                 let mut list = q.separated(", ");

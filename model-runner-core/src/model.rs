@@ -115,6 +115,10 @@ pub enum ModelError {
 
 /// User code that turns blocks into records.
 ///
+/// A run's blocks MAY reach `run` in several calls, in order, of at most
+/// [`WorkerConfig::batch_blocks`](crate::engine::WorkerConfig::batch_blocks) blocks each, so a
+/// model MUST NOT rely on seeing all of a run's blocks in one call.
+///
 /// Implementations MUST be deterministic for the same blocks (same records, same keys), MUST
 /// produce unique `(block, position)` pairs, and SHOULD NOT keep state between runs: runs of one
 /// model execute concurrently on many workers.

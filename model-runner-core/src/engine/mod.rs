@@ -30,7 +30,8 @@ use crate::routing::{Routing, RoutingError};
 
 pub use enqueuer::{Enqueuer, EnqueuerConfig};
 pub use scheduler::{
-    BackfillRequest, RealtimeSubscription, Scheduler, SchedulerConfig, submit_backfill,
+    BackfillRequest, MAX_BLOCKS_PER_RUN, MAX_RUNS_PER_BACKFILL, RealtimeSubscription, Scheduler,
+    SchedulerConfig, submit_backfill,
 };
 pub use tokio_util::sync::CancellationToken;
 pub use worker::{Worker, WorkerConfig, WorkerStats};

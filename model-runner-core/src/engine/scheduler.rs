@@ -69,6 +69,10 @@ pub struct BackfillRequest {
 /// The most runs one backfill may create, so a typo cannot flood the store.
 pub const MAX_RUNS_PER_BACKFILL: u64 = 1_000_000;
 
+/// The most blocks one run may cover (backfill chunks and realtime runs alike): a run's
+/// records are held until it is sent, so one run of a billion blocks would exhaust a worker.
+pub const MAX_BLOCKS_PER_RUN: u64 = 100_000;
+
 /// Creates one `pending` run per chunk of the request, atomically.
 pub async fn submit_backfill(
     deps: &EngineDeps,
@@ -83,6 +87,12 @@ pub async fn submit_backfill(
         return Err(EngineError::InvalidInput(
             "chunk_size must be at least 1 block".into(),
         ));
+    }
+    if req.chunk_size > MAX_BLOCKS_PER_RUN {
+        return Err(EngineError::InvalidInput(format!(
+            "chunk_size {} is above the limit of {MAX_BLOCKS_PER_RUN} blocks per run; use smaller chunks (more runs)",
+            req.chunk_size
+        )));
     }
     if req.max_attempts == 0 {
         return Err(EngineError::InvalidInput(
@@ -316,7 +326,7 @@ impl Scheduler {
         if from > confirmed {
             return Ok(0);
         }
-        let span = sub.max_blocks_per_run.max(1);
+        let span = sub.max_blocks_per_run.clamp(1, MAX_BLOCKS_PER_RUN);
         let last = confirmed
             .min(from.saturating_add(span.saturating_mul(self.config.max_runs_per_tick) - 1));
         let range =

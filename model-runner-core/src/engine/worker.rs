@@ -65,6 +65,10 @@ pub struct WorkerConfig {
     /// How long a run this worker cannot serve (no block source for its chain, no such model)
     /// waits before its message goes back to the queue for another worker.
     pub pass_on_pause: Duration,
+    /// Blocks loaded and handed to the model at a time: a run of more blocks is fed to the
+    /// model in several calls, so its memory is bounded by one batch of blocks (and the run's
+    /// records).
+    pub batch_blocks: u64,
 }
 
 impl Default for WorkerConfig {
@@ -81,6 +85,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             unmarked_wait: Duration::from_secs(30),
             pass_on_pause: Duration::from_millis(500),
+            batch_blocks: 1000,
         }
     }
 }
@@ -573,58 +578,67 @@ impl Worker {
             Ok(s) => s.clone(),
             Err(e) => return permanent(e.to_string()),
         };
-        let blocks = match source.blocks(run.range).await {
-            Ok(b) => b,
-            Err(e) => return transient(format!("loading blocks {}: {e}", run.range)),
-        };
-        if blocks.len() as u64 != run.range.len() {
-            return transient(format!(
-                "source returned {} blocks for range {} ({} blocks)",
-                blocks.len(),
-                run.range,
-                run.range.len()
-            ));
-        }
-        let ctx = ModelContext {
+        let ctx = Arc::new(ModelContext {
             run_id: run.id,
             model: run.model.clone(),
             model_version: run.model_version.clone(),
             chain: run.chain.clone(),
             range: run.range,
-            source,
-        };
-        progress.store(blocks.len() as u64, Ordering::Relaxed);
+            source: source.clone(),
+        });
+        let schema = Arc::new(schema);
         let name = run.model.clone();
-        // Aborted if this future is dropped (lease lost, run handed back): a hung model must not
-        // run on, detached, forever.
-        // On the model pool, not this runtime: a model that computes for seconds (or blocks a
-        // thread) must not starve the heartbeats, or its lease expires and the run executes
-        // twice. The record schema check runs there too.
-        let task = AbortOnDrop(model_runtime().spawn(async move {
-            let records = model.run(&ctx, &blocks).await?;
-            if let Some(schema) = &schema {
-                for r in &records {
-                    if let Err(e) = schema.check(&r.payload) {
-                        return Err(ModelOutputError::Schema(format!("record {}: {e}", r.key)));
-                    }
-                }
-            }
-            Ok(records)
-        }));
-        let records = match task.join().await {
-            Ok(Ok(records)) => records,
-            Ok(Err(ModelOutputError::Model(e))) => {
-                return transient(format!("model {name} failed: {e}"));
-            }
-            Ok(Err(ModelOutputError::Schema(e))) => {
+        let mut records = Vec::new();
+        // Blocks are loaded and handed to the model in batches of at most `batch_blocks`, so
+        // a long run holds one batch of blocks in memory, not all of them.
+        for batch in run
+            .range
+            .chunks(self.config.batch_blocks.max(1))
+            .expect("batch size is at least 1")
+        {
+            let blocks = match source.blocks(batch).await {
+                Ok(b) => b,
+                Err(e) => return transient(format!("loading blocks {batch}: {e}")),
+            };
+            if blocks.len() as u64 != batch.len() {
                 return transient(format!(
-                    "model {name} emitted a record that does not match its record schema: {e}"
+                    "source returned {} blocks for range {batch} ({} blocks)",
+                    blocks.len(),
+                    batch.len()
                 ));
             }
-            Err(join) => {
-                return transient(format!("model {name} panicked: {}", panic_message(join)));
+            progress.fetch_add(batch.len(), Ordering::Relaxed);
+            let (model, ctx, schema) = (model.clone(), ctx.clone(), schema.clone());
+            // On the model pool, not this runtime: a model that computes for seconds (or
+            // blocks a thread) must not starve the heartbeats, or its lease expires and the run
+            // executes twice. The record schema check runs there too. Aborted if this future is
+            // dropped (lease lost, run handed back): a hung model must not run on, detached.
+            let task = AbortOnDrop(model_runtime().spawn(async move {
+                let records = model.run(&ctx, &blocks).await?;
+                if let Some(schema) = schema.as_ref() {
+                    for r in &records {
+                        if let Err(e) = schema.check(&r.payload) {
+                            return Err(ModelOutputError::Schema(format!("record {}: {e}", r.key)));
+                        }
+                    }
+                }
+                Ok(records)
+            }));
+            match task.join().await {
+                Ok(Ok(batch_records)) => records.extend(batch_records),
+                Ok(Err(ModelOutputError::Model(e))) => {
+                    return transient(format!("model {name} failed: {e}"));
+                }
+                Ok(Err(ModelOutputError::Schema(e))) => {
+                    return transient(format!(
+                        "model {name} emitted a record that does not match its record schema: {e}"
+                    ));
+                }
+                Err(join) => {
+                    return transient(format!("model {name} panicked: {}", panic_message(join)));
+                }
             }
-        };
+        }
         let topic = topic_name(&self.config.env, &run.chain);
         let output = RunOutput {
             run_id: run.id,
@@ -1437,6 +1451,121 @@ mod tests {
             done.last_error.as_deref(),
             Some("executing the run panicked: attempt to subtract with overflow")
         );
+    }
+
+    /// Counts calls and the largest batch it was given.
+    #[derive(Debug, Default)]
+    struct Batches {
+        calls: AtomicU64,
+        largest: AtomicU64,
+    }
+
+    #[async_trait]
+    impl Model for Batches {
+        fn name(&self) -> &str {
+            "batches"
+        }
+        fn version(&self) -> &str {
+            "1"
+        }
+        fn kind(&self) -> ModelKind {
+            ModelKind::Nonreads
+        }
+        async fn run(
+            &self,
+            ctx: &ModelContext,
+            blocks: &[Block],
+        ) -> Result<Vec<Record>, ModelError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.largest
+                .fetch_max(blocks.len() as u64, Ordering::SeqCst);
+            Ok(blocks
+                .iter()
+                .map(|b| ctx.record(b, 0, json!({"n": b.number})))
+                .collect())
+        }
+    }
+
+    /// A run of 25 blocks with batches of 10 reaches the model as 10 + 10 + 5 blocks (memory
+    /// bounded by one batch) and still delivers every record, once.
+    #[tokio::test]
+    async fn blocks_reach_the_model_in_bounded_batches() {
+        let model = Arc::new(Batches::default());
+        let sink = Arc::new(MemorySink::new());
+        let deps = EngineDeps {
+            store: Arc::new(MemoryRunStore::new()),
+            queue: Arc::new(MemoryRunQueue::new()),
+            sink: sink.clone(),
+            sources: HashMap::from([(
+                chain(),
+                Arc::new(MemoryBlockSource::new(
+                    chain(),
+                    crate::models::tests::blocks(0, 24),
+                )) as _,
+            )]),
+            models: Arc::new(ModelRegistry::new().with(model.clone()).unwrap()),
+            routing: Routing::default(),
+        };
+        let created = submit_backfill(
+            &deps,
+            BackfillRequest {
+                model: "batches".into(),
+                chain: chain(),
+                range: BlockRange::new(0, 24).unwrap(),
+                chunk_size: 25,
+                mode: RunMode::Backfill,
+                adhoc_queue: None,
+                max_attempts: 1,
+                idempotency_key: None,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            Enqueuer::new(deps.clone(), EnqueuerConfig::default())
+                .pass()
+                .await
+                .unwrap(),
+            1
+        );
+        let stop = CancellationToken::new();
+        let w = Worker::new(
+            deps.clone(),
+            WorkerConfig {
+                queues: deps.routing.all_queues([&chain()]),
+                batch_blocks: 10,
+                env: "test".into(),
+                ..Default::default()
+            },
+        );
+        let w = tokio::spawn(w.run(stop.clone()));
+        let done = wait_for(&deps, created.runs[0].id, "the run", |r| r.state.is_final()).await;
+        stop.cancel();
+        w.await.unwrap().unwrap();
+        assert_eq!(
+            (done.state, done.records_written),
+            (RunState::Succeeded, 25)
+        );
+        assert_eq!(model.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(model.largest.load(Ordering::SeqCst), 10);
+        assert_eq!(sink.records("test-ethereum-sink").len(), 25);
+        // And a run larger than the cap is refused where runs are made.
+        let err = submit_backfill(
+            &deps,
+            BackfillRequest {
+                model: "batches".into(),
+                chain: chain(),
+                range: BlockRange::new(0, 24).unwrap(),
+                chunk_size: crate::engine::MAX_BLOCKS_PER_RUN + 1,
+                mode: RunMode::Backfill,
+                adhoc_queue: None,
+                max_attempts: 1,
+                idempotency_key: None,
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("blocks per run"), "{err}");
     }
 
     #[tokio::test]

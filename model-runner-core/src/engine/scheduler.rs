@@ -88,9 +88,9 @@ pub async fn submit_backfill(
             "chunk_size must be at least 1 block".into(),
         ));
     }
-    if req.chunk_size > MAX_BLOCKS_PER_RUN {
+    if req.chunk_size.min(req.range.len()) > MAX_BLOCKS_PER_RUN {
         return Err(EngineError::InvalidInput(format!(
-            "chunk_size {} is above the limit of {MAX_BLOCKS_PER_RUN} blocks per run; use smaller chunks (more runs)",
+            "chunk_size {} makes runs of more than {MAX_BLOCKS_PER_RUN} blocks, the limit per run; use smaller chunks (more runs)",
             req.chunk_size
         )));
     }

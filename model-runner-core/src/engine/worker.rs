@@ -1555,7 +1555,7 @@ mod tests {
             BackfillRequest {
                 model: "batches".into(),
                 chain: chain(),
-                range: BlockRange::new(0, 24).unwrap(),
+                range: BlockRange::new(0, crate::engine::MAX_BLOCKS_PER_RUN).unwrap(),
                 chunk_size: crate::engine::MAX_BLOCKS_PER_RUN + 1,
                 mode: RunMode::Backfill,
                 adhoc_queue: None,

@@ -1565,7 +1565,7 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(err.to_string().contains("blocks per run"), "{err}");
+        assert!(err.to_string().contains("the limit per run"), "{err}");
     }
 
     #[tokio::test]

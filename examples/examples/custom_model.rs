@@ -89,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
         )]),
         models: Arc::new(models),
         routing: Routing::default(),
+        limits: Default::default(),
     };
     let created = submit_backfill(
         &deps,

@@ -503,6 +503,7 @@ async fn the_engine_declares_builtin_schemas_so_files_have_their_columns() {
         )]),
         models: Arc::new(models),
         routing: Routing::default(),
+        limits: Default::default(),
     };
     let created = submit_backfill(
         &deps,

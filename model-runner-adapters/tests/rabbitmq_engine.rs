@@ -94,6 +94,7 @@ async fn setup(url: &str, gate: Arc<Gate>) -> (EngineDeps, Arc<AmqpRunQueue>, Mo
         sources: HashMap::from([(chain.clone(), Arc::new(source) as _)]),
         models: Arc::new(ModelRegistry::new().with(gate).unwrap()),
         routing: Routing::default(),
+        limits: Default::default(),
     };
     let run = submit_backfill(
         &deps,

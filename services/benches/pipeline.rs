@@ -87,6 +87,7 @@ async fn main() {
                 sources: HashMap::from([(chain.clone(), source as Arc<dyn BlockSource>)]),
                 models,
                 routing: Routing::default(),
+                limits: Default::default(),
             };
             let t = Instant::now();
             let summary = run_all(

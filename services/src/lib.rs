@@ -166,6 +166,7 @@ pub async fn build_deps(urls: &AdapterUrls) -> anyhow::Result<EngineDeps> {
         sources,
         models: Arc::new(model_runner_core::models::builtin()),
         routing,
+        limits: Default::default(),
     })
 }
 

@@ -129,6 +129,16 @@ struct AdapterFlags {
     /// migrates even with this flag). A SQLite store must then exist with its schema up to date.
     #[arg(long, env = "MODEL_RUNNER_NO_MIGRATE", global = true)]
     no_migrate: bool,
+    /// The most blocks one run may cover: backfills whose chunks would be larger are refused
+    /// (by this CLI and by the API alike), realtime runs are cut at this size. A worker holds a
+    /// run's records until it sends them.
+    #[arg(
+        long,
+        env = "MODEL_RUNNER_MAX_BLOCKS_PER_RUN",
+        default_value_t = model_runner_core::engine::DEFAULT_MAX_BLOCKS_PER_RUN,
+        global = true
+    )]
+    max_blocks_per_run: u64,
 }
 
 impl AdapterFlags {
@@ -432,7 +442,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Backfill { .. } => urls.require_shared("backfill", false)?,
         _ => {}
     }
-    let deps = build_deps(&urls).await?;
+    let mut deps = build_deps(&urls).await?;
+    deps.limits.max_blocks_per_run = cli.adapters.max_blocks_per_run.max(1);
     let env = cli.adapters.env.clone();
     match cli.command {
         Command::All {

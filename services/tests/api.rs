@@ -129,6 +129,7 @@ async fn api_with(kind: Store, config: ApiConfig) -> Option<Api> {
         )]),
         models: Arc::new(model_runner_core::models::builtin()),
         routing: Routing::default(),
+        limits: Default::default(),
     };
     Some(Api {
         app: app(ApiState::new(deps, config)),
@@ -1396,6 +1397,7 @@ async fn a_stuck_store_times_out_with_503_and_fails_readiness() {
         sources: HashMap::new(),
         models: Arc::new(model_runner_core::models::builtin()),
         routing: Routing::default(),
+        limits: Default::default(),
     };
     let config = ApiConfig {
         limits: ApiLimits {
@@ -1470,6 +1472,7 @@ async fn index_endpoints_are_served_with_read_scope() {
         sources: Default::default(),
         models: std::sync::Arc::new(model_runner_core::models::builtin()),
         routing: Default::default(),
+        limits: Default::default(),
     };
     let config = model_runner::api::ApiConfig {
         auth: model_runner::api::ApiAuth::new("writer", "reader", false),

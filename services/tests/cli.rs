@@ -338,3 +338,44 @@ fn standalone_components_refuse_in_process_adapters() {
         "refused commands created nothing"
     );
 }
+
+/// The blocks-per-run limit is enforced where runs are made, with a clear message, and is
+/// configurable by flag or environment.
+#[test]
+fn runs_larger_than_the_blocks_per_run_limit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}/runs.db", dir.path().display());
+    let out = run_in(
+        dir.path(),
+        &[
+            "--store",
+            &store,
+            "backfill",
+            "ethereum:block_stats:0-999",
+            "--chunk-size",
+            "500",
+        ],
+        &[("MODEL_RUNNER_MAX_BLOCKS_PER_RUN", "100")],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("chunk_size 500 makes runs of more than 100 blocks, the limit per run"),
+        "{err}"
+    );
+    let created = ok(
+        dir.path(),
+        &[
+            "--store",
+            &store,
+            "--max-blocks-per-run",
+            "500",
+            "backfill",
+            "ethereum:block_stats:0-999",
+            "--chunk-size",
+            "500",
+        ],
+        &[],
+    );
+    assert_eq!(created.lines().count(), 2, "{created}");
+}

@@ -76,6 +76,7 @@ async fn deps_with(
         sources: HashMap::from([(eth(), source)]),
         models: Arc::new(models),
         routing: Routing::default(),
+        limits: Default::default(),
     }
 }
 

@@ -52,6 +52,7 @@ async fn state(dir: &std::path::Path, open_reads: bool) -> ApiState {
         sources: Default::default(),
         models: Arc::new(model_runner_core::models::builtin()),
         routing: Default::default(),
+        limits: Default::default(),
     };
     ApiState::new(
         deps,

@@ -96,6 +96,7 @@ fn deps(
         sources: HashMap::new(),
         models: Arc::new(model_runner_core::models::builtin()),
         routing: Routing::default(),
+        limits: Default::default(),
     }
 }
 

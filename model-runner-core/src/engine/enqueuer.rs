@@ -293,6 +293,7 @@ mod tests {
             sources: HashMap::from([(chain(), Arc::new(source) as _)]),
             models: Arc::new(crate::models::builtin()),
             routing: Routing::default(),
+            limits: Default::default(),
         };
         (deps, store, queue, sink)
     }

@@ -30,8 +30,8 @@ use crate::routing::{Routing, RoutingError};
 
 pub use enqueuer::{Enqueuer, EnqueuerConfig};
 pub use scheduler::{
-    BackfillRequest, MAX_BLOCKS_PER_RUN, MAX_RUNS_PER_BACKFILL, RealtimeSubscription, Scheduler,
-    SchedulerConfig, submit_backfill,
+    BackfillRequest, DEFAULT_MAX_BLOCKS_PER_RUN, MAX_RUNS_PER_BACKFILL, RealtimeSubscription,
+    Scheduler, SchedulerConfig, submit_backfill,
 };
 pub use tokio_util::sync::CancellationToken;
 pub use worker::{Worker, WorkerConfig, WorkerStats};
@@ -51,6 +51,27 @@ pub struct EngineDeps {
     pub models: Arc<ModelRegistry>,
     /// Queue routing.
     pub routing: Routing,
+    /// Limits every path that makes runs enforces.
+    pub limits: Limits,
+}
+
+/// Limits enforced wherever runs are made ([`submit_backfill`], realtime scheduling), so the
+/// library, the API and the CLI refuse the same requests with the same words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The most blocks one run may cover: a run's records are held until it is sent, so one
+    /// run of a billion blocks would exhaust a worker. A backfill whose chunks would be larger
+    /// is refused; realtime runs are cut at this size.
+    pub max_blocks_per_run: u64,
+}
+
+impl Default for Limits {
+    /// [`DEFAULT_MAX_BLOCKS_PER_RUN`] blocks per run.
+    fn default() -> Self {
+        Self {
+            max_blocks_per_run: DEFAULT_MAX_BLOCKS_PER_RUN,
+        }
+    }
 }
 
 impl EngineDeps {

@@ -69,9 +69,8 @@ pub struct BackfillRequest {
 /// The most runs one backfill may create, so a typo cannot flood the store.
 pub const MAX_RUNS_PER_BACKFILL: u64 = 1_000_000;
 
-/// The most blocks one run may cover (backfill chunks and realtime runs alike): a run's
-/// records are held until it is sent, so one run of a billion blocks would exhaust a worker.
-pub const MAX_BLOCKS_PER_RUN: u64 = 100_000;
+/// The default of [`Limits::max_blocks_per_run`](super::Limits::max_blocks_per_run).
+pub const DEFAULT_MAX_BLOCKS_PER_RUN: u64 = 100_000;
 
 /// Creates one `pending` run per chunk of the request, atomically.
 pub async fn submit_backfill(
@@ -88,9 +87,10 @@ pub async fn submit_backfill(
             "chunk_size must be at least 1 block".into(),
         ));
     }
-    if req.chunk_size.min(req.range.len()) > MAX_BLOCKS_PER_RUN {
+    let max = deps.limits.max_blocks_per_run;
+    if req.chunk_size.min(req.range.len()) > max {
         return Err(EngineError::InvalidInput(format!(
-            "chunk_size {} makes runs of more than {MAX_BLOCKS_PER_RUN} blocks, the limit per run; use smaller chunks (more runs)",
+            "chunk_size {} makes runs of more than {max} blocks, the limit per run; use smaller chunks (more runs)",
             req.chunk_size
         )));
     }
@@ -326,7 +326,9 @@ impl Scheduler {
         if from > confirmed {
             return Ok(0);
         }
-        let span = sub.max_blocks_per_run.clamp(1, MAX_BLOCKS_PER_RUN);
+        let span = sub
+            .max_blocks_per_run
+            .clamp(1, self.deps.limits.max_blocks_per_run.max(1));
         let last = confirmed
             .min(from.saturating_add(span.saturating_mul(self.config.max_runs_per_tick) - 1));
         let range =
@@ -438,6 +440,7 @@ mod tests {
             sources: HashMap::from([(chain(), source.clone() as _)]),
             models: Arc::new(crate::models::builtin()),
             routing: Routing::default(),
+            limits: Default::default(),
         };
         (deps, source)
     }

@@ -821,6 +821,7 @@ mod tests {
             sources: HashMap::from([(chain(), Arc::new(source) as _)]),
             models: Arc::new(ModelRegistry::new().with(Arc::new(model)).unwrap()),
             routing: Routing::default(),
+            limits: Default::default(),
         };
         (deps, sink)
     }
@@ -1058,6 +1059,7 @@ mod tests {
             sources: HashMap::from([(chain(), Arc::new(source) as _)]),
             models: Arc::new(ModelRegistry::new().with(model.clone()).unwrap()),
             routing: Routing::default(),
+            limits: Default::default(),
         };
         let created = submit_backfill(
             &deps,
@@ -1252,6 +1254,7 @@ mod tests {
             ]),
             models: Arc::new(crate::models::builtin()),
             routing: Routing::default(),
+            limits: Default::default(),
         };
         let created = submit_backfill(
             &api,
@@ -1414,6 +1417,7 @@ mod tests {
             )]),
             models: Arc::new(ModelRegistry::new().with(Arc::new(Hog(store))).unwrap()),
             routing: Routing::default(),
+            limits: Default::default(),
         };
         let run = one_run(&deps, "hog").await;
         let stop = CancellationToken::new();
@@ -1435,6 +1439,7 @@ mod tests {
             sources: HashMap::from([(chain(), Arc::new(PanickySource) as _)]),
             models: Arc::new(crate::models::builtin()),
             routing: Routing::default(),
+            limits: Default::default(),
         };
         let run = one_run(&deps, "block_stats").await;
         let stop = CancellationToken::new();
@@ -1505,6 +1510,7 @@ mod tests {
             )]),
             models: Arc::new(ModelRegistry::new().with(model.clone()).unwrap()),
             routing: Routing::default(),
+            limits: Default::default(),
         };
         let created = submit_backfill(
             &deps,
@@ -1549,14 +1555,20 @@ mod tests {
         assert_eq!(model.calls.load(Ordering::SeqCst), 3);
         assert_eq!(model.largest.load(Ordering::SeqCst), 10);
         assert_eq!(sink.records("test-ethereum-sink").len(), 25);
-        // And a run larger than the cap is refused where runs are made.
+        // And a run larger than the configured cap is refused where runs are made.
+        let capped = EngineDeps {
+            limits: crate::engine::Limits {
+                max_blocks_per_run: 20,
+            },
+            ..deps.clone()
+        };
         let err = submit_backfill(
-            &deps,
+            &capped,
             BackfillRequest {
                 model: "batches".into(),
                 chain: chain(),
-                range: BlockRange::new(0, crate::engine::MAX_BLOCKS_PER_RUN).unwrap(),
-                chunk_size: crate::engine::MAX_BLOCKS_PER_RUN + 1,
+                range: BlockRange::new(0, 30).unwrap(),
+                chunk_size: 30,
                 mode: RunMode::Backfill,
                 adhoc_queue: None,
                 max_attempts: 1,

@@ -109,7 +109,8 @@ struct AdapterFlags {
     )]
     sink: String,
     /// Block source of a chain, NAME=URL; repeat (or separate with commas) for several chains.
-    /// URLs: devnet://[?block_time_ms=..&head=..&seed=..] (a generated demo chain), file://PATH
+    /// URLs: devnet://[?block_time_ms=..&head=..&seed=..&txs=..&logs=..&delay_ms=..] (a generated
+    /// demo chain; delay_ms slows every load), file://PATH
     /// (JSON-RPC responses or ethereum-etl exports) or http(s)://NODE (an Ethereum JSON-RPC
     /// node; feature `jsonrpc`).
     ///

@@ -541,18 +541,18 @@ async fn a_worker_dropped_mid_run_is_replaced_and_nothing_is_missing() {
         },
     );
     let b = tokio::spawn(b.run(stop.clone()));
-    eventually(60, "every run to succeed after the lease expired", || {
-        let store = deps.store.clone();
-        async move {
-            store
-                .count_by_state(&RunFilter::default())
-                .await
-                .unwrap()
-                .get(&RunState::Succeeded)
-                == Some(&3)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let runs = all_runs(&*deps.store).await;
+        if runs.iter().all(|r| r.state == RunState::Succeeded) {
+            break;
         }
-    })
-    .await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for every run to succeed after the lease expired: {runs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     stop.cancel();
     b.await.unwrap().unwrap();
     sched.await.unwrap();

@@ -306,7 +306,7 @@ impl Scheduler {
             warn!(
                 runs = republished,
                 age_secs = age.as_secs(),
-                "reconciler republished runs queued longer than the reconcile age (their messages were lost)"
+                "reconciler republished runs queued longer than the reconcile age: their messages were lost, or still wait behind others (the workers then drop the copies; if this repeats, raise --reconcile-after-secs above the longest queue wait)"
             );
         }
         Ok(republished)

@@ -166,7 +166,7 @@ impl RunStore for MemoryRunStore {
         skip_queues: &[String],
     ) -> Result<Vec<ModelRun>, StoreError> {
         let inner = self.lock();
-        let skipped = |r: &ModelRun| skip_queues.iter().any(|q| *q == r.queue);
+        let skipped = |r: &ModelRun| skip_queues.contains(&r.queue);
         let mut pending: Vec<ModelRun> = inner
             .runs
             .values()

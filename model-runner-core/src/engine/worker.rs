@@ -1,10 +1,16 @@
 //! The worker: consumes queues, claims runs, executes models, delivers records.
 //!
-//! For each delivery: claim the run (a lease in the store), load its blocks, run the model
+//! For each delivery: claim the run (a lease in the store), load its blocks (in batches of
+//! [`WorkerConfig::batch_blocks`]), run the model
 //! (a panic is caught and fails the attempt), send the records to `<env>-<chain>-sink`, mark the
 //! run `succeeded`, then ack. The lease is renewed by heartbeats while the run executes; if the
 //! run is cancelled or its lease is taken meanwhile, the work is abandoned (the model's task is
 //! aborted). Heartbeats carry the run's progress: the blocks loaded and handed to the model.
+//!
+//! The model and the sending of its records (encoding included) run on a runtime of their own
+//! ("the model pool"), so CPU-heavy work never starves the heartbeats, and the whole execution
+//! runs in a task of its own, so a panic anywhere in it (source, model, sink) fails the attempt
+//! with the panic's message.
 //!
 //! On shutdown, runs still executing after `shutdown_grace` are handed back: the run goes back
 //! to `queued` on the same attempt ([`RunEvent::Release`], no attempt spent) and its message is
@@ -647,10 +653,25 @@ impl Worker {
             chain: run.chain.clone(),
             range: run.range,
         };
-        if let Err(e) = self.deps.sink.send_run(&topic, &output, &records).await {
-            return transient(format!("sending {} records to {topic}: {e}", records.len()));
+        let count = records.len();
+        // On the model pool too: encoding (Parquet, JSON) is CPU work that must not starve the
+        // heartbeats on this runtime.
+        let sink = self.deps.sink.clone();
+        let send = {
+            let topic = topic.clone();
+            AbortOnDrop(
+                model_runtime()
+                    .spawn(async move { sink.send_run(&topic, &output, &records).await }),
+            )
+        };
+        match send.join().await {
+            Ok(Ok(())) => Outcome::Succeeded(count as u64),
+            Ok(Err(e)) => transient(format!("sending {count} records to {topic}: {e}")),
+            Err(join) => transient(format!(
+                "sending {count} records to {topic} panicked: {}",
+                panic_message(join)
+            )),
         }
-        Outcome::Succeeded(records.len() as u64)
     }
 }
 
@@ -1354,6 +1375,77 @@ mod tests {
                 "no heartbeat while the model held its thread".into(),
             ))
         }
+    }
+
+    /// A sink that holds its thread (as a CPU-heavy encoder does) until the run's lease was
+    /// renewed while it held it; gives up after two seconds.
+    #[derive(Debug)]
+    struct HogSink {
+        store: Arc<MemoryRunStore>,
+        inner: MemorySink,
+    }
+
+    #[async_trait]
+    impl crate::ports::ResultSink for HogSink {
+        async fn send(
+            &self,
+            topic: &str,
+            records: &[Record],
+        ) -> Result<(), crate::ports::SinkError> {
+            let run = records.first().map(|r| r.run_id).expect("records");
+            let lease = |store: &MemoryRunStore| {
+                futures::executor::block_on(store.get(run))
+                    .unwrap()
+                    .lease_expires_at
+            };
+            let at_start = lease(&self.store);
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(2) {
+                if lease(&self.store) != at_start {
+                    return self.inner.send(topic, records).await;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(crate::ports::SinkError::Backend {
+                adapter: "test",
+                source: "no heartbeat while the sink held its thread".into(),
+            })
+        }
+        async fn flush(&self) -> Result<(), crate::ports::SinkError> {
+            Ok(())
+        }
+    }
+
+    /// Sending (encoding) runs off the worker's runtime as well: a sink that holds its thread
+    /// does not stop the heartbeats.
+    #[tokio::test]
+    async fn a_sink_holding_its_thread_does_not_starve_the_heartbeats() {
+        let store = Arc::new(MemoryRunStore::new());
+        let deps = EngineDeps {
+            store: store.clone(),
+            queue: Arc::new(MemoryRunQueue::new()),
+            sink: Arc::new(HogSink {
+                store: store.clone(),
+                inner: MemorySink::new(),
+            }),
+            sources: HashMap::from([(
+                chain(),
+                Arc::new(MemoryBlockSource::new(
+                    chain(),
+                    crate::models::tests::blocks(0, 19),
+                )) as _,
+            )]),
+            models: Arc::new(crate::models::builtin()),
+            routing: Routing::default(),
+            limits: Default::default(),
+        };
+        let run = one_run(&deps, "block_stats").await;
+        let stop = CancellationToken::new();
+        let w = tokio::spawn(blocker_worker(&deps, "w1").run(stop.clone()));
+        let done = wait_for(&deps, run.id, "the run to finish", |r| r.state.is_final()).await;
+        stop.cancel();
+        w.await.unwrap().unwrap();
+        assert_eq!(done.state, RunState::Succeeded, "{done:?}");
     }
 
     /// Source whose `blocks` panics.

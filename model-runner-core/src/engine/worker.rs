@@ -1421,24 +1421,11 @@ mod tests {
     #[tokio::test]
     async fn a_sink_holding_its_thread_does_not_starve_the_heartbeats() {
         let store = Arc::new(MemoryRunStore::new());
-        let deps = EngineDeps {
+        let sink = HogSink {
             store: store.clone(),
-            queue: Arc::new(MemoryRunQueue::new()),
-            sink: Arc::new(HogSink {
-                store: store.clone(),
-                inner: MemorySink::new(),
-            }),
-            sources: HashMap::from([(
-                chain(),
-                Arc::new(MemoryBlockSource::new(
-                    chain(),
-                    crate::models::tests::blocks(0, 19),
-                )) as _,
-            )]),
-            models: Arc::new(crate::models::builtin()),
-            routing: Routing::default(),
-            limits: Default::default(),
+            inner: MemorySink::new(),
         };
+        let deps = memory_deps(store, Arc::new(sink), crate::models::builtin());
         let run = one_run(&deps, "block_stats").await;
         let stop = CancellationToken::new();
         let w = tokio::spawn(blocker_worker(&deps, "w1").run(stop.clone()));
@@ -1469,6 +1456,29 @@ mod tests {
         }
     }
 
+    /// In-memory ports over blocks 0-24 of `chain()`, with `store`, `sink` and `models`.
+    fn memory_deps(
+        store: Arc<MemoryRunStore>,
+        sink: Arc<dyn crate::ports::ResultSink>,
+        models: ModelRegistry,
+    ) -> EngineDeps {
+        EngineDeps {
+            store,
+            queue: Arc::new(MemoryRunQueue::new()),
+            sink,
+            sources: HashMap::from([(
+                chain(),
+                Arc::new(MemoryBlockSource::new(
+                    chain(),
+                    crate::models::tests::blocks(0, 24),
+                )) as _,
+            )]),
+            models: Arc::new(models),
+            routing: Routing::default(),
+            limits: Default::default(),
+        }
+    }
+
     async fn one_run(deps: &EngineDeps, model: &str) -> ModelRun {
         let created = submit_backfill(
             deps,
@@ -1496,21 +1506,11 @@ mod tests {
     #[tokio::test]
     async fn a_model_holding_its_thread_does_not_starve_the_heartbeats() {
         let store = Arc::new(MemoryRunStore::new());
-        let deps = EngineDeps {
-            store: store.clone(),
-            queue: Arc::new(MemoryRunQueue::new()),
-            sink: Arc::new(MemorySink::new()),
-            sources: HashMap::from([(
-                chain(),
-                Arc::new(MemoryBlockSource::new(
-                    chain(),
-                    crate::models::tests::blocks(0, 19),
-                )) as _,
-            )]),
-            models: Arc::new(ModelRegistry::new().with(Arc::new(Hog(store))).unwrap()),
-            routing: Routing::default(),
-            limits: Default::default(),
-        };
+        let deps = memory_deps(
+            store.clone(),
+            Arc::new(MemorySink::new()),
+            ModelRegistry::new().with(Arc::new(Hog(store))).unwrap(),
+        );
         let run = one_run(&deps, "hog").await;
         let stop = CancellationToken::new();
         let w = tokio::spawn(blocker_worker(&deps, "w1").run(stop.clone()));
@@ -1589,21 +1589,11 @@ mod tests {
     async fn blocks_reach_the_model_in_bounded_batches() {
         let model = Arc::new(Batches::default());
         let sink = Arc::new(MemorySink::new());
-        let deps = EngineDeps {
-            store: Arc::new(MemoryRunStore::new()),
-            queue: Arc::new(MemoryRunQueue::new()),
-            sink: sink.clone(),
-            sources: HashMap::from([(
-                chain(),
-                Arc::new(MemoryBlockSource::new(
-                    chain(),
-                    crate::models::tests::blocks(0, 24),
-                )) as _,
-            )]),
-            models: Arc::new(ModelRegistry::new().with(model.clone()).unwrap()),
-            routing: Routing::default(),
-            limits: Default::default(),
-        };
+        let deps = memory_deps(
+            Arc::new(MemoryRunStore::new()),
+            sink.clone(),
+            ModelRegistry::new().with(model.clone()).unwrap(),
+        );
         let created = submit_backfill(
             &deps,
             BackfillRequest {

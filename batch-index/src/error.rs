@@ -51,6 +51,10 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// The map jobs do not cover the ledgers the index is meant to hold:
+    /// the message names the first missing range and the job to rerun.
+    #[error("incomplete coverage: {0}")]
+    Incomplete(String),
     /// A child job process failed (local runner).
     #[error("job failed: {0}")]
     JobFailed(String),

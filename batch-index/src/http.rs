@@ -3,6 +3,10 @@
 //! `GET /v1/index/transactions/{hash}`, over an [`IndexReader`].
 //! Errors go through [`ApiError`], which gives a stable code and a message
 //! without internals (storage details are logged, not returned).
+//!
+//! Every answer carries `covered: {first, last}`, the ledgers (blocks) the
+//! index holds ([`IndexReader::covered`], null when unknown), so a client can
+//! tell "no activity in this checkpoint" from "not indexed yet".
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -63,12 +67,13 @@ async fn account(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let index = q.index.unwrap_or_else(|| crate::INDEX_ALL.to_string());
     let set = reader.checkpoints(&account, &index).await?;
+    let covered = reader.covered();
     Ok(Json(match q.from {
         Some(from) => {
-            json!({ "account": account, "index": index, "from": from, "next": set.range(from..).next() })
+            json!({ "account": account, "index": index, "from": from, "next": set.range(from..).next(), "covered": covered })
         }
         None => {
-            json!({ "account": account, "index": index, "checkpoints": set.iter().collect::<Vec<u32>>() })
+            json!({ "account": account, "index": index, "checkpoints": set.iter().collect::<Vec<u32>>(), "covered": covered })
         }
     }))
 }
@@ -79,7 +84,8 @@ async fn transaction(
 ) -> Result<Response, ApiError> {
     Ok(match reader.transaction(&hash).await? {
         Some(p) => Json(json!({
-            "hash": hash, "toid": p.0, "ledger": p.ledger(), "tx_index": p.tx_index(), "op_index": p.op_index()
+            "hash": hash, "toid": p.0, "ledger": p.ledger(), "tx_index": p.tx_index(), "op_index": p.op_index(),
+            "covered": reader.covered()
         }))
         .into_response(),
         None => (

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::account::Owner;
 use crate::error::Result;
 use crate::extract::Modules;
-use crate::manifest::{REDUCE_FORMAT, ReduceManifest, to_json};
+use crate::manifest::{LedgerRange, REDUCE_FORMAT, ReduceManifest, to_json};
 use crate::map::collect;
 use crate::reduce::{WorkerData, reduce_success, write_shards};
 use crate::source::LedgerSource;
@@ -46,6 +46,10 @@ pub async fn build_single_process(
             map_job_count: 0,
             worker_count: workers,
             files,
+            covered: Some(LedgerRange {
+                first,
+                last: latest,
+            }),
         };
         target
             .put(&reduce_success(job as u32), to_json(&manifest))

@@ -120,6 +120,12 @@ struct MapArgs {
     /// Ledgers (blocks) per job; a multiple of the checkpoint span.
     #[arg(long, env = "BATCH_SIZE")]
     batch_size: u32,
+    /// Last ledger (block) of the index: job ranges are capped at it. Without
+    /// it every job is asked for its whole BATCH_SIZE ledgers, and a job whose
+    /// range reaches past the source's latest ledger is incomplete (reduce
+    /// refuses it) until a rerun after the source grew.
+    #[arg(long, env = "LAST_LEDGER")]
+    last_ledger: Option<u32>,
     /// Checkpoints processed concurrently by this job.
     #[arg(long, env = "WORKER_COUNT", default_value_t = 1)]
     workers: u32,
@@ -244,6 +250,7 @@ async fn run(cli: Cli) -> Result<()> {
                 job,
                 first_ledger: a.first_checkpoint,
                 batch_size: a.batch_size,
+                last_ledger: a.last_ledger,
                 workers: a.workers,
                 reduce_jobs: a.reduce_jobs,
                 modules: Modules::parse(&a.modules)?,
@@ -254,10 +261,22 @@ async fn run(cli: Cli) -> Result<()> {
                 MapOutcome::AlreadyDone => {
                     eprintln!("map job {job}: already done (use --force to redo)")
                 }
-                MapOutcome::Done(m) => eprintln!(
-                    "map job {job}: {} ledgers, {} accounts, {} transactions",
-                    m.ledgers_read, m.accounts, m.transactions
-                ),
+                MapOutcome::Done(m) => {
+                    eprintln!(
+                        "map job {job}: {} ledgers, {} accounts, {} transactions",
+                        m.ledgers_read, m.accounts, m.transactions
+                    );
+                    if !m.is_complete() {
+                        eprintln!(
+                            "map job {job}: INCOMPLETE: asked for {}, covered {} (the source ends earlier); \
+                             reduce refuses it until a rerun after the source grew",
+                            m.requested_range()
+                                .map_or("nothing".into(), |r| r.to_string()),
+                            m.covered_range()
+                                .map_or("nothing".into(), |r| r.to_string()),
+                        );
+                    }
+                }
             }
         }
         Command::Reduce(a) => {

@@ -60,7 +60,35 @@ impl FileEntry {
     }
 }
 
+/// An inclusive range of ledgers (or blocks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerRange {
+    /// First ledger.
+    pub first: u32,
+    /// Last ledger (inclusive).
+    pub last: u32,
+}
+
+impl LedgerRange {
+    /// `first..=last` from a pair.
+    pub fn from_pair((first, last): (u32, u32)) -> Self {
+        LedgerRange { first, last }
+    }
+}
+
+impl std::fmt::Display for LedgerRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
 /// Manifest of map job `job`, at `job_<i>/_SUCCESS`.
+///
+/// `_SUCCESS` says that the files listed are whole; whether the job covered
+/// what it was asked for is [`MapManifest::is_complete`]: a job whose range
+/// reaches past the source's latest ledger covers only a prefix of it
+/// (`ledgers` short of `requested`), and reduce refuses it until a rerun
+/// after the source grew covers the rest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MapManifest {
     /// [`MAP_FORMAT`].
@@ -71,6 +99,13 @@ pub struct MapManifest {
     pub chain: String,
     /// Ledger range covered, `None` when the job started past the latest ledger.
     pub ledgers: Option<(u32, u32)>,
+    /// Ledger range the job was asked for (`FIRST_CHECKPOINT + i·BATCH_SIZE`,
+    /// `BATCH_SIZE` ledgers, capped at `LAST_LEDGER`); `None` when it starts
+    /// past `LAST_LEDGER`. Absent from manifests written before it existed:
+    /// those are read as asked for what they covered
+    /// ([`MapManifest::requested_range`]).
+    #[serde(default)]
+    pub requested: Option<LedgerRange>,
     /// Ledgers (or blocks) read.
     pub ledgers_read: u64,
     /// Reduce job count the partitions were cut for.
@@ -83,6 +118,25 @@ pub struct MapManifest {
     pub transactions: u64,
     /// Output files.
     pub files: Vec<FileEntry>,
+}
+
+impl MapManifest {
+    /// The range asked for; for a manifest written before `requested`
+    /// existed, the range covered.
+    pub fn requested_range(&self) -> Option<LedgerRange> {
+        self.requested
+            .or_else(|| self.ledgers.map(LedgerRange::from_pair))
+    }
+
+    /// The range covered.
+    pub fn covered_range(&self) -> Option<LedgerRange> {
+        self.ledgers.map(LedgerRange::from_pair)
+    }
+
+    /// Whether the job covered every ledger it was asked for.
+    pub fn is_complete(&self) -> bool {
+        self.covered_range() == self.requested_range()
+    }
 }
 
 /// Manifest of reduce job `job`, at `_SUCCESS/reduce-<job>.json`.
@@ -98,6 +152,11 @@ pub struct ReduceManifest {
     pub worker_count: u32,
     /// Shard files written.
     pub files: Vec<FileEntry>,
+    /// Every ledger of this range was read into the index (checked against
+    /// the map manifests); `None` for an index with no ledgers, and in
+    /// manifests written before the field existed.
+    #[serde(default)]
+    pub covered: Option<LedgerRange>,
 }
 
 /// Reads and parses a JSON manifest; `Ok(None)` when absent.

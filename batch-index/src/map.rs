@@ -1,13 +1,18 @@
 //! The map phase: one job reads its checkpoint range and writes the accounts
 //! seen and the partial indexes, partitioned by reduce job, under `job_<i>/`.
 //!
-//! Flow: [`job_range`] (clamped to the latest ledger) → split by checkpoint →
+//! Flow: [`job_range`] (capped at `LAST_LEDGER`, then clamped to the latest ledger) → split by checkpoint →
 //! `WORKER_COUNT` checkpoints in flight at once ([`collect`]) → partition each
 //! account by [`Owner::of_account`] → write `accounts.txt`,
 //! `accounts/part-<r>.bin`, `transactions/part-<r>.bin` → write `_SUCCESS`
 //! last. A crash before `_SUCCESS` leaves files that no reducer accepts (it
 //! requires the manifest and checks every file's SHA-256 against it); a rerun
 //! overwrites them. A rerun of a finished job is a no-op unless `force`.
+//!
+//! The manifest records the range the job was asked for (`requested`) and the
+//! range it read (`ledgers`). They differ when the range reaches past the
+//! source's latest ledger: such a job is incomplete, reduce refuses it, and a
+//! rerun redoes it once the source has grown.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +25,7 @@ use crate::account::{Account, Owner};
 use crate::checkpoint::{job_range, split_by_checkpoint};
 use crate::error::{Error, Result};
 use crate::extract::Modules;
-use crate::manifest::{FileEntry, MAP_FORMAT, MapManifest, to_json};
+use crate::manifest::{FileEntry, LedgerRange, MAP_FORMAT, MapManifest, read_json, to_json};
 use crate::partial::{AccountSets, encode_accounts, encode_transactions};
 use crate::source::LedgerSource;
 use crate::store::StoreRoot;
@@ -39,6 +44,10 @@ pub struct MapConfig {
     pub first_ledger: u32,
     /// Ledgers per job (`BATCH_SIZE`), a multiple of the checkpoint span.
     pub batch_size: u32,
+    /// Last ledger of the index (`LAST_LEDGER`): job ranges are capped at
+    /// it, and a job starting past it is asked for nothing. `None`: every
+    /// job is asked for its whole `BATCH_SIZE` ledgers.
+    pub last_ledger: Option<u32>,
     /// Checkpoints processed concurrently (`WORKER_COUNT`).
     pub workers: u32,
     /// Reduce jobs to partition for (`REDUCE_JOB_COUNT`).
@@ -168,18 +177,63 @@ pub async fn run_map(
         ));
     }
     let job_root = target.child(&format!("job_{}", cfg.job));
-    if job_root.get_opt("_SUCCESS").await?.is_some() {
+    let requested = job_range(
+        cfg.first_ledger,
+        cfg.batch_size,
+        cfg.job,
+        cfg.last_ledger.unwrap_or(u32::MAX),
+    )?
+    .map(LedgerRange::from_pair);
+    let mut latest = None;
+    if let Some(done) = read_json::<MapManifest>(&job_root, "_SUCCESS").await? {
         if !cfg.force {
+            if done.is_complete() && done.requested_range() == requested {
+                tracing::info!(
+                    job = cfg.job,
+                    "map job already done (_SUCCESS exists); use --force to redo"
+                );
+                return Ok(MapOutcome::AlreadyDone);
+            }
+            // An incomplete job (its range reached past the source's latest
+            // ledger) is redone once the source has grown.
+            let now = source.latest().await?;
+            let covered_to = done.covered_range().map(|c| c.last);
+            let grew = covered_to.is_none_or(|c| now > c);
+            if done.requested_range() == requested && !grew {
+                tracing::warn!(
+                    job = cfg.job,
+                    latest = now,
+                    "map job already done but incomplete: the source has not grown since"
+                );
+                return Ok(MapOutcome::AlreadyDone);
+            }
             tracing::info!(
                 job = cfg.job,
-                "map job already done (_SUCCESS exists); use --force to redo"
+                latest = now,
+                "redoing map job: it was incomplete (or asked for another range) and the source has grown"
             );
-            return Ok(MapOutcome::AlreadyDone);
+            latest = Some(now);
         }
         job_root.delete("_SUCCESS").await?;
     }
-    let latest = source.latest().await?;
-    let range = job_range(cfg.first_ledger, cfg.batch_size, cfg.job, latest)?;
+    let latest = match latest {
+        Some(l) => l,
+        None => source.latest().await?,
+    };
+    let range = match requested {
+        Some(r) => job_range(r.first, r.last - r.first + 1, 0, latest)?,
+        None => None,
+    };
+    if range.map(LedgerRange::from_pair) != requested {
+        tracing::warn!(
+            job = cfg.job,
+            latest,
+            ?requested,
+            ?range,
+            "map job range reaches past the source's latest ledger: the job is incomplete \
+             until a rerun after the source grew"
+        );
+    }
     let collected = match range {
         Some((a, b)) => {
             tracing::info!(job = cfg.job, first = a, last = b, "map job range");
@@ -252,6 +306,7 @@ pub async fn run_map(
         job: cfg.job,
         chain: cfg.chain.clone(),
         ledgers: range,
+        requested,
         ledgers_read,
         reduce_job_count: r,
         index_names,

@@ -15,7 +15,7 @@ use roaring::RoaringBitmap;
 use crate::account::{Account, Owner};
 use crate::bitmap_encoding;
 use crate::error::{Error, Result};
-use crate::manifest::read_json;
+use crate::manifest::{LedgerRange, ReduceManifest, read_json};
 use crate::reduce::{LAYOUT_FORMAT, Layout, account_shard, reduce_success, transaction_shard};
 use crate::store::StoreRoot;
 use crate::table::{self, FOOTER_BUDGET, Footer};
@@ -44,6 +44,7 @@ impl TxPosition {
 #[derive(Debug, Clone)]
 pub struct IndexReader {
     root: StoreRoot,
+    covered: Option<LedgerRange>,
     layout: Layout,
     footers: Arc<Mutex<HashMap<String, Arc<Footer>>>>,
     range_reads: Arc<std::sync::atomic::AtomicU64>,
@@ -81,15 +82,20 @@ impl IndexReader {
         }
         // Every reduce job must have finished: a crashed reducer may have
         // left some shards rewritten and others not.
-        let missing: Vec<u32> = futures::stream::iter(0..layout.reduce_job_count)
-            .map(|j| {
-                let root = root.clone();
-                async move { Ok::<_, Error>((j, root.get_opt(&reduce_success(j)).await?.is_some())) }
-            })
-            .buffered(16)
-            .try_filter_map(|(j, done)| async move { Ok((!done).then_some(j)) })
-            .try_collect()
-            .await?;
+        let manifests: Vec<(u32, Option<ReduceManifest>)> =
+            futures::stream::iter(0..layout.reduce_job_count)
+                .map(|j| {
+                    let root = root.clone();
+                    async move { Ok::<_, Error>((j, read_json(&root, &reduce_success(j)).await?)) }
+                })
+                .buffered(16)
+                .try_collect()
+                .await?;
+        let missing: Vec<u32> = manifests
+            .iter()
+            .filter(|(_, m)| m.is_none())
+            .map(|(j, _)| *j)
+            .collect();
         if !missing.is_empty() {
             return Err(Error::NotFound(format!(
                 "index at {} is incomplete: reduce job(s) {missing:?} have no {}",
@@ -97,12 +103,39 @@ impl IndexReader {
                 reduce_success(missing[0])
             )));
         }
+        // Each reduce job checked the map jobs' coverage on its own; they
+        // must agree on the range the index holds.
+        let mut covered = None;
+        for (j, m) in manifests.iter().filter_map(|(j, m)| Some((j, m.as_ref()?))) {
+            if *j == 0 {
+                covered = m.covered;
+            } else if m.covered != covered {
+                return Err(Error::corrupt(
+                    root.describe(&reduce_success(*j)),
+                    format!(
+                        "covers {}, but reduce job 0 covers {}: the reduce jobs merged different map outputs",
+                        m.covered.map_or("nothing".into(), |r| r.to_string()),
+                        covered.map_or("nothing".into(), |r| r.to_string()),
+                    ),
+                ));
+            }
+        }
         Ok(IndexReader {
             root,
+            covered,
             layout,
             footers: Default::default(),
             range_reads: Default::default(),
         })
+    }
+
+    /// The ledgers (Ethereum: blocks) the index holds: every ledger of this
+    /// range was read, so an account absent from a checkpoint inside it took
+    /// no part there, while a checkpoint outside it is simply not indexed
+    /// yet. `None` for an index with no ledgers, or one whose reduce
+    /// manifests predate the field (its coverage is unknown).
+    pub fn covered(&self) -> Option<LedgerRange> {
+        self.covered
     }
 
     /// The shard layout.

@@ -7,6 +7,12 @@
 //! routes records to workers, merges all index names found, and writes
 //! `accounts/<j>-<w>.shard` and `transactions/<j>-<w>.shard` ([`crate::table`]
 //! format), `layout.json`, and finally `_SUCCESS/reduce-<j>.json`.
+//!
+//! Before reading any partition, the job checks that the map jobs cover one
+//! contiguous range of ledgers, each the whole range it was asked for
+//! ([`check_coverage`]); it refuses an index with missing ledgers, naming the
+//! first gap and the map job to rerun. The reduce manifest records the range
+//! covered, which [`crate::IndexReader::covered`] exposes.
 
 use std::collections::BTreeMap;
 
@@ -18,7 +24,8 @@ use crate::account::Owner;
 use crate::bitmap_encoding;
 use crate::error::{Error, Result};
 use crate::manifest::{
-    FileEntry, MAP_FORMAT, MapManifest, REDUCE_FORMAT, ReduceManifest, read_json, to_json,
+    FileEntry, LedgerRange, MAP_FORMAT, MapManifest, REDUCE_FORMAT, ReduceManifest, read_json,
+    to_json,
 };
 use crate::partial::{self, AccountSets};
 use crate::store::StoreRoot;
@@ -202,8 +209,14 @@ pub async fn run_reduce(
         target.delete(&success).await?;
     }
     let job = cfg.job;
-    let parts: Vec<Partition> = futures::stream::iter(0..cfg.map_jobs)
-        .map(|m| read_map_partition(source_root, m, job, cfg.reduce_jobs))
+    let manifests: Vec<MapManifest> = futures::stream::iter(0..cfg.map_jobs)
+        .map(|m| read_map_manifest(source_root, m, cfg.reduce_jobs))
+        .buffered(8)
+        .try_collect()
+        .await?;
+    let covered = check_coverage(&manifests)?;
+    let parts: Vec<Partition> = futures::stream::iter(manifests.iter().enumerate())
+        .map(|(m, manifest)| read_map_partition(source_root, m as u32, manifest, job))
         .buffered(8)
         .try_collect()
         .await?;
@@ -243,6 +256,7 @@ pub async fn run_reduce(
         map_job_count: cfg.map_jobs,
         worker_count: cfg.workers,
         files,
+        covered,
     };
     target.put(&success, to_json(&manifest)).await?;
     Ok(ReduceOutcome::Done(Box::new(manifest)))
@@ -283,12 +297,12 @@ type Partition = (
     Vec<([u8; 32], u64)>,
 );
 
-async fn read_map_partition(
+/// Reads and checks map job `m`'s manifest.
+async fn read_map_manifest(
     source_root: &StoreRoot,
     m: u32,
-    job: u32,
     reduce_jobs: u32,
-) -> Result<Partition> {
+) -> Result<MapManifest> {
     let job_root = source_root.child(&format!("job_{m}"));
     let manifest: MapManifest = read_json(&job_root, "_SUCCESS").await?.ok_or_else(|| {
         Error::NotFound(format!(
@@ -308,6 +322,16 @@ async fn read_map_partition(
             manifest.reduce_job_count
         )));
     }
+    Ok(manifest)
+}
+
+async fn read_map_partition(
+    source_root: &StoreRoot,
+    m: u32,
+    manifest: &MapManifest,
+    job: u32,
+) -> Result<Partition> {
+    let job_root = source_root.child(&format!("job_{m}"));
     let mut accounts = Vec::new();
     let mut txs = Vec::new();
     for (kind, rel) in [
@@ -333,4 +357,205 @@ async fn read_map_partition(
         }
     }
     Ok((accounts, txs))
+}
+
+/// Checks that the map jobs, `manifests[m]` being job `m`'s, cover one
+/// contiguous range of ledgers without gaps or overlaps: each job was asked
+/// for the range that follows its predecessor's and covered all of it.
+/// Returns that range (from job 0's first ledger to the last one asked for),
+/// `None` when no job was asked for any ledger.
+///
+/// Fails with [`Error::Incomplete`] naming the first missing ledgers and the
+/// job to rerun, or with [`Error::InvalidInput`] when the jobs were planned
+/// inconsistently (overlapping ranges, a hole no job was asked for, a job
+/// asked for ledgers after one asked for none).
+pub fn check_coverage(manifests: &[MapManifest]) -> Result<Option<LedgerRange>> {
+    let mut covered_start: Option<u32> = None;
+    let mut prev: Option<(usize, LedgerRange)> = None;
+    let mut ended_at: Option<usize> = None;
+    for (m, manifest) in manifests.iter().enumerate() {
+        let Some(asked) = manifest.requested_range() else {
+            ended_at.get_or_insert(m);
+            continue;
+        };
+        if let Some(e) = ended_at {
+            return Err(Error::invalid(format!(
+                "map job {e} was asked for no ledgers but map job {m} was asked for {asked}: \
+                 the jobs were run with different FIRST_CHECKPOINT, BATCH_SIZE or LAST_LEDGER"
+            )));
+        }
+        if let Some((p, before)) = prev {
+            let expected = u64::from(before.last) + 1;
+            if u64::from(asked.first) < expected {
+                return Err(Error::invalid(format!(
+                    "map jobs {p} ({before}) and {m} ({asked}) overlap: \
+                     the jobs were run with different FIRST_CHECKPOINT or BATCH_SIZE"
+                )));
+            }
+            if u64::from(asked.first) > expected {
+                return Err(Error::Incomplete(format!(
+                    "{}: ledgers {expected}-{} are missing (no map job was asked for them: \
+                     map job {p} was asked for {before} and map job {m} for {asked}; \
+                     the jobs were run with different FIRST_CHECKPOINT or BATCH_SIZE)",
+                    coverage_text(manifests, covered_start, expected as u32, m),
+                    asked.first - 1
+                )));
+            }
+        }
+        let covered = manifest.covered_range();
+        if let Some(c) = covered
+            && (c.first != asked.first || c.last > asked.last)
+        {
+            return Err(Error::corrupt(
+                format!("job_{m}/_SUCCESS"),
+                format!("covers {c}, which is not a prefix of the range asked for, {asked}"),
+            ));
+        }
+        if covered != Some(asked) {
+            let (gap_first, how) = match covered {
+                Some(c) => (c.last + 1, format!("covered only {c} of {asked}")),
+                None => (asked.first, format!("covered none of {asked}")),
+            };
+            return Err(Error::Incomplete(format!(
+                "{}: ledgers {gap_first}-{} are missing (map job {m} {how}; \
+                 rerun it once the source holds ledger {})",
+                coverage_text(
+                    manifests,
+                    covered_start.or(Some(asked.first)),
+                    gap_first,
+                    m + 1
+                ),
+                asked.last,
+                asked.last
+            )));
+        }
+        covered_start.get_or_insert(asked.first);
+        prev = Some((m, asked));
+    }
+    Ok(covered_start
+        .zip(prev)
+        .map(|(first, (_, last))| LedgerRange {
+            first,
+            last: last.last,
+        }))
+}
+
+/// "map jobs cover ledgers A-B and C-D": the ledgers covered before the gap
+/// (from `start` to `gap_first - 1`) and the covered ranges of jobs
+/// `after..`, merged where contiguous.
+fn coverage_text(
+    manifests: &[MapManifest],
+    start: Option<u32>,
+    gap_first: u32,
+    after: usize,
+) -> String {
+    let mut pieces: Vec<LedgerRange> = Vec::new();
+    if let Some(s) = start.filter(|s| *s < gap_first) {
+        pieces.push(LedgerRange {
+            first: s,
+            last: gap_first - 1,
+        });
+    }
+    let mut later: Vec<LedgerRange> = Vec::new();
+    for c in manifests[after..]
+        .iter()
+        .filter_map(MapManifest::covered_range)
+    {
+        match later.last_mut() {
+            Some(l) if u64::from(l.last) + 1 == u64::from(c.first) => l.last = c.last,
+            _ => later.push(c),
+        }
+    }
+    pieces.extend(later);
+    if pieces.is_empty() {
+        return "map jobs cover no ledgers".into();
+    }
+    let list: Vec<String> = pieces.iter().map(ToString::to_string).collect();
+    format!("map jobs cover ledgers {}", list.join(" and "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(m: u32, requested: Option<(u32, u32)>, covered: Option<(u32, u32)>) -> MapManifest {
+        MapManifest {
+            format: MAP_FORMAT.into(),
+            job: m,
+            chain: "stellar".into(),
+            ledgers: covered,
+            requested: requested.map(LedgerRange::from_pair),
+            ledgers_read: 0,
+            reduce_job_count: 1,
+            index_names: vec![],
+            accounts: 0,
+            transactions: 0,
+            files: vec![],
+        }
+    }
+
+    #[test]
+    fn coverage_names_the_first_gap_and_the_job_to_rerun() {
+        let r = |a, b| Some((a, b));
+        let jobs = vec![
+            job(0, r(2, 63), r(2, 63)),
+            job(1, r(64, 127), r(64, 127)),
+            job(2, r(128, 191), r(128, 191)),
+            job(3, r(192, 255), None),
+            job(4, r(256, 319), r(256, 319)),
+        ];
+        assert_eq!(
+            check_coverage(&jobs).unwrap_err().to_string(),
+            "incomplete coverage: map jobs cover ledgers 2-191 and 256-319: ledgers 192-255 are \
+             missing (map job 3 covered none of 192-255; rerun it once the source holds ledger 255)"
+        );
+        let mut done = jobs.clone();
+        done[3] = job(3, r(192, 255), r(192, 255));
+        assert_eq!(
+            check_coverage(&done).unwrap(),
+            Some(LedgerRange {
+                first: 2,
+                last: 319
+            })
+        );
+        // Jobs asked for nothing (past LAST_LEDGER) may only come last.
+        done.push(job(5, None, None));
+        assert_eq!(check_coverage(&done).unwrap().unwrap().last, 319);
+        done.push(job(6, r(320, 383), r(320, 383)));
+        assert!(matches!(check_coverage(&done), Err(Error::InvalidInput(_))));
+        // Overlapping plans and holes no job was asked for are refused.
+        let overlap = vec![job(0, r(0, 127), r(0, 127)), job(1, r(64, 191), r(64, 191))];
+        let e = check_coverage(&overlap).unwrap_err().to_string();
+        assert!(e.contains("overlap"), "{e}");
+        let hole = vec![job(0, r(0, 63), r(0, 63)), job(1, r(128, 191), r(128, 191))];
+        let e = check_coverage(&hole).unwrap_err().to_string();
+        assert!(
+            e.contains("map jobs cover ledgers 0-63 and 128-191: ledgers 64-127 are missing"),
+            "{e}"
+        );
+        // A covered range that is not a prefix of the asked one is corrupt.
+        let bad = vec![job(0, r(0, 63), r(10, 63))];
+        assert!(matches!(check_coverage(&bad), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn manifests_written_before_requested_existed_still_read() {
+        let old = r#"{"format":"batch-index/map/1","job":0,"chain":"stellar",
+            "ledgers":[1410048,1410175],"ledgers_read":128,"reduce_job_count":1,
+            "index_names":[],"accounts":0,"transactions":0,"files":[]}"#;
+        let m: MapManifest = serde_json::from_str(old).unwrap();
+        assert_eq!(m.requested, None);
+        assert!(m.is_complete());
+        assert_eq!(
+            check_coverage(&[m]).unwrap(),
+            Some(LedgerRange {
+                first: 1410048,
+                last: 1410175
+            })
+        );
+        let old_reduce = r#"{"format":"batch-index/reduce/1","job":0,"map_job_count":1,
+            "worker_count":1,"files":[]}"#;
+        let r: ReduceManifest = serde_json::from_str(old_reduce).unwrap();
+        assert_eq!(r.covered, None);
+    }
 }

@@ -77,6 +77,9 @@ pub async fn run_local(cfg: &RunConfig) -> Result<()> {
         ("INDEX_TARGET", cfg.target.clone()),
         ("FIRST_CHECKPOINT", first_cp.to_string()),
         ("BATCH_SIZE", batch.to_string()),
+        // The index ends at the source's latest ledger as of now, so the
+        // last job is complete even if its batch reaches past it.
+        ("LAST_LEDGER", latest.to_string()),
         ("MODULES", cfg.modules.clone()),
     ];
     let reduce_env: Vec<(&str, String)> = vec![

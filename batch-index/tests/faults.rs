@@ -16,6 +16,9 @@ fn map_env(dir: &Path, job: u32) -> Vec<(&'static str, String)> {
         ("JOB_COMPLETION_INDEX", job.to_string()),
         ("FIRST_CHECKPOINT", "1410048".to_string()),
         ("BATCH_SIZE", "128".to_string()),
+        // The index ends with the fixture, so job 2 (1410304-1410431) is
+        // asked for 1410304-1410367 only.
+        ("LAST_LEDGER", "1410367".to_string()),
         ("WORKER_COUNT", "2".to_string()),
         ("REDUCE_JOB_COUNT", "2".to_string()),
         (

@@ -62,12 +62,17 @@ async fn account_and_transaction_endpoints() {
             .contains(&22033.into()),
         "{body}"
     );
+    // The answer says which ledgers the index holds, so "no checkpoints"
+    // can be told from "not indexed yet".
+    let covered = serde_json::json!({ "first": 1410048, "last": 1410367 });
+    assert_eq!(body["covered"], covered, "{body}");
     let (status, body) = get(addr, &format!("/v1/index/accounts/{acc}?from=22033")).await;
     assert_eq!(
         (status, body["next"].clone()),
         (200, 22033.into()),
         "{body}"
     );
+    assert_eq!(body["covered"], covered, "{body}");
 
     let (status, body) = get(
         addr,
@@ -79,6 +84,7 @@ async fn account_and_transaction_endpoints() {
         (body["ledger"].clone(), body["tx_index"].clone()),
         (1410048.into(), 3.into())
     );
+    assert_eq!(body["covered"], covered, "{body}");
 
     let (status, body) = get(addr, &format!("/v1/index/transactions/{}", "00".repeat(32))).await;
     assert_eq!((status, body["code"].clone()), (404, "not_found".into()));

@@ -284,6 +284,7 @@ fn query_command_and_rerun_contract() {
             ("AWS_BATCH_JOB_ARRAY_INDEX", job.to_string()),
             ("FIRST_CHECKPOINT", "1410048".to_string()),
             ("BATCH_SIZE", "192".to_string()),
+            ("LAST_LEDGER", "1410367".to_string()),
             ("WORKER_COUNT", "2".to_string()),
             ("REDUCE_JOB_COUNT", "1".to_string()),
             ("TXMETA_SOURCE", src.clone()),
@@ -294,11 +295,15 @@ fn query_command_and_rerun_contract() {
     for job in 0..2 {
         assert_ok(&batch_index(&["map"], &map_env(job)), "map");
     }
-    // Job 1 is clamped to the latest ledger: 1410240..1410367.
+    // Job 1 is capped at LAST_LEDGER: 1410240..1410367.
     let m1: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tmp.path().join("job_1/_SUCCESS")).unwrap()).unwrap();
     assert_eq!(m1["ledgers"], serde_json::json!([1410240, 1410367]));
-    // A job wholly past the latest ledger succeeds with nothing to do.
+    assert_eq!(
+        m1["requested"],
+        serde_json::json!({"first": 1410240, "last": 1410367})
+    );
+    // A job wholly past LAST_LEDGER succeeds with nothing to do.
     assert_ok(&batch_index(&["map"], &map_env(7)), "map past latest");
     let m7: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tmp.path().join("job_7/_SUCCESS")).unwrap()).unwrap();

@@ -27,6 +27,7 @@ pub fn batch_index(args: &[&str], envs: &[(&str, String)]) -> Output {
         "JOB_COMPLETION_INDEX",
         "FIRST_CHECKPOINT",
         "BATCH_SIZE",
+        "LAST_LEDGER",
         "WORKER_COUNT",
         "MODULES",
         "INDEX_TARGET",

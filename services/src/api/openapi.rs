@@ -52,6 +52,7 @@ pub struct ApiDoc;
         index::AccountCheckpoints,
         index::AccountNextActive,
         index::TransactionPosition,
+        index::IndexCoverage,
         index::IndexError,
     )),
     tags((name = "index", description = "Account and transaction lookups in the batch-index account index")),
@@ -86,6 +87,8 @@ mod index {
         pub index: String,
         /// Checkpoints in ascending order (empty if the account never appears).
         pub checkpoints: Vec<u32>,
+        /// The ledgers the index holds (null when unknown).
+        pub covered: Option<IndexCoverage>,
     }
 
     /// The first checkpoint at or after `from` in which the account appears.
@@ -97,8 +100,10 @@ mod index {
         pub index: String,
         /// The `from` of the query.
         pub from: u32,
-        /// That checkpoint, or null if there is none.
+        /// That checkpoint, or null if there is none (in the ledgers `covered`).
         pub next: Option<u32>,
+        /// The ledgers the index holds (null when unknown).
+        pub covered: Option<IndexCoverage>,
     }
 
     /// Where a transaction is: its TOID and the parts of it.
@@ -114,6 +119,19 @@ mod index {
         pub tx_index: u32,
         /// Operation index (0 for the transaction itself).
         pub op_index: u32,
+        /// The ledgers the index holds (null when unknown).
+        pub covered: Option<IndexCoverage>,
+    }
+
+    /// The ledgers (Ethereum: blocks) the index holds, every one of them read: an account
+    /// with no checkpoint inside this range took no part there; a checkpoint outside it is
+    /// not indexed yet.
+    #[derive(Serialize, ToSchema)]
+    pub struct IndexCoverage {
+        /// First ledger (block) indexed.
+        pub first: u32,
+        /// Last ledger (block) indexed, inclusive.
+        pub last: u32,
     }
 
     /// The error body of the index lookups (other errors, e.g. a missing token, are

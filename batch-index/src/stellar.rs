@@ -24,7 +24,6 @@
 //! (`tx_processing`), so envelopes need not be hashed; the network
 //! passphrase is still checked once per ledger by hashing the first envelope.
 
-use std::io::Read;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -32,7 +31,7 @@ use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use stellar_xdr::{
     FeeBumpTransactionInnerTx, GeneralizedTransactionSet, LedgerCloseMeta, LedgerCloseMetaBatch,
-    LedgerKey, Limits, OperationBody, ReadXdr, RevokeSponsorshipOp, TransactionEnvelope,
+    LedgerKey, Limited, Limits, OperationBody, ReadXdr, RevokeSponsorshipOp, TransactionEnvelope,
     TransactionPhase, TxSetComponent,
 };
 
@@ -50,6 +49,32 @@ pub const PUBNET_PASSPHRASE: &str = "Public Global Stellar Network ; September 2
 
 /// Concurrent object reads per checkpoint.
 const FETCH_CONCURRENCY: usize = 16;
+
+/// Deepest XDR nesting decoded (every struct, union, option and array level
+/// counts one). Real ledgers stay far below it (soroban-env's own default is
+/// 500); it exists so that a hostile object (say a claim predicate nested a
+/// million times) fails with an error instead of overflowing the decoding
+/// thread's stack, which would abort the process. Tests check that nesting
+/// up to this limit decodes on a 2 MiB thread.
+pub const XDR_DEPTH_LIMIT: u32 = 500;
+
+/// Largest decompressed data-lake object accepted, in bytes of XDR. Galexie
+/// writes one to a few dozen ledgers per object, each at most a few MiB of
+/// XDR. Objects are decoded as they decompress (no buffer of the whole
+/// object), and decoding stops at this bound, so a small zstd bomb costs at
+/// most a small multiple of it in memory instead of filling it.
+pub const MAX_LAKE_OBJECT_BYTES: usize = 512 << 20;
+
+/// XDR read limits for an input of `input_len` bytes: nesting bounded by
+/// [`XDR_DEPTH_LIMIT`], and no length field may claim more bytes than the
+/// input holds (so a hostile length cannot make the decoder allocate more
+/// than the input's size).
+pub fn xdr_limits(input_len: usize) -> Limits {
+    Limits {
+        depth: XDR_DEPTH_LIMIT,
+        len: input_len,
+    }
+}
 
 #[derive(Debug, Clone)]
 enum Layout {
@@ -242,7 +267,8 @@ pub fn decode_meta_archive_ledger(name: &str, seq: u32, bytes: &[u8]) -> Result<
             format!("unknown serialized meta version {version} (expected 0)"),
         ));
     }
-    let meta = LedgerCloseMeta::from_xdr(&bytes[4..], Limits::none())
+    let xdr = &bytes[4..];
+    let meta = LedgerCloseMeta::from_xdr(xdr, xdr_limits(xdr.len()))
         .map_err(|e| Error::decode(name, format!("bad LedgerCloseMeta XDR: {e}")))?;
     let found = ledger_seq(&meta);
     if found != seq {
@@ -254,14 +280,43 @@ pub fn decode_meta_archive_ledger(name: &str, seq: u32, bytes: &[u8]) -> Result<
     Ok(meta)
 }
 
-/// Decodes one data-lake object (zstd of a `LedgerCloseMetaBatch`).
+/// Decodes one data-lake object (zstd of a `LedgerCloseMetaBatch`),
+/// refusing one whose XDR runs past [`MAX_LAKE_OBJECT_BYTES`].
 pub fn decode_lake_file(name: &str, bytes: &[u8]) -> Result<LedgerCloseMetaBatch> {
-    let mut raw = Vec::new();
-    zstd::stream::read::Decoder::new(bytes)
-        .and_then(|mut d| d.read_to_end(&mut raw))
+    decode_lake_file_limited(name, bytes, MAX_LAKE_OBJECT_BYTES)
+}
+
+/// [`decode_lake_file`] with the decompressed-size bound `max_bytes`: the
+/// XDR is read straight from the decompressor, at most `max_bytes` of it,
+/// with nesting bounded by [`XDR_DEPTH_LIMIT`].
+pub fn decode_lake_file_limited(
+    name: &str,
+    bytes: &[u8],
+    max_bytes: usize,
+) -> Result<LedgerCloseMetaBatch> {
+    let decoder = zstd::stream::read::Decoder::new(bytes)
         .map_err(|e| Error::decode(name, format!("bad zstd stream: {e}")))?;
-    LedgerCloseMetaBatch::from_xdr(&raw, Limits::none())
-        .map_err(|e| Error::decode(name, format!("bad LedgerCloseMetaBatch XDR: {e}")))
+    let mut reader = Limited::new(
+        std::io::BufReader::new(decoder),
+        Limits {
+            depth: XDR_DEPTH_LIMIT,
+            len: max_bytes,
+        },
+    );
+    LedgerCloseMetaBatch::read_xdr_to_end(&mut reader).map_err(|e| match e {
+        stellar_xdr::Error::LengthLimitExceeded => Error::decode(
+            name,
+            format!(
+                "decompresses to more than {max_bytes} bytes of XDR (or a length field claims more): \
+                 refused as a likely zstd bomb ({} bytes compressed)",
+                bytes.len()
+            ),
+        ),
+        stellar_xdr::Error::Io(e) => {
+            Error::decode(name, format!("bad zstd stream or truncated XDR: {e}"))
+        }
+        e => Error::decode(name, format!("bad LedgerCloseMetaBatch XDR: {e}")),
+    })
 }
 
 /// Sequence number of a ledger.

@@ -261,6 +261,15 @@ async fn run(cli: Cli) -> Result<()> {
                 MapOutcome::AlreadyDone => {
                     eprintln!("map job {job}: already done (use --force to redo)")
                 }
+                MapOutcome::StillIncomplete(m) => eprintln!(
+                    "map job {job}: INCOMPLETE and the source has not grown: covered {} of {}; \
+                     rerun once the source holds ledger {}",
+                    m.covered_range()
+                        .map_or("nothing".into(), |r| r.to_string()),
+                    m.requested_range()
+                        .map_or("nothing".into(), |r| r.to_string()),
+                    m.requested_range().map_or(0, |r| r.last),
+                ),
                 MapOutcome::Done(m) => {
                     eprintln!(
                         "map job {job}: {} ledgers, {} accounts, {} transactions",

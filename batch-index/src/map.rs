@@ -65,6 +65,10 @@ pub struct MapConfig {
 pub enum MapOutcome {
     /// `_SUCCESS` already existed and `force` was off.
     AlreadyDone,
+    /// `_SUCCESS` existed for an incomplete run of the job (its range
+    /// reached past the source's latest ledger), and the source has not grown
+    /// since: nothing to redo yet. Its manifest.
+    StillIncomplete(Box<MapManifest>),
     /// The job ran; its manifest.
     Done(Box<MapManifest>),
 }
@@ -205,7 +209,7 @@ pub async fn run_map(
                     latest = now,
                     "map job already done but incomplete: the source has not grown since"
                 );
-                return Ok(MapOutcome::AlreadyDone);
+                return Ok(MapOutcome::StillIncomplete(Box::new(done)));
             }
             tracing::info!(
                 job = cfg.job,

@@ -104,9 +104,23 @@ async fn reduce_refuses_until_a_rerun_after_the_source_grew_covers_every_ledger(
     assert!(!idx.join("_SUCCESS/reduce-0.json").exists());
 
     // A rerun before the source grew is a no-op: the job stays incomplete.
+    let MapOutcome::StillIncomplete(m1) =
+        run_map(source.clone(), &target, &map_cfg(1)).await.unwrap()
+    else {
+        panic!("map job 1 is still incomplete");
+    };
     assert_eq!(
-        run_map(source.clone(), &target, &map_cfg(1)).await.unwrap(),
-        MapOutcome::AlreadyDone
+        (m1.covered_range(), m1.requested_range()),
+        (
+            Some(LedgerRange {
+                first: 1410176,
+                last: 1410200
+            }),
+            Some(LedgerRange {
+                first: 1410176,
+                last: 1410303
+            })
+        )
     );
 
     // The source grows; job 1 is redone, job 0 (complete) is not. Job 2 is

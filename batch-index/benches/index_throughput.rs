@@ -213,6 +213,8 @@ async fn synthetic_reduce(store: Arc<dyn object_store::ObjectStore>, workers: u3
             reduce_jobs: 1,
             workers,
             force: false,
+            first_ledger: None,
+            last_ledger: None,
         },
     )
     .await
@@ -346,7 +348,7 @@ fn main() {
         // Reduce both partitions.
         let t = Instant::now();
         for job in 0..2 {
-            let r = run_reduce(&target, &target, &ReduceConfig { job, map_jobs: 1, reduce_jobs: 2, workers, force: false })
+            let r = run_reduce(&target, &target, &ReduceConfig { job, map_jobs: 1, reduce_jobs: 2, workers, force: false, first_ledger: None, last_ledger: None })
                 .await
                 .unwrap();
             assert!(matches!(r, ReduceOutcome::Done(_)));

@@ -161,6 +161,14 @@ struct ReduceArgs {
     /// Workers (final shards) per reduce job.
     #[arg(long, env = "WORKER_COUNT", default_value_t = 1)]
     workers: u32,
+    /// If set, the index must start at this ledger (block), the map jobs'
+    /// FIRST_CHECKPOINT.
+    #[arg(long, env = "FIRST_CHECKPOINT")]
+    first_checkpoint: Option<u32>,
+    /// If set, the index must end at this ledger (block): reduce refuses map
+    /// jobs that stop short of it (MAP_JOB_COUNT too small).
+    #[arg(long, env = "LAST_LEDGER")]
+    last_ledger: Option<u32>,
     /// Redo the job even if its _SUCCESS manifest exists.
     #[arg(long)]
     force: bool,
@@ -296,6 +304,8 @@ async fn run(cli: Cli) -> Result<()> {
                 reduce_jobs: a.reduce_jobs,
                 workers: a.workers,
                 force: a.force,
+                first_ledger: a.first_checkpoint,
+                last_ledger: a.last_ledger,
             };
             let out = run_reduce(
                 &StoreRoot::open(&a.source_root)?,

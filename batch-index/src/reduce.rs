@@ -59,6 +59,11 @@ pub struct ReduceConfig {
     pub workers: u32,
     /// Redo a job whose `_SUCCESS` exists.
     pub force: bool,
+    /// When set (`FIRST_CHECKPOINT`), the index must start at this ledger.
+    pub first_ledger: Option<u32>,
+    /// When set (`LAST_LEDGER`), the index must end at this ledger: map jobs
+    /// that stop short of it (too small a `MAP_JOB_COUNT`) are refused.
+    pub last_ledger: Option<u32>,
 }
 
 /// What one worker's shard holds.
@@ -215,6 +220,7 @@ pub async fn run_reduce(
         .try_collect()
         .await?;
     let covered = check_coverage(&manifests)?;
+    check_span(covered, cfg.first_ledger, cfg.last_ledger, cfg.map_jobs)?;
     let parts: Vec<Partition> = futures::stream::iter(manifests.iter().enumerate())
         .map(|(m, manifest)| read_map_partition(source_root, m as u32, manifest, job))
         .buffered(8)
@@ -440,6 +446,46 @@ pub fn check_coverage(manifests: &[MapManifest]) -> Result<Option<LedgerRange>> 
         }))
 }
 
+/// Checks the range the map jobs cover against the span the index is meant
+/// to have: it starts at `first` and ends at `last` when they are given.
+pub fn check_span(
+    covered: Option<LedgerRange>,
+    first: Option<u32>,
+    last: Option<u32>,
+    map_jobs: u32,
+) -> Result<()> {
+    let text = |c: Option<LedgerRange>| c.map_or("no ledgers".into(), |c| format!("ledgers {c}"));
+    if let (Some(f), Some(c)) = (first, covered)
+        && c.first != f
+    {
+        return Err(Error::invalid(format!(
+            "the map jobs cover {} but FIRST_CHECKPOINT={f}: they were run with another FIRST_CHECKPOINT",
+            text(covered)
+        )));
+    }
+    if let Some(l) = last {
+        let start = covered.map(|c| c.last as u64 + 1).or(first.map(u64::from));
+        match covered {
+            Some(c) if c.last > l => {
+                return Err(Error::invalid(format!(
+                    "the map jobs cover {} but LAST_LEDGER={l}: they were run with another LAST_LEDGER",
+                    text(covered)
+                )));
+            }
+            Some(c) if c.last == l => {}
+            _ => {
+                return Err(Error::Incomplete(format!(
+                    "map jobs 0..{map_jobs} cover {}: ledgers {}-{l} are missing (no map job was \
+                     asked for them: MAP_JOB_COUNT={map_jobs} is too small to reach LAST_LEDGER={l})",
+                    text(covered),
+                    start.map_or("?".into(), |s| s.to_string()),
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// "map jobs cover ledgers A-B and C-D": the ledgers covered before the gap
 /// (from `start` to `gap_first - 1`) and the covered ranges of jobs
 /// `after..`, merged where contiguous.
@@ -536,6 +582,25 @@ mod tests {
         // A covered range that is not a prefix of the asked one is corrupt.
         let bad = vec![job(0, r(0, 63), r(10, 63))];
         assert!(matches!(check_coverage(&bad), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn span_is_checked_against_first_checkpoint_and_last_ledger() {
+        let c = Some(LedgerRange {
+            first: 2,
+            last: 319,
+        });
+        check_span(c, None, None, 5).unwrap();
+        check_span(c, Some(2), Some(319), 5).unwrap();
+        let e = check_span(c, Some(0), None, 5).unwrap_err().to_string();
+        assert!(e.contains("FIRST_CHECKPOINT=0"), "{e}");
+        let e = check_span(c, None, Some(300), 5).unwrap_err().to_string();
+        assert!(e.contains("LAST_LEDGER=300"), "{e}");
+        let e = check_span(c, None, Some(383), 5).unwrap_err();
+        assert!(matches!(e, Error::Incomplete(_)), "{e}");
+        assert!(e.to_string().contains("ledgers 320-383 are missing"), "{e}");
+        let e = check_span(None, Some(2), Some(383), 0).unwrap_err();
+        assert!(e.to_string().contains("ledgers 2-383 are missing"), "{e}");
     }
 
     #[test]

@@ -71,15 +71,15 @@ pub async fn run_local(cfg: &RunConfig) -> Result<()> {
         ),
         ("CHECKPOINT_SPAN", cfg.source_cfg.ethereum_span.to_string()),
         ("REDUCE_JOB_COUNT", cfg.reduce_jobs.to_string()),
+        // Map jobs are asked for FIRST_CHECKPOINT..=LAST_LEDGER, and reduce
+        // checks they covered exactly that.
+        ("FIRST_CHECKPOINT", first_cp.to_string()),
+        ("LAST_LEDGER", latest.to_string()),
     ];
     let map_env: Vec<(&str, String)> = vec![
         ("TXMETA_SOURCE", cfg.source.clone()),
         ("INDEX_TARGET", cfg.target.clone()),
-        ("FIRST_CHECKPOINT", first_cp.to_string()),
         ("BATCH_SIZE", batch.to_string()),
-        // The index ends at the source's latest ledger as of now, so the
-        // last job is complete even if its batch reaches past it.
-        ("LAST_LEDGER", latest.to_string()),
         ("MODULES", cfg.modules.clone()),
     ];
     let reduce_env: Vec<(&str, String)> = vec![

@@ -72,6 +72,8 @@ fn reduce_cfg(job: u32) -> ReduceConfig {
         reduce_jobs: 2,
         workers: 2,
         force: false,
+        first_ledger: Some(FIRST),
+        last_ledger: Some(LAST),
     }
 }
 
@@ -147,6 +149,23 @@ async fn reduce_refuses_until_a_rerun_after_the_source_grew_covers_every_ledger(
     );
 
     run_map(source.clone(), &target, &map_cfg(2)).await.unwrap();
+    // Too few map jobs for the span the index is meant to have.
+    let err = run_reduce(
+        &target,
+        &target,
+        &ReduceConfig {
+            map_jobs: 2,
+            ..reduce_cfg(0)
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "incomplete coverage: map jobs 0..2 cover ledgers 1410048-1410303: ledgers \
+         1410304-1410367 are missing (no map job was asked for them: MAP_JOB_COUNT=2 is too \
+         small to reach LAST_LEDGER=1410367)"
+    );
     for job in 0..2 {
         let out = run_reduce(&target, &target, &reduce_cfg(job))
             .await

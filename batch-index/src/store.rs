@@ -41,30 +41,7 @@ pub fn s3_retry() -> object_store::RetryConfig {
     }
 }
 
-/// Removes user info (passwords, keys) and query strings from a URL so it can
-/// be shown in logs and errors.
-pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut u) if u.scheme() != "file" || u.password().is_some() => {
-            let had_user = !u.username().is_empty() || u.password().is_some();
-            if had_user {
-                let _ = u.set_username("");
-                let _ = u.set_password(None);
-            }
-            let had_query = u.query().is_some();
-            u.set_query(None);
-            let mut s = u.to_string();
-            if had_user {
-                s = s.replacen("://", "://***@", 1);
-            }
-            if had_query {
-                s.push_str("?***");
-            }
-            s
-        }
-        _ => raw.to_string(),
-    }
-}
+pub use model_runner_core::redact::redact_url;
 
 impl StoreRoot {
     /// Wraps an existing store (e.g. `InMemory` shared between jobs in one

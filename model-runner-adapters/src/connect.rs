@@ -18,21 +18,7 @@ use model_runner_core::ports::{
     BlockSource, QueueError, ResultSink, RunQueue, RunStore, SinkError, SourceError, StoreError,
 };
 
-/// `url` with any password replaced by `***`, for logs and errors.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(_) => url.to_owned(),
-        // Unparsable: keep only the scheme, which cannot hold a secret.
-        Err(_) => match url.split_once("://") {
-            Some((scheme, _)) => format!("{scheme}://<unparsable>"),
-            None => "<unparsable URL>".to_owned(),
-        },
-    }
-}
+pub use model_runner_core::redact::redact_url;
 
 fn scheme(url: &str) -> &str {
     url.split_once(':').map_or("", |(s, _)| s)
@@ -42,7 +28,7 @@ fn scheme(url: &str) -> &str {
 fn disabled(feature: &str, url: &str) -> String {
     format!(
         "{} needs the `{feature}` feature, which this build does not have (rebuild with --features {feature})",
-        redact(url)
+        redact_url(url)
     )
 }
 
@@ -78,7 +64,7 @@ pub async fn store_from_url(url: &str, migrate: bool) -> Result<Arc<dyn RunStore
         "postgres" | "postgresql" => Err(StoreError::InvalidInput(disabled("postgres", url))),
         _ => Err(StoreError::InvalidInput(format!(
             "unsupported store URL {}: expected memory://, sqlite://PATH or postgres://...",
-            redact(url)
+            redact_url(url)
         ))),
     }
 }
@@ -95,7 +81,7 @@ pub async fn queue_from_url(
 ) -> Result<Arc<dyn RunQueue>, QueueError> {
     let _ = topology;
     let invalid = |reason: String| QueueError::InvalidQueue {
-        name: redact(url),
+        name: redact_url(url),
         reason,
     };
     match scheme(url) {
@@ -125,7 +111,7 @@ pub async fn sink_from_url(url: &str) -> Result<Arc<dyn ResultSink>, SinkError> 
         #[cfg(not(feature = "kafka"))]
         "kafka" => Err(SinkError::InvalidTopic {
             // The query may hold SASL credentials: leave it out.
-            topic: redact(url.split('?').next().unwrap_or(url)),
+            topic: redact_url(url.split('?').next().unwrap_or(url)),
             reason: disabled("kafka", url.split('?').next().unwrap_or(url)),
         }),
         #[cfg(feature = "parquet")]
@@ -135,11 +121,11 @@ pub async fn sink_from_url(url: &str) -> Result<Arc<dyn ResultSink>, SinkError> 
         #[cfg(not(feature = "parquet"))]
         "s3" | "parquet+s3" | "parquet+file" => Err(SinkError::InvalidTopic {
             // The query may hold S3 credentials: leave it out.
-            topic: redact(url.split('?').next().unwrap_or(url)),
+            topic: redact_url(url.split('?').next().unwrap_or(url)),
             reason: disabled("parquet", url.split('?').next().unwrap_or(url)),
         }),
         _ => Err(SinkError::InvalidTopic {
-            topic: redact(url),
+            topic: redact_url(url),
             reason: "unsupported sink URL: expected file://DIR, memory://, kafka://host:port (feature `kafka`) or s3://bucket / parquet+file:///DIR (feature `parquet`)".into(),
         }),
     }
@@ -158,7 +144,7 @@ pub fn source_from_url(chain: Chain, url: &str) -> Result<Arc<dyn BlockSource>, 
         "http" | "https" => Err(SourceError::Unsupported(disabled("jsonrpc", url))),
         _ => Err(SourceError::InvalidData(format!(
             "unsupported block source URL {} for chain {chain}: expected devnet://... or file://PATH",
-            redact(url)
+            redact_url(url)
         ))),
     }
 }
@@ -170,11 +156,11 @@ mod tests {
     #[test]
     fn passwords_never_leak() {
         assert_eq!(
-            redact("postgres://app:s3cret@db:5432/runs"),
+            redact_url("postgres://app:s3cret@db:5432/runs"),
             "postgres://app:***@db:5432/runs"
         );
-        assert_eq!(redact("amqp://guest@mq/%2f"), "amqp://guest@mq/%2f");
-        assert!(!redact("amqp://u:s3cret@[bad").contains("s3cret"));
+        assert_eq!(redact_url("amqp://guest@mq/%2f"), "amqp://guest@mq/%2f");
+        assert!(!redact_url("amqp://u:s3cret@[bad").contains("s3cret"));
     }
 
     #[tokio::test]

@@ -16,8 +16,8 @@ use model_runner_core::ports::{BlockSource, SourceError};
 use model_runner_core::{Block, BlockHead, BlockRange, CallRequest, Chain};
 use serde_json::{Value, json};
 
-use crate::connect::redact;
 use crate::file_source::Loader;
+use model_runner_core::redact::redact_url;
 
 const ADAPTER: &str = "jsonrpc";
 /// Blocks per batched request.
@@ -39,12 +39,12 @@ impl JsonRpcSource {
     /// A source on the node at `url` (`http://` or `https://`).
     pub fn new(chain: Chain, url: &str) -> Result<Self, SourceError> {
         let parsed = url::Url::parse(url).map_err(|e| {
-            SourceError::InvalidData(format!("invalid JSON-RPC URL {}: {e}", redact(url)))
+            SourceError::InvalidData(format!("invalid JSON-RPC URL {}: {e}", redact_url(url)))
         })?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(SourceError::InvalidData(format!(
                 "invalid JSON-RPC URL {}: expected http:// or https://",
-                redact(url)
+                redact_url(url)
             )));
         }
         let client = reqwest::Client::builder()
@@ -57,7 +57,7 @@ impl JsonRpcSource {
         Ok(Self {
             chain,
             url: url.to_owned(),
-            shown: redact(url),
+            shown: redact_url(url),
             client,
             ids: AtomicU64::new(1),
         })

@@ -41,8 +41,8 @@
 //! credentials for managed clusters: `?security.protocol=SASL_SSL&sasl.mechanisms=PLAIN&
 //! sasl.username=KEY&sasl.password=SECRET` (TLS needs the `kafka-tls` feature).
 //! `enable.idempotence` and `acks` cannot be changed: the guarantee above depends on them.
-//! Secrets (`*password*`, `*secret*`, `ssl.key*`, `sasl.oauthbearer.config`) never appear in
-//! logs, errors or `Debug` output.
+//! Secrets (settings whose name says password, secret, token, key, auth, ...: see
+//! [`model_runner_core::redact`]) never appear in logs, errors or `Debug` output.
 //!
 //! # Readiness
 //!
@@ -106,15 +106,6 @@ pub fn envelope(record: &Record) -> Result<Vec<u8>, serde_json::Error> {
     })
 }
 
-/// Whether a librdkafka setting holds a secret that must never be shown.
-fn is_secret(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    key.contains("password")
-        || key.contains("secret")
-        || key.starts_with("ssl.key")
-        || key == "sasl.oauthbearer.config"
-}
-
 /// Where and how to connect: brokers and librdkafka settings.
 #[derive(Clone, PartialEq, Eq)]
 pub struct KafkaConfig {
@@ -130,7 +121,16 @@ impl fmt::Debug for KafkaConfig {
         let settings: Vec<_> = self
             .settings
             .iter()
-            .map(|(k, v)| (k.as_str(), if is_secret(k) { "***" } else { v.as_str() }))
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if model_runner_core::redact::is_secret_key(k) {
+                        "***"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            })
             .collect();
         f.debug_struct("KafkaConfig")
             .field("brokers", &self.brokers)
@@ -248,7 +248,7 @@ impl KafkaConfig {
     fn scrub(&self, message: &str) -> String {
         let mut out = message.to_owned();
         for (k, v) in &self.settings {
-            if is_secret(k) && !v.is_empty() {
+            if model_runner_core::redact::is_secret_key(k) && !v.is_empty() {
                 out = out.replace(v.as_str(), "***");
             }
         }
@@ -256,36 +256,7 @@ impl KafkaConfig {
     }
 }
 
-/// A `kafka://` URL with the values of secret query settings replaced by `***`.
-pub fn redact_url(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some(parts) => parts,
-        None => return strip_userinfo(url),
-    };
-    let query: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if is_secret(&percent_decode(k)) => format!("{k}=***"),
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{}?{}", strip_userinfo(base), query.join("&"))
-}
-
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("{s}=").as_bytes())
-        .next()
-        .map(|(k, _)| k.into_owned())
-        .unwrap_or_default()
-}
-
-/// Drops a `user:password@` that should not be there anyway.
-fn strip_userinfo(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, _)), Some(at)) => format!("{scheme}://***@{}", &url[at + 1..]),
-        _ => url.to_owned(),
-    }
-}
+use model_runner_core::redact::redact_url;
 
 /// Checks a topic against Kafka's rules, before librdkafka sees it.
 fn check_topic(topic: &str) -> Result<(), SinkError> {
@@ -577,7 +548,7 @@ mod tests {
             redact_url("kafka://h:1?sasl.username=u&sasl.password=hunter2&ssl.key.pem=K"),
             "kafka://h:1?sasl.username=u&sasl.password=***&ssl.key.pem=***"
         );
-        assert_eq!(redact_url("kafka://u:hunter2@h:1"), "kafka://***@h:1");
+        assert_eq!(redact_url("kafka://u:hunter2@h:1"), "kafka://u:***@h:1");
         let err = KafkaConfig::from_url("kafka://h:1?sasl.password=hunter2&acks=0")
             .unwrap_err()
             .to_string();

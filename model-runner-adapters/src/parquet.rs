@@ -192,26 +192,7 @@ pub fn env_of<'t>(topic: &'t str, chain: &Chain) -> &'t str {
         .unwrap_or(topic)
 }
 
-/// Secret-bearing query keys of an `s3://` URL.
-fn is_secret(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    key.contains("secret") || key.contains("token") || key.contains("password")
-}
-
-/// A sink URL with secret query values replaced by `***`.
-pub fn redact_url(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else {
-        return url.to_owned();
-    };
-    let query: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if is_secret(k) => format!("{k}=***"),
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{base}?{}", query.join("&"))
-}
+use model_runner_core::redact::redact_url;
 
 /// A declared record schema and its JSON text (the file metadata).
 #[derive(Debug)]

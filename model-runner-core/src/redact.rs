@@ -1,0 +1,271 @@
+//! The one redactor for every URL the project shows: store, queue, sink, chain, index root and
+//! object store URLs, in logs, errors, metrics, `Debug` output and a run's `last_error`.
+//!
+//! [`redact_url`] keeps what helps an operator find the server (scheme, user name, host, port,
+//! the path, harmless query parameters) and replaces every secret with `***`:
+//!
+//! - the password of the user info (`postgres://runner:***@db/runs`), a user name that looks
+//!   like a key (`https://***@node`), and the whole user info of object-store URLs (`s3://`,
+//!   `gs://`, `az://`: the user is an access key id);
+//! - query values whose key names a secret (`password`, `secret`, `token`, `key`, `auth`,
+//!   `sig`, `credential`, `session`, ...: `?password=***`, `?sasl.password=***`,
+//!   `?apikey=***`);
+//! - path keys: the segment after `/v1/`, `/v2/` or `/v3/` (Infura's `/v3/<key>`, Alchemy's
+//!   `/v2/<key>`) and any segment that looks like a key (20 or more letters, digits, `-` and
+//!   `_`, with both letters and digits, as QuickNode's `/<token>/`);
+//! - the fragment, dropped.
+//!
+//! It never fails: text that is not a URL is returned as it is when it cannot hold a secret (a
+//! plain path, `sqlite::memory:`), and reduced to its scheme otherwise. [`redact_urls_in`]
+//! applies it to every URL inside a message (an error text that may quote one).
+
+/// Whether a query key names a secret (case-insensitive, percent-decoded by the caller).
+pub fn is_secret_key(key: &str) -> bool {
+    const SECRET: [&str; 12] = [
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "key",
+        "auth",
+        "sig",
+        "credential",
+        "session",
+        "jwt",
+        "private",
+        "cookie",
+    ];
+    let key = key.to_ascii_lowercase();
+    SECRET.iter().any(|s| key.contains(s))
+}
+
+/// Whether a path segment or user name looks like an API key or token.
+fn looks_like_key(s: &str) -> bool {
+    s.len() >= 20
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        && s.bytes().any(|b| b.is_ascii_digit())
+        && s.bytes().any(|b| b.is_ascii_alphabetic())
+}
+
+/// `url` with every secret replaced by `***` (see the module docs).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // Not `scheme://...`: a plain path or a form such as `sqlite::memory:`. Shown as it
+        // is unless it could carry credentials or a query.
+        return if url.contains('@') || url.contains('?') {
+            match url.split_once(':') {
+                Some((scheme, _)) if is_scheme(scheme) => format!("{scheme}:…"),
+                _ => "(unparsable URL)".to_owned(),
+            }
+        } else {
+            url.to_owned()
+        };
+    };
+    if !is_scheme(scheme) {
+        return "(unparsable URL)".to_owned();
+    }
+    let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match before_query.find('/') {
+        Some(i) => before_query.split_at(i),
+        None => (before_query, ""),
+    };
+    let mut out = format!("{scheme}://");
+    // Object-store URLs carry an access key id as their user: hidden with the secret.
+    let key_as_user = matches!(
+        scheme.to_ascii_lowercase().as_str(),
+        "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "adl" | "azure"
+    );
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            match userinfo.split_once(':') {
+                Some((user, _)) if !looks_like_key(user) && !key_as_user => {
+                    out.push_str(user);
+                    out.push_str(":***");
+                }
+                Some(_) => out.push_str("***:***"),
+                None if looks_like_key(userinfo) || key_as_user => out.push_str("***"),
+                None => out.push_str(userinfo),
+            }
+            out.push('@');
+            out.push_str(host);
+        }
+        None => out.push_str(authority),
+    }
+    let mut after_version = false;
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let secret = (after_version && !segment.is_empty()) || looks_like_key(segment);
+        out.push_str(if secret { "***" } else { segment });
+        after_version = matches!(segment.to_ascii_lowercase().as_str(), "v1" | "v2" | "v3");
+    }
+    if let Some(query) = query {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((k, v)) if is_secret_key(&percent_decoded(k)) || looks_like_key(v) => {
+                    out.push_str(k);
+                    out.push_str("=***");
+                }
+                _ => out.push_str(pair),
+            }
+        }
+    }
+    out
+}
+
+/// Every `scheme://...` word of `text` passed through [`redact_url`] (brackets, quotes and
+/// punctuation around it kept), so an error message that quotes a URL shows no secret.
+pub fn redact_urls_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, word) in text.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        if !word.contains("://") {
+            out.push_str(word);
+            continue;
+        }
+        let is_edge = |c: char| {
+            matches!(
+                c,
+                '(' | ')' | '[' | ']' | '<' | '>' | '"' | '\'' | ',' | ';' | '`'
+            )
+        };
+        let core = word.trim_matches(is_edge);
+        let start = word.len() - word.trim_start_matches(is_edge).len();
+        out.push_str(&word[..start]);
+        // A trailing ':' (as in "cannot connect to URL: why") is not part of the URL.
+        let (url, tail) = match core.strip_suffix(':') {
+            Some(u) => (u, ":"),
+            None => (core, ""),
+        };
+        out.push_str(&redact_url(url));
+        out.push_str(tail);
+        out.push_str(&word[start + core.len()..]);
+    }
+    out
+}
+
+fn is_scheme(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+}
+
+/// `s` with `%XX` escapes decoded (invalid ones kept), for matching query keys.
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind of secret the project's URLs carry, and what stays visible.
+    #[test]
+    fn every_secret_is_replaced_and_the_rest_kept() {
+        let cases = [
+            (
+                "postgres://runner:hunter2@db:5432/runs",
+                "postgres://runner:***@db:5432/runs",
+            ),
+            (
+                "postgres://runner@127.0.0.1:1/db?password=hunter2&sslmode=require",
+                "postgres://runner@127.0.0.1:1/db?password=***&sslmode=require",
+            ),
+            ("amqp://guest:guest@mq/%2f", "amqp://guest:***@mq/%2f"),
+            (
+                "amqp://u:p@mq/%2f?queue_type=quorum&delivery_limit=5",
+                "amqp://u:***@mq/%2f?queue_type=quorum&delivery_limit=5",
+            ),
+            (
+                "https://mainnet.infura.io/v3/0123456789abcdef0123456789abcdef",
+                "https://mainnet.infura.io/v3/***",
+            ),
+            (
+                "https://eth-mainnet.g.alchemy.com/v2/short",
+                "https://eth-mainnet.g.alchemy.com/v2/***",
+            ),
+            (
+                "https://name.quiknode.pro/9f8e7d6c5b4a39281706f5e4d3c2b1a0/",
+                "https://name.quiknode.pro/***/",
+            ),
+            (
+                "https://node.example/rpc?apikey=hunter2&chain=1",
+                "https://node.example/rpc?apikey=***&chain=1",
+            ),
+            (
+                "kafka://b1:9092,b2:9092?sasl.password=hunter2&acks=all",
+                "kafka://b1:9092,b2:9092?sasl.password=***&acks=all",
+            ),
+            (
+                "s3://bucket/prefix?aws_secret_access_key=hunter2&region=eu-west-1",
+                "s3://bucket/prefix?aws_secret_access_key=***&region=eu-west-1",
+            ),
+            (
+                "https://ABCDEFGHIJ0123456789xyz@node.example/",
+                "https://***@node.example/",
+            ),
+            (
+                "https://node.example/#token=hunter2",
+                "https://node.example/",
+            ),
+            ("s3://AKIAXXXX:hunter2@bucket/p", "s3://***:***@bucket/p"),
+            ("sqlite://model-runner.db", "sqlite://model-runner.db"),
+            ("sqlite::memory:", "sqlite::memory:"),
+            ("devnet://?logs=0&seed=2", "devnet://?logs=0&seed=2"),
+            ("file:///data/sink", "file:///data/sink"),
+            ("./index", "./index"),
+            ("x?password=hunter2", "(unparsable URL)"),
+            ("pg:user:hunter2@db", "pg:…"),
+            (
+                "postgres://u:p%40ss@db/x?pass%77ord=hunter2",
+                "postgres://u:***@db/x?pass%77ord=***",
+            ),
+        ];
+        for (input, want) in cases {
+            let got = redact_url(input);
+            assert_eq!(got, want, "{input}");
+            assert!(!got.contains("hunter2"), "{input} -> {got}");
+        }
+    }
+
+    #[test]
+    fn urls_inside_messages_are_redacted() {
+        let msg = "cannot connect to postgres://runner@db/x?password=hunter2: refused (see \
+                   \"amqp://u:hunter2@mq/%2f\")";
+        assert_eq!(
+            redact_urls_in(msg),
+            "cannot connect to postgres://runner@db/x?password=***: refused (see \
+             \"amqp://u:***@mq/%2f\")"
+        );
+    }
+}

@@ -2,16 +2,16 @@
 //! views' `ToSchema` derives, and a docs page that renders it.
 //!
 //! The batch-index lookups (`GET /v1/index/...`, served when an index is attached with
-//! [`ApiState::with_index`](super::ApiState::with_index)) are handled by `batch_index::http`,
-//! which does not depend on utoipa: [`IndexDoc`] describes them from stubs in this file, and
-//! the document lists them only when the index is served.
+//! [`ApiState::with_index`](super::ApiState::with_index)) are described by [`IndexDoc`] from
+//! their handlers in [`index`](super::index); the document lists them only when the index is
+//! served.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{OpenApi as OpenApiDoc, PathItem};
 use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorDetail, ErrorResponse};
-use super::{catalog, health, runs};
+use super::{catalog, health, index, runs};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -48,145 +48,14 @@ pub struct ApiDoc;
 #[openapi(
     paths(index::account, index::transaction),
     components(schemas(
-        index::AccountLookup,
         index::AccountCheckpoints,
-        index::AccountNextActive,
+        index::IndexName,
         index::TransactionPosition,
         index::IndexCoverage,
-        index::IndexError,
     )),
     tags((name = "index", description = "Account and transaction lookups in the batch-index account index")),
 )]
 pub struct IndexDoc;
-
-/// Descriptions of the handlers of `batch_index::http` (the stubs are never called).
-mod index {
-    #![allow(dead_code)]
-
-    use serde::Serialize;
-    use utoipa::ToSchema;
-
-    use super::super::error::ErrorResponse;
-
-    /// The answer of an account lookup: every checkpoint, or with `from` the next one.
-    #[derive(Serialize, ToSchema)]
-    #[serde(untagged)]
-    pub enum AccountLookup {
-        /// Without `from`.
-        All(AccountCheckpoints),
-        /// With `from`.
-        Next(AccountNextActive),
-    }
-
-    /// Every checkpoint in which the account appears in the index.
-    #[derive(Serialize, ToSchema)]
-    pub struct AccountCheckpoints {
-        /// The account as given.
-        pub account: String,
-        /// The index searched.
-        pub index: String,
-        /// Checkpoints in ascending order (empty if the account never appears).
-        pub checkpoints: Vec<u32>,
-        /// The ledgers the index holds (null when unknown).
-        pub covered: Option<IndexCoverage>,
-    }
-
-    /// The first checkpoint at or after `from` in which the account appears.
-    #[derive(Serialize, ToSchema)]
-    pub struct AccountNextActive {
-        /// The account as given.
-        pub account: String,
-        /// The index searched.
-        pub index: String,
-        /// The `from` of the query.
-        pub from: u32,
-        /// That checkpoint, or null if there is none (in the ledgers `covered`).
-        pub next: Option<u32>,
-        /// The ledgers the index holds (null when unknown).
-        pub covered: Option<IndexCoverage>,
-    }
-
-    /// Where a transaction is: its TOID and the parts of it.
-    #[derive(Serialize, ToSchema)]
-    pub struct TransactionPosition {
-        /// The hash as given.
-        pub hash: String,
-        /// `ledger << 32 | tx_index << 12 | op_index`.
-        pub toid: u64,
-        /// Ledger (Stellar) or block (Ethereum).
-        pub ledger: u32,
-        /// Transaction index (Stellar: 1-based apply order; Ethereum: `transactionIndex`).
-        pub tx_index: u32,
-        /// Operation index (0 for the transaction itself).
-        pub op_index: u32,
-        /// The ledgers the index holds (null when unknown).
-        pub covered: Option<IndexCoverage>,
-    }
-
-    /// The ledgers (Ethereum: blocks) the index holds, every one of them read: an account
-    /// with no checkpoint inside this range took no part there; a checkpoint outside it is
-    /// not indexed yet.
-    #[derive(Serialize, ToSchema)]
-    pub struct IndexCoverage {
-        /// First ledger (block) indexed.
-        pub first: u32,
-        /// Last ledger (block) indexed, inclusive.
-        pub last: u32,
-    }
-
-    /// The error body of the index lookups (other errors, e.g. a missing token, are
-    /// [`ErrorResponse`]s).
-    #[derive(Serialize, ToSchema)]
-    pub struct IndexError {
-        /// `invalid_input`, `not_found` or `unavailable`.
-        pub code: String,
-        /// What went wrong (storage details are logged, not returned).
-        pub message: String,
-    }
-
-    /// Checkpoints in which an account takes part.
-    ///
-    /// Without `from`, every checkpoint of the account in the index; with `from`, only the first
-    /// one at or after it (`next`, null if none).
-    #[utoipa::path(
-        get,
-        path = "/v1/index/accounts/{account}",
-        tag = "index",
-        params(
-            ("account" = String, Path, description = "A Stellar account (`G...` or muxed `M...`) or an Ethereum address (`0x...`)"),
-            ("index" = Option<String>, Query, description = "Index name: `all/all` (default; every participant) or `all/payments` (payment participants)"),
-            ("from" = Option<u32>, Query, description = "Only the first checkpoint at or after this one"),
-        ),
-        responses(
-            (status = 200, description = "The account's checkpoints", body = AccountLookup),
-            (status = 400, description = "Invalid account or query (`invalid_input`)", body = IndexError),
-            (status = 401, description = "No valid token", body = ErrorResponse),
-            (status = 404, description = "The index has no data for this account's shard", body = IndexError),
-            (status = 503, description = "The index could not be read", body = IndexError),
-        ),
-        security(("bearer" = ["read"]))
-    )]
-    pub fn account() {}
-
-    /// Position of a transaction by hash.
-    #[utoipa::path(
-        get,
-        path = "/v1/index/transactions/{hash}",
-        tag = "index",
-        params(
-            ("hash" = String, Path, description = "32-byte transaction hash in hex, optionally `0x`-prefixed"),
-        ),
-        responses(
-            (status = 200, description = "The transaction's position", body = TransactionPosition),
-            (status = 400, description = "Not a 32-byte hex hash (`invalid_input`)", body = IndexError),
-            (status = 401, description = "No valid token", body = ErrorResponse),
-            (status = 404, description = "The transaction is not in the index", body = IndexError),
-            (status = 503, description = "The index could not be read", body = IndexError),
-        ),
-        security(("bearer" = ["read"]))
-    )]
-    pub fn transaction() {}
-}
 
 struct BearerScheme;
 

@@ -15,8 +15,9 @@
 //!   `_`, with both letters and digits, as QuickNode's `/<token>/`);
 //! - the fragment, dropped.
 //!
-//! It never fails: text that is not a URL is returned as it is when it cannot hold a secret (a
-//! plain path, `sqlite::memory:`), and reduced to its scheme otherwise. [`redact_urls_in`]
+//! It never fails: text that is not a URL is returned as it is when it is a plain path or
+//! `sqlite::memory:`, and otherwise reduced to its scheme or not shown at all (a bare word given
+//! where a URL was expected may be a password). [`redact_urls_in`]
 //! applies it to every URL inside a message (an error text that may quote one).
 
 /// Whether a query key names a secret (case-insensitive, percent-decoded by the caller).
@@ -51,15 +52,20 @@ fn looks_like_key(s: &str) -> bool {
 /// `url` with every secret replaced by `***` (see the module docs).
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        // Not `scheme://...`: a plain path or a form such as `sqlite::memory:`. Shown as it
-        // is unless it could carry credentials or a query.
+        // Not `scheme://...`: a plain path (`./index`, `runs.db`) or a form such as
+        // `sqlite::memory:` is shown as it is; anything else (a bare word may be a password
+        // given where a URL was expected) is not echoed, nor anything with credentials or a
+        // query.
+        let path_like = url.contains('/') || url.contains('.') || url.contains(':');
         return if url.contains('@') || url.contains('?') {
             match url.split_once(':') {
                 Some((scheme, _)) if is_scheme(scheme) => format!("{scheme}:…"),
                 _ => "(unparsable URL)".to_owned(),
             }
-        } else {
+        } else if path_like {
             url.to_owned()
+        } else {
+            "(unparsable URL)".to_owned()
         };
     };
     if !is_scheme(scheme) {
@@ -244,6 +250,7 @@ mod tests {
             ("devnet://?logs=0&seed=2", "devnet://?logs=0&seed=2"),
             ("file:///data/sink", "file:///data/sink"),
             ("./index", "./index"),
+            ("hunter2", "(unparsable URL)"),
             ("x?password=hunter2", "(unparsable URL)"),
             ("pg:user:hunter2@db", "pg:…"),
             (

@@ -3,6 +3,7 @@
 //! `main.rs` only parses flags and calls these.
 
 pub mod api;
+pub mod metrics;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

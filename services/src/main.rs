@@ -43,6 +43,8 @@ use model_runner_core::{Chain, RunId, RunMode, RunState};
 struct Cli {
     #[command(flatten)]
     adapters: AdapterFlags,
+    #[command(flatten)]
+    ops: OpsFlags,
     #[command(subcommand)]
     command: Command,
 }
@@ -150,6 +152,48 @@ impl AdapterFlags {
             sink: self.sink.clone(),
             chains: self.chains.clone(),
             migrate: !self.no_migrate,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Operations (every command)")]
+struct OpsFlags {
+    /// Log lines as human-readable text (the default; colours only on a terminal) or as JSON
+    /// objects, one per line, for log shippers. The level comes from RUST_LOG (default warn).
+    #[arg(
+        long,
+        env = "MODEL_RUNNER_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        global = true
+    )]
+    log_format: LogFormat,
+    /// Serve Prometheus metrics at http://ADDR/metrics (the API serves /metrics itself).
+    #[arg(long, env = "MODEL_RUNNER_METRICS_ADDR", global = true)]
+    metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+impl OpsFlags {
+    /// Logs to stderr in the chosen format.
+    fn init_logging(&self) {
+        let filter = || {
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into())
+        };
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Text => builder
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init(),
+            LogFormat::Json => builder.json().with_current_span(true).init(),
         }
     }
 }
@@ -417,16 +461,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    cli.ops.init_logging();
+    match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The adapters redact the URLs they name; this keeps any that slipped through safe.
+            let message = format!("{e:#}");
+            eprintln!(
+                "error: {}",
+                model_runner_core::redact::redact_urls_in(&message)
+            );
             std::process::ExitCode::FAILURE
         }
     }
@@ -442,6 +487,17 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Worker { .. } => urls.require_shared("worker", true)?,
         Command::Backfill { .. } => urls.require_shared("backfill", false)?,
         _ => {}
+    }
+    let metrics = model_runner::metrics::install()?;
+    if let Some(addr) = cli.ops.metrics_addr {
+        let listener = model_runner::metrics::bind(addr).await?;
+        let serving =
+            model_runner::metrics::serve(listener, metrics.clone(), CancellationToken::new());
+        tokio::spawn(async move {
+            if let Err(e) = serving.await {
+                tracing::error!(error = %format!("{e:#}"), "metrics endpoint stopped");
+            }
+        });
     }
     let mut deps = build_deps(&urls).await?;
     deps.limits.max_blocks_per_run = cli.adapters.max_blocks_per_run.max(1);
@@ -473,7 +529,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let shutdown = shutdown_signal();
             let server = match api_addr {
                 Some(addr) => {
-                    let state = api.state(deps.clone()).await?;
+                    let state = api.state(deps.clone()).await?.with_metrics(metrics.clone());
                     Some(tokio::spawn(model_runner::api::serve(
                         addr,
                         state,
@@ -605,7 +661,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             eprintln!(
                 "API listening on http://{api_addr} (OpenAPI at /openapi.json, docs at /docs)"
             );
-            model_runner::api::serve(api_addr, api.state(deps).await?, shutdown_signal()).await?;
+            let state = api.state(deps).await?.with_metrics(metrics);
+            model_runner::api::serve(api_addr, state, shutdown_signal()).await?;
         }
         Command::Migrate => eprintln!("store migrated"),
     }

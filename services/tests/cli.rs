@@ -379,3 +379,60 @@ fn runs_larger_than_the_blocks_per_run_limit_are_refused() {
     );
     assert_eq!(created.lines().count(), 2, "{created}");
 }
+
+/// Logs written to a pipe carry no terminal colour codes; with `--log-format json` each line is
+/// a JSON object, and a line logged while a run executes carries the run's span (run id, model,
+/// version, chain, range, attempt).
+#[test]
+fn logs_are_plain_in_a_pipe_and_json_lines_carry_the_run_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = run_in(
+        dir.path(),
+        &[
+            "--store",
+            &format!("sqlite://{}/a.db", dir.path().display()),
+            "all",
+            "--backfill",
+            "ethereum:block_stats:0-99",
+        ],
+        &[("RUST_LOG", "debug")],
+    );
+    assert!(text.status.success(), "{}", self::text(&text.stderr));
+    let stderr = self::text(&text.stderr);
+    assert!(stderr.contains("DEBUG"), "debug logs expected:\n{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "colour codes in a pipe:\n{stderr}");
+
+    let json = run_in(
+        dir.path(),
+        &[
+            "--log-format",
+            "json",
+            "--store",
+            &format!("sqlite://{}/b.db", dir.path().display()),
+            "all",
+            "--backfill",
+            "ethereum:block_stats:0-99",
+        ],
+        &[("RUST_LOG", "model_runner_core=debug")],
+    );
+    assert!(json.status.success(), "{}", self::text(&json.stderr));
+    let lines: Vec<serde_json::Value> = self::text(&json.stderr)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let done = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "run succeeded")
+        .unwrap_or_else(|| panic!("no 'run succeeded' line in {lines:#?}"));
+    let span = &done["span"];
+    assert_eq!(span["name"], "run", "{done}");
+    assert_eq!(span["model"], "block_stats", "{done}");
+    assert_eq!(span["chain"], "ethereum", "{done}");
+    assert_eq!(span["range"], "0-99", "{done}");
+    assert_eq!(span["attempt"], 1, "{done}");
+    assert!(
+        span["run"].as_str().is_some_and(|id| id.len() == 36),
+        "{done}"
+    );
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tracing::{info, warn};
 
-use super::{CancellationToken, EngineDeps, EngineError};
+use super::{CancellationToken, EngineDeps, EngineError, instruments};
 use crate::ports::{RunFilter, RunMessage};
 use crate::run::{ModelRun, RunId, RunState};
 
@@ -100,7 +100,10 @@ impl Enqueuer {
                 })
                 .collect();
             // Confirmed by the broker before any run is marked.
-            if let Err(e) = self.deps.queue.publish(queue, &messages).await {
+            let publishing = std::time::Instant::now();
+            let published = self.deps.queue.publish(queue, &messages).await;
+            instruments::published(queue, publishing.elapsed(), published.is_ok());
+            if let Err(e) = published {
                 let mut failing = self.failing();
                 let failures = failing.get(queue).map_or(0, |b| b.failures) + 1;
                 let backoff = Duration::from_millis(200)
@@ -122,7 +125,9 @@ impl Enqueuer {
             let expected: Vec<(RunId, RunState, u32)> =
                 runs.iter().map(|r| (r.id, r.state, r.attempt)).collect();
             // Runs cancelled or changed meanwhile are not marked: the worker drops their message.
-            marked += self.deps.store.mark_enqueued(&expected).await?;
+            let n = self.deps.store.mark_enqueued(&expected).await?;
+            instruments::enqueued(queue, n);
+            marked += n;
         }
         Ok(marked)
     }

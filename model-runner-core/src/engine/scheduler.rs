@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tracing::{debug, info, warn};
 
-use super::{CancellationToken, EngineDeps, EngineError, RetryPolicy};
+use super::{CancellationToken, EngineDeps, EngineError, RetryPolicy, instruments};
 use crate::chain::{BlockRange, Chain, RunMode};
 use crate::ports::{CreateRuns, CreatedRuns, RunMessage, StoreError};
 use crate::run::{ModelRun, NewRun, RunEvent, RunState};
@@ -237,7 +237,9 @@ impl Scheduler {
             }
         }
         report.expired = self.expire_leases().await?;
+        instruments::leases_expired(report.expired);
         report.republished = self.reconcile().await?;
+        instruments::republished(report.republished);
         Ok(report)
     }
 
@@ -324,6 +326,7 @@ impl Scheduler {
             None => sub.start.unwrap_or(confirmed),
         };
         if from > confirmed {
+            instruments::realtime_lag(sub.chain.as_str(), &sub.model, 0);
             return Ok(0);
         }
         let span = sub
@@ -358,6 +361,7 @@ impl Scheduler {
             .await
         {
             Ok(created) => {
+                instruments::realtime_lag(sub.chain.as_str(), &sub.model, confirmed - last);
                 debug!(model = %sub.model, chain = %sub.chain, %range, runs = created.len(), "scheduled realtime runs");
                 Ok(created.len())
             }

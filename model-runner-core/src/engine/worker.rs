@@ -35,9 +35,9 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
-use super::{CancellationToken, EngineDeps, EngineError, RetryPolicy};
+use super::{CancellationToken, EngineDeps, EngineError, RetryPolicy, instruments};
 use crate::model::ModelContext;
 use crate::ports::{Delivery, RunMessage, RunOutput, StoreError};
 use crate::routing::topic_name;
@@ -333,7 +333,27 @@ impl Worker {
             }
         };
 
+        // One span per run: every log line of its execution carries the run's fields.
+        let span = tracing::info_span!(
+            "run",
+            run = %run.id,
+            model = %run.model,
+            version = %run.model_version,
+            chain = %run.chain,
+            range = %run.range,
+            attempt = run.attempt,
+        );
+        self.process(run, delivery, hand_back)
+            .instrument(span)
+            .await;
+    }
+
+    /// Executes a claimed run to its outcome, records it and settles the delivery.
+    async fn process(&self, run: ModelRun, delivery: Delivery, hand_back: CancellationToken) {
+        instruments::claimed(&run);
+        let started = std::time::Instant::now();
         if let Err(reason) = self.can_serve(&run) {
+            instruments::attempt_ended(&run, "passed_on", started.elapsed());
             self.pass_on(run, delivery, reason, hand_back).await;
             return;
         }
@@ -354,6 +374,9 @@ impl Worker {
                     .await
                 {
                     Ok(_) => {
+                        debug!(records, "run succeeded");
+                        instruments::succeeded(&run, records);
+                        instruments::attempt_ended(&run, "succeeded", started.elapsed());
                         self.stats.runs_succeeded.fetch_add(1, Ordering::Relaxed);
                         self.stats
                             .blocks
@@ -372,6 +395,8 @@ impl Worker {
                 settle(delivery.ack().await);
             }
             Outcome::Failed { error, permanent } => {
+                instruments::failed(&run);
+                instruments::attempt_ended(&run, "failed", started.elapsed());
                 self.stats.runs_failed.fetch_add(1, Ordering::Relaxed);
                 let retry_at =
                     (!permanent).then(|| self.config.retry.retry_at(run.attempt, Utc::now()));
@@ -398,12 +423,14 @@ impl Worker {
                     warn!(run = %run.id, error = %e, "could not record the failure; the lease will expire and the run will be retried");
                 }
                 if last {
+                    instruments::dead_lettered(&run.queue);
                     settle(delivery.reject().await);
                 } else {
                     settle(delivery.ack().await);
                 }
             }
             Outcome::LeaseLost(reason) => {
+                instruments::attempt_ended(&run, "abandoned", started.elapsed());
                 info!(run = %run.id, %reason, "run abandoned");
                 settle(delivery.ack().await);
             }
@@ -412,6 +439,7 @@ impl Worker {
                 settle(delivery.nack_requeue().await);
             }
             Outcome::HandedBack => {
+                instruments::attempt_ended(&run, "handed_back", started.elapsed());
                 // Back to `queued` on the same attempt (no attempt spent), and the message back
                 // to the queue for another worker.
                 let event = RunEvent::Release {
@@ -547,9 +575,9 @@ impl Worker {
         // task and leaving the run `running` until its lease expires. Aborted when dropped.
         let execution = {
             let (worker, run, progress) = (self.clone(), run.clone(), progress.clone());
-            AbortOnDrop(tokio::spawn(async move {
-                worker.execute(&run, &progress).await
-            }))
+            AbortOnDrop(tokio::spawn(
+                async move { worker.execute(&run, &progress).await }.in_current_span(),
+            ))
         };
         tokio::select! {
             o = execution.join() => o.unwrap_or_else(|join| Outcome::Failed {
@@ -602,7 +630,10 @@ impl Worker {
             .chunks(self.config.batch_blocks.max(1))
             .expect("batch size is at least 1")
         {
-            let blocks = match source.blocks(batch).await {
+            let requested = std::time::Instant::now();
+            let loaded = source.blocks(batch).await;
+            instruments::source_request(run, "blocks", requested.elapsed(), loaded.is_ok());
+            let blocks = match loaded {
                 Ok(b) => b,
                 Err(e) => return transient(format!("loading blocks {batch}: {e}")),
             };
@@ -619,17 +650,22 @@ impl Worker {
             // blocks a thread) must not starve the heartbeats, or its lease expires and the run
             // executes twice. The record schema check runs there too. Aborted if this future is
             // dropped (lease lost, run handed back): a hung model must not run on, detached.
-            let task = AbortOnDrop(model_runtime().spawn(async move {
-                let records = model.run(&ctx, &blocks).await?;
-                if let Some(schema) = schema.as_ref() {
-                    for r in &records {
-                        if let Err(e) = schema.check(&r.payload) {
-                            return Err(ModelOutputError::Schema(format!("record {}: {e}", r.key)));
+            let task = AbortOnDrop(model_runtime().spawn(tracing::Instrument::in_current_span(
+                async move {
+                    let records = model.run(&ctx, &blocks).await?;
+                    if let Some(schema) = schema.as_ref() {
+                        for r in &records {
+                            if let Err(e) = schema.check(&r.payload) {
+                                return Err(ModelOutputError::Schema(format!(
+                                    "record {}: {e}",
+                                    r.key
+                                )));
+                            }
                         }
                     }
-                }
-                Ok(records)
-            }));
+                    Ok(records)
+                },
+            )));
             match task.join().await {
                 Ok(Ok(batch_records)) => records.extend(batch_records),
                 Ok(Err(ModelOutputError::Model(e))) => {
@@ -659,12 +695,14 @@ impl Worker {
         let sink = self.deps.sink.clone();
         let send = {
             let topic = topic.clone();
-            AbortOnDrop(
-                model_runtime()
-                    .spawn(async move { sink.send_run(&topic, &output, &records).await }),
-            )
+            AbortOnDrop(model_runtime().spawn(
+                async move { sink.send_run(&topic, &output, &records).await }.in_current_span(),
+            ))
         };
-        match send.join().await {
+        let sending = std::time::Instant::now();
+        let sent = send.join().await;
+        instruments::sink_sent(run, sending.elapsed());
+        match sent {
             Ok(Ok(())) => Outcome::Succeeded(count as u64),
             Ok(Err(e)) => transient(format!("sending {count} records to {topic}: {e}")),
             Err(join) => transient(format!(

@@ -12,7 +12,7 @@
 //! | `GET` | `/v1/runs`, `/v1/runs/{id}` | read |
 //! | `POST` | `/v1/runs/{id}/cancel`, `/v1/runs/{id}/retry` | write |
 //! | `GET` | `/v1/models`, `/v1/chains/{chain}/progress` | read |
-//! | `GET` | `/healthz`, `/readyz`, `/openapi.json`, `/docs` | none |
+//! | `GET` | `/healthz`, `/readyz`, `/openapi.json`, `/docs`, `/metrics` (with [`ApiState::with_metrics`]) | none |
 //! | `GET` | `/v1/index/accounts/{account}`, `/v1/index/transactions/{hash}` (with an index) | read |
 
 pub mod auth;
@@ -20,7 +20,6 @@ pub mod body;
 pub mod catalog;
 pub mod error;
 pub mod health;
-pub mod index;
 pub mod openapi;
 pub mod runs;
 
@@ -87,6 +86,7 @@ pub struct ApiState {
     pub config: Arc<ApiConfig>,
     openapi: Arc<String>,
     index: Option<batch_index::IndexReader>,
+    pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl ApiState {
@@ -98,7 +98,15 @@ impl ApiState {
             config: Arc::new(config),
             openapi: Arc::new(openapi),
             index: None,
+            metrics: None,
         }
+    }
+
+    /// Also serves `GET /metrics` (no auth, like `/healthz`): the process's Prometheus metrics
+    /// from `handle`, plus `model_runner_runs{state}` counted in the store on each scrape.
+    pub fn with_metrics(mut self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
     }
 
     /// Also serves the account index of `reader` (built by `batch-index`) at
@@ -120,7 +128,7 @@ impl ApiState {
 /// The API's router.
 pub fn app(state: ApiState) -> Router {
     let limits = state.config.limits.clone();
-    let mut routes = Router::new()
+    let api = Router::new()
         .route("/v1/runs", post(runs::submit).get(runs::list_runs))
         .route("/v1/runs/{id}", get(runs::get_run))
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
@@ -130,19 +138,32 @@ pub fn app(state: ApiState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi_json))
-        .route("/docs", get(|| async { Html(openapi::DOCS_PAGE) }));
-    if state.index.is_some() {
-        // Before the layers, so the lookups share the timeout and the body limit.
-        routes = routes.merge(index::routes());
-    }
-    routes
+        .route("/docs", get(|| async { Html(openapi::DOCS_PAGE) }))
+        .route("/metrics", get(crate::metrics::api_scrape))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(
             limits.request_timeout,
             timeout,
         ))
-        .with_state(state)
+        .with_state(state.clone());
+    match state.index.clone() {
+        Some(reader) => api.merge(
+            batch_index::http::router(reader)
+                .layer(middleware::from_fn_with_state(state, require_read)),
+        ),
+        None => api,
+    }
+}
+
+/// Index lookups need the read scope, like every other read.
+async fn require_read(
+    State(_): State<ApiState>,
+    _: auth::ReadAccess,
+    req: Request,
+    next: Next,
+) -> Response {
+    next.run(req).await
 }
 
 async fn openapi_json(State(state): State<ApiState>) -> Response {

@@ -20,6 +20,7 @@ pub mod body;
 pub mod catalog;
 pub mod error;
 pub mod health;
+pub mod index;
 pub mod openapi;
 pub mod runs;
 
@@ -128,7 +129,7 @@ impl ApiState {
 /// The API's router.
 pub fn app(state: ApiState) -> Router {
     let limits = state.config.limits.clone();
-    let api = Router::new()
+    let mut routes = Router::new()
         .route("/v1/runs", post(runs::submit).get(runs::list_runs))
         .route("/v1/runs/{id}", get(runs::get_run))
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
@@ -139,31 +140,19 @@ pub fn app(state: ApiState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi_json))
         .route("/docs", get(|| async { Html(openapi::DOCS_PAGE) }))
-        .route("/metrics", get(crate::metrics::api_scrape))
+        .route("/metrics", get(crate::metrics::api_scrape));
+    if state.index.is_some() {
+        // Before the layers, so the lookups share the timeout and the body limit.
+        routes = routes.merge(index::routes());
+    }
+    routes
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(
             limits.request_timeout,
             timeout,
         ))
-        .with_state(state.clone());
-    match state.index.clone() {
-        Some(reader) => api.merge(
-            batch_index::http::router(reader)
-                .layer(middleware::from_fn_with_state(state, require_read)),
-        ),
-        None => api,
-    }
-}
-
-/// Index lookups need the read scope, like every other read.
-async fn require_read(
-    State(_): State<ApiState>,
-    _: auth::ReadAccess,
-    req: Request,
-    next: Next,
-) -> Response {
-    next.run(req).await
+        .with_state(state)
 }
 
 async fn openapi_json(State(state): State<ApiState>) -> Response {

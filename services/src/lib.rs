@@ -3,6 +3,7 @@
 //! `main.rs` only parses flags and calls these.
 
 pub mod api;
+pub mod config;
 pub mod metrics;
 
 use std::collections::{HashMap, HashSet};
@@ -57,6 +58,10 @@ pub struct RealtimeSpec {
     pub chain: Chain,
     /// Model.
     pub model: String,
+    /// Blocks to stay behind the head; `None`: the command's default.
+    pub confirmations: Option<u64>,
+    /// Longest realtime run; `None`: the default.
+    pub max_blocks_per_run: Option<u64>,
 }
 
 impl std::str::FromStr for RealtimeSpec {
@@ -70,6 +75,8 @@ impl std::str::FromStr for RealtimeSpec {
         Ok(Self {
             chain: chain.parse().map_err(|e| format!("{e}"))?,
             model: model.to_owned(),
+            confirmations: None,
+            max_blocks_per_run: None,
         })
     }
 }
@@ -277,9 +284,14 @@ pub async fn run_all(
     let realtime: Vec<RealtimeSubscription> = config
         .realtime
         .iter()
-        .map(|r| RealtimeSubscription {
-            max_attempts: config.max_attempts,
-            ..RealtimeSubscription::new(r.model.clone(), r.chain.clone())
+        .map(|r| {
+            let defaults = RealtimeSubscription::new(r.model.clone(), r.chain.clone());
+            RealtimeSubscription {
+                max_attempts: config.max_attempts,
+                confirmations: r.confirmations.unwrap_or(defaults.confirmations),
+                max_blocks_per_run: r.max_blocks_per_run.unwrap_or(defaults.max_blocks_per_run),
+                ..defaults
+            }
         })
         .collect();
     for r in &realtime {

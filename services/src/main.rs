@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use model_runner::api::{ApiAuth, ApiConfig, ApiState};
+use model_runner::config::ConfigFile;
 use model_runner::{
     AdapterUrls, AllConfig, BackfillSpec, ChainSpec, RealtimeSpec, build_deps, cli_retry, run_all,
 };
@@ -172,6 +174,12 @@ struct OpsFlags {
     /// Serve Prometheus metrics at http://ADDR/metrics (the API serves /metrics itself).
     #[arg(long, env = "MODEL_RUNNER_METRICS_ADDR", global = true)]
     metrics_addr: Option<SocketAddr>,
+    /// A model-runner.toml with the long-lived settings (store, queue, sink, chains with their
+    /// confirmations, realtime subscriptions, retry policy, worker settings, caps, API tokens;
+    /// `${VAR}` reads an environment variable). Flags and MODEL_RUNNER_* variables override
+    /// it. `model-runner config check FILE` validates one.
+    #[arg(long, env = "MODEL_RUNNER_CONFIG", global = true, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -217,14 +225,19 @@ struct WorkerFlags {
 }
 
 impl WorkerFlags {
-    fn config(&self, env: &str, queues: Vec<String>) -> WorkerConfig {
+    fn config(
+        &self,
+        env: &str,
+        queues: Vec<String>,
+        retry: model_runner_core::engine::RetryPolicy,
+    ) -> WorkerConfig {
         WorkerConfig {
             queues,
             concurrency: self.concurrency.max(1),
             prefetch: (self.concurrency * 2).clamp(1, u16::MAX as usize) as u16,
             lease: Duration::from_secs(self.lease_secs.max(2)),
             heartbeat: Duration::from_secs((self.lease_secs / 4).max(1)),
-            retry: cli_retry(),
+            retry,
             env: env.to_owned(),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             ..Default::default()
@@ -245,15 +258,24 @@ struct ApiFlags {
 }
 
 impl ApiFlags {
-    fn config(&self) -> ApiConfig {
+    /// Tokens from the environment, plus the config file's write tokens.
+    fn config(&self, write_tokens: Option<&str>) -> ApiConfig {
+        let auth = ApiAuth::from_env(self.api_open_reads);
         ApiConfig {
-            auth: ApiAuth::from_env(self.api_open_reads),
+            auth: match write_tokens {
+                Some(t) => auth.with_write_tokens(t),
+                None => auth,
+            },
             ..Default::default()
         }
     }
 
-    async fn state(&self, deps: model_runner_core::engine::EngineDeps) -> anyhow::Result<ApiState> {
-        let state = ApiState::new(deps, self.config());
+    async fn state(
+        &self,
+        deps: model_runner_core::engine::EngineDeps,
+        write_tokens: Option<&str>,
+    ) -> anyhow::Result<ApiState> {
+        let state = ApiState::new(deps, self.config(write_tokens));
         let Some(root) = &self.index_root else {
             return Ok(state);
         };
@@ -388,6 +410,163 @@ Examples:
 Example:
   model-runner --store postgres://runner@db/runs migrate")]
     Migrate,
+    /// Validate a config file, or show the effective configuration (secrets redacted).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Parse and check FILE; every error names its line and column, or the key.
+    #[command(after_help = "\
+Example:
+  model-runner config check deploy/model-runner.toml")]
+    Check { file: std::path::PathBuf },
+    /// Print the configuration in effect (the file given with --config, overridden by flags and
+    /// MODEL_RUNNER_* variables) as TOML, with passwords, keys and tokens replaced by ***.
+    #[command(after_help = "\
+Example:
+  model-runner --config model-runner.toml config show")]
+    Show,
+}
+
+/// Fills every setting that was left at its default (not given as a flag or environment
+/// variable) from the config file.
+fn apply_config(cli: &mut Cli, m: &ArgMatches, file: &ConfigFile) {
+    let unset = |m: &ArgMatches, id: &str| {
+        matches!(
+            m.try_get_raw(id).map(|_| m.value_source(id)),
+            Ok(None | Some(ValueSource::DefaultValue))
+        )
+    };
+    let a = &mut cli.adapters;
+    for (id, slot, value) in [
+        ("store", &mut a.store, &file.store),
+        ("queue", &mut a.queue, &file.queue),
+        ("sink", &mut a.sink, &file.sink),
+        ("env", &mut a.env, &file.env),
+    ] {
+        if unset(m, id)
+            && let Some(v) = value
+        {
+            *slot = v.clone();
+        }
+    }
+    if unset(m, "max_blocks_per_run")
+        && let Some(v) = file.max_blocks_per_run
+    {
+        a.max_blocks_per_run = v;
+    }
+    if unset(m, "chains") && !file.chains.is_empty() {
+        a.chains = file
+            .chains
+            .iter()
+            .filter_map(|(name, c)| format!("{name}={}", c.url).parse().ok())
+            .collect();
+    }
+    let sub = m.subcommand().map(|(_, sm)| sm);
+    let realtime_of_file = |confirmations_given: bool| -> Vec<RealtimeSpec> {
+        file.realtime
+            .iter()
+            .filter_map(|r| {
+                let mut spec: RealtimeSpec = format!("{}:{}", r.chain, r.model).parse().ok()?;
+                spec.max_blocks_per_run = r.max_blocks_per_run;
+                if !confirmations_given {
+                    spec.confirmations = file.chains.get(&r.chain).and_then(|c| c.confirmations);
+                }
+                Some(spec)
+            })
+            .collect()
+    };
+    let worker_of_file = |w: &mut WorkerFlags, sm: &ArgMatches| {
+        let Some(f) = &file.worker else { return };
+        if unset(sm, "concurrency")
+            && let Some(v) = f.concurrency
+        {
+            w.concurrency = v;
+        }
+        if unset(sm, "lease_secs")
+            && let Some(v) = f.lease_secs
+        {
+            w.lease_secs = v;
+        }
+        if unset(sm, "shutdown_grace_secs")
+            && let Some(v) = f.shutdown_grace_secs
+        {
+            w.shutdown_grace_secs = v;
+        }
+        if unset(sm, "max_attempts")
+            && let Some(v) = f.max_attempts
+        {
+            w.max_attempts = v;
+        }
+    };
+    let Some(sm) = sub else { return };
+    match &mut cli.command {
+        Command::All {
+            realtime,
+            worker,
+            api,
+            ..
+        } => {
+            if unset(sm, "realtime") {
+                *realtime = realtime_of_file(false);
+            }
+            worker_of_file(worker, sm);
+            if unset(sm, "api_open_reads")
+                && let Some(open) = file.api.as_ref().and_then(|a| a.open_reads)
+            {
+                api.api_open_reads = open;
+            }
+        }
+        Command::Scheduler { realtime, .. } => {
+            if unset(sm, "realtime") {
+                *realtime = realtime_of_file(!unset(sm, "confirmations"));
+            }
+        }
+        Command::Worker { queues, worker } => {
+            if unset(sm, "queues")
+                && let Some(q) = file.worker.as_ref().and_then(|w| w.queues.clone())
+            {
+                *queues = q;
+            }
+            worker_of_file(worker, sm);
+        }
+        Command::Api { api, .. } => {
+            if unset(sm, "api_open_reads")
+                && let Some(open) = file.api.as_ref().and_then(|a| a.open_reads)
+            {
+                api.api_open_reads = open;
+            }
+        }
+        Command::Backfill { max_attempts, .. } => {
+            if unset(sm, "max_attempts")
+                && let Some(v) = file.worker.as_ref().and_then(|w| w.max_attempts)
+            {
+                *max_attempts = v;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The retry policy: the config file's `[retry]` over the CLI default.
+fn retry_policy(file: Option<&ConfigFile>) -> model_runner_core::engine::RetryPolicy {
+    let mut policy = cli_retry();
+    if let Some(r) = file.and_then(|f| f.retry.as_ref()) {
+        if let Some(b) = r.base_secs {
+            policy.base = Duration::from_secs_f64(b);
+        }
+        if let Some(m) = r.max_secs {
+            policy.max = Duration::from_secs_f64(m);
+        }
+        if let Some(j) = r.jitter {
+            policy.jitter = j;
+        }
+    }
+    policy
 }
 
 #[derive(Debug, Subcommand)]
@@ -461,9 +640,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     cli.ops.init_logging();
-    match run(cli).await {
+    let file = match &cli.ops.config {
+        Some(path) => match ConfigFile::load(path) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    if let Some(file) = &file {
+        apply_config(&mut cli, &matches, file);
+    }
+    match run(cli, file).await {
         Ok(code) => code,
         Err(e) => {
             // The adapters redact the URLs they name; this keeps any that slipped through safe.
@@ -477,7 +670,52 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process::ExitCode> {
+    // Config commands connect nothing.
+    if let Command::Config { command } = &cli.command {
+        match command {
+            ConfigCommand::Check { file } => {
+                let config = ConfigFile::load(file)?;
+                println!(
+                    "{} is valid: {} chains, {} realtime subscriptions",
+                    file.display(),
+                    config.chains.len(),
+                    config.realtime.len()
+                );
+            }
+            ConfigCommand::Show => {
+                let mut shown = file.clone().unwrap_or_default();
+                let a = &cli.adapters;
+                shown.env = Some(a.env.clone());
+                shown.store = Some(a.store.clone());
+                shown.queue = Some(a.queue.clone());
+                shown.sink = Some(a.sink.clone());
+                shown.max_blocks_per_run = Some(a.max_blocks_per_run);
+                let confirmations =
+                    |name: &str| shown.chains.get(name).and_then(|c| c.confirmations);
+                shown.chains = a
+                    .chains
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.chain.to_string(),
+                            model_runner::config::ChainConfig {
+                                url: c.url.clone(),
+                                confirmations: confirmations(c.chain.as_str()),
+                            },
+                        )
+                    })
+                    .collect();
+                print!("{}", shown.redacted_toml());
+            }
+        }
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let retry = retry_policy(file.as_ref());
+    let write_tokens = file
+        .as_ref()
+        .and_then(|f| f.api.as_ref())
+        .and_then(|a| a.write_tokens.clone());
     let mut urls = cli.adapters.urls();
     // `migrate` migrates even when MODEL_RUNNER_NO_MIGRATE is set for the services.
     urls.migrate |= matches!(cli.command, Command::Migrate);
@@ -521,7 +759,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 chunk_size,
                 realtime,
                 max_attempts: worker.max_attempts,
-                worker: worker.config(&env, Vec::new()),
+                worker: worker.config(&env, Vec::new(), retry),
                 // Runs submitted through the API must still be executed.
                 keep_running: api_addr.is_some(),
                 ..Default::default()
@@ -529,7 +767,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let shutdown = shutdown_signal();
             let server = match api_addr {
                 Some(addr) => {
-                    let state = api.state(deps.clone()).await?.with_metrics(metrics.clone());
+                    let state = api
+                        .state(deps.clone(), write_tokens.as_deref())
+                        .await?
+                        .with_metrics(metrics.clone());
                     Some(tokio::spawn(model_runner::api::serve(
                         addr,
                         state,
@@ -554,9 +795,15 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         } => {
             let subs = realtime
                 .into_iter()
-                .map(|r| RealtimeSubscription {
-                    confirmations,
-                    ..RealtimeSubscription::new(r.model, r.chain)
+                .map(|r| {
+                    let defaults = RealtimeSubscription::new(r.model, r.chain);
+                    RealtimeSubscription {
+                        confirmations: r.confirmations.unwrap_or(confirmations),
+                        max_blocks_per_run: r
+                            .max_blocks_per_run
+                            .unwrap_or(defaults.max_blocks_per_run),
+                        ..defaults
+                    }
                 })
                 .collect();
             Scheduler::new(
@@ -564,7 +811,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 SchedulerConfig {
                     tick: Duration::from_secs(tick_secs.max(1)),
                     realtime: subs,
-                    retry: cli_retry(),
+                    retry,
                     reconcile_after: Duration::from_secs(reconcile_after_secs.max(1)),
                     ..Default::default()
                 },
@@ -583,7 +830,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             } else {
                 queues
             };
-            Worker::new(deps, worker.config(&env, queues))
+            Worker::new(deps, worker.config(&env, queues, retry))
                 .run(shutdown_signal())
                 .await?;
         }
@@ -661,10 +908,14 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             eprintln!(
                 "API listening on http://{api_addr} (OpenAPI at /openapi.json, docs at /docs)"
             );
-            let state = api.state(deps).await?.with_metrics(metrics);
+            let state = api
+                .state(deps, write_tokens.as_deref())
+                .await?
+                .with_metrics(metrics);
             model_runner::api::serve(api_addr, state, shutdown_signal()).await?;
         }
         Command::Migrate => eprintln!("store migrated"),
+        Command::Config { .. } => unreachable!("config commands return before connecting"),
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -400,7 +400,10 @@ fn logs_are_plain_in_a_pipe_and_json_lines_carry_the_run_span() {
     assert!(text.status.success(), "{}", self::text(&text.stderr));
     let stderr = self::text(&text.stderr);
     assert!(stderr.contains("DEBUG"), "debug logs expected:\n{stderr}");
-    assert!(!stderr.contains('\u{1b}'), "colour codes in a pipe:\n{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a pipe:\n{stderr}"
+    );
 
     let json = run_in(
         dir.path(),
@@ -435,4 +438,101 @@ fn logs_are_plain_in_a_pipe_and_json_lines_carry_the_run_span() {
         span["run"].as_str().is_some_and(|id| id.len() == 36),
         "{done}"
     );
+}
+
+/// `config check` accepts the documented example and rejects a broken file naming the line,
+/// column and reason; a file's settings apply, flags override them, and `config show` prints
+/// the effective configuration with every secret redacted.
+#[test]
+fn config_files_are_checked_applied_and_shown_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/model-runner.example.toml"
+    );
+    let env = [
+        ("PG_PASSWORD", "pgsecret1"),
+        ("AMQP_PASSWORD", "amqpsecret2"),
+        ("INFURA_KEY", "infurakey3abcdef0123456789"),
+        ("MODEL_RUNNER_WRITE_TOKEN", "tokensecret4"),
+    ];
+    let checked = ok(dir.path(), &["config", "check", example], &env);
+    assert!(
+        checked.contains("is valid: 2 chains, 2 realtime subscriptions"),
+        "{checked}"
+    );
+
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "env = \"prod\"\n[worker]\nconcurency = 8\n").unwrap();
+    let out = run_in(
+        dir.path(),
+        &["config", "check", broken.to_str().unwrap()],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("broken.toml")
+            && err.contains("line 3, column 1")
+            && err.contains("unknown field `concurency`"),
+        "{err}"
+    );
+    let unset = run_in(dir.path(), &["config", "check", example], &env[..1]);
+    assert!(!unset.status.success());
+    assert!(
+        text(&unset.stderr).contains("AMQP_PASSWORD, which is not set"),
+        "{}",
+        text(&unset.stderr)
+    );
+
+    let shown = ok(
+        dir.path(),
+        &[
+            "--config",
+            example,
+            "--sink",
+            "file://elsewhere",
+            "config",
+            "show",
+        ],
+        &env,
+    );
+    for (_, secret) in env {
+        assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
+    }
+    assert!(
+        shown.contains("postgres://runner:***@db:5432/runs"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("https://mainnet.infura.io/v3/***"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("sink = \"file://elsewhere\""),
+        "the flag wins:\n{shown}"
+    );
+    assert!(shown.contains("confirmations = 12"), "{shown}");
+
+    // The file's store is the one used.
+    let config = dir.path().join("local.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "store = \"sqlite://{}/from-config.db\"\n[chains.ethereum]\nurl = \"devnet://\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    ok(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "backfill",
+            "ethereum:block_stats:0-9",
+        ],
+        &[],
+    );
+    assert!(dir.path().join("from-config.db").exists());
 }

@@ -587,6 +587,8 @@ async fn a_restarted_process_resumes_backfill_and_realtime_cursor() {
         realtime: vec![RealtimeSpec {
             chain: eth(),
             model: "erc20_transfers".into(),
+            confirmations: None,
+            max_blocks_per_run: None,
         }],
         chunk_size: 10,
         worker: worker_config(2),

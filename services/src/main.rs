@@ -521,10 +521,8 @@ fn apply_config(cli: &mut Cli, m: &ArgMatches, file: &ConfigFile) {
                 api.api_open_reads = open;
             }
         }
-        Command::Scheduler { realtime, .. } => {
-            if unset(sm, "realtime") {
-                *realtime = realtime_of_file(!unset(sm, "confirmations"));
-            }
+        Command::Scheduler { realtime, .. } if unset(sm, "realtime") => {
+            *realtime = realtime_of_file(!unset(sm, "confirmations"));
         }
         Command::Worker { queues, worker } => {
             if unset(sm, "queues")

@@ -30,8 +30,6 @@ pub mod checkpoint;
 pub mod error;
 pub mod ethereum;
 pub mod extract;
-#[cfg(feature = "http")]
-pub mod http;
 pub mod local_build;
 pub mod manifest;
 pub mod map;

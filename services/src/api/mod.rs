@@ -23,6 +23,7 @@ pub mod health;
 pub mod index;
 pub mod openapi;
 pub mod runs;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -140,7 +141,8 @@ pub fn app(state: ApiState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi_json))
         .route("/docs", get(|| async { Html(openapi::DOCS_PAGE) }))
-        .route("/metrics", get(crate::metrics::api_scrape));
+        .route("/metrics", get(crate::metrics::api_scrape))
+        .merge(ui::routes());
     if state.index.is_some() {
         // Before the layers, so the lookups share the timeout and the body limit.
         routes = routes.merge(index::routes());

@@ -105,18 +105,7 @@ pub fn document(open_reads: bool, index: bool) -> OpenApiDoc {
     doc
 }
 
-/// A page that renders `/openapi.json` (Scalar, loaded from its CDN).
-pub const DOCS_PAGE: &str = r#"<!doctype html>
-<html>
-<head>
-<title>model-runner API</title>
-<meta charset="utf-8"/>
-<meta name="viewport" content="width=device-width, initial-scale=1"/>
-</head>
-<body>
-<noscript>The API description is at <a href="/openapi.json">/openapi.json</a>.</noscript>
-<script id="api-reference" data-url="/openapi.json"></script>
-<script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
-</body>
-</html>
-"#;
+/// The API reference page: renders every operation of `/openapi.json` with the project's own
+/// script ([`ui::DOCS_JS`](super::ui::DOCS_JS), served at `/ui/assets/docs.js`); it loads
+/// nothing from another host, so it works without internet access.
+pub const DOCS_PAGE: &str = include_str!("ui/docs.html");

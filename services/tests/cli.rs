@@ -536,3 +536,64 @@ fn config_files_are_checked_applied_and_shown_redacted() {
     );
     assert!(dir.path().join("from-config.db").exists());
 }
+
+/// Each API request gets a span (method and path, never the query) that its log lines carry.
+#[test]
+fn api_requests_are_logged_in_their_own_span() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(BIN)
+        .args([
+            "--log-format",
+            "json",
+            "--store",
+            &format!("sqlite://{}/runs.db", dir.path().display()),
+            "api",
+            "--api-addr",
+            &addr,
+        ])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "model_runner=info,tower_http=debug")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut stream = loop {
+        match std::net::TcpStream::connect(&addr) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the API did not listen: {e}"
+                );
+                std::thread::yield_now();
+            }
+        }
+    };
+    stream
+        .write_all(
+            b"GET /healthz?token=querysecret HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = text(&output.stderr);
+    assert!(!stderr.contains("querysecret"), "{stderr}");
+    let line = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["span"]["name"] == "request")
+        .unwrap_or_else(|| panic!("no line in a request span:\n{stderr}"));
+    assert_eq!(line["span"]["method"], "GET", "{line}");
+    assert_eq!(line["span"]["path"], "/healthz", "{line}");
+}

@@ -154,6 +154,23 @@ pub fn app(state: ApiState) -> Router {
             limits.request_timeout,
             timeout,
         ))
+        // One span per request (method, path), outermost, so every log line of a request
+        // carries it; the response's status and latency are logged at debug.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                    )
+                })
+                .on_response(
+                    tower_http::trace::DefaultOnResponse::new()
+                        .level(tracing::Level::DEBUG)
+                        .latency_unit(tower_http::LatencyUnit::Millis),
+                ),
+        )
         .with_state(state)
 }
 

@@ -4,6 +4,8 @@
 
 pub mod api;
 pub mod config;
+#[cfg(feature = "sentry")]
+pub mod error_reporting;
 pub mod metrics;
 
 use std::collections::{HashMap, HashSet};

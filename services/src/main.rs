@@ -191,18 +191,22 @@ enum LogFormat {
 impl OpsFlags {
     /// Logs to stderr in the chosen format.
     fn init_logging(&self) {
-        let filter = || {
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into())
-        };
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter())
-            .with_writer(std::io::stderr);
-        match self.log_format {
-            LogFormat::Text => builder
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let filter =
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        let fmt = match self.log_format {
+            LogFormat::Text => fmt
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .init(),
-            LogFormat::Json => builder.json().with_current_span(true).init(),
-        }
+                .boxed(),
+            LogFormat::Json => fmt.json().with_current_span(true).boxed(),
+        };
+        let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
+        #[cfg(feature = "sentry")]
+        let registry = registry.with(model_runner::error_reporting::layer());
+        registry.init();
     }
 }
 
@@ -640,6 +644,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::process::ExitCode {
     let matches = Cli::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Reports to Sentry while this guard lives, when built with `sentry` and SENTRY_DSN is set.
+    #[cfg(feature = "sentry")]
+    let _reporting = model_runner::error_reporting::init();
     cli.ops.init_logging();
     let file = match &cli.ops.config {
         Some(path) => match ConfigFile::load(path) {

@@ -23,6 +23,9 @@
 //! every requeue toward their delivery limit. A failed attempt is retried through the outbox
 //! with backoff; the last one's message is rejected to the dead-letter queue.
 //!
+//! A failed attempt and a dead-lettered run are logged with `report = true` and the run's
+//! fields, so an error-reporting layer (the binary's Sentry feature) can send exactly those.
+//!
 //! Models that declare a [`RecordSchema`](crate::model::RecordSchema) have it declared to the
 //! sink when the worker starts, and every payload of theirs is checked against it before the
 //! run's records are sent: a mismatch fails the attempt like a model error, and nothing of the
@@ -401,7 +404,19 @@ impl Worker {
                 let retry_at =
                     (!permanent).then(|| self.config.retry.retry_at(run.attempt, Utc::now()));
                 let last = permanent || run.attempt >= run.max_attempts;
-                warn!(run = %run.id, model = %run.model, attempt = run.attempt, max_attempts = run.max_attempts, %error, "run attempt failed");
+                // `report`: an error-reporting layer (Sentry) sends this as an event.
+                warn!(
+                    report = true,
+                    run = %run.id,
+                    model = %run.model,
+                    version = %run.model_version,
+                    chain = %run.chain,
+                    range = %run.range,
+                    attempt = run.attempt,
+                    max_attempts = run.max_attempts,
+                    %error,
+                    "run attempt failed"
+                );
                 if let Err(e) = store
                     .transition(
                         run.id,
@@ -423,6 +438,17 @@ impl Worker {
                     warn!(run = %run.id, error = %e, "could not record the failure; the lease will expire and the run will be retried");
                 }
                 if last {
+                    warn!(
+                        report = true,
+                        run = %run.id,
+                        model = %run.model,
+                        version = %run.model_version,
+                        chain = %run.chain,
+                        range = %run.range,
+                        attempt = run.attempt,
+                        queue = %run.queue,
+                        "run failed its last attempt; its message goes to the dead-letter queue"
+                    );
                     instruments::dead_lettered(&run.queue);
                     settle(delivery.reject().await);
                 } else {

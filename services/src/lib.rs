@@ -7,6 +7,8 @@ pub mod config;
 #[cfg(feature = "sentry")]
 pub mod error_reporting;
 pub mod metrics;
+#[cfg(feature = "otlp")]
+pub mod trace_export;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -190,7 +190,9 @@ enum LogFormat {
 
 impl OpsFlags {
     /// Logs to stderr in the chosen format.
-    fn init_logging(&self) {
+    /// Logs to stderr in the chosen format (and exports spans / reports errors when built with
+    /// `otlp` / `sentry` and configured); the returned guard flushes the span export on drop.
+    fn init_logging(&self) -> Option<Box<dyn std::any::Any>> {
         use tracing_subscriber::Layer;
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
@@ -206,7 +208,19 @@ impl OpsFlags {
         let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
         #[cfg(feature = "sentry")]
         let registry = registry.with(model_runner::error_reporting::layer());
+        #[cfg(feature = "otlp")]
+        {
+            match model_runner::trace_export::layer() {
+                Ok(Some((export, layer))) => {
+                    registry.with(layer).init();
+                    return Some(Box::new(export));
+                }
+                Ok(None) => {}
+                Err(e) => eprintln!("warning: {e:#}; spans are not exported"),
+            }
+        }
         registry.init();
+        None
     }
 }
 
@@ -647,7 +661,7 @@ async fn main() -> std::process::ExitCode {
     // Reports to Sentry while this guard lives, when built with `sentry` and SENTRY_DSN is set.
     #[cfg(feature = "sentry")]
     let _reporting = model_runner::error_reporting::init();
-    cli.ops.init_logging();
+    let _span_export = cli.ops.init_logging();
     let file = match &cli.ops.config {
         Some(path) => match ConfigFile::load(path) {
             Ok(file) => Some(file),

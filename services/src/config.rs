@@ -65,6 +65,9 @@ pub struct RealtimeConfig {
     pub model: String,
     /// Longest realtime run, in blocks.
     pub max_blocks_per_run: Option<u64>,
+    /// Queue for its runs instead of the routed `<chain>_realtime_<kind>` (a dedicated worker
+    /// group; its workers must consume it with `--queues`).
+    pub queue: Option<String>,
 }
 
 /// Backoff between attempts: `base_secs`, doubling, at most `max_secs`, ±`jitter`.
@@ -174,6 +177,11 @@ impl ConfigFile {
                 .map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
             if r.max_blocks_per_run == Some(0) {
                 bail!("{at}: max_blocks_per_run must be at least 1");
+            }
+            if let Some(q) = &r.queue
+                && (q.is_empty() || q.len() > 255)
+            {
+                bail!("{at}: queue must have 1 to 255 characters");
             }
         }
         if self.max_blocks_per_run == Some(0) {

@@ -66,6 +66,8 @@ pub struct RealtimeSpec {
     pub confirmations: Option<u64>,
     /// Longest realtime run; `None`: the default.
     pub max_blocks_per_run: Option<u64>,
+    /// Queue for its runs instead of the routed one; `None`: routed.
+    pub queue: Option<String>,
 }
 
 impl std::str::FromStr for RealtimeSpec {
@@ -81,6 +83,7 @@ impl std::str::FromStr for RealtimeSpec {
             model: model.to_owned(),
             confirmations: None,
             max_blocks_per_run: None,
+            queue: None,
         })
     }
 }
@@ -294,6 +297,7 @@ pub async fn run_all(
                 max_attempts: config.max_attempts,
                 confirmations: r.confirmations.unwrap_or(defaults.confirmations),
                 max_blocks_per_run: r.max_blocks_per_run.unwrap_or(defaults.max_blocks_per_run),
+                queue: r.queue.clone(),
                 ..defaults
             }
         })

@@ -491,6 +491,7 @@ fn apply_config(cli: &mut Cli, m: &ArgMatches, file: &ConfigFile) {
             .filter_map(|r| {
                 let mut spec: RealtimeSpec = format!("{}:{}", r.chain, r.model).parse().ok()?;
                 spec.max_blocks_per_run = r.max_blocks_per_run;
+                spec.queue = r.queue.clone();
                 if !confirmations_given {
                     spec.confirmations = file.chains.get(&r.chain).and_then(|c| c.confirmations);
                 }
@@ -821,6 +822,7 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
                         max_blocks_per_run: r
                             .max_blocks_per_run
                             .unwrap_or(defaults.max_blocks_per_run),
+                        queue: r.queue,
                         ..defaults
                     }
                 })

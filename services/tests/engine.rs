@@ -589,6 +589,7 @@ async fn a_restarted_process_resumes_backfill_and_realtime_cursor() {
             model: "erc20_transfers".into(),
             confirmations: None,
             max_blocks_per_run: None,
+            queue: None,
         }],
         chunk_size: 10,
         worker: worker_config(2),

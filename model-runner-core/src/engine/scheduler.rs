@@ -28,6 +28,9 @@ pub struct RealtimeSubscription {
     pub start: Option<u64>,
     /// Attempts per run.
     pub max_attempts: u32,
+    /// The queue its runs go to instead of the routed `<chain>_realtime_<kind>` (e.g. a
+    /// dedicated worker group); workers must consume it (`--queues`).
+    pub queue: Option<String>,
 }
 
 impl RealtimeSubscription {
@@ -41,6 +44,7 @@ impl RealtimeSubscription {
             max_blocks_per_run: 100,
             start: None,
             max_attempts: 3,
+            queue: None,
         }
     }
 }
@@ -336,10 +340,14 @@ impl Scheduler {
             .min(from.saturating_add(span.saturating_mul(self.config.max_runs_per_tick) - 1));
         let range =
             BlockRange::new(from, last).map_err(|e| EngineError::InvalidInput(e.to_string()))?;
-        let queue =
-            self.deps
-                .routing
-                .queue_for(&sub.chain, RunMode::Realtime, model.kind(), None, 0)?;
+        let queue = match &sub.queue {
+            Some(queue) => queue.clone(),
+            None => {
+                self.deps
+                    .routing
+                    .queue_for(&sub.chain, RunMode::Realtime, model.kind(), None, 0)?
+            }
+        };
         let runs: Vec<NewRun> = range
             .chunks(span)
             .expect("span >= 1")
@@ -596,6 +604,24 @@ mod tests {
         assert_eq!(scheduler.tick().await.unwrap().republished, 0);
         let d = consumer.next().await.unwrap().unwrap();
         assert_eq!((d.message.run_id, d.message.attempt), (run.id, 1));
+    }
+
+    /// A subscription's queue override sends its runs to that queue instead of the routed one.
+    #[tokio::test]
+    async fn a_subscription_queue_override_routes_its_runs() {
+        let (deps, _source) = setup(24);
+        let overridden = RealtimeSubscription {
+            queue: Some("ethereum_realtime_hot".into()),
+            ..sub(Some(0), 0, 10)
+        };
+        let s = scheduler(&deps, "s1", vec![overridden]);
+        assert_eq!(s.tick().await.unwrap().created, 3);
+        let runs = all_runs(&deps).await;
+        assert!(
+            runs.iter().all(|r| r.queue == "ethereum_realtime_hot"),
+            "{:?}",
+            runs.iter().map(|r| &r.queue).collect::<Vec<_>>()
+        );
     }
 
     #[tokio::test]

@@ -2,6 +2,11 @@
 //! the same final shards as map + reduce, without partial files. It is the
 //! reference the distributed runs are compared with byte for byte. Its
 //! reduce manifests record `map_job_count: 0`.
+//!
+//! Like reduce, it writes a new generation directory (named by a hash of
+//! its shards, [`files_generation`]) and publishes it last with one atomic
+//! put of the root `layout.json`, so rebuilding into the root a running
+//! [`crate::IndexReader`] serves is safe.
 
 use std::sync::Arc;
 
@@ -10,7 +15,9 @@ use crate::error::Result;
 use crate::extract::Modules;
 use crate::manifest::{LedgerRange, REDUCE_FORMAT, ReduceManifest, to_json};
 use crate::map::collect;
-use crate::reduce::{WorkerData, reduce_success, write_shards};
+use crate::reduce::{
+    WorkerData, encode_shards, files_generation, publish, reduce_success, write_shards,
+};
 use crate::source::LedgerSource;
 use crate::store::StoreRoot;
 
@@ -38,22 +45,31 @@ pub async fn build_single_process(
             .transactions
             .insert(h, p);
     }
+    let covered = Some(LedgerRange {
+        first,
+        last: latest,
+    });
+    let mut encoded = Vec::with_capacity(shards.len());
     for (job, w) in shards.into_iter().enumerate() {
-        let files = write_shards(target, job as u32, reduce_jobs, w).await?;
+        encoded.push(encode_shards(job as u32, w).await?);
+    }
+    let all: Vec<_> = encoded.iter().flatten().map(|(e, _)| e.clone()).collect();
+    let generation = files_generation(&all, covered);
+    let gen_root = target.child(&generation);
+    for (job, shards) in encoded.into_iter().enumerate() {
+        let files = write_shards(&gen_root, reduce_jobs, workers, shards).await?;
         let manifest = ReduceManifest {
             format: REDUCE_FORMAT.into(),
             job: job as u32,
             map_job_count: 0,
             worker_count: workers,
             files,
-            covered: Some(LedgerRange {
-                first,
-                last: latest,
-            }),
+            covered,
         };
-        target
+        gen_root
             .put(&reduce_success(job as u32), to_json(&manifest))
             .await?;
     }
+    publish(target, &generation, reduce_jobs, workers).await?;
     Ok(())
 }

@@ -1,13 +1,32 @@
-//! Queries over a finished index.
+//! Queries over a finished index, safe across rebuilds into the same root.
 //!
-//! [`IndexReader::open`] reads `layout.json` once and checks that every
-//! reduce job wrote its `_SUCCESS` manifest. A lookup hashes the key to
-//! its shard, reads the shard's footer with one suffix range read (then keeps
-//! it cached) and the one block that can hold the key with a second range
-//! read: at most two range reads of one object per lookup.
+//! The root `layout.json` is a pointer naming the generation directory
+//! (`gen-<id>/`) that holds the served shards (see [`crate::reduce`]); an
+//! index written before generations existed is served as the generation
+//! `legacy` (shards at the root). An [`IndexSnapshot`] is one opened
+//! generation: its layout, coverage and footer cache, checked complete
+//! (every reduce job wrote its `_SUCCESS`) when opened. A lookup hashes the
+//! key to its shard, reads the shard's footer with one suffix range read
+//! (then keeps it cached in the snapshot) and the one block that can hold
+//! the key with a second range read: at most two range reads of one object
+//! per lookup.
+//!
+//! [`IndexReader`] holds the current snapshot and re-reads the pointer when
+//! the last read is older than its refresh interval ([`DEFAULT_REFRESH`]);
+//! when the pointer names another generation it opens that one and swaps it
+//! in whole. Footers are cached per snapshot, so a footer is never used with
+//! another generation's files, and a caller that takes one snapshot
+//! ([`IndexReader::snapshot`]) answers a whole request from one generation.
+//!
+//! Staleness bound: a lookup that starts more than the refresh interval
+//! after the pointer was replaced answers from the new generation (the
+//! pointer read that sets "last read" starts no earlier than that time).
+//! A generation stays readable while a reader serves it: builds write new
+//! generations beside it and never delete old ones.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use roaring::RoaringBitmap;
@@ -16,7 +35,10 @@ use crate::account::{Account, Owner};
 use crate::bitmap_encoding;
 use crate::error::{Error, Result};
 use crate::manifest::{LedgerRange, ReduceManifest, read_json};
-use crate::reduce::{LAYOUT_FORMAT, Layout, account_shard, reduce_success, transaction_shard};
+use crate::reduce::{
+    LAYOUT_FORMAT, LAYOUT_PATH, LEGACY_GENERATION, Layout, POINTER_FORMAT, account_shard,
+    reduce_success, transaction_shard,
+};
 use crate::store::StoreRoot;
 use crate::table::{self, FOOTER_BUDGET, Footer};
 use crate::varint::Cursor;
@@ -40,13 +62,38 @@ impl TxPosition {
     }
 }
 
-/// Reads a finished index.
+/// How long [`IndexReader::open`] trusts the pointer it read before reading
+/// it again: the staleness bound of a running reader after a rebuild.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(5);
+
+/// Reads a finished index and follows its rebuilds (see the module docs).
+/// Clones share the current generation and its caches.
 #[derive(Debug, Clone)]
 pub struct IndexReader {
     root: StoreRoot,
+    refresh: Duration,
+    current: Arc<RwLock<Current>>,
+    /// Held while the pointer is re-read, so one task reads it at a time.
+    refreshing: Arc<tokio::sync::Mutex<()>>,
+    range_reads: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Debug)]
+struct Current {
+    snapshot: Arc<IndexSnapshot>,
+    /// When the pointer read that confirmed `snapshot` started.
+    checked_at: tokio::time::Instant,
+}
+
+/// One generation of an index, opened: every answer of a snapshot comes
+/// from the same set of shard files.
+#[derive(Debug)]
+pub struct IndexSnapshot {
+    root: StoreRoot,
+    generation: String,
     covered: Option<LedgerRange>,
     layout: Layout,
-    footers: Arc<Mutex<HashMap<String, Arc<Footer>>>>,
+    footers: Mutex<HashMap<String, Arc<Footer>>>,
     range_reads: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -63,14 +110,206 @@ pub fn parse_tx_hash(s: &str) -> Result<[u8; 32]> {
 }
 
 impl IndexReader {
-    /// Opens the index at `root` (reads `layout.json`).
+    /// Opens the index at `root`, re-reading its pointer at most every
+    /// [`DEFAULT_REFRESH`].
     pub async fn open(root: StoreRoot) -> Result<Self> {
-        let layout: Layout = read_json(&root, "layout.json").await?.ok_or_else(|| {
-            Error::NotFound(format!(
-                "no index at {}: layout.json is missing (has reduce run?)",
-                root.describe("")
-            ))
-        })?;
+        Self::open_with_refresh(root, DEFAULT_REFRESH).await
+    }
+
+    /// Opens the index at `root`, re-reading its pointer when the last read
+    /// is older than `refresh` (`Duration::ZERO`: before every lookup, one
+    /// small extra read each).
+    pub async fn open_with_refresh(root: StoreRoot, refresh: Duration) -> Result<Self> {
+        let range_reads = Arc::default();
+        let checked_at = tokio::time::Instant::now();
+        let snapshot = Arc::new(IndexSnapshot::resolve(&root, &range_reads).await?);
+        Ok(IndexReader {
+            root,
+            refresh,
+            current: Arc::new(RwLock::new(Current {
+                snapshot,
+                checked_at,
+            })),
+            refreshing: Default::default(),
+            range_reads,
+        })
+    }
+
+    /// The generation to answer from: the current one, after re-reading the
+    /// pointer if the last read is older than the refresh interval. Answer
+    /// a whole request from one snapshot.
+    pub async fn snapshot(&self) -> Result<Arc<IndexSnapshot>> {
+        if let Some(s) = self.fresh() {
+            return Ok(s);
+        }
+        let _one_reader = self.refreshing.lock().await;
+        // Another task may have refreshed while this one waited.
+        if let Some(s) = self.fresh() {
+            return Ok(s);
+        }
+        self.refresh().await
+    }
+
+    /// Re-reads the pointer now and switches to the generation it names.
+    pub async fn refresh(&self) -> Result<Arc<IndexSnapshot>> {
+        let checked_at = tokio::time::Instant::now();
+        let pointer = read_layout(&self.root).await?;
+        let generation = generation_of(&self.root, &pointer)?;
+        let current = self.current_snapshot();
+        let snapshot = if current.generation == generation {
+            current
+        } else {
+            let s = Arc::new(IndexSnapshot::open(&self.root, pointer, &self.range_reads).await?);
+            tracing::info!(
+                from = current.generation,
+                to = s.generation,
+                "index reader switched generation"
+            );
+            s
+        };
+        let mut c = self.current.write().expect("current generation");
+        // Never go back to a snapshot older than one another task installed.
+        if c.checked_at <= checked_at {
+            *c = Current {
+                snapshot: snapshot.clone(),
+                checked_at,
+            };
+        }
+        Ok(snapshot)
+    }
+
+    fn fresh(&self) -> Option<Arc<IndexSnapshot>> {
+        let c = self.current.read().expect("current generation");
+        (c.checked_at.elapsed() < self.refresh).then(|| c.snapshot.clone())
+    }
+
+    fn current_snapshot(&self) -> Arc<IndexSnapshot> {
+        self.current
+            .read()
+            .expect("current generation")
+            .snapshot
+            .clone()
+    }
+
+    /// The generation last resolved (`gen-<id>`, or `legacy`).
+    pub fn generation(&self) -> String {
+        self.current_snapshot().generation.clone()
+    }
+
+    /// The ledgers the generation last resolved holds; see
+    /// [`IndexSnapshot::covered`]. A request that also looks keys up should
+    /// take both from one [`IndexReader::snapshot`].
+    pub fn covered(&self) -> Option<LedgerRange> {
+        self.current_snapshot().covered
+    }
+
+    /// The shard layout of the generation last resolved.
+    pub fn layout(&self) -> Layout {
+        self.current_snapshot().layout.clone()
+    }
+
+    /// Range reads of shard objects issued so far, over all generations (to
+    /// check the two-read bound).
+    pub fn range_reads(&self) -> u64 {
+        self.range_reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// All index sets of `account` (`G...`, `M...` or `0x...`).
+    pub async fn account_sets(&self, account: &str) -> Result<Vec<(String, RoaringBitmap)>> {
+        self.snapshot().await?.account_sets(account).await
+    }
+
+    /// Checkpoints in which `account` appears in `index` (empty if none).
+    pub async fn checkpoints(&self, account: &str, index: &str) -> Result<RoaringBitmap> {
+        self.snapshot().await?.checkpoints(account, index).await
+    }
+
+    /// First checkpoint `>= from` in which `account` appears in `index`.
+    pub async fn next_active(&self, account: &str, index: &str, from: u32) -> Result<Option<u32>> {
+        self.snapshot()
+            .await?
+            .next_active(account, index, from)
+            .await
+    }
+
+    /// Position of a transaction by hash (hex, optional `0x`).
+    pub async fn transaction(&self, hash: &str) -> Result<Option<TxPosition>> {
+        self.snapshot().await?.transaction(hash).await
+    }
+}
+
+/// Reads the root `layout.json`.
+async fn read_layout(root: &StoreRoot) -> Result<Layout> {
+    read_json(root, LAYOUT_PATH).await?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "no index at {}: layout.json is missing (has reduce run?)",
+            root.describe("")
+        ))
+    })
+}
+
+/// The generation a root `layout.json` names.
+fn generation_of(root: &StoreRoot, pointer: &Layout) -> Result<String> {
+    match (pointer.format.as_str(), &pointer.generation) {
+        (LAYOUT_FORMAT, None) => Ok(LEGACY_GENERATION.into()),
+        (POINTER_FORMAT, Some(g))
+            if g.starts_with("gen-")
+                && g.len() > 4
+                && g[4..]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+        {
+            Ok(g.clone())
+        }
+        _ => Err(Error::corrupt(
+            root.describe(LAYOUT_PATH),
+            format!(
+                "unknown format `{}` or generation {:?}",
+                pointer.format, pointer.generation
+            ),
+        )),
+    }
+}
+
+impl IndexSnapshot {
+    /// Reads the pointer at `root` and opens the generation it names.
+    async fn resolve(
+        root: &StoreRoot,
+        range_reads: &Arc<std::sync::atomic::AtomicU64>,
+    ) -> Result<Self> {
+        let pointer = read_layout(root).await?;
+        Self::open(root, pointer, range_reads).await
+    }
+
+    /// Opens the generation `pointer` (the root `layout.json`) names and
+    /// checks that every reduce job of it finished.
+    async fn open(
+        index_root: &StoreRoot,
+        pointer: Layout,
+        range_reads: &Arc<std::sync::atomic::AtomicU64>,
+    ) -> Result<Self> {
+        let generation = generation_of(index_root, &pointer)?;
+        let (root, layout) = if generation == LEGACY_GENERATION {
+            (index_root.clone(), pointer)
+        } else {
+            let root = index_root.child(&generation);
+            let layout: Layout = read_json(&root, LAYOUT_PATH).await?.ok_or_else(|| {
+                Error::NotFound(format!(
+                    "index generation {} named by {} has no layout.json",
+                    root.describe(""),
+                    index_root.describe(LAYOUT_PATH)
+                ))
+            })?;
+            if (layout.reduce_job_count, layout.worker_count)
+                != (pointer.reduce_job_count, pointer.worker_count)
+            {
+                return Err(Error::corrupt(
+                    root.describe(LAYOUT_PATH),
+                    "shard counts differ from the root layout.json's",
+                ));
+            }
+            (root, layout)
+        };
         if layout.format != LAYOUT_FORMAT
             || layout.reduce_job_count == 0
             || layout.worker_count == 0
@@ -120,13 +359,19 @@ impl IndexReader {
                 ));
             }
         }
-        Ok(IndexReader {
+        Ok(IndexSnapshot {
             root,
+            generation,
             covered,
             layout,
             footers: Default::default(),
-            range_reads: Default::default(),
+            range_reads: range_reads.clone(),
         })
+    }
+
+    /// The generation (`gen-<id>`, or `legacy`).
+    pub fn generation(&self) -> &str {
+        &self.generation
     }
 
     /// The ledgers (Ethereum: blocks) the index holds: every ledger of this
@@ -141,11 +386,6 @@ impl IndexReader {
     /// The shard layout.
     pub fn layout(&self) -> &Layout {
         &self.layout
-    }
-
-    /// Range reads issued so far (to check the two-read bound).
-    pub fn range_reads(&self) -> u64 {
-        self.range_reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn footer(&self, rel: &str) -> Result<Arc<Footer>> {

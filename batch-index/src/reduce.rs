@@ -6,7 +6,21 @@
 //! job's manifest, verifies each partition's size and SHA-256 against it,
 //! routes records to workers, merges all index names found, and writes
 //! `accounts/<j>-<w>.shard` and `transactions/<j>-<w>.shard` ([`crate::table`]
-//! format), `layout.json`, and finally `_SUCCESS/reduce-<j>.json`.
+//! format), `layout.json`, and finally `_SUCCESS/reduce-<j>.json`, all under
+//! the build's generation directory `gen-<id>/`.
+//!
+//! Generations make rebuilds into the same root safe for running readers.
+//! The id is a hash of the build's inputs (the map manifests, the shard
+//! counts and the format version, [`reduce_generation`]), so every reduce
+//! job of one build agrees on it without coordination, a rerun of a finished
+//! job finds its `_SUCCESS` again, and a build with other inputs never
+//! touches the objects of the generation being served. The reduce job that
+//! finds every job's `_SUCCESS` of its generation present after writing its
+//! own publishes the generation with one atomic put of the root
+//! `layout.json` pointer ([`publish`]); jobs finishing at once may both
+//! publish the same pointer, which is harmless. An index written before
+//! generations existed has its shards and a format-1 `layout.json` directly
+//! at the root: readers serve it as the generation [`LEGACY_GENERATION`].
 //!
 //! Before reading any partition, the job checks that the map jobs cover one
 //! contiguous range of ledgers, each the whole range it was asked for
@@ -19,6 +33,7 @@ use std::collections::BTreeMap;
 use futures::{StreamExt, TryStreamExt};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::account::Owner;
 use crate::bitmap_encoding;
@@ -32,18 +47,89 @@ use crate::store::StoreRoot;
 use crate::table;
 use crate::varint;
 
-/// Format tag of `layout.json`.
+/// Format tag of a generation's `layout.json` (and of the root
+/// `layout.json` of an index written before generations existed).
 pub const LAYOUT_FORMAT: &str = "batch-index/1";
+/// Format tag of the root `layout.json` pointer naming the served generation.
+pub const POINTER_FORMAT: &str = "batch-index/2";
+/// Path of the pointer (and of a generation's own layout, under its directory).
+pub const LAYOUT_PATH: &str = "layout.json";
+/// Generation name of an index written before generations existed (shards
+/// at the root).
+pub const LEGACY_GENERATION: &str = "legacy";
 
-/// `layout.json`: how the final index is sharded.
+/// `layout.json`: how the final index is sharded. At the root of an index it
+/// is the pointer ([`POINTER_FORMAT`], `generation` set) naming the
+/// directory that holds the served generation; inside a generation (and at
+/// the root of a legacy index) it is [`LAYOUT_FORMAT`] without `generation`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layout {
-    /// [`LAYOUT_FORMAT`].
+    /// [`LAYOUT_FORMAT`] or [`POINTER_FORMAT`].
     pub format: String,
     /// Reduce jobs.
     pub reduce_job_count: u32,
     /// Workers per reduce job.
     pub worker_count: u32,
+    /// The generation directory (`gen-<id>`) this pointer publishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<String>,
+}
+
+/// Directory name of the generation whose inputs hash to `digest`.
+fn generation_name(digest: &[u8]) -> String {
+    format!("gen-{}", hex::encode(&digest[..8]))
+}
+
+/// The generation of a reduce over `manifests` (map job `m` at index `m`)
+/// into `reduce_jobs` × `workers` shards: a hash of those inputs and of the
+/// crate's format version, so all reduce jobs of one build name the same
+/// directory and a build with other inputs names another.
+pub fn reduce_generation(manifests: &[MapManifest], reduce_jobs: u32, workers: u32) -> String {
+    let mut h = Sha256::new();
+    h.update(format!(
+        "{LAYOUT_FORMAT} {} reduce {reduce_jobs} {workers}\n",
+        env!("CARGO_PKG_VERSION")
+    ));
+    h.update(to_json(&manifests));
+    generation_name(&h.finalize())
+}
+
+/// The generation of a single-process build whose shards are `files`.
+pub fn files_generation(files: &[FileEntry], covered: Option<LedgerRange>) -> String {
+    let mut h = Sha256::new();
+    h.update(format!(
+        "{LAYOUT_FORMAT} {} single\n",
+        env!("CARGO_PKG_VERSION")
+    ));
+    h.update(to_json(&(files, covered)));
+    generation_name(&h.finalize())
+}
+
+/// Publishes `generation` (a directory under `target`) with one atomic put
+/// of the root pointer if every reduce job of it has written its `_SUCCESS`;
+/// returns whether it did. Idempotent: jobs that finish together may both
+/// publish the same pointer.
+pub async fn publish(
+    target: &StoreRoot,
+    generation: &str,
+    reduce_jobs: u32,
+    workers: u32,
+) -> Result<bool> {
+    let gen_root = target.child(generation);
+    for j in 0..reduce_jobs {
+        if gen_root.get_opt(&reduce_success(j)).await?.is_none() {
+            return Ok(false);
+        }
+    }
+    let pointer = Layout {
+        format: POINTER_FORMAT.into(),
+        reduce_job_count: reduce_jobs,
+        worker_count: workers,
+        generation: Some(generation.to_string()),
+    };
+    target.put(LAYOUT_PATH, to_json(&pointer)).await?;
+    tracing::info!(generation, "published the index generation");
+    Ok(true)
 }
 
 /// Configuration of one reduce job.
@@ -135,15 +221,12 @@ pub fn encode_transaction_shard(txs: &BTreeMap<[u8; 32], u64>) -> Vec<u8> {
     table::write(b"", &records)
 }
 
-/// Writes the shards of `job` (one per worker) and `layout.json`; returns
-/// the file entries.
-pub async fn write_shards(
-    target: &StoreRoot,
-    job: u32,
-    reduce_jobs: u32,
-    workers: Vec<WorkerData>,
-) -> Result<Vec<FileEntry>> {
-    let worker_count = workers.len() as u32;
+/// One encoded shard file of a reduce job: its entry and content.
+pub type EncodedShard = (FileEntry, Vec<u8>);
+
+/// Encodes the shards of `job` (one account and one transaction shard per
+/// worker, in worker order).
+pub async fn encode_shards(job: u32, workers: Vec<WorkerData>) -> Result<Vec<EncodedShard>> {
     let encoded = futures::future::try_join_all(workers.into_iter().map(|data| {
         tokio::task::spawn_blocking(move || {
             (
@@ -163,18 +246,34 @@ pub async fn write_shards(
             worker: w as u32,
         };
         let rel = account_shard(owner);
-        files.push(FileEntry::of(&rel, &acc, n_acc));
-        target.put(&rel, acc).await?;
+        files.push((FileEntry::of(&rel, &acc, n_acc), acc));
         let rel = transaction_shard(owner);
-        files.push(FileEntry::of(&rel, &tx, n_tx));
-        target.put(&rel, tx).await?;
+        files.push((FileEntry::of(&rel, &tx, n_tx), tx));
+    }
+    Ok(files)
+}
+
+/// Writes the encoded shards of one reduce job and the generation's
+/// `layout.json` under `target` (the generation directory); returns the
+/// file entries. `worker_count` is the shards per reduce job.
+pub async fn write_shards(
+    target: &StoreRoot,
+    reduce_jobs: u32,
+    worker_count: u32,
+    shards: Vec<EncodedShard>,
+) -> Result<Vec<FileEntry>> {
+    let mut files = Vec::new();
+    for (entry, bytes) in shards {
+        target.put(&entry.path, bytes).await?;
+        files.push(entry);
     }
     let layout = Layout {
         format: LAYOUT_FORMAT.into(),
         reduce_job_count: reduce_jobs,
         worker_count,
+        generation: None,
     };
-    target.put("layout.json", to_json(&layout)).await?;
+    target.put(LAYOUT_PATH, to_json(&layout)).await?;
     Ok(files)
 }
 
@@ -202,23 +301,28 @@ pub async fn run_reduce(
             cfg.job, cfg.reduce_jobs
         )));
     }
-    let success = reduce_success(cfg.job);
-    if target.get_opt(&success).await?.is_some() {
-        if !cfg.force {
-            tracing::info!(
-                job = cfg.job,
-                "reduce job already done; use --force to redo"
-            );
-            return Ok(ReduceOutcome::AlreadyDone);
-        }
-        target.delete(&success).await?;
-    }
     let job = cfg.job;
     let manifests: Vec<MapManifest> = futures::stream::iter(0..cfg.map_jobs)
         .map(|m| read_map_manifest(source_root, m, cfg.reduce_jobs))
         .buffered(8)
         .try_collect()
         .await?;
+    let generation = reduce_generation(&manifests, cfg.reduce_jobs, cfg.workers);
+    let gen_root = target.child(&generation);
+    let success = reduce_success(cfg.job);
+    if gen_root.get_opt(&success).await?.is_some() {
+        if !cfg.force {
+            tracing::info!(
+                job = cfg.job,
+                generation,
+                "reduce job already done; use --force to redo"
+            );
+            // The job that finished last may have stopped before publishing.
+            publish(target, &generation, cfg.reduce_jobs, cfg.workers).await?;
+            return Ok(ReduceOutcome::AlreadyDone);
+        }
+        gen_root.delete(&success).await?;
+    }
     let covered = check_coverage(&manifests)?;
     check_span(covered, cfg.first_ledger, cfg.last_ledger, cfg.map_jobs)?;
     let parts: Vec<Partition> = futures::stream::iter(manifests.iter().enumerate())
@@ -255,7 +359,8 @@ pub async fn run_reduce(
     )
     .await
     .map_err(|e| Error::JobFailed(format!("reduce job {job}: merge task failed: {e}")))?;
-    let files = write_shards(target, job, cfg.reduce_jobs, merged).await?;
+    let shards = encode_shards(job, merged).await?;
+    let files = write_shards(&gen_root, cfg.reduce_jobs, cfg.workers, shards).await?;
     let manifest = ReduceManifest {
         format: REDUCE_FORMAT.into(),
         job,
@@ -264,7 +369,8 @@ pub async fn run_reduce(
         files,
         covered,
     };
-    target.put(&success, to_json(&manifest)).await?;
+    gen_root.put(&success, to_json(&manifest)).await?;
+    publish(target, &generation, cfg.reduce_jobs, cfg.workers).await?;
     Ok(ReduceOutcome::Done(Box::new(manifest)))
 }
 

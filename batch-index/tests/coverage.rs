@@ -16,7 +16,7 @@ use batch_index::reduce::{ReduceConfig, ReduceOutcome, run_reduce};
 use batch_index::source::{Chain, LedgerSource, SourceConfig, open_source};
 use batch_index::store::StoreRoot;
 use batch_index::{Error, IndexReader};
-use process::{TESTNET, assert_same_index, final_index_files, fixture};
+use process::{TESTNET, assert_same_index, final_index_files, growing_source};
 
 const FIRST: u32 = 1410048;
 const LAST: u32 = 1410367;
@@ -24,22 +24,6 @@ const MAP_JOBS: u32 = 3;
 
 fn root(dir: &Path) -> StoreRoot {
     StoreRoot::open(dir.to_str().unwrap()).unwrap()
-}
-
-/// A copy of the testnet meta-archive whose `latest` says `latest`: the
-/// ledgers after it are present but, as in a growing archive, not yet
-/// published.
-fn growing_source(dir: &Path, latest: u32) {
-    let ledgers = dir.join("ledgers");
-    if !ledgers.exists() {
-        std::fs::create_dir_all(&ledgers).unwrap();
-        let from = fixture("stellar/testnet-lighthorizon/ledgers");
-        for e in std::fs::read_dir(from).unwrap() {
-            let e = e.unwrap();
-            std::fs::copy(e.path(), ledgers.join(e.file_name())).unwrap();
-        }
-    }
-    std::fs::write(dir.join("latest"), latest.to_string()).unwrap();
 }
 
 async fn open(dir: &Path) -> Arc<dyn LedgerSource> {
@@ -103,7 +87,7 @@ async fn reduce_refuses_until_a_rerun_after_the_source_grew_covers_every_ledger(
          are missing (map job 1 covered only 1410176-1410200 of 1410176-1410303; rerun it once \
          the source holds ledger 1410303)"
     );
-    assert!(!idx.join("_SUCCESS/reduce-0.json").exists());
+    assert!(!process::reduce_success_exists(&idx, 0));
 
     // A rerun before the source grew is a no-op: the job stays incomplete.
     let MapOutcome::StillIncomplete(m1) =
@@ -213,7 +197,7 @@ async fn reader_of_an_index_from_old_manifests_has_unknown_coverage() {
         .await
         .unwrap();
     // A reduce manifest written before `covered` existed.
-    let path = idx.join("_SUCCESS/reduce-0.json");
+    let path = process::generation_dir(&idx).join("_SUCCESS/reduce-0.json");
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     m.as_object_mut().unwrap().remove("covered");
     std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();

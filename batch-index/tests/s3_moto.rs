@@ -111,8 +111,16 @@ async fn s3_moto_roundtrip() {
     let tmp = tempfile::tempdir().unwrap();
     let idx = StoreRoot::new(s3.clone(), "idx", &format!("s3://{bucket}/idx"));
     let downloaded = tmp.path().join("from-s3");
+    // The root layout.json (the pointer) and the generation it names.
+    let pointer: serde_json::Value =
+        serde_json::from_slice(&idx.get("layout.json").await.unwrap()).unwrap();
+    let generation = format!("{}/", pointer["generation"].as_str().unwrap());
     for (rel, _) in idx.list("").await.unwrap() {
-        if rel == "layout.json" || rel.starts_with("accounts/") || rel.starts_with("transactions/")
+        let in_gen = rel.strip_prefix(&generation).unwrap_or("");
+        if rel == "layout.json"
+            || in_gen == "layout.json"
+            || in_gen.starts_with("accounts/")
+            || in_gen.starts_with("transactions/")
         {
             let p = downloaded.join(&rel);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();

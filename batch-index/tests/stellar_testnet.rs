@@ -262,7 +262,8 @@ async fn lookups_take_at_most_two_range_reads() {
 async fn reader_refuses_an_index_whose_reduce_did_not_finish() {
     let tmp = tempfile::tempdir().unwrap();
     single_process(tmp.path(), 3, 1).await;
-    std::fs::remove_file(tmp.path().join("_SUCCESS/reduce-1.json")).unwrap();
+    std::fs::remove_file(process::generation_dir(tmp.path()).join("_SUCCESS/reduce-1.json"))
+        .unwrap();
     let e = IndexReader::open(StoreRoot::open(tmp.path().to_str().unwrap()).unwrap())
         .await
         .unwrap_err()

@@ -446,7 +446,11 @@ async fn a_blocked_index_lookup_is_cut_by_the_request_timeout() {
     let index = tmp.path().join("index");
     let reader = index_reader(&index).await;
     let mut fifos = Vec::new();
-    for entry in std::fs::read_dir(index.join("accounts")).unwrap() {
+    // The shards of the generation the root layout.json publishes.
+    let pointer: Value =
+        serde_json::from_slice(&std::fs::read(index.join("layout.json")).unwrap()).unwrap();
+    let generation = index.join(pointer["generation"].as_str().unwrap());
+    for entry in std::fs::read_dir(generation.join("accounts")).unwrap() {
         let path = entry.unwrap().path();
         std::fs::remove_file(&path).unwrap();
         let made = std::process::Command::new("mkfifo")

@@ -60,9 +60,35 @@ pub fn assert_ok(out: &Output, what: &str) {
     );
 }
 
+/// The directory of the generation an index's root `layout.json` publishes
+/// (the root itself for an index without generations).
+pub fn generation_dir(dir: &Path) -> PathBuf {
+    let pointer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("layout.json")).expect("layout.json"))
+            .expect("layout.json is JSON");
+    match pointer["generation"].as_str() {
+        Some(g) => dir.join(g),
+        None => dir.to_path_buf(),
+    }
+}
+
+/// Whether reduce job `job` wrote its `_SUCCESS` in any generation of `dir`.
+pub fn reduce_success_exists(dir: &Path, job: u32) -> bool {
+    let rel = format!("_SUCCESS/reduce-{job}.json");
+    dir.join(&rel).exists()
+        || std::fs::read_dir(dir).into_iter().flatten().any(|e| {
+            let e = e.expect("dir entry");
+            e.file_name().to_string_lossy().starts_with("gen-") && e.path().join(&rel).exists()
+        })
+}
+
 /// The final-index files (`layout.json`, `accounts/`, `transactions/`) of
-/// an index directory, path → bytes.
+/// the generation an index directory publishes, path → bytes. Generation
+/// names differ between builds of the same content by different paths
+/// (reduce names them by their inputs, a single-process build by its
+/// shards), so the files are keyed relative to the generation.
 pub fn final_index_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let dir = &generation_dir(dir);
     let mut out = BTreeMap::new();
     let layout = dir.join("layout.json");
     out.insert(
@@ -92,4 +118,20 @@ pub fn assert_same_index(a: &BTreeMap<String, Vec<u8>>, b: &BTreeMap<String, Vec
             b[k].len()
         );
     }
+}
+
+/// A copy of the testnet meta-archive whose `latest` says `latest`: the
+/// ledgers after it are present but, as in a growing archive, not yet
+/// published.
+pub fn growing_source(dir: &Path, latest: u32) {
+    let ledgers = dir.join("ledgers");
+    if !ledgers.exists() {
+        std::fs::create_dir_all(&ledgers).unwrap();
+        let from = fixture("stellar/testnet-lighthorizon/ledgers");
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), ledgers.join(e.file_name())).unwrap();
+        }
+    }
+    std::fs::write(dir.join("latest"), latest.to_string()).unwrap();
 }

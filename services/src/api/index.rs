@@ -8,6 +8,11 @@
 //! parameter is `400 invalid_query` naming the parameter, a bad account `400 invalid_account`,
 //! a bad hash `400 invalid_hash`; index storage failures are logged and answered `503`.
 //!
+//! The index may be rebuilt into the served root while the API runs: each request takes one
+//! [`IndexSnapshot`](batch_index::reader::IndexSnapshot) (one generation) and answers its sets
+//! and `covered` from it, and the reader moves to a new generation within its refresh interval
+//! (see the batch-index README, "Rebuilding a served index").
+//!
 //! An account's checkpoints come in pages: `from` is the first checkpoint to include, `limit`
 //! the page size ([`DEFAULT_CHECKPOINT_PAGE`], at most [`MAX_CHECKPOINT_PAGE`]), and `next` is
 //! the `from` of the following page (null on the last one). Every answer carries `covered`, the
@@ -187,7 +192,7 @@ fn reader(state: &ApiState) -> Result<&batch_index::IndexReader, ApiError> {
         .ok_or_else(|| ApiError::not_found("not_found", "no index is served"))
 }
 
-fn coverage(reader: &batch_index::IndexReader) -> Option<IndexCoverage> {
+fn coverage(reader: &batch_index::reader::IndexSnapshot) -> Option<IndexCoverage> {
     reader.covered().map(|r| IndexCoverage {
         first: r.first,
         last: r.last,
@@ -236,7 +241,8 @@ pub async fn account(
     if let Err(e) = account.parse::<batch_index::account::Account>() {
         return Err(ApiError::bad_request("invalid_account", e.to_string()).field("account"));
     }
-    let reader = reader(&state)?;
+    // One generation answers the whole request, even while the index is rebuilt.
+    let reader = reader(&state)?.snapshot().await.map_err(index_error)?;
     let name = match index {
         IndexName::All => batch_index::INDEX_ALL,
         IndexName::Payments => batch_index::INDEX_PAYMENTS,
@@ -254,7 +260,7 @@ pub async fn account(
         limit,
         checkpoints,
         next: rest.next(),
-        covered: coverage(reader),
+        covered: coverage(&reader),
     }))
 }
 
@@ -283,14 +289,14 @@ pub async fn transaction(
     if let Err(e) = batch_index::reader::parse_tx_hash(&hash) {
         return Err(ApiError::bad_request("invalid_hash", e.to_string()).field("hash"));
     }
-    let reader = reader(&state)?;
+    let reader = reader(&state)?.snapshot().await.map_err(index_error)?;
     match reader.transaction(&hash).await.map_err(index_error)? {
         Some(p) => Ok(Json(TransactionPosition {
             toid: p.0,
             ledger: p.ledger(),
             tx_index: p.tx_index(),
             op_index: p.op_index(),
-            covered: coverage(reader),
+            covered: coverage(&reader),
             hash,
         })),
         None => Err(ApiError::not_found("not_found", "transaction not in the index").field("hash")),

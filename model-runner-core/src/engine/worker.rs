@@ -764,7 +764,8 @@ fn panic_message(join: tokio::task::JoinError) -> String {
     }
 }
 
-/// The runtime models run on, with threads of its own (as many as the machine has cores), so
+/// The runtime models run on, with threads of its own (as many as the machine has cores, at
+/// least four), so
 /// a model that computes for long or blocks its thread cannot starve the worker's heartbeats,
 /// consumers and store calls. Created on first use; it lives as long as the process (a
 /// runtime cannot be dropped from async code, and a model's I/O handles may be bound to it).
@@ -772,10 +773,13 @@ fn model_runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
+            // At least four, so a few models that block their thread (synchronous I/O) do not
+            // hold up every other run on a small machine.
             .worker_threads(
                 std::thread::available_parallelism()
                     .map(usize::from)
-                    .unwrap_or(2),
+                    .unwrap_or(2)
+                    .max(4),
             )
             .thread_name("model-runner-model")
             .enable_all()
@@ -1188,7 +1192,18 @@ mod tests {
         what: &str,
         done: impl Fn(&ModelRun) -> bool,
     ) -> ModelRun {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        wait_within(Duration::from_secs(10), deps, id, what, done).await
+    }
+
+    /// [`wait_for`] with a deadline of `limit`.
+    async fn wait_within(
+        limit: Duration,
+        deps: &EngineDeps,
+        id: RunId,
+        what: &str,
+        done: impl Fn(&ModelRun) -> bool,
+    ) -> ModelRun {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             let run = deps.store.get(id).await.unwrap();
             if done(&run) {
@@ -1387,7 +1402,15 @@ mod tests {
         let (eth_stats, eth) = worker_of("w-eth", &chain(), &eth_source);
         let (matic_stats, matic_worker) = worker_of("w-matic", &matic, &matic_source);
         for r in &created.runs {
-            let done = wait_for(&api, r.id, "the run to finish", |r| r.state.is_final()).await;
+            // Generous: the runs bounce between the workers, and CI machines are busy.
+            let done = wait_within(
+                Duration::from_secs(60),
+                &api,
+                r.id,
+                "the run to finish",
+                |r| r.state.is_final(),
+            )
+            .await;
             assert_eq!(
                 (done.state, done.attempt),
                 (RunState::Succeeded, 1),

@@ -16,13 +16,16 @@ use batch_index::IndexReader;
 use batch_index::extract::Modules;
 use batch_index::local_build::build_single_process;
 use batch_index::manifest::LedgerRange;
+use batch_index::map::{MapConfig, run_map};
 use batch_index::reader::TxPosition;
+use batch_index::reduce::{ReduceConfig, ReduceOutcome, run_reduce};
 use batch_index::source::{Chain, LedgerSource, SourceConfig, open_source};
 use batch_index::store::StoreRoot;
 use process::{TESTNET, generation_dir, growing_source};
 use roaring::RoaringBitmap;
 
 /// The old index holds the fixture's first 128 ledgers, the new one all 320.
+const FIRST: u32 = 1410048;
 const OLD_LATEST: u32 = 1410175;
 const NEW_LATEST: u32 = 1410367;
 /// Lookup tasks running during the rebuild.
@@ -93,7 +96,7 @@ async fn keys_that_changed(
 ) -> (Vec<String>, Vec<String>) {
     let collected = batch_index::map::collect(
         &source(src, NEW_LATEST).await,
-        1410048,
+        FIRST,
         NEW_LATEST,
         2,
         Modules::ALL,
@@ -270,4 +273,107 @@ async fn a_reader_trusts_its_pointer_for_the_refresh_interval() {
     assert_eq!(reader.refresh().await.unwrap().generation(), old_generation);
     assert_eq!(reader.generation(), old_generation);
     assert_eq!(reader.covered(), old_covered);
+}
+
+/// Map jobs over `src` (ledgers `FIRST..=latest`, 128 per job) into `work`.
+async fn map_all(src: &Path, latest: u32, work: &StoreRoot) -> u32 {
+    let map_jobs = (latest - FIRST) / 128 + 1;
+    let source = source(src, latest).await;
+    for job in 0..map_jobs {
+        let cfg = MapConfig {
+            job,
+            first_ledger: FIRST,
+            batch_size: 128,
+            last_ledger: Some(latest),
+            workers: 2,
+            reduce_jobs: 2,
+            modules: Modules::ALL,
+            force: false,
+            chain: "stellar".into(),
+        };
+        run_map(source.clone(), work, &cfg).await.unwrap();
+    }
+    map_jobs
+}
+
+fn reduce_cfg(job: u32, map_jobs: u32, latest: u32) -> ReduceConfig {
+    ReduceConfig {
+        job,
+        map_jobs,
+        reduce_jobs: 2,
+        workers: 2,
+        force: false,
+        first_ledger: Some(FIRST),
+        last_ledger: Some(latest),
+    }
+}
+
+/// Distributed reduce jobs publish their generation only once all of them
+/// finished; a rerun of a finished job publishes it if the last job stopped
+/// between its `_SUCCESS` and the pointer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reduce_publishes_once_every_job_of_the_generation_finished() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src_old, src_new) = (tmp.path().join("src-old"), tmp.path().join("src-new"));
+    let (work_old, work_new) = (
+        root(&tmp.path().join("w-old")),
+        root(&tmp.path().join("w-new")),
+    );
+    let served_dir = tmp.path().join("served");
+    let served = root(&served_dir);
+
+    let map_jobs = map_all(&src_old, OLD_LATEST, &work_old).await;
+    let ReduceOutcome::Done(_) =
+        run_reduce(&work_old, &served, &reduce_cfg(0, map_jobs, OLD_LATEST))
+            .await
+            .unwrap()
+    else {
+        panic!("reduce 0 ran")
+    };
+    assert!(
+        !served_dir.join("layout.json").exists(),
+        "published before reduce job 1 finished"
+    );
+    run_reduce(&work_old, &served, &reduce_cfg(1, map_jobs, OLD_LATEST))
+        .await
+        .unwrap();
+    let reader = IndexReader::open_with_refresh(served.clone(), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(reader.covered().unwrap().last, OLD_LATEST);
+    let old_generation = reader.generation();
+    let old_pointer = std::fs::read(served_dir.join("layout.json")).unwrap();
+
+    // Rebuild from other map outputs: the served generation stays until the
+    // last reduce job finished.
+    let map_jobs = map_all(&src_new, NEW_LATEST, &work_new).await;
+    run_reduce(&work_new, &served, &reduce_cfg(0, map_jobs, NEW_LATEST))
+        .await
+        .unwrap();
+    assert_eq!(
+        reader.snapshot().await.unwrap().generation(),
+        old_generation
+    );
+    run_reduce(&work_new, &served, &reduce_cfg(1, map_jobs, NEW_LATEST))
+        .await
+        .unwrap();
+    let snap = reader.snapshot().await.unwrap();
+    assert_ne!(snap.generation(), old_generation);
+    assert_eq!(snap.covered().unwrap().last, NEW_LATEST);
+
+    // As if job 1 had stopped before its pointer put: its rerun is a no-op
+    // that publishes.
+    std::fs::write(served_dir.join("layout.json"), &old_pointer).unwrap();
+    assert_eq!(
+        reader.snapshot().await.unwrap().generation(),
+        old_generation
+    );
+    let out = run_reduce(&work_new, &served, &reduce_cfg(1, map_jobs, NEW_LATEST))
+        .await
+        .unwrap();
+    assert_eq!(out, ReduceOutcome::AlreadyDone);
+    assert_eq!(
+        reader.snapshot().await.unwrap().generation(),
+        snap.generation()
+    );
 }

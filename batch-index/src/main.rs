@@ -41,6 +41,8 @@ enum Command {
     Build(BuildArgs),
     /// Look up an account's checkpoints or a transaction's position.
     Query(QueryArgs),
+    /// Delete finished generations the index root no longer publishes.
+    Prune(PruneArgs),
 }
 
 #[derive(Debug, Args)]
@@ -248,6 +250,18 @@ struct QueryArgs {
     transaction: Option<String>,
 }
 
+#[derive(Debug, Args)]
+struct PruneArgs {
+    /// Final index root URL.
+    #[arg(long, env = "INDEX_TARGET")]
+    target: String,
+    /// Seconds the pointer must have been in place before older generations
+    /// are deleted: more than the readers' refresh interval (5 s by default)
+    /// plus the longest request.
+    #[arg(long, default_value_t = 600)]
+    grace_secs: u64,
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Map(a) => {
@@ -359,6 +373,15 @@ async fn run(cli: Cli) -> Result<()> {
                 Modules::parse(&a.modules)?,
             )
             .await?;
+        }
+        Command::Prune(a) => {
+            let deleted = batch_index::reduce::prune_generations(
+                &StoreRoot::open(&a.target)?,
+                std::time::Duration::from_secs(a.grace_secs),
+                std::time::SystemTime::now(),
+            )
+            .await?;
+            eprintln!("pruned {} generation(s): {deleted:?}", deleted.len());
         }
         Command::Query(a) => {
             let reader = IndexReader::open(StoreRoot::open(&a.target)?).await?;

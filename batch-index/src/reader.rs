@@ -22,7 +22,9 @@
 //! after the pointer was replaced answers from the new generation (the
 //! pointer read that sets "last read" starts no earlier than that time).
 //! A generation stays readable while a reader serves it: builds write new
-//! generations beside it and never delete old ones.
+//! generations beside it and never delete old ones;
+//! [`crate::reduce::prune_generations`] deletes them only once the pointer
+//! has named another one for longer than a grace period.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

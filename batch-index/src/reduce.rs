@@ -132,6 +132,69 @@ pub async fn publish(
     Ok(true)
 }
 
+/// Deletes the finished generations under `target` that the pointer does
+/// not name and that no reader can still serve; returns their names.
+///
+/// A reader moves to the published generation within its refresh interval,
+/// so once the pointer was put more than `grace` ago (by the store's clock,
+/// compared with `now`), a generation whose every object is older than that
+/// put stopped being served at least `grace` ago: choose `grace` above the
+/// readers' refresh interval plus the longest request. Generations with a
+/// missing `_SUCCESS` (a build may be writing them) and ones with an object
+/// written after the put (a build about to publish) are kept, as are the
+/// shards of a `legacy` root. Nothing is deleted while the pointer is
+/// younger than `grace` or the root has no pointer. `_SUCCESS` manifests go
+/// first, so a concurrent rerun cannot publish a half-deleted generation.
+pub async fn prune_generations(
+    target: &StoreRoot,
+    grace: std::time::Duration,
+    now: std::time::SystemTime,
+) -> Result<Vec<String>> {
+    let Some(pointer) = read_json::<Layout>(target, LAYOUT_PATH).await? else {
+        return Ok(Vec::new());
+    };
+    let (Some(current), Some(published)) = (
+        pointer
+            .generation
+            .filter(|_| pointer.format == POINTER_FORMAT),
+        target.last_modified(LAYOUT_PATH).await?,
+    ) else {
+        return Ok(Vec::new());
+    };
+    if now.duration_since(published).unwrap_or_default() < grace {
+        tracing::info!(
+            current,
+            "the pointer moved less than the grace period ago: nothing pruned"
+        );
+        return Ok(Vec::new());
+    }
+    let mut deleted = Vec::new();
+    for name in target.list_dirs().await? {
+        if !name.starts_with("gen-") || name == current {
+            continue;
+        }
+        let gen_root = target.child(&name);
+        let objects = gen_root.list_modified("").await?;
+        let Some(layout) = read_json::<Layout>(&gen_root, LAYOUT_PATH).await? else {
+            continue;
+        };
+        let finished = (0..layout.reduce_job_count)
+            .all(|j| objects.iter().any(|(p, _, _)| *p == reduce_success(j)));
+        if !finished || objects.iter().any(|(_, t, _)| *t >= published) {
+            continue;
+        }
+        let (manifests, rest): (Vec<_>, Vec<_>) = objects
+            .iter()
+            .partition(|(p, _, _)| p.starts_with("_SUCCESS/"));
+        for (p, _, _) in manifests.into_iter().chain(rest) {
+            gen_root.delete(p).await?;
+        }
+        tracing::info!(generation = name, "pruned an unreferenced generation");
+        deleted.push(name);
+    }
+    Ok(deleted)
+}
+
 /// Configuration of one reduce job.
 #[derive(Debug, Clone)]
 pub struct ReduceConfig {

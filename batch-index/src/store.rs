@@ -210,6 +210,62 @@ impl StoreRoot {
         }
     }
 
+    /// When the object `rel` was last written (by the store's clock),
+    /// `None` if it does not exist.
+    pub async fn last_modified(&self, rel: &str) -> Result<Option<std::time::SystemTime>> {
+        match self.store.head(&self.path(rel)).await {
+            Ok(meta) => Ok(Some(meta.last_modified.into())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.storage_err(rel, e)),
+        }
+    }
+
+    /// Names of the directories directly under this root, sorted.
+    pub async fn list_dirs(&self) -> Result<Vec<String>> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&self.prefix))
+            .await
+            .map_err(|e| self.storage_err("", e))?;
+        let mut out: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Lists objects under `rel` recursively, as `(path relative to this
+    /// root, last write, size)` sorted by path.
+    pub async fn list_modified(
+        &self,
+        rel: &str,
+    ) -> Result<Vec<(String, std::time::SystemTime, u64)>> {
+        let base = self.path(rel);
+        let prefix_len = self.prefix.parts().count();
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&base))
+            .try_collect()
+            .await
+            .map_err(|e| self.storage_err(rel, e))?;
+        let mut out: Vec<(String, std::time::SystemTime, u64)> = metas
+            .into_iter()
+            .map(|m| {
+                let parts: Vec<String> = m
+                    .location
+                    .parts()
+                    .skip(prefix_len)
+                    .map(|p| p.as_ref().to_string())
+                    .collect();
+                (parts.join("/"), m.last_modified.into(), m.size)
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     /// Lists objects under `rel` recursively, as `(path relative to this
     /// root, size)` sorted by path.
     pub async fn list(&self, rel: &str) -> Result<Vec<(String, u64)>> {

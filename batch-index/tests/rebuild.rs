@@ -18,7 +18,7 @@ use batch_index::local_build::build_single_process;
 use batch_index::manifest::LedgerRange;
 use batch_index::map::{MapConfig, run_map};
 use batch_index::reader::TxPosition;
-use batch_index::reduce::{ReduceConfig, ReduceOutcome, run_reduce};
+use batch_index::reduce::{ReduceConfig, ReduceOutcome, prune_generations, run_reduce};
 use batch_index::source::{Chain, LedgerSource, SourceConfig, open_source};
 use batch_index::store::StoreRoot;
 use process::{TESTNET, generation_dir, growing_source};
@@ -376,4 +376,71 @@ async fn reduce_publishes_once_every_job_of_the_generation_finished() {
         reader.snapshot().await.unwrap().generation(),
         snap.generation()
     );
+}
+
+/// `prune_generations` deletes finished generations the pointer stopped
+/// naming more than the grace period ago, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_deletes_only_finished_generations_no_longer_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src_old, src_new) = (tmp.path().join("src-old"), tmp.path().join("src-new"));
+    let served_dir = tmp.path().join("served");
+    let served = root(&served_dir);
+    build(&src_old, OLD_LATEST, &served).await;
+    let old_generation = generation_dir(&served_dir);
+    // A generation a build is still writing (no `_SUCCESS` yet).
+    let unfinished = served_dir.join("gen-0123456789abcdef");
+    std::fs::create_dir_all(&unfinished).unwrap();
+    std::fs::copy(
+        old_generation.join("layout.json"),
+        unfinished.join("layout.json"),
+    )
+    .unwrap();
+    build(&src_new, NEW_LATEST, &served).await;
+    let new_generation = generation_dir(&served_dir);
+    assert_ne!(old_generation, new_generation);
+
+    let grace = Duration::from_secs(600);
+    let now = std::time::SystemTime::now();
+    // The pointer has just moved: readers may still serve the old one.
+    let pruned = prune_generations(&served, grace, now).await.unwrap();
+    assert!(pruned.is_empty(), "{pruned:?}");
+    assert!(old_generation.exists());
+
+    let pruned = prune_generations(&served, grace, now + grace + Duration::from_secs(1))
+        .await
+        .unwrap();
+    let old_name = old_generation.file_name().unwrap().to_string_lossy();
+    assert_eq!(pruned, vec![old_name.to_string()]);
+    // (The local store leaves empty directories behind.)
+    assert_eq!(
+        files_under(&old_generation),
+        0,
+        "files of the pruned generation are left"
+    );
+    assert!(unfinished.join("layout.json").exists());
+    let reader = IndexReader::open(served.clone()).await.unwrap();
+    assert_eq!(reader.covered().unwrap().last, NEW_LATEST);
+
+    // A root without generations has nothing to prune.
+    let legacy = tmp.path().join("legacy");
+    build(&src_old, OLD_LATEST, &root(&legacy)).await;
+    make_legacy(&legacy);
+    let later = now + Duration::from_secs(100_000);
+    assert!(
+        prune_generations(&root(&legacy), grace, later)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn files_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| {
+        d.map(|e| {
+            let p = e.unwrap().path();
+            if p.is_dir() { files_under(&p) } else { 1 }
+        })
+        .sum()
+    })
 }

@@ -70,11 +70,24 @@ impl JsonRpcSource {
         }
     }
 
-    /// Sends `calls` as one batch and returns their results in order.
+    /// Sends `calls` as one batch and returns their results in order; its latency and outcome
+    /// are recorded under the batch's first method.
     async fn batch(&self, calls: &[(&str, Value)]) -> Result<Vec<Value>, SourceError> {
-        if calls.is_empty() {
+        let Some((method, _)) = calls.first() else {
             return Ok(Vec::new());
-        }
+        };
+        let started = std::time::Instant::now();
+        let result = self.send_batch(calls).await;
+        model_runner_core::engine::instruments::source_method(
+            self.chain.as_str(),
+            method,
+            started.elapsed(),
+            result.is_ok(),
+        );
+        result
+    }
+
+    async fn send_batch(&self, calls: &[(&str, Value)]) -> Result<Vec<Value>, SourceError> {
         let first = self.ids.fetch_add(calls.len() as u64, Ordering::Relaxed);
         let body: Vec<Value> = calls
             .iter()

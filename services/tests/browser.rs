@@ -391,6 +391,21 @@ async fn dashboard(client: &Client, origin: &str, fx: &Fixture) {
             ("cancelled", 1),
         ])
     );
+    // Throughput: the two runs that succeeded just now, 100 blocks and 42 records each.
+    let throughput = text_of(client, "#throughput-total").await;
+    assert!(
+        throughput.starts_with("200 blocks in the last 15 minutes"),
+        "{throughput}"
+    );
+    let blocks = client
+        .execute(
+            "return [...document.querySelectorAll('#throughput td.blocks')]\
+             .reduce((sum, td) => sum + Number(td.textContent), 0)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(blocks, serde_json::json!(200), "blocks per minute add up");
     let text = text_of(client, "#failures tbody").await;
     assert!(text.contains(FAILURE), "the failed run's error: {text}");
     let injected = client

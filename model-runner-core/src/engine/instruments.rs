@@ -14,7 +14,7 @@
 //! | `model_runner_attempts_failed_total` | counter | chain, model | failed attempts (retried or final) |
 //! | `model_runner_messages_dead_lettered_total` | counter | queue | messages rejected to `<queue>.dead` |
 //! | `model_runner_sink_send_seconds` | histogram | chain | delivering one run's records |
-//! | `model_runner_source_request_seconds` | histogram | chain, method | block-source requests |
+//! | `model_runner_source_request_seconds` | histogram | chain, method | block-source requests (`blocks`, and each JSON-RPC method) |
 //! | `model_runner_source_errors_total` | counter | chain, method | failed block-source requests |
 //! | `model_runner_enqueuer_publish_seconds` | histogram | queue | a confirmed publish of one batch |
 //! | `model_runner_enqueuer_publish_errors_total` | counter | queue | failed publishes |
@@ -86,11 +86,18 @@ pub fn sink_sent(run: &ModelRun, took: Duration) {
 /// A block-source request `method` on `run`'s chain took `took`; `ok` tells whether it
 /// succeeded.
 pub fn source_request(run: &ModelRun, method: &'static str, took: Duration, ok: bool) {
-    let chain = run.chain.to_string();
+    source_method(run.chain.as_str(), method, took, ok);
+}
+
+/// A request `method` to the block source of `chain` (a JSON-RPC method such as `eth_call`, or
+/// the port's `blocks`) took `took`; `ok` tells whether it succeeded.
+pub fn source_method(chain: &str, method: &str, took: Duration, ok: bool) {
+    let chain = chain.to_owned();
+    let method = method.to_owned();
     metrics::histogram!(
         "model_runner_source_request_seconds",
         "chain" => chain.clone(),
-        "method" => method
+        "method" => method.clone()
     )
     .record(took);
     if !ok {

@@ -196,6 +196,48 @@
     fill($("failures").tBodies[0], rows, "no failed or expired runs", 8);
   }
 
+  // --- throughput ---------------------------------------------------------------------------
+  const THROUGHPUT_MINUTES = 15;
+
+  /** Succeeded runs per minute of the last THROUGHPUT_MINUTES, by their finish time. The API
+   *  filters by creation time, so runs created over an hour ago are not counted. */
+  async function loadThroughput() {
+    const now = Date.now();
+    const since = new Date(now - 60 * 60 * 1000).toISOString();
+    const from = now - THROUGHPUT_MINUTES * 60 * 1000;
+    const minutes = new Map();
+    let cursor = null;
+    for (let page = 0; page < FAILURE_PAGES; page++) {
+      const q = new URLSearchParams({ state: "succeeded", since, limit: "1000" });
+      if (cursor) q.set("cursor", cursor);
+      const res = await api("v1/runs?" + q);
+      for (const r of res.runs) {
+        const done = r.finished_at ? Date.parse(r.finished_at) : NaN;
+        if (!(done >= from)) continue;
+        const minute = new Date(done - (done % 60000)).toISOString();
+        const m = minutes.get(minute) || { runs: 0, blocks: 0, records: 0 };
+        m.runs += 1;
+        m.blocks += r.range.end - r.range.start + 1;
+        m.records += r.records_written;
+        minutes.set(minute, m);
+      }
+      cursor = res.next;
+      if (!cursor) break;
+    }
+    const keys = [...minutes.keys()].sort().reverse();
+    let blocksTotal = 0;
+    const rows = keys.map((k) => {
+      const m = minutes.get(k);
+      blocksTotal += m.blocks;
+      return h("tr", { "data-minute": k },
+        h("td", {}, time(k)), h("td", {}, String(m.runs)),
+        h("td", { class: "blocks" }, String(m.blocks)), h("td", {}, String(m.records)));
+    });
+    fill($("throughput").tBodies[0], rows, "no run succeeded in the last " + THROUGHPUT_MINUTES + " minutes", 4);
+    $("throughput-total").textContent = blocksTotal + " blocks in the last " + THROUGHPUT_MINUTES +
+      " minutes (" + (blocksTotal / THROUGHPUT_MINUTES).toFixed(1) + " blocks/min)";
+  }
+
   // --- the runs list -----------------------------------------------------------------------
   /** Cursors of the pages before the current one; the current page's cursor. */
   let pageCursors = [];
@@ -330,7 +372,7 @@
     refreshing = true;
     try {
       if (withCatalog || !chains.length) await loadCatalog();
-      await Promise.all([loadProgress(), loadFailures(), loadRuns()]);
+      await Promise.all([loadProgress(), loadFailures(), loadThroughput(), loadRuns()]);
       setStatus("Updated " + time(new Date().toISOString()) + ".", false);
       document.body.dataset.loaded = String(Number(document.body.dataset.loaded || 0) + 1);
       delete document.body.dataset.error;

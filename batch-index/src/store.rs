@@ -269,28 +269,12 @@ impl StoreRoot {
     /// Lists objects under `rel` recursively, as `(path relative to this
     /// root, size)` sorted by path.
     pub async fn list(&self, rel: &str) -> Result<Vec<(String, u64)>> {
-        let base = self.path(rel);
-        let prefix_len = self.prefix.parts().count();
-        let metas: Vec<_> = self
-            .store
-            .list(Some(&base))
-            .try_collect()
-            .await
-            .map_err(|e| self.storage_err(rel, e))?;
-        let mut out: Vec<(String, u64)> = metas
+        Ok(self
+            .list_modified(rel)
+            .await?
             .into_iter()
-            .map(|m| {
-                let parts: Vec<String> = m
-                    .location
-                    .parts()
-                    .skip(prefix_len)
-                    .map(|p| p.as_ref().to_string())
-                    .collect();
-                (parts.join("/"), m.size)
-            })
-            .collect();
-        out.sort();
-        Ok(out)
+            .map(|(path, _, size)| (path, size))
+            .collect())
     }
 }
 

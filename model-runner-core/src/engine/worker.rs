@@ -41,8 +41,8 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
 use super::{CancellationToken, EngineDeps, EngineError, RetryPolicy, instruments};
-use crate::model::ModelContext;
-use crate::ports::{Delivery, RunMessage, RunOutput, StoreError};
+use crate::model::{Model, ModelContext};
+use crate::ports::{BlockSource, Delivery, RunMessage, RunOutput, StoreError};
 use crate::routing::topic_name;
 use crate::run::{ModelRun, RunEvent, RunState};
 
@@ -116,10 +116,7 @@ pub struct WorkerStats {
 
 enum Outcome {
     Succeeded(u64),
-    Failed {
-        error: String,
-        permanent: bool,
-    },
+    Failed(String),
     LeaseLost(String),
     /// The store shows the run `queued` again on the attempt we claimed: our claim was lost (a
     /// store may commit claims asynchronously, and a crash can undo the last ones).
@@ -355,13 +352,16 @@ impl Worker {
     async fn process(&self, run: ModelRun, delivery: Delivery, hand_back: CancellationToken) {
         instruments::claimed(&run);
         let started = std::time::Instant::now();
-        if let Err(reason) = self.can_serve(&run) {
-            instruments::attempt_ended(&run, "passed_on", started.elapsed());
-            self.pass_on(run, delivery, reason, hand_back).await;
-            return;
-        }
+        let (model, source) = match self.serving(&run) {
+            Ok(found) => found,
+            Err(reason) => {
+                instruments::attempt_ended(&run, "passed_on", started.elapsed());
+                self.pass_on(run, delivery, reason, hand_back).await;
+                return;
+            }
+        };
         let outcome = tokio::select! {
-            o = self.execute_with_heartbeat(&run) => o,
+            o = self.execute_with_heartbeat(&run, model, source) => o,
             _ = hand_back.cancelled() => Outcome::HandedBack,
         };
         let store = &self.deps.store;
@@ -397,13 +397,12 @@ impl Worker {
                 }
                 settle(delivery.ack().await);
             }
-            Outcome::Failed { error, permanent } => {
+            Outcome::Failed(error) => {
                 instruments::failed(&run);
                 instruments::attempt_ended(&run, "failed", started.elapsed());
                 self.stats.runs_failed.fetch_add(1, Ordering::Relaxed);
-                let retry_at =
-                    (!permanent).then(|| self.config.retry.retry_at(run.attempt, Utc::now()));
-                let last = permanent || run.attempt >= run.max_attempts;
+                let retry_at = Some(self.config.retry.retry_at(run.attempt, Utc::now()));
+                let last = run.attempt >= run.max_attempts;
                 // `report`: an error-reporting layer (Sentry) sends this as an event.
                 warn!(
                     report = true,
@@ -507,13 +506,15 @@ impl Worker {
     /// chain. Workers of one fleet may differ (adhoc pools `backfill_N` are consumed by every
     /// worker, whatever chains it serves), so a run this worker cannot serve is not a failure
     /// of the run.
-    fn can_serve(&self, run: &ModelRun) -> Result<(), String> {
-        self.deps
+    /// Returns the model and the block source to execute it with.
+    fn serving(&self, run: &ModelRun) -> Result<(Arc<dyn Model>, Arc<dyn BlockSource>), String> {
+        let model = self
+            .deps
             .models
             .get_for(&run.model, &run.chain)
             .map_err(|e| e.to_string())?;
-        self.deps.source(&run.chain).map_err(|e| e.to_string())?;
-        Ok(())
+        let source = self.deps.source(&run.chain).map_err(|e| e.to_string())?;
+        Ok((model, source.clone()))
     }
 
     /// Hands a run this worker cannot serve back to its queue for a worker that can: the run
@@ -563,7 +564,12 @@ impl Worker {
         }
     }
 
-    async fn execute_with_heartbeat(&self, run: &ModelRun) -> Outcome {
+    async fn execute_with_heartbeat(
+        &self,
+        run: &ModelRun,
+        model: Arc<dyn Model>,
+        source: Arc<dyn BlockSource>,
+    ) -> Outcome {
         let progress = Arc::new(AtomicU64::new(0));
         let heartbeat = async {
             let mut tick = tokio::time::interval(self.config.heartbeat);
@@ -602,42 +608,34 @@ impl Worker {
         let execution = {
             let (worker, run, progress) = (self.clone(), run.clone(), progress.clone());
             AbortOnDrop(tokio::spawn(
-                async move { worker.execute(&run, &progress).await }.in_current_span(),
+                async move { worker.execute(&run, model, source, &progress).await }
+                    .in_current_span(),
             ))
         };
         tokio::select! {
-            o = execution.join() => o.unwrap_or_else(|join| Outcome::Failed {
-                error: format!("executing the run panicked: {}", panic_message(join)),
-                permanent: false,
-            }),
+            o = execution.join() => o.unwrap_or_else(|join| Outcome::Failed(format!(
+                "executing the run panicked: {}",
+                panic_message(join)
+            ))),
             o = heartbeat => o,
         }
     }
 
     /// Executes the run; `progress` is set to the blocks done so far (loaded and handed to the
     /// model), for the heartbeats. Dropping the future aborts the model's task.
-    async fn execute(&self, run: &ModelRun, progress: &AtomicU64) -> Outcome {
-        let permanent = |error: String| Outcome::Failed {
-            error,
-            permanent: true,
-        };
-        let transient = |error: String| Outcome::Failed {
-            error,
-            permanent: false,
-        };
-        let model = match self.deps.models.get(&run.model) {
-            Ok(m) => m,
-            Err(e) => return permanent(e.to_string()),
-        };
+    async fn execute(
+        &self,
+        run: &ModelRun,
+        model: Arc<dyn Model>,
+        source: Arc<dyn BlockSource>,
+        progress: &AtomicU64,
+    ) -> Outcome {
+        let transient = Outcome::Failed;
         // Normally done at start; this covers `handle` driven directly and a failed first try.
         if let Err(e) = self.declare_schemas().await {
             return transient(format!("declaring record schemas to the sink: {e}"));
         }
         let schema = model.record_schema();
-        let source = match self.deps.source(&run.chain) {
-            Ok(s) => s.clone(),
-            Err(e) => return permanent(e.to_string()),
-        };
         let ctx = Arc::new(ModelContext {
             run_id: run.id,
             model: run.model.clone(),

@@ -507,7 +507,7 @@ impl Worker {
     /// worker, whatever chains it serves), so a run this worker cannot serve is not a failure
     /// of the run.
     /// Returns the model and the block source to execute it with.
-    fn serving(&self, run: &ModelRun) -> Result<(Arc<dyn Model>, Arc<dyn BlockSource>), String> {
+    fn serving(&self, run: &ModelRun) -> Result<ModelAndSource, String> {
         let model = self
             .deps
             .models
@@ -785,6 +785,9 @@ fn model_runtime() -> &'static tokio::runtime::Runtime {
             .expect("starting the model runtime's threads")
     })
 }
+
+/// What executes a run: its model and its chain's block source.
+type ModelAndSource = (Arc<dyn Model>, Arc<dyn BlockSource>);
 
 /// A task aborted when dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);

@@ -128,16 +128,18 @@ def wait_for(cond, timeout, proc, what, log_path, interval=0.1):
 
 
 def measure(args, variant, prefetch):
+    tasks_n = args.tasks if variant == "trivial" else args.erc20_tasks
     tag = uuid.uuid4().hex[:10]
     queue = "peers-celery-%s" % tag
     dbname = "peers_celery_%s" % tag
     load_before = load()
     with Database(args.pg_url, dbname) as db:
-        create_runs(db.url, args.tasks)
+        create_runs(db.url, tasks_n)
         env = dict(os.environ)
         env.update(PEERS_AMQP_URL=args.amqp_url, PEERS_PG_DSN=db.url, PEERS_QUEUE=queue,
                    PEERS_PREFETCH=str(prefetch), PEERS_SEED=str(args.seed),
-                   PEERS_LOGS_PER_BLOCK=str(args.logs_per_block))
+                   PEERS_LOGS_PER_BLOCK=str(args.logs_per_block),
+                   PEERS_BLOCK_POOL=str(args.block_pool))
         os.environ.update(env)  # tasks.py reads them at import, below
         log_path = os.path.join(args.workdir, "worker-%s.log" % tag)
         proc = None
@@ -151,8 +153,10 @@ def measure(args, variant, prefetch):
             tasks.app.conf.task_default_exchange = queue
             tasks.app.conf.task_default_routing_key = queue
             with psycopg.connect(db.url, autocommit=True) as c:
-                wait_for(lambda: c.execute("SELECT count(*) FROM meta WHERE k = 'worker_ready'").fetchone()[0],
-                         120, proc, "the worker to be ready", log_path)
+                ready = ("SELECT count(*) FILTER (WHERE k = 'worker_ready') = 1 AND"
+                         " count(*) FILTER (WHERE k LIKE 'process_ready_%%') >= %s FROM meta")
+                wait_for(lambda: c.execute(ready, (args.concurrency,)).fetchone()[0],
+                         300, proc, "the worker and its pool processes to be ready", log_path)
                 task = tasks.trivial if variant == "trivial" else tasks.erc20_transfers
                 opts = dict(queue=queue, exchange=queue, routing_key=queue)
                 with tasks.app.connection_for_write() as conn:
@@ -160,7 +164,7 @@ def measure(args, variant, prefetch):
                     # Open the connection before the clock starts.
                     conn.ensure_connection()
                     t0 = c.execute("SELECT clock_timestamp()").fetchone()[0]
-                    for run_id in range(1, args.tasks + 1):
+                    for run_id in range(1, tasks_n + 1):
                         if variant == "trivial":
                             task.apply_async((run_id, run_id), producer=producer, **opts)
                         else:
@@ -168,9 +172,9 @@ def measure(args, variant, prefetch):
                                              producer=producer, **opts)
                     t_pub = c.execute("SELECT clock_timestamp()").fetchone()[0]
                 done = lambda: c.execute(  # noqa: E731
-                    "SELECT count(*) = %s FROM runs WHERE state = 'succeeded'", (args.tasks,)
+                    "SELECT count(*) = %s FROM runs WHERE state = 'succeeded'", (tasks_n,)
                 ).fetchone()[0]
-                wait_for(done, args.timeout, proc, "%d tasks to succeed" % args.tasks, log_path, 0.25)
+                wait_for(done, args.timeout, proc, "%d tasks to succeed" % tasks_n, log_path, 0.25)
                 end, records, attempts = c.execute(
                     "SELECT max(finished_at), sum(records), sum(attempt) FROM runs").fetchone()
         finally:
@@ -180,8 +184,8 @@ def measure(args, variant, prefetch):
             for name in ("tasks",):
                 sys.modules.pop(name, None)
     seconds = (end - t0).total_seconds()
-    return dict(variant=variant, prefetch=prefetch, tasks=args.tasks, seconds=seconds,
-                rate=args.tasks / seconds, publish=(t_pub - t0).total_seconds(), records=records,
+    return dict(variant=variant, prefetch=prefetch, tasks=tasks_n, seconds=seconds,
+                rate=tasks_n / seconds, publish=(t_pub - t0).total_seconds(), records=records,
                 attempts=attempts, load_before=load_before, load_after=load())
 
 
@@ -201,13 +205,18 @@ def update_floor(args, rows):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", type=int, default=10_000)
+    p.add_argument("--tasks", type=int, default=10_000, help="trivial tasks per row")
+    p.add_argument("--erc20-tasks", type=int, default=None,
+                   help="erc20_transfers tasks per row (default: --tasks / 10, as model-runner's benchmark)")
     p.add_argument("--variants", default="trivial,erc20_transfers")
     p.add_argument("--prefetch", default="1,4", help="worker_prefetch_multiplier values, one row each")
     p.add_argument("--concurrency", type=int, default=os.cpu_count() or 1,
                    help="prefork pool processes of the one worker (default: CPU cores, %(default)s)")
     p.add_argument("--run-blocks", type=int, default=100, help="blocks per erc20_transfers task")
-    p.add_argument("--logs-per-block", type=int, default=5, help="mean synthetic logs per block")
+    p.add_argument("--logs-per-block", type=int, default=300,
+                   help="mean synthetic logs per block (default 300: model-runner's devnet default)")
+    p.add_argument("--block-pool", type=int, default=200,
+                   help="distinct synthetic blocks each worker process generates and cycles through")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=int, default=1800, help="seconds to wait for a row's tasks")
     p.add_argument("--floors", action=argparse.BooleanOptionalAction, default=True,
@@ -216,6 +225,8 @@ def main():
     p.add_argument("--pg-url", default=os.environ.get("PEERS_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres"))
     p.add_argument("--workdir", default=os.environ.get("PEERS_WORKDIR", "/tmp"))
     args = p.parse_args()
+    if args.erc20_tasks is None:
+        args.erc20_tasks = max(1, args.tasks // 10)
 
     import celery
     print("celery %s, kombu %s, psycopg %s, Python %s; broker %s; database %s"
@@ -223,8 +234,9 @@ def main():
              redacted(args.amqp_url), redacted(args.pg_url)))
     print("one worker process: prefork pool, concurrency %d (CPU cores: %s), task_acks_late=True"
           % (args.concurrency, os.cpu_count()))
-    print("erc20_transfers tasks: %d blocks each, ~%d synthetic logs per block (seed %d)"
-          % (args.run_blocks, args.logs_per_block, args.seed))
+    print("erc20_transfers tasks: %d blocks each, ~%d synthetic logs per block (seed %d, a pool of %d"
+          " distinct blocks generated per worker process before it takes tasks)"
+          % (args.run_blocks, args.logs_per_block, args.seed, args.block_pool))
     print()
     rows = []
     for variant in args.variants.split(","):

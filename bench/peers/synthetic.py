@@ -104,6 +104,10 @@ class Universe:
     def block_rng(self, number: int) -> random.Random:
         return random.Random(self.seed * 1_000_000_007 + number)
 
+    def block_hash(self, number: int) -> str:
+        """The hash of block `number` (random, not a real keccak), so a parent is known."""
+        return "0x%064x" % random.Random(-(self.seed * 1_000_000_007 + number) - 1).getrandbits(256)
+
 
 def _value(rng: random.Random) -> int:
     r = rng.random()
@@ -162,7 +166,7 @@ def block_logs(u: Universe, number: int, mean_logs: int) -> tuple[dict, list[dic
     rng = u.block_rng(number)
     spread = max(1, mean_logs // 5)
     n = max(0, mean_logs - spread + int(rng.random() * (2 * spread + 1))) if mean_logs else 0
-    block_hash = "0x%064x" % rng.getrandbits(256)
+    block_hash = u.block_hash(number)
     logs = []
     tx_index = -1
     tx_left = 0

@@ -3,13 +3,18 @@
 //! The test deploys two hand-assembled contracts: one whose constructor emits an ERC-20
 //! `Transfer(from, to, 100)` log, one whose code returns 42, then reads the blocks back through
 //! the source, runs `erc20_transfers` on them and calls the second contract with `eth_call`.
+//! ganache has no `eth_getBlockReceipts`, so receipts come per transaction here; the faults a
+//! node can have are in the `faults` module (tests/jsonrpc/faults.rs).
 
 #![cfg(feature = "jsonrpc")]
+
+#[path = "jsonrpc/faults.rs"]
+mod faults;
 
 use std::sync::Arc;
 
 use alloy_primitives::{Address, Bytes, U256, hex};
-use model_runner_adapters::jsonrpc::JsonRpcSource;
+use model_runner_adapters::jsonrpc::{JsonRpcOptions, JsonRpcSource};
 use model_runner_core::conformance::source::{CallSupport, SourceFacts};
 use model_runner_core::models::{Erc20Transfers, TRANSFER_TOPIC};
 use model_runner_core::ports::{BlockSource, SourceError};
@@ -169,14 +174,24 @@ async fn unreachable_nodes_and_bad_urls_are_clear() {
         err.to_string().contains("expected http:// or https://"),
         "{err}"
     );
-    // A closed port on loopback: Unavailable, and the password is not shown.
-    let s = JsonRpcSource::new(
+    // A closed port on loopback: Unavailable once the retries are spent, and the password is
+    // not shown.
+    let s = JsonRpcSource::with_options(
         Chain::new("ethereum").unwrap(),
         "http://user:s3cret@127.0.0.1:9/",
+        JsonRpcOptions {
+            retries: 2,
+            min_backoff: std::time::Duration::from_millis(1),
+            ..JsonRpcOptions::default()
+        },
     )
     .unwrap();
     let err = s.head().await.unwrap_err();
     assert!(matches!(err, SourceError::Unavailable { .. }), "{err}");
+    assert!(
+        err.to_string().contains("gave up after 3 attempts"),
+        "{err}"
+    );
     assert!(!err.to_string().contains("s3cret"), "{err}");
 }
 

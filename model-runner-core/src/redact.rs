@@ -13,7 +13,8 @@
 //! - path keys: the segment after `/v1/`, `/v2/` or `/v3/` (Infura's `/v3/<key>`, Alchemy's
 //!   `/v2/<key>`) and any segment that looks like a key (20 or more letters, digits, `-` and
 //!   `_`, with both letters and digits, as QuickNode's `/<token>/`);
-//! - the fragment, dropped.
+//! - the fragment, dropped;
+//! - in a list of URLs separated by `|` (a chain's JSON-RPC nodes), each URL as above.
 //!
 //! It never fails: text that is not a URL is returned as it is when it is a plain path or
 //! `sqlite::memory:`, and otherwise reduced to its scheme or not shown at all (a bare word given
@@ -51,6 +52,15 @@ fn looks_like_key(s: &str) -> bool {
 
 /// `url` with every secret replaced by `***` (see the module docs).
 pub fn redact_url(url: &str) -> String {
+    // A list of URLs, `URL|URL...` (a chain's JSON-RPC nodes in failover order): each one.
+    let parts: Vec<&str> = url.split('|').collect();
+    if parts.len() > 1 && parts.iter().all(|p| p.contains("://")) {
+        return parts
+            .into_iter()
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join("|");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         // Not `scheme://...`: a plain path (`./index`, `runs.db`) or a form such as
         // `sqlite::memory:` is shown as it is; anything else (a bare word may be a password
@@ -249,6 +259,10 @@ mod tests {
             ("sqlite::memory:", "sqlite::memory:"),
             ("devnet://?logs=0&seed=2", "devnet://?logs=0&seed=2"),
             ("file:///data/sink", "file:///data/sink"),
+            (
+                "https://a.example/v3/0123abcd|https://user:hunter2@b.example/#rps=1",
+                "https://a.example/v3/***|https://user:***@b.example/",
+            ),
             ("./index", "./index"),
             ("hunter2", "(unparsable URL)"),
             ("x?password=hunter2", "(unparsable URL)"),

@@ -116,9 +116,12 @@ struct AdapterFlags {
     /// URLs: devnet://[?block_time_ms=..&head=..&seed=..&txs=..&logs=..&delay_ms=..] (a generated
     /// demo chain; delay_ms slows every load), file://PATH
     /// (JSON-RPC responses or ethereum-etl exports) or http(s)://NODE (an Ethereum JSON-RPC
-    /// node; feature `jsonrpc`).
+    /// node; feature `jsonrpc`). Several nodes of a chain: URL|URL|... (tried in order, failing
+    /// over to the next); settings of a node after `#`, never sent to it:
+    /// #rps=25&concurrency=4&batch=25&timeout_ms=30000 (the defaults).
     ///
-    /// E.g. --chain ethereum=https://eth-node:8545 --chain matic=devnet://?seed=2
+    /// E.g. --chain ethereum=https://eth-node:8545 --chain matic=devnet://?seed=2,
+    /// --chain 'ethereum=https://mainnet.infura.io/v3/KEY#rps=10|https://eth-node:8545'
     #[arg(
         long = "chain",
         env = "MODEL_RUNNER_CHAINS",

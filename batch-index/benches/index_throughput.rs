@@ -215,6 +215,7 @@ async fn synthetic_reduce(store: Arc<dyn object_store::ObjectStore>, workers: u3
             force: false,
             first_ledger: None,
             last_ledger: None,
+            extend: false,
         },
     )
     .await
@@ -348,7 +349,7 @@ fn main() {
         // Reduce both partitions.
         let t = Instant::now();
         for job in 0..2 {
-            let r = run_reduce(&target, &target, &ReduceConfig { job, map_jobs: 1, reduce_jobs: 2, workers, force: false, first_ledger: None, last_ledger: None })
+            let r = run_reduce(&target, &target, &ReduceConfig { job, map_jobs: 1, reduce_jobs: 2, workers, force: false, first_ledger: None, last_ledger: None, extend: false })
                 .await
                 .unwrap();
             assert!(matches!(r, ReduceOutcome::Done(_)));

@@ -17,9 +17,15 @@
 //!    ([`partial`] files), then a `_SUCCESS` [`manifest`] last.
 //! 3. [`reduce`] job `j` with worker `w` owns the accounts whose FNV-1a hash
 //!    ([`account::Owner`]) maps to `(j, w)`; it merges its partition of every
-//!    map job and writes one sorted [`table`] shard per worker.
+//!    map job and writes one sorted [`table`] shard per worker, in a new
+//!    generation directory that one atomic put of the root `layout.json`
+//!    publishes.
 //! 4. [`reader::IndexReader`] answers lookups with at most two range reads of
 //!    one shard object.
+//! 5. When the chain has grown, [`extend`] adds the new ledgers: map jobs over
+//!    only those, and reduce jobs that merge them into the published shards,
+//!    giving a new generation byte-identical to a full rebuild over the whole
+//!    range ([`runner::extend_local`] runs both phases locally).
 //!
 //! Blob storage is `Arc<dyn object_store::ObjectStore>` throughout
 //! ([`store::StoreRoot`] only pairs it with a key prefix).
@@ -29,6 +35,7 @@ pub mod bitmap_encoding;
 pub mod checkpoint;
 pub mod error;
 pub mod ethereum;
+pub mod extend;
 pub mod extract;
 pub mod local_build;
 pub mod manifest;

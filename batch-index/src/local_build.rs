@@ -1,7 +1,7 @@
 //! Single-process build: reads the whole source in one process and writes
 //! the same final shards as map + reduce, without partial files. It is the
-//! reference the distributed runs are compared with byte for byte. Its
-//! reduce manifests record `map_job_count: 0`.
+//! reference the distributed runs are compared with byte for byte, manifests
+//! included (they state what the generation holds, not how it was built).
 //!
 //! Like reduce, it writes a new generation directory (named by a hash of
 //! its shards, [`files_generation`]) and publishes it last with one atomic
@@ -61,7 +61,6 @@ pub async fn build_single_process(
         let manifest = ReduceManifest {
             format: REDUCE_FORMAT.into(),
             job: job as u32,
-            map_job_count: 0,
             worker_count: workers,
             files,
             covered,

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use batch_index::extract::Modules;
 use batch_index::map::{MapConfig, MapOutcome, run_map};
 use batch_index::reduce::{ReduceConfig, ReduceOutcome, run_reduce};
-use batch_index::runner::{RunConfig, run_local};
+use batch_index::runner::{ExtendOutcome, RunConfig, extend_local, run_local};
 use batch_index::source::{Chain, SourceConfig, open_source_url};
 use batch_index::stellar::PUBNET_PASSPHRASE;
 use batch_index::store::StoreRoot;
@@ -21,7 +21,9 @@ use clap::{Args, Parser, Subcommand};
 /// The index says, for every account, in which checkpoints (64 Stellar
 /// ledgers, or a configurable number of Ethereum blocks) it took part.
 /// Typical flow: `map` as an array job of M tasks, then `reduce` as an array
-/// job of R tasks, then `query`; or `run` to do both locally.
+/// job of R tasks, then `query`; or `run` to do both locally. When the chain
+/// has grown, `extend` (or map jobs over the new ledgers and `reduce
+/// --extend`) adds the new ledgers to the index without rebuilding it.
 #[derive(Debug, Parser)]
 #[command(name = "batch-index", version)]
 struct Cli {
@@ -37,6 +39,9 @@ enum Command {
     Reduce(ReduceArgs),
     /// Run all map then all reduce jobs locally, as separate processes.
     Run(RunArgs),
+    /// Extend the published index to the source's new ledgers, locally.
+    #[command(long_about = EXTEND_ABOUT)]
+    Extend(ExtendArgs),
     /// Build the final index in this one process (reference for `run`).
     Build(BuildArgs),
     /// Look up an account's checkpoints or a transaction's position.
@@ -163,7 +168,7 @@ struct ReduceArgs {
     /// Workers (final shards) per reduce job.
     #[arg(long, env = "WORKER_COUNT", default_value_t = 1)]
     workers: u32,
-    /// If set, the index must start at this ledger (block), the map jobs'
+    /// If set, the map jobs must start at this ledger (block), their
     /// FIRST_CHECKPOINT.
     #[arg(long, env = "FIRST_CHECKPOINT")]
     first_checkpoint: Option<u32>,
@@ -171,11 +176,77 @@ struct ReduceArgs {
     /// jobs that stop short of it (MAP_JOB_COUNT too small).
     #[arg(long, env = "LAST_LEDGER")]
     last_ledger: Option<u32>,
+    /// Extend the index INDEX_TARGET publishes instead of building one from
+    /// the map jobs alone: merge its shards with the map jobs, which must
+    /// cover the ledgers right after its range (map them with
+    /// FIRST_CHECKPOINT = its last ledger + 1, into another root than its
+    /// first build's). Keep its REDUCE_JOB_COUNT and WORKER_COUNT. The new
+    /// generation is byte-identical to a full rebuild over the whole range.
+    /// A gap or an overlap is refused, naming it; a rerun once the extension
+    /// is published is a no-op.
+    #[arg(long, env = "EXTEND_INDEX")]
+    extend: bool,
     /// Redo the job even if its _SUCCESS manifest exists.
     #[arg(long)]
     force: bool,
     #[command(flatten)]
     job: JobIndexArgs,
+}
+
+const EXTEND_ABOUT: &str = "\
+Extend the published index to the source's new ledgers, locally, without rebuilding it.
+
+The index at --target states the ledgers it covers, A..B. `extend` runs map jobs over only
+B+1..C (C = --to, default the source's latest ledger) into TARGET/extend-<B+1>-<C>/, then
+reduce jobs that merge them into the index's shards (`reduce --extend`), and publishes a new
+generation covering A..C with one atomic put of TARGET/layout.json. Readers switch to it
+whole, as after any rebuild. Every object of the new generation has the bytes a full rebuild
+over A..C writes (only the generation's name differs); the index keeps its reduce jobs and
+shards per job. Nothing is done when the index already reaches C.
+
+Each job is a separate process configured through the job environment, as in `run`; on
+Kubernetes or AWS Batch run the same two phases yourself: map with FIRST_CHECKPOINT=B+1,
+LAST_LEDGER=C and INDEX_TARGET=<a new root>, then reduce with EXTEND_INDEX=true,
+INDEX_SOURCE_ROOT=<that root>, INDEX_TARGET=<the index>, and the index's REDUCE_JOB_COUNT
+and WORKER_COUNT.
+
+Example: /tmp/idx was built (`run`) while the source ended at ledger 1410200; it now ends at
+1410367:
+  batch-index extend --source tests/fixtures/stellar/testnet-lighthorizon --target /tmp/idx \\
+    --map-jobs 2 --network-passphrase 'Test SDF Network ; September 2015'
+  extended ledgers 1410048-1410200 to 1410048-1410367: generation gen-<16 hex digits> (map
+  outputs in /tmp/idx/extend-1410201-1410367)";
+
+#[derive(Debug, Args)]
+struct ExtendArgs {
+    /// Ledger source URL (see `map --help`); it must hold the ledgers after
+    /// the index's range.
+    #[arg(long, env = "TXMETA_SOURCE")]
+    source: String,
+    /// Root of the index to extend (its layout.json names the generation).
+    #[arg(long, env = "INDEX_TARGET")]
+    target: String,
+    /// Last ledger (block) to index (default: the source's latest).
+    #[arg(long, env = "LAST_LEDGER")]
+    to: Option<u32>,
+    /// Map jobs over the new ledgers.
+    #[arg(long, env = "MAP_JOB_COUNT", default_value_t = 1)]
+    map_jobs: u32,
+    /// Checkpoints in flight per map job (the reduce jobs keep the index's
+    /// shards per job).
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
+    /// Jobs running at the same time (default: CPU count).
+    #[arg(long, env = "BATCH_INDEX_PARALLEL")]
+    parallel: Option<u32>,
+    /// Comma-separated modules: the ones the index was built with.
+    #[arg(long, env = "MODULES", default_value = "accounts,transactions")]
+    modules: String,
+    /// Pass --force to every job.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    source_args: SourceArgs,
 }
 
 #[derive(Debug, Args)]
@@ -262,6 +333,14 @@ struct PruneArgs {
     grace_secs: u64,
 }
 
+fn own_exe() -> Result<std::path::PathBuf> {
+    std::env::current_exe().map_err(|e| Error::invalid(format!("cannot find own executable: {e}")))
+}
+
+fn parallel(flag: Option<u32>) -> u32 {
+    flag.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32))
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Map(a) => {
@@ -320,6 +399,7 @@ async fn run(cli: Cli) -> Result<()> {
                 force: a.force,
                 first_ledger: a.first_checkpoint,
                 last_ledger: a.last_ledger,
+                extend: a.extend,
             };
             let out = run_reduce(
                 &StoreRoot::open(&a.source_root)?,
@@ -328,6 +408,10 @@ async fn run(cli: Cli) -> Result<()> {
             )
             .await?;
             match out {
+                ReduceOutcome::AlreadyDone if a.extend => eprintln!(
+                    "reduce job {job}: already done (the extension, or an index holding its \
+                     ledgers, is published, or this job finished: use --force to redo)"
+                ),
                 ReduceOutcome::AlreadyDone => {
                     eprintln!("reduce job {job}: already done (use --force to redo)")
                 }
@@ -337,20 +421,15 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Run(a) => {
-            let exe = std::env::current_exe()
-                .map_err(|e| Error::invalid(format!("cannot find own executable: {e}")))?;
             Modules::parse(&a.modules)?;
-            let parallel = a.parallel.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(2, |n| n.get() as u32)
-            });
             let cfg = RunConfig {
-                exe,
+                exe: own_exe()?,
                 source: a.source,
                 target: a.target,
                 map_jobs: a.map_jobs,
                 reduce_jobs: a.reduce_jobs,
                 workers: a.workers,
-                parallel,
+                parallel: parallel(a.parallel),
                 source_cfg: a.source_args.config(),
                 modules: a.modules,
                 force: a.force,
@@ -362,6 +441,42 @@ async fn run(cli: Cli) -> Result<()> {
                 ));
             }
             run_local(&cfg).await?;
+        }
+        Command::Extend(a) => {
+            Modules::parse(&a.modules)?;
+            if a.map_jobs == 0 || a.workers == 0 {
+                return Err(Error::invalid(
+                    "--map-jobs and --workers must be at least 1",
+                ));
+            }
+            let cfg = RunConfig {
+                exe: own_exe()?,
+                source: a.source,
+                target: a.target,
+                map_jobs: a.map_jobs,
+                reduce_jobs: 0,
+                workers: a.workers,
+                parallel: parallel(a.parallel),
+                source_cfg: a.source_args.config(),
+                modules: a.modules,
+                force: a.force,
+                progress: true,
+            };
+            match extend_local(&cfg, a.to).await? {
+                ExtendOutcome::UpToDate { covered } => {
+                    eprintln!("the index already covers ledgers {covered}: nothing to extend")
+                }
+                ExtendOutcome::Extended {
+                    from,
+                    covered,
+                    generation,
+                    map_root,
+                } => eprintln!(
+                    "extended ledgers {from} to {covered}: generation {generation} \
+                     (map outputs in {})",
+                    batch_index::store::redact_url(&map_root)
+                ),
+            }
         }
         Command::Build(a) => {
             let source = open_source_url(&a.source, &a.source_args.config()).await?;

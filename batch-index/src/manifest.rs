@@ -140,14 +140,19 @@ impl MapManifest {
 }
 
 /// Manifest of reduce job `job`, at `_SUCCESS/reduce-<job>.json`.
+///
+/// It states what the generation holds, never how it was built (how many
+/// map jobs, single process or an extension of another generation): every
+/// object of a generation is a function of the ledgers covered and the shard
+/// layout alone, so a full build, a single-process build and an extension
+/// over the same ledgers write the same bytes. Manifests written while they
+/// still recorded `map_job_count` read as before (the field is ignored).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReduceManifest {
     /// [`REDUCE_FORMAT`].
     pub format: String,
     /// Reduce job index.
     pub job: u32,
-    /// Map jobs merged.
-    pub map_job_count: u32,
     /// Workers (shards) of this job.
     pub worker_count: u32,
     /// Shard files written.

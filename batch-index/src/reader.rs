@@ -34,16 +34,14 @@ use futures::{StreamExt, TryStreamExt};
 use roaring::RoaringBitmap;
 
 use crate::account::{Account, Owner};
-use crate::bitmap_encoding;
 use crate::error::{Error, Result};
 use crate::manifest::{LedgerRange, ReduceManifest, read_json};
 use crate::reduce::{
     LAYOUT_FORMAT, LAYOUT_PATH, LEGACY_GENERATION, Layout, POINTER_FORMAT, account_shard,
-    reduce_success, transaction_shard,
+    decode_account_value, decode_index_names, reduce_success, transaction_shard,
 };
 use crate::store::StoreRoot;
 use crate::table::{self, FOOTER_BUDGET, Footer};
-use crate::varint::Cursor;
 
 /// Position of a transaction: a TOID `ledger << 32 | tx_index << 12 | op_index`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -273,23 +271,32 @@ fn generation_of(root: &StoreRoot, pointer: &Layout) -> Result<String> {
     }
 }
 
-impl IndexSnapshot {
-    /// Reads the pointer at `root` and opens the generation it names.
-    async fn resolve(
-        root: &StoreRoot,
-        range_reads: &Arc<std::sync::atomic::AtomicU64>,
-    ) -> Result<Self> {
-        let pointer = read_layout(root).await?;
-        Self::open(root, pointer, range_reads).await
+/// A finished generation of an index, opened and checked: every reduce job
+/// of it wrote its `_SUCCESS`, and they agree on the range covered.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// `gen-<id>`, or [`LEGACY_GENERATION`].
+    pub name: String,
+    /// The directory holding its shards (the index root for `legacy`).
+    pub root: StoreRoot,
+    /// Its shard layout ([`LAYOUT_FORMAT`]).
+    pub layout: Layout,
+    /// Reduce job `j`'s manifest at index `j`.
+    pub manifests: Vec<ReduceManifest>,
+    /// The ledgers it holds (see [`IndexSnapshot::covered`]).
+    pub covered: Option<LedgerRange>,
+}
+
+impl Generation {
+    /// Reads the pointer at `index_root` and opens the generation it names.
+    pub async fn published(index_root: &StoreRoot) -> Result<Self> {
+        let pointer = read_layout(index_root).await?;
+        Self::open(index_root, pointer).await
     }
 
     /// Opens the generation `pointer` (the root `layout.json`) names and
     /// checks that every reduce job of it finished.
-    async fn open(
-        index_root: &StoreRoot,
-        pointer: Layout,
-        range_reads: &Arc<std::sync::atomic::AtomicU64>,
-    ) -> Result<Self> {
+    async fn open(index_root: &StoreRoot, pointer: Layout) -> Result<Self> {
         let generation = generation_of(index_root, &pointer)?;
         let (root, layout) = if generation == LEGACY_GENERATION {
             (index_root.clone(), pointer)
@@ -323,7 +330,7 @@ impl IndexSnapshot {
         }
         // Every reduce job must have finished: a crashed reducer may have
         // left some shards rewritten and others not.
-        let manifests: Vec<(u32, Option<ReduceManifest>)> =
+        let read: Vec<(u32, Option<ReduceManifest>)> =
             futures::stream::iter(0..layout.reduce_job_count)
                 .map(|j| {
                     let root = root.clone();
@@ -332,7 +339,7 @@ impl IndexSnapshot {
                 .buffered(16)
                 .try_collect()
                 .await?;
-        let missing: Vec<u32> = manifests
+        let missing: Vec<u32> = read
             .iter()
             .filter(|(_, m)| m.is_none())
             .map(|(j, _)| *j)
@@ -344,15 +351,14 @@ impl IndexSnapshot {
                 reduce_success(missing[0])
             )));
         }
+        let manifests: Vec<ReduceManifest> = read.into_iter().filter_map(|(_, m)| m).collect();
         // Each reduce job checked the map jobs' coverage on its own; they
         // must agree on the range the index holds.
-        let mut covered = None;
-        for (j, m) in manifests.iter().filter_map(|(j, m)| Some((j, m.as_ref()?))) {
-            if *j == 0 {
-                covered = m.covered;
-            } else if m.covered != covered {
+        let covered = manifests[0].covered;
+        for (j, m) in manifests.iter().enumerate().skip(1) {
+            if m.covered != covered {
                 return Err(Error::corrupt(
-                    root.describe(&reduce_success(*j)),
+                    root.describe(&reduce_success(j as u32)),
                     format!(
                         "covers {}, but reduce job 0 covers {}: the reduce jobs merged different map outputs",
                         m.covered.map_or("nothing".into(), |r| r.to_string()),
@@ -361,14 +367,46 @@ impl IndexSnapshot {
                 ));
             }
         }
-        Ok(IndexSnapshot {
+        Ok(Generation {
+            name: generation,
             root,
-            generation,
-            covered,
             layout,
+            manifests,
+            covered,
+        })
+    }
+}
+
+impl IndexSnapshot {
+    /// Reads the pointer at `root` and opens the generation it names.
+    async fn resolve(
+        root: &StoreRoot,
+        range_reads: &Arc<std::sync::atomic::AtomicU64>,
+    ) -> Result<Self> {
+        Ok(Self::of(Generation::published(root).await?, range_reads))
+    }
+
+    /// Opens the generation `pointer` (the root `layout.json`) names.
+    async fn open(
+        index_root: &StoreRoot,
+        pointer: Layout,
+        range_reads: &Arc<std::sync::atomic::AtomicU64>,
+    ) -> Result<Self> {
+        Ok(Self::of(
+            Generation::open(index_root, pointer).await?,
+            range_reads,
+        ))
+    }
+
+    fn of(g: Generation, range_reads: &Arc<std::sync::atomic::AtomicU64>) -> Self {
+        IndexSnapshot {
+            root: g.root,
+            generation: g.name,
+            covered: g.covered,
+            layout: g.layout,
             footers: Default::default(),
             range_reads: range_reads.clone(),
-        })
+        }
     }
 
     /// The generation (`gen-<id>`, or `legacy`).
@@ -433,28 +471,8 @@ impl IndexSnapshot {
         };
         let bad =
             |e: String| Error::corrupt(self.root.describe(&rel), format!("account `{text}`: {e}"));
-        let mut mc = Cursor::new(&footer.meta);
-        let n_names = mc
-            .len(footer.meta.len())
-            .ok_or_else(|| bad("bad name table".into()))?;
-        let mut names = Vec::with_capacity(n_names);
-        for _ in 0..n_names {
-            let n = mc.prefixed().ok_or_else(|| bad("bad name table".into()))?;
-            names.push(String::from_utf8_lossy(n).into_owned());
-        }
-        let mut c = Cursor::new(&value);
-        let k = c
-            .len(names.len())
-            .ok_or_else(|| bad("bad entry count".into()))?;
-        let mut out = Vec::with_capacity(k);
-        for _ in 0..k {
-            let id = c
-                .len(names.len().saturating_sub(1))
-                .ok_or_else(|| bad("bad index id".into()))?;
-            let set = bitmap_encoding::decode(&mut c).map_err(bad)?;
-            out.push((names[id].clone(), set));
-        }
-        Ok(out)
+        let names = decode_index_names(&footer.meta).map_err(bad)?;
+        decode_account_value(&names, &value).map_err(bad)
     }
 
     /// Checkpoints in which `account` appears in `index` (empty if none).

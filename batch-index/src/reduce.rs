@@ -26,7 +26,15 @@
 //! contiguous range of ledgers, each the whole range it was asked for
 //! ([`check_coverage`]); it refuses an index with missing ledgers, naming the
 //! first gap and the map job to rerun. The reduce manifest records the range
-//! covered, which [`crate::IndexReader::covered`] exposes.
+//! covered, which [`crate::IndexReader::covered`] exposes, and nothing about
+//! how the generation was built, so every object of a generation depends
+//! only on the ledgers it covers and its layout.
+//!
+//! With [`ReduceConfig::extend`] the job extends the generation the root
+//! pointer publishes instead: it also merges that generation's shards of
+//! its partition, the map jobs covering the ledgers right after it, and
+//! writes a generation covering both (see [`crate::extend`]); the bytes are
+//! those of a full rebuild over the whole range.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +46,7 @@ use sha2::{Digest, Sha256};
 use crate::account::Owner;
 use crate::bitmap_encoding;
 use crate::error::{Error, Result};
+use crate::extend::{self, ExtensionStep};
 use crate::manifest::{
     FileEntry, LedgerRange, MAP_FORMAT, MapManifest, REDUCE_FORMAT, ReduceManifest, read_json,
     to_json,
@@ -45,7 +54,7 @@ use crate::manifest::{
 use crate::partial::{self, AccountSets};
 use crate::store::StoreRoot;
 use crate::table;
-use crate::varint;
+use crate::varint::{self, Cursor};
 
 /// Format tag of a generation's `layout.json` (and of the root
 /// `layout.json` of an index written before generations existed).
@@ -90,6 +99,26 @@ pub fn reduce_generation(manifests: &[MapManifest], reduce_jobs: u32, workers: u
         "{LAYOUT_FORMAT} {} reduce {reduce_jobs} {workers}\n",
         env!("CARGO_PKG_VERSION")
     ));
+    h.update(to_json(&manifests));
+    generation_name(&h.finalize())
+}
+
+/// The generation of an extension of the generation whose reduce manifests
+/// are `base` by the map jobs `manifests` (see [`crate::extend`]): a hash
+/// of those inputs, never equal to a full build's name, and the same for
+/// every base with the same content.
+pub fn extension_generation(
+    base: &[ReduceManifest],
+    manifests: &[MapManifest],
+    reduce_jobs: u32,
+    workers: u32,
+) -> String {
+    let mut h = Sha256::new();
+    h.update(format!(
+        "{LAYOUT_FORMAT} {} extend {reduce_jobs} {workers}\n",
+        env!("CARGO_PKG_VERSION")
+    ));
+    h.update(to_json(&base));
     h.update(to_json(&manifests));
     generation_name(&h.finalize())
 }
@@ -213,6 +242,11 @@ pub struct ReduceConfig {
     /// When set (`LAST_LEDGER`), the index must end at this ledger: map jobs
     /// that stop short of it (too small a `MAP_JOB_COUNT`) are refused.
     pub last_ledger: Option<u32>,
+    /// Extend the index `target` publishes (`EXTEND_INDEX`) instead of
+    /// building one from the map jobs alone: merge its shards with the map
+    /// jobs, which must cover the ledgers right after it ([`crate::extend`]).
+    /// `first_ledger` and `last_ledger` then describe the new map jobs.
+    pub extend: bool,
 }
 
 /// What one worker's shard holds.
@@ -282,6 +316,105 @@ pub fn encode_transaction_shard(txs: &BTreeMap<[u8; 32], u64>) -> Vec<u8> {
         .map(|(h, p)| (h.to_vec(), p.to_be_bytes().to_vec()))
         .collect();
     table::write(b"", &records)
+}
+
+/// Decodes an account shard's index-name table (its footer meta, written by
+/// [`encode_account_shard`]).
+pub fn decode_index_names(meta: &[u8]) -> std::result::Result<Vec<String>, String> {
+    let mut c = Cursor::new(meta);
+    let n = c.len(meta.len()).ok_or("bad name table")?;
+    let mut names = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = c.prefixed().ok_or("bad name table")?;
+        names.push(String::from_utf8(name.to_vec()).map_err(|_| "index name is not UTF-8")?);
+    }
+    if !c.is_empty() {
+        return Err("trailing bytes after the name table".into());
+    }
+    Ok(names)
+}
+
+/// Decodes one account's value in an account shard: its `(index name,
+/// checkpoints)` entries, `names` being the shard's name table.
+pub fn decode_account_value(
+    names: &[String],
+    value: &[u8],
+) -> std::result::Result<Vec<(String, RoaringBitmap)>, String> {
+    let mut c = Cursor::new(value);
+    let k = c.len(names.len()).ok_or("bad entry count")?;
+    let mut out = Vec::with_capacity(k);
+    for _ in 0..k {
+        let id = c.len(names.len().saturating_sub(1)).ok_or("bad index id")?;
+        out.push((names[id].clone(), bitmap_encoding::decode(&mut c)?));
+    }
+    if !c.is_empty() {
+        return Err("trailing bytes after the entries".into());
+    }
+    Ok(out)
+}
+
+/// Decodes a whole account shard into its records, in key order (an
+/// extension reads the shards of the generation it extends).
+pub fn decode_account_shard(
+    bytes: &[u8],
+) -> std::result::Result<Vec<partial::AccountRecord>, String> {
+    let footer = table::Footer::parse(bytes)?;
+    let names = decode_index_names(&footer.meta)?;
+    let mut out = Vec::with_capacity(footer.record_count.min(1 << 24) as usize);
+    for (key, value) in whole_table_records(bytes, &footer)? {
+        let text = std::str::from_utf8(key).map_err(|_| "account key is not UTF-8")?;
+        let sets =
+            decode_account_value(&names, value).map_err(|e| format!("account `{text}`: {e}"))?;
+        out.push((text.to_string(), sets));
+    }
+    Ok(out)
+}
+
+/// Decodes a whole transaction shard into `(hash, position)` records.
+pub fn decode_transaction_shard(bytes: &[u8]) -> std::result::Result<Vec<([u8; 32], u64)>, String> {
+    let footer = table::Footer::parse(bytes)?;
+    whole_table_records(bytes, &footer)?
+        .into_iter()
+        .map(|(key, value)| {
+            let h: [u8; 32] = key
+                .try_into()
+                .map_err(|_| "transaction key is not 32 bytes")?;
+            let p: [u8; 8] = value
+                .try_into()
+                .map_err(|_| "transaction value is not 8 bytes")?;
+            Ok((h, u64::from_be_bytes(p)))
+        })
+        .collect()
+}
+
+/// Every record of a table object, checked sorted, unique and as many as its
+/// footer says.
+fn whole_table_records<'a>(
+    bytes: &'a [u8],
+    footer: &table::Footer,
+) -> std::result::Result<Vec<table::Record<'a>>, String> {
+    let mut out: Vec<table::Record<'a>> = Vec::new();
+    for range in footer.block_ranges() {
+        let block = usize::try_from(range.start)
+            .ok()
+            .zip(usize::try_from(range.end).ok())
+            .and_then(|(a, b)| bytes.get(a..b))
+            .ok_or("block range outside the object")?;
+        for record in table::block_records(block)? {
+            if out.last().is_some_and(|last| last.0 >= record.0) {
+                return Err("keys out of order".into());
+            }
+            out.push(record);
+        }
+    }
+    if out.len() as u64 != footer.record_count {
+        return Err(format!(
+            "{} records where the footer says {}",
+            out.len(),
+            footer.record_count
+        ));
+    }
+    Ok(out)
 }
 
 /// One encoded shard file of a reduce job: its entry and content.
@@ -370,7 +503,35 @@ pub async fn run_reduce(
         .buffered(8)
         .try_collect()
         .await?;
-    let generation = reduce_generation(&manifests, cfg.reduce_jobs, cfg.workers);
+    let maps_covered = check_coverage(&manifests)?;
+    // A full reduce covers what its map jobs cover; an extension adds it to
+    // the range of the generation it extends (its base).
+    let (generation, covered, base) = if cfg.extend {
+        let base = extend::open_base(target, cfg.reduce_jobs, cfg.workers).await?;
+        match extend::plan_extension(base.covered, maps_covered)? {
+            ExtensionStep::AlreadyCovered => {
+                tracing::info!(
+                    job = cfg.job,
+                    generation = base.name,
+                    covered = ?base.covered,
+                    "the published index already holds the ledgers of these map jobs: \
+                     the extension was published (or the index rebuilt) already"
+                );
+                return Ok(ReduceOutcome::AlreadyDone);
+            }
+            ExtensionStep::Extend { covered } => (
+                extension_generation(&base.manifests, &manifests, cfg.reduce_jobs, cfg.workers),
+                Some(covered),
+                Some(base),
+            ),
+        }
+    } else {
+        (
+            reduce_generation(&manifests, cfg.reduce_jobs, cfg.workers),
+            maps_covered,
+            None,
+        )
+    };
     let gen_root = target.child(&generation);
     let success = reduce_success(cfg.job);
     if gen_root.get_opt(&success).await?.is_some() {
@@ -386,8 +547,12 @@ pub async fn run_reduce(
         }
         gen_root.delete(&success).await?;
     }
-    let covered = check_coverage(&manifests)?;
-    check_span(covered, cfg.first_ledger, cfg.last_ledger, cfg.map_jobs)?;
+    check_span(
+        maps_covered,
+        cfg.first_ledger,
+        cfg.last_ledger,
+        cfg.map_jobs,
+    )?;
     let parts: Vec<Partition> = futures::stream::iter(manifests.iter().enumerate())
         .map(|(m, manifest)| read_map_partition(source_root, m as u32, manifest, job))
         .buffered(8)
@@ -396,6 +561,16 @@ pub async fn run_reduce(
     // Route records to their worker, then merge and encode each worker's
     // shard on its own blocking thread.
     let mut routed: Vec<Routed> = (0..cfg.workers).map(|_| Routed::default()).collect();
+    if let Some(base) = &base {
+        for (w, (accounts, txs)) in extend::read_base_shards(base, job)
+            .await?
+            .into_iter()
+            .enumerate()
+        {
+            routed[w].0.extend(accounts);
+            routed[w].1.extend(txs);
+        }
+    }
     for (m, (accounts, txs)) in parts.into_iter().enumerate() {
         for (text, sets) in accounts {
             let owner = Owner::of_account(&text, cfg.reduce_jobs, cfg.workers);
@@ -427,7 +602,6 @@ pub async fn run_reduce(
     let manifest = ReduceManifest {
         format: REDUCE_FORMAT.into(),
         job,
-        map_job_count: cfg.map_jobs,
         worker_count: cfg.workers,
         files,
         covered,

@@ -58,6 +58,7 @@ fn reduce_cfg(job: u32) -> ReduceConfig {
         force: false,
         first_ledger: Some(FIRST),
         last_ledger: Some(LAST),
+        extend: false,
     }
 }
 

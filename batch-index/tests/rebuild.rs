@@ -305,6 +305,7 @@ fn reduce_cfg(job: u32, map_jobs: u32, latest: u32) -> ReduceConfig {
         force: false,
         first_ledger: Some(FIRST),
         last_ledger: Some(latest),
+        extend: false,
     }
 }
 

@@ -12,7 +12,10 @@ use batch_index::local_build::build_single_process;
 use batch_index::source::{Chain, SourceConfig, open_source};
 use batch_index::store::StoreRoot;
 use batch_index::{INDEX_ALL, INDEX_PAYMENTS, IndexReader};
-use process::{TESTNET, assert_ok, assert_same_index, batch_index, final_index_files, fixture};
+use process::{
+    TESTNET, assert_ok, assert_same_index, batch_index, final_index_files, fixture,
+    generation_objects,
+};
 
 fn testnet_source_cfg() -> SourceConfig {
     SourceConfig {
@@ -87,6 +90,13 @@ async fn distributed_runs_are_byte_identical_to_single_process_build() {
             &ran,
             &final_index_files(&single_dir),
             &format!("M={m} R={r} W={w}"),
+        );
+        // Manifests included: they state what the generation holds, not how
+        // it was built.
+        assert_same_index(
+            &generation_objects(&run_dir),
+            &generation_objects(&single_dir),
+            &format!("M={m} R={r} W={w}, every object"),
         );
 
         // Every layout answers the same for every account seen by any map job.

@@ -135,3 +135,34 @@ pub fn growing_source(dir: &Path, latest: u32) {
     }
     std::fs::write(dir.join("latest"), latest.to_string()).unwrap();
 }
+
+/// Every object of the generation an index directory publishes (shards,
+/// `layout.json` and `_SUCCESS/` manifests), path relative to the
+/// generation → bytes.
+pub fn generation_objects(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).expect("generation dir") {
+            let p = e.expect("dir entry").path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                let rel = p.strip_prefix(base).expect("under the generation");
+                out.insert(
+                    rel.to_string_lossy().into_owned(),
+                    std::fs::read(&p).expect("object"),
+                );
+            }
+        }
+    }
+    let generation = generation_dir(dir);
+    assert_ne!(generation, dir, "{} publishes no generation", dir.display());
+    let mut out = BTreeMap::new();
+    walk(&generation, &generation, &mut out);
+    out
+}
+
+/// The root `layout.json` pointer of an index directory, parsed.
+pub fn pointer(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("layout.json")).expect("layout.json"))
+        .expect("layout.json is JSON")
+}

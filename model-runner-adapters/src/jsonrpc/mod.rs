@@ -14,7 +14,7 @@
 //! |---|---|---|
 //! | `rps` | 25 | requests per second to this URL at most (a batch is one request) |
 //! | `concurrency` | 4 | requests in flight to this URL at most |
-//! | `batch` | 25 | calls per batch request, and blocks per `eth_getBlockByNumber` batch |
+//! | `batch` | 25 | calls per batch request, and blocks per `eth_getBlockByNumber` batch (1: no batches) |
 //! | `timeout_ms` | 30000 | time for one request, connecting included |
 //!
 //! The settings go in the fragment, which is never sent to the node, so they cannot clash with a

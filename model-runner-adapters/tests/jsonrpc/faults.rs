@@ -62,6 +62,8 @@ struct Faults {
     /// Answers for the receipt of this transaction that are `null` (with
     /// `eth_getBlockReceipts`: the whole block's receipts are `null`).
     null_receipt: Option<(B256, usize)>,
+    /// Answers of `eth_getBlockReceipts` that leave out the receipt of this transaction.
+    left_out_receipt: Option<(B256, usize)>,
     /// Receipts that name another block hash.
     receipt_of_other_block: usize,
     /// Receipts whose logs name another block hash.
@@ -243,7 +245,21 @@ impl Node {
                             .iter()
                             .map(|t| t["hash"].as_str().unwrap().parse().unwrap())
                             .collect();
-                        let list: Vec<Value> = txs.into_iter().map(|t| self.receipt(t)).collect();
+                        let left_out = {
+                            let mut f = self.faults.lock().unwrap();
+                            match &mut f.left_out_receipt {
+                                Some((t, n)) if txs.contains(t) => take(n).then_some(*t),
+                                _ => None,
+                            }
+                        };
+                        if left_out.is_some() {
+                            self.fault("left out receipt");
+                        }
+                        let list: Vec<Value> = txs
+                            .into_iter()
+                            .filter(|t| Some(*t) != left_out)
+                            .map(|t| self.receipt(t))
+                            .collect();
                         // A lagging node has none of the block's receipts.
                         if list.iter().any(Value::is_null) {
                             Value::Null
@@ -290,11 +306,8 @@ async fn handle(
     node.seen.lock().unwrap().last = Some((target.clone(), auth.clone()));
     let (echo, too_many, hang) = {
         let mut f = node.faults.lock().unwrap();
-        (
-            f.echo,
-            take(&mut f.too_many),
-            !too_many_or(&f) && take(&mut f.hang),
-        )
+        let too_many = take(&mut f.too_many);
+        (f.echo, too_many, !too_many && take(&mut f.hang))
     };
     if let Some(status) = echo {
         node.fault("echo");
@@ -323,11 +336,6 @@ async fn handle(
         call => node.answer(call),
     };
     axum::Json(answer).into_response()
-}
-
-/// Whether a 429 is still to come (429s are served before hangs).
-fn too_many_or(f: &Faults) -> bool {
-    f.too_many > 0
 }
 
 /// Serves `node` on 127.0.0.1 and returns its URL.
@@ -426,31 +434,70 @@ async fn rate_limits_and_a_lagging_node_are_retried_and_no_transfer_is_lost() {
     }
 }
 
-/// A node that keeps lagging: after the retries, a retryable error naming the transaction,
-/// never a block without its receipt.
+/// A 429's `Retry-After` (1 s here) is waited out, above the backoff (1 ms here), up to
+/// `max_retry_after`.
 #[tokio::test]
-async fn a_receipt_that_stays_null_is_a_retryable_error() {
+async fn a_rate_limited_node_is_given_the_time_it_asks_for() {
     let node = Node::new(
         &["block_483920"],
-        false,
+        true,
         Faults {
-            null_receipt: Some((TRANSFER_TX.parse().unwrap(), usize::MAX)),
+            too_many: 2,
             ..Faults::default()
         },
     );
     let url = serve(node.clone()).await;
     let mut options = fast();
-    options.retries = 3;
+    options.max_retry_after = Duration::from_secs(5);
     let source = JsonRpcSource::with_options(eth(), &url, options).unwrap();
-    let err = source.blocks(BlockRange::single(BLOCK)).await.unwrap_err();
-    assert!(matches!(err, SourceError::Unavailable { .. }), "{err:?}");
-    let text = err.to_string();
-    assert!(text.contains("gave up after 4 attempts"), "{text}");
+    let started = std::time::Instant::now();
+    assert_eq!(source.head().await.unwrap().number, BLOCK);
+    assert_eq!(node.faults("429"), 2);
     assert!(
-        text.contains(TRANSFER_TX) && text.contains("is null"),
-        "{text}"
+        started.elapsed() >= Duration::from_secs(2),
+        "two Retry-After: 1 answers, retried after {:?}",
+        started.elapsed()
     );
-    assert_eq!(node.faults("null receipt"), 4);
+}
+
+/// A node that keeps lagging: after the retries, a retryable error naming the transaction,
+/// never a block without its receipt. Per transaction its receipt is `null`; per block, the
+/// list leaves it out.
+#[tokio::test]
+async fn a_receipt_that_stays_null_or_missing_is_a_retryable_error() {
+    let tx: B256 = TRANSFER_TX.parse().unwrap();
+    for (block_receipts, faults, says, fault) in [
+        (
+            false,
+            Faults {
+                null_receipt: Some((tx, usize::MAX)),
+                ..Faults::default()
+            },
+            "is null",
+            "null receipt",
+        ),
+        (
+            true,
+            Faults {
+                left_out_receipt: Some((tx, usize::MAX)),
+                ..Faults::default()
+            },
+            "do not hold exactly one for transaction",
+            "left out receipt",
+        ),
+    ] {
+        let node = Node::new(&["block_483920"], block_receipts, faults);
+        let url = serve(node.clone()).await;
+        let mut options = fast();
+        options.retries = 3;
+        let source = JsonRpcSource::with_options(eth(), &url, options).unwrap();
+        let err = source.blocks(BlockRange::single(BLOCK)).await.unwrap_err();
+        assert!(matches!(err, SourceError::Unavailable { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("gave up after 4 attempts"), "{text}");
+        assert!(text.contains(TRANSFER_TX) && text.contains(says), "{text}");
+        assert_eq!(node.faults(fault), 4);
+    }
 }
 
 /// Receipts or logs that name another block hash (a node on another branch) are retried, and

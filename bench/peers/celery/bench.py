@@ -92,13 +92,17 @@ def delete_queue(amqp_url, queue):
         print("warning: could not delete queue %s: %s" % (queue, type(e).__name__), file=sys.stderr)
 
 
-def start_worker(env, concurrency, prefetch, queue, log):
-    cmd = [
+def start_worker_cmd(concurrency, prefetch, queue):
+    return [
         sys.executable, "-m", "celery", "-A", "tasks", "worker",
         "--loglevel=WARNING", "--pool=prefork", "--concurrency=%d" % concurrency,
-        "--prefetch-multiplier=%d" % prefetch, "-Q", queue,
+        "--prefetch-multiplier=%s" % prefetch, "-Q", queue,
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]
+
+
+def start_worker(env, concurrency, prefetch, queue, log):
+    cmd = start_worker_cmd(concurrency, prefetch, queue)
     return subprocess.Popen(cmd, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
@@ -232,8 +236,9 @@ def main():
     print("celery %s, kombu %s, psycopg %s, Python %s; broker %s; database %s"
           % (celery.__version__, kombu.__version__, psycopg.__version__, sys.version.split()[0],
              redacted(args.amqp_url), redacted(args.pg_url)))
-    print("one worker process: prefork pool, concurrency %d (CPU cores: %s), task_acks_late=True"
+    print("one worker process: prefork pool, concurrency %d (CPU cores: %s), task_acks_late=True:"
           % (args.concurrency, os.cpu_count()))
+    print("  python " + " ".join(start_worker_cmd(args.concurrency, "P", "QUEUE")[1:]))
     print("erc20_transfers tasks: %d blocks each, ~%d synthetic logs per block (seed %d, a pool of %d"
           " distinct blocks generated per worker process before it takes tasks)"
           % (args.run_blocks, args.logs_per_block, args.seed, args.block_pool))

@@ -1,6 +1,6 @@
+# shellcheck shell=bash
 # Shared helpers of the peer comparisons; sourced by each run.sh (bash, set -euo pipefail).
 
-PEERS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PEERS_CACHE="${MODEL_RUNNER_PEERS_CACHE:-$HOME/.cache/model-runner-peers}"
 
 die() {

@@ -9,6 +9,7 @@
 # PYTHON picks the interpreter for the virtual environment (default: python3 on PATH).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=../lib.sh
 source "$here/../lib.sh"
 
 export PEERS_AMQP_URL="${PEERS_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672//}"
@@ -17,7 +18,8 @@ require_tcp RabbitMQ "$(url_host "$PEERS_AMQP_URL")" "$(url_port "$PEERS_AMQP_UR
 require_tcp PostgreSQL "$(url_host "$PEERS_PG_URL")" "$(url_port "$PEERS_PG_URL" 5432)"
 
 venv="$(ensure_venv celery "${PYTHON:-python3}" "$here/requirements.txt")"
-export PEERS_WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/peers-celery.XXXXXX")"
+PEERS_WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/peers-celery.XXXXXX")"
+export PEERS_WORKDIR
 trap 'rm -rf "$PEERS_WORKDIR"' EXIT
 
 echo "machine: $(nproc) cores, $(uname -sr); $(date -u +%Y-%m-%dT%H:%M:%SZ); load $(load)"

@@ -12,6 +12,7 @@
 #   else python3.10 on PATH).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=../lib.sh
 source "$here/../lib.sh"
 
 logs=200000 seed=1 per_block=300 repeat=3 chunk=100
@@ -29,7 +30,8 @@ done
 
 python310="${PYTHON310:-}"
 if [ -z "$python310" ]; then
-    python310="$(ls -d "$HOME"/.pyenv/versions/3.10.*/bin/python 2>/dev/null | sort -V | tail -1 || true)"
+    python310="$(printf '%s\n' "$HOME"/.pyenv/versions/3.10.*/bin/python | sort -V | tail -1)"
+    [ -x "$python310" ] || python310=""
     [ -n "$python310" ] || python310="$(command -v python3.10 || true)"
 fi
 [ -n "$python310" ] || die "ethereum-etl 2.4.2 needs Python 3.10: install it (e.g. pyenv install 3.10) or set PYTHON310"

@@ -2,6 +2,8 @@
 # Shared helpers of the peer comparisons; sourced by each run.sh (bash, set -euo pipefail).
 
 PEERS_CACHE="${MODEL_RUNNER_PEERS_CACHE:-$HOME/.cache/model-runner-peers}"
+# No bytecode caches inside the repository.
+export PYTHONDONTWRITEBYTECODE=1
 
 die() {
     echo "error: $*" >&2

@@ -2,7 +2,9 @@
 //!
 //! Each line is one [`Record`] as JSON: `{"key":{"model","chain","block_number","position"},
 //! "model_version","block_hash","run_id","payload"}`. `send` appends the whole batch and
-//! `fsync`s before it returns, so a confirmed batch survives a crash; a crash mid-batch can
+//! `fsync`s before it returns, so a confirmed batch survives a crash. Sends to one topic at
+//! the same moment share the write and the `fsync` (a group commit: the first to reach the
+//! file writes every batch waiting, in the order they arrived, and tells each sender); a crash mid-batch can
 //! leave a torn last line, which [`read_topic`] skips. The next sink to open that file ends the
 //! torn fragment with a newline before it appends, so its first record starts a line of its own
 //! instead of being glued onto the fragment; [`read_topic`] skips the fragment's line too. Delivery is at-least-once: a retried run appends its records again, and readers
@@ -28,7 +30,22 @@ const ADAPTER: &str = "file";
 #[derive(Debug)]
 pub struct FileSink {
     dir: PathBuf,
-    files: Mutex<HashMap<String, Arc<Mutex<tokio::fs::File>>>>,
+    files: Mutex<HashMap<String, Arc<TopicFile>>>,
+}
+
+/// One topic's file and the batches waiting to be written to it.
+#[derive(Debug)]
+struct TopicFile {
+    waiting: std::sync::Mutex<Waiting>,
+    /// Held by the sender writing (and syncing) everything waiting.
+    file: Mutex<tokio::fs::File>,
+}
+
+/// Encoded batches not yet written, and their senders.
+#[derive(Debug, Default)]
+struct Waiting {
+    bytes: Vec<u8>,
+    senders: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
 }
 
 fn io(context: String, e: std::io::Error) -> SinkError {
@@ -36,6 +53,10 @@ fn io(context: String, e: std::io::Error) -> SinkError {
         adapter: ADAPTER,
         source: format!("{context}: {e}").into(),
     }
+}
+
+fn lock(waiting: &std::sync::Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
+    waiting.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Checks a topic is a plain file name.
@@ -85,7 +106,7 @@ impl FileSink {
         self.dir.join(format!("{topic}.jsonl"))
     }
 
-    async fn file(&self, topic: &str) -> Result<Arc<Mutex<tokio::fs::File>>, SinkError> {
+    async fn file(&self, topic: &str) -> Result<Arc<TopicFile>, SinkError> {
         let mut files = self.files.lock().await;
         if let Some(f) = files.get(topic) {
             return Ok(f.clone());
@@ -104,7 +125,10 @@ impl FileSink {
                 e,
             )
         })?;
-        let f = Arc::new(Mutex::new(f));
+        let f = Arc::new(TopicFile {
+            waiting: std::sync::Mutex::default(),
+            file: Mutex::new(f),
+        });
         files.insert(topic.to_owned(), f.clone());
         Ok(f)
     }
@@ -142,22 +166,50 @@ impl ResultSink for FileSink {
             })?;
             buf.push(b'\n');
         }
-        let file = self.file(topic).await?;
-        let mut f = file.lock().await;
-        let path = || self.path(topic).display().to_string();
-        f.write_all(&buf)
-            .await
-            .map_err(|e| io(format!("writing {}", path()), e))?;
-        f.sync_data()
-            .await
-            .map_err(|e| io(format!("syncing {}", path()), e))?;
-        Ok(())
+        let topic_file = self.file(topic).await?;
+        let (sent, written) = tokio::sync::oneshot::channel();
+        {
+            let mut waiting = lock(&topic_file.waiting);
+            waiting.bytes.extend_from_slice(&buf);
+            waiting.senders.push(sent);
+        }
+        {
+            // Whoever holds the file writes everything waiting: this batch, unless an earlier
+            // holder took it along already.
+            let mut f = topic_file.file.lock().await;
+            let Waiting { bytes, senders } = std::mem::take(&mut *lock(&topic_file.waiting));
+            if !senders.is_empty() {
+                let path = self.path(topic).display().to_string();
+                let result = match f.write_all(&bytes).await {
+                    Err(e) => Err(format!("writing {path}: {e}")),
+                    Ok(()) => f
+                        .sync_data()
+                        .await
+                        .map_err(|e| format!("syncing {path}: {e}")),
+                };
+                for sender in senders {
+                    let _ = sender.send(result.clone());
+                }
+            }
+        }
+        match written.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(SinkError::Backend {
+                adapter: ADAPTER,
+                source: message.into(),
+            }),
+            Err(_) => Err(SinkError::Backend {
+                adapter: ADAPTER,
+                source: "the batch's writer stopped before writing it".into(),
+            }),
+        }
     }
 
     async fn flush(&self) -> Result<(), SinkError> {
         let files: Vec<_> = self.files.lock().await.values().cloned().collect();
         for f in files {
-            f.lock()
+            f.file
+                .lock()
                 .await
                 .sync_all()
                 .await
@@ -239,6 +291,35 @@ mod tests {
             .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"key\":"))
             .unwrap();
         assert_eq!(read_topic(&sink.path("t")).unwrap(), recs);
+    }
+
+    /// Sends made at once share writes, and every batch still lands whole: all of its records,
+    /// in its order, next to each other (no batch is split by another).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_sends_land_whole_and_contiguous() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(FileSink::open(dir.path()).await.unwrap());
+        let batches: Vec<Vec<Record>> = (0..64)
+            .map(|_| model_runner_core::conformance::sink::records("m", 25, 8))
+            .collect();
+        let mut tasks = Vec::new();
+        for batch in batches.clone() {
+            let sink = sink.clone();
+            tasks.push(tokio::spawn(async move { sink.send("t", &batch).await }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let read = read_topic(&sink.path("t")).unwrap();
+        assert_eq!(read.len(), 64 * 25);
+        for batch in &batches {
+            // Each batch has a run id of its own.
+            let at = read
+                .iter()
+                .position(|r| r.run_id == batch[0].run_id)
+                .expect("every batch is written");
+            assert_eq!(&read[at..at + batch.len()], batch.as_slice());
+        }
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use model_runner_core::Chain;
 use model_runner_core::ports::{
-    CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
+    CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError, Transition,
     cursor_conflict, idempotency_conflict, same_batch, state_conflict, validate_batch,
 };
 use model_runner_core::run::{ModelRun, NewRun, RunEvent, RunId, RunState};
@@ -268,6 +268,38 @@ impl SqliteRunStore {
         Ok(out)
     }
 
+    /// The compare-and-set of `transition` inside `tx`.
+    async fn transition_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        id: RunId,
+        expected: RunState,
+        expected_attempt: u32,
+        event: &RunEvent,
+    ) -> Result<ModelRun, StoreError> {
+        let mut run = Self::fetch(&mut **tx, id).await?;
+        if run.state != expected || run.attempt != expected_attempt {
+            return Err(state_conflict(run, expected, expected_attempt));
+        }
+        run.apply(event, Utc::now())?;
+        sqlx::query(
+            "UPDATE runs SET state = ?, attempt = ?, max_attempts = ?, lease_expires_at = ?, next_attempt_at = ?, doc = ? \
+             WHERE id = ? AND state = ? AND attempt = ?",
+        )
+        .bind(run.state.as_str())
+        .bind(run.attempt)
+        .bind(run.max_attempts)
+        .bind(run.lease_expires_at.map(micros))
+        .bind(run.next_attempt_at.map(micros))
+        .bind(encode(&run))
+        .bind(id.to_string())
+        .bind(expected.as_str())
+        .bind(expected_attempt)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+        Ok(run)
+    }
+
     async fn fetch(conn: &mut SqliteConnection, id: RunId) -> Result<ModelRun, StoreError> {
         let row = sqlx::query("SELECT doc FROM runs WHERE id = ?")
             .bind(id.to_string())
@@ -384,29 +416,27 @@ impl RunStore for SqliteRunStore {
         event: RunEvent,
     ) -> Result<ModelRun, StoreError> {
         let mut tx = self.writer.begin().await.map_err(backend)?;
-        let mut run = Self::fetch(&mut tx, id).await?;
-        if run.state != expected || run.attempt != expected_attempt {
-            return Err(state_conflict(run, expected, expected_attempt));
-        }
-        run.apply(&event, Utc::now())?;
-        sqlx::query(
-            "UPDATE runs SET state = ?, attempt = ?, max_attempts = ?, lease_expires_at = ?, next_attempt_at = ?, doc = ? \
-             WHERE id = ? AND state = ? AND attempt = ?",
-        )
-        .bind(run.state.as_str())
-        .bind(run.attempt)
-        .bind(run.max_attempts)
-        .bind(run.lease_expires_at.map(micros))
-        .bind(run.next_attempt_at.map(micros))
-        .bind(encode(&run))
-        .bind(id.to_string())
-        .bind(expected.as_str())
-        .bind(expected_attempt)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
+        let run = Self::transition_in(&mut tx, id, expected, expected_attempt, &event).await?;
         tx.commit().await.map_err(backend)?;
         Ok(run)
+    }
+
+    async fn transitions(
+        &self,
+        batch: &[Transition],
+    ) -> Result<Vec<Result<ModelRun, StoreError>>, StoreError> {
+        // One transaction, so the batch costs one commit; each item decided on its own.
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let mut out = Vec::with_capacity(batch.len());
+        for t in batch {
+            match Self::transition_in(&mut tx, t.id, t.expected, t.expected_attempt, &t.event).await
+            {
+                Err(e @ StoreError::Backend { .. }) => return Err(e),
+                result => out.push(result),
+            }
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(out)
     }
 
     async fn expired_leases(

@@ -84,7 +84,7 @@ mod plans;
 mod queries;
 mod rows;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -93,7 +93,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use model_runner_core::ports::{
-    CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
+    CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError, Transition,
     cursor_conflict, idempotency_conflict, same_batch, state_conflict, validate_batch,
 };
 use model_runner_core::{Chain, ModelRun, NewRun, RunEvent, RunId, RunState};
@@ -104,7 +104,8 @@ use uuid::Uuid;
 use errors::{ADAPTER, Backoff, classify, corrupt, redact_url};
 use queries::{
     CLAIM_NEXT, EXPIRED_LEASES, MARK_ENQUEUED, OUTBOX_PENDING, OUTBOX_RETRIES, Param, SELECT_RUN,
-    SELECT_RUNS_OF_KEY, STALE_QUEUED, UPDATE_RUN, UPDATE_RUN_ASYNC, bind_all, count_sql, list_sql,
+    SELECT_RUNS_BY_ID, SELECT_RUNS_OF_KEY, STALE_QUEUED, UPDATE_RUN, UPDATE_RUN_ASYNC, UPDATE_RUNS,
+    UPDATE_RUNS_ASYNC, bind_all, count_sql, list_sql,
 };
 use rows::{StoredRun, check_ranges, decode, decode_all, now, to_i64, to_micros};
 
@@ -467,6 +468,233 @@ impl PostgresRunStore {
                 }
             }
         }
+    }
+
+    /// One attempt at a round of a batch of transitions ([`RunStore::transitions`]): `items`
+    /// are indexes into `batch` naming distinct runs. Reads the runs it has no remembered copy
+    /// of in one statement, decides every item with [`ModelRun::apply`], and writes the
+    /// compare-and-sets in one statement. Settled items get their result in `results`; an item
+    /// whose compare-and-set found the row moved is left unsettled, to be decided again on a
+    /// fresh read (`fresh`). A transient failure of the write leaves the runs it would have
+    /// written in `in_doubt`, to be recognised on the next read.
+    async fn transitions_once(
+        &self,
+        batch: &[Transition],
+        items: &[usize],
+        fresh: &mut HashSet<usize>,
+        results: &mut [Option<Result<ModelRun, StoreError>>],
+        in_doubt: &mut HashMap<usize, ModelRun>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(classify)?;
+        let mut prevs: HashMap<usize, (StoredRun, bool)> = HashMap::new();
+        let mut to_read = Vec::new();
+        for &i in items {
+            let guess = (!fresh.contains(&i))
+                .then(|| self.remembered(batch[i].id))
+                .flatten();
+            match guess {
+                Some(g) => {
+                    prevs.insert(i, (g, true));
+                }
+                None => to_read.push(i),
+            }
+        }
+        if !to_read.is_empty() {
+            let ids: Vec<Uuid> = to_read.iter().map(|&i| batch[i].id.0).collect();
+            let rows = sqlx::query(SELECT_RUNS_BY_ID)
+                .bind(&ids)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(classify)?;
+            let mut read = HashMap::with_capacity(rows.len());
+            for row in &rows {
+                let stored = decode(row)?;
+                read.insert(stored.run.id, stored);
+            }
+            for &i in &to_read {
+                let id = batch[i].id;
+                match read.get(&id) {
+                    Some(stored) => {
+                        prevs.insert(i, (stored.clone(), false));
+                    }
+                    None => {
+                        self.forget(id);
+                        results[i] = Some(Err(StoreError::NotFound { id }));
+                    }
+                }
+            }
+        }
+        // Decide each item as `transition_once` does.
+        let mut writes: Vec<(usize, StoredRun, ModelRun)> = Vec::new();
+        let now = now();
+        for &i in items {
+            let Some((prev, from_memory)) = prevs.remove(&i) else {
+                continue;
+            };
+            let t = &batch[i];
+            if !from_memory {
+                fresh.remove(&i);
+                if let Some(mine) = in_doubt.remove(&i)
+                    && prev.run == mine
+                {
+                    // Our earlier write landed; only its reply was lost.
+                    self.remember(&prev);
+                    results[i] = Some(Ok(prev.run));
+                    continue;
+                }
+            }
+            if prev.run.state != t.expected || prev.run.attempt != t.expected_attempt {
+                if from_memory {
+                    fresh.insert(i);
+                } else {
+                    self.remember(&prev);
+                    results[i] = Some(Err(state_conflict(
+                        prev.run,
+                        t.expected,
+                        t.expected_attempt,
+                    )));
+                }
+                continue;
+            }
+            let mut next = prev.run.clone();
+            if let Err(e) = next.apply(&t.event, now) {
+                if from_memory {
+                    fresh.insert(i);
+                } else {
+                    results[i] = Some(Err(e.into()));
+                }
+                continue;
+            }
+            to_micros(&mut next);
+            if let Err(e) = check_ranges(&next) {
+                results[i] = Some(Err(e));
+                continue;
+            }
+            writes.push((i, prev, next));
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let asynchronous = !self.durable_claims
+            && writes.iter().all(|(i, _, _)| {
+                matches!(
+                    batch[*i].event,
+                    RunEvent::Start { .. } | RunEvent::Heartbeat { .. }
+                )
+            });
+        let column = |f: &dyn Fn(&StoredRun, &ModelRun) -> Option<DateTime<Utc>>| -> Vec<Option<DateTime<Utc>>> {
+            writes.iter().map(|(_, p, n)| f(p, n)).collect()
+        };
+        let updated: Result<Vec<(Uuid, i64)>, sqlx::Error> = sqlx::query_as(if asynchronous {
+            UPDATE_RUNS_ASYNC
+        } else {
+            UPDATE_RUNS
+        })
+        .bind(
+            writes
+                .iter()
+                .map(|(_, p, _)| p.run.id.0)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            writes
+                .iter()
+                .map(|(_, p, _)| p.run.state.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            writes
+                .iter()
+                .map(|(_, p, _)| i64::from(p.run.attempt))
+                .collect::<Vec<_>>(),
+        )
+        .bind(writes.iter().map(|(_, p, _)| p.version).collect::<Vec<_>>())
+        .bind(
+            writes
+                .iter()
+                .map(|(_, _, n)| n.state.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            writes
+                .iter()
+                .map(|(_, _, n)| i64::from(n.attempt))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            writes
+                .iter()
+                .map(|(_, _, n)| i64::from(n.max_attempts))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            writes
+                .iter()
+                .map(|(_, _, n)| n.updated_at)
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(&|_, n| n.queued_at))
+        .bind(column(&|_, n| n.started_at))
+        .bind(column(&|_, n| n.finished_at))
+        .bind(
+            writes
+                .iter()
+                .map(|(_, _, n)| n.lease_owner.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(&|_, n| n.lease_expires_at))
+        .bind(column(&|_, n| n.next_attempt_at))
+        // `check_ranges` refused values above i64::MAX before we got here.
+        .bind(
+            writes
+                .iter()
+                .map(|(_, _, n)| n.blocks_done as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            writes
+                .iter()
+                .map(|(_, _, n)| n.records_written as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            writes
+                .iter()
+                .map(|(_, _, n)| n.last_error.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            writes
+                .iter()
+                .map(|(_, _, n)| i32::try_from(n.republished).unwrap_or(i32::MAX))
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *conn)
+        .await;
+        let updated = match updated {
+            Ok(rows) => rows.into_iter().collect::<HashMap<Uuid, i64>>(),
+            Err(e) => {
+                for (i, _, next) in writes {
+                    fresh.insert(i);
+                    in_doubt.insert(i, next);
+                }
+                return Err(classify(e));
+            }
+        };
+        for (i, _, next) in writes {
+            match updated.get(&next.id.0) {
+                Some(&version) => {
+                    let stored = StoredRun { run: next, version };
+                    self.remember(&stored);
+                    results[i] = Some(Ok(stored.run));
+                }
+                // Someone moved the row since we read it: decide again on a fresh read.
+                None => {
+                    fresh.insert(i);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Where `claim_next` on `queue` starts: after the last claimed run, or at the start of the
@@ -954,6 +1182,41 @@ impl RunStore for PostgresRunStore {
                 Err(e) => backoff.retry("transition", e).await?,
             }
         }
+    }
+
+    async fn transitions(
+        &self,
+        batch: &[Transition],
+    ) -> Result<Vec<Result<ModelRun, StoreError>>, StoreError> {
+        let mut results: Vec<Option<Result<ModelRun, StoreError>>> =
+            batch.iter().map(|_| None).collect();
+        let mut backoff = Backoff::new(self.retry_budget);
+        // Items to decide on a fresh read rather than a remembered copy.
+        let mut fresh: HashSet<usize> = HashSet::new();
+        // Writes whose commit reply was lost, by item.
+        let mut in_doubt: HashMap<usize, ModelRun> = HashMap::new();
+        loop {
+            // A round: the first unsettled item of each run, so a run named twice sees the
+            // first item's result before the second is decided.
+            let mut seen = HashSet::new();
+            let round: Vec<usize> = (0..batch.len())
+                .filter(|&i| results[i].is_none())
+                .filter(|&i| seen.insert(batch[i].id))
+                .collect();
+            if round.is_empty() {
+                break;
+            }
+            if let Err(e) = self
+                .transitions_once(batch, &round, &mut fresh, &mut results, &mut in_doubt)
+                .await
+            {
+                backoff.retry("transitions", e).await?;
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every item settled"))
+            .collect())
     }
 
     async fn expired_leases(

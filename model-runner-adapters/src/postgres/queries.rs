@@ -44,6 +44,50 @@ pub(crate) const UPDATE_RUN: &str = update_run!("");
 pub(crate) const UPDATE_RUN_ASYNC: &str =
     update_run!(" FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit");
 
+/// Runs by primary key, for a batch of transitions (`runs_pkey`, `run_states_pkey`).
+pub(crate) const SELECT_RUNS_BY_ID: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    run_tables!(),
+    " WHERE r.id = ANY($1)"
+);
+
+/// The compare-and-set of a batch of transitions in one statement: row `i` of the arrays is
+/// one run's [`UPDATE_RUN`], with the same `SET` and the same `WHERE` on (id, state, attempt,
+/// version); rows that no longer match are left alone and missing from the returned
+/// (id, version) pairs.
+macro_rules! update_runs {
+    ($from:literal) => {
+        concat!(
+            "UPDATE run_states s SET state = u.state, attempt = u.attempt, \
+             max_attempts = u.max_attempts, updated_at = u.updated_at, queued_at = u.queued_at, \
+             started_at = u.started_at, finished_at = u.finished_at, \
+             lease_owner = u.lease_owner, lease_expires_at = u.lease_expires_at, \
+             next_attempt_at = u.next_attempt_at, blocks_done = u.blocks_done, \
+             records_written = u.records_written, last_error = u.last_error, \
+             republished = u.republished, version = s.version + 1 \
+             FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], \
+             $6::bigint[], $7::bigint[], $8::timestamptz[], $9::timestamptz[], \
+             $10::timestamptz[], $11::timestamptz[], $12::text[], $13::timestamptz[], \
+             $14::timestamptz[], $15::bigint[], $16::bigint[], $17::text[], $18::int[]) \
+             AS u(id, prev_state, prev_attempt, prev_version, state, attempt, max_attempts, \
+             updated_at, queued_at, started_at, finished_at, lease_owner, lease_expires_at, \
+             next_attempt_at, blocks_done, records_written, last_error, republished)",
+            $from,
+            " WHERE s.id = u.id AND s.state = u.prev_state AND s.attempt = u.prev_attempt \
+             AND s.version = u.prev_version RETURNING s.id, s.version"
+        )
+    };
+}
+
+/// [`UPDATE_RUN`] for a batch, committed durably.
+pub(crate) const UPDATE_RUNS: &str = update_runs!("");
+
+/// [`UPDATE_RUNS`] committed without waiting for the WAL flush: for batches of claims and lease
+/// renewals only (see [`UPDATE_RUN_ASYNC`]).
+pub(crate) const UPDATE_RUNS_ASYNC: &str =
+    update_runs!(", (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit");
+
 /// The next queued run of a queue after `$2`, locked, skipping locked ones
 /// (`run_states_queued`).
 pub(crate) const CLAIM_NEXT: &str = concat!(

@@ -8,7 +8,7 @@ use chrono::{Duration, Utc};
 
 use super::new_run;
 use crate::chain::Chain;
-use crate::ports::{CreateRuns, RunFilter, RunStore, StoreError};
+use crate::ports::{CreateRuns, RunFilter, RunStore, StoreError, Transition};
 use crate::run::{RunEvent, RunId, RunState};
 
 /// Runs every case, each on a fresh store from `make`.
@@ -29,6 +29,8 @@ where
     expired_leases_are_listed(make().await).await;
     worker_events_need_the_lease(make().await).await;
     mark_enqueued_is_a_compare_and_set_per_run(make().await).await;
+    transitions_are_a_compare_and_set_per_run(make().await).await;
+    batched_claims_have_one_winner_per_run(Arc::new(make().await)).await;
     outbox_order_and_retries(make().await).await;
     cursor_advances_atomically(make().await).await;
     named_lock_has_one_holder(make().await).await;
@@ -631,6 +633,187 @@ pub async fn mark_enqueued_is_a_compare_and_set_per_run(store: impl RunStore) {
         .await
         .unwrap();
     assert_eq!(store.mark_enqueued(&[]).await.unwrap(), 0);
+}
+
+/// A batch of transitions in which some items conflict, are refused, name an unknown run or
+/// name a run twice: each item gets what `transition` would have given it, in order, and the
+/// runs end as one-by-one transitions leave them.
+pub async fn transitions_are_a_compare_and_set_per_run(store: impl RunStore) {
+    let ids = create(&store, 7).await;
+    enqueue_all(&store, &ids).await;
+    let lease = Utc::now() + Duration::minutes(5);
+    let start = |owner: &str| RunEvent::Start {
+        owner: owner.into(),
+        lease_until: lease,
+    };
+    let succeed = |owner: &str| RunEvent::Succeed {
+        owner: owner.into(),
+        blocks_done: 10,
+        records_written: 3,
+    };
+    let item = |id, expected, expected_attempt, event| Transition {
+        id,
+        expected,
+        expected_attempt,
+        event,
+    };
+    let unknown = RunId(uuid::Uuid::now_v7());
+    let batch = vec![
+        item(ids[0], RunState::Queued, 1, start("a")),
+        // A stale attempt: conflict.
+        item(ids[1], RunState::Queued, 2, start("a")),
+        item(unknown, RunState::Queued, 1, start("a")),
+        // Refused by the state machine: a queued run cannot succeed.
+        item(ids[2], RunState::Queued, 1, succeed("a")),
+        // Named twice: the first claim wins, the second sees it and conflicts.
+        item(ids[3], RunState::Queued, 1, start("a")),
+        item(ids[3], RunState::Queued, 1, start("b")),
+        // Claimed, then completed, in one batch.
+        item(ids[4], RunState::Queued, 1, start("a")),
+        item(ids[4], RunState::Running, 1, succeed("a")),
+        // Completed by someone who does not hold the lease: refused.
+        item(ids[5], RunState::Queued, 1, start("a")),
+        item(ids[5], RunState::Running, 1, succeed("b")),
+    ];
+    let results = store.transitions(&batch).await.expect("transitions");
+    assert_eq!(results.len(), batch.len(), "one result per item");
+    let ok = |i: usize| match &results[i] {
+        Ok(run) => run.clone(),
+        Err(e) => panic!("item {i} failed: {e}"),
+    };
+    assert_eq!(ok(0).state, RunState::Running);
+    assert_eq!(ok(0).lease_owner.as_deref(), Some("a"));
+    match &results[1] {
+        Err(StoreError::Conflict { current, .. }) => {
+            let current = current.as_deref().expect("the conflict carries the run");
+            assert_eq!((current.state, current.attempt), (RunState::Queued, 1));
+        }
+        other => panic!("a stale attempt MUST conflict, got {other:?}"),
+    }
+    assert!(
+        matches!(&results[2], Err(StoreError::NotFound { id }) if *id == unknown),
+        "an unknown run MUST be NotFound, got {:?}",
+        results[2]
+    );
+    assert!(
+        matches!(&results[3], Err(StoreError::Transition(_))),
+        "a refused event MUST be Transition, got {:?}",
+        results[3]
+    );
+    assert_eq!(ok(4).lease_owner.as_deref(), Some("a"));
+    match &results[5] {
+        Err(StoreError::Conflict { current, .. }) => {
+            let current = current.as_deref().expect("the conflict carries the run");
+            assert_eq!(
+                current.state,
+                RunState::Running,
+                "the second claim sees the first"
+            );
+            assert_eq!(current.lease_owner.as_deref(), Some("a"));
+        }
+        other => panic!("a second claim of one run MUST conflict, got {other:?}"),
+    }
+    assert_eq!(ok(6).state, RunState::Running);
+    let batched = ok(7);
+    assert_eq!(batched.state, RunState::Succeeded);
+    assert!(
+        matches!(&results[9], Err(StoreError::Transition(_))),
+        "completing without the lease MUST be refused, got {:?}",
+        results[9]
+    );
+
+    // What the batch stored is what the items return, and what one-by-one transitions store.
+    for (i, expected) in [
+        (0, RunState::Running),
+        (1, RunState::Queued),
+        (2, RunState::Queued),
+        (3, RunState::Running),
+        (4, RunState::Succeeded),
+        (5, RunState::Running),
+    ] {
+        let stored = store.get(ids[i]).await.unwrap();
+        assert_eq!(stored.state, expected, "run {i}");
+        assert_eq!(stored.attempt, 1, "run {i}");
+    }
+    assert_eq!(store.get(ids[4]).await.unwrap(), batched);
+    store.claim(ids[6], 1, "a", lease).await.unwrap();
+    let one = store
+        .transition(ids[6], RunState::Running, 1, succeed("a"))
+        .await
+        .unwrap();
+    let fields = |r: &crate::run::ModelRun| {
+        (
+            r.state,
+            r.attempt,
+            r.lease_owner.clone(),
+            r.lease_expires_at,
+            r.blocks_done,
+            r.records_written,
+            r.last_error.clone(),
+            r.started_at.is_some(),
+            r.finished_at.is_some(),
+            r.next_attempt_at,
+        )
+    };
+    assert_eq!(fields(&batched), fields(&one));
+    assert!(store.transitions(&[]).await.unwrap().is_empty());
+}
+
+/// Four claimers each claim all 200 queued runs in batches of 50, in different orders: every
+/// run is claimed exactly once, and every losing item is a conflict naming the winner.
+pub async fn batched_claims_have_one_winner_per_run<S: RunStore>(store: Arc<S>) {
+    let ids = create(&*store, 200).await;
+    enqueue_all(&*store, &ids).await;
+    let ids = Arc::new(ids);
+    let lease = Utc::now() + Duration::minutes(5);
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let (s, ids) = (store.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("w{w}");
+            let order: Vec<RunId> = (0..ids.len())
+                .map(|i| ids[(i * 7 + w * 53) % ids.len()])
+                .collect();
+            let mut won = Vec::new();
+            for chunk in order.chunks(50) {
+                let batch: Vec<Transition> = chunk
+                    .iter()
+                    .map(|id| Transition {
+                        id: *id,
+                        expected: RunState::Queued,
+                        expected_attempt: 1,
+                        event: RunEvent::Start {
+                            owner: owner.clone(),
+                            lease_until: lease,
+                        },
+                    })
+                    .collect();
+                let results = s.transitions(&batch).await.expect("transitions");
+                for (id, result) in chunk.iter().zip(results) {
+                    match result {
+                        Ok(run) => {
+                            assert_eq!(run.lease_owner.as_deref(), Some(owner.as_str()));
+                            won.push(*id);
+                        }
+                        Err(StoreError::Conflict { current, .. }) => {
+                            let current = current.expect("the conflict carries the run");
+                            assert_eq!(current.state, RunState::Running);
+                            assert_ne!(current.lease_owner.as_deref(), Some(owner.as_str()));
+                        }
+                        Err(e) => panic!("claim failed: {e}"),
+                    }
+                }
+            }
+            won
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(unique.len(), all.len(), "no run claimed twice");
+    assert_eq!(all.len(), 200, "every run claimed");
 }
 
 /// The outbox gives pending runs oldest first, then due retries; not future or spent ones.

@@ -11,6 +11,7 @@
 //! process can run any subset of them (`model-runner all` runs all three).
 
 mod enqueuer;
+mod group_commit;
 pub mod instruments;
 mod scheduler;
 mod worker;

@@ -40,9 +40,10 @@ use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
+use super::group_commit::GroupCommit;
 use super::{CancellationToken, EngineDeps, EngineError, RetryPolicy, instruments};
 use crate::model::{Model, ModelContext};
-use crate::ports::{BlockSource, Delivery, RunMessage, RunOutput, StoreError};
+use crate::ports::{BlockSource, Delivery, RunMessage, RunOutput, StoreError, Transition};
 use crate::routing::topic_name;
 use crate::run::{ModelRun, RunEvent, RunState};
 
@@ -99,6 +100,9 @@ impl Default for WorkerConfig {
     }
 }
 
+/// The most run transitions (claims, outcomes) a worker writes to the store in one group.
+const GROUP_COMMIT_MAX: usize = 256;
+
 /// Counters of one worker, readable while it runs.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
@@ -137,6 +141,8 @@ fn claim_lost(e: &StoreError, run: &ModelRun) -> bool {
 pub struct Worker {
     deps: EngineDeps,
     config: Arc<WorkerConfig>,
+    /// Claims and outcomes of the runs executing at once, written to the store in groups.
+    writes: Arc<GroupCommit>,
     stats: Arc<WorkerStats>,
     /// Set once every model's record schema was declared to the sink.
     schemas_declared: Arc<OnceCell<()>>,
@@ -146,6 +152,7 @@ impl Worker {
     /// A worker over `deps`.
     pub fn new(deps: EngineDeps, config: WorkerConfig) -> Self {
         Self {
+            writes: Arc::new(GroupCommit::new(deps.store.clone(), GROUP_COMMIT_MAX)),
             deps,
             config: Arc::new(config),
             stats: Arc::default(),
@@ -283,12 +290,16 @@ impl Worker {
         let waiting_since = tokio::time::Instant::now();
         let run = loop {
             let lease_until = Utc::now() + chrono_dur(self.config.lease);
-            match self
-                .deps
-                .store
-                .claim(msg.run_id, msg.attempt, &self.config.id, lease_until)
-                .await
-            {
+            let claim = Transition {
+                id: msg.run_id,
+                expected: RunState::Queued,
+                expected_attempt: msg.attempt,
+                event: RunEvent::Start {
+                    owner: self.config.id.clone(),
+                    lease_until,
+                },
+            };
+            match self.writes.submit(claim).await {
                 Ok(run) => break run,
                 Err(StoreError::Conflict {
                     current: Some(current),
@@ -364,7 +375,15 @@ impl Worker {
             o = self.execute_with_heartbeat(&run, model, source) => o,
             _ = hand_back.cancelled() => Outcome::HandedBack,
         };
-        let store = &self.deps.store;
+        // The run's outcome, written in a group with the other runs' claims and outcomes.
+        let record = |event: RunEvent| {
+            self.writes.submit(Transition {
+                id: run.id,
+                expected: RunState::Running,
+                expected_attempt: run.attempt,
+                event,
+            })
+        };
         match outcome {
             Outcome::Succeeded(records) => {
                 let event = RunEvent::Succeed {
@@ -372,10 +391,7 @@ impl Worker {
                     blocks_done: run.range.len(),
                     records_written: records,
                 };
-                match store
-                    .transition(run.id, RunState::Running, run.attempt, event)
-                    .await
-                {
+                match record(event).await {
                     Ok(_) => {
                         debug!(records, "run succeeded");
                         instruments::succeeded(&run, records);
@@ -416,18 +432,12 @@ impl Worker {
                     %error,
                     "run attempt failed"
                 );
-                if let Err(e) = store
-                    .transition(
-                        run.id,
-                        RunState::Running,
-                        run.attempt,
-                        RunEvent::Fail {
-                            owner: self.config.id.clone(),
-                            error,
-                            retry_at,
-                        },
-                    )
-                    .await
+                if let Err(e) = record(RunEvent::Fail {
+                    owner: self.config.id.clone(),
+                    error,
+                    retry_at,
+                })
+                .await
                 {
                     if claim_lost(&e, &run) {
                         warn!(run = %run.id, "the claim on the run was lost (store crash?); requeueing its message");
@@ -471,10 +481,7 @@ impl Worker {
                     owner: self.config.id.clone(),
                     reason: format!("worker {} shut down before finishing", self.config.id),
                 };
-                match store
-                    .transition(run.id, RunState::Running, run.attempt, event)
-                    .await
-                {
+                match record(event).await {
                     Ok(_) => {
                         info!(run = %run.id, attempt = run.attempt, "run handed back at shutdown");
                         settle(delivery.nack_requeue().await);

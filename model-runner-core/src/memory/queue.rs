@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::ports::{Consumer, Delivery, DeliveryHandle, QueueError, RunMessage, RunQueue};
 use crate::routing::dead_letter_queue_name;
@@ -26,22 +26,63 @@ struct Shared {
     queues: Mutex<HashMap<String, Arc<Queue>>>,
 }
 
+/// One queue: messages waiting for a consumer, and consumers waiting for a message. At most
+/// one of the two is non-empty: a message published while consumers wait goes straight to the
+/// one that has waited longest, so deliveries go round the consumers as RabbitMQ's do, and a
+/// consumer coming back for more does not take every message from those already waiting.
 #[derive(Debug, Default)]
 struct Queue {
-    ready: Mutex<VecDeque<(RunMessage, bool)>>,
-    notify: Notify,
+    state: Mutex<QueueState>,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    ready: VecDeque<(RunMessage, bool)>,
+    waiters: VecDeque<oneshot::Sender<(RunMessage, bool)>>,
 }
 
 impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands a message to the consumer that has waited longest, or queues it: at the back, or
+    /// at the front when it was delivered before (as RabbitMQ requeues).
     fn push(&self, message: RunMessage, redelivered: bool) {
-        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        if redelivered {
-            ready.push_front((message, true));
-        } else {
-            ready.push_back((message, false));
+        self.hand_over((message, redelivered), redelivered);
+    }
+
+    fn hand_over(&self, mut item: (RunMessage, bool), front: bool) {
+        let mut state = self.lock();
+        while let Some(waiter) = state.waiters.pop_front() {
+            match waiter.send(item) {
+                Ok(()) => return,
+                // That consumer stopped waiting.
+                Err(back) => item = back,
+            }
         }
-        drop(ready);
-        self.notify.notify_one();
+        if front {
+            state.ready.push_front(item);
+        } else {
+            state.ready.push_back(item);
+        }
+    }
+}
+
+/// A consumer's wait for a message; dropped before the message is taken (the `next` call was
+/// cancelled), it puts a message handed to it back at the front of the queue.
+struct Waiting {
+    queue: Arc<Queue>,
+    receiver: oneshot::Receiver<(RunMessage, bool)>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.receiver.close();
+        if let Ok(item) = self.receiver.try_recv() {
+            // It was first in line: it goes back first.
+            self.queue.hand_over(item, true);
+        }
     }
 }
 
@@ -64,12 +105,7 @@ impl MemoryRunQueue {
 
     /// Messages waiting in `queue` (not counting unsettled deliveries).
     pub fn ready_len(&self, queue: &str) -> usize {
-        self.shared
-            .queue(queue)
-            .ready
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.shared.queue(queue).lock().ready.len()
     }
 }
 
@@ -198,34 +234,42 @@ impl Consumer for MemoryConsumer {
             .acquire_owned()
             .await
             .map_err(|_| QueueError::Closed)?;
-        loop {
-            let notified = self.queue.notify.notified();
-            let popped = self
-                .queue
-                .ready
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_front();
-            if let Some((message, redelivered)) = popped {
-                // Another waiter may be able to take the next message.
-                self.queue.notify.notify_one();
-                let tag = {
-                    let mut state = self.channel.lock();
-                    state.next_tag += 1;
-                    let tag = state.next_tag;
-                    state.unsettled.insert(tag, message);
-                    tag
-                };
-                let handle = MemoryHandle {
-                    channel: self.channel.clone(),
-                    tag,
-                    settled: false,
-                    _permit: permit,
-                };
-                return Ok(Some(Delivery::new(message, redelivered, Box::new(handle))));
+        let popped = {
+            let mut state = self.queue.lock();
+            match state.ready.pop_front() {
+                Some(item) => Ok(item),
+                None => {
+                    let (sender, receiver) = oneshot::channel();
+                    state.waiters.push_back(sender);
+                    Err(Waiting {
+                        queue: self.queue.clone(),
+                        receiver,
+                    })
+                }
             }
-            notified.await;
-        }
+        };
+        let (message, redelivered) = match popped {
+            Ok(item) => item,
+            Err(mut waiting) => match (&mut waiting.receiver).await {
+                Ok(item) => item,
+                // The queue is gone; cannot happen while this consumer holds it.
+                Err(_) => return Err(QueueError::Closed),
+            },
+        };
+        let tag = {
+            let mut state = self.channel.lock();
+            state.next_tag += 1;
+            let tag = state.next_tag;
+            state.unsettled.insert(tag, message);
+            tag
+        };
+        let handle = MemoryHandle {
+            channel: self.channel.clone(),
+            tag,
+            settled: false,
+            _permit: permit,
+        };
+        Ok(Some(Delivery::new(message, redelivered, Box::new(handle))))
     }
 
     async fn cancel(&mut self) -> Result<(), QueueError> {

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::chain::Chain;
 use crate::ports::{
-    CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
+    CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError, Transition,
     cursor_conflict, idempotency_conflict, same_batch, state_conflict, validate_batch,
 };
 use crate::run::{ModelRun, NewRun, RunEvent, RunId, RunState};
@@ -140,6 +140,31 @@ impl RunStore for MemoryRunStore {
         next.apply(&event, Utc::now())?;
         *run = next.clone();
         Ok(next)
+    }
+
+    async fn transitions(
+        &self,
+        batch: &[Transition],
+    ) -> Result<Vec<Result<ModelRun, StoreError>>, StoreError> {
+        // Under one lock: the batch is applied at once, in order.
+        let mut inner = self.lock();
+        let now = Utc::now();
+        Ok(batch
+            .iter()
+            .map(|t| {
+                let run = inner
+                    .runs
+                    .get_mut(&t.id)
+                    .ok_or(StoreError::NotFound { id: t.id })?;
+                if run.state != t.expected || run.attempt != t.expected_attempt {
+                    return Err(state_conflict(run.clone(), t.expected, t.expected_attempt));
+                }
+                let mut next = run.clone();
+                next.apply(&t.event, now)?;
+                *run = next.clone();
+                Ok(next)
+            })
+            .collect())
     }
 
     async fn expired_leases(

@@ -87,6 +87,21 @@ pub struct CreatedRuns {
     pub created: bool,
 }
 
+/// One compare-and-set of a batch ([`RunStore::transitions`]): apply `event` to run `id` if
+/// it is still in `expected` state on `expected_attempt`, as
+/// [`transition`](RunStore::transition) does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// The run.
+    pub id: RunId,
+    /// The state the caller saw.
+    pub expected: RunState,
+    /// The attempt the caller saw.
+    pub expected_attempt: u32,
+    /// What happened.
+    pub event: RunEvent,
+}
+
 /// Filter and page of [`RunStore::list`]. Fields left `None` match everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunFilter {
@@ -181,6 +196,13 @@ pub struct RealtimeCursor {
 ///   `expected_attempt`, else `Conflict` carrying the current run; a refused event is
 ///   `Transition` and changes nothing. Concurrent transitions of one run MUST serialise: of two
 ///   racing callers with the same expectation exactly one wins.
+/// - `transitions` MUST leave every run, and return for every item, exactly what
+///   `transition(id, expected, expected_attempt, event)` called once per item in batch order
+///   would: each item is a compare-and-set of its own, an item that conflicts or is refused
+///   fails alone (its own `Conflict`, `Transition` or `NotFound` in its slot) and never its
+///   batch, and a run named twice sees the first item's result before the second is decided.
+///   An outer `Err` (the store unreachable past its retry budget) means some items may have
+///   been applied and others not; the caller retries them as it would a failed `transition`.
 /// - `claim` MUST move a `queued` run on `attempt` to `running` with a lease for `owner`, and
 ///   MUST let exactly one of any number of concurrent claimers win.
 /// - `heartbeat` MUST renew the lease and record progress only for the current lease holder on
@@ -244,6 +266,29 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
         expected_attempt: u32,
         event: RunEvent,
     ) -> Result<ModelRun, StoreError>;
+
+    /// A batch of compare-and-set transitions, one result per item in order (see the
+    /// contract). The default applies them one by one with
+    /// [`transition`](RunStore::transition); adapters SHOULD apply a batch in a few round
+    /// trips, with the same results.
+    async fn transitions(
+        &self,
+        batch: &[Transition],
+    ) -> Result<Vec<Result<ModelRun, StoreError>>, StoreError> {
+        let mut out = Vec::with_capacity(batch.len());
+        for t in batch {
+            match self
+                .transition(t.id, t.expected, t.expected_attempt, t.event.clone())
+                .await
+            {
+                Err(e @ (StoreError::Unavailable { .. } | StoreError::Backend { .. })) => {
+                    return Err(e);
+                }
+                result => out.push(result),
+            }
+        }
+        Ok(out)
+    }
 
     /// Claims a queued run for `owner` until `lease_until`.
     async fn claim(
@@ -454,6 +499,12 @@ macro_rules! forward_store {
                 skip_queues: &[String],
             ) -> Result<Vec<ModelRun>, StoreError> {
                 (**self).outbox(now, limit, skip_queues).await
+            }
+            async fn transitions(
+                &self,
+                batch: &[Transition],
+            ) -> Result<Vec<Result<ModelRun, StoreError>>, StoreError> {
+                (**self).transitions(batch).await
             }
             async fn mark_enqueued(
                 &self,

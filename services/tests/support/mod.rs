@@ -2,3 +2,5 @@
 #![allow(dead_code)]
 
 pub mod collector;
+#[cfg(feature = "postgres")]
+pub mod isolation;

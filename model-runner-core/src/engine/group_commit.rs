@@ -1,0 +1,306 @@
+//! Group commit of a worker's run transitions.
+//!
+//! Every run a worker executes costs two writes to the store: its claim (`queued -> running`)
+//! and its outcome (`succeeded`, `failed`, handed back). Written one at a time, a worker of
+//! many slots pays a round trip and a commit per write. [`GroupCommit`] gathers the writes
+//! its callers make at the same moment into one [`RunStore::transitions`] call: one task
+//! writes groups one after the other, and a group is whatever was submitted while the previous
+//! one was being written (at most `max` of them). A lone write goes at once, so nothing waits
+//! for a timer when traffic is light, and under load the groups grow by themselves.
+//!
+//! The guarantees stay per run: each write is still a compare-and-set of its own, a conflict
+//! or refusal reaches only the caller it concerns, and a caller whose write did not return
+//! `Ok` treats it exactly as a failed [`RunStore::transition`].
+
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ports::{RunStore, StoreError, Transition};
+use crate::run::ModelRun;
+
+/// Writes submitted transitions in groups. Cheap to share; the writing task ends once every
+/// handle is dropped.
+#[derive(Debug)]
+pub(crate) struct GroupCommit {
+    store: Arc<dyn RunStore>,
+    max: usize,
+    /// Started on first use, on the runtime of its first caller.
+    sender: OnceLock<mpsc::UnboundedSender<Request>>,
+}
+
+#[derive(Debug)]
+struct Request {
+    transition: Transition,
+    reply: oneshot::Sender<Result<ModelRun, StoreError>>,
+}
+
+impl GroupCommit {
+    /// Groups of at most `max` transitions to `store`.
+    pub(crate) fn new(store: Arc<dyn RunStore>, max: usize) -> Self {
+        Self {
+            store,
+            max: max.max(1),
+            sender: OnceLock::new(),
+        }
+    }
+
+    /// Applies `transition` as [`RunStore::transition`] would, in a group with whatever
+    /// other transitions are submitted meanwhile.
+    pub(crate) async fn submit(&self, transition: Transition) -> Result<ModelRun, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let sender = self.sender.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(write_groups(self.store.clone(), self.max, rx));
+            tx
+        });
+        if sender.send(Request { transition, reply }).is_err() {
+            return Err(gone());
+        }
+        answer.await.unwrap_or_else(|_| Err(gone()))
+    }
+}
+
+fn gone() -> StoreError {
+    StoreError::Unavailable {
+        adapter: "engine",
+        message: "the worker's group commit stopped".into(),
+    }
+}
+
+/// The writing task: one group at a time, each group what queued up meanwhile.
+async fn write_groups(
+    store: Arc<dyn RunStore>,
+    max: usize,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+) {
+    let mut group = Vec::with_capacity(max);
+    while requests.recv_many(&mut group, max).await > 0 {
+        let batch: Vec<Transition> = group.iter().map(|r| r.transition.clone()).collect();
+        match store.transitions(&batch).await {
+            Ok(results) => {
+                for (request, result) in group.drain(..).zip(results) {
+                    // The caller may have given up (its run was abandoned); nothing to tell.
+                    let _ = request.reply.send(result);
+                }
+            }
+            Err(e) => {
+                for request in group.drain(..) {
+                    let _ = request.reply.send(Err(copy(&e)));
+                }
+            }
+        }
+    }
+}
+
+/// A copy of a whole-batch failure for each of its callers (the error is not `Clone`: a
+/// backend's source is given as its message).
+fn copy(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable { adapter, message } => StoreError::Unavailable {
+            adapter,
+            message: message.clone(),
+        },
+        StoreError::Backend { adapter, source } => StoreError::Backend {
+            adapter,
+            source: source.to_string().into(),
+        },
+        StoreError::NotFound { id } => StoreError::NotFound { id: *id },
+        StoreError::Conflict { message, current } => StoreError::Conflict {
+            message: message.clone(),
+            current: current.clone(),
+        },
+        StoreError::Transition(t) => StoreError::Transition(t.clone()),
+        StoreError::InvalidInput(m) => StoreError::InvalidInput(m.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::chain::Chain;
+    use crate::memory::MemoryRunStore;
+    use crate::ports::{CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, StoreError};
+    use crate::run::{NewRun, RunEvent, RunId, RunState};
+
+    /// A memory store that counts `transitions` calls and their sizes, and can hold them.
+    #[derive(Debug)]
+    struct Counting {
+        inner: MemoryRunStore,
+        calls: AtomicUsize,
+        largest: AtomicUsize,
+        gate: tokio::sync::Semaphore,
+    }
+
+    #[async_trait]
+    impl RunStore for Counting {
+        async fn transitions(
+            &self,
+            batch: &[Transition],
+        ) -> Result<Vec<Result<ModelRun, StoreError>>, StoreError> {
+            let _permit = self.gate.acquire().await.unwrap();
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.largest.fetch_max(batch.len(), Ordering::SeqCst);
+            self.inner.transitions(batch).await
+        }
+        async fn create_runs(&self, batch: CreateRuns) -> Result<CreatedRuns, StoreError> {
+            self.inner.create_runs(batch).await
+        }
+        async fn get(&self, id: RunId) -> Result<ModelRun, StoreError> {
+            self.inner.get(id).await
+        }
+        async fn list(&self, filter: &RunFilter) -> Result<RunPage, StoreError> {
+            self.inner.list(filter).await
+        }
+        async fn count_by_state(
+            &self,
+            filter: &RunFilter,
+        ) -> Result<std::collections::BTreeMap<RunState, u64>, StoreError> {
+            self.inner.count_by_state(filter).await
+        }
+        async fn transition(
+            &self,
+            id: RunId,
+            expected: RunState,
+            expected_attempt: u32,
+            event: RunEvent,
+        ) -> Result<ModelRun, StoreError> {
+            self.inner
+                .transition(id, expected, expected_attempt, event)
+                .await
+        }
+        async fn expired_leases(
+            &self,
+            now: DateTime<Utc>,
+            limit: usize,
+        ) -> Result<Vec<ModelRun>, StoreError> {
+            self.inner.expired_leases(now, limit).await
+        }
+        async fn outbox(
+            &self,
+            now: DateTime<Utc>,
+            limit: usize,
+            skip: &[String],
+        ) -> Result<Vec<ModelRun>, StoreError> {
+            self.inner.outbox(now, limit, skip).await
+        }
+        async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError> {
+            self.inner.cursor(model, chain).await
+        }
+        async fn cursors(&self, chain: Option<&Chain>) -> Result<Vec<RealtimeCursor>, StoreError> {
+            self.inner.cursors(chain).await
+        }
+        async fn advance_cursor(
+            &self,
+            model: &str,
+            chain: &Chain,
+            expected: Option<u64>,
+            to: u64,
+            runs: Vec<NewRun>,
+        ) -> Result<Vec<ModelRun>, StoreError> {
+            self.inner
+                .advance_cursor(model, chain, expected, to, runs)
+                .await
+        }
+        async fn try_lock(
+            &self,
+            name: &str,
+            owner: &str,
+            until: DateTime<Utc>,
+        ) -> Result<bool, StoreError> {
+            self.inner.try_lock(name, owner, until).await
+        }
+    }
+
+    fn claim(id: RunId, owner: &str) -> Transition {
+        Transition {
+            id,
+            expected: RunState::Queued,
+            expected_attempt: 1,
+            event: RunEvent::Start {
+                owner: owner.into(),
+                lease_until: Utc::now() + chrono::Duration::minutes(1),
+            },
+        }
+    }
+
+    async fn queued_runs(store: &Counting, n: u64) -> Vec<RunId> {
+        let runs = (0..n)
+            .map(|i| crate::conformance::new_run("m", "ethereum", i * 10, i * 10 + 9))
+            .collect();
+        let ids: Vec<RunId> = store
+            .create_runs(CreateRuns {
+                runs,
+                idempotency_key: None,
+            })
+            .await
+            .unwrap()
+            .runs
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        for id in &ids {
+            store
+                .transition(*id, RunState::Pending, 1, RunEvent::Enqueue)
+                .await
+                .unwrap();
+        }
+        ids
+    }
+
+    /// Writes submitted while a group is being written go out together in the next group, and
+    /// each caller gets its own result: the loser of a double claim alone gets the conflict.
+    #[tokio::test]
+    async fn writes_made_meanwhile_share_a_group_and_keep_their_own_results() {
+        let store = Arc::new(Counting {
+            inner: MemoryRunStore::new(),
+            calls: AtomicUsize::new(0),
+            largest: AtomicUsize::new(0),
+            gate: tokio::sync::Semaphore::new(0),
+        });
+        let ids = queued_runs(&store, 20).await;
+        let group = Arc::new(GroupCommit::new(store.clone(), 64));
+        let mut tasks = Vec::new();
+        for (n, id) in ids.iter().enumerate() {
+            let (group, id) = (group.clone(), *id);
+            tasks.push(tokio::spawn(async move {
+                group.submit(claim(id, &format!("w{n}"))).await
+            }));
+        }
+        // A second claim of the first run, by another owner.
+        let (g, first) = (group.clone(), ids[0]);
+        let late = tokio::spawn(async move { g.submit(claim(first, "late")).await });
+        // The store is held: let every task submit (this runtime has one thread, so each
+        // yield runs the others up to their wait), then let the writes through.
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        store.gate.add_permits(1000);
+        let mut won = 0;
+        for t in tasks {
+            if t.await.unwrap().is_ok() {
+                won += 1;
+            }
+        }
+        let late = late.await.unwrap();
+        assert_eq!(won, 20, "every first claim wins");
+        match late {
+            Err(StoreError::Conflict { current, .. }) => {
+                assert_eq!(current.unwrap().state, RunState::Running)
+            }
+            other => panic!("the second claim of a run must conflict, got {other:?}"),
+        }
+        // The first group may have left before the others were submitted; the rest share one.
+        let calls = store.calls.load(Ordering::SeqCst);
+        assert!(
+            calls <= 3,
+            "21 claims made at once went out in {calls} calls"
+        );
+        assert!(store.largest.load(Ordering::SeqCst) >= 19);
+    }
+}

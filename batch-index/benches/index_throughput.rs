@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use batch_index::extract::Modules;
 use batch_index::map::{MapConfig, MapOutcome, run_map};
+use batch_index::reader::Generation;
 use batch_index::reduce::{ReduceConfig, ReduceOutcome, run_reduce};
 use batch_index::source::{LedgerSource, SourceConfig, open_source};
 use batch_index::stellar::{StellarSource, decode_meta_archive_ledger};
@@ -72,8 +73,8 @@ struct SizeReport {
     lighthorizon_bytes: u64,
 }
 
-/// Walks every account shard of a finished index.
-async fn size_report(root: &StoreRoot) -> SizeReport {
+/// Walks every account shard of the generation a finished index publishes.
+async fn size_report(index: &StoreRoot) -> SizeReport {
     let mut r = SizeReport {
         pairs: 0,
         shard_bytes: 0,
@@ -81,7 +82,15 @@ async fn size_report(root: &StoreRoot) -> SizeReport {
         value_bytes: 0,
         lighthorizon_bytes: 0,
     };
-    for (rel, size) in root.list("accounts").await.unwrap() {
+    // The shards live in the generation directory the root pointer names.
+    let root = Generation::published(index).await.unwrap().root;
+    let shards = root.list("accounts").await.unwrap();
+    assert!(
+        !shards.is_empty(),
+        "no account shards under {}",
+        root.describe("")
+    );
+    for (rel, size) in shards {
         r.shard_bytes += size;
         let bytes = root.get(&rel).await.unwrap();
         let footer = Footer::parse(&bytes).unwrap();
@@ -109,6 +118,7 @@ async fn size_report(root: &StoreRoot) -> SizeReport {
 fn print_sizes(label: &str, r: &SizeReport) {
     let per = |b: u64| b as f64 / r.pairs.max(1) as f64;
     let ratio = |b: u64| b as f64 / r.lighthorizon_bytes.max(1) as f64;
+    assert!(r.pairs > 0, "{label}: no (account, index) pairs");
     println!("{label}: {} (account, index) pairs", r.pairs);
     println!(
         "  lighthorizon gzip(XDR bitmap):     {:6.1} B/pair",

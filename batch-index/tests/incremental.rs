@@ -22,7 +22,8 @@ use batch_index::source::{Chain, LedgerSource, SourceConfig, open_source};
 use batch_index::store::StoreRoot;
 use batch_index::{Error, INDEX_ALL, INDEX_PAYMENTS, IndexReader};
 use process::{
-    TESTNET, assert_ok, batch_index, generation_dir, generation_objects, growing_source, pointer,
+    TESTNET, assert_ok, batch_index, generation_dir, generation_objects, growing_source,
+    make_legacy, pointer,
 };
 
 const A: u32 = 1410048;
@@ -393,5 +394,48 @@ async fn an_extension_must_follow_the_index_and_keep_its_layout() {
         &idx_dir,
         &full_dir,
         "library extension vs single-process build",
+    );
+}
+
+/// An index written before generations (shards and `layout.json` at the
+/// root, read as generation `legacy`) is extended like any other: its
+/// shards are merged, the extension goes into a generation and the pointer
+/// replaces the root `layout.json`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_without_generations_is_extended_into_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("source");
+    let idx_dir = tmp.path().join("index");
+    growing_source(&src, B2);
+    build_single_process(open(&src).await, &root(&idx_dir), 2, 2, Modules::ALL)
+        .await
+        .unwrap();
+    make_legacy(&idx_dir);
+    let reader = IndexReader::open_with_refresh(root(&idx_dir), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(reader.generation(), "legacy");
+    growing_source(&src, C);
+    let out = extend(&src, &idx_dir, &["--map-jobs", "2", "--workers", "2"]);
+    assert!(
+        stderr(&out).contains("extended ledgers 1410048-1410200 to 1410048-1410367"),
+        "{}",
+        stderr(&out)
+    );
+    let snap = reader.snapshot().await.unwrap();
+    assert!(
+        snap.generation().starts_with("gen-"),
+        "{}",
+        snap.generation()
+    );
+    assert_eq!(snap.covered(), range(A, C));
+    let full_dir = tmp.path().join("full");
+    build_single_process(open(&src).await, &root(&full_dir), 2, 2, Modules::ALL)
+        .await
+        .unwrap();
+    assert_same_generation(
+        &idx_dir,
+        &full_dir,
+        "extended legacy index vs single-process build",
     );
 }

@@ -21,7 +21,7 @@ use batch_index::reader::TxPosition;
 use batch_index::reduce::{ReduceConfig, ReduceOutcome, prune_generations, run_reduce};
 use batch_index::source::{Chain, LedgerSource, SourceConfig, open_source};
 use batch_index::store::StoreRoot;
-use process::{TESTNET, generation_dir, growing_source};
+use process::{TESTNET, generation_dir, growing_source, make_legacy};
 use roaring::RoaringBitmap;
 
 /// The old index holds the fixture's first 128 ledgers, the new one all 320.
@@ -128,17 +128,6 @@ async fn keys_that_changed(
         "the two fixture ranges must differ"
     );
     (changed_accounts, changed_txs)
-}
-
-/// Moves the generation the pointer names to the root and makes its
-/// `layout.json` the root one: the layout indexes had before generations.
-fn make_legacy(dir: &Path) {
-    let generation = generation_dir(dir);
-    for sub in ["accounts", "transactions", "_SUCCESS"] {
-        std::fs::rename(generation.join(sub), dir.join(sub)).unwrap();
-    }
-    std::fs::rename(generation.join("layout.json"), dir.join("layout.json")).unwrap();
-    std::fs::remove_dir(&generation).unwrap();
 }
 
 async fn rebuild_while_lookups_run(legacy: bool) {

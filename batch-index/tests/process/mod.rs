@@ -166,3 +166,14 @@ pub fn pointer(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("layout.json")).expect("layout.json"))
         .expect("layout.json is JSON")
 }
+
+/// Moves the generation the pointer names to the root and makes its
+/// `layout.json` the root one: the layout indexes had before generations.
+pub fn make_legacy(dir: &Path) {
+    let generation = generation_dir(dir);
+    for sub in ["accounts", "transactions", "_SUCCESS"] {
+        std::fs::rename(generation.join(sub), dir.join(sub)).unwrap();
+    }
+    std::fs::rename(generation.join("layout.json"), dir.join("layout.json")).unwrap();
+    std::fs::remove_dir(&generation).unwrap();
+}

@@ -455,6 +455,102 @@ async fn dropped_delivery_is_requeued() {
     delete_queues(&url, &[name]).await;
 }
 
+/// Acks are gathered into multiple-acks, yet a delivery handed back while newer ones are acked
+/// (held behind it) is the only one that comes back: no multiple-ack covers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requeue_among_held_acks_brings_back_only_its_message() {
+    let Some(url) = amqp_url() else { return };
+    let queue = connect(&url, AmqpOptions::default()).await;
+    let name = unique("held");
+    let sent = messages(4);
+    queue.publish(&name, &sent).await.unwrap();
+    let mut consumer = queue.consume(&name, 10).await.unwrap();
+    let mut deliveries = Vec::new();
+    for _ in 0..4 {
+        deliveries.push(expect_next(&mut consumer).await);
+    }
+    let mut deliveries = deliveries.into_iter();
+    let (first, second, third, fourth) = (
+        deliveries.next().unwrap(),
+        deliveries.next().unwrap(),
+        deliveries.next().unwrap(),
+        deliveries.next().unwrap(),
+    );
+    // Newer deliveries acked first: held behind the first, still unsettled.
+    third.ack().await.unwrap();
+    second.ack().await.unwrap();
+    first.nack_requeue().await.unwrap();
+    let again = expect_next(&mut consumer).await;
+    assert_eq!(again.message, sent[0], "the handed-back message comes back");
+    assert!(again.redelivered);
+    fourth.ack().await.unwrap();
+    again.ack().await.unwrap();
+    // Nothing else comes back, now or after the consumer's channel closes.
+    drop(consumer);
+    let mut consumer = queue.consume(&name, 10).await.unwrap();
+    let nothing = tokio::time::timeout(Duration::from_millis(500), consumer.next()).await;
+    assert!(
+        nothing.is_err(),
+        "every other message was acked, got {:?}",
+        nothing.map(|d| d.map(|d| d.map(|d| d.message)))
+    );
+    delete_queues(&url, &[name]).await;
+}
+
+/// An ack held behind an older delivery that is still being worked on is sent on its own
+/// after a short while: closing the channel then brings back the older one only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_held_behind_a_long_run_is_sent_on_its_own() {
+    let Some(url) = amqp_url() else { return };
+    let queue = connect(&url, AmqpOptions::default()).await;
+    let name = unique("hold");
+    let sent = messages(2);
+    queue.publish(&name, &sent).await.unwrap();
+    let mut consumer = queue.consume(&name, 10).await.unwrap();
+    let long = expect_next(&mut consumer).await;
+    let short = expect_next(&mut consumer).await;
+    short.ack().await.unwrap();
+    // The broker shows one unacked message (the long run's) once the held ack went out.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let unacked = rabbitmq_unacked(&name);
+        if unacked == Some(1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the held ack was not sent: unacked {unacked:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The long run's message is handed back with the channel; the short one's is not.
+    std::mem::forget(long);
+    drop(consumer);
+    let mut consumer = queue.consume(&name, 10).await.unwrap();
+    let back = expect_next(&mut consumer).await;
+    assert_eq!(back.message, sent[0]);
+    back.ack().await.unwrap();
+    let nothing = tokio::time::timeout(Duration::from_millis(500), consumer.next()).await;
+    assert!(nothing.is_err(), "the short run's message was acked");
+    delete_queues(&url, &[name]).await;
+}
+
+/// `messages_unacknowledged` of `queue` as `rabbitmqctl` reports it (the broker runs here).
+fn rabbitmq_unacked(queue: &str) -> Option<u64> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "messages_unacknowledged"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some(queue))
+                .then(|| words.next()?.parse().ok())
+                .flatten()
+        })
+}
+
 /// One large batch goes out pipelined and still arrives in publish order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_batch_keeps_publish_order() {

@@ -7,7 +7,7 @@
 //! postgres,rabbitmq --bench production_shape [-- RUNS [WORKER_CONCURRENCY]]`
 //!
 //! For each scenario it submits RUNS runs (default 10,000 one-block runs of the trivial
-//! `block_stats` on empty devnet blocks, then RUNS/10 100-block runs of `erc20_transfers` on
+//! `block_stats` on empty devnet blocks, then RUNS/100 100-block runs of `erc20_transfers` on
 //! devnet blocks of about 150 transactions and 300 logs) with
 //! `model-runner backfill` while no enqueuer runs (so they wait `pending` in the outbox),
 //! starts one worker process, then the enqueuer process, and reports runs per second from the
@@ -118,7 +118,7 @@ async fn main() {
         trivial.runs_per_second,
         trivial.runs_per_second / (update / 3.0)
     );
-    let erc_runs = (runs / 10).max(1);
+    let erc_runs = (runs / 100).max(1);
     let erc = bench
         .scenario(&pool, DEVNET, "erc20_transfers", erc_runs, 100, runs)
         .await;

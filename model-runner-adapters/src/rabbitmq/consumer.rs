@@ -8,6 +8,15 @@
 //! retrying with backoff and jitter until the broker is back; cancelling it there only drops a
 //! half-made channel.
 //!
+//! Acks go out as multiple-acks: a delivery's ack is sent once every older delivery of its
+//! channel is settled, and one `basic.ack` with `multiple` then settles the whole run of them
+//! (the broker does one update instead of one per message). An ack held behind an older delivery
+//! still executing is sent on its own after [`ACK_HOLD`], so a long run does not hold back the
+//! acks of the short ones after it. Nacks and rejects go out at once, on their own, and every
+//! settlement of a channel is sent under one lock, in order, so a multiple-ack can never cover
+//! a delivery that is being handed back. A held ack lost with its channel or process is harmless:
+//! the broker redelivers the message, and the worker finds its run done and drops it.
+//!
 //! [`Consumer::cancel`] sends `basic.cancel` and nacks (requeue) what the broker had sent but
 //! `next` not returned, and keeps the channel open, so a worker shutting down can still settle
 //! (or hand back) the deliveries it holds. Dropping the [`AmqpConsumer`] drops its channel; lapin closes a channel whose last handle is
@@ -15,8 +24,10 @@
 //! [`Delivery`] unsettled sends a `basic.nack` with requeue from a spawned task. Deliveries
 //! still buffered from a channel that has died are skipped: the broker delivers them again.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -29,6 +40,10 @@ use lapin::{Acker, Channel};
 use model_runner_core::ports::{Consumer, Delivery, DeliveryHandle, QueueError, RunMessage};
 
 use super::{ADAPTER, Shared, amqp_error};
+
+/// How long an ack waits for the older deliveries of its channel to be settled (so one
+/// multiple-ack covers them all) before it is sent on its own.
+pub(super) const ACK_HOLD: Duration = Duration::from_millis(20);
 
 /// A subscription to one queue on its own channel. See the module docs.
 #[derive(Debug)]
@@ -45,6 +60,7 @@ enum State {
     Subscribed {
         _channel: Box<Channel>,
         stream: lapin::Consumer,
+        settler: Arc<Settler>,
     },
     /// The subscription ended; `attempt` resubscriptions have failed since.
     Lost { attempt: u32 },
@@ -70,6 +86,7 @@ impl AmqpConsumer {
             queue: queue.to_owned(),
             prefetch,
             state: State::Subscribed {
+                settler: Arc::default(),
                 _channel: Box::new(channel),
                 stream,
             },
@@ -86,7 +103,9 @@ impl Consumer for AmqpConsumer {
     async fn next(&mut self) -> Result<Option<Delivery>, QueueError> {
         loop {
             match &mut self.state {
-                State::Subscribed { stream, .. } => match stream.next().await {
+                State::Subscribed {
+                    stream, settler, ..
+                } => match stream.next().await {
                     // Buffered before its channel died: the broker has requeued it and will
                     // deliver it again, and an ack could not reach it anyway.
                     Some(Ok(delivery)) if !delivery.acker.usable() => {
@@ -94,8 +113,16 @@ impl Consumer for AmqpConsumer {
                     }
                     Some(Ok(delivery)) => match RunMessage::decode(&delivery.data) {
                         Ok(message) => {
+                            settler
+                                .settling
+                                .lock()
+                                .await
+                                .outstanding
+                                .insert(delivery.delivery_tag);
                             let handle = AmqpDeliveryHandle {
                                 acker: delivery.acker,
+                                tag: delivery.delivery_tag,
+                                settler: settler.clone(),
                                 settled: false,
                             };
                             return Ok(Some(Delivery::new(
@@ -127,6 +154,7 @@ impl Consumer for AmqpConsumer {
                         Ok((channel, stream)) => {
                             tracing::info!(queue = %self.queue, "consumer resubscribed");
                             self.state = State::Subscribed {
+                                settler: Arc::default(),
                                 _channel: Box::new(channel),
                                 stream,
                             };
@@ -164,6 +192,7 @@ impl AmqpConsumer {
         let State::Subscribed {
             _channel: channel,
             mut stream,
+            ..
         } = std::mem::replace(&mut self.state, State::Cancelled { _channel: None })
         else {
             unreachable!("matched as subscribed above");
@@ -245,21 +274,140 @@ async fn dead_letter_poison(shared: &Shared, queue: &str, acker: Acker, error: Q
     }
 }
 
-/// Settles one delivery through its channel's acker.
+/// How a delivery is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settlement {
+    Ack,
+    Requeue,
+    Reject,
+}
+
+/// The settlements of one channel: acks gathered into multiple-acks, sent in order (see the
+/// module docs). It holds no channel handle (only the deliveries' ackers), so dropping the
+/// consumer still closes the channel at once.
+#[derive(Debug, Default)]
+struct Settler {
+    settling: tokio::sync::Mutex<Settling>,
+}
+
+#[derive(Debug, Default)]
+struct Settling {
+    /// Tags handed out and not yet settled on the wire, ascending.
+    outstanding: BTreeSet<u64>,
+    /// Of `outstanding`, those acked and not yet sent, with their ackers: each waits for the
+    /// older ones.
+    acked: BTreeMap<u64, Acker>,
+    /// A task sends the held acks after [`ACK_HOLD`].
+    flush_scheduled: bool,
+}
+
+impl Settler {
+    /// Settles delivery `tag`. An ack may be held (see the module docs); a nack or reject is
+    /// sent before this returns.
+    async fn settle(
+        self: &Arc<Self>,
+        tag: u64,
+        acker: Acker,
+        how: Settlement,
+    ) -> lapin::Result<bool> {
+        let mut settling = self.settling.lock().await;
+        let mut sent = true;
+        match how {
+            Settlement::Ack => {
+                settling.acked.insert(tag, acker);
+            }
+            Settlement::Requeue | Settlement::Reject => {
+                settling.outstanding.remove(&tag);
+                settling.acked.remove(&tag);
+                sent = if how == Settlement::Requeue {
+                    acker
+                        .nack(BasicNackOptions {
+                            multiple: false,
+                            requeue: true,
+                        })
+                        .await?
+                } else {
+                    acker.reject(BasicRejectOptions { requeue: false }).await?
+                };
+            }
+        }
+        self.send_settled_prefix(&mut settling).await?;
+        if !settling.acked.is_empty() && !settling.flush_scheduled {
+            settling.flush_scheduled = true;
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(ACK_HOLD).await;
+                let mut settling = this.settling.lock().await;
+                settling.flush_scheduled = false;
+                // The channel may be gone; the broker then redelivers, and the worker drops
+                // the messages of finished runs.
+                if let Err(e) = this.send_held(&mut settling).await {
+                    tracing::debug!(error = %e, "held acks not sent");
+                }
+            });
+        }
+        Ok(sent)
+    }
+
+    /// One ack (`multiple` when it covers several) for the oldest outstanding deliveries that
+    /// are all acked.
+    async fn send_settled_prefix(&self, settling: &mut Settling) -> lapin::Result<()> {
+        let prefix: Vec<u64> = settling
+            .outstanding
+            .iter()
+            .take_while(|tag| settling.acked.contains_key(tag))
+            .copied()
+            .collect();
+        let Some(&last) = prefix.last() else {
+            return Ok(());
+        };
+        let mut ackers: Vec<Acker> = Vec::with_capacity(prefix.len());
+        for tag in &prefix {
+            settling.outstanding.remove(tag);
+            ackers.extend(settling.acked.remove(tag));
+        }
+        let newest = ackers.pop().expect("the prefix's last tag was acked");
+        debug_assert_eq!(prefix.last(), Some(&last));
+        newest
+            .ack(BasicAckOptions {
+                multiple: prefix.len() > 1,
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Sends every held ack: the settled prefix together, the others one by one.
+    async fn send_held(&self, settling: &mut Settling) -> lapin::Result<()> {
+        self.send_settled_prefix(settling).await?;
+        for (tag, acker) in std::mem::take(&mut settling.acked) {
+            settling.outstanding.remove(&tag);
+            acker.ack(BasicAckOptions { multiple: false }).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Settles one delivery through its channel's [`Settler`].
 #[derive(Debug)]
 struct AmqpDeliveryHandle {
     acker: Acker,
+    tag: u64,
+    settler: Arc<Settler>,
     settled: bool,
 }
 
 impl AmqpDeliveryHandle {
-    async fn settle(
-        mut self: Box<Self>,
-        what: &str,
-        result: impl AsyncFnOnce(&Acker) -> lapin::Result<bool>,
-    ) -> Result<(), QueueError> {
+    async fn settle(mut self: Box<Self>, what: &str, how: Settlement) -> Result<(), QueueError> {
         self.settled = true;
-        match result(&self.acker).await {
+        if !self.acker.usable() {
+            return Err(QueueError::Unavailable {
+                adapter: ADAPTER,
+                message: format!(
+                    "{what} not sent: the delivery's channel is closed, so the broker redelivers the message"
+                ),
+            });
+        }
+        match self.settler.settle(self.tag, self.acker.clone(), how).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(QueueError::Unavailable {
                 adapter: ADAPTER,
@@ -280,14 +428,9 @@ impl Drop for AmqpDeliveryHandle {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let acker = self.acker.clone();
+            let (settler, tag, acker) = (self.settler.clone(), self.tag, self.acker.clone());
             runtime.spawn(async move {
-                let _ = acker
-                    .nack(BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    })
-                    .await;
+                let _ = settler.settle(tag, acker, Settlement::Requeue).await;
             });
         }
     }
@@ -296,27 +439,14 @@ impl Drop for AmqpDeliveryHandle {
 #[async_trait]
 impl DeliveryHandle for AmqpDeliveryHandle {
     async fn ack(self: Box<Self>) -> Result<(), QueueError> {
-        self.settle("ack", async |a: &Acker| {
-            a.ack(BasicAckOptions::default()).await
-        })
-        .await
+        self.settle("ack", Settlement::Ack).await
     }
 
     async fn nack_requeue(self: Box<Self>) -> Result<(), QueueError> {
-        self.settle("nack", async |a: &Acker| {
-            a.nack(BasicNackOptions {
-                multiple: false,
-                requeue: true,
-            })
-            .await
-        })
-        .await
+        self.settle("nack", Settlement::Requeue).await
     }
 
     async fn reject(self: Box<Self>) -> Result<(), QueueError> {
-        self.settle("reject", async |a: &Acker| {
-            a.reject(BasicRejectOptions { requeue: false }).await
-        })
-        .await
+        self.settle("reject", Settlement::Reject).await
     }
 }

@@ -6,6 +6,7 @@
 //! | queue | `memory://`, `amqp://...[?queue_type=quorum&delivery_limit=N&...]` / `amqps://...` (feature `rabbitmq`) |
 //! | sink | `memory://`, `file://DIR`, `kafka://host:port[,host:port][?setting=value]` (feature `kafka`), `s3://bucket[/prefix]` / `parquet+file:///DIR` (feature `parquet`) |
 //! | block source | `devnet://?...`, `file://PATH` |
+//! | call cache | `memory://` (in-process, bounded), `redis://...` (feature `redis`) |
 //!
 //! A scheme whose feature is not compiled in is an error that says which feature to enable.
 //! Errors never contain a URL's password: see [`redact`].
@@ -13,9 +14,10 @@
 use std::sync::Arc;
 
 use model_runner_core::Chain;
-use model_runner_core::memory::{MemoryRunQueue, MemoryRunStore, MemorySink};
+use model_runner_core::memory::{MemoryCallCache, MemoryRunQueue, MemoryRunStore, MemorySink};
 use model_runner_core::ports::{
-    BlockSource, QueueError, ResultSink, RunQueue, RunStore, SinkError, SourceError, StoreError,
+    BlockSource, CallCache, CallCacheError, QueueError, ResultSink, RunQueue, RunStore, SinkError,
+    SourceError, StoreError,
 };
 
 pub use model_runner_core::redact::redact_url;
@@ -146,6 +148,30 @@ pub fn source_from_url(chain: Chain, url: &str) -> Result<Arc<dyn BlockSource>, 
             "unsupported block source URL {} for chain {chain}: expected devnet://... or file://PATH",
             redact_url(url)
         ))),
+    }
+}
+
+/// The call cache at `url`: `memory://` (this process only, bounded) or
+/// `redis://...`/`rediss://...` (shared by every worker; feature `redis`).
+pub async fn call_cache_from_url(url: &str) -> Result<Arc<dyn CallCache>, CallCacheError> {
+    match scheme(url) {
+        "memory" => Ok(Arc::new(MemoryCallCache::default())),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Ok(Arc::new(
+            crate::redis_cache::RedisCallCache::connect(url).await?,
+        )),
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" => Err(CallCacheError::Backend {
+            adapter: "redis",
+            message: disabled("redis", url),
+        }),
+        _ => Err(CallCacheError::Backend {
+            adapter: "call cache",
+            message: format!(
+                "unsupported call cache URL {}: expected memory:// or redis://... (feature `redis`)",
+                redact_url(url)
+            ),
+        }),
     }
 }
 

@@ -10,6 +10,7 @@
 //! | `RunQueue` | RabbitMQ | `rabbitmq` | `amqp://...` |
 //! | `ResultSink` | Kafka (rdkafka) | `kafka` | `kafka://host:port[,host:port][?librdkafka.setting=value]` |
 //! | `ResultSink` | Parquet on object storage | `parquet` | `s3://bucket[/prefix]`, `parquet+file:///dir` |
+//! | `CallCache` | Redis | `redis` | `redis://[user:pass@]host[:port][/db][?prefix=..&ttl_s=..]` |
 
 pub mod connect;
 pub mod devnet;
@@ -25,5 +26,7 @@ pub mod parquet;
 pub mod postgres;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+#[cfg(feature = "redis")]
+pub mod redis_cache;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;

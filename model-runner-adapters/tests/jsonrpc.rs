@@ -150,15 +150,40 @@ async fn reads_blocks_receipts_and_calls_from_a_node() {
     assert_eq!(p["value"], "100");
     assert_eq!(records[0].block_hash, b.hash);
 
-    let out = source
+    let pinned = CallRequest {
+        to: answer,
+        data: Bytes::new(),
+        block: block2,
+        block_hash: blocks.last().unwrap().hash,
+    };
+    let out = source.call(&pinned).await.unwrap();
+    assert_eq!(U256::from_be_slice(&out), U256::from(42));
+
+    // Pinned to the hash: the same number with a hash of no block (another branch) is an
+    // error, never the state of the block the node has at that number.
+    let quick = JsonRpcSource::with_options(
+        Chain::new("ethereum").unwrap(),
+        &url,
+        JsonRpcOptions {
+            retries: 1,
+            min_backoff: std::time::Duration::from_millis(1),
+            max_backoff: std::time::Duration::from_millis(2),
+            ..JsonRpcOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(quick.call(&pinned).await.unwrap(), out);
+    let err = quick
         .call(&CallRequest {
-            to: answer,
-            data: Bytes::new(),
-            block: block2,
+            block_hash: alloy_primitives::B256::repeat_byte(0xEE),
+            ..pinned.clone()
         })
         .await
-        .unwrap();
-    assert_eq!(U256::from_be_slice(&out), U256::from(42));
+        .unwrap_err();
+    assert!(
+        matches!(err, SourceError::Unavailable { .. }),
+        "a call pinned to a hash the node does not have at that number: {err:?}"
+    );
 
     let err = source
         .blocks(BlockRange::single(head.number + 1000))
@@ -236,13 +261,18 @@ async fn block_source_conformance() {
     while block_number(&url).await < deployed + 5 {
         rpc(&url, "evm_mine", json!([])).await;
     }
-    let call = |block| CallRequest {
+    let chain = Chain::new("ethereum").unwrap();
+    let source = JsonRpcSource::new(chain.clone(), &url).unwrap();
+    let hashes = source
+        .blocks(BlockRange::new(deployed - 1, deployed).unwrap())
+        .await
+        .unwrap();
+    let call = |block: u64| CallRequest {
         to: answer,
         data: Bytes::new(),
         block,
+        block_hash: hashes[(block + 1 - deployed) as usize].hash,
     };
-    let chain = Chain::new("ethereum").unwrap();
-    let source = JsonRpcSource::new(chain.clone(), &url).unwrap();
     model_runner_core::conformance::source::run_all(
         source,
         &SourceFacts {

@@ -101,12 +101,18 @@ pub struct Log {
 }
 
 /// A contract read at a block (`eth_call`), for `reads` models.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The read is pinned to the block's hash (EIP-1898: `{"blockHash": ...}` as the block
+/// parameter), so a reorg between loading the block and reading its state cannot mix state of
+/// another branch into the run, and the answer for one request never changes: it may be cached.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CallRequest {
     /// Contract.
     pub to: Address,
     /// ABI-encoded call data.
     pub data: Bytes,
-    /// Block whose state is read.
+    /// Number of the block whose state is read (for messages, and sources that index by number).
     pub block: u64,
+    /// Hash of that block: the state read is the state after this exact block.
+    pub block_hash: B256,
 }

@@ -147,6 +147,18 @@ struct AdapterFlags {
         global = true
     )]
     max_blocks_per_run: u64,
+    /// Cache of workers' contract calls (`eth_call` pinned to a block hash): memory:// (this
+    /// process, bounded to 64 MiB) or redis://[USER:PASS@]HOST[:PORT][/DB][?prefix=..&ttl_s=..]
+    /// (shared by every worker; feature `redis`).
+    ///
+    /// E.g. --call-cache redis://cache:6379/0
+    #[arg(
+        long,
+        env = "MODEL_RUNNER_CALL_CACHE",
+        default_value = "memory://",
+        global = true
+    )]
+    call_cache: String,
 }
 
 impl AdapterFlags {
@@ -761,6 +773,18 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
         });
     }
     let mut deps = build_deps(&urls).await?;
+    // Only workers call contracts: other commands do not connect to the cache.
+    if matches!(cli.command, Command::Worker { .. } | Command::All { .. }) {
+        let cache = model_runner_adapters::connect::call_cache_from_url(&cli.adapters.call_cache)
+            .await
+            .context("call cache")?;
+        for source in deps.sources.values_mut() {
+            *source = std::sync::Arc::new(model_runner_core::ports::CachedCalls::new(
+                source.clone(),
+                cache.clone(),
+            ));
+        }
+    }
     deps.limits.max_blocks_per_run = cli.adapters.max_blocks_per_run.max(1);
     let env = cli.adapters.env.clone();
     match cli.command {

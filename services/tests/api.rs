@@ -1130,14 +1130,15 @@ async fn models_and_progress(kind: Store) {
     assert_eq!(status, StatusCode::OK, "{v}");
     let models = v["models"].as_array().unwrap();
     let names: Vec<&str> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["block_stats", "erc20_transfers"]);
+    assert_eq!(names, ["block_stats", "erc20_balances", "erc20_transfers"]);
     for m in models {
-        assert_eq!(m["kind"], "nonreads");
+        let reads = m["name"] == "erc20_balances";
+        assert_eq!(m["kind"], if reads { "reads" } else { "nonreads" });
         assert!(!m["version"].as_str().unwrap().is_empty());
         assert_eq!(m["chains"], json!(["ethereum"]));
     }
     // The declared record schema, in column order.
-    let fields = models[1]["record_schema"].as_array().unwrap();
+    let fields = models[2]["record_schema"].as_array().unwrap();
     let names: Vec<&str> = fields.iter().map(|f| f["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
@@ -1260,7 +1261,7 @@ async fn probes_openapi_and_fallback(kind: Store) {
     let submit = &doc["components"]["schemas"]["SubmitRuns"]["properties"];
     assert_eq!(
         submit["model"]["enum"],
-        json!(["block_stats", "erc20_transfers"])
+        json!(["block_stats", "erc20_balances", "erc20_transfers"])
     );
     assert_eq!(submit["chain"]["enum"], json!(["ethereum"]));
 

@@ -55,6 +55,12 @@ const RECEIPTS_UNKNOWN: u8 = 0;
 const RECEIPTS_BY_BLOCK: u8 = 1;
 const RECEIPTS_BY_TRANSACTION: u8 = 2;
 
+/// Whether the endpoint takes EIP-1898 block parameters (`{"blockHash": ...}`) in `eth_call`,
+/// learnt from its first answer.
+const PINNED_UNKNOWN: u8 = 0;
+const PINNED_BY_HASH: u8 = 1;
+const PINNED_BY_NUMBER: u8 = 2;
+
 /// One node URL of a chain. See the module docs.
 pub(super) struct Endpoint {
     /// The URL as errors and logs show it (secrets as `***`, no fragment).
@@ -65,6 +71,7 @@ pub(super) struct Endpoint {
     pub(super) concurrency: usize,
     client: RpcClient,
     receipts: AtomicU8,
+    pinned_calls: AtomicU8,
     secrets: Arc<Secrets>,
 }
 
@@ -169,6 +176,7 @@ impl Endpoint {
             concurrency: concurrency as usize,
             client,
             receipts: AtomicU8::new(RECEIPTS_UNKNOWN),
+            pinned_calls: AtomicU8::new(PINNED_UNKNOWN),
             secrets,
         })
     }
@@ -192,6 +200,27 @@ impl Endpoint {
             } else {
                 RECEIPTS_BY_TRANSACTION
             },
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Whether `eth_call` takes `{"blockHash": ...}` here (true until the node refused it).
+    pub(super) fn calls_by_hash(&self) -> bool {
+        self.pinned_calls.load(Ordering::Relaxed) != PINNED_BY_NUMBER
+    }
+
+    /// Records whether the node takes EIP-1898 block parameters.
+    pub(super) fn set_calls_by_hash(&self, supported: bool) {
+        let state = if supported {
+            PINNED_BY_HASH
+        } else {
+            PINNED_BY_NUMBER
+        };
+        // Once refused, always by number: a later success by number proves nothing.
+        let _ = self.pinned_calls.compare_exchange(
+            PINNED_UNKNOWN,
+            state,
+            Ordering::Relaxed,
             Ordering::Relaxed,
         );
     }
@@ -421,6 +450,17 @@ impl tower::Service<RequestPacket> for HttpLeg {
     fn call(&mut self, request: RequestPacket) -> Self::Future {
         Box::pin(self.clone().send(request))
     }
+}
+
+/// Whether `err` is a node refusing an EIP-1898 block parameter as malformed (a parse or
+/// invalid-params error: ganache says `Cannot wrap a "object" as a json-rpc type`), rather than
+/// executing the call.
+pub(super) fn block_object_refused(err: &TransportError) -> bool {
+    let RpcError::ErrorResp(payload) = err else {
+        return false;
+    };
+    let m = payload.message.to_ascii_lowercase();
+    matches!(payload.code, -32700 | -32602) && !m.contains("revert") && !m.contains("not found")
 }
 
 /// Whether `err` says the node has no `eth_getBlockReceipts` (method not found, or a message

@@ -52,8 +52,10 @@
 //! error at once, [`SourceError::Backend`] or [`SourceError::InvalidData`], saying what the node
 //! answered.
 //!
-//! `head` is `eth_getBlockByNumber("latest")` and `call` is `eth_call` at the block, with the
-//! same retries. Every request is counted and timed in the source request metrics by method.
+//! `head` is `eth_getBlockByNumber("latest")` and `call` is `eth_call` pinned to the block's
+//! hash (EIP-1898, `{"blockHash": ...}`), with the same retries; a node that refuses that
+//! parameter (ganache) is called by number and the block's hash checked after the call. A
+//! revert is [`SourceError::Reverted`]. Every request is counted and timed in the source request metrics by method.
 //!
 //! # Secrets
 //!
@@ -375,21 +377,88 @@ impl BlockSource for JsonRpcSource {
     }
 
     async fn call(&self, request: &CallRequest) -> Result<Bytes, SourceError> {
-        self.retrying("eth_call", |ep| async move {
-            let method = "eth_call";
-            let r = ep
-                .call(
-                    method,
-                    json!([{"to": request.to, "data": request.data}, hex(request.block)]),
-                )
-                .await
-                .map_err(|e| classify(ep, method, e))?;
-            r.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| {
-                Failure::Final(SourceError::InvalidData(
-                    ep.scrub(&format!("{}: eth_call returned {r}", ep.shown)),
-                ))
-            })
-        })
-        .await
+        self.retrying("eth_call", |ep| call_pinned(ep, request))
+            .await
     }
+}
+
+/// `eth_call` of `request` at its block hash (EIP-1898), on one endpoint.
+///
+/// A node that refuses the `{"blockHash": ...}` parameter as malformed (ganache) is called by
+/// number from then on, and the answer is kept only if that number's block still has the
+/// requested hash after the call: a reorg in between is a retryable error, never state of
+/// another branch.
+async fn call_pinned(ep: &Endpoint, request: &CallRequest) -> Result<Bytes, Failure> {
+    let method = "eth_call";
+    let tx = json!({"to": request.to, "data": request.data});
+    let answer = if ep.calls_by_hash() {
+        match ep
+            .call(method, json!([tx, {"blockHash": request.block_hash}]))
+            .await
+        {
+            Err(e) if endpoint::block_object_refused(&e) => {
+                ep.set_calls_by_hash(false);
+                tracing::info!(
+                    url = %ep.shown,
+                    "node refuses EIP-1898 block parameters; eth_call by number, checking the block hash"
+                );
+                None
+            }
+            Err(e) => return Err(classify_call(ep, e)),
+            Ok(answer) => {
+                ep.set_calls_by_hash(true);
+                Some(answer)
+            }
+        }
+    } else {
+        None
+    };
+    let answer = match answer {
+        Some(answer) => answer,
+        None => {
+            let answer = ep
+                .call(method, json!([tx, hex(request.block)]))
+                .await
+                .map_err(|e| classify_call(ep, e))?;
+            let b = ep
+                .call("eth_getBlockByNumber", json!([hex(request.block), false]))
+                .await
+                .map_err(|e| classify(ep, "eth_getBlockByNumber", e))?;
+            let hash = b.get("hash").and_then(Value::as_str);
+            if hash.and_then(|h| h.parse().ok()) != Some(request.block_hash) {
+                return Err(Failure::retry(format!(
+                    "{}: eth_call by number: block {} is now {} (not {}): the chain moved",
+                    ep.shown,
+                    request.block,
+                    hash.unwrap_or("missing"),
+                    request.block_hash
+                )));
+            }
+            answer
+        }
+    };
+    answer.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| {
+        Failure::Final(SourceError::InvalidData(
+            ep.scrub(&format!("{}: eth_call returned {answer}", ep.shown)),
+        ))
+    })
+}
+
+/// [`classify`] for `eth_call`, where an execution error (geth's code 3 "execution reverted",
+/// ganache's "VM Exception ... revert", "invalid opcode", "out of gas") is the contract's
+/// answer: [`SourceError::Reverted`].
+fn classify_call(ep: &Endpoint, err: TransportError) -> Failure {
+    if let RpcError::ErrorResp(payload) = &err {
+        let m = payload.message.to_ascii_lowercase();
+        if payload.code == 3
+            || ["revert", "vm exception", "invalid opcode", "out of gas"]
+                .iter()
+                .any(|s| m.contains(s))
+        {
+            return Failure::Final(SourceError::Reverted(
+                ep.scrub(&format!("{}: {}", ep.shown, payload.message)),
+            ));
+        }
+    }
+    classify(ep, "eth_call", err)
 }

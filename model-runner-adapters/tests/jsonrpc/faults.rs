@@ -684,6 +684,7 @@ async fn fails_over_from_a_dead_url_to_a_live_one() {
 async fn block_source_conformance_on_mainnet_responses() {
     let node = Node::new(&["block_483920"], true, Faults::default());
     let source = JsonRpcSource::new(eth(), &serve(node).await).unwrap();
+    let block_hash = source.blocks(BlockRange::single(BLOCK)).await.unwrap()[0].hash;
     let answer = result_of(&fixtures("eth_call_0x86fa").join(
         "web3_response.eth_call_data_0x18160ddd_to_0x86fa049857e0209aa7d9e616f7eb3b3b78ecfdb0_latest.json",
     ));
@@ -700,6 +701,7 @@ async fn block_source_conformance_on_mainnet_responses() {
                     to: TOKEN.parse().unwrap(),
                     data: Bytes::from_static(&[0x18, 0x16, 0x0d, 0xdd]),
                     block: BLOCK,
+                    block_hash,
                 },
                 answer.as_str().unwrap().parse().unwrap(),
             )]),

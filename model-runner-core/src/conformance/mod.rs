@@ -4,6 +4,7 @@
 //!
 //! Failures panic with a message naming the broken rule, like any assertion.
 
+pub mod call_cache;
 pub mod queue;
 pub mod sink;
 pub mod source;

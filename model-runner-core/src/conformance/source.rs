@@ -336,14 +336,17 @@ pub async fn same_number_same_block_concurrently<S: BlockSource>(
     }
 }
 
-/// `call` answers as of the block asked, or says `Unsupported`.
+/// `call` answers as of the block asked (by hash), or says `Unsupported`.
 pub async fn call_reads_state_or_is_unsupported(source: &impl BlockSource, facts: &SourceFacts) {
     match &facts.call {
         CallSupport::Unsupported => {
+            let block = facts.known.end();
+            let block_hash = fetch(source, BlockRange::single(block)).await[0].hash;
             let request = CallRequest {
                 to: Address::repeat_byte(0x42),
                 data: Bytes::from_static(&[0x12, 0x34, 0x56, 0x78]),
-                block: facts.known.end(),
+                block,
+                block_hash,
             };
             let err = source
                 .call(&request)
@@ -362,8 +365,8 @@ pub async fn call_reads_state_or_is_unsupported(source: &impl BlockSource, facts
                     .unwrap_or_else(|e| panic!("call {request:?}: {e:?}"));
                 assert_eq!(
                     &got, want,
-                    "call MUST read contract state as of block {}",
-                    request.block
+                    "call MUST read contract state as of block {} ({})",
+                    request.block, request.block_hash
                 );
             }
         }

@@ -5,6 +5,7 @@
 
 #[cfg(test)]
 mod hooked;
+mod call_cache;
 mod queue;
 mod sink;
 mod source;
@@ -12,6 +13,7 @@ mod store;
 
 #[cfg(test)]
 pub(crate) use hooked::HookedStore;
+pub use call_cache::MemoryCallCache;
 pub use queue::MemoryRunQueue;
 pub use sink::MemorySink;
 pub use source::MemoryBlockSource;

@@ -1,11 +1,14 @@
-//! Built-in models: [`Erc20Transfers`] and [`BlockStats`], both `nonreads`.
+//! Built-in models: [`Erc20Transfers`] and [`BlockStats`] (`nonreads`), and
+//! [`Erc20Balances`] (`reads`: it calls contracts).
 
 mod block_stats;
+mod erc20_balances;
 mod erc20_transfers;
 
 use std::sync::Arc;
 
 pub use block_stats::BlockStats;
+pub use erc20_balances::{CALL_CONCURRENCY, Erc20Balances};
 pub use erc20_transfers::{Erc20Transfers, TRANSFER_TOPIC, decode_transfer};
 
 use crate::model::ModelRegistry;
@@ -15,6 +18,7 @@ pub fn builtin() -> ModelRegistry {
     let mut r = ModelRegistry::new();
     r.register(Arc::new(Erc20Transfers)).expect("unique name");
     r.register(Arc::new(BlockStats)).expect("unique name");
+    r.register(Arc::new(Erc20Balances)).expect("unique name");
     r
 }
 
@@ -85,21 +89,110 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// A memory source whose `call` answers `balanceOf(holder)` with a made-up balance
+    /// (block number * 1000 + the holder's last byte), reverts for tokens in `reverting`,
+    /// answers 3 bytes for tokens in `malformed`, and counts calls and the most in flight.
+    #[derive(Debug)]
+    pub(crate) struct FakeCalls {
+        pub inner: MemoryBlockSource,
+        pub reverting: Vec<Address>,
+        pub malformed: Vec<Address>,
+        pub calls: std::sync::Mutex<Vec<crate::data::CallRequest>>,
+        in_flight: std::sync::atomic::AtomicUsize,
+        pub max_in_flight: std::sync::atomic::AtomicUsize,
+    }
+
+    impl FakeCalls {
+        pub(crate) fn new(inner: MemoryBlockSource) -> Self {
+            Self {
+                inner,
+                reverting: vec![],
+                malformed: vec![],
+                calls: Default::default(),
+                in_flight: Default::default(),
+                max_in_flight: Default::default(),
+            }
+        }
+
+        /// The balance `call` answers for `holder` at block `number`.
+        pub(crate) fn balance(number: u64, holder: Address) -> U256 {
+            U256::from(number * 1000 + u64::from(holder[19]))
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl crate::ports::BlockSource for FakeCalls {
+        fn chain(&self) -> &Chain {
+            self.inner.chain()
+        }
+        async fn head(&self) -> Result<crate::data::BlockHead, crate::ports::SourceError> {
+            self.inner.head().await
+        }
+        async fn blocks(&self, range: BlockRange) -> Result<Vec<Block>, crate::ports::SourceError> {
+            self.inner.blocks(range).await
+        }
+        async fn call(
+            &self,
+            request: &crate::data::CallRequest,
+        ) -> Result<Bytes, crate::ports::SourceError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.calls.lock().unwrap().push(request.clone());
+            let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, SeqCst);
+            // Hand the thread to the other calls before answering, as a network call would:
+            // every call the model has in flight gets to start.
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+            self.in_flight.fetch_sub(1, SeqCst);
+            let block = self.inner.blocks(BlockRange::single(request.block)).await?;
+            assert_eq!(
+                block[0].hash, request.block_hash,
+                "calls are pinned to the block's hash"
+            );
+            assert_eq!(&request.data[..4], &[0x70, 0xa0, 0x82, 0x31], "balanceOf");
+            let holder = Address::from_slice(&request.data[16..36]);
+            if self.reverting.contains(&request.to) {
+                return Err(crate::ports::SourceError::Reverted(
+                    "execution reverted".into(),
+                ));
+            }
+            if self.malformed.contains(&request.to) {
+                return Ok(Bytes::from_static(&[1, 2, 3]));
+            }
+            Ok(Bytes::from(
+                Self::balance(request.block, holder)
+                    .to_be_bytes::<32>()
+                    .to_vec(),
+            ))
+        }
+    }
+
     #[tokio::test]
     async fn builtin_models_emit_exactly_their_declared_schemas() {
         let chain = Chain::new("ethereum").unwrap();
         let blocks = blocks(10, 14);
-        let source = Arc::new(MemoryBlockSource::new(chain.clone(), blocks.clone()));
+        let source = Arc::new(FakeCalls::new(MemoryBlockSource::new(
+            chain.clone(),
+            blocks.clone(),
+        )));
         for model in super::builtin().iter() {
             let schema = model
                 .record_schema()
                 .expect("built-in models declare a schema");
             schema.validate().unwrap();
-            assert!(
-                schema.fields().iter().all(|f| !f.nullable),
-                "{}: every field is always present",
-                model.name()
-            );
+            // Only a read that fails has absent values (null balance, with its reason).
+            let nullable: Vec<&str> = schema
+                .fields()
+                .iter()
+                .filter(|f| f.nullable)
+                .map(|f| f.name.as_str())
+                .collect();
+            let allowed: &[&str] = match model.name() {
+                "erc20_balances" => &["balance", "balance_error"],
+                _ => &[],
+            };
+            assert_eq!(nullable, allowed, "{}: nullable fields", model.name());
             let ctx = ModelContext {
                 run_id: RunId::new(),
                 model: model.name().to_owned(),
@@ -109,7 +202,18 @@ pub(crate) mod tests {
                 source: source.clone(),
             };
             let records = model.run(&ctx, &blocks).await.unwrap();
-            assert_eq!(records.len(), 5, "{}: one record per block", model.name());
+            // Each block has one ERC-20 transfer, between two holders.
+            let per_block = if model.kind() == crate::chain::ModelKind::Reads {
+                2
+            } else {
+                1
+            };
+            assert_eq!(
+                records.len(),
+                5 * per_block,
+                "{}: records per block",
+                model.name()
+            );
             for r in &records {
                 schema
                     .check(&r.payload)
@@ -134,11 +238,14 @@ pub(crate) mod tests {
     #[test]
     fn unknown_model_is_a_typed_error() {
         let r = super::builtin();
-        assert_eq!(r.names(), ["block_stats", "erc20_transfers"]);
+        assert_eq!(
+            r.names(),
+            ["block_stats", "erc20_balances", "erc20_transfers"]
+        );
         let err = r.get("erc721_transfers").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown model \"erc721_transfers\": registered models are block_stats, erc20_transfers"
+            "unknown model \"erc721_transfers\": registered models are block_stats, erc20_balances, erc20_transfers"
         );
         assert!(
             r.get_for("block_stats", &Chain::new("matic").unwrap())

@@ -4,11 +4,13 @@
 //!
 //! Blob storage is not a port of ours: it is `Arc<dyn object_store::ObjectStore>` itself.
 
+mod call_cache;
 mod queue;
 mod sink;
 mod source;
 mod store;
 
+pub use call_cache::{CachedCalls, CallCache, CallCacheError, CallCacheStats, CallKey};
 pub use queue::{Consumer, Delivery, DeliveryHandle, QueueError, RunMessage, RunQueue};
 pub use sink::{ResultSink, RunOutput, SinkError};
 pub use source::{BlockSource, SourceError};

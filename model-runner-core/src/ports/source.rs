@@ -24,6 +24,10 @@ pub enum SourceError {
     /// The source cannot do this (e.g. `call` on a file source).
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// The contract call reverted (or the node refused to execute it): an answer about the
+    /// contract's state, not a failure of the node; retrying gives the same answer.
+    #[error("call reverted: {0}")]
+    Reverted(String),
     /// Data that does not parse.
     #[error("invalid chain data: {0}")]
     InvalidData(String),
@@ -55,7 +59,11 @@ pub enum SourceError {
 ///   A block past the head is `BlockNotFound`.
 /// - The same block number MUST give the same block until a reorg replaces it (then the hash
 ///   differs).
-/// - `call` MUST read contract state as of the given block, or say `Unsupported`.
+/// - `call` MUST read contract state as of the block whose hash is the request's `block_hash`
+///   (EIP-1898), never of another block with the same number, or say `Unsupported`. A call the
+///   contract refuses (it reverts) MUST be [`SourceError::Reverted`], so a reads model can record
+///   it apart from a node that failed. A wrapper MAY cache answers by (chain, block hash, to,
+///   data) ([`CachedCalls`](crate::ports::CachedCalls)): they never change. Errors are never cached.
 #[async_trait]
 pub trait BlockSource: fmt::Debug + Send + Sync + 'static {
     /// The chain this source serves.

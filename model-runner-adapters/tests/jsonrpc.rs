@@ -16,8 +16,9 @@ use std::sync::Arc;
 use alloy_primitives::{Address, Bytes, U256, hex};
 use model_runner_adapters::jsonrpc::{JsonRpcOptions, JsonRpcSource};
 use model_runner_core::conformance::source::{CallSupport, SourceFacts};
-use model_runner_core::models::{Erc20Transfers, TRANSFER_TOPIC};
-use model_runner_core::ports::{BlockSource, SourceError};
+use model_runner_core::memory::MemoryCallCache;
+use model_runner_core::models::{Erc20Balances, Erc20Transfers, TRANSFER_TOPIC};
+use model_runner_core::ports::{BlockSource, CachedCalls, SourceError};
 use model_runner_core::{BlockRange, CallRequest, Chain, Model, ModelContext, RunId};
 use serde_json::{Value, json};
 
@@ -291,4 +292,95 @@ async fn block_source_conformance() {
         },
     )
     .await;
+}
+
+/// `erc20_balances` on the node, through an in-process call cache: a token whose constructor
+/// emits a transfer and whose `balanceOf(holder)` answers `uint(holder)`, read at the transfer's
+/// block (pinned to its hash); a second run of the same block is answered by the cache alone.
+#[tokio::test]
+async fn erc20_balances_through_the_call_cache() {
+    let Some(url) = node_url() else { return };
+    let accounts = rpc(&url, "eth_accounts", json!([])).await;
+    // Its own account: the other tests send from the first two at the same time.
+    let from = accounts[2].as_str().unwrap().to_owned();
+    let sender = Address::repeat_byte(0x33);
+    let recipient = Address::repeat_byte(0x44);
+    // Constructor: mstore(0, 100); log3(0, 32, Transfer, sender, recipient); then returns the
+    // runtime `mstore(0, calldataload(4)); return(0, 32)`.
+    let mut code = vec![0x60, 0x64, 0x60, 0x00, 0x52, 0x73];
+    code.extend_from_slice(recipient.as_slice());
+    code.push(0x73);
+    code.extend_from_slice(sender.as_slice());
+    code.push(0x7f);
+    code.extend_from_slice(TRANSFER_TOPIC.as_slice());
+    code.extend_from_slice(&[0x60, 0x20, 0x60, 0x00, 0xa3]);
+    let runtime = hex!("600435600052 60206000f3");
+    code.push(0x60 + runtime.len() as u8 - 1);
+    code.extend_from_slice(&runtime);
+    code.extend_from_slice(&[0x60, 0x00, 0x52, 0x60, runtime.len() as u8]);
+    code.extend_from_slice(&[0x60, 32 - runtime.len() as u8, 0xf3]);
+    let receipt = deploy(&url, &from, &code).await;
+    let number = u64::from_str_radix(
+        receipt["blockNumber"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
+    let token: Address = receipt["contractAddress"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let chain = Chain::new("ethereum").unwrap();
+    let source = Arc::new(CachedCalls::new(
+        JsonRpcSource::new(chain.clone(), &url).unwrap(),
+        Arc::new(MemoryCallCache::default()),
+    ));
+    let range = BlockRange::single(number);
+    let blocks = source.blocks(range).await.unwrap();
+    let ctx = ModelContext {
+        run_id: RunId::new(),
+        model: "erc20_balances".into(),
+        model_version: "1.0.0".into(),
+        chain,
+        range,
+        source: source.clone(),
+    };
+    let records = Erc20Balances.run(&ctx, &blocks).await.unwrap();
+    let rows: Vec<(Value, Value, Value)> = records
+        .iter()
+        .filter(|r| r.payload["token_address"] == format!("{token:#x}"))
+        .map(|r| {
+            (
+                r.payload["holder_address"].clone(),
+                r.payload["balance"].clone(),
+                r.payload["balance_error"].clone(),
+            )
+        })
+        .collect();
+    let balance = |a: Address| json!(U256::from_be_slice(a.into_word().as_slice()).to_string());
+    assert_eq!(
+        rows,
+        vec![
+            (json!(format!("{sender:#x}")), balance(sender), Value::Null),
+            (
+                json!(format!("{recipient:#x}")),
+                balance(recipient),
+                Value::Null
+            ),
+        ]
+    );
+    assert_eq!(records[0].block_hash, blocks[0].hash);
+    let first = source.stats();
+    assert_eq!(first.hits, 0);
+    assert_eq!(first.misses as usize, records.len());
+
+    // The same block again: every balance from the cache, none from the node.
+    assert_eq!(Erc20Balances.run(&ctx, &blocks).await.unwrap(), records);
+    let second = source.stats();
+    assert_eq!(second.misses, first.misses, "no request to the node");
+    assert_eq!(second.hits as usize, records.len());
 }

@@ -276,7 +276,7 @@ impl SqliteRunStore {
         expected_attempt: u32,
         event: &RunEvent,
     ) -> Result<ModelRun, StoreError> {
-        let mut run = Self::fetch(&mut **tx, id).await?;
+        let mut run = Self::fetch(tx, id).await?;
         if run.state != expected || run.attempt != expected_attempt {
             return Err(state_conflict(run, expected, expected_attempt));
         }

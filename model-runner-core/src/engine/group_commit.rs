@@ -3,9 +3,9 @@
 //! Every run a worker executes costs two writes to the store: its claim (`queued -> running`)
 //! and its outcome (`succeeded`, `failed`, handed back). Written one at a time, a worker of
 //! many slots pays a round trip and a commit per write. [`GroupCommit`] gathers the writes
-//! its callers make at the same moment into one [`RunStore::transitions`] call: one task
-//! writes groups one after the other, and a group is whatever was submitted while the previous
-//! one was being written (at most `max` of them). A lone write goes at once, so nothing waits
+//! its callers make at the same moment into one [`RunStore::transitions`] call: a group is
+//! whatever was submitted while the groups before it were being written (at most `max` of
+//! them), and a few groups are written at once. A lone write goes at once, so nothing waits
 //! for a timer when traffic is light, and under load the groups grow by themselves.
 //!
 //! The guarantees stay per run: each write is still a compare-and-set of its own, a conflict
@@ -14,7 +14,11 @@
 
 use std::sync::{Arc, OnceLock};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Groups written at once: a durable commit waits for the disk, so while one group waits, the
+/// next ones go out (the database flushes concurrent commits together).
+const GROUPS_IN_FLIGHT: usize = 4;
 
 use crate::ports::{RunStore, StoreError, Transition};
 use crate::run::ModelRun;
@@ -68,26 +72,42 @@ fn gone() -> StoreError {
     }
 }
 
-/// The writing task: one group at a time, each group what queued up meanwhile.
+/// The writing task: up to [`GROUPS_IN_FLIGHT`] groups written at once, each group what
+/// queued up while the others were being written.
 async fn write_groups(
     store: Arc<dyn RunStore>,
     max: usize,
     mut requests: mpsc::UnboundedReceiver<Request>,
 ) {
-    let mut group = Vec::with_capacity(max);
-    while requests.recv_many(&mut group, max).await > 0 {
-        let batch: Vec<Transition> = group.iter().map(|r| r.transition.clone()).collect();
-        match store.transitions(&batch).await {
-            Ok(results) => {
-                for (request, result) in group.drain(..).zip(results) {
-                    // The caller may have given up (its run was abandoned); nothing to tell.
-                    let _ = request.reply.send(result);
-                }
+    let in_flight = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
+    loop {
+        let Ok(slot) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut group = Vec::with_capacity(max);
+        if requests.recv_many(&mut group, max).await == 0 {
+            return;
+        }
+        let store = store.clone();
+        tokio::spawn(async move {
+            write_group(&*store, group).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn write_group(store: &dyn RunStore, group: Vec<Request>) {
+    let batch: Vec<Transition> = group.iter().map(|r| r.transition.clone()).collect();
+    match store.transitions(&batch).await {
+        Ok(results) => {
+            for (request, result) in group.into_iter().zip(results) {
+                // The caller may have given up (its run was abandoned); nothing to tell.
+                let _ = request.reply.send(result);
             }
-            Err(e) => {
-                for request in group.drain(..) {
-                    let _ = request.reply.send(Err(copy(&e)));
-                }
+        }
+        Err(e) => {
+            for request in group {
+                let _ = request.reply.send(Err(copy(&e)));
             }
         }
     }
@@ -295,12 +315,13 @@ mod tests {
             }
             other => panic!("the second claim of a run must conflict, got {other:?}"),
         }
-        // The first group may have left before the others were submitted; the rest share one.
+        // The first groups (as many as may be in flight) may have left before the others were
+        // submitted; the rest share one.
         let calls = store.calls.load(Ordering::SeqCst);
         assert!(
-            calls <= 3,
+            calls <= GROUPS_IN_FLIGHT + 1,
             "21 claims made at once went out in {calls} calls"
         );
-        assert!(store.largest.load(Ordering::SeqCst) >= 19);
+        assert!(store.largest.load(Ordering::SeqCst) >= 21 - GROUPS_IN_FLIGHT);
     }
 }

@@ -3,17 +3,17 @@
 //! adapters, so behaviour proven here holds there. Their readiness probes (`ping`) answer
 //! `Ok`: there is nothing remote to reach.
 
+mod call_cache;
 #[cfg(test)]
 mod hooked;
-mod call_cache;
 mod queue;
 mod sink;
 mod source;
 mod store;
 
+pub use call_cache::MemoryCallCache;
 #[cfg(test)]
 pub(crate) use hooked::HookedStore;
-pub use call_cache::MemoryCallCache;
 pub use queue::MemoryRunQueue;
 pub use sink::MemorySink;
 pub use source::MemoryBlockSource;

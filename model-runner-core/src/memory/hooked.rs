@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use super::MemoryRunStore;
 use crate::chain::Chain;
 use crate::ports::{
-    CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
+    CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError, Transition,
 };
 use crate::run::{ModelRun, NewRun, RunEvent, RunId, RunState};
 
@@ -20,13 +20,18 @@ pub(crate) type TransitionHook = Box<
         + Sync,
 >;
 
-/// A [`MemoryRunStore`] whose `transition` asks a hook first and whose `cursor` may yield to
-/// other tasks after reading (so two callers' reads interleave). Everything else is the store's.
+/// A [`MemoryRunStore`] whose `transition` asks a hook first, whose `transitions` records each
+/// batch's size and may wait for a gate, and whose `cursor` may yield to other tasks after
+/// reading (so two callers' reads interleave). Everything else is the store's.
 #[derive(Default)]
 pub(crate) struct HookedStore {
     pub(crate) inner: MemoryRunStore,
     pub(crate) on_transition: Option<TransitionHook>,
     pub(crate) yield_after_cursor: bool,
+    /// Each `transitions` call takes a permit first (and keeps it).
+    pub(crate) transitions_gate: Option<tokio::sync::Semaphore>,
+    /// The size of every `transitions` batch, in call order.
+    pub(crate) transitions_sizes: std::sync::Mutex<Vec<usize>>,
 }
 
 impl std::fmt::Debug for HookedStore {
@@ -66,6 +71,27 @@ impl RunStore for HookedStore {
             }
         }
         self.inner.transition(id, expected, attempt, event).await
+    }
+    async fn transitions(
+        &self,
+        batch: &[Transition],
+    ) -> Result<Vec<Result<ModelRun, StoreError>>, StoreError> {
+        if let Some(gate) = &self.transitions_gate {
+            gate.acquire().await.expect("never closed").forget();
+        }
+        self.transitions_sizes.lock().unwrap().push(batch.len());
+        if self.on_transition.is_none() {
+            return self.inner.transitions(batch).await;
+        }
+        // Item by item, through the hook.
+        let mut out = Vec::with_capacity(batch.len());
+        for t in batch {
+            out.push(
+                self.transition(t.id, t.expected, t.expected_attempt, t.event.clone())
+                    .await,
+            );
+        }
+        Ok(out)
     }
     async fn expired_leases(
         &self,

@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use model_runner_adapters::postgres::{PostgresOptions, PostgresRunStore};
 use model_runner_core::conformance::{new_run, unique};
 use model_runner_core::ports::{CreateRuns, RunFilter, RunStore, StoreError};
+use model_runner_core::run::TransitionError;
 use model_runner_core::{RunEvent, RunId, RunState};
 
 const RUNS: u64 = 3000;
@@ -180,6 +181,16 @@ async fn under_load(what: &str, command: &str) {
                     }) if c.attempt == run.attempt
                         && c.lease_owner.as_deref() != Some(owner.as_str()) =>
                     {
+                        lost_claims.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    // Claimed again by another worker on the same attempt and still running
+                    // there: the state and attempt match, so the state machine refuses us as
+                    // not the lease holder.
+                    Err(StoreError::Transition(TransitionError::NotLeaseHolder {
+                        holder: Some(holder),
+                        ..
+                    })) if holder != owner => {
                         lost_claims.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }

@@ -40,7 +40,8 @@ where
     ping_answers_and_writes_nothing(make().await).await;
 }
 
-async fn create(store: &impl RunStore, n: u64) -> Vec<RunId> {
+/// Creates `n` pending runs of model `m` (blocks `i*10..=i*10+9`); returns their ids.
+pub async fn create(store: &impl RunStore, n: u64) -> Vec<RunId> {
     let runs = (0..n)
         .map(|i| new_run("m", "ethereum", i * 10, i * 10 + 9))
         .collect();
@@ -57,7 +58,8 @@ async fn create(store: &impl RunStore, n: u64) -> Vec<RunId> {
         .collect()
 }
 
-async fn enqueue_all(store: &impl RunStore, ids: &[RunId]) {
+/// Moves pending runs (attempt 1) to `queued`, one transition each.
+pub async fn enqueue_all(store: &impl RunStore, ids: &[RunId]) {
     for id in ids {
         store
             .transition(*id, RunState::Pending, 1, RunEvent::Enqueue)

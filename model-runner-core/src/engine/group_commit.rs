@@ -140,8 +140,8 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
+    use crate::conformance::store::{create, enqueue_all};
     use crate::memory::HookedStore;
-    use crate::ports::CreateRuns;
     use crate::run::{RunEvent, RunId, RunState};
 
     fn claim(id: RunId, owner: &str) -> Transition {
@@ -156,30 +156,6 @@ mod tests {
         }
     }
 
-    async fn queued_runs(store: &HookedStore, n: u64) -> Vec<RunId> {
-        let runs = (0..n)
-            .map(|i| crate::conformance::new_run("m", "ethereum", i * 10, i * 10 + 9))
-            .collect();
-        let ids: Vec<RunId> = store
-            .create_runs(CreateRuns {
-                runs,
-                idempotency_key: None,
-            })
-            .await
-            .unwrap()
-            .runs
-            .iter()
-            .map(|r| r.id)
-            .collect();
-        for id in &ids {
-            store
-                .transition(*id, RunState::Pending, 1, RunEvent::Enqueue)
-                .await
-                .unwrap();
-        }
-        ids
-    }
-
     /// Writes submitted while groups are being written go out together in the next group, and
     /// each caller gets its own result: the loser of a double claim alone gets the conflict.
     #[tokio::test]
@@ -188,7 +164,8 @@ mod tests {
             transitions_gate: Some(tokio::sync::Semaphore::new(0)),
             ..Default::default()
         });
-        let ids = queued_runs(&store, 20).await;
+        let ids = create(&*store, 20).await;
+        enqueue_all(&*store, &ids).await;
         let group = Arc::new(GroupCommit::new(store.clone(), 64));
         let mut tasks = Vec::new();
         for (n, id) in ids.iter().enumerate() {

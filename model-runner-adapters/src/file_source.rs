@@ -277,9 +277,15 @@ impl Loader {
     }
 
     fn file(&mut self, path: &Path) -> Result<(), SourceError> {
-        let text = std::fs::read_to_string(path).map_err(|e| bad(path, e))?;
-        match serde_json::from_str::<Value>(&text) {
-            Ok(v) => self.value(&v).map_err(|e| bad(path, e)),
+        let bytes = std::fs::read(path).map_err(|e| bad(path, e))?;
+        self.bytes(&bytes).map_err(|e| bad(path, e))
+    }
+
+    /// One file's content: one JSON document, or JSON lines.
+    fn bytes(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
+        match serde_json::from_str::<Value>(text) {
+            Ok(v) => self.value(&v),
             // Not one JSON document: JSON lines.
             Err(_) => {
                 for (i, line) in text
@@ -287,10 +293,8 @@ impl Loader {
                     .enumerate()
                     .filter(|(_, l)| !l.trim().is_empty())
                 {
-                    let v = lossless_row(line)
-                        .map_err(|e| bad(path, format!("line {}: {e}", i + 1)))?;
-                    self.value(&v)
-                        .map_err(|e| bad(path, format!("line {}: {e}", i + 1)))?;
+                    let v = lossless_row(line).map_err(|e| format!("line {}: {e}", i + 1))?;
+                    self.value(&v).map_err(|e| format!("line {}: {e}", i + 1))?;
                 }
                 Ok(())
             }
@@ -315,6 +319,15 @@ impl Loader {
         }
         self.blocks
     }
+}
+
+/// Parses one file's bytes, as [`FileBlockSource`] reads each file (one JSON document or JSON
+/// lines, JSON-RPC responses or ethereum-etl rows), into the blocks it holds, joined. Bad input
+/// is an error naming the line and field, never a panic.
+pub fn parse_bytes(bytes: &[u8]) -> Result<Vec<Block>, SourceError> {
+    let mut loader = Loader::default();
+    loader.bytes(bytes).map_err(SourceError::InvalidData)?;
+    Ok(loader.finish().into_values().collect())
 }
 
 impl FileBlockSource {

@@ -8,12 +8,23 @@
 //! - **ethereum-etl JSON-lines exports**: `blocks.json`, `transactions.json`, `receipts.json`,
 //!   `logs.json` (one object a line; the kind is taken from its `type` field or its columns).
 //!
-//! Everything is loaded at open and joined: transactions onto blocks, receipts onto
-//! transactions by hash, logs onto blocks by number (deduplicated by log index). The head is the
-//! highest block. A range with a missing block is `BlockNotFound`, never a partial answer.
+//! A file holding one JSON document (a saved response, possibly pretty-printed) is parsed at open.
+//! A JSON-lines file is **streamed**: at open it is scanned once, without parsing, into an index of
+//! ~1 MiB chunks, each with the lowest and highest block number its lines name (and the
+//! block headers' numbers are noted); a request for a range reads and parses only the chunks that
+//! can hold it. Memory stays bounded whatever the file size (a 50 GB export costs a few MB of
+//! index), and ranges are parsed on the blocking pool, several at once. A line whose block number
+//! the scan cannot read is read for every range, so nothing is skipped that could belong.
+//!
+//! Rows are joined per request: transactions onto blocks, receipts onto transactions by hash,
+//! logs onto blocks by number (deduplicated by log index). The head is the highest block header.
+//! A range with a missing block is `BlockNotFound`, never a partial answer; a malformed row is
+//! `InvalidData` naming its file and line.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
 
 use alloy_primitives::{Address, B256, Bytes, U256};
 use async_trait::async_trait;
@@ -21,13 +32,65 @@ use model_runner_core::ports::{BlockSource, SourceError};
 use model_runner_core::{Block, BlockHead, BlockRange, Chain, Log, Receipt, Transaction};
 use serde_json::Value;
 
-/// Blocks loaded from files.
-#[derive(Debug)]
+/// Blocks read from files.
 pub struct FileBlockSource {
     chain: Chain,
     origin: String,
-    blocks: BTreeMap<u64, Block>,
+    files: Arc<Files>,
+    head: BlockHead,
 }
+
+impl std::fmt::Debug for FileBlockSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileBlockSource")
+            .field("chain", &self.chain)
+            .field("origin", &self.origin)
+            .field("head", &self.head)
+            .field(
+                "blocks",
+                &self
+                    .files
+                    .numbers
+                    .iter()
+                    .map(|(a, b)| b - a + 1)
+                    .sum::<u64>(),
+            )
+            .finish()
+    }
+}
+
+/// What a source reads from: parsed documents and indexed JSON-lines files.
+struct Files {
+    /// Rows of the whole-document files, not yet joined (a document's receipt may belong to a
+    /// transaction of a JSON-lines file).
+    documents: Loader,
+    lines: Vec<LinesFile>,
+    /// Numbers of the block headers held, as sorted, disjoint, inclusive runs.
+    numbers: Vec<(u64, u64)>,
+}
+
+/// A JSON-lines file and its chunk index.
+struct LinesFile {
+    path: PathBuf,
+    file: std::fs::File,
+    chunks: Vec<Chunk>,
+}
+
+/// A run of whole lines of a JSON-lines file.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    offset: u64,
+    len: usize,
+    /// 1-based number of its first line, for errors.
+    first_line: u64,
+    /// Lowest and highest block number its lines name (`0..=u64::MAX` if a line names none
+    /// the scan can read).
+    min: u64,
+    max: u64,
+}
+
+/// Chunks of a JSON-lines file are cut at the first line end past this many bytes.
+const CHUNK_BYTES: usize = 1 << 20;
 
 fn bad(file: &Path, what: impl std::fmt::Display) -> SourceError {
     SourceError::InvalidData(format!("{}: {what}", file.display()))
@@ -211,7 +274,7 @@ fn lossless_row(line: &str) -> Result<Value, serde_json::Error> {
 
 /// Joins JSON-RPC / ethereum-etl values into blocks; shared with the JSON-RPC source, which
 /// receives the very same response shapes over HTTP.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct Loader {
     blocks: BTreeMap<u64, Block>,
     txs: Vec<(u64, Transaction)>,
@@ -276,37 +339,87 @@ impl Loader {
         Ok(())
     }
 
-    fn file(&mut self, path: &Path) -> Result<(), SourceError> {
-        let bytes = std::fs::read(path).map_err(|e| bad(path, e))?;
-        self.bytes(&bytes).map_err(|e| bad(path, e))
-    }
-
     /// One file's content: one JSON document, or JSON lines.
     fn bytes(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
-        match serde_json::from_str::<Value>(text) {
+        match serde_json::from_slice::<Value>(bytes) {
             Ok(v) => self.value(&v),
             // Not one JSON document: JSON lines.
             Err(_) => {
-                for (i, line) in text
-                    .lines()
-                    .enumerate()
-                    .filter(|(_, l)| !l.trim().is_empty())
-                {
-                    let v = lossless_row(line).map_err(|e| format!("line {}: {e}", i + 1))?;
-                    self.value(&v).map_err(|e| format!("line {}: {e}", i + 1))?;
+                for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+                    self.line(line)
+                        .map_err(|e| format!("line {}: {e}", i + 1))?;
                 }
                 Ok(())
             }
         }
     }
 
-    pub(crate) fn finish(mut self) -> BTreeMap<u64, Block> {
+    /// One line of a JSON-lines file (blank lines are skipped).
+    fn line(&mut self, line: &[u8]) -> Result<(), String> {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        // The hot row of token-transfer exports, parsed without building a `Value`.
+        if let Ok(row) = serde_json::from_slice::<EtlLog<'_>>(line)
+            && row.kind == "log"
+            && let Some(log) = row.to_log()
+        {
+            self.logs.push(log);
+            return Ok(());
+        }
+        let text = std::str::from_utf8(line).map_err(|e| format!("not UTF-8: {e}"))?;
+        let v = lossless_row(text).map_err(|e| e.to_string())?;
+        self.value(&v)
+    }
+
+    /// Takes in another loader's rows (a later block of the same number replaces the earlier).
+    fn extend(&mut self, other: Loader) {
+        self.blocks.extend(other.blocks);
+        self.txs.extend(other.txs);
+        self.receipts.extend(other.receipts);
+        self.logs.extend(other.logs);
+    }
+
+    /// A loader holding this one's blocks, transactions and logs of blocks `lo..=hi` (receipts
+    /// are looked up with [`Loader::finish_with`]).
+    fn slice(&self, lo: u64, hi: u64) -> Loader {
+        Loader {
+            blocks: self
+                .blocks
+                .range(lo..=hi)
+                .map(|(n, b)| (*n, b.clone()))
+                .collect(),
+            txs: self
+                .txs
+                .iter()
+                .filter(|(n, _)| (lo..=hi).contains(n))
+                .cloned()
+                .collect(),
+            receipts: HashMap::new(),
+            logs: self
+                .logs
+                .iter()
+                .filter(|l| (lo..=hi).contains(&l.block_number))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    pub(crate) fn finish(self) -> BTreeMap<u64, Block> {
+        self.finish_with(None)
+    }
+
+    /// Joins, looking receipts up in `more` too when this loader has none for a transaction.
+    fn finish_with(mut self, more: Option<&HashMap<B256, Receipt>>) -> BTreeMap<u64, Block> {
         self.txs.sort_by_key(|(b, t)| (*b, t.index));
         self.txs.dedup_by_key(|(b, t)| (*b, t.index));
         for (number, mut tx) in self.txs {
             if let Some(block) = self.blocks.get_mut(&number) {
-                tx.receipt = self.receipts.get(&tx.hash).cloned();
+                tx.receipt = self
+                    .receipts
+                    .get(&tx.hash)
+                    .or_else(|| more.and_then(|m| m.get(&tx.hash)))
+                    .cloned();
                 block.transactions.push(tx);
             }
         }
@@ -321,6 +434,39 @@ impl Loader {
     }
 }
 
+/// An ethereum-etl `logs.json` row, borrowed from its line.
+#[derive(serde::Deserialize)]
+struct EtlLog<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    log_index: u64,
+    transaction_hash: &'a str,
+    transaction_index: u64,
+    block_number: u64,
+    address: &'a str,
+    data: &'a str,
+    topics: Vec<&'a str>,
+}
+
+impl EtlLog<'_> {
+    /// `None` if a field does not parse (the general path then names it).
+    fn to_log(&self) -> Option<Log> {
+        Some(Log {
+            address: self.address.parse().ok()?,
+            topics: self
+                .topics
+                .iter()
+                .map(|t| t.parse().ok())
+                .collect::<Option<Vec<B256>>>()?,
+            data: self.data.parse().ok()?,
+            log_index: self.log_index,
+            transaction_hash: self.transaction_hash.parse().ok()?,
+            transaction_index: self.transaction_index,
+            block_number: self.block_number,
+        })
+    }
+}
+
 /// Parses one file's bytes, as [`FileBlockSource`] reads each file (one JSON document or JSON
 /// lines, JSON-RPC responses or ethereum-etl rows), into the blocks it holds, joined. Bad input
 /// is an error naming the line and field, never a panic.
@@ -330,8 +476,239 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Vec<Block>, SourceError> {
     Ok(loader.finish().into_values().collect())
 }
 
+/// The block numbers a JSON line names, found without parsing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LineBlocks {
+    /// Lowest and highest value of its `number`, `block_number` and `blockNumber` keys.
+    min: u64,
+    max: u64,
+    /// Whether a `number` key is among them (the line may be a block header).
+    header: bool,
+}
+
+/// Scans `line` for block-number keys; `None` when it has none, or one whose value is not a
+/// plain quantity (the line must then be read for any range).
+fn scan_line(line: &[u8]) -> Option<LineBlocks> {
+    static KEY_END: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"umber\""));
+    let mut found: Option<LineBlocks> = None;
+    for at in KEY_END.find_iter(line) {
+        let before = &line[..at];
+        let header = before.ends_with(b"\"n");
+        if !(header || before.ends_with(b"\"block_n") || before.ends_with(b"\"blockN")) {
+            continue;
+        }
+        let rest = &line[at + 6..];
+        let rest = trim_start(rest).strip_prefix(b":")?;
+        let rest = trim_start(rest);
+        let digits = match rest.strip_prefix(b"\"") {
+            Some(quoted) => &quoted[..memchr::memchr(b'"', quoted)?],
+            None => {
+                let end = rest
+                    .iter()
+                    .position(|b| !b.is_ascii_digit())
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            }
+        };
+        let n = parse_u64(std::str::from_utf8(digits).ok()?)?;
+        let f = found.get_or_insert(LineBlocks {
+            min: n,
+            max: n,
+            header: false,
+        });
+        f.min = f.min.min(n);
+        f.max = f.max.max(n);
+        f.header |= header;
+    }
+    found
+}
+
+fn trim_start(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    &b[n..]
+}
+
+/// Adds `n` to sorted, disjoint, inclusive runs.
+fn insert_number(runs: &mut Vec<(u64, u64)>, n: u64) {
+    let i = runs.partition_point(|(_, hi)| *hi < n);
+    if let Some((lo, _)) = runs.get(i)
+        && *lo <= n
+    {
+        return; // already held
+    }
+    let joins_prev = i > 0 && runs[i - 1].1.checked_add(1) == Some(n);
+    let joins_next = runs
+        .get(i)
+        .is_some_and(|(lo, _)| n.checked_add(1) == Some(*lo));
+    match (joins_prev, joins_next) {
+        (true, true) => {
+            runs[i - 1].1 = runs[i].1;
+            runs.remove(i);
+        }
+        (true, false) => runs[i - 1].1 = n,
+        (false, true) => runs[i].0 = n,
+        (false, false) => runs.insert(i, (n, n)),
+    }
+}
+
+fn holds(runs: &[(u64, u64)], n: u64) -> bool {
+    let i = runs.partition_point(|(_, hi)| *hi < n);
+    runs.get(i).is_some_and(|(lo, _)| *lo <= n)
+}
+
+/// Whether a file is JSON lines: its first non-blank line is a whole JSON value and more follows.
+/// (A one-line file is read either way alike.)
+fn is_json_lines(path: &Path) -> Result<bool, SourceError> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| bad(path, e))?
+            == 0
+        {
+            return Ok(false);
+        }
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            break;
+        }
+    }
+    Ok(serde_json::from_slice::<serde::de::IgnoredAny>(&line).is_ok())
+}
+
+impl LinesFile {
+    /// Scans `path` into its chunk index, noting block headers in `numbers` and `highest`.
+    fn scan(
+        path: &Path,
+        numbers: &mut Vec<(u64, u64)>,
+        highest: &mut Option<BlockHead>,
+    ) -> Result<Self, SourceError> {
+        use std::io::Read;
+        let file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
+        let mut reader = &file;
+        let mut chunks = Vec::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(8 << 20);
+        let mut buf_offset = 0u64; // file offset of buf[0]
+        let mut line_no = 0u64;
+        let mut current: Option<Chunk> = None;
+        let mut eof = false;
+        while !eof || !buf.is_empty() {
+            if !eof {
+                let old = buf.len();
+                buf.resize(old + (8 << 20), 0);
+                let n = reader.read(&mut buf[old..]).map_err(|e| bad(path, e))?;
+                buf.truncate(old + n);
+                eof = n == 0;
+            }
+            let mut start = 0usize;
+            loop {
+                let end = match memchr::memchr(b'\n', &buf[start..]) {
+                    Some(i) => start + i + 1,
+                    None if eof && start < buf.len() => buf.len(),
+                    None => break,
+                };
+                let line = &buf[start..end];
+                line_no += 1;
+                let offset = buf_offset + start as u64;
+                let (min, max) = if line.iter().all(u8::is_ascii_whitespace) {
+                    (u64::MAX, 0) // names nothing, needs nothing
+                } else {
+                    let scanned = scan_line(line);
+                    // A possible block header, or a line the scan cannot place: parsed now, for
+                    // the headers' numbers and the head (and to name a malformed one at open).
+                    if scanned.is_none_or(|b| b.header) {
+                        let mut one = Loader::default();
+                        one.line(line)
+                            .map_err(|e| bad(path, format!("line {line_no}: {e}")))?;
+                        for block in one.blocks.values() {
+                            note_header(numbers, highest, block);
+                        }
+                    }
+                    scanned.map_or((0, u64::MAX), |b| (b.min, b.max))
+                };
+                let chunk = current.get_or_insert(Chunk {
+                    offset,
+                    len: 0,
+                    first_line: line_no,
+                    min: u64::MAX,
+                    max: 0,
+                });
+                chunk.len += line.len();
+                chunk.min = chunk.min.min(min);
+                chunk.max = chunk.max.max(max);
+                if chunk.len >= CHUNK_BYTES {
+                    chunks.extend(current.take().filter(|c| c.min <= c.max));
+                }
+                start = end;
+            }
+            buf.drain(..start);
+            buf_offset += start as u64;
+        }
+        chunks.extend(current.take().filter(|c| c.min <= c.max));
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            chunks,
+        })
+    }
+
+    /// Parses the lines of the chunks that can hold `lo..=hi` into `loader`.
+    fn read(&self, lo: u64, hi: u64, loader: &mut Loader) -> Result<(), SourceError> {
+        let mut buf = Vec::new();
+        for chunk in self.chunks.iter().filter(|c| c.min <= hi && lo <= c.max) {
+            buf.resize(chunk.len, 0);
+            self.file
+                .read_exact_at(&mut buf, chunk.offset)
+                .map_err(|e| bad(&self.path, e))?;
+            for (i, line) in buf.split(|b| *b == b'\n').enumerate() {
+                if let Some(b) = scan_line(line)
+                    && (b.max < lo || hi < b.min)
+                {
+                    continue;
+                }
+                loader.line(line).map_err(|e| {
+                    bad(
+                        &self.path,
+                        format!("line {}: {e}", chunk.first_line + i as u64),
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Notes a block header: its number among those held, and the head if it is the highest.
+fn note_header(numbers: &mut Vec<(u64, u64)>, highest: &mut Option<BlockHead>, block: &Block) {
+    insert_number(numbers, block.number);
+    if highest.as_ref().is_none_or(|h| block.number >= h.number) {
+        *highest = Some(BlockHead {
+            number: block.number,
+            hash: block.hash,
+        });
+    }
+}
+
+impl Files {
+    /// Blocks `lo..=hi`, joined, as far as the files hold them.
+    fn read(&self, lo: u64, hi: u64) -> Result<BTreeMap<u64, Block>, SourceError> {
+        let mut loader = self.documents.slice(lo, hi);
+        for file in &self.lines {
+            file.read(lo, hi, &mut loader)?;
+        }
+        let mut blocks = loader.finish_with(Some(&self.documents.receipts));
+        blocks.retain(|n, _| (lo..=hi).contains(n));
+        Ok(blocks)
+    }
+}
+
 impl FileBlockSource {
-    /// Loads every block under `path` (a directory of files, or one file).
+    /// Opens every `*.json` / `*.jsonl` file under `path` (a directory), or one file: parses the
+    /// whole-document files and indexes the JSON-lines files (see the module docs).
     pub fn open(chain: Chain, path: impl AsRef<Path>) -> Result<Self, SourceError> {
         let path = path.as_ref();
         let files: Vec<PathBuf> = if path.is_dir() {
@@ -353,21 +730,38 @@ impl FileBlockSource {
         } else {
             return Err(bad(path, "no such file or directory"));
         };
-        let mut loader = Loader::default();
+        let mut documents = Loader::default();
+        let mut lines = Vec::new();
+        let mut numbers = Vec::new();
+        let mut head = None;
         for f in &files {
-            loader.file(f)?;
+            if is_json_lines(f)? {
+                lines.push(LinesFile::scan(f, &mut numbers, &mut head)?);
+            } else {
+                let bytes = std::fs::read(f).map_err(|e| bad(f, e))?;
+                let mut one = Loader::default();
+                one.bytes(&bytes).map_err(|e| bad(f, e))?;
+                for block in one.blocks.values() {
+                    note_header(&mut numbers, &mut head, block);
+                }
+                documents.extend(one);
+            }
         }
-        let blocks = loader.finish();
-        if blocks.is_empty() {
-            return Err(bad(
+        let head = head.ok_or_else(|| {
+            bad(
                 path,
                 "no blocks found (expected eth_getBlockByNumber responses or ethereum-etl blocks.json)",
-            ));
-        }
+            )
+        })?;
         Ok(Self {
             chain,
             origin: path.display().to_string(),
-            blocks,
+            files: Arc::new(Files {
+                documents,
+                lines,
+                numbers,
+            }),
+            head,
         })
     }
 
@@ -379,9 +773,9 @@ impl FileBlockSource {
         Self::open(chain, path)
     }
 
-    /// Block numbers held.
+    /// Block numbers held (those with a block header), ascending.
     pub fn numbers(&self) -> impl Iterator<Item = u64> + '_ {
-        self.blocks.keys().copied()
+        self.files.numbers.iter().flat_map(|(lo, hi)| *lo..=*hi)
     }
 }
 
@@ -392,28 +786,87 @@ impl BlockSource for FileBlockSource {
     }
 
     async fn head(&self) -> Result<BlockHead, SourceError> {
-        let (_, b) = self
-            .blocks
-            .last_key_value()
-            .expect("open refuses an empty source");
-        Ok(BlockHead {
-            number: b.number,
-            hash: b.hash,
-        })
+        Ok(self.head)
     }
 
     async fn blocks(&self, range: BlockRange) -> Result<Vec<Block>, SourceError> {
+        let missing = |number| SourceError::BlockNotFound {
+            number,
+            source_name: format!("files at {}", self.origin),
+        };
+        let (lo, hi) = (range.start(), range.end());
+        if let Some(n) = (lo..=hi).find(|n| !holds(&self.files.numbers, *n)) {
+            return Err(missing(n));
+        }
+        let files = self.files.clone();
+        let mut blocks = tokio::task::spawn_blocking(move || files.read(lo, hi))
+            .await
+            .map_err(|e| SourceError::InvalidData(format!("reading files: {e}")))??;
         let mut out = Vec::with_capacity(range.len().min(10_000) as usize);
-        for n in range.start()..=range.end() {
-            let b = self
-                .blocks
-                .get(&n)
-                .ok_or_else(|| SourceError::BlockNotFound {
-                    number: n,
-                    source_name: format!("files at {}", self.origin),
-                })?;
-            out.push(b.clone());
+        for n in lo..=hi {
+            out.push(blocks.remove(&n).ok_or_else(|| missing(n))?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_finds_every_block_number_key() {
+        let etl = br#"{"log_index": 3, "transaction_hash": "0xab", "block_number": 18000001, "type": "log"}"#;
+        assert_eq!(
+            scan_line(etl),
+            Some(LineBlocks {
+                min: 18000001,
+                max: 18000001,
+                header: false
+            })
+        );
+        let header = br#"{"number": 7, "hash": "0x01", "parent_hash": "0x00"}"#;
+        assert_eq!(
+            scan_line(header),
+            Some(LineBlocks {
+                min: 7,
+                max: 7,
+                header: true
+            })
+        );
+        let rpc =
+            br#"{"result":[{"blockNumber":"0x10"},{"blockNumber" : "0x2"}, {"blockNumber":"17"}]}"#;
+        assert_eq!(
+            scan_line(rpc),
+            Some(LineBlocks {
+                min: 2,
+                max: 17,
+                header: false
+            })
+        );
+        // No key, or a value the scan cannot read: the line is read for every range.
+        assert_eq!(scan_line(br#"{"hash": "0x01"}"#), None);
+        assert_eq!(scan_line(br#"{"block_number": null}"#), None);
+        // Keys that merely end alike are not block numbers.
+        assert_eq!(
+            scan_line(br#"{"phone_number": 5, "blockNumberish": 4}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn number_runs_merge_and_answer_membership() {
+        let mut runs = Vec::new();
+        for n in [5, 7, 6, 1, 2, 10, 9, 7, u64::MAX, 0] {
+            insert_number(&mut runs, n);
+        }
+        assert_eq!(runs, vec![(0, 2), (5, 7), (9, 10), (u64::MAX, u64::MAX)]);
+        for n in 0..12 {
+            assert_eq!(
+                holds(&runs, n),
+                [0, 1, 2, 5, 6, 7, 9, 10].contains(&n),
+                "{n}"
+            );
+        }
     }
 }

@@ -41,10 +41,10 @@ struct TopicFile {
     file: Mutex<tokio::fs::File>,
 }
 
-/// Encoded batches not yet written, and their senders.
+/// Encoded batches not yet written, in arrival order, and their senders.
 #[derive(Debug, Default)]
 struct Waiting {
-    bytes: Vec<u8>,
+    batches: Vec<Vec<u8>>,
     senders: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
 }
 
@@ -158,35 +158,48 @@ impl ResultSink for FileSink {
         if records.is_empty() {
             return Ok(());
         }
-        let mut buf = Vec::with_capacity(records.len() * 256);
-        for r in records {
-            serde_json::to_writer(&mut buf, r).map_err(|e| SinkError::Backend {
+        let encode = |buf: &mut Vec<u8>, r: &Record| {
+            serde_json::to_writer(&mut *buf, r).map_err(|e| SinkError::Backend {
                 adapter: ADAPTER,
                 source: Box::new(e),
             })?;
             buf.push(b'\n');
+            Ok::<_, SinkError>(())
+        };
+        // Sized from the first line, so a large batch is not copied through doublings.
+        let mut buf = Vec::with_capacity(1024);
+        encode(&mut buf, &records[0])?;
+        buf.reserve((buf.len() + buf.len() / 8) * (records.len() - 1));
+        for r in &records[1..] {
+            encode(&mut buf, r)?;
         }
         let topic_file = self.file(topic).await?;
         let (sent, written) = tokio::sync::oneshot::channel();
         {
             let mut waiting = lock(&topic_file.waiting);
-            waiting.bytes.extend_from_slice(&buf);
+            waiting.batches.push(buf);
             waiting.senders.push(sent);
         }
         {
             // Whoever holds the file writes everything waiting: this batch, unless an earlier
             // holder took it along already.
             let mut f = topic_file.file.lock().await;
-            let Waiting { bytes, senders } = std::mem::take(&mut *lock(&topic_file.waiting));
+            let Waiting { batches, senders } = std::mem::take(&mut *lock(&topic_file.waiting));
             if !senders.is_empty() {
                 let path = self.path(topic).display().to_string();
-                let result = match f.write_all(&bytes).await {
-                    Err(e) => Err(format!("writing {path}: {e}")),
-                    Ok(()) => f
+                let mut result = Ok(());
+                for batch in &batches {
+                    if let Err(e) = f.write_all(batch).await {
+                        result = Err(format!("writing {path}: {e}"));
+                        break;
+                    }
+                }
+                if result.is_ok() {
+                    result = f
                         .sync_data()
                         .await
-                        .map_err(|e| format!("syncing {path}: {e}")),
-                };
+                        .map_err(|e| format!("syncing {path}: {e}"));
+                }
                 for sender in senders {
                     let _ = sender.send(result.clone());
                 }

@@ -361,7 +361,7 @@ impl Loader {
         }
         // The hot row of token-transfer exports, parsed without building a `Value`.
         if let Ok(row) = serde_json::from_slice::<EtlLog<'_>>(line)
-            && row.kind == "log"
+            && row.kind.is_none_or(|k| k == "log")
             && let Some(log) = row.to_log()
         {
             self.logs.push(log);
@@ -434,11 +434,12 @@ impl Loader {
     }
 }
 
-/// An ethereum-etl `logs.json` row, borrowed from its line.
+/// An ethereum-etl `logs.json` row, borrowed from its line (`export_receipts_and_logs` writes
+/// no `type`; `stream` writes `"type": "log"`).
 #[derive(serde::Deserialize)]
 struct EtlLog<'a> {
     #[serde(rename = "type")]
-    kind: &'a str,
+    kind: Option<&'a str>,
     log_index: u64,
     transaction_hash: &'a str,
     transaction_index: u64,
@@ -591,24 +592,27 @@ impl LinesFile {
         let file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
         let mut reader = &file;
         let mut chunks = Vec::new();
-        let mut buf: Vec<u8> = Vec::with_capacity(8 << 20);
-        let mut buf_offset = 0u64; // file offset of buf[0]
+        // buf[..filled] holds file bytes from `buf_offset` on; grown only for a longer line.
+        let mut buf = vec![0u8; 8 << 20];
+        let mut filled = 0usize;
+        let mut buf_offset = 0u64;
         let mut line_no = 0u64;
         let mut current: Option<Chunk> = None;
         let mut eof = false;
-        while !eof || !buf.is_empty() {
+        while !eof || filled > 0 {
             if !eof {
-                let old = buf.len();
-                buf.resize(old + (8 << 20), 0);
-                let n = reader.read(&mut buf[old..]).map_err(|e| bad(path, e))?;
-                buf.truncate(old + n);
+                if filled == buf.len() {
+                    buf.resize(buf.len() * 2, 0);
+                }
+                let n = reader.read(&mut buf[filled..]).map_err(|e| bad(path, e))?;
+                filled += n;
                 eof = n == 0;
             }
             let mut start = 0usize;
             loop {
-                let end = match memchr::memchr(b'\n', &buf[start..]) {
+                let end = match memchr::memchr(b'\n', &buf[start..filled]) {
                     Some(i) => start + i + 1,
-                    None if eof && start < buf.len() => buf.len(),
+                    None if eof && start < filled => filled,
                     None => break,
                 };
                 let line = &buf[start..end];
@@ -645,7 +649,8 @@ impl LinesFile {
                 }
                 start = end;
             }
-            buf.drain(..start);
+            buf.copy_within(start..filled, 0);
+            filled -= start;
             buf_offset += start as u64;
         }
         chunks.extend(current.take().filter(|c| c.min <= c.max));

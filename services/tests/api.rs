@@ -730,6 +730,23 @@ async fn get_errors(kind: Store) {
         Some("id"),
         "invalid run id \"not-a-uuid\"",
     );
+    // Found by fuzz/fuzz_targets/api_request.rs: a path parameter whose percent-escapes are not
+    // UTF-8 was refused by axum in plain text; it is the JSON error envelope like the rest.
+    for (method, path, token) in [
+        ("GET", "/v1/runs/%ff", READ),
+        ("POST", "/v1/runs/%ff/cancel", WRITE),
+        ("GET", "/v1/chains/%ed/progress", READ),
+        ("GET", "/ui/assets/co.c%edest", READ),
+    ] {
+        let got = api.call(method, path, Some(token), None).await;
+        assert_error(
+            &got,
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            None,
+            "Invalid UTF-8",
+        );
+    }
     let unknown = RunId::new();
     let got = api
         .call("GET", &format!("/v1/runs/{unknown}"), Some(READ), None)

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use chrono::{DateTime, Utc};
 use model_runner_core::ports::RunFilter;
 use model_runner_core::{Chain, FieldSpec, FieldType};
@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::auth::ReadAccess;
 use super::error::{ApiError, ErrorResponse};
+use super::path::ApiPath;
 use super::runs::{ModelKindView, RunStateView};
 
 /// How long the progress endpoint waits for a chain head.
@@ -217,7 +218,7 @@ pub struct ChainProgress {
 pub async fn chain_progress(
     State(state): State<ApiState>,
     _: ReadAccess,
-    Path(chain): Path<String>,
+    ApiPath(chain): ApiPath<String>,
 ) -> Result<Json<ChainProgress>, ApiError> {
     let chain = Chain::new(chain)
         .map_err(|e| ApiError::bad_request("invalid_chain", e.to_string()).field("chain"))?;

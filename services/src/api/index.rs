@@ -22,7 +22,7 @@
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -30,6 +30,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::ApiState;
 use super::auth::ReadAccess;
 use super::error::{ApiError, ErrorResponse};
+use super::path::ApiPath;
 
 /// Checkpoints per page when the request gives no `limit`.
 pub const DEFAULT_CHECKPOINT_PAGE: u32 = 1000;
@@ -234,7 +235,7 @@ fn index_error(e: batch_index::Error) -> ApiError {
 pub async fn account(
     State(state): State<ApiState>,
     _: ReadAccess,
-    Path(account): Path<String>,
+    ApiPath(account): ApiPath<String>,
     query: Result<Query<AccountQuery>, QueryRejection>,
 ) -> Result<Json<AccountCheckpoints>, ApiError> {
     let (index, from, limit) = parse_account_query(query)?;
@@ -284,7 +285,7 @@ pub async fn account(
 pub async fn transaction(
     State(state): State<ApiState>,
     _: ReadAccess,
-    Path(hash): Path<String>,
+    ApiPath(hash): ApiPath<String>,
 ) -> Result<Json<TransactionPosition>, ApiError> {
     if let Err(e) = batch_index::reader::parse_tx_hash(&hash) {
         return Err(ApiError::bad_request("invalid_hash", e.to_string()).field("hash"));

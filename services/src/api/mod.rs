@@ -22,6 +22,7 @@ pub mod error;
 pub mod health;
 pub mod index;
 pub mod openapi;
+pub mod path;
 pub mod runs;
 pub mod ui;
 

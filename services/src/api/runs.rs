@@ -6,7 +6,7 @@
 //! re-read and retried a few times when a worker moves the run concurrently.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use model_runner_core::engine::{BackfillRequest, submit_backfill};
@@ -22,6 +22,7 @@ use super::ApiState;
 use super::auth::{ReadAccess, WriteAccess};
 use super::body::{ApiJson, OptionalJson};
 use super::error::{ApiError, ErrorResponse};
+use super::path::ApiPath;
 
 /// The header that makes a resubmission return the first submission's runs.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -419,7 +420,7 @@ fn parse_id(id: &str) -> Result<RunId, ApiError> {
 pub async fn get_run(
     State(state): State<ApiState>,
     _: ReadAccess,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RunView>, ApiError> {
     let id = parse_id(&id)?;
     Ok(Json(state.deps.store.get(id).await?.into()))
@@ -636,7 +637,7 @@ async fn transition_current(
 pub async fn cancel(
     State(state): State<ApiState>,
     _: WriteAccess,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     OptionalJson(body): OptionalJson<CancelRun>,
 ) -> Result<Json<RunView>, ApiError> {
     let id = parse_id(&id)?;
@@ -684,7 +685,7 @@ pub async fn cancel(
 pub async fn retry(
     State(state): State<ApiState>,
     _: WriteAccess,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RunView>, ApiError> {
     let id = parse_id(&id)?;
     let run = transition_current(&state, id, |run| match run.state {

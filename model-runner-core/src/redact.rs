@@ -147,10 +147,6 @@ pub fn redact_urls_in(text: &str) -> String {
         if i > 0 {
             out.push(' ');
         }
-        if !word.contains("://") {
-            out.push_str(word);
-            continue;
-        }
         let is_edge = |c: char| {
             matches!(
                 c,
@@ -158,6 +154,14 @@ pub fn redact_urls_in(text: &str) -> String {
             )
         };
         let core = word.trim_matches(is_edge);
+        // `https:/user:pw@host` and `https:user:pw@host` are URLs with a password too, to the
+        // `url` crate and so to the clients that take them: a scheme and an `@` are enough.
+        let scheme_and_userinfo =
+            core.contains('@') && core.split_once(':').is_some_and(|(s, _)| is_scheme(s));
+        if !core.contains("://") && !scheme_and_userinfo {
+            out.push_str(word);
+            continue;
+        }
         let start = word.len() - word.trim_start_matches(is_edge).len();
         out.push_str(&word[..start]);
         // A trailing ':' (as in "cannot connect to URL: why") is not part of the URL.
@@ -277,6 +281,18 @@ mod tests {
             assert_eq!(got, want, "{input}");
             assert!(!got.contains("hunter2"), "{input} -> {got}");
         }
+    }
+
+    #[test]
+    fn urls_without_both_slashes_inside_messages_are_redacted() {
+        // Found by fuzz/fuzz_targets/adapter_url.rs: the `url` crate reads `https:/u:pw12@host`
+        // as `https://u:pw12@host`, and the message showed the password.
+        let msg = "cannot connect to https:/$u:pw12@n.pasqwoo,e-a:85/.bn: refused";
+        assert_eq!(redact_urls_in(msg), "cannot connect to https:…: refused");
+        let msg = "bad node (https:u:hunter22@node:8545)";
+        assert_eq!(redact_urls_in(msg), "bad node (https:…)");
+        // Words with a colon and an `@` but no scheme before the colon stay as they are.
+        assert_eq!(redact_urls_in("at 12:00 @noon"), "at 12:00 @noon");
     }
 
     #[test]

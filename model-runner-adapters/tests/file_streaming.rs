@@ -53,7 +53,11 @@ fn log_row(n: u64, i: u64) -> String {
         _ => (format!(r#""{}""#, word(99)), word(i)),
     };
     // `ethereumetl stream` writes a type; `export_receipts_and_logs` does not.
-    let kind = if n.is_multiple_of(2) { r#", "type": "log""# } else { "" };
+    let kind = if n.is_multiple_of(2) {
+        r#", "type": "log""#
+    } else {
+        ""
+    };
     format!(
         r#"{{"log_index": {i}, "transaction_hash": "{}", "transaction_index": {}, "block_hash": "{}", "block_number": {n}, "address": "0x{:040x}", "data": "{data}", "topics": [{topics}]{kind}}}"#,
         hash(2, n * 100 + i / 20),

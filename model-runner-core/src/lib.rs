@@ -12,6 +12,51 @@
 //! Every port has an in-memory adapter in [`memory`] (always compiled) and, behind the
 //! `conformance` feature, a suite in `conformance` that checks its written contract against any
 //! adapter.
+//!
+//! Start from the [`prelude`] and a [`Runner`](engine::Runner): write a [`Model`], register it
+//! beside the built-ins, and run it embedded. The ports default to the in-memory adapters; give
+//! it a SQLite or PostgreSQL store, a RabbitMQ queue, a Kafka or Parquet sink and a JSON-RPC
+//! source from `model-runner-adapters` without touching the model.
+//!
+//! ```
+//! use model_runner_core::prelude::*;
+//! use model_runner_core::memory::{MemoryBlockSource, MemorySink};
+//! use std::sync::Arc;
+//!
+//! /// One record per block with an even number.
+//! #[derive(Debug)]
+//! struct EvenBlocks;
+//!
+//! #[async_trait]
+//! impl Model for EvenBlocks {
+//!     fn name(&self) -> &str { "even_blocks" }
+//!     fn version(&self) -> &str { "1.0.0" }
+//!     fn kind(&self) -> ModelKind { ModelKind::Nonreads }
+//!     async fn run(&self, ctx: &ModelContext, blocks: &[Block]) -> Result<Vec<Record>, ModelError> {
+//!         Ok(blocks
+//!             .iter()
+//!             .filter(|b| b.number % 2 == 0)
+//!             .map(|b| ctx.record(b, 0, serde_json::json!({ "number": b.number })))
+//!             .collect())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let chain = Chain::new("ethereum")?;
+//! let sink = Arc::new(MemorySink::new());
+//! let runner = Runner::builder()
+//!     .source(MemoryBlockSource::with_empty_blocks(chain.clone(), 0..=99))
+//!     .model(EvenBlocks)
+//!     .sink_arc(sink.clone())
+//!     .build()?;
+//! let runs = runner.backfill("even_blocks", &chain, BlockRange::new(0, 99)?, 25).await?;
+//! runner.run_until_done(&runs).await?;
+//! // The worker's default environment is "dev": records go to the topic dev-ethereum-sink.
+//! assert_eq!(sink.records(&topic_name("dev", &chain)).len(), 50);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod chain;
 pub mod data;
@@ -26,6 +71,24 @@ pub mod run;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+
+/// The names a model author and an embedding application use most, in one import:
+/// `use model_runner_core::prelude::*;`.
+pub mod prelude {
+    pub use crate::chain::{BlockRange, Chain, ModelKind, RunMode};
+    pub use crate::data::{Block, BlockHead, CallRequest, Log, Receipt, Transaction};
+    pub use crate::engine::{
+        CancellationToken, EngineDeps, EngineError, Parts, RealtimeSubscription, Runner,
+        RunnerBuilder,
+    };
+    pub use crate::model::{
+        FieldType, Model, ModelContext, ModelError, ModelRegistry, Record, RecordSchema,
+    };
+    pub use crate::ports::{BlockSource, ResultSink, RunQueue, RunStore};
+    pub use crate::routing::topic_name;
+    pub use crate::run::{ModelRun, RunId, RunState};
+    pub use async_trait::async_trait;
+}
 
 pub use chain::{BlockRange, Chain, ChainError, ModelKind, RunMode};
 pub use data::{Block, BlockHead, CallRequest, Log, Receipt, Transaction};

@@ -13,6 +13,7 @@
 mod enqueuer;
 mod group_commit;
 pub mod instruments;
+mod runner;
 mod scheduler;
 mod worker;
 
@@ -31,6 +32,7 @@ use crate::ports::{
 use crate::routing::{Routing, RoutingError};
 
 pub use enqueuer::{Enqueuer, EnqueuerConfig};
+pub use runner::{Parts, Runner, RunnerBuilder};
 pub use scheduler::{
     BackfillRequest, DEFAULT_MAX_BLOCKS_PER_RUN, MAX_RUNS_PER_BACKFILL, RealtimeSubscription,
     Scheduler, SchedulerConfig, submit_backfill,

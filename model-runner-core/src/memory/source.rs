@@ -24,6 +24,33 @@ impl MemoryBlockSource {
         }
     }
 
+    /// A chain of empty blocks `numbers` (no transactions or logs), linked by parent hash, with
+    /// made-up hashes and timestamps 12 s apart: enough to run models that look at block
+    /// headers, and to try a pipeline.
+    pub fn with_empty_blocks(chain: Chain, numbers: std::ops::RangeInclusive<u64>) -> Self {
+        let hash =
+            |n: u64| alloy_primitives::B256::left_padding_from(&n.wrapping_add(1).to_be_bytes());
+        let blocks = numbers
+            .map(|n| Block {
+                number: n,
+                hash: hash(n),
+                parent_hash: if n == 0 {
+                    alloy_primitives::B256::ZERO
+                } else {
+                    hash(n - 1)
+                },
+                timestamp: 1_700_000_000 + n * 12,
+                miner: None,
+                gas_used: 0,
+                gas_limit: 30_000_000,
+                base_fee_per_gas: None,
+                transactions: Vec::new(),
+                logs: Vec::new(),
+            })
+            .collect();
+        Self::new(chain, blocks)
+    }
+
     /// Appends a block (the next number).
     pub fn push(&self, block: Block) {
         self.blocks

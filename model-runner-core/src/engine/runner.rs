@@ -1,0 +1,456 @@
+//! [`Runner`]: a runner assembled in code, for embedding in an existing tokio application.
+//!
+//! ```
+//! use model_runner_core::prelude::*;
+//! use model_runner_core::memory::MemoryBlockSource;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let chain = Chain::new("ethereum")?;
+//! // Ten empty blocks; use a real source (files, JSON-RPC, devnet) from model-runner-adapters.
+//! let source = MemoryBlockSource::with_empty_blocks(chain.clone(), 0..=9);
+//! // In-memory store, queue and sink unless you give others; the built-in models are registered.
+//! let runner = Runner::builder().source(source).build()?;
+//! let created = runner.backfill("block_stats", &chain, BlockRange::new(0, 9)?, 5).await?;
+//! let runs = runner.run_until_done(&created).await?;
+//! assert!(runs.iter().all(|r| r.state == RunState::Succeeded));
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::chain::{BlockRange, Chain, RunMode};
+use crate::engine::{
+    BackfillRequest, CancellationToken, EngineDeps, EngineError, Enqueuer, EnqueuerConfig, Limits,
+    RealtimeSubscription, Scheduler, SchedulerConfig, Worker, WorkerConfig, submit_backfill,
+};
+use crate::memory::{MemoryRunQueue, MemoryRunStore, MemorySink};
+use crate::model::{Model, ModelRegistry};
+use crate::ports::{BlockSource, ResultSink, RunQueue, RunStore};
+use crate::routing::Routing;
+use crate::run::{ModelRun, RunId, RunState};
+
+/// Which loops [`Runner::run`] runs in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    /// The [`Scheduler`]: realtime subscriptions, lease expiry, retries, reconciling.
+    pub scheduler: bool,
+    /// The [`Enqueuer`]: the outbox relay to the queues.
+    pub enqueuer: bool,
+    /// The [`Worker`]: claims runs, executes models, delivers records.
+    pub worker: bool,
+}
+
+impl Parts {
+    /// All three loops, as `model-runner all` runs them.
+    pub const ALL: Parts = Parts {
+        scheduler: true,
+        enqueuer: true,
+        worker: true,
+    };
+    /// Only a worker (scale workers out on their own).
+    pub const WORKER: Parts = Parts {
+        scheduler: false,
+        enqueuer: false,
+        worker: true,
+    };
+    /// The scheduler and the enqueuer, without workers.
+    pub const CONTROL: Parts = Parts {
+        scheduler: true,
+        enqueuer: true,
+        worker: false,
+    };
+}
+
+/// Assembles a [`Runner`]; see the [module docs](self). Every part has a default: in-memory
+/// store, queue and sink, the built-in models, the default routing, limits and loop settings,
+/// and a worker consuming every queue of the chains that have a source.
+#[derive(Debug)]
+pub struct RunnerBuilder {
+    store: Option<Arc<dyn RunStore>>,
+    queue: Option<Arc<dyn RunQueue>>,
+    sink: Option<Arc<dyn ResultSink>>,
+    sources: HashMap<Chain, Arc<dyn BlockSource>>,
+    models: ModelRegistry,
+    models_error: Option<EngineError>,
+    routing: Routing,
+    limits: Limits,
+    worker: WorkerConfig,
+    enqueuer: EnqueuerConfig,
+    scheduler: SchedulerConfig,
+}
+
+impl RunnerBuilder {
+    /// The run store (default: [`MemoryRunStore`]).
+    pub fn store(mut self, store: impl RunStore + 'static) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// The run store, shared.
+    pub fn store_arc(mut self, store: Arc<dyn RunStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The queue (default: [`MemoryRunQueue`], which only works inside this process).
+    pub fn queue(mut self, queue: impl RunQueue + 'static) -> Self {
+        self.queue = Some(Arc::new(queue));
+        self
+    }
+
+    /// The queue, shared.
+    pub fn queue_arc(mut self, queue: Arc<dyn RunQueue>) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// The record sink (default: [`MemorySink`]).
+    pub fn sink(mut self, sink: impl ResultSink + 'static) -> Self {
+        self.sink = Some(Arc::new(sink));
+        self
+    }
+
+    /// The record sink, shared (keep a clone to read a [`MemorySink`] back).
+    pub fn sink_arc(mut self, sink: Arc<dyn ResultSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// The block source of its chain ([`BlockSource::chain`]); a second source of the same
+    /// chain replaces the first.
+    pub fn source(self, source: impl BlockSource + 'static) -> Self {
+        self.source_arc(Arc::new(source))
+    }
+
+    /// A block source, shared.
+    pub fn source_arc(mut self, source: Arc<dyn BlockSource>) -> Self {
+        self.sources.insert(source.chain().clone(), source);
+        self
+    }
+
+    /// Registers a model beside those already registered (a name taken twice fails
+    /// [`build`](Self::build)).
+    pub fn model(mut self, model: impl Model + 'static) -> Self {
+        if let Err(e) = self.models.register(Arc::new(model))
+            && self.models_error.is_none()
+        {
+            self.models_error = Some(e.into());
+        }
+        self
+    }
+
+    /// Replaces the registry (default: [`builtin`](crate::models::builtin)).
+    pub fn models(mut self, models: ModelRegistry) -> Self {
+        self.models = models;
+        self
+    }
+
+    /// Queue routing.
+    pub fn routing(mut self, routing: Routing) -> Self {
+        self.routing = routing;
+        self
+    }
+
+    /// Limits every path that makes runs enforces.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Follows a chain's head with a model (run by the scheduler).
+    pub fn subscribe(mut self, subscription: RealtimeSubscription) -> Self {
+        self.scheduler.realtime.push(subscription);
+        self
+    }
+
+    /// Worker settings. Left empty, `queues` becomes every queue of the chains with a source.
+    pub fn worker_config(mut self, config: WorkerConfig) -> Self {
+        self.worker = config;
+        self
+    }
+
+    /// Enqueuer settings.
+    pub fn enqueuer_config(mut self, config: EnqueuerConfig) -> Self {
+        self.enqueuer = config;
+        self
+    }
+
+    /// Scheduler settings (its `realtime` list is kept alongside [`subscribe`](Self::subscribe)'s).
+    pub fn scheduler_config(mut self, mut config: SchedulerConfig) -> Self {
+        config.realtime.append(&mut self.scheduler.realtime);
+        self.scheduler = config;
+        self
+    }
+
+    /// The runner, or the first model registration that failed.
+    pub fn build(self) -> Result<Runner, EngineError> {
+        if let Some(e) = self.models_error {
+            return Err(e);
+        }
+        for sub in &self.scheduler.realtime {
+            if !self.sources.contains_key(&sub.chain) {
+                return Err(EngineError::InvalidInput(format!(
+                    "realtime subscription {}:{} has no block source for chain {}",
+                    sub.chain, sub.model, sub.chain
+                )));
+            }
+            self.models.get(&sub.model)?;
+        }
+        let mut worker = self.worker;
+        if worker.queues.is_empty() {
+            let mut chains: Vec<&Chain> = self.sources.keys().collect();
+            chains.sort();
+            worker.queues = self.routing.all_queues(chains);
+        }
+        Ok(Runner {
+            deps: EngineDeps {
+                store: self
+                    .store
+                    .unwrap_or_else(|| Arc::new(MemoryRunStore::new())),
+                queue: self
+                    .queue
+                    .unwrap_or_else(|| Arc::new(MemoryRunQueue::new())),
+                sink: self.sink.unwrap_or_else(|| Arc::new(MemorySink::new())),
+                sources: self.sources,
+                models: Arc::new(self.models),
+                routing: self.routing,
+                limits: self.limits,
+            },
+            worker,
+            enqueuer: self.enqueuer,
+            scheduler: self.scheduler,
+        })
+    }
+}
+
+/// A runner: the ports, the models and the settings of the three loops, ready to run any of
+/// them inside the caller's tokio runtime. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    deps: EngineDeps,
+    worker: WorkerConfig,
+    enqueuer: EnqueuerConfig,
+    scheduler: SchedulerConfig,
+}
+
+impl Runner {
+    /// A builder with every default.
+    pub fn builder() -> RunnerBuilder {
+        RunnerBuilder {
+            store: None,
+            queue: None,
+            sink: None,
+            sources: HashMap::new(),
+            models: crate::models::builtin(),
+            models_error: None,
+            routing: Routing::default(),
+            limits: Limits::default(),
+            worker: WorkerConfig {
+                queues: Vec::new(),
+                ..Default::default()
+            },
+            enqueuer: EnqueuerConfig::default(),
+            scheduler: SchedulerConfig::default(),
+        }
+    }
+
+    /// The ports and models, for the engine's free functions and the API.
+    pub fn deps(&self) -> &EngineDeps {
+        &self.deps
+    }
+
+    /// Submits a backfill of `model` over `range` of `chain`, one run per `chunk_size` blocks
+    /// (3 attempts each); the runs are `pending` until the enqueuer publishes them.
+    pub async fn backfill(
+        &self,
+        model: &str,
+        chain: &Chain,
+        range: BlockRange,
+        chunk_size: u64,
+    ) -> Result<Vec<RunId>, EngineError> {
+        let created = submit_backfill(
+            &self.deps,
+            BackfillRequest {
+                model: model.to_owned(),
+                chain: chain.clone(),
+                range,
+                chunk_size,
+                mode: RunMode::Backfill,
+                adhoc_queue: None,
+                max_attempts: 3,
+                idempotency_key: None,
+            },
+        )
+        .await?;
+        Ok(created.runs.iter().map(|r| r.id).collect())
+    }
+
+    /// Runs `parts` until `shutdown` is cancelled (the application's own signal), then waits for
+    /// them to stop (the worker finishes or hands back its runs). Returns the worker's error if
+    /// it could not start or stopped on one.
+    pub async fn run(&self, parts: Parts, shutdown: CancellationToken) -> Result<(), EngineError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        if parts.scheduler {
+            let scheduler = Scheduler::new(self.deps.clone(), self.scheduler.clone());
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                scheduler.run(stop).await;
+                Ok(())
+            });
+        }
+        if parts.enqueuer {
+            let enqueuer = Enqueuer::new(self.deps.clone(), self.enqueuer.clone());
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                enqueuer.run(stop).await;
+                Ok(())
+            });
+        }
+        if parts.worker {
+            let worker = Worker::new(self.deps.clone(), self.worker.clone());
+            tasks.spawn(worker.run(shutdown.clone()));
+        }
+        let mut result = Ok(());
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(e) = loop_result(joined) {
+                // One loop failing stops the others: a runner half up is worse than none.
+                shutdown.cancel();
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+
+    /// Runs every loop until each of `runs` is settled (succeeded, cancelled, or failed with
+    /// no attempt left), then stops them; returns the runs as stored. For scripts, tests and
+    /// one-off backfills.
+    pub async fn run_until_done(&self, runs: &[RunId]) -> Result<Vec<ModelRun>, EngineError> {
+        let stop = CancellationToken::new();
+        let mut loops = {
+            let (runner, stop) = (self.clone(), stop.clone());
+            tokio::spawn(async move { runner.run(Parts::ALL, stop).await })
+        };
+        let outcome = tokio::select! {
+            r = self.wait_settled(runs) => r,
+            // The loops ended before the runs did: a worker that could not start, say.
+            r = &mut loops => {
+                return Err(loop_result(r).err().unwrap_or_else(|| {
+                    EngineError::InvalidInput("the runner stopped before its runs settled".into())
+                }));
+            }
+        };
+        stop.cancel();
+        loop_result(loops.await)?;
+        outcome
+    }
+
+    async fn wait_settled(&self, runs: &[RunId]) -> Result<Vec<ModelRun>, EngineError> {
+        loop {
+            let mut out = Vec::with_capacity(runs.len());
+            for id in runs {
+                let run = self.deps.store.get(*id).await?;
+                if !settled(&run) {
+                    break;
+                }
+                out.push(run);
+            }
+            if out.len() == runs.len() {
+                return Ok(out);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn loop_result(
+    joined: Result<Result<(), EngineError>, tokio::task::JoinError>,
+) -> Result<(), EngineError> {
+    joined.unwrap_or_else(|e| {
+        Err(EngineError::InvalidInput(format!(
+            "a runner loop panicked: {e}"
+        )))
+    })
+}
+
+/// Whether nothing more happens to `run` on its own.
+fn settled(run: &ModelRun) -> bool {
+    match run.state {
+        RunState::Succeeded | RunState::Cancelled => true,
+        RunState::Failed | RunState::Expired => run.attempt >= run.max_attempts,
+        RunState::Pending | RunState::Queued | RunState::Running => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryBlockSource;
+
+    fn eth() -> Chain {
+        Chain::new("ethereum").unwrap()
+    }
+
+    #[test]
+    fn build_names_what_is_wrong() {
+        let err = Runner::builder()
+            .model(crate::models::Erc20Transfers)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("erc20_transfers"), "{err}");
+        let err = Runner::builder()
+            .subscribe(RealtimeSubscription::new("block_stats", eth()))
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("no block source"), "{err}");
+        let err = Runner::builder()
+            .source(MemoryBlockSource::with_empty_blocks(eth(), 0..=1))
+            .subscribe(RealtimeSubscription::new("no_such_model", eth()))
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("no_such_model"), "{err}");
+    }
+
+    #[test]
+    fn the_worker_consumes_every_queue_of_the_chains_with_a_source() {
+        let runner = Runner::builder()
+            .source(MemoryBlockSource::with_empty_blocks(eth(), 0..=1))
+            .build()
+            .unwrap();
+        assert_eq!(
+            runner.worker.queues,
+            Routing::default().all_queues([&eth()])
+        );
+    }
+
+    #[tokio::test]
+    async fn run_stops_on_the_applications_signal_and_backfills_settle() {
+        let sink = Arc::new(MemorySink::new());
+        let runner = Runner::builder()
+            .source(MemoryBlockSource::with_empty_blocks(eth(), 0..=49))
+            .sink_arc(sink.clone())
+            .build()
+            .unwrap();
+        let runs = runner
+            .backfill("block_stats", &eth(), BlockRange::new(0, 49).unwrap(), 10)
+            .await
+            .unwrap();
+        assert_eq!(runs.len(), 5);
+        let done = runner.run_until_done(&runs).await.unwrap();
+        assert!(done.iter().all(|r| r.state == RunState::Succeeded));
+        assert_eq!(sink.records(&crate::topic_name("dev", &eth())).len(), 50);
+        // Embedded: the loops run until the application's own shutdown signal.
+        let stop = CancellationToken::new();
+        let running = tokio::spawn({
+            let (runner, stop) = (runner.clone(), stop.clone());
+            async move { runner.run(Parts::ALL, stop).await }
+        });
+        stop.cancel();
+        running.await.unwrap().unwrap();
+    }
+}

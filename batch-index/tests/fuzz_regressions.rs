@@ -1,0 +1,24 @@
+//! Inputs found by the fuzz targets (`fuzz/`, see the README's "Fuzzing") that once panicked,
+//! each kept as a test that it now fails with a clear error.
+
+use std::collections::BTreeMap;
+
+use batch_index::ethereum::parse_file;
+
+/// `fuzz/fuzz_targets/jsonrpc_response.rs`: a log topic of 64 bytes with a two-byte character
+/// across byte 24 panicked slicing it ("byte index 24 is not a char boundary").
+#[test]
+fn a_topic_with_a_non_ascii_character_is_a_decode_error() {
+    let log = r#"{
+        "blockNumber": "0x76052",
+        "topics": [
+            "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef",
+            "0000000000000000000000001b63142628311395ceafeea5667e7c9026c862ca",
+            "0x00000000000000000000000؞c4df82?e37eX2187gc8c011a23d743b4f39019a"
+        ],
+        "type": "mined"
+    }"#;
+    let mut blocks = BTreeMap::new();
+    let err = parse_file("logs.json", log.as_bytes(), &mut blocks).unwrap_err();
+    assert!(err.to_string().contains("is not 32 bytes of hex"), "{err}");
+}

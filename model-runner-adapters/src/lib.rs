@@ -30,3 +30,5 @@ pub mod rabbitmq;
 pub mod redis_cache;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -13,12 +13,14 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+use alloy_primitives::Address;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use model_runner_core::Chain;
 use model_runner_core::ports::{
-    CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError, Transition,
-    cursor_conflict, idempotency_conflict, same_batch, state_conflict, validate_batch,
+    ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
+    Transition, cursor_conflict, idempotency_conflict, parse_abi, parse_address, same_batch,
+    state_conflict, validate_batch,
 };
 use model_runner_core::run::{ModelRun, NewRun, RunEvent, RunId, RunState};
 use sqlx::sqlite::{
@@ -58,6 +60,28 @@ fn decode(doc: &str) -> Result<ModelRun, StoreError> {
     serde_json::from_str(doc).map_err(|e| StoreError::Backend {
         adapter: ADAPTER,
         source: Box::new(e),
+    })
+}
+
+fn corrupt(what: String) -> StoreError {
+    StoreError::Backend {
+        adapter: ADAPTER,
+        source: what.into(),
+    }
+}
+
+/// A `contract_abis` row (chain, address, abi, updated_at) as a [`ContractAbi`].
+fn decode_abi(row: &sqlx::sqlite::SqliteRow) -> Result<ContractAbi, StoreError> {
+    let chain: &str = row.get(0);
+    let address: &str = row.get(1);
+    let abi: &str = row.get(2);
+    let updated_at: i64 = row.get(3);
+    Ok(ContractAbi {
+        chain: Chain::new(chain).map_err(|e| corrupt(format!("corrupt ABI row: {e}")))?,
+        address: parse_address(address).map_err(|e| corrupt(format!("corrupt ABI row: {e}")))?,
+        abi: serde_json::from_str(abi).map_err(|e| corrupt(format!("corrupt ABI row: {e}")))?,
+        updated_at: DateTime::from_timestamp_micros(updated_at)
+            .ok_or_else(|| corrupt(format!("corrupt ABI row: timestamp {updated_at}")))?,
     })
 }
 
@@ -577,6 +601,77 @@ impl RunStore for SqliteRunStore {
         .execute(&self.writer)
         .await
         .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn put_abi(
+        &self,
+        chain: &Chain,
+        address: Address,
+        abi: serde_json::Value,
+    ) -> Result<ContractAbi, StoreError> {
+        parse_abi(&abi)?;
+        // Microseconds, as stored, so the answer equals what `abi` reads back.
+        let at = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+        let stored = ContractAbi {
+            chain: chain.clone(),
+            address,
+            updated_at: at,
+            abi,
+        };
+        sqlx::query(
+            "INSERT INTO contract_abis (chain, address, abi, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (chain, address) DO UPDATE SET abi = excluded.abi, updated_at = excluded.updated_at",
+        )
+        .bind(chain.as_str())
+        .bind(format!("{address:#x}"))
+        .bind(stored.abi.to_string())
+        .bind(micros(at))
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(stored)
+    }
+
+    async fn abi(
+        &self,
+        chain: &Chain,
+        address: Address,
+    ) -> Result<Option<ContractAbi>, StoreError> {
+        sqlx::query(
+            "SELECT chain, address, abi, updated_at FROM contract_abis WHERE chain = ? AND address = ?",
+        )
+        .bind(chain.as_str())
+        .bind(format!("{address:#x}"))
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(backend)?
+        .as_ref()
+        .map(decode_abi)
+        .transpose()
+    }
+
+    async fn abis(&self, chain: Option<&Chain>) -> Result<Vec<ContractAbi>, StoreError> {
+        sqlx::query(
+            "SELECT chain, address, abi, updated_at FROM contract_abis \
+             WHERE ?1 IS NULL OR chain = ?1 ORDER BY chain, address",
+        )
+        .bind(chain.map(|c| c.as_str().to_owned()))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(decode_abi)
+        .collect()
+    }
+
+    async fn delete_abi(&self, chain: &Chain, address: Address) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM contract_abis WHERE chain = ? AND address = ?")
+            .bind(chain.as_str())
+            .bind(format!("{address:#x}"))
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
         Ok(done.rows_affected() == 1)
     }
 }

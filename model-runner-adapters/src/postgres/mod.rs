@@ -11,8 +11,8 @@
 //! indexes of everything driven by state: lists filtered by state, counts, outbox polling,
 //! lease-expiry scans and claims. A transition therefore rewrites one narrow row and touches only
 //! the state indexes (migration `0004_run_states.sql` explains the measurements behind the
-//! split). The records themselves go to the sink. Idempotency keys, realtime cursors and named
-//! leases have a table each. The schema is embedded from `migrations/postgres/` and applied by
+//! split). The records themselves go to the sink. Idempotency keys, realtime cursors, named
+//! leases and the ABI registry have a table each. The schema is embedded from `migrations/postgres/` and applied by
 //! [`PostgresRunStore::connect`] (or [`PostgresRunStore::migrate`]).
 //!
 //! # Transitions
@@ -90,11 +90,13 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use alloy_primitives::Address;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use model_runner_core::ports::{
-    CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError, Transition,
-    cursor_conflict, idempotency_conflict, same_batch, state_conflict, validate_batch,
+    ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
+    Transition, cursor_conflict, idempotency_conflict, parse_abi, parse_address, same_batch,
+    state_conflict, validate_batch,
 };
 use model_runner_core::{Chain, ModelRun, NewRun, RunEvent, RunId, RunState};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -1444,4 +1446,98 @@ impl RunStore for PostgresRunStore {
             .await?;
         Ok(holder.is_some())
     }
+
+    async fn put_abi(
+        &self,
+        chain: &Chain,
+        address: Address,
+        abi: serde_json::Value,
+    ) -> Result<ContractAbi, StoreError> {
+        parse_abi(&abi)?;
+        let stored = ContractAbi {
+            chain: chain.clone(),
+            address,
+            abi,
+            updated_at: now(),
+        };
+        let text = stored.abi.to_string();
+        let address = format!("{address:#x}");
+        // An upsert of the same values: idempotent, so retried like a read.
+        self.read("put_abi", || {
+            sqlx::query(
+                "INSERT INTO contract_abis (chain, address, abi, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (chain, address) DO UPDATE SET abi = EXCLUDED.abi, updated_at = EXCLUDED.updated_at",
+            )
+            .bind(chain.as_str())
+            .bind(&address)
+            .bind(&text)
+            .bind(stored.updated_at)
+            .execute(&self.pool)
+        })
+        .await?;
+        Ok(stored)
+    }
+
+    async fn abi(
+        &self,
+        chain: &Chain,
+        address: Address,
+    ) -> Result<Option<ContractAbi>, StoreError> {
+        let address = format!("{address:#x}");
+        let row = self
+            .read("abi", || {
+                sqlx::query(
+                    "SELECT chain, address, abi, updated_at FROM contract_abis \
+                     WHERE chain = $1 AND address = $2",
+                )
+                .bind(chain.as_str())
+                .bind(&address)
+                .fetch_optional(&self.pool)
+            })
+            .await?;
+        row.as_ref().map(decode_abi).transpose()
+    }
+
+    async fn abis(&self, chain: Option<&Chain>) -> Result<Vec<ContractAbi>, StoreError> {
+        let chain = chain.map(|c| c.as_str().to_owned());
+        let rows = self
+            .read("abis", || {
+                sqlx::query(
+                    "SELECT chain, address, abi, updated_at FROM contract_abis \
+                     WHERE $1::text IS NULL OR chain = $1 ORDER BY chain COLLATE \"C\", address COLLATE \"C\"",
+                )
+                .bind(chain.clone())
+                .fetch_all(&self.pool)
+            })
+            .await?;
+        rows.iter().map(decode_abi).collect()
+    }
+
+    async fn delete_abi(&self, chain: &Chain, address: Address) -> Result<bool, StoreError> {
+        let address = format!("{address:#x}");
+        // Retried like a read: a retry after a delete whose answer was lost finds nothing and
+        // reports `false`, which the contract allows for a missing ABI.
+        let done = self
+            .read("delete_abi", || {
+                sqlx::query("DELETE FROM contract_abis WHERE chain = $1 AND address = $2")
+                    .bind(chain.as_str())
+                    .bind(&address)
+                    .execute(&self.pool)
+            })
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+/// A `contract_abis` row as a [`ContractAbi`].
+fn decode_abi(row: &PgRow) -> Result<ContractAbi, StoreError> {
+    let chain: String = row.try_get("chain").map_err(classify)?;
+    let address: String = row.try_get("address").map_err(classify)?;
+    let abi: String = row.try_get("abi").map_err(classify)?;
+    Ok(ContractAbi {
+        chain: Chain::new(chain).map_err(|e| corrupt(format!("corrupt ABI row: {e}")))?,
+        address: parse_address(&address).map_err(|e| corrupt(format!("corrupt ABI row: {e}")))?,
+        abi: serde_json::from_str(&abi).map_err(|e| corrupt(format!("corrupt ABI row: {e}")))?,
+        updated_at: row.try_get("updated_at").map_err(classify)?,
+    })
 }

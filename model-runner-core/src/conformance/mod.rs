@@ -13,6 +13,10 @@ pub mod store;
 use crate::chain::{BlockRange, Chain, ModelKind, RunMode};
 use crate::run::NewRun;
 
+/// A real ERC-20 JSON ABI (OpenZeppelin's: functions, `Transfer`, `Approval`, an error), as
+/// solc emits it.
+pub const ERC20_ABI: &str = include_str!("../../testdata/erc20.abi.json");
+
 /// A backfill run spec for tests.
 pub fn new_run(model: &str, chain: &str, start: u64, end: u64) -> NewRun {
     let chain = Chain::new(chain).expect("valid test chain");

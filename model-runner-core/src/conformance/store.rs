@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 
-use super::new_run;
+use alloy_primitives::Address;
+
+use super::{ERC20_ABI, new_run};
 use crate::chain::Chain;
 use crate::ports::{CreateRuns, RunFilter, RunStore, StoreError, Transition};
 use crate::run::{RunEvent, RunId, RunState};
@@ -38,6 +40,8 @@ where
     large_batch_is_stored_whole(make().await).await;
     release_hands_back_on_the_same_attempt(make().await).await;
     ping_answers_and_writes_nothing(make().await).await;
+    abi_registry_round_trip(make().await).await;
+    invalid_abi_is_refused_and_stores_nothing(make().await).await;
 }
 
 /// Creates `n` pending runs of model `m` (blocks `i*10..=i*10+9`); returns their ids.
@@ -1176,5 +1180,128 @@ pub async fn ping_answers_and_writes_nothing(store: impl RunStore) {
             .iter()
             .all(|r| r.id == ids[1]),
         "ping MUST NOT create runs"
+    );
+}
+
+fn erc20_abi() -> serde_json::Value {
+    serde_json::from_str(ERC20_ABI).expect("the test ABI is JSON")
+}
+
+/// put_abi stores, abi reads back what put returned, a second put replaces (per chain and
+/// address), abis lists by chain then address (optionally of one chain), delete_abi removes.
+pub async fn abi_registry_round_trip(store: impl RunStore) {
+    let eth = Chain::new("ethereum").unwrap();
+    let matic = Chain::new("matic").unwrap();
+    let token = Address::with_last_byte(0xAB);
+    let other = Address::with_last_byte(0x01);
+    assert_eq!(store.abi(&eth, token).await.unwrap(), None, "no ABI yet");
+    assert!(store.abis(None).await.unwrap().is_empty());
+
+    let put = store
+        .put_abi(&eth, token, erc20_abi())
+        .await
+        .expect("put_abi");
+    assert_eq!((&put.chain, put.address), (&eth, token));
+    assert_eq!(put.abi, erc20_abi());
+    assert_eq!(
+        store.abi(&eth, token).await.unwrap().as_ref(),
+        Some(&put),
+        "abi MUST read back what put_abi returned"
+    );
+    assert_eq!(
+        store.abi(&matic, token).await.unwrap(),
+        None,
+        "the same address on another chain is another contract"
+    );
+
+    // An upsert: the second ABI replaces the first.
+    let transfer_only: serde_json::Value = serde_json::json!([erc20_abi()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item["name"] == "Transfer")
+        .unwrap()]);
+    let replaced = store
+        .put_abi(&eth, token, transfer_only.clone())
+        .await
+        .expect("put_abi again");
+    assert_eq!(replaced.abi, transfer_only);
+    assert!(replaced.updated_at >= put.updated_at);
+    assert_eq!(
+        store.abi(&eth, token).await.unwrap().map(|a| a.abi),
+        Some(transfer_only),
+        "a second put_abi MUST replace the first"
+    );
+
+    let on_matic = store.put_abi(&matic, token, erc20_abi()).await.unwrap();
+    let first = store.put_abi(&eth, other, erc20_abi()).await.unwrap();
+    let listed: Vec<(Chain, Address)> = store
+        .abis(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.chain, a.address))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (eth.clone(), other),
+            (eth.clone(), token),
+            (matic.clone(), token)
+        ],
+        "abis MUST list every ABI by chain then address"
+    );
+    assert_eq!(
+        store.abis(Some(&matic)).await.unwrap(),
+        vec![on_matic],
+        "abis(Some(chain)) MUST list that chain's only"
+    );
+
+    assert!(store.delete_abi(&eth, token).await.unwrap(), "it was there");
+    assert_eq!(store.abi(&eth, token).await.unwrap(), None);
+    assert!(
+        !store.delete_abi(&eth, token).await.unwrap(),
+        "deleting a missing ABI MUST return false, not fail"
+    );
+    assert_eq!(store.abis(Some(&eth)).await.unwrap(), vec![first]);
+    assert!(store.abi(&matic, token).await.unwrap().is_some());
+}
+
+/// put_abi of an invalid ABI is InvalidInput naming the problem, and leaves the earlier ABI.
+pub async fn invalid_abi_is_refused_and_stores_nothing(store: impl RunStore) {
+    let eth = Chain::new("ethereum").unwrap();
+    let token = Address::with_last_byte(0xCD);
+    let bad = [
+        (serde_json::json!({"abi": []}), "expected a JSON array"),
+        (serde_json::json!("[]"), "expected a JSON array"),
+        (
+            serde_json::json!([{"type": "event", "name": "X", "anonymous": false,
+                "inputs": [{"name": "v", "type": "uint257", "indexed": false}]}]),
+            "uint257",
+        ),
+        (serde_json::json!([{"type": "party", "name": "X"}]), "party"),
+    ];
+    for (abi, named) in &bad {
+        match store.put_abi(&eth, token, abi.clone()).await {
+            Err(StoreError::InvalidInput(message)) => assert!(
+                message.contains(named),
+                "the error MUST name what is wrong ({named:?}): {message}"
+            ),
+            other => panic!("put_abi of {abi} MUST be InvalidInput, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        store.abi(&eth, token).await.unwrap(),
+        None,
+        "a refused ABI MUST NOT be stored"
+    );
+    let good = store.put_abi(&eth, token, erc20_abi()).await.unwrap();
+    for (abi, _) in bad {
+        store.put_abi(&eth, token, abi).await.unwrap_err();
+    }
+    assert_eq!(
+        store.abi(&eth, token).await.unwrap(),
+        Some(good),
+        "a refused ABI MUST leave the earlier one"
     );
 }

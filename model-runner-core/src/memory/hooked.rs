@@ -2,13 +2,15 @@
 
 use std::collections::BTreeMap;
 
+use alloy_primitives::Address;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::MemoryRunStore;
 use crate::chain::Chain;
 use crate::ports::{
-    CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError, Transition,
+    ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
+    Transition,
 };
 use crate::run::{ModelRun, NewRun, RunEvent, RunId, RunState};
 
@@ -137,5 +139,26 @@ impl RunStore for HookedStore {
         until: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         self.inner.try_lock(name, owner, until).await
+    }
+    async fn put_abi(
+        &self,
+        chain: &Chain,
+        address: Address,
+        abi: serde_json::Value,
+    ) -> Result<ContractAbi, StoreError> {
+        self.inner.put_abi(chain, address, abi).await
+    }
+    async fn abi(
+        &self,
+        chain: &Chain,
+        address: Address,
+    ) -> Result<Option<ContractAbi>, StoreError> {
+        self.inner.abi(chain, address).await
+    }
+    async fn abis(&self, chain: Option<&Chain>) -> Result<Vec<ContractAbi>, StoreError> {
+        self.inner.abis(chain).await
+    }
+    async fn delete_abi(&self, chain: &Chain, address: Address) -> Result<bool, StoreError> {
+        self.inner.delete_abi(chain, address).await
     }
 }

@@ -3,13 +3,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
+use alloy_primitives::Address;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::chain::Chain;
 use crate::ports::{
-    CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError, Transition,
-    cursor_conflict, idempotency_conflict, same_batch, state_conflict, validate_batch,
+    ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
+    Transition, cursor_conflict, idempotency_conflict, parse_abi, same_batch, state_conflict,
+    validate_batch,
 };
 use crate::run::{ModelRun, NewRun, RunEvent, RunId, RunState};
 
@@ -25,6 +27,7 @@ struct Inner {
     by_key: HashMap<String, Vec<RunId>>,
     cursors: BTreeMap<(String, Chain), (u64, DateTime<Utc>)>,
     locks: HashMap<String, (String, DateTime<Utc>)>,
+    abis: BTreeMap<(Chain, Address), ContractAbi>,
 }
 
 impl MemoryRunStore {
@@ -276,6 +279,47 @@ impl RunStore for MemoryRunStore {
                 Ok(true)
             }
         }
+    }
+
+    async fn put_abi(
+        &self,
+        chain: &Chain,
+        address: Address,
+        abi: serde_json::Value,
+    ) -> Result<ContractAbi, StoreError> {
+        parse_abi(&abi)?;
+        let stored = ContractAbi {
+            chain: chain.clone(),
+            address,
+            abi,
+            updated_at: Utc::now(),
+        };
+        self.lock()
+            .abis
+            .insert((chain.clone(), address), stored.clone());
+        Ok(stored)
+    }
+
+    async fn abi(
+        &self,
+        chain: &Chain,
+        address: Address,
+    ) -> Result<Option<ContractAbi>, StoreError> {
+        Ok(self.lock().abis.get(&(chain.clone(), address)).cloned())
+    }
+
+    async fn abis(&self, chain: Option<&Chain>) -> Result<Vec<ContractAbi>, StoreError> {
+        Ok(self
+            .lock()
+            .abis
+            .values()
+            .filter(|a| chain.is_none_or(|c| c == &a.chain))
+            .cloned()
+            .collect())
+    }
+
+    async fn delete_abi(&self, chain: &Chain, address: Address) -> Result<bool, StoreError> {
+        Ok(self.lock().abis.remove(&(chain.clone(), address)).is_some())
     }
 }
 

@@ -15,6 +15,7 @@ pub use queue::{Consumer, Delivery, DeliveryHandle, QueueError, RunMessage, RunQ
 pub use sink::{ResultSink, RunOutput, SinkError};
 pub use source::{BlockSource, SourceError};
 pub use store::{
-    CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError, Transition,
-    cursor_conflict, idempotency_conflict, same_batch, state_conflict, validate_batch,
+    ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
+    Transition, cursor_conflict, idempotency_conflict, parse_abi, parse_address, same_batch,
+    state_conflict, validate_batch,
 };

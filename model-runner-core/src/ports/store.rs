@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use alloy_dyn_abi::Specifier;
+use alloy_json_abi::JsonAbi;
+use alloy_primitives::Address;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -178,6 +181,125 @@ pub struct RealtimeCursor {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A contract's JSON ABI in the registry ([`RunStore::put_abi`]): what the `abi_events` model
+/// decodes that contract's logs with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContractAbi {
+    /// Chain the contract lives on.
+    pub chain: Chain,
+    /// Contract address (serialised in lowercase hex).
+    #[serde(with = "lowercase_address")]
+    pub address: Address,
+    /// The JSON ABI as registered (an array of items, as solc and Etherscan emit it).
+    pub abi: serde_json::Value,
+    /// Last registration.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl ContractAbi {
+    /// The ABI parsed for decoding. A registered ABI was validated by [`parse_abi`] on the way
+    /// in, so this fails only on a corrupt store.
+    pub fn parsed(&self) -> Result<JsonAbi, StoreError> {
+        parse_abi(&self.abi)
+    }
+}
+
+/// Serde of an [`Address`] as `0x` and 40 lowercase hex digits (the form every model writes and
+/// every store keys by); any case is accepted on the way in.
+mod lowercase_address {
+    use alloy_primitives::Address;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(a: &Address, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{a:#x}"))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Address, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_address(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses a contract address: `0x` and 40 hex digits, any case (a mixed-case address is not
+/// checked against its EIP-55 checksum: registries key by the lowercase form).
+pub fn parse_address(text: &str) -> Result<Address, StoreError> {
+    let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X"));
+    match digits {
+        Some(d) if d.len() == 40 && d.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            d.parse::<Address>().map_err(|e| {
+                StoreError::InvalidInput(format!("invalid contract address {text:?}: {e}"))
+            })
+        }
+        _ => Err(StoreError::InvalidInput(format!(
+            "invalid contract address {text:?}: expected 0x followed by 40 hex digits"
+        ))),
+    }
+}
+
+/// Validates a JSON ABI: it MUST be an array of ABI items that `alloy-json-abi` parses (each
+/// with a known `type` and well-formed parameter types). The error names what is wrong.
+/// Every store calls this in [`RunStore::put_abi`], so all refuse the same ABIs with the same
+/// words.
+pub fn parse_abi(abi: &serde_json::Value) -> Result<JsonAbi, StoreError> {
+    if !abi.is_array() {
+        return Err(StoreError::InvalidInput(format!(
+            "invalid ABI: expected a JSON array of ABI items (functions, events, errors), got {}",
+            json_kind(abi)
+        )));
+    }
+    let parsed = serde_json::from_value::<JsonAbi>(abi.clone())
+        .map_err(|e| StoreError::InvalidInput(format!("invalid ABI: {e}")))?;
+    // `alloy-json-abi` keeps parameter types as written; resolving each one is what rejects
+    // `uint257` or `address[` here rather than at decoding time.
+    let invalid = |item: String, name: &str, ty: &str, e: alloy_dyn_abi::Error| {
+        StoreError::InvalidInput(format!(
+            "invalid ABI: {item} parameter {name:?} has type {ty:?}, which is not a Solidity type: {e}"
+        ))
+    };
+    for event in parsed.events() {
+        for p in &event.inputs {
+            p.resolve()
+                .map_err(|e| invalid(format!("event {}", event.name), &p.name, &p.ty, e))?;
+        }
+    }
+    let functions = parsed.functions().map(|f| {
+        (
+            format!("function {}", f.name),
+            f.inputs.iter().chain(&f.outputs),
+        )
+    });
+    for (item, params) in functions {
+        for p in params {
+            p.resolve()
+                .map_err(|e| invalid(item.clone(), &p.name, &p.ty, e))?;
+        }
+    }
+    for error in parsed.errors() {
+        for p in &error.inputs {
+            p.resolve()
+                .map_err(|e| invalid(format!("error {}", error.name), &p.name, &p.ty, e))?;
+        }
+    }
+    if let Some(constructor) = &parsed.constructor {
+        for p in &constructor.inputs {
+            p.resolve()
+                .map_err(|e| invalid("constructor".into(), &p.name, &p.ty, e))?;
+        }
+    }
+    Ok(parsed)
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
 /// Durable run state, the outbox and the realtime cursors.
 ///
 /// # Contract
@@ -227,6 +349,23 @@ pub struct RealtimeCursor {
 ///   attempt; a caller that then finds its run in that state MUST give the run back to be
 ///   claimed again (the worker requeues its message) rather than drop it. An undone heartbeat
 ///   only leaves the earlier lease end.
+///
+/// ## ABI registry
+///
+/// The store also keeps one JSON ABI per (chain, contract address), for ABI-driven decoding.
+///
+/// - `put_abi` MUST validate the ABI with [`parse_abi`] and, when it is invalid, return
+///   `InvalidInput` naming what is wrong and store nothing (an earlier ABI of that contract
+///   stays). A valid ABI MUST replace any earlier one of (chain, address) (an upsert) and be
+///   durable when the call returns; the returned [`ContractAbi`] is what `abi` reads back.
+/// - `abi` MUST return the last ABI put for (chain, address), `None` when there is none (or it
+///   was deleted). The same address on another chain is another contract.
+/// - `abis` MUST return every registered ABI (of `chain`, when given), ordered by chain then
+///   address.
+/// - `delete_abi` MUST remove the ABI of (chain, address) and return whether there was one;
+///   deleting a missing one is not an error.
+/// - The defaults refuse with `Backend` ("keeps no ABI registry"); every adapter of this crate
+///   and of `model-runner-adapters` implements them.
 ///
 /// ## Readiness
 ///
@@ -424,6 +563,39 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
         until: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
+    /// Registers (or replaces) the JSON ABI of `address` on `chain` (see the contract).
+    async fn put_abi(
+        &self,
+        chain: &Chain,
+        address: Address,
+        abi: serde_json::Value,
+    ) -> Result<ContractAbi, StoreError> {
+        let _ = (chain, address, abi);
+        Err(no_abi_registry())
+    }
+
+    /// The ABI of `address` on `chain`, if one is registered.
+    async fn abi(
+        &self,
+        chain: &Chain,
+        address: Address,
+    ) -> Result<Option<ContractAbi>, StoreError> {
+        let _ = (chain, address);
+        Err(no_abi_registry())
+    }
+
+    /// Every registered ABI, optionally of one chain, by chain then address.
+    async fn abis(&self, chain: Option<&Chain>) -> Result<Vec<ContractAbi>, StoreError> {
+        let _ = chain;
+        Err(no_abi_registry())
+    }
+
+    /// Removes the ABI of `address` on `chain`; `true` if there was one.
+    async fn delete_abi(&self, chain: &Chain, address: Address) -> Result<bool, StoreError> {
+        let _ = (chain, address);
+        Err(no_abi_registry())
+    }
+
     /// Readiness probe: whether the backend answers now (see the contract). The default reads
     /// the nil run id: `NotFound` means reachable.
     async fn ping(&self) -> Result<(), StoreError> {
@@ -551,11 +723,44 @@ macro_rules! forward_store {
             async fn ping(&self) -> Result<(), StoreError> {
                 (**self).ping().await
             }
+            async fn put_abi(
+                &self,
+                chain: &Chain,
+                address: Address,
+                abi: serde_json::Value,
+            ) -> Result<ContractAbi, StoreError> {
+                (**self).put_abi(chain, address, abi).await
+            }
+            async fn abi(
+                &self,
+                chain: &Chain,
+                address: Address,
+            ) -> Result<Option<ContractAbi>, StoreError> {
+                (**self).abi(chain, address).await
+            }
+            async fn abis(&self, chain: Option<&Chain>) -> Result<Vec<ContractAbi>, StoreError> {
+                (**self).abis(chain).await
+            }
+            async fn delete_abi(
+                &self,
+                chain: &Chain,
+                address: Address,
+            ) -> Result<bool, StoreError> {
+                (**self).delete_abi(chain, address).await
+            }
         }
     };
 }
 forward_store!(Arc<T>);
 forward_store!(Box<T>);
+
+/// The error of the [`RunStore`] ABI defaults, for stores without a registry.
+fn no_abi_registry() -> StoreError {
+    StoreError::Backend {
+        adapter: "run store",
+        source: "this run store keeps no ABI registry".into(),
+    }
+}
 
 /// Checks a batch before creation: not empty, each run sane. Shared by adapters so every store
 /// refuses the same inputs with the same words.

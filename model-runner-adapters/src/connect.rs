@@ -9,7 +9,7 @@
 //! | call cache | `memory://` (in-process, bounded), `redis://...` (feature `redis`) |
 //!
 //! A scheme whose feature is not compiled in is an error that says which feature to enable.
-//! Errors never contain a URL's password: see [`redact`].
+//! Errors never contain a URL's password: see [`model_runner_core::redact`].
 
 use std::sync::Arc;
 
@@ -75,7 +75,7 @@ pub async fn store_from_url(url: &str, migrate: bool) -> Result<Arc<dyn RunStore
 ///
 /// An `amqp://` URL takes the adapter's options as query parameters, e.g.
 /// `amqp://u:p@host/%2f?queue_type=quorum&delivery_limit=5&consumer_timeout_ms=21600000&prefetch=32`
-/// (all of them: [`AmqpOptions::from_url`](crate::rabbitmq::AmqpOptions::from_url), feature
+/// (all of them: `rabbitmq::AmqpOptions::from_url`, feature
 /// `rabbitmq`); an unknown or malformed parameter is an error naming it.
 pub async fn queue_from_url(
     url: &str,

@@ -1,22 +1,4 @@
 //! [`Runner`]: a runner assembled in code, for embedding in an existing tokio application.
-//!
-//! ```
-//! use model_runner_core::prelude::*;
-//! use model_runner_core::memory::MemoryBlockSource;
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let chain = Chain::new("ethereum")?;
-//! // Ten empty blocks; use a real source (files, JSON-RPC, devnet) from model-runner-adapters.
-//! let source = MemoryBlockSource::with_empty_blocks(chain.clone(), 0..=9);
-//! // In-memory store, queue and sink unless you give others; the built-in models are registered.
-//! let runner = Runner::builder().source(source).build()?;
-//! let created = runner.backfill("block_stats", &chain, BlockRange::new(0, 9)?, 5).await?;
-//! let runs = runner.run_until_done(&created).await?;
-//! assert!(runs.iter().all(|r| r.state == RunState::Succeeded));
-//! # Ok(())
-//! # }
-//! ```
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,7 +47,7 @@ impl Parts {
     };
 }
 
-/// Assembles a [`Runner`]; see the [module docs](self). Every part has a default: in-memory
+/// Assembles a [`Runner`]. Every part has a default: in-memory
 /// store, queue and sink, the built-in models, the default routing, limits and loop settings,
 /// and a worker consuming every queue of the chains that have a source.
 #[derive(Debug)]
@@ -229,6 +211,24 @@ impl RunnerBuilder {
 
 /// A runner: the ports, the models and the settings of the three loops, ready to run any of
 /// them inside the caller's tokio runtime. Cheap to clone.
+///
+/// ```
+/// use model_runner_core::prelude::*;
+/// use model_runner_core::memory::MemoryBlockSource;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let chain = Chain::new("ethereum")?;
+/// // Ten empty blocks; use a real source (files, JSON-RPC, devnet) from model-runner-adapters.
+/// let source = MemoryBlockSource::with_empty_blocks(chain.clone(), 0..=9);
+/// // In-memory store, queue and sink unless you give others; the built-in models are registered.
+/// let runner = Runner::builder().source(source).build()?;
+/// let created = runner.backfill("block_stats", &chain, BlockRange::new(0, 9)?, 5).await?;
+/// let runs = runner.run_until_done(&created).await?;
+/// assert!(runs.iter().all(|r| r.state == RunState::Succeeded));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Runner {
     deps: EngineDeps,

@@ -11,7 +11,7 @@ mod sink;
 mod source;
 mod store;
 
-pub use call_cache::MemoryCallCache;
+pub use call_cache::{DEFAULT_CALL_CACHE_BYTES, MemoryCallCache};
 #[cfg(test)]
 pub(crate) use hooked::HookedStore;
 pub use queue::MemoryRunQueue;

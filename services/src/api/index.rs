@@ -2,7 +2,7 @@
 //! `GET /v1/index/transactions/{hash}`, served when an index is attached with
 //! [`ApiState::with_index`](super::ApiState::with_index).
 //!
-//! They are ordinary API routes: [`routes`] is merged into [`app`](super::app) before its
+//! They are ordinary API routes: `routes` is merged into [`app`](super::app) before its
 //! layers, so a lookup goes through the request timeout and the body limit, needs the read scope
 //! ([`ReadAccess`]) and answers every failure with the one [`ApiError`] envelope. A bad query
 //! parameter is `400 invalid_query` naming the parameter, a bad account `400 invalid_account`,

@@ -3,7 +3,7 @@
 //!
 //! The batch-index lookups (`GET /v1/index/...`, served when an index is attached with
 //! [`ApiState::with_index`](super::ApiState::with_index)) are described by [`IndexDoc`] from
-//! their handlers in [`index`](super::index); the document lists them only when the index is
+//! their handlers in [`super::index`]; the document lists them only when the index is
 //! served.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};

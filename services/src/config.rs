@@ -163,7 +163,10 @@ impl ConfigFile {
             Chain::new(name.clone())
                 .map_err(|e| anyhow::anyhow!("{origin}: [chains.{name}]: {e}"))?;
         }
-        let models = model_runner_core::models::builtin();
+        // Only names and chains are checked: an empty store stands in for `abi_events`' registry.
+        let models = model_runner_core::models::builtin_with_store(std::sync::Arc::new(
+            model_runner_core::memory::MemoryRunStore::new(),
+        ));
         for (i, r) in self.realtime.iter().enumerate() {
             let at = format!(
                 "{origin}: [[realtime]] #{} ({}:{})",

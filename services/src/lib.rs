@@ -157,7 +157,8 @@ impl AdapterUrls {
     }
 }
 
-/// Builds the ports from URLs, with the built-in models.
+/// Builds the ports from URLs, with the built-in models (`abi_events` on the store's ABI
+/// registry).
 pub async fn build_deps(urls: &AdapterUrls) -> anyhow::Result<EngineDeps> {
     let routing = Routing::default();
     let mut sources = HashMap::new();
@@ -170,16 +171,18 @@ pub async fn build_deps(urls: &AdapterUrls) -> anyhow::Result<EngineDeps> {
     }
     let chains: Vec<&Chain> = sources.keys().collect();
     let topology = routing.all_queues(chains);
+    let store = store_from_url(&urls.store, urls.migrate)
+        .await
+        .context("run store")?;
     Ok(EngineDeps {
-        store: store_from_url(&urls.store, urls.migrate)
-            .await
-            .context("run store")?,
         queue: queue_from_url(&urls.queue, &topology)
             .await
             .context("queue")?,
         sink: sink_from_url(&urls.sink).await.context("sink")?,
         sources,
-        models: Arc::new(model_runner_core::models::builtin()),
+        // `abi_events` reads the ABI registry of the same store.
+        models: Arc::new(model_runner_core::models::builtin_with_store(store.clone())),
+        store,
         routing,
         limits: Default::default(),
     })

@@ -22,6 +22,7 @@
 //! | `model_runner_realtime_lag_blocks` | gauge | chain, model | confirmed head minus the realtime cursor |
 //! | `model_runner_leases_expired_total` | counter | | runs whose worker's lease ran out |
 //! | `model_runner_runs_republished_total` | counter | | stale `queued` runs republished by the reconciler |
+//! | `model_runner_abi_mismatched_logs_total` | counter | chain, reason | logs of contracts with a registered ABI that `abi_events` could not decode (`unknown_event`, `undecodable`) |
 //! | `model_runner_runs` | gauge | state | runs per state (set by the API on each scrape) |
 
 use std::time::Duration;
@@ -103,6 +104,18 @@ pub fn source_method(chain: &str, method: &str, took: Duration, ok: bool) {
     if !ok {
         metrics::counter!("model_runner_source_errors_total", "chain" => chain, "method" => method)
             .increment(1);
+    }
+}
+
+/// `abi_events` met `n` logs on `chain` that do not match their contract's ABI, for `reason`.
+pub fn abi_mismatched_logs(chain: &crate::chain::Chain, reason: &'static str, n: u64) {
+    if n > 0 {
+        metrics::counter!(
+            "model_runner_abi_mismatched_logs_total",
+            "chain" => chain.to_string(),
+            "reason" => reason
+        )
+        .increment(n);
     }
 }
 

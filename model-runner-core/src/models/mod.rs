@@ -1,17 +1,22 @@
 //! Built-in models: [`Erc20Transfers`] and [`BlockStats`] (`nonreads`), and
-//! [`Erc20Balances`] (`reads`: it calls contracts).
+//! [`Erc20Balances`] (`reads`: it calls contracts); [`AbiEvents`] (`nonreads`) decodes the
+//! events of every contract in the run store's ABI registry, so it needs the store:
+//! [`builtin_with_store`] registers it beside the others.
 
+pub mod abi_events;
 mod block_stats;
 mod erc20_balances;
 mod erc20_transfers;
 
 use std::sync::Arc;
 
+pub use abi_events::AbiEvents;
 pub use block_stats::BlockStats;
 pub use erc20_balances::{CALL_CONCURRENCY, Erc20Balances};
 pub use erc20_transfers::{Erc20Transfers, TRANSFER_TOPIC, decode_transfer};
 
 use crate::model::ModelRegistry;
+use crate::ports::RunStore;
 
 /// A registry holding every built-in model.
 pub fn builtin() -> ModelRegistry {
@@ -19,6 +24,14 @@ pub fn builtin() -> ModelRegistry {
     r.register(Arc::new(Erc20Transfers)).expect("unique name");
     r.register(Arc::new(BlockStats)).expect("unique name");
     r.register(Arc::new(Erc20Balances)).expect("unique name");
+    r
+}
+
+/// Every built-in model, [`AbiEvents`] included, reading ABIs from `store`'s registry.
+pub fn builtin_with_store(store: Arc<dyn RunStore>) -> ModelRegistry {
+    let mut r = builtin();
+    r.register(Arc::new(AbiEvents::new(store)))
+        .expect("unique name");
     r
 }
 
@@ -233,6 +246,21 @@ pub(crate) mod tests {
                 assert_eq!(keys, declared, "{}", model.name());
             }
         }
+    }
+
+    #[test]
+    fn builtin_with_store_adds_abi_events() {
+        let store = Arc::new(crate::memory::MemoryRunStore::new());
+        let r = super::builtin_with_store(store);
+        assert_eq!(
+            r.names(),
+            [
+                "abi_events",
+                "block_stats",
+                "erc20_balances",
+                "erc20_transfers"
+            ]
+        );
     }
 
     #[test]

@@ -29,6 +29,10 @@ const TAG_PERIODIC: u8 = 3;
 const MAX_PERIOD: usize = 16;
 /// Bound on a decompressed tag-2 body, so a corrupt file cannot exhaust memory.
 const MAX_DELTA_BYTES: u64 = 64 << 20;
+/// Most checkpoints a tag-3 set may hold: no more than a tag-2 body can ([`MAX_DELTA_BYTES`],
+/// at least a byte each), so a few bytes cannot make the reader loop billions of times and
+/// fill hundreds of MiB. The encoder writes a larger set in another form.
+const MAX_PERIODIC_LEN: u64 = MAX_DELTA_BYTES;
 
 /// Appends the encoding of `set` to `out`.
 pub fn encode(set: &RoaringBitmap, out: &mut Vec<u8>) {
@@ -82,6 +86,9 @@ pub fn encode(set: &RoaringBitmap, out: &mut Vec<u8>) {
 /// Tag-3 body when the gaps after the first checkpoint repeat with a
 /// period of at most [`MAX_PERIOD`] (and at least twice).
 fn periodic_body(set: &RoaringBitmap) -> Option<Vec<u8>> {
+    if set.len() > MAX_PERIODIC_LEN {
+        return None;
+    }
     let values: Vec<u32> = set.iter().collect();
     let gaps: Vec<u32> = values.windows(2).map(|w| w[1] - w[0]).collect();
     let period = (1..=MAX_PERIOD.min(gaps.len() / 2))
@@ -111,6 +118,11 @@ fn decode_periodic(c: &mut Cursor<'_>) -> Result<RoaringBitmap, String> {
     }
     if n == 0 || period == 0 {
         return Err("empty periodic bitmap".into());
+    }
+    if n > MAX_PERIODIC_LEN {
+        return Err(format!(
+            "periodic bitmap of {n} checkpoints exceeds the {MAX_PERIODIC_LEN} a set may hold"
+        ));
     }
     // Check the last value fits before inserting anything.
     let steps = n - 1;

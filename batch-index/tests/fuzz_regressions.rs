@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use batch_index::ethereum::parse_file;
+use batch_index::partial::decode_accounts;
 
 /// `fuzz/fuzz_targets/jsonrpc_response.rs`: a log topic of 64 bytes with a two-byte character
 /// across byte 24 panicked slicing it ("byte index 24 is not a char boundary").
@@ -21,4 +22,16 @@ fn a_topic_with_a_non_ascii_character_is_a_decode_error() {
     let mut blocks = BTreeMap::new();
     let err = parse_file("logs.json", log.as_bytes(), &mut blocks).unwrap_err();
     assert!(err.to_string().contains("is not 32 bytes of hex"), "{err}");
+}
+
+/// `fuzz/fuzz_targets/index_file.rs`: an accounts partial of 70 bytes whose one periodic set
+/// (tag 3) claims about a billion checkpoints with gaps that fit the range; decoding looped
+/// for longer than the fuzzer's 20 s timeout, filling a bitmap of hundreds of MiB.
+#[test]
+fn a_periodic_set_of_a_billion_checkpoints_is_refused() {
+    let partial: &[u8] = b"BIXPART1\x12\x07all/a\x02 \x01\x01\x01\x01\x01\x01\x00\x00\x00\x00\x00\x00\x01J\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x08\x03\xff\xfc\xfc\xfc\x03\xfe\xfc\x03\x03\x03\x03\x03\x03\x08\x01\x01\x01\x07";
+    let started = std::time::Instant::now();
+    let err = decode_accounts(partial).unwrap_err();
+    assert!(err.contains("exceeds the"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
 }

@@ -126,6 +126,10 @@ impl Footer {
             let k = c.prefixed().ok_or_else(bad)?.to_vec();
             let off = c.varint().ok_or_else(bad)?;
             let len = c.varint().ok_or_else(bad)?;
+            // `block_for` and `block_ranges` add them: a range past `u64::MAX` is corrupt.
+            if off.checked_add(len).is_none() {
+                return Err(format!("block at {off} of {len} bytes ends past u64::MAX"));
+            }
             blocks.push((k, off, len));
         }
         if !c.is_empty() {

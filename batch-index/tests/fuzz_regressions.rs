@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use batch_index::ethereum::parse_file;
 use batch_index::partial::decode_accounts;
+use batch_index::table::Footer;
 
 /// `fuzz/fuzz_targets/jsonrpc_response.rs`: a log topic of 64 bytes with a two-byte character
 /// across byte 24 panicked slicing it ("byte index 24 is not a char boundary").
@@ -34,4 +35,19 @@ fn a_periodic_set_of_a_billion_checkpoints_is_refused() {
     let err = decode_accounts(partial).unwrap_err();
     assert!(err.contains("exceeds the"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(1));
+}
+
+/// An input written for `fuzz/fuzz_targets/index_file.rs`'s lookup mode (the fuzzer had not
+/// reached it): a shard footer whose one block starts at `u64::MAX` panicked with an overflow
+/// in `Footer::block_for` (the reader's lookup) instead of being refused as corrupt.
+#[test]
+fn a_footer_block_ending_past_u64_max_is_corrupt() {
+    let mut footer = vec![0, 0, 1, 0];
+    footer.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+    footer.push(1);
+    let mut table = footer.clone();
+    table.extend_from_slice(&(footer.len() as u32).to_le_bytes());
+    table.extend_from_slice(batch_index::table::MAGIC);
+    let err = Footer::parse(&table).unwrap_err();
+    assert!(err.contains("ends past u64::MAX"), "{err}");
 }

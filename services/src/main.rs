@@ -435,6 +435,13 @@ Examples:
         #[command(subcommand)]
         command: RunsCommand,
     },
+    /// Register, list, show or remove contract ABIs (the `abi_events` model's registry).
+    ///
+    /// Only the run store is used: no broker, sink or chain is connected.
+    Abi {
+        #[command(subcommand)]
+        command: AbiCommand,
+    },
     /// Apply the run store's schema migrations and exit.
     ///
     /// Services started with --no-migrate (MODEL_RUNNER_NO_MIGRATE) leave the schema alone;
@@ -599,6 +606,158 @@ fn retry_policy(file: Option<&ConfigFile>) -> model_runner_core::engine::RetryPo
         }
     }
     policy
+}
+
+/// A contract: its chain and address. `--of-chain` because `--chain` configures block sources.
+#[derive(Debug, Args)]
+struct ContractFlags {
+    /// Chain of the contract, e.g. ethereum.
+    #[arg(
+        long = "of-chain",
+        env = "MODEL_RUNNER_ABI_CHAIN",
+        value_name = "CHAIN"
+    )]
+    of_chain: Chain,
+    /// Contract address, 0x and 40 hex digits.
+    #[arg(long, env = "MODEL_RUNNER_ABI_ADDRESS", value_parser = parse_address)]
+    address: alloy_primitives::Address,
+}
+
+fn parse_address(text: &str) -> Result<alloy_primitives::Address, String> {
+    model_runner_core::ports::parse_address(text).map_err(|e| match e {
+        model_runner_core::ports::StoreError::InvalidInput(m) => m,
+        other => other.to_string(),
+    })
+}
+
+#[derive(Debug, Subcommand)]
+enum AbiCommand {
+    /// Register (or replace) a contract's JSON ABI from a file; prints the events it decodes.
+    #[command(after_help = "\
+Example:
+  model-runner abi put --of-chain ethereum --address 0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48 --file erc20.json")]
+    Put {
+        #[command(flatten)]
+        contract: ContractFlags,
+        /// The JSON ABI (the array solc and Etherscan emit).
+        #[arg(long, env = "MODEL_RUNNER_ABI_FILE")]
+        file: std::path::PathBuf,
+    },
+    /// Registered ABIs as JSON lines (chain, address, events, updated_at), by chain then address.
+    #[command(after_help = "\
+Example:
+  model-runner abi list --of-chain ethereum")]
+    List {
+        /// Only this chain.
+        #[arg(
+            long = "of-chain",
+            env = "MODEL_RUNNER_ABI_CHAIN",
+            value_name = "CHAIN"
+        )]
+        of_chain: Option<Chain>,
+    },
+    /// One contract's registered JSON ABI.
+    #[command(after_help = "\
+Example:
+  model-runner abi get --of-chain ethereum --address 0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48")]
+    Get {
+        #[command(flatten)]
+        contract: ContractFlags,
+    },
+    /// Remove a contract's ABI: `abi_events` stops decoding its logs.
+    #[command(after_help = "\
+Example:
+  model-runner abi rm --of-chain ethereum --address 0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48")]
+    Rm {
+        #[command(flatten)]
+        contract: ContractFlags,
+    },
+}
+
+/// Runs an `abi` command against `store`; fails naming the contract or file at fault.
+async fn abi_command(
+    store: &dyn model_runner_core::ports::RunStore,
+    command: AbiCommand,
+) -> anyhow::Result<std::process::ExitCode> {
+    let events = |abi: &model_runner_core::ports::ContractAbi| -> Vec<String> {
+        abi.parsed()
+            .map(|p| {
+                p.events()
+                    .filter(|e| !e.anonymous)
+                    .map(|e| e.signature())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    match command {
+        AbiCommand::Put { contract, file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading the ABI file {}", file.display()))?;
+            let abi: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", file.display()))?;
+            let stored = store
+                .put_abi(&contract.of_chain, contract.address, abi)
+                .await
+                .with_context(|| {
+                    format!(
+                        "registering {} for {:#x} on {}",
+                        file.display(),
+                        contract.address,
+                        contract.of_chain
+                    )
+                })?;
+            let events = events(&stored);
+            eprintln!(
+                "registered the ABI of {:#x} on {}: {} events",
+                stored.address,
+                stored.chain,
+                events.len()
+            );
+            for e in events {
+                println!("{e}");
+            }
+        }
+        AbiCommand::List { of_chain } => {
+            for abi in store.abis(of_chain.as_ref()).await? {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "chain": abi.chain,
+                        "address": format!("{:#x}", abi.address),
+                        "events": events(&abi),
+                        "updated_at": abi.updated_at,
+                    })
+                );
+            }
+        }
+        AbiCommand::Get { contract } => {
+            match store.abi(&contract.of_chain, contract.address).await? {
+                Some(abi) => println!("{}", serde_json::to_string_pretty(&abi.abi)?),
+                None => anyhow::bail!(
+                    "no ABI is registered for {:#x} on {}",
+                    contract.address,
+                    contract.of_chain
+                ),
+            }
+        }
+        AbiCommand::Rm { contract } => {
+            if !store
+                .delete_abi(&contract.of_chain, contract.address)
+                .await?
+            {
+                anyhow::bail!(
+                    "no ABI is registered for {:#x} on {}",
+                    contract.address,
+                    contract.of_chain
+                );
+            }
+            eprintln!(
+                "removed the ABI of {:#x} on {}",
+                contract.address, contract.of_chain
+            );
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 #[derive(Debug, Subcommand)]
@@ -771,6 +930,13 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
                 tracing::error!(error = %format!("{e:#}"), "metrics endpoint stopped");
             }
         });
+    }
+    // `abi` commands need only the run store.
+    if let Command::Abi { command } = cli.command {
+        let store = model_runner_adapters::connect::store_from_url(&urls.store, urls.migrate)
+            .await
+            .context("run store")?;
+        return abi_command(&*store, command).await;
     }
     let mut deps = build_deps(&urls).await?;
     // Only workers call contracts: other commands do not connect to the cache.
@@ -964,6 +1130,7 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
         }
         Command::Migrate => eprintln!("store migrated"),
         Command::Config { .. } => unreachable!("config commands return before connecting"),
+        Command::Abi { .. } => unreachable!("abi commands return after connecting the store"),
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -135,6 +135,11 @@ fn every_command_has_help_and_every_flag_an_env_var() {
         "runs",
         "runs list",
         "runs show",
+        "abi",
+        "abi put",
+        "abi list",
+        "abi get",
+        "abi rm",
         "migrate",
     ] {
         assert!(
@@ -164,6 +169,111 @@ fn adapter_help_names_every_scheme_and_its_feature() {
     ] {
         assert!(help.contains(s), "--help does not mention {s}:\n{help}");
     }
+}
+
+/// `abi put / list / get / rm` against a SQLite store only (the broker and sink flags point at
+/// servers that do not exist: they are not connected), with errors that name the bad input.
+#[test]
+fn abi_commands_register_list_show_and_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}/runs.db", dir.path().display());
+    let env = [
+        ("MODEL_RUNNER_STORE", store.as_str()),
+        ("MODEL_RUNNER_QUEUE", "amqp://127.0.0.1:1/nowhere"),
+        ("MODEL_RUNNER_SINK", "kafka://127.0.0.1:1/nowhere"),
+    ];
+    let abi = dir.path().join("erc20.json");
+    std::fs::write(
+        &abi,
+        include_str!("../../model-runner-core/testdata/erc20.abi.json"),
+    )
+    .unwrap();
+    let abi = abi.to_str().unwrap();
+    let token = "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48";
+    let lower = token.to_lowercase();
+    let contract = ["--of-chain", "ethereum", "--address", token];
+
+    let put = ok(
+        dir.path(),
+        &[&["abi", "put"][..], &contract, &["--file", abi]].concat(),
+        &env,
+    );
+    assert_eq!(
+        put.lines().collect::<Vec<_>>(),
+        [
+            "Approval(address,address,uint256)",
+            "Transfer(address,address,uint256)"
+        ]
+    );
+    let listed = ok(dir.path(), &["abi", "list"], &env);
+    let line: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
+    assert_eq!(line["chain"], "ethereum");
+    assert_eq!(line["address"], lower.as_str());
+    assert_eq!(
+        ok(dir.path(), &["abi", "list", "--of-chain", "matic"], &env),
+        ""
+    );
+    let got = ok(dir.path(), &[&["abi", "get"][..], &contract].concat(), &env);
+    let got: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(
+        got,
+        serde_json::from_str::<serde_json::Value>(include_str!(
+            "../../model-runner-core/testdata/erc20.abi.json"
+        ))
+        .unwrap()
+    );
+    ok(dir.path(), &[&["abi", "rm"][..], &contract].concat(), &env);
+
+    // Every failure names what was wrong, and nothing is stored.
+    let fails = |args: &[&str], words: &str| {
+        let out = run_in(dir.path(), args, &env);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = text(&out.stderr);
+        assert!(err.contains(words), "{args:?}: {err:?} lacks {words:?}");
+    };
+    fails(
+        &[&["abi", "get"][..], &contract].concat(),
+        &format!("no ABI is registered for {lower} on ethereum"),
+    );
+    fails(
+        &[&["abi", "rm"][..], &contract].concat(),
+        "no ABI is registered",
+    );
+    fails(
+        &["abi", "get", "--of-chain", "ethereum", "--address", "0x12"],
+        "invalid contract address \"0x12\"",
+    );
+    fails(
+        &[&["abi", "put"][..], &contract, &["--file", "missing.json"]].concat(),
+        "missing.json",
+    );
+    let not_json = dir.path().join("not.json");
+    std::fs::write(&not_json, "[{").unwrap();
+    fails(
+        &[
+            &["abi", "put"][..],
+            &contract,
+            &["--file", not_json.to_str().unwrap()],
+        ]
+        .concat(),
+        "is not JSON",
+    );
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"[{"type": "event", "name": "X", "anonymous": false, "inputs": [{"name": "v", "type": "uint257", "indexed": false}]}]"#,
+    )
+    .unwrap();
+    fails(
+        &[
+            &["abi", "put"][..],
+            &contract,
+            &["--file", bad.to_str().unwrap()],
+        ]
+        .concat(),
+        "uint257",
+    );
+    assert_eq!(ok(dir.path(), &["abi", "list"], &env), "");
 }
 
 #[test]

@@ -12,9 +12,12 @@
 //! | `GET` | `/v1/runs`, `/v1/runs/{id}` | read |
 //! | `POST` | `/v1/runs/{id}/cancel`, `/v1/runs/{id}/retry` | write |
 //! | `GET` | `/v1/models`, `/v1/chains/{chain}/progress` | read |
+//! | `GET` | `/v1/abis`, `/v1/abis/{chain}/{address}` | read |
+//! | `PUT`, `DELETE` | `/v1/abis/{chain}/{address}` | write |
 //! | `GET` | `/healthz`, `/readyz`, `/openapi.json`, `/docs`, `/metrics` (with [`ApiState::with_metrics`]) | none |
 //! | `GET` | `/v1/index/accounts/{account}`, `/v1/index/transactions/{hash}` (with an index) | read |
 
+pub mod abis;
 pub mod auth;
 pub mod body;
 pub mod catalog;
@@ -36,7 +39,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use model_runner_core::engine::{CancellationToken, EngineDeps};
 
 pub use auth::ApiAuth;
@@ -137,6 +140,13 @@ pub fn app(state: ApiState) -> Router {
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/v1/runs/{id}/retry", post(runs::retry))
         .route("/v1/models", get(catalog::list_models))
+        .route("/v1/abis", get(abis::list_abis))
+        .route(
+            "/v1/abis/{chain}/{address}",
+            put(abis::put_abi)
+                .get(abis::get_abi)
+                .delete(abis::delete_abi),
+        )
         .route("/v1/chains/{chain}/progress", get(catalog::chain_progress))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -11,7 +11,7 @@ use utoipa::openapi::{OpenApi as OpenApiDoc, PathItem};
 use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorDetail, ErrorResponse};
-use super::{catalog, health, index, runs};
+use super::{abis, catalog, health, index, runs};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -29,6 +29,10 @@ Reads need a read or write bearer token unless reads are open; writes need a wri
         runs::retry,
         catalog::list_models,
         catalog::chain_progress,
+        abis::put_abi,
+        abis::get_abi,
+        abis::delete_abi,
+        abis::list_abis,
         health::healthz,
         health::readyz,
     ),
@@ -38,6 +42,7 @@ Reads need a read or write bearer token unless reads are open; writes need a wri
         (name = "runs", description = "Model runs"),
         (name = "models", description = "Registered models"),
         (name = "chains", description = "Chain progress"),
+        (name = "abis", description = "The ABI registry: JSON ABIs per contract, decoded by the abi_events model"),
         (name = "health", description = "Probes"),
     )
 )]

@@ -1,0 +1,249 @@
+//! The ABI registry over HTTP: `PUT`, `GET` and `DELETE /v1/abis/{chain}/{address}` and
+//! `GET /v1/abis`.
+//!
+//! A registered JSON ABI is what the `abi_events` model decodes that contract's logs with (see
+//! `model_runner_core::models::abi_events`). The store validates an ABI before keeping it
+//! ([`RunStore::put_abi`](model_runner_core::ports::RunStore::put_abi)); its refusal is a
+//! `400 invalid_abi` naming what is wrong.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use model_runner_core::Chain;
+use model_runner_core::ports::{ContractAbi, StoreError, parse_address};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::ApiState;
+use super::auth::{ReadAccess, WriteAccess};
+use super::body::ApiJson;
+use super::error::{ApiError, ErrorResponse};
+use super::path::ApiPath;
+
+/// A registered ABI.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AbiView {
+    /// Chain.
+    pub chain: String,
+    /// Contract address, lowercase `0x`-hex.
+    pub address: String,
+    /// The JSON ABI as registered.
+    #[schema(value_type = Vec<Object>)]
+    pub abi: serde_json::Value,
+    /// Last registration.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<ContractAbi> for AbiView {
+    fn from(a: ContractAbi) -> Self {
+        Self {
+            chain: a.chain.to_string(),
+            address: format!("{:#x}", a.address),
+            abi: a.abi,
+            updated_at: a.updated_at,
+        }
+    }
+}
+
+/// A registered ABI in a listing: its contract and the events `abi_events` decodes.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AbiSummary {
+    /// Chain.
+    pub chain: String,
+    /// Contract address, lowercase `0x`-hex.
+    pub address: String,
+    /// Signatures of the ABI's non-anonymous events, by name, e.g.
+    /// `Transfer(address,address,uint256)`.
+    pub events: Vec<String>,
+    /// Last registration.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The registered ABIs.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AbiList {
+    /// By chain, then address.
+    pub abis: Vec<AbiSummary>,
+}
+
+/// Query of `GET /v1/abis`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AbiListQuery {
+    /// Only this chain.
+    #[param(pattern = "^[a-z]([a-z0-9]|-[a-z0-9])*$", max_length = 32)]
+    pub chain: Option<String>,
+}
+
+fn parse_chain(chain: &str) -> Result<Chain, ApiError> {
+    Chain::new(chain)
+        .map_err(|e| ApiError::bad_request("invalid_chain", e.to_string()).field("chain"))
+}
+
+fn parse_contract(
+    chain: &str,
+    address: &str,
+) -> Result<(Chain, alloy_primitives::Address), ApiError> {
+    let chain = parse_chain(chain)?;
+    let address = parse_address(address).map_err(|e| match e {
+        StoreError::InvalidInput(m) => ApiError::bad_request("invalid_address", m).field("address"),
+        other => other.into(),
+    })?;
+    Ok((chain, address))
+}
+
+fn no_abi(chain: &Chain, address: &alloy_primitives::Address) -> ApiError {
+    ApiError::not_found(
+        "abi_not_found",
+        format!("no ABI is registered for {address:#x} on {chain}"),
+    )
+    .field("address")
+}
+
+/// Registers (or replaces) the JSON ABI of a contract. The body is the ABI itself: the JSON
+/// array solc and Etherscan emit. The `abi_events` model decodes the contract's events with it.
+#[utoipa::path(
+    put,
+    path = "/v1/abis/{chain}/{address}",
+    tag = "abis",
+    params(
+        ("chain" = String, Path, description = "Chain name", pattern = "^[a-z]([a-z0-9]|-[a-z0-9])*$", max_length = 32),
+        ("address" = String, Path, description = "Contract address, 0x and 40 hex digits", pattern = "^0x[0-9a-fA-F]{40}$"),
+    ),
+    request_body(content = Vec<Object>, description = "The JSON ABI", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The ABI as registered", body = AbiView),
+        (status = 400, description = "Invalid chain, address or ABI", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 403, description = "A read token", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+        (status = 415, description = "Not JSON", body = ErrorResponse),
+    ),
+    security(("bearer" = ["write"]))
+)]
+pub async fn put_abi(
+    State(state): State<ApiState>,
+    _: WriteAccess,
+    ApiPath((chain, address)): ApiPath<(String, String)>,
+    ApiJson(abi): ApiJson<serde_json::Value>,
+) -> Result<Json<AbiView>, ApiError> {
+    let (chain, address) = parse_contract(&chain, &address)?;
+    match state.deps.store.put_abi(&chain, address, abi).await {
+        Ok(stored) => Ok(Json(stored.into())),
+        Err(StoreError::InvalidInput(m)) => Err(ApiError::bad_request("invalid_abi", m)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The registered JSON ABI of a contract.
+#[utoipa::path(
+    get,
+    path = "/v1/abis/{chain}/{address}",
+    tag = "abis",
+    params(
+        ("chain" = String, Path, description = "Chain name", pattern = "^[a-z]([a-z0-9]|-[a-z0-9])*$", max_length = 32),
+        ("address" = String, Path, description = "Contract address, 0x and 40 hex digits", pattern = "^0x[0-9a-fA-F]{40}$"),
+    ),
+    responses(
+        (status = 200, description = "The ABI", body = AbiView),
+        (status = 400, description = "Invalid chain or address", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 404, description = "No ABI registered for the contract", body = ErrorResponse),
+    ),
+    security(("bearer" = ["read"]))
+)]
+pub async fn get_abi(
+    State(state): State<ApiState>,
+    _: ReadAccess,
+    ApiPath((chain, address)): ApiPath<(String, String)>,
+) -> Result<Json<AbiView>, ApiError> {
+    let (chain, address) = parse_contract(&chain, &address)?;
+    match state.deps.store.abi(&chain, address).await? {
+        Some(abi) => Ok(Json(abi.into())),
+        None => Err(no_abi(&chain, &address)),
+    }
+}
+
+/// Removes the ABI of a contract: `abi_events` stops decoding its logs.
+#[utoipa::path(
+    delete,
+    path = "/v1/abis/{chain}/{address}",
+    tag = "abis",
+    params(
+        ("chain" = String, Path, description = "Chain name", pattern = "^[a-z]([a-z0-9]|-[a-z0-9])*$", max_length = 32),
+        ("address" = String, Path, description = "Contract address, 0x and 40 hex digits", pattern = "^0x[0-9a-fA-F]{40}$"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "Invalid chain or address", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 403, description = "A read token", body = ErrorResponse),
+        (status = 404, description = "No ABI registered for the contract", body = ErrorResponse),
+    ),
+    security(("bearer" = ["write"]))
+)]
+pub async fn delete_abi(
+    State(state): State<ApiState>,
+    _: WriteAccess,
+    ApiPath((chain, address)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let (chain, address) = parse_contract(&chain, &address)?;
+    if state.deps.store.delete_abi(&chain, address).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(no_abi(&chain, &address))
+    }
+}
+
+/// The registered ABIs, optionally of one chain, with the events each decodes.
+#[utoipa::path(
+    get,
+    path = "/v1/abis",
+    tag = "abis",
+    params(AbiListQuery),
+    responses(
+        (status = 200, description = "The registered ABIs", body = AbiList),
+        (status = 400, description = "Invalid parameter", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+    ),
+    security(("bearer" = ["read"]))
+)]
+pub async fn list_abis(
+    State(state): State<ApiState>,
+    _: ReadAccess,
+    query: Result<Query<AbiListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AbiList>, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!("invalid query string: {}", e.body_text()),
+        )
+    })?;
+    let chain = q.chain.as_deref().map(parse_chain).transpose()?;
+    let abis = state.deps.store.abis(chain.as_ref()).await?;
+    let abis = abis
+        .into_iter()
+        .map(|a| {
+            // Registered ABIs were validated on the way in; one that no longer parses (a
+            // corrupt row) is listed without events rather than failing the whole list.
+            let events = a
+                .parsed()
+                .map(|p| {
+                    p.events()
+                        .filter(|e| !e.anonymous)
+                        .map(|e| e.signature())
+                        .collect()
+                })
+                .unwrap_or_default();
+            AbiSummary {
+                chain: a.chain.to_string(),
+                address: format!("{:#x}", a.address),
+                events,
+                updated_at: a.updated_at,
+            }
+        })
+        .collect();
+    Ok(Json(AbiList { abis }))
+}

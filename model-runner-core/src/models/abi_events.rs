@@ -698,6 +698,45 @@ mod tests {
         assert_eq!(model.run(&ctx(), &blocks).await.unwrap().len(), 1);
     }
 
+    /// Through the engine: a backfill of `abi_events` succeeds, with one record per block
+    /// (the ERC-20 transfer) and the ERC-721-shaped transfer and the unknown log of the same
+    /// contract skipped.
+    #[tokio::test]
+    async fn a_backfill_decodes_the_registered_contract_and_succeeds_despite_mismatches() {
+        use crate::engine::Runner;
+        use crate::memory::MemorySink;
+        let store = Arc::new(MemoryRunStore::new());
+        let contract = Address::with_last_byte(0xAB);
+        store
+            .put_abi(&chain(), contract, serde_json::from_str(ERC20_ABI).unwrap())
+            .await
+            .unwrap();
+        let sink = Arc::new(MemorySink::new());
+        let runner = Runner::builder()
+            .store_arc(store.clone())
+            .model(AbiEvents::new(store))
+            .source(MemoryBlockSource::new(
+                chain(),
+                crate::models::tests::blocks(0, 9),
+            ))
+            .sink_arc(sink.clone())
+            .build()
+            .unwrap();
+        let runs = runner
+            .backfill("abi_events", &chain(), BlockRange::new(0, 9).unwrap(), 5)
+            .await
+            .unwrap();
+        let done = runner.run_until_done(&runs).await.unwrap();
+        assert!(
+            done.iter().all(|r| r.state == crate::RunState::Succeeded),
+            "{done:?}"
+        );
+        let records = sink.records(&crate::topic_name("dev", &chain()));
+        assert_eq!(records.len(), 10);
+        assert!(records.iter().all(|r| r.payload["event"] == "Transfer"
+            && r.payload["args"]["from"] == format!("{:#x}", Address::with_last_byte(3))));
+    }
+
     #[test]
     fn every_kind_of_value_has_its_json_form() {
         let abi = json!([{

@@ -931,16 +931,24 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
             }
         });
     }
-    // `abi` commands need only the run store.
-    if let Command::Abi { command } = cli.command {
-        let store = model_runner_adapters::connect::store_from_url(&urls.store, urls.migrate)
-            .await
-            .context("run store")?;
-        return abi_command(&*store, command).await;
-    }
+    // `abi`, `runs` and `migrate` need only the run store: no broker, sink or block source is
+    // connected, so they work while those are down.
+    let command = match cli.command {
+        Command::Abi { command } => return abi_command(&*store_only(&urls).await?, command).await,
+        Command::Runs { command } => {
+            runs_command(&*store_only(&urls).await?, command).await?;
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        Command::Migrate => {
+            store_only(&urls).await?;
+            eprintln!("store migrated");
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        other => other,
+    };
     let mut deps = build_deps(&urls).await?;
     // Only workers call contracts: other commands do not connect to the cache.
-    if matches!(cli.command, Command::Worker { .. } | Command::All { .. }) {
+    if matches!(command, Command::Worker { .. } | Command::All { .. }) {
         let cache = model_runner_adapters::connect::call_cache_from_url(&cli.adapters.call_cache)
             .await
             .context("call cache")?;
@@ -953,7 +961,7 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
     }
     deps.limits.max_blocks_per_run = cli.adapters.max_blocks_per_run.max(1);
     let env = cli.adapters.env.clone();
-    match cli.command {
+    match command {
         Command::All {
             backfill,
             realtime,
@@ -1087,37 +1095,6 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
                 println!("{}\t{}\t{}", r.id, r.range, r.queue);
             }
         }
-        Command::Runs { command } => match command {
-            RunsCommand::List {
-                model,
-                of_chain: chain,
-                state,
-                limit,
-                after,
-            } => {
-                let page = deps
-                    .store
-                    .list(&RunFilter {
-                        model,
-                        chain,
-                        state,
-                        after,
-                        limit,
-                        ..Default::default()
-                    })
-                    .await?;
-                for r in &page.runs {
-                    println!("{}", serde_json::to_string(r)?);
-                }
-                if let Some(next) = page.next {
-                    eprintln!("more: --after {next}");
-                }
-            }
-            RunsCommand::Show { id } => {
-                let run = deps.store.get(id).await.context("showing run")?;
-                println!("{}", serde_json::to_string_pretty(&run)?);
-            }
-        },
         Command::Api { api_addr, api } => {
             eprintln!(
                 "API listening on http://{api_addr} (OpenAPI at /openapi.json, docs at /docs)"
@@ -1128,9 +1105,57 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
                 .with_metrics(metrics);
             model_runner::api::serve(api_addr, state, shutdown_signal()).await?;
         }
-        Command::Migrate => eprintln!("store migrated"),
         Command::Config { .. } => unreachable!("config commands return before connecting"),
-        Command::Abi { .. } => unreachable!("abi commands return after connecting the store"),
+        Command::Abi { .. } | Command::Runs { .. } | Command::Migrate => {
+            unreachable!("store-only commands return after connecting the store")
+        }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Connects only the run store (migrating it unless told not to).
+async fn store_only(
+    urls: &AdapterUrls,
+) -> anyhow::Result<std::sync::Arc<dyn model_runner_core::ports::RunStore>> {
+    model_runner_adapters::connect::store_from_url(&urls.store, urls.migrate)
+        .await
+        .context("run store")
+}
+
+/// `runs list` / `runs show`.
+async fn runs_command(
+    store: &dyn model_runner_core::ports::RunStore,
+    command: RunsCommand,
+) -> anyhow::Result<()> {
+    match command {
+        RunsCommand::List {
+            model,
+            of_chain: chain,
+            state,
+            limit,
+            after,
+        } => {
+            let page = store
+                .list(&RunFilter {
+                    model,
+                    chain,
+                    state,
+                    after,
+                    limit,
+                    ..Default::default()
+                })
+                .await?;
+            for r in &page.runs {
+                println!("{}", serde_json::to_string(r)?);
+            }
+            if let Some(next) = page.next {
+                eprintln!("more: --after {next}");
+            }
+        }
+        RunsCommand::Show { id } => {
+            let run = store.get(id).await.context("showing run")?;
+            println!("{}", serde_json::to_string_pretty(&run)?);
+        }
+    }
+    Ok(())
 }

@@ -171,6 +171,40 @@ fn adapter_help_names_every_scheme_and_its_feature() {
     }
 }
 
+/// `migrate`, `runs list` and `runs show` connect only the run store: with the broker, the sink
+/// and the block source all unreachable they still work (before, `runs list` needed the broker).
+#[test]
+fn store_commands_need_only_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}/runs.db", dir.path().display());
+    let env = [
+        ("MODEL_RUNNER_STORE", store.as_str()),
+        (
+            "MODEL_RUNNER_QUEUE",
+            "amqp://guest:guest@127.0.0.1:1/nowhere",
+        ),
+        ("MODEL_RUNNER_SINK", "kafka://127.0.0.1:1"),
+        ("MODEL_RUNNER_CHAIN", "ethereum=file:///nonexistent/blocks"),
+    ];
+    ok(dir.path(), &["migrate"], &env);
+    assert_eq!(ok(dir.path(), &["runs", "list"], &env), "");
+    let out = run_in(
+        dir.path(),
+        &["runs", "show", "01a22a85-4a7c-731e-9716-8bfdeb49e4f0"],
+        &env,
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("01a22a85-4a7c-731e-9716-8bfdeb49e4f0"),
+        "{err}"
+    );
+    assert!(!err.contains("amqp") && !err.contains("kafka"), "{err}");
+    // A command that does use the broker still says it cannot reach it.
+    let out = run_in(dir.path(), &["enqueuer"], &env);
+    assert!(!out.status.success());
+}
+
 /// `abi put / list / get / rm` against a SQLite store only (the broker and sink flags point at
 /// servers that do not exist: they are not connected), with errors that name the bad input.
 #[test]

@@ -20,7 +20,7 @@ use axum::http::{Request, header};
 use libfuzzer_sys::fuzz_target;
 use model_runner::api::{ApiAuth, ApiConfig, ApiLimits, ApiState, app};
 use model_runner_adapters::devnet::{DevnetConfig, DevnetSource};
-use model_runner_core::engine::EngineDeps;
+use model_runner_core::engine::{EngineDeps, Limits};
 use model_runner_core::memory::{MemoryRunQueue, MemoryRunStore, MemorySink};
 use model_runner_core::ports::BlockSource;
 use model_runner_core::{Chain, Routing};
@@ -53,15 +53,15 @@ fn api() -> axum::Router {
         )]),
         models: Arc::new(model_runner_core::models::builtin()),
         routing: Routing::default(),
-        limits: Default::default(),
+        limits: Limits {
+            // Small enough that a submission costs microseconds, not a hundred thousand runs.
+            max_runs_per_backfill: 16,
+            ..Limits::default()
+        },
     };
     let config = ApiConfig {
         auth: ApiAuth::new(WRITE, READ, false),
-        limits: ApiLimits {
-            // Small enough that a submission costs microseconds, not a hundred thousand runs.
-            max_runs_per_submission: 16,
-            ..ApiLimits::default()
-        },
+        limits: ApiLimits::default(),
     };
     app(ApiState::new(deps, config))
 }

@@ -415,6 +415,13 @@ async fn submit_errors(kind: Store) {
             "1000000 runs",
         ),
         (
+            // The engine's cap, the one the CLI and the library refuse with too.
+            with(json!({"range": {"start": 0, "end": 100_000}, "chunk_size": 1})),
+            "too_many_runs",
+            Some("chunk_size"),
+            "100001 runs, more than the 100000 allowed per backfill",
+        ),
+        (
             with(json!({"chunk_size": 0})),
             "invalid_chunk_size",
             Some("chunk_size"),

@@ -34,8 +34,8 @@ use crate::routing::{Routing, RoutingError};
 pub use enqueuer::{Enqueuer, EnqueuerConfig};
 pub use runner::{Parts, Runner, RunnerBuilder};
 pub use scheduler::{
-    BackfillRequest, DEFAULT_MAX_BLOCKS_PER_RUN, MAX_RUNS_PER_BACKFILL, RealtimeSubscription,
-    Scheduler, SchedulerConfig, submit_backfill,
+    BackfillRequest, DEFAULT_MAX_BLOCKS_PER_RUN, DEFAULT_MAX_RUNS_PER_BACKFILL,
+    RealtimeSubscription, Scheduler, SchedulerConfig, submit_backfill,
 };
 pub use tokio_util::sync::CancellationToken;
 pub use worker::{Worker, WorkerConfig, WorkerStats};
@@ -67,13 +67,18 @@ pub struct Limits {
     /// run of a billion blocks would exhaust a worker. A backfill whose chunks would be larger
     /// is refused; realtime runs are cut at this size.
     pub max_blocks_per_run: u64,
+    /// The most runs one backfill (or API submission) may create, so a typo cannot flood the
+    /// store; the engine, the CLI and the API refuse larger ones with the same number.
+    pub max_runs_per_backfill: u64,
 }
 
 impl Default for Limits {
-    /// [`DEFAULT_MAX_BLOCKS_PER_RUN`] blocks per run.
+    /// [`DEFAULT_MAX_BLOCKS_PER_RUN`] blocks per run, [`DEFAULT_MAX_RUNS_PER_BACKFILL`] runs per
+    /// backfill.
     fn default() -> Self {
         Self {
             max_blocks_per_run: DEFAULT_MAX_BLOCKS_PER_RUN,
+            max_runs_per_backfill: DEFAULT_MAX_RUNS_PER_BACKFILL,
         }
     }
 }

@@ -70,8 +70,8 @@ pub struct BackfillRequest {
     pub idempotency_key: Option<String>,
 }
 
-/// The most runs one backfill may create, so a typo cannot flood the store.
-pub const MAX_RUNS_PER_BACKFILL: u64 = 1_000_000;
+/// The default of [`Limits::max_runs_per_backfill`](super::Limits::max_runs_per_backfill).
+pub const DEFAULT_MAX_RUNS_PER_BACKFILL: u64 = 100_000;
 
 /// The default of [`Limits::max_blocks_per_run`](super::Limits::max_blocks_per_run).
 pub const DEFAULT_MAX_BLOCKS_PER_RUN: u64 = 100_000;
@@ -106,9 +106,10 @@ pub async fn submit_backfill(
     let model = deps.models.get_for(&req.model, &req.chain)?;
     deps.source(&req.chain)?;
     let runs_needed = req.range.len().div_ceil(req.chunk_size);
-    if runs_needed > MAX_RUNS_PER_BACKFILL {
+    let max_runs = deps.limits.max_runs_per_backfill;
+    if runs_needed > max_runs {
         return Err(EngineError::InvalidInput(format!(
-            "range {} in chunks of {} makes {runs_needed} runs, more than {MAX_RUNS_PER_BACKFILL}; use larger chunks",
+            "range {} in chunks of {} makes {runs_needed} runs, more than the {max_runs} allowed per backfill; use larger chunks or split the range",
             req.range, req.chunk_size
         )));
     }
@@ -942,8 +943,8 @@ mod tests {
                 "max_attempts must be at least 1",
             ),
             (
-                backfill(0, MAX_RUNS_PER_BACKFILL, 1),
-                "more than 1000000; use larger chunks",
+                backfill(0, DEFAULT_MAX_RUNS_PER_BACKFILL, 1),
+                "more than the 100000 allowed per backfill",
             ),
             (
                 BackfillRequest {
@@ -966,7 +967,7 @@ mod tests {
         }
         assert!(all_runs(&deps).await.is_empty());
         // Exactly the limit is fine.
-        let ok = submit_backfill(&deps, backfill(0, MAX_RUNS_PER_BACKFILL - 1, 1000)).await;
+        let ok = submit_backfill(&deps, backfill(0, DEFAULT_MAX_RUNS_PER_BACKFILL - 1, 100)).await;
         assert_eq!(ok.unwrap().runs.len(), 1000);
     }
 }

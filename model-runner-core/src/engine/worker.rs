@@ -1736,6 +1736,7 @@ mod tests {
         let capped = EngineDeps {
             limits: crate::engine::Limits {
                 max_blocks_per_run: 20,
+                ..Default::default()
             },
             ..deps.clone()
         };

@@ -54,21 +54,20 @@ pub struct ApiLimits {
     pub max_page_size: u32,
     /// Most blocks one submission may cover.
     pub max_blocks_per_submission: u64,
-    /// Most runs one submission may create.
-    pub max_runs_per_submission: u64,
     /// Longest a request may take before it is answered `503 timeout`.
     pub request_timeout: Duration,
 }
 
 impl Default for ApiLimits {
-    /// 64 KiB bodies, pages of up to 1000 runs, up to 1e9 blocks and 100,000 runs per
-    /// submission, 30 s per request.
+    /// 64 KiB bodies, pages of up to 1000 runs, up to 1e9 blocks per submission, 30 s per
+    /// request. (The most runs per submission is the engine's
+    /// [`Limits::max_runs_per_backfill`](model_runner_core::engine::Limits::max_runs_per_backfill),
+    /// which the CLI and the library enforce too.)
     fn default() -> Self {
         Self {
             max_body_bytes: 64 * 1024,
             max_page_size: 1000,
             max_blocks_per_submission: 1_000_000_000,
-            max_runs_per_submission: 100_000,
             request_timeout: Duration::from_secs(30),
         }
     }

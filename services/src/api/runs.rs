@@ -330,12 +330,12 @@ pub async fn submit(
         .field("range"));
     }
     let runs = range.len().div_ceil(chunk_size);
-    if runs > limits.max_runs_per_submission {
+    let max_runs = state.deps.limits.max_runs_per_backfill;
+    if runs > max_runs {
         return Err(ApiError::bad_request(
             "too_many_runs",
             format!(
-                "range {range} in chunks of {chunk_size} blocks makes {runs} runs, more than the {} allowed per submission; use larger chunks or split the range",
-                limits.max_runs_per_submission
+                "range {range} in chunks of {chunk_size} blocks makes {runs} runs, more than the {max_runs} allowed per backfill; use larger chunks or split the range",
             ),
         )
         .field("chunk_size"));

@@ -430,6 +430,44 @@ Examples:
         #[arg(long, env = "MODEL_RUNNER_IDEMPOTENCY_KEY")]
         idempotency_key: Option<String>,
     },
+    /// Rerun, with a model's registered version, every block an older version produced.
+    ///
+    /// After a model's code (and version) changed: creates runs of the registered version over
+    /// the ranges the older version's succeeded runs covered, merged (each block once) and less
+    /// what the registered version already covers or is about to, in chunks of --chunk-size,
+    /// through the normal outbox; records say the version that made them. Prints one line per
+    /// run: id, blocks, queue. `versions` shows what each version covers.
+    #[command(after_help = "\
+Example:
+  model-runner rerun --model erc20_transfers --from-version 1.0.0 --chunk-size 500")]
+    Rerun {
+        /// Model name.
+        #[arg(long, env = "MODEL_RUNNER_RERUN_MODEL")]
+        model: String,
+        /// The older version whose ranges are rerun.
+        #[arg(long, env = "MODEL_RUNNER_RERUN_FROM_VERSION")]
+        from_version: String,
+        /// Only this chain (default: every chain the older version ran on).
+        #[arg(
+            long = "of-chain",
+            env = "MODEL_RUNNER_RERUN_CHAIN",
+            value_name = "CHAIN"
+        )]
+        of_chain: Option<Chain>,
+        /// Blocks per new run.
+        #[arg(long, env = "MODEL_RUNNER_CHUNK_SIZE", default_value_t = 100)]
+        chunk_size: u64,
+        /// Attempts per run.
+        #[arg(long, env = "MODEL_RUNNER_MAX_ATTEMPTS", default_value_t = 3)]
+        max_attempts: u32,
+    },
+    /// Which versions of a model cover which blocks: one JSON line per chain and version, with
+    /// the merged ranges of its succeeded runs. Only the run store is used.
+    Versions {
+        /// Model name.
+        #[arg(long, env = "MODEL_RUNNER_VERSIONS_MODEL")]
+        model: String,
+    },
     /// List or show runs.
     Runs {
         #[command(subcommand)]
@@ -918,6 +956,7 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
         Command::Enqueuer => urls.require_shared("enqueuer", true)?,
         Command::Worker { .. } => urls.require_shared("worker", true)?,
         Command::Backfill { .. } => urls.require_shared("backfill", false)?,
+        Command::Rerun { .. } => urls.require_shared("rerun", false)?,
         _ => {}
     }
     let metrics = model_runner::metrics::install()?;
@@ -937,6 +976,13 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
         Command::Abi { command } => return abi_command(&*store_only(&urls).await?, command).await,
         Command::Runs { command } => {
             runs_command(&*store_only(&urls).await?, command).await?;
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        Command::Versions { model } => {
+            let store = store_only(&urls).await?;
+            for v in model_runner_core::engine::version_coverage(&*store, &model).await? {
+                println!("{}", serde_json::to_string(&v)?);
+            }
             return Ok(std::process::ExitCode::SUCCESS);
         }
         Command::Migrate => {
@@ -1095,6 +1141,29 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
                 println!("{}\t{}\t{}", r.id, r.range, r.queue);
             }
         }
+        Command::Rerun {
+            model,
+            from_version,
+            of_chain,
+            chunk_size,
+            max_attempts,
+        } => {
+            let created = model_runner_core::engine::rerun(
+                &deps,
+                model_runner_core::engine::RerunRequest {
+                    model,
+                    from_version,
+                    chain: of_chain,
+                    chunk_size,
+                    max_attempts,
+                },
+            )
+            .await?;
+            eprintln!("created {} runs", created.runs.len());
+            for r in created.runs {
+                println!("{}\t{}\t{}", r.id, r.range, r.queue);
+            }
+        }
         Command::Api { api_addr, api } => {
             eprintln!(
                 "API listening on http://{api_addr} (OpenAPI at /openapi.json, docs at /docs)"
@@ -1106,7 +1175,10 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
             model_runner::api::serve(api_addr, state, shutdown_signal()).await?;
         }
         Command::Config { .. } => unreachable!("config commands return before connecting"),
-        Command::Abi { .. } | Command::Runs { .. } | Command::Migrate => {
+        Command::Abi { .. }
+        | Command::Runs { .. }
+        | Command::Versions { .. }
+        | Command::Migrate => {
             unreachable!("store-only commands return after connecting the store")
         }
     }

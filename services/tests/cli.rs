@@ -171,6 +171,55 @@ fn adapter_help_names_every_scheme_and_its_feature() {
     }
 }
 
+/// `versions` shows what each version of a model covers; `rerun` refuses, naming why, to rerun
+/// the registered version or a version that never ran (the rerun itself is tested in
+/// model-runner-core's engine::versions, on the engine).
+#[test]
+fn versions_and_rerun_name_what_they_find() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}/runs.db", dir.path().display());
+    let sink = format!("file://{}/sink", dir.path().display());
+    let env = [
+        ("MODEL_RUNNER_STORE", store.as_str()),
+        ("MODEL_RUNNER_SINK", sink.as_str()),
+    ];
+    ok(
+        dir.path(),
+        &[
+            "all",
+            "--backfill",
+            "ethereum:block_stats:0-249",
+            "--chunk-size",
+            "100",
+        ],
+        &env,
+    );
+    let out = ok(dir.path(), &["versions", "--model", "block_stats"], &env);
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["chain"], "ethereum");
+    assert_eq!(line["blocks"], 250);
+    assert_eq!(
+        line["ranges"],
+        serde_json::json!([{"start": 0, "end": 249}])
+    );
+    let version = line["version"].as_str().unwrap().to_owned();
+    for (from, want) in [
+        (version.as_str(), "already"),
+        (
+            "0.0.1",
+            "no succeeded runs of model block_stats version 0.0.1",
+        ),
+    ] {
+        let out = run_in(
+            dir.path(),
+            &["rerun", "--model", "block_stats", "--from-version", from],
+            &env,
+        );
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains(want), "{}", text(&out.stderr));
+    }
+}
+
 /// `migrate`, `runs list` and `runs show` connect only the run store: with the broker, the sink
 /// and the block source all unreachable they still work (before, `runs list` needed the broker).
 #[test]

@@ -15,6 +15,7 @@ mod group_commit;
 pub mod instruments;
 mod runner;
 mod scheduler;
+mod versions;
 mod worker;
 
 use std::collections::HashMap;
@@ -38,6 +39,7 @@ pub use scheduler::{
     RealtimeSubscription, Scheduler, SchedulerConfig, submit_backfill,
 };
 pub use tokio_util::sync::CancellationToken;
+pub use versions::{RerunRequest, VersionCoverage, rerun, version_coverage};
 pub use worker::{Worker, WorkerConfig, WorkerStats};
 
 /// What every loop needs: the ports, the models and the routing.

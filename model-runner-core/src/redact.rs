@@ -86,11 +86,23 @@ pub fn redact_url(url: &str) -> String {
         Some((b, q)) => (b, Some(q)),
         None => (rest, None),
     };
+    let mut out = format!("{scheme}://");
+    // For the web's schemes the `url` crate, and so the HTTP clients, skips any more `/` and `\`
+    // before the authority: `https:///user:pw@host` has a password.
+    let before_query = if matches!(
+        scheme.to_ascii_lowercase().as_str(),
+        "http" | "https" | "ws" | "wss" | "ftp"
+    ) {
+        let authority_start = before_query.trim_start_matches(['/', '\\']);
+        out.push_str(&before_query[..before_query.len() - authority_start.len()]);
+        authority_start
+    } else {
+        before_query
+    };
     let (authority, path) = match before_query.find('/') {
         Some(i) => before_query.split_at(i),
         None => (before_query, ""),
     };
-    let mut out = format!("{scheme}://");
     // Object-store URLs carry an access key id as their user: hidden with the secret.
     let key_as_user = matches!(
         scheme.to_ascii_lowercase().as_str(),
@@ -281,6 +293,23 @@ mod tests {
             assert_eq!(got, want, "{input}");
             assert!(!got.contains("hunter2"), "{input} -> {got}");
         }
+    }
+
+    #[test]
+    fn web_urls_with_more_slashes_are_redacted() {
+        // Found by fuzz/fuzz_targets/adapter_url.rs: the `url` crate reads
+        // `https:///u:pw@host` as `https://u:pw@host`; the redactor took the user info for a
+        // path and showed the password.
+        assert_eq!(
+            redact_url("https:///runpwdrs3cretu:pw1key1@nodeef"),
+            "https:///runpwdrs3cretu:***@nodeef"
+        );
+        assert_eq!(
+            redact_url("http://\\\\u:hunter22@node:8545/x"),
+            "http://\\\\u:***@node:8545/x"
+        );
+        // Other schemes keep their empty authority: a file path is shown as it is.
+        assert_eq!(redact_url("file:///data/blocks"), "file:///data/blocks");
     }
 
     #[test]

@@ -258,6 +258,7 @@ on_every_store!(
     retry_paths,
     auth_paths,
     models_and_progress,
+    versions_and_rerun,
     probes_openapi_and_fallback,
     million_block_backfill,
 );
@@ -1144,6 +1145,161 @@ async fn auth_paths(kind: Store) {
     };
     let got = api.call("POST", "/v1/runs", Some(""), Some(body)).await;
     assert_eq!(got.0, StatusCode::UNAUTHORIZED);
+}
+
+/// Runs of `block_stats` at an older version, driven to `succeeded` in the store as a worker
+/// of that version would have.
+async fn succeeded_old_runs(store: &Arc<dyn RunStore>, version: &str, ranges: &[(u64, u64)]) {
+    use model_runner_core::ports::CreateRuns;
+    use model_runner_core::{ModelKind, NewRun, RunEvent, RunMode, RunState};
+    let created = store
+        .create_runs(CreateRuns {
+            runs: ranges
+                .iter()
+                .map(|(lo, hi)| NewRun {
+                    model: "block_stats".into(),
+                    model_version: version.into(),
+                    chain: eth(),
+                    range: BlockRange::new(*lo, *hi).unwrap(),
+                    mode: RunMode::Backfill,
+                    kind: ModelKind::Nonreads,
+                    queue: "ethereum_backfill_nonreads".into(),
+                    max_attempts: 3,
+                })
+                .collect(),
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    let lease = Utc::now() + chrono::Duration::minutes(5);
+    for run in created.runs {
+        store
+            .transition(run.id, RunState::Pending, 1, RunEvent::Enqueue)
+            .await
+            .unwrap();
+        let start = RunEvent::Start {
+            owner: "old-worker".into(),
+            lease_until: lease,
+        };
+        store
+            .transition(run.id, RunState::Queued, 1, start)
+            .await
+            .unwrap();
+        let succeed = RunEvent::Succeed {
+            owner: "old-worker".into(),
+            blocks_done: run.range.len(),
+            records_written: run.range.len(),
+        };
+        store
+            .transition(run.id, RunState::Running, 1, succeed)
+            .await
+            .unwrap();
+    }
+}
+
+async fn versions_and_rerun(kind: Store) {
+    let Some(api) = api_with(kind, config()).await else {
+        return;
+    };
+    let (status, v) = api
+        .call("GET", "/v1/models/block_stats/versions", Some(READ), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v, json!({"versions": []}));
+    // Version 0.9.0 succeeded on 0-99 and 50-249 (overlapping).
+    succeeded_old_runs(&api.store, "0.9.0", &[(0, 99), (50, 249)]).await;
+    let (status, v) = api
+        .call("GET", "/v1/models/block_stats/versions", Some(READ), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["versions"],
+        json!([{"chain": "ethereum", "version": "0.9.0", "ranges": [{"start": 0, "end": 249}], "blocks": 250}])
+    );
+    let rerun = |body: Value| {
+        api.call(
+            "POST",
+            "/v1/models/block_stats/rerun",
+            Some(WRITE),
+            Some(body),
+        )
+    };
+    let (status, v) = rerun(json!({"from_version": "0.9.0", "chunk_size": 100})).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["count"], 3);
+    let mut ranges = Vec::new();
+    for id in v["run_ids"].as_array().unwrap() {
+        let (_, run) = api
+            .call(
+                "GET",
+                &format!("/v1/runs/{}", id.as_str().unwrap()),
+                Some(READ),
+                None,
+            )
+            .await;
+        assert_ne!(run["model_version"], "0.9.0", "{run}");
+        assert_eq!(run["state"], "pending", "{run}");
+        ranges.push(format!("{}-{}", run["range"]["start"], run["range"]["end"]));
+    }
+    assert_eq!(ranges, ["0-99", "100-199", "200-249"]);
+    // Nothing left: the registered version is about to cover every block.
+    assert_error(
+        &rerun(json!({"from_version": "0.9.0"})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_input",
+        None,
+        "already covered",
+    );
+    assert_error(
+        &rerun(json!({"from_version": "0.1.0"})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_input",
+        None,
+        "no succeeded runs of model block_stats version 0.1.0",
+    );
+    assert_error(
+        &rerun(json!({"from_version": "0.9.0", "chain": "Not A Chain"})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_chain",
+        Some("chain"),
+        "",
+    );
+    assert_error(
+        &rerun(json!({"from_version": "0.9.0", "chunk_size": 0})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_chunk_size",
+        Some("chunk_size"),
+        "at least 1",
+    );
+    assert_error(
+        &rerun(json!({"from_version": ""})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_version",
+        Some("from_version"),
+        "1-128",
+    );
+    let (status, v) = rerun(json!({"from_version": "0.9.0", "surprise": 1})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, v) = api
+        .call(
+            "POST",
+            "/v1/models/no_such_model/rerun",
+            Some(WRITE),
+            Some(json!({"from_version": "0.9.0"})),
+        )
+        .await;
+    assert!(status.is_client_error(), "{status} {v}");
+    assert!(v.to_string().contains("no_such_model"), "{v}");
+    // Reruns write: a read token may list versions but not rerun.
+    let (status, _) = api
+        .call(
+            "POST",
+            "/v1/models/block_stats/rerun",
+            Some(READ),
+            Some(json!({"from_version": "0.9.0"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
 async fn models_and_progress(kind: Store) {

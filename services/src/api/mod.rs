@@ -28,6 +28,7 @@ pub mod openapi;
 pub mod path;
 pub mod runs;
 pub mod ui;
+pub mod versions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -139,6 +140,8 @@ pub fn app(state: ApiState) -> Router {
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/v1/runs/{id}/retry", post(runs::retry))
         .route("/v1/models", get(catalog::list_models))
+        .route("/v1/models/{name}/versions", get(versions::list_versions))
+        .route("/v1/models/{name}/rerun", post(versions::rerun_model))
         .route("/v1/abis", get(abis::list_abis))
         .route(
             "/v1/abis/{chain}/{address}",

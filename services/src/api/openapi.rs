@@ -11,7 +11,7 @@ use utoipa::openapi::{OpenApi as OpenApiDoc, PathItem};
 use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorDetail, ErrorResponse};
-use super::{abis, catalog, health, index, runs};
+use super::{abis, catalog, health, index, runs, versions};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -28,6 +28,8 @@ Reads need a read or write bearer token unless reads are open; writes need a wri
         runs::cancel,
         runs::retry,
         catalog::list_models,
+        versions::list_versions,
+        versions::rerun_model,
         catalog::chain_progress,
         abis::put_abi,
         abis::get_abi,

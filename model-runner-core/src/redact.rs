@@ -159,11 +159,13 @@ pub fn redact_urls_in(text: &str) -> String {
         if i > 0 {
             out.push(' ');
         }
+        // ASCII control characters too: the `url` crate drops them around a URL.
         let is_edge = |c: char| {
-            matches!(
-                c,
-                '(' | ')' | '[' | ']' | '<' | '>' | '"' | '\'' | ',' | ';' | '`'
-            )
+            c.is_ascii_control()
+                || matches!(
+                    c,
+                    '(' | ')' | '[' | ']' | '<' | '>' | '"' | '\'' | ',' | ';' | '`'
+                )
         };
         let core = word.trim_matches(is_edge);
         // `https:/user:pw@host` and `https:user:pw@host` are URLs with a password too, to the
@@ -320,6 +322,13 @@ mod tests {
         assert_eq!(redact_urls_in(msg), "cannot connect to https:…: refused");
         let msg = "bad node (https:u:hunter22@node:8545)";
         assert_eq!(redact_urls_in(msg), "bad node (https:…)");
+        // Found by the same target: control characters before the scheme, which the `url`
+        // crate drops.
+        let msg = "cannot connect to \0\0https:/@u:pw2d1@e: refused";
+        assert_eq!(
+            redact_urls_in(msg),
+            "cannot connect to \0\0https:…: refused"
+        );
         // Words with a colon and an `@` but no scheme before the colon stay as they are.
         assert_eq!(redact_urls_in("at 12:00 @noon"), "at 12:00 @noon");
     }

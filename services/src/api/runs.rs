@@ -310,14 +310,7 @@ pub async fn submit(
         .map_err(|e| ApiError::bad_request("invalid_chain", e.to_string()).field("chain"))?;
     let range = BlockRange::new(req.range.start, req.range.end)
         .map_err(|e| ApiError::bad_request("invalid_range", e.to_string()).field("range"))?;
-    let chunk_size = req.chunk_size.unwrap_or(100);
-    if chunk_size == 0 {
-        return Err(ApiError::bad_request(
-            "invalid_chunk_size",
-            "chunk_size must be at least 1 block",
-        )
-        .field("chunk_size"));
-    }
+    let chunk_size = chunk_size_of(req.chunk_size)?;
     if range.len() > limits.max_blocks_per_submission {
         return Err(ApiError::bad_request(
             "range_too_large",
@@ -358,14 +351,7 @@ pub async fn submit(
             .field("mode"));
         }
     };
-    let max_attempts = req.max_attempts.unwrap_or(3);
-    if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
-        return Err(ApiError::bad_request(
-            "invalid_max_attempts",
-            format!("max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"),
-        )
-        .field("max_attempts"));
-    }
+    let max_attempts = max_attempts_of(req.max_attempts)?;
     let deps = &state.deps;
     deps.models.get_for(&req.model, &chain)?;
     deps.source(&chain)?;
@@ -396,6 +382,31 @@ pub async fn submit(
             run_ids: created.runs.iter().map(|r| r.id.0).collect(),
         }),
     ))
+}
+
+/// A submission's `chunk_size`: 100 blocks unless given, at least 1.
+pub(crate) fn chunk_size_of(chunk_size: Option<u64>) -> Result<u64, ApiError> {
+    match chunk_size.unwrap_or(100) {
+        0 => Err(ApiError::bad_request(
+            "invalid_chunk_size",
+            "chunk_size must be at least 1 block",
+        )
+        .field("chunk_size")),
+        n => Ok(n),
+    }
+}
+
+/// A submission's `max_attempts`: 3 unless given, 1 to [`MAX_ATTEMPTS_LIMIT`].
+pub(crate) fn max_attempts_of(max_attempts: Option<u32>) -> Result<u32, ApiError> {
+    let n = max_attempts.unwrap_or(3);
+    if !(1..=MAX_ATTEMPTS_LIMIT).contains(&n) {
+        return Err(ApiError::bad_request(
+            "invalid_max_attempts",
+            format!("max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"),
+        )
+        .field("max_attempts"));
+    }
+    Ok(n)
 }
 
 fn parse_id(id: &str) -> Result<RunId, ApiError> {

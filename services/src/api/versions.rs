@@ -16,12 +16,10 @@ use super::auth::{ReadAccess, WriteAccess};
 use super::body::ApiJson;
 use super::error::{ApiError, ErrorResponse};
 use super::path::ApiPath;
-use super::runs::{RangeView, SubmittedRuns};
+use super::runs::{RangeView, SubmittedRuns, chunk_size_of, max_attempts_of};
 
 /// Longest model name.
 const MAX_MODEL_NAME: usize = 128;
-/// Largest `max_attempts` of a rerun, as for submissions.
-const MAX_ATTEMPTS_LIMIT: u32 = 100;
 
 /// The blocks one version of a model produced records for, on one chain.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -152,22 +150,8 @@ pub async fn rerun_model(
         .map(Chain::new)
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_chain", e.to_string()).field("chain"))?;
-    let chunk_size = req.chunk_size.unwrap_or(100);
-    if chunk_size == 0 {
-        return Err(ApiError::bad_request(
-            "invalid_chunk_size",
-            "chunk_size must be at least 1 block",
-        )
-        .field("chunk_size"));
-    }
-    let max_attempts = req.max_attempts.unwrap_or(3);
-    if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
-        return Err(ApiError::bad_request(
-            "invalid_max_attempts",
-            format!("max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"),
-        )
-        .field("max_attempts"));
-    }
+    let chunk_size = chunk_size_of(req.chunk_size)?;
+    let max_attempts = max_attempts_of(req.max_attempts)?;
     let created = rerun(
         &state.deps,
         RerunRequest {

@@ -15,6 +15,7 @@ mod group_commit;
 pub mod instruments;
 mod runner;
 mod scheduler;
+pub mod settlement;
 mod versions;
 mod worker;
 

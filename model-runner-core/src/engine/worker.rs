@@ -41,6 +41,9 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
 use super::group_commit::GroupCommit;
+use super::settlement::{
+    ClaimFound, ClaimStep, Ended, Recorded, Settle, after_claim, after_outcome,
+};
 use super::{CancellationToken, EngineDeps, EngineError, RetryPolicy, instruments};
 use crate::model::{Model, ModelContext};
 use crate::ports::{BlockSource, Delivery, RunMessage, RunOutput, StoreError, Transition};
@@ -299,47 +302,62 @@ impl Worker {
                     lease_until,
                 },
             };
-            match self.writes.submit(claim).await {
-                Ok(run) => break run,
+            let result = self.writes.submit(claim).await;
+            let found = match &result {
+                Ok(_) => ClaimFound::Claimed,
                 Err(StoreError::Conflict {
                     current: Some(current),
                     ..
-                }) if not_yet_claimable(&msg, &current) => {
+                }) if not_yet_claimable(&msg, current) => ClaimFound::NotYetMarked {
+                    gave_up: waiting_since.elapsed() >= self.config.unmarked_wait,
+                    shutting_down: hand_back.is_cancelled(),
+                },
+                Err(StoreError::Conflict { .. } | StoreError::Transition(_)) => {
+                    ClaimFound::NoLongerClaimable
+                }
+                Err(StoreError::NotFound { .. }) => ClaimFound::UnknownRun,
+                Err(_) => ClaimFound::StoreFailed,
+            };
+            match (after_claim(found), result) {
+                (ClaimStep::Execute, Ok(run)) => break run,
+                (ClaimStep::WaitAndRetry, _) => {
                     // Published but not yet marked `queued`: wait here, holding the delivery.
-                    // Requeueing it instead would spin it through the broker, and on quorum
-                    // queues every requeue counts toward `delivery_limit`, so a healthy run
-                    // would be dead-lettered.
-                    if waiting_since.elapsed() >= self.config.unmarked_wait {
-                        warn!(run = %msg.run_id, waited_ms = waiting_since.elapsed().as_millis() as u64, "run still not marked queued; requeueing its message");
-                        settle(delivery.nack_requeue().await);
-                        return;
-                    }
                     debug!(run = %msg.run_id, "run not yet marked queued; waiting");
                     tokio::select! {
                         _ = hand_back.cancelled() => {
-                            settle(delivery.nack_requeue().await);
-                            return;
+                            let shutting_down = ClaimFound::NotYetMarked { gave_up: false, shutting_down: true };
+                            if let ClaimStep::Settle(how) = after_claim(shutting_down) {
+                                apply(delivery, how).await;
+                                return;
+                            }
                         }
                         _ = tokio::time::sleep(wait) => {}
                     }
                     wait = (wait * 2).min(Duration::from_millis(500));
                 }
-                Err(StoreError::Conflict { .. } | StoreError::Transition(_)) => {
-                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    debug!(run = %msg.run_id, attempt = msg.attempt, "run no longer claimable; dropping its message");
-                    settle(delivery.ack().await);
+                (ClaimStep::Settle(how), result) => {
+                    match (found, result) {
+                        (ClaimFound::NotYetMarked { .. }, _) => {
+                            warn!(run = %msg.run_id, waited_ms = waiting_since.elapsed().as_millis() as u64, "run not marked queued in time (or shutting down); requeueing its message");
+                        }
+                        (ClaimFound::NoLongerClaimable, _) => {
+                            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                            debug!(run = %msg.run_id, attempt = msg.attempt, "run no longer claimable; dropping its message");
+                        }
+                        (ClaimFound::UnknownRun, _) => {
+                            warn!(run = %msg.run_id, "message for an unknown run; dead-lettering it");
+                        }
+                        (_, Err(e)) => {
+                            warn!(run = %msg.run_id, error = %e, "claim failed; requeueing");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        (_, Ok(_)) => {}
+                    }
+                    apply(delivery, how).await;
                     return;
                 }
-                Err(StoreError::NotFound { id }) => {
-                    warn!(run = %id, "message for an unknown run; dead-lettering it");
-                    settle(delivery.reject().await);
-                    return;
-                }
-                Err(e) => {
-                    warn!(run = %msg.run_id, error = %e, "claim failed; requeueing");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    settle(delivery.nack_requeue().await);
-                    return;
+                (ClaimStep::Execute, Err(_)) => {
+                    unreachable!("a claim is executed only when it succeeded")
                 }
             }
         };
@@ -391,8 +409,10 @@ impl Worker {
                     blocks_done: run.range.len(),
                     records_written: records,
                 };
-                match record(event).await {
-                    Ok(_) => {
+                let result = record(event).await;
+                let recorded = Recorded::of(&result, &run);
+                match (recorded, result) {
+                    (Recorded::Yes, _) => {
                         debug!(records, "run succeeded");
                         instruments::succeeded(&run, records);
                         instruments::attempt_ended(&run, "succeeded", started.elapsed());
@@ -402,16 +422,15 @@ impl Worker {
                             .fetch_add(run.range.len(), Ordering::Relaxed);
                         self.stats.records.fetch_add(records, Ordering::Relaxed);
                     }
-                    Err(e) if claim_lost(&e, &run) => {
+                    (Recorded::ClaimLost, _) => {
                         warn!(run = %run.id, "records delivered but the claim on the run was lost (store crash?); requeueing its message so it runs again");
-                        settle(delivery.nack_requeue().await);
-                        return;
                     }
-                    Err(e) => {
+                    (_, result) => {
+                        let e = result.err().map(|e| e.to_string()).unwrap_or_default();
                         warn!(run = %run.id, error = %e, "records delivered but the run could not be marked succeeded; it will run again")
                     }
                 }
-                settle(delivery.ack().await);
+                apply(delivery, after_outcome(Ended::Succeeded, recorded)).await;
             }
             Outcome::Failed(error) => {
                 instruments::failed(&run);
@@ -432,21 +451,22 @@ impl Worker {
                     %error,
                     "run attempt failed"
                 );
-                if let Err(e) = record(RunEvent::Fail {
+                let result = record(RunEvent::Fail {
                     owner: self.config.id.clone(),
                     error,
                     retry_at,
                 })
-                .await
-                {
-                    if claim_lost(&e, &run) {
+                .await;
+                let recorded = Recorded::of(&result, &run);
+                let how = after_outcome(Ended::Failed { last_attempt: last }, recorded);
+                if let Err(e) = result {
+                    if recorded == Recorded::ClaimLost {
                         warn!(run = %run.id, "the claim on the run was lost (store crash?); requeueing its message");
-                        settle(delivery.nack_requeue().await);
-                        return;
+                    } else {
+                        warn!(run = %run.id, error = %e, "could not record the failure; the lease will expire and the run will be retried");
                     }
-                    warn!(run = %run.id, error = %e, "could not record the failure; the lease will expire and the run will be retried");
                 }
-                if last {
+                if how == Settle::Reject {
                     warn!(
                         report = true,
                         run = %run.id,
@@ -459,19 +479,17 @@ impl Worker {
                         "run failed its last attempt; its message goes to the dead-letter queue"
                     );
                     instruments::dead_lettered(&run.queue);
-                    settle(delivery.reject().await);
-                } else {
-                    settle(delivery.ack().await);
                 }
+                apply(delivery, how).await;
             }
             Outcome::LeaseLost(reason) => {
                 instruments::attempt_ended(&run, "abandoned", started.elapsed());
                 info!(run = %run.id, %reason, "run abandoned");
-                settle(delivery.ack().await);
+                apply(delivery, after_outcome(Ended::LeaseLost, Recorded::Yes)).await;
             }
             Outcome::ClaimLost => {
                 warn!(run = %run.id, "the claim on the run was lost (store crash?); requeueing its message");
-                settle(delivery.nack_requeue().await);
+                apply(delivery, after_outcome(Ended::ClaimLost, Recorded::Yes)).await;
             }
             Outcome::HandedBack => {
                 instruments::attempt_ended(&run, "handed_back", started.elapsed());
@@ -481,30 +499,23 @@ impl Worker {
                     owner: self.config.id.clone(),
                     reason: format!("worker {} shut down before finishing", self.config.id),
                 };
-                match record(event).await {
-                    Ok(_) => {
-                        info!(run = %run.id, attempt = run.attempt, "run handed back at shutdown");
-                        settle(delivery.nack_requeue().await);
+                let result = record(event).await;
+                let recorded = Recorded::of(&result, &run);
+                match (recorded, result) {
+                    (Recorded::Yes, _) => {
+                        info!(run = %run.id, attempt = run.attempt, "run handed back at shutdown")
                     }
-                    // Queued on our attempt already: our claim was undone; the message goes
-                    // back all the same.
-                    Err(e) if claim_lost(&e, &run) => settle(delivery.nack_requeue().await),
-                    Err(
-                        e @ (StoreError::Conflict { .. }
-                        | StoreError::Transition(_)
-                        | StoreError::NotFound { .. }),
-                    ) => {
-                        // Cancelled, expired or taken meanwhile: nothing left for this message.
-                        info!(run = %run.id, error = %e, "run moved on before it was handed back; dropping its message");
-                        settle(delivery.ack().await);
+                    // Queued on our attempt already: our claim was undone.
+                    (Recorded::ClaimLost, _) => {}
+                    (Recorded::MovedOn, Err(e)) => {
+                        info!(run = %run.id, error = %e, "run moved on before it was handed back; dropping its message")
                     }
-                    Err(e) => {
-                        // The lease will expire and the scheduler retries the run; requeueing
-                        // the message too would only be dropped by the next claimer.
-                        warn!(run = %run.id, error = %e, "could not hand back the run; its lease will expire");
-                        settle(delivery.ack().await);
+                    (_, result) => {
+                        let e = result.err().map(|e| e.to_string()).unwrap_or_default();
+                        warn!(run = %run.id, error = %e, "could not hand back the run; its lease will expire")
                     }
                 }
+                apply(delivery, after_outcome(Ended::HandedBack, recorded)).await;
             }
         }
     }
@@ -821,6 +832,15 @@ fn not_yet_claimable(msg: &RunMessage, current: &ModelRun) -> bool {
         }
         _ => false,
     }
+}
+
+/// Settles `delivery` as decided.
+async fn apply(delivery: Delivery, how: Settle) {
+    settle(match how {
+        Settle::Ack => delivery.ack().await,
+        Settle::Requeue => delivery.nack_requeue().await,
+        Settle::Reject => delivery.reject().await,
+    });
 }
 
 fn settle(result: Result<(), crate::ports::QueueError>) {

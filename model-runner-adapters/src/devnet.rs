@@ -66,8 +66,22 @@ impl DevnetConfig {
     /// Parses `devnet://?key=value&...`.
     pub fn from_url(url: &str) -> Result<Self, SourceError> {
         let rest = url.strip_prefix("devnet://").ok_or_else(|| {
-            SourceError::InvalidData(format!("not a devnet URL: {url:?} (expected devnet://...)"))
+            SourceError::InvalidData(format!(
+                "not a devnet URL: {} (expected devnet://...)",
+                model_runner_core::redact::redact_url(url)
+            ))
         })?;
+        // Errors below quote parameters: user info (which has no use here) must not reach one.
+        if rest
+            .split(['/', '?'])
+            .next()
+            .is_some_and(|a| a.contains('@'))
+        {
+            return Err(SourceError::InvalidData(format!(
+                "a devnet URL takes no user info: {} (expected devnet://?key=value&...)",
+                model_runner_core::redact::redact_url(url)
+            )));
+        }
         let query = rest.trim_start_matches('/').trim_start_matches('?');
         let mut c = Self::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -457,5 +471,21 @@ mod tests {
             DevnetConfig::from_url("devnet://").unwrap(),
             DevnetConfig::default()
         );
+    }
+
+    #[test]
+    fn errors_never_show_a_password() {
+        // Found by fuzz/fuzz_targets/adapter_url.rs: the user info was quoted back as an
+        // unknown parameter.
+        let err = DevnetConfig::from_url("devnet://e00E:wJaetpw@db:5432/")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("takes no user info"), "{err}");
+        assert!(!err.contains("wJaetpw"), "{err}");
+        let err = DevnetConfig::from_url("https://u:hunter22@node")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a devnet URL"), "{err}");
+        assert!(!err.contains("hunter22"), "{err}");
     }
 }

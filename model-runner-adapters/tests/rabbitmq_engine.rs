@@ -219,7 +219,7 @@ async fn a_run_handed_back_at_shutdown_is_finished_by_the_other_worker() {
     })
     .await;
     gate.block.store(false, Ordering::SeqCst);
-    wait_for(&deps, run.id, "w2 to finish", |r| r.state.is_final()).await;
+    wait_for(&deps, run.id, "w2 to finish", |r| r.state.is_idle()).await;
     stop2.cancel();
     w2.await.unwrap().unwrap();
     let done = deps.store.get(run.id).await.unwrap();
@@ -268,7 +268,7 @@ async fn a_message_ahead_of_its_mark_is_not_dead_lettered_by_a_delivery_limit() 
         .transition(run.id, RunState::Pending, 1, RunEvent::Enqueue)
         .await
         .unwrap();
-    wait_for(&deps, run.id, "the run to finish", |r| r.state.is_final()).await;
+    wait_for(&deps, run.id, "the run to finish", |r| r.state.is_idle()).await;
     stop.cancel();
     w.await.unwrap().unwrap();
     let done = deps.store.get(run.id).await.unwrap();

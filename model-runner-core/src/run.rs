@@ -89,9 +89,10 @@ str_enum!(
 );
 
 impl RunState {
-    /// Whether no further work happens in this state on its own (`failed` and `expired` still
-    /// go back to `queued` while attempts remain).
-    pub fn is_final(&self) -> bool {
+    /// Whether no attempt is waiting or executing: `succeeded`, `failed`, `expired` or
+    /// `cancelled`. Not "final": `failed` and `expired` runs go back to `queued` while attempts
+    /// remain; [`ModelRun::is_settled`] says whether a run is done for good.
+    pub fn is_idle(&self) -> bool {
         matches!(
             self,
             RunState::Succeeded | RunState::Failed | RunState::Expired | RunState::Cancelled
@@ -357,6 +358,16 @@ pub struct ModelRun {
 }
 
 impl ModelRun {
+    /// Whether nothing more happens to the run on its own: succeeded, cancelled, or failed or
+    /// expired with no attempt left.
+    pub fn is_settled(&self) -> bool {
+        match self.state {
+            RunState::Succeeded | RunState::Cancelled => true,
+            RunState::Failed | RunState::Expired => self.attempt >= self.max_attempts,
+            RunState::Pending | RunState::Queued | RunState::Running => false,
+        }
+    }
+
     /// A new `pending` run on attempt 1.
     pub fn new(spec: NewRun, idempotency_key: Option<String>, now: DateTime<Utc>) -> Self {
         Self {

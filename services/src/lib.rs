@@ -377,7 +377,7 @@ pub async fn run_all(
 
 /// Final for the purpose of waiting: no further attempt will happen on its own.
 fn is_done(run: &ModelRun) -> bool {
-    run.state.is_final() && !(run.next_attempt_at.is_some() && run.attempt < run.max_attempts)
+    run.state.is_idle() && !(run.next_attempt_at.is_some() && run.attempt < run.max_attempts)
 }
 
 async fn backfills_done(

@@ -13,7 +13,7 @@ use crate::memory::{MemoryRunQueue, MemoryRunStore, MemorySink};
 use crate::model::{Model, ModelRegistry};
 use crate::ports::{BlockSource, ResultSink, RunQueue, RunStore};
 use crate::routing::Routing;
-use crate::run::{ModelRun, RunId, RunState};
+use crate::run::{ModelRun, RunId};
 
 /// Which loops [`Runner::run`] runs in this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,7 +355,7 @@ impl Runner {
             let mut out = Vec::with_capacity(runs.len());
             for id in runs {
                 let run = self.deps.store.get(*id).await?;
-                if !settled(&run) {
+                if !run.is_settled() {
                     break;
                 }
                 out.push(run);
@@ -378,19 +378,11 @@ fn loop_result(
     })
 }
 
-/// Whether nothing more happens to `run` on its own.
-fn settled(run: &ModelRun) -> bool {
-    match run.state {
-        RunState::Succeeded | RunState::Cancelled => true,
-        RunState::Failed | RunState::Expired => run.attempt >= run.max_attempts,
-        RunState::Pending | RunState::Queued | RunState::Running => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::memory::MemoryBlockSource;
+    use crate::run::RunState;
 
     fn eth() -> Chain {
         Chain::new("ethereum").unwrap()

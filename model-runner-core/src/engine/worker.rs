@@ -1294,10 +1294,7 @@ mod tests {
         let w2 = blocker_worker(&deps, "w2");
         let stats = w2.stats();
         let w2 = tokio::spawn(w2.run(stop.clone()));
-        let done = wait_for(&deps, run.id, "w2 to finish the run", |r| {
-            r.state.is_final()
-        })
-        .await;
+        let done = wait_for(&deps, run.id, "w2 to finish the run", |r| r.state.is_idle()).await;
         stop.cancel();
         w2.await.unwrap().unwrap();
         assert_eq!(
@@ -1338,10 +1335,7 @@ mod tests {
         })
         .await;
         model.block.store(false, Ordering::SeqCst);
-        let done = wait_for(&deps, run.id, "w2 to finish the run", |r| {
-            r.state.is_final()
-        })
-        .await;
+        let done = wait_for(&deps, run.id, "w2 to finish the run", |r| r.state.is_idle()).await;
         stop2.cancel();
         w2.await.unwrap().unwrap();
         assert_eq!(
@@ -1436,7 +1430,7 @@ mod tests {
                 &api,
                 r.id,
                 "the run to finish",
-                |r| r.state.is_final(),
+                |r| r.state.is_idle(),
             )
             .await;
             assert_eq!(
@@ -1544,7 +1538,7 @@ mod tests {
         let run = one_run(&deps, "block_stats").await;
         let stop = CancellationToken::new();
         let w = tokio::spawn(blocker_worker(&deps, "w1").run(stop.clone()));
-        let done = wait_for(&deps, run.id, "the run to finish", |r| r.state.is_final()).await;
+        let done = wait_for(&deps, run.id, "the run to finish", |r| r.state.is_idle()).await;
         stop.cancel();
         w.await.unwrap().unwrap();
         assert_eq!(done.state, RunState::Succeeded, "{done:?}");
@@ -1629,7 +1623,7 @@ mod tests {
         let run = one_run(&deps, "hog").await;
         let stop = CancellationToken::new();
         let w = tokio::spawn(blocker_worker(&deps, "w1").run(stop.clone()));
-        let done = wait_for(&deps, run.id, "the run to finish", |r| r.state.is_final()).await;
+        let done = wait_for(&deps, run.id, "the run to finish", |r| r.state.is_idle()).await;
         stop.cancel();
         w.await.unwrap().unwrap();
         assert_eq!(done.state, RunState::Succeeded, "{done:?}");
@@ -1651,7 +1645,7 @@ mod tests {
         let run = one_run(&deps, "block_stats").await;
         let stop = CancellationToken::new();
         let w = tokio::spawn(blocker_worker(&deps, "w1").run(stop.clone()));
-        let done = wait_for(&deps, run.id, "the attempt to fail", |r| r.state.is_final()).await;
+        let done = wait_for(&deps, run.id, "the attempt to fail", |r| r.state.is_idle()).await;
         stop.cancel();
         w.await.unwrap().unwrap();
         assert_eq!(
@@ -1742,7 +1736,7 @@ mod tests {
             },
         );
         let w = tokio::spawn(w.run(stop.clone()));
-        let done = wait_for(&deps, created.runs[0].id, "the run", |r| r.state.is_final()).await;
+        let done = wait_for(&deps, created.runs[0].id, "the run", |r| r.state.is_idle()).await;
         stop.cancel();
         w.await.unwrap().unwrap();
         assert_eq!(
@@ -1790,7 +1784,7 @@ mod tests {
         assert_eq!(running.blocks_done, 10, "the run's blocks are loaded");
         assert_eq!(model.started.load(Ordering::SeqCst), 1);
         model.block.store(false, Ordering::SeqCst);
-        let done = wait_for(&deps, run.id, "the run to finish", |r| r.state.is_final()).await;
+        let done = wait_for(&deps, run.id, "the run to finish", |r| r.state.is_idle()).await;
         stop.cancel();
         w.await.unwrap().unwrap();
         assert_eq!((done.state, done.blocks_done), (RunState::Succeeded, 10));

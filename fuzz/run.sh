@@ -4,6 +4,9 @@
 #
 #   fuzz/run.sh [SECONDS] [TARGET...]      (every target when none is named)
 #
+# FUZZ_SEED=N fixes libFuzzer's seed (CI sets it, so its run is the same every time; left
+# unset, each run explores anew).
+#
 # Needs a nightly toolchain and cargo-fuzz (CI's fuzz step installs both when missing). Builds go
 # to $FUZZ_TARGET_DIR (default ~/.cache/model-runner-fuzz-target), outside the clone. Each target
 # reads corpus-seeds/TARGET/ (kept in git) and writes what it finds to corpus/TARGET/ and a
@@ -31,7 +34,8 @@ for t in "${targets[@]}"; do
   printf '\n--- fuzz %s for %ss ---\n' "$t" "$seconds"
   mkdir -p "corpus/$t"
   if ! nice -n 19 cargo +nightly fuzz run "${flags[@]}" "$t" "corpus/$t" "corpus-seeds/$t" -- \
-    -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1; then
+    -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
+    ${FUZZ_SEED:+-seed="$FUZZ_SEED"}; then
     failed+=("$t")
   fi
 done

@@ -519,6 +519,13 @@ async fn a_worker_dropped_mid_run_is_replaced_and_nothing_is_missing() {
         }
     })
     .await;
+    // Holding a run is not yet hanging in it: until worker A's model call took the one hang,
+    // worker B's first run would take it instead and hang forever (seen in CI).
+    eventually(30, "worker A to hang in its model", || {
+        let hung = !model.hang_first.load(Ordering::SeqCst);
+        async move { hung }
+    })
+    .await;
     a.abort();
     assert!(a.await.unwrap_err().is_cancelled());
     let sched = tokio::spawn(

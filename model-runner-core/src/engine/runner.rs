@@ -351,9 +351,10 @@ impl Runner {
     }
 
     async fn wait_settled(&self, runs: &[RunId]) -> Result<Vec<ModelRun>, EngineError> {
+        // A settled run stays settled: each pass fetches only the runs not yet seen settled.
+        let mut out = Vec::with_capacity(runs.len());
         loop {
-            let mut out = Vec::with_capacity(runs.len());
-            for id in runs {
+            for id in &runs[out.len()..] {
                 let run = self.deps.store.get(*id).await?;
                 if !run.is_settled() {
                     break;

@@ -105,14 +105,20 @@ pub enum Recorded {
     StoreFailed,
 }
 
+/// Whether `e` shows that the claim on `run` was undone: the run is `queued` again on the same
+/// attempt. Nothing else moves a run back to `queued` without a new attempt, so its message
+/// must go back to the queue (or the run would wait in `queued` with no message to run it).
+pub fn claim_lost(e: &StoreError, run: &ModelRun) -> bool {
+    matches!(e, StoreError::Conflict { current: Some(c), .. }
+        if c.state == RunState::Queued && c.attempt == run.attempt)
+}
+
 impl Recorded {
     /// Classifies the result of writing `run`'s outcome.
     pub fn of(result: &Result<ModelRun, StoreError>, run: &ModelRun) -> Self {
         match result {
             Ok(_) => Recorded::Yes,
-            Err(StoreError::Conflict {
-                current: Some(c), ..
-            }) if c.state == RunState::Queued && c.attempt == run.attempt => Recorded::ClaimLost,
+            Err(e) if claim_lost(e, run) => Recorded::ClaimLost,
             Err(
                 StoreError::Conflict { .. }
                 | StoreError::Transition(_)

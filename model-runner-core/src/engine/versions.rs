@@ -106,11 +106,7 @@ fn subtract(from: &[(u64, u64)], minus: &[(u64, u64)]) -> Vec<(u64, u64)> {
 
 /// Whether `run`'s blocks are, or will be, modeled by it (not cancelled, not failed for good).
 fn covers_or_will(run: &ModelRun) -> bool {
-    match run.state {
-        RunState::Pending | RunState::Queued | RunState::Running | RunState::Succeeded => true,
-        RunState::Failed | RunState::Expired => run.attempt < run.max_attempts,
-        RunState::Cancelled => false,
-    }
+    run.state == RunState::Succeeded || !run.is_settled()
 }
 
 /// Which versions of `model` cover which blocks (succeeded runs), by chain then version.

@@ -42,7 +42,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::group_commit::GroupCommit;
 use super::settlement::{
-    ClaimFound, ClaimStep, Ended, Recorded, Settle, after_claim, after_outcome,
+    ClaimFound, ClaimStep, Ended, Recorded, Settle, after_claim, after_outcome, claim_lost,
 };
 use super::{CancellationToken, EngineDeps, EngineError, RetryPolicy, instruments};
 use crate::model::{Model, ModelContext};
@@ -129,14 +129,6 @@ enum Outcome {
     /// store may commit claims asynchronously, and a crash can undo the last ones).
     ClaimLost,
     HandedBack,
-}
-
-/// Whether `e` shows that the claim on `run` was undone: the run is `queued` again on the same
-/// attempt. Nothing else moves a run back to `queued` without a new attempt, so its message
-/// must go back to the queue (or the run would wait in `queued` with no message to run it).
-fn claim_lost(e: &StoreError, run: &ModelRun) -> bool {
-    matches!(e, StoreError::Conflict { current: Some(c), .. }
-        if c.state == RunState::Queued && c.attempt == run.attempt)
 }
 
 /// The worker loop.

@@ -209,34 +209,28 @@ pub trait RunQueue: fmt::Debug + Send + Sync + 'static {
     }
 }
 
-#[async_trait]
-impl<T: RunQueue + ?Sized> RunQueue for Arc<T> {
-    async fn publish(&self, queue: &str, messages: &[RunMessage]) -> Result<(), QueueError> {
-        (**self).publish(queue, messages).await
-    }
-    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>, QueueError> {
-        (**self).consume(queue, prefetch).await
-    }
-    fn is_durable(&self) -> bool {
-        (**self).is_durable()
-    }
-    async fn ping(&self) -> Result<(), QueueError> {
-        (**self).ping().await
-    }
+/// `Arc<Q>` and `Box<Q>` are queues too, so wrappers compose.
+macro_rules! forward_run_queue {
+    ($($pointer:ident),*) => {$(
+        #[async_trait]
+        impl<T: RunQueue + ?Sized> RunQueue for $pointer<T> {
+            async fn publish(&self, queue: &str, messages: &[RunMessage]) -> Result<(), QueueError> {
+                (**self).publish(queue, messages).await
+            }
+            async fn consume(
+                &self,
+                queue: &str,
+                prefetch: u16,
+            ) -> Result<Box<dyn Consumer>, QueueError> {
+                (**self).consume(queue, prefetch).await
+            }
+            fn is_durable(&self) -> bool {
+                (**self).is_durable()
+            }
+            async fn ping(&self) -> Result<(), QueueError> {
+                (**self).ping().await
+            }
+        }
+    )*};
 }
-
-#[async_trait]
-impl<T: RunQueue + ?Sized> RunQueue for Box<T> {
-    async fn publish(&self, queue: &str, messages: &[RunMessage]) -> Result<(), QueueError> {
-        (**self).publish(queue, messages).await
-    }
-    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>, QueueError> {
-        (**self).consume(queue, prefetch).await
-    }
-    fn is_durable(&self) -> bool {
-        (**self).is_durable()
-    }
-    async fn ping(&self) -> Result<(), QueueError> {
-        (**self).ping().await
-    }
-}
+forward_run_queue!(Arc, Box);

@@ -176,60 +176,37 @@ pub trait ResultSink: fmt::Debug + Send + Sync + 'static {
     }
 }
 
-#[async_trait]
-impl<T: ResultSink + ?Sized> ResultSink for Arc<T> {
-    async fn send(&self, topic: &str, records: &[Record]) -> Result<(), SinkError> {
-        (**self).send(topic, records).await
-    }
-    async fn send_run(
-        &self,
-        topic: &str,
-        run: &RunOutput,
-        records: &[Record],
-    ) -> Result<(), SinkError> {
-        (**self).send_run(topic, run, records).await
-    }
-    async fn flush(&self) -> Result<(), SinkError> {
-        (**self).flush().await
-    }
-    async fn declare_schema(
-        &self,
-        model: &str,
-        version: &str,
-        schema: &RecordSchema,
-    ) -> Result<(), SinkError> {
-        (**self).declare_schema(model, version, schema).await
-    }
-    async fn ping(&self) -> Result<(), SinkError> {
-        (**self).ping().await
-    }
+/// `Arc<S>` and `Box<S>` are sinks too, so wrappers compose.
+macro_rules! forward_result_sink {
+    ($($pointer:ident),*) => {$(
+        #[async_trait]
+        impl<T: ResultSink + ?Sized> ResultSink for $pointer<T> {
+            async fn send(&self, topic: &str, records: &[Record]) -> Result<(), SinkError> {
+                (**self).send(topic, records).await
+            }
+            async fn send_run(
+                &self,
+                topic: &str,
+                run: &RunOutput,
+                records: &[Record],
+            ) -> Result<(), SinkError> {
+                (**self).send_run(topic, run, records).await
+            }
+            async fn flush(&self) -> Result<(), SinkError> {
+                (**self).flush().await
+            }
+            async fn declare_schema(
+                &self,
+                model: &str,
+                version: &str,
+                schema: &RecordSchema,
+            ) -> Result<(), SinkError> {
+                (**self).declare_schema(model, version, schema).await
+            }
+            async fn ping(&self) -> Result<(), SinkError> {
+                (**self).ping().await
+            }
+        }
+    )*};
 }
-
-#[async_trait]
-impl<T: ResultSink + ?Sized> ResultSink for Box<T> {
-    async fn send(&self, topic: &str, records: &[Record]) -> Result<(), SinkError> {
-        (**self).send(topic, records).await
-    }
-    async fn send_run(
-        &self,
-        topic: &str,
-        run: &RunOutput,
-        records: &[Record],
-    ) -> Result<(), SinkError> {
-        (**self).send_run(topic, run, records).await
-    }
-    async fn flush(&self) -> Result<(), SinkError> {
-        (**self).flush().await
-    }
-    async fn declare_schema(
-        &self,
-        model: &str,
-        version: &str,
-        schema: &RecordSchema,
-    ) -> Result<(), SinkError> {
-        (**self).declare_schema(model, version, schema).await
-    }
-    async fn ping(&self) -> Result<(), SinkError> {
-        (**self).ping().await
-    }
-}
+forward_result_sink!(Arc, Box);

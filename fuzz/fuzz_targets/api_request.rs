@@ -58,6 +58,7 @@ fn api() -> axum::Router {
             max_runs_per_backfill: 16,
             ..Limits::default()
         },
+        clock: model_runner_core::clock::SystemClock::shared(),
     };
     let config = ApiConfig {
         auth: ApiAuth::new(WRITE, READ, false),

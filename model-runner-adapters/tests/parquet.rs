@@ -504,6 +504,7 @@ async fn the_engine_declares_builtin_schemas_so_files_have_their_columns() {
         models: Arc::new(models),
         routing: Routing::default(),
         limits: Default::default(),
+        clock: model_runner_core::clock::SystemClock::shared(),
     };
     let created = submit_backfill(
         &deps,

@@ -95,6 +95,7 @@ async fn setup(url: &str, gate: Arc<Gate>) -> (EngineDeps, Arc<AmqpRunQueue>, Mo
         models: Arc::new(ModelRegistry::new().with(gate).unwrap()),
         routing: Routing::default(),
         limits: Default::default(),
+        clock: model_runner_core::clock::SystemClock::shared(),
     };
     let run = submit_backfill(
         &deps,

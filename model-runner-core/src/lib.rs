@@ -59,6 +59,7 @@
 //! ```
 
 pub mod chain;
+pub mod clock;
 pub mod data;
 pub mod engine;
 pub mod memory;

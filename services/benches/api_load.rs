@@ -44,6 +44,7 @@ async fn bench_store(name: &str, store: Arc<dyn RunStore>) {
         models: Arc::new(model_runner_core::models::builtin()),
         routing: Routing::default(),
         limits: Default::default(),
+        clock: model_runner_core::clock::SystemClock::shared(),
     };
     let config = ApiConfig {
         auth: ApiAuth::new(TOKEN, "", false),

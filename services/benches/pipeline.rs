@@ -88,6 +88,7 @@ async fn main() {
                 models,
                 routing: Routing::default(),
                 limits: Default::default(),
+                clock: model_runner_core::clock::SystemClock::shared(),
             };
             let t = Instant::now();
             let summary = run_all(

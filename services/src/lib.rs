@@ -185,6 +185,7 @@ pub async fn build_deps(urls: &AdapterUrls) -> anyhow::Result<EngineDeps> {
         store,
         routing,
         limits: Default::default(),
+        clock: model_runner_core::clock::SystemClock::shared(),
     })
 }
 

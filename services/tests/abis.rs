@@ -42,6 +42,7 @@ async fn api() -> Api {
         models: Arc::new(model_runner_core::models::builtin_with_store(store)),
         routing: Routing::default(),
         limits: Default::default(),
+        clock: model_runner_core::clock::SystemClock::shared(),
     };
     let config = ApiConfig {
         auth: ApiAuth::new(WRITE, READ, false),

@@ -130,6 +130,7 @@ async fn api_with(kind: Store, config: ApiConfig) -> Option<Api> {
         models: Arc::new(model_runner_core::models::builtin()),
         routing: Routing::default(),
         limits: Default::default(),
+        clock: model_runner_core::clock::SystemClock::shared(),
     };
     Some(Api {
         app: app(ApiState::new(deps, config)),
@@ -170,6 +171,11 @@ impl Api {
 
     async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
         let response = self.app.clone().oneshot(req).await.unwrap();
+        self.send_response(response).await
+    }
+
+    /// A response's status and body (JSON, or the text as a JSON string).
+    async fn send_response(&self, response: axum::response::Response) -> (StatusCode, Value) {
         let status = response.status();
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
@@ -714,7 +720,7 @@ async fn list_errors(kind: Store) {
             "RFC 3339",
         ),
         ("model=", "invalid_model", Some("model"), "1 to 128"),
-        ("colour=red", "invalid_query", None, "colour"),
+        ("colour=red", "invalid_query", Some("colour"), "colour"),
     ];
     for (query, code, field, words) in cases {
         let got = api
@@ -1457,8 +1463,30 @@ async fn probes_openapi_and_fallback(kind: Store) {
         None,
         "no route for GET /v2/whatever",
     );
-    let (status, _) = api.call("DELETE", "/v1/runs", Some(WRITE), None).await;
-    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    // A method a path does not serve: the same envelope, with the methods it does serve.
+    let response = api
+        .app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method("DELETE")
+                .uri("/v1/runs")
+                .header(header::AUTHORIZATION, format!("Bearer {WRITE}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let allow = response.headers().get(header::ALLOW).cloned();
+    assert_eq!(allow.unwrap().to_str().unwrap(), "GET,HEAD,POST");
+    let got = api.send_response(response).await;
+    assert_error(
+        &got,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        None,
+        "DELETE is not allowed on /v1/runs",
+    );
 }
 
 /// A 1,000,000-block backfill in chunks of 100 makes 10,000 runs in one request.
@@ -1579,6 +1607,7 @@ async fn a_stuck_store_times_out_with_503_and_fails_readiness() {
         models: Arc::new(model_runner_core::models::builtin()),
         routing: Routing::default(),
         limits: Default::default(),
+        clock: model_runner_core::clock::SystemClock::shared(),
     };
     let config = ApiConfig {
         limits: ApiLimits {
@@ -1654,6 +1683,7 @@ async fn index_endpoints_are_served_with_read_scope() {
         models: std::sync::Arc::new(model_runner_core::models::builtin()),
         routing: Default::default(),
         limits: Default::default(),
+        clock: model_runner_core::clock::SystemClock::shared(),
     };
     let config = model_runner::api::ApiConfig {
         auth: model_runner::api::ApiAuth::new("writer", "reader", false),

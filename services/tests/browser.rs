@@ -247,6 +247,7 @@ async fn fixture() -> Fixture {
         models: Arc::new(model_runner_core::models::builtin()),
         routing: Routing::default(),
         limits: Default::default(),
+        clock: model_runner_core::clock::SystemClock::shared(),
     };
     let created = submit_backfill(
         &deps,

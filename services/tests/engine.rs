@@ -77,6 +77,7 @@ async fn deps_with(
         models: Arc::new(models),
         routing: Routing::default(),
         limits: Default::default(),
+        clock: model_runner_core::clock::SystemClock::shared(),
     }
 }
 

@@ -69,6 +69,7 @@ async fn state_with(dir: &std::path::Path, config: ApiConfig) -> ApiState {
         models: Arc::new(model_runner_core::models::builtin()),
         routing: Default::default(),
         limits: Default::default(),
+        clock: model_runner_core::clock::SystemClock::shared(),
     };
     ApiState::new(deps, config)
 }

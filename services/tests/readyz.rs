@@ -97,6 +97,7 @@ fn deps(
         models: Arc::new(model_runner_core::models::builtin()),
         routing: Routing::default(),
         limits: Default::default(),
+        clock: model_runner_core::clock::SystemClock::shared(),
     }
 }
 

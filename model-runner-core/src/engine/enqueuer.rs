@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
 use tracing::{info, warn};
 
 use super::{CancellationToken, EngineDeps, EngineError, instruments};
@@ -81,7 +80,7 @@ impl Enqueuer {
         let due = self
             .deps
             .store
-            .outbox(Utc::now(), self.config.batch, &skip)
+            .outbox(self.deps.clock.now(), self.config.batch, &skip)
             .await?;
         if due.is_empty() {
             return Ok(0);
@@ -207,6 +206,8 @@ impl Enqueuer {
 
 #[cfg(test)]
 mod tests {
+    use chrono::Utc;
+
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
@@ -281,7 +282,9 @@ mod tests {
         Arc<SpyQueue>,
         Arc<MemorySink>,
     ) {
-        let store = Arc::new(MemoryRunStore::new());
+        // One clock for the store and the engine, following tokio's.
+        let clock = crate::clock::TokioClock::shared();
+        let store = Arc::new(MemoryRunStore::with_clock(clock.clone()));
         let queue = Arc::new(SpyQueue {
             inner: MemoryRunQueue::new(),
             store: store.clone(),
@@ -299,6 +302,7 @@ mod tests {
             models: Arc::new(crate::models::builtin()),
             routing: Routing::default(),
             limits: Default::default(),
+            clock,
         };
         (deps, store, queue, sink)
     }
@@ -502,13 +506,13 @@ mod tests {
         assert_eq!(sink.records("test-ethereum-sink").len(), 30);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn retries_are_published_when_due_and_cancelled_runs_never() {
         let (deps, store, queue, _) = setup();
         let runs = submit(&deps, 2).await;
         let e = enqueuer(&deps);
         while e.pass().await.unwrap() > 0 {}
-        let now = Utc::now();
+        let now = deps.clock.now();
         let retry_at = [
             now - chrono::Duration::seconds(1),
             now + chrono::Duration::seconds(3600),
@@ -574,6 +578,11 @@ mod tests {
             .unwrap();
         assert_eq!(e.pass().await.unwrap(), 0);
         assert_eq!(queue.seen.lock().unwrap().len(), 1);
+        // An hour later (time is paused, so at once) the second run's retry is due.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(e.pass().await.unwrap(), 1);
+        assert_eq!(state(&store, runs[1].id).await, (RunState::Queued, 2));
+        assert_eq!(e.pass().await.unwrap(), 0);
     }
 
     #[tokio::test]

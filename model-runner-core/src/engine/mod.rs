@@ -27,6 +27,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 
 use crate::chain::Chain;
+use crate::clock::Clock;
 use crate::model::{ModelRegistry, RegistryError, SchemaError};
 use crate::ports::{
     BlockSource, QueueError, ResultSink, RunQueue, RunStore, SinkError, SourceError, StoreError,
@@ -60,6 +61,10 @@ pub struct EngineDeps {
     pub routing: Routing,
     /// Limits every path that makes runs enforces.
     pub limits: Limits,
+    /// The wall clock every loop decides by (leases, heartbeats, retry times, leadership, the
+    /// outbox): [`SystemClock`](crate::clock::SystemClock) in production, a
+    /// [`TokioClock`](crate::clock::TokioClock) in tests that pause time.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Limits enforced wherever runs are made ([`submit_backfill`], realtime scheduling), so the

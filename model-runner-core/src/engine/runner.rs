@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::chain::{BlockRange, Chain, RunMode};
+use crate::clock::{Clock, SystemClock};
 use crate::engine::{
     BackfillRequest, CancellationToken, EngineDeps, EngineError, Enqueuer, EnqueuerConfig, Limits,
     RealtimeSubscription, Scheduler, SchedulerConfig, Worker, WorkerConfig, submit_backfill,
@@ -63,9 +64,17 @@ pub struct RunnerBuilder {
     worker: WorkerConfig,
     enqueuer: EnqueuerConfig,
     scheduler: SchedulerConfig,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl RunnerBuilder {
+    /// The wall clock the loops decide by (default: [`SystemClock`]). Tests give a
+    /// [`TokioClock`](crate::clock::TokioClock) and pause tokio's time.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
     /// The run store (default: [`MemoryRunStore`]).
     pub fn store(mut self, store: impl RunStore + 'static) -> Self {
         self.store = Some(Arc::new(store));
@@ -201,6 +210,7 @@ impl RunnerBuilder {
                 models: Arc::new(self.models),
                 routing: self.routing,
                 limits: self.limits,
+                clock: self.clock.unwrap_or_else(SystemClock::shared),
             },
             worker,
             enqueuer: self.enqueuer,
@@ -255,6 +265,7 @@ impl Runner {
             },
             enqueuer: EnqueuerConfig::default(),
             scheduler: SchedulerConfig::default(),
+            clock: None,
         }
     }
 

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
 use tracing::{debug, info, warn};
 
 use super::{CancellationToken, EngineDeps, EngineError, RetryPolicy, instruments};
@@ -221,7 +220,7 @@ impl Scheduler {
 
     /// One pass: take leadership, schedule realtime runs, expire dead leases.
     pub async fn tick(&self) -> Result<TickReport, EngineError> {
-        let now = Utc::now();
+        let now = self.deps.clock.now();
         let until = now + chrono::Duration::from_std(self.config.leadership).unwrap_or_default();
         let mut report = TickReport::default();
         if !self
@@ -264,7 +263,7 @@ impl Scheduler {
             }
             *last = Some(now);
         }
-        let now = Utc::now();
+        let now = self.deps.clock.now();
         let before = now - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
         let stale = self.deps.store.stale_queued(before, 1000).await?;
         let mut by_queue: BTreeMap<&str, Vec<&ModelRun>> = BTreeMap::new();
@@ -381,7 +380,7 @@ impl Scheduler {
     }
 
     async fn expire_leases(&self) -> Result<usize, EngineError> {
-        let now = Utc::now();
+        let now = self.deps.clock.now();
         let mut n = 0;
         for run in self.deps.store.expired_leases(now, 1000).await? {
             let retry_at = Some(self.config.retry.retry_at(run.attempt, now));
@@ -431,6 +430,7 @@ mod tests {
 
     use super::*;
     use crate::chain::ModelKind;
+    use crate::clock::TokioClock;
     use crate::memory::{MemoryBlockSource, MemoryRunQueue, MemoryRunStore, MemorySink};
     use crate::ports::{BlockSource, RunFilter, RunQueue, RunStore};
     use crate::routing::{Routing, queue_name};
@@ -446,14 +446,18 @@ mod tests {
             chain(),
             crate::models::tests::blocks(0, head),
         ));
+        // The store and the engine read one clock, which follows tokio's: tests that pause
+        // time move both with `tokio::time::advance`.
+        let clock = TokioClock::shared();
         let deps = EngineDeps {
-            store: Arc::new(MemoryRunStore::new()),
+            store: Arc::new(MemoryRunStore::with_clock(clock.clone())),
             queue: Arc::new(MemoryRunQueue::new()),
             sink: Arc::new(MemorySink::new()),
             sources: HashMap::from([(chain(), source.clone() as _)]),
             models: Arc::new(crate::models::builtin()),
             routing: Routing::default(),
             limits: Default::default(),
+            clock,
         };
         (deps, source)
     }
@@ -534,7 +538,7 @@ mod tests {
     /// A `queued` run whose message is gone (acked by a consumer without running it, as a
     /// requeue on a dead channel loses it) is republished once it is older than the reconcile
     /// age, and marked so; a run queued recently is left alone.
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_reconciler_republishes_runs_stranded_in_queued() {
         let (deps, _source) = setup(100);
         let queue = Arc::new(MemoryRunQueue::new());
@@ -579,16 +583,8 @@ mod tests {
             0,
             "queued just now"
         );
-        let scheduler = Scheduler::new(
-            deps.clone(),
-            SchedulerConfig {
-                owner: "s1".into(),
-                reconcile_after: Duration::from_millis(20),
-                ..Default::default()
-            },
-        );
-        // Let the run's queue time pass the (tiny) reconcile age.
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Time is paused: the run's queue time passes the reconcile age at once.
+        tokio::time::advance(Duration::from_secs(3601)).await;
         let report = scheduler.tick().await.unwrap();
         assert_eq!(report.republished, 1);
         assert_eq!(queue.ready_len(&run.queue), 1, "its message is back");
@@ -674,7 +670,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn leadership_passes_on_when_the_leader_stops_renewing() {
         let (deps, source) = setup(9);
         let subs = vec![sub(Some(0), 0, 10)];
@@ -693,7 +689,9 @@ mod tests {
         assert_eq!(a.tick().await.unwrap().created, 1);
         assert!(!b.tick().await.unwrap().leader);
         grow(&source, 19).await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::advance(Duration::from_millis(299)).await;
+        assert!(!b.tick().await.unwrap().leader, "`a`'s lock still lasts");
+        tokio::time::advance(Duration::from_millis(2)).await;
         // `a` is gone; `b` takes over from the cursor `a` left.
         let r = b.tick().await.unwrap();
         assert_eq!((r.leader, r.created), (true, 1));
@@ -815,25 +813,24 @@ mod tests {
         assert_eq!(ranges(&all_runs(&deps).await), [(0, 9)]);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn expired_leases_are_sent_back_for_retry() {
         let (deps, _) = setup(9);
         let created = submit_backfill(&deps, backfill(0, 19, 10)).await.unwrap();
-        let now = Utc::now();
+        let now = deps.clock.now();
         for (i, r) in created.runs.iter().enumerate() {
             deps.store
                 .transition(r.id, RunState::Pending, 1, RunEvent::Enqueue)
                 .await
                 .unwrap();
-            // The first run's lease ended; the second's still runs.
-            let until = if i == 0 {
-                now - chrono::Duration::seconds(1)
-            } else {
-                now + chrono::Duration::seconds(60)
-            };
+            let until = now + chrono::Duration::seconds(if i == 0 { 10 } else { 60 });
             deps.store.claim(r.id, 1, "w", until).await.unwrap();
         }
         let s = scheduler(&deps, "a", vec![]);
+        assert_eq!(s.tick().await.unwrap().expired, 0, "every lease still runs");
+        // The first run's worker vanished: its lease ends without a heartbeat; the second's
+        // still runs.
+        tokio::time::advance(Duration::from_secs(11)).await;
         assert_eq!(s.tick().await.unwrap().expired, 1);
         let gone = deps.store.get(created.runs[0].id).await.unwrap();
         assert_eq!(gone.state, RunState::Expired);

@@ -35,7 +35,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
@@ -284,7 +283,7 @@ impl Worker {
         let mut wait = Duration::from_millis(10);
         let waiting_since = tokio::time::Instant::now();
         let run = loop {
-            let lease_until = Utc::now() + chrono_dur(self.config.lease);
+            let lease_until = self.deps.clock.now() + chrono_dur(self.config.lease);
             let claim = Transition {
                 id: msg.run_id,
                 expected: RunState::Queued,
@@ -428,7 +427,11 @@ impl Worker {
                 instruments::failed(&run);
                 instruments::attempt_ended(&run, "failed", started.elapsed());
                 self.stats.runs_failed.fetch_add(1, Ordering::Relaxed);
-                let retry_at = Some(self.config.retry.retry_at(run.attempt, Utc::now()));
+                let retry_at = Some(
+                    self.config
+                        .retry
+                        .retry_at(run.attempt, self.deps.clock.now()),
+                );
                 let last = run.attempt >= run.max_attempts;
                 // `report`: an error-reporting layer (Sentry) sends this as an event.
                 warn!(
@@ -586,7 +589,7 @@ impl Worker {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let until = Utc::now() + chrono_dur(self.config.lease);
+                let until = self.deps.clock.now() + chrono_dur(self.config.lease);
                 match self
                     .deps
                     .store
@@ -848,6 +851,8 @@ fn chrono_dur(d: Duration) -> chrono::Duration {
 
 #[cfg(test)]
 mod tests {
+    use chrono::Utc;
+
     use std::collections::HashMap;
 
     use async_trait::async_trait;
@@ -923,14 +928,17 @@ mod tests {
     fn deps(model: Labels) -> (EngineDeps, Arc<MemorySink>) {
         let sink = Arc::new(MemorySink::new());
         let source = MemoryBlockSource::new(chain(), crate::models::tests::blocks(0, 19));
+        // One clock for the store and the engine, following tokio's (paused in these tests).
+        let clock = crate::clock::TokioClock::shared();
         let deps = EngineDeps {
-            store: Arc::new(MemoryRunStore::new()),
+            store: Arc::new(MemoryRunStore::with_clock(clock.clone())),
             queue: Arc::new(MemoryRunQueue::new()),
             sink: sink.clone(),
             sources: HashMap::from([(chain(), Arc::new(source) as _)]),
             models: Arc::new(ModelRegistry::new().with(Arc::new(model)).unwrap()),
             routing: Routing::default(),
             limits: Default::default(),
+            clock,
         };
         (deps, sink)
     }
@@ -1003,7 +1011,7 @@ mod tests {
         runs
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn conforming_records_are_sent_and_the_schema_is_declared_to_the_sink() {
         let (deps, sink) = deps(Labels::new(None));
         let runs = backfill(&deps).await;
@@ -1015,7 +1023,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_record_that_breaks_the_schema_fails_the_attempt_naming_model_key_and_field() {
         let (deps, sink) = deps(Labels::new(Some(13)));
         let mut runs = backfill(&deps).await;
@@ -1169,6 +1177,7 @@ mod tests {
             models: Arc::new(ModelRegistry::new().with(model.clone()).unwrap()),
             routing: Routing::default(),
             limits: Default::default(),
+            clock: crate::clock::SystemClock::shared(),
         };
         let created = submit_backfill(
             &deps,
@@ -1369,6 +1378,7 @@ mod tests {
             models: Arc::new(crate::models::builtin()),
             routing: Routing::default(),
             limits: Default::default(),
+            clock: crate::clock::SystemClock::shared(),
         };
         let created = submit_backfill(
             &api,
@@ -1577,6 +1587,7 @@ mod tests {
             models: Arc::new(models),
             routing: Routing::default(),
             limits: Default::default(),
+            clock: crate::clock::SystemClock::shared(),
         }
     }
 
@@ -1633,6 +1644,7 @@ mod tests {
             models: Arc::new(crate::models::builtin()),
             routing: Routing::default(),
             limits: Default::default(),
+            clock: crate::clock::SystemClock::shared(),
         };
         let run = one_run(&deps, "block_stats").await;
         let stop = CancellationToken::new();

@@ -1,13 +1,14 @@
 //! [`MemoryRunStore`]: run state in a mutex-guarded map.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use alloy_primitives::Address;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::chain::Chain;
+use crate::clock::{Clock, SystemClock};
 use crate::ports::{
     ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
     Transition, cursor_conflict, idempotency_conflict, parse_abi, same_batch, state_conflict,
@@ -16,9 +17,18 @@ use crate::ports::{
 use crate::run::{ModelRun, NewRun, RunEvent, RunId, RunState};
 
 /// A [`RunStore`] in memory. Not durable; every operation is atomic under one lock.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryRunStore {
     inner: Mutex<Inner>,
+    /// Stamps runs, cursors and ABIs and ends locks; shared with the engine in tests that
+    /// pause time, so both read the same (paused) time.
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for MemoryRunStore {
+    fn default() -> Self {
+        Self::with_clock(SystemClock::shared())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -31,9 +41,18 @@ struct Inner {
 }
 
 impl MemoryRunStore {
-    /// An empty store.
+    /// An empty store on the system clock.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that reads the time from `clock` (give it the engine's
+    /// [`EngineDeps::clock`](crate::engine::EngineDeps::clock)).
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            inner: Mutex::default(),
+            clock,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -44,8 +63,12 @@ impl MemoryRunStore {
 }
 
 impl Inner {
-    fn insert_all(&mut self, runs: Vec<NewRun>, key: Option<String>) -> Vec<ModelRun> {
-        let now = Utc::now();
+    fn insert_all(
+        &mut self,
+        runs: Vec<NewRun>,
+        key: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Vec<ModelRun> {
         let created: Vec<ModelRun> = runs
             .into_iter()
             .map(|spec| ModelRun::new(spec, key.clone(), now))
@@ -78,7 +101,7 @@ impl RunStore for MemoryRunStore {
                 created: false,
             });
         }
-        let runs = inner.insert_all(batch.runs, batch.idempotency_key);
+        let runs = inner.insert_all(batch.runs, batch.idempotency_key, self.clock.now());
         Ok(CreatedRuns {
             runs,
             created: true,
@@ -140,7 +163,7 @@ impl RunStore for MemoryRunStore {
             return Err(state_conflict(run.clone(), expected, expected_attempt));
         }
         let mut next = run.clone();
-        next.apply(&event, Utc::now())?;
+        next.apply(&event, self.clock.now())?;
         *run = next.clone();
         Ok(next)
     }
@@ -151,7 +174,7 @@ impl RunStore for MemoryRunStore {
     ) -> Result<Vec<Result<ModelRun, StoreError>>, StoreError> {
         // Under one lock: the batch is applied at once, in order.
         let mut inner = self.lock();
-        let now = Utc::now();
+        let now = self.clock.now();
         Ok(batch
             .iter()
             .map(|t| {
@@ -258,8 +281,9 @@ impl RunStore for MemoryRunStore {
         if actual != expected {
             return Err(cursor_conflict(model, chain, expected, actual));
         }
-        inner.cursors.insert(key, (to, Utc::now()));
-        Ok(inner.insert_all(runs, None))
+        let now = self.clock.now();
+        inner.cursors.insert(key, (to, now));
+        Ok(inner.insert_all(runs, None, now))
     }
 
     async fn try_lock(
@@ -268,7 +292,7 @@ impl RunStore for MemoryRunStore {
         owner: &str,
         until: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let mut inner = self.lock();
         match inner.locks.get(name) {
             Some((holder, end)) if holder != owner && *end > now => Ok(false),
@@ -292,7 +316,7 @@ impl RunStore for MemoryRunStore {
             chain: chain.clone(),
             address,
             abi,
-            updated_at: Utc::now(),
+            updated_at: self.clock.now(),
         };
         self.lock()
             .abis

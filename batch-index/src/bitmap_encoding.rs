@@ -124,14 +124,20 @@ fn decode_periodic(c: &mut Cursor<'_>) -> Result<RoaringBitmap, String> {
             "periodic bitmap of {n} checkpoints exceeds the {MAX_PERIODIC_LEN} a set may hold"
         ));
     }
-    // Check the last value fits before inserting anything.
+    // Check the last value fits before inserting anything. Gaps are any u64 on the wire, so
+    // their sums are checked too.
     let steps = n - 1;
-    let cycle: u64 = gaps.iter().sum();
-    let rest: u64 = gaps[..(steps % period as u64) as usize].iter().sum();
-    let last = (steps / period as u64)
-        .checked_mul(cycle)
-        .and_then(|v| v.checked_add(rest))
-        .and_then(|v| v.checked_add(first))
+    let sum = |gaps: &[u64]| gaps.iter().try_fold(0u64, |acc, g| acc.checked_add(*g));
+    let cycle = sum(&gaps);
+    let rest = sum(&gaps[..(steps % period as u64) as usize]);
+    let last = cycle
+        .zip(rest)
+        .and_then(|(cycle, rest)| {
+            (steps / period as u64)
+                .checked_mul(cycle)
+                .and_then(|v| v.checked_add(rest))
+                .and_then(|v| v.checked_add(first))
+        })
         .filter(|v| *v <= u64::from(u32::MAX))
         .ok_or("periodic bitmap exceeds the checkpoint range")?;
     let mut out = RoaringBitmap::new();
@@ -168,10 +174,10 @@ fn decode_deltas(c: &mut Cursor<'_>) -> Result<RoaringBitmap, String> {
     let mut prev: u64 = 0;
     for i in 0..n {
         let d = c.varint().ok_or("truncated bitmap entry")?;
-        let v = if i == 0 { d } else { prev + d };
-        if v > u64::from(u32::MAX) || (i > 0 && d == 0) {
-            return Err(format!("bitmap entry {v} out of order or out of range"));
-        }
+        let v = if i == 0 { Some(d) } else { prev.checked_add(d) };
+        let Some(v) = v.filter(|v| *v <= u64::from(u32::MAX) && (i == 0 || d > 0)) else {
+            return Err(format!("bitmap entry {i} out of order or out of range"));
+        };
         out.insert(v as u32);
         prev = v;
     }
@@ -266,5 +272,14 @@ mod tests {
             .is_err()
         );
         assert!(decode(&mut Cursor::new(&[3, 2, 5, 1, 0])).is_err());
+        // Found by fuzzing (index_file): a gap near u64::MAX overflowed the sums instead of
+        // being refused, in a delta list and in a periodic set's cycle.
+        let huge = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        let deltas = [&[0u8, 2, 5][..], &huge].concat();
+        assert!(decode(&mut Cursor::new(&deltas)).is_err());
+        let periodic = [&[3u8, 3, 5, 2, 1][..], &huge].concat();
+        assert!(decode(&mut Cursor::new(&periodic)).is_err());
+        let periodic_rest = [&[3u8, 3, 5, 3][..], &huge, &huge, &[1]].concat();
+        assert!(decode(&mut Cursor::new(&periodic_rest)).is_err());
     }
 }

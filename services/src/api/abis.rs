@@ -7,7 +7,7 @@
 //! `400 invalid_abi` naming what is wrong.
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use model_runner_core::Chain;
@@ -19,6 +19,7 @@ use super::ApiState;
 use super::auth::{ReadAccess, WriteAccess};
 use super::body::ApiJson;
 use super::error::{ApiError, ErrorResponse};
+use super::input::{self, ApiQuery};
 use super::path::ApiPath;
 
 /// A registered ABI.
@@ -77,21 +78,30 @@ pub struct AbiListQuery {
     pub chain: Option<String>,
 }
 
-fn parse_chain(chain: &str) -> Result<Chain, ApiError> {
-    Chain::new(chain)
-        .map_err(|e| ApiError::bad_request("invalid_chain", e.to_string()).field("chain"))
+/// The path of one contract's ABI, `/v1/abis/{chain}/{address}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ContractPath {
+    /// Chain name.
+    #[param(pattern = "^[a-z]([a-z0-9]|-[a-z0-9])*$", max_length = 32)]
+    pub chain: String,
+    /// Contract address, 0x and 40 hex digits.
+    #[param(pattern = "^0x[0-9a-fA-F]{40}$")]
+    pub address: String,
 }
 
-fn parse_contract(
-    chain: &str,
-    address: &str,
-) -> Result<(Chain, alloy_primitives::Address), ApiError> {
-    let chain = parse_chain(chain)?;
-    let address = parse_address(address).map_err(|e| match e {
-        StoreError::InvalidInput(m) => ApiError::bad_request("invalid_address", m).field("address"),
-        other => other.into(),
-    })?;
-    Ok((chain, address))
+impl ContractPath {
+    /// The chain and address, checked.
+    fn parse(&self) -> Result<(Chain, alloy_primitives::Address), ApiError> {
+        let chain = input::chain(&self.chain)?;
+        let address = parse_address(&self.address).map_err(|e| match e {
+            StoreError::InvalidInput(m) => {
+                ApiError::bad_request("invalid_address", m).field("address")
+            }
+            other => other.into(),
+        })?;
+        Ok((chain, address))
+    }
 }
 
 fn no_abi(chain: &Chain, address: &alloy_primitives::Address) -> ApiError {
@@ -108,10 +118,7 @@ fn no_abi(chain: &Chain, address: &alloy_primitives::Address) -> ApiError {
     put,
     path = "/v1/abis/{chain}/{address}",
     tag = "abis",
-    params(
-        ("chain" = String, Path, description = "Chain name", pattern = "^[a-z]([a-z0-9]|-[a-z0-9])*$", max_length = 32),
-        ("address" = String, Path, description = "Contract address, 0x and 40 hex digits", pattern = "^0x[0-9a-fA-F]{40}$"),
-    ),
+    params(ContractPath),
     request_body(content = Vec<Object>, description = "The JSON ABI", content_type = "application/json"),
     responses(
         (status = 200, description = "The ABI as registered", body = AbiView),
@@ -126,10 +133,10 @@ fn no_abi(chain: &Chain, address: &alloy_primitives::Address) -> ApiError {
 pub async fn put_abi(
     State(state): State<ApiState>,
     _: WriteAccess,
-    ApiPath((chain, address)): ApiPath<(String, String)>,
+    ApiPath(contract): ApiPath<ContractPath>,
     ApiJson(abi): ApiJson<serde_json::Value>,
 ) -> Result<Json<AbiView>, ApiError> {
-    let (chain, address) = parse_contract(&chain, &address)?;
+    let (chain, address) = contract.parse()?;
     match state.deps.store.put_abi(&chain, address, abi).await {
         Ok(stored) => Ok(Json(stored.into())),
         Err(StoreError::InvalidInput(m)) => Err(ApiError::bad_request("invalid_abi", m)),
@@ -142,10 +149,7 @@ pub async fn put_abi(
     get,
     path = "/v1/abis/{chain}/{address}",
     tag = "abis",
-    params(
-        ("chain" = String, Path, description = "Chain name", pattern = "^[a-z]([a-z0-9]|-[a-z0-9])*$", max_length = 32),
-        ("address" = String, Path, description = "Contract address, 0x and 40 hex digits", pattern = "^0x[0-9a-fA-F]{40}$"),
-    ),
+    params(ContractPath),
     responses(
         (status = 200, description = "The ABI", body = AbiView),
         (status = 400, description = "Invalid chain or address", body = ErrorResponse),
@@ -157,9 +161,9 @@ pub async fn put_abi(
 pub async fn get_abi(
     State(state): State<ApiState>,
     _: ReadAccess,
-    ApiPath((chain, address)): ApiPath<(String, String)>,
+    ApiPath(contract): ApiPath<ContractPath>,
 ) -> Result<Json<AbiView>, ApiError> {
-    let (chain, address) = parse_contract(&chain, &address)?;
+    let (chain, address) = contract.parse()?;
     match state.deps.store.abi(&chain, address).await? {
         Some(abi) => Ok(Json(abi.into())),
         None => Err(no_abi(&chain, &address)),
@@ -171,10 +175,7 @@ pub async fn get_abi(
     delete,
     path = "/v1/abis/{chain}/{address}",
     tag = "abis",
-    params(
-        ("chain" = String, Path, description = "Chain name", pattern = "^[a-z]([a-z0-9]|-[a-z0-9])*$", max_length = 32),
-        ("address" = String, Path, description = "Contract address, 0x and 40 hex digits", pattern = "^0x[0-9a-fA-F]{40}$"),
-    ),
+    params(ContractPath),
     responses(
         (status = 204, description = "Removed"),
         (status = 400, description = "Invalid chain or address", body = ErrorResponse),
@@ -187,9 +188,9 @@ pub async fn get_abi(
 pub async fn delete_abi(
     State(state): State<ApiState>,
     _: WriteAccess,
-    ApiPath((chain, address)): ApiPath<(String, String)>,
+    ApiPath(contract): ApiPath<ContractPath>,
 ) -> Result<StatusCode, ApiError> {
-    let (chain, address) = parse_contract(&chain, &address)?;
+    let (chain, address) = contract.parse()?;
     if state.deps.store.delete_abi(&chain, address).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -213,15 +214,9 @@ pub async fn delete_abi(
 pub async fn list_abis(
     State(state): State<ApiState>,
     _: ReadAccess,
-    query: Result<Query<AbiListQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<AbiListQuery>,
 ) -> Result<Json<AbiList>, ApiError> {
-    let Query(q) = query.map_err(|e| {
-        ApiError::bad_request(
-            "invalid_query",
-            format!("invalid query string: {}", e.body_text()),
-        )
-    })?;
-    let chain = q.chain.as_deref().map(parse_chain).transpose()?;
+    let chain = q.chain.as_deref().map(input::chain).transpose()?;
     let abis = state.deps.store.abis(chain.as_ref()).await?;
     let abis = abis
         .into_iter()

@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::auth::ReadAccess;
 use super::error::{ApiError, ErrorResponse};
+use super::input;
 use super::path::ApiPath;
 use super::runs::{ModelKindView, RunStateView};
 
@@ -220,8 +221,7 @@ pub async fn chain_progress(
     _: ReadAccess,
     ApiPath(chain): ApiPath<String>,
 ) -> Result<Json<ChainProgress>, ApiError> {
-    let chain = Chain::new(chain)
-        .map_err(|e| ApiError::bad_request("invalid_chain", e.to_string()).field("chain"))?;
+    let chain = input::chain(&chain)?;
     let source = state
         .deps
         .source(&chain)

@@ -21,8 +21,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -30,6 +29,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::ApiState;
 use super::auth::ReadAccess;
 use super::error::{ApiError, ErrorResponse};
+use super::input::{ApiQuery, page_size, quoted};
 use super::path::ApiPath;
 
 /// Checkpoints per page when the request gives no `limit`.
@@ -123,23 +123,8 @@ fn bad_query(field: &str, message: String) -> ApiError {
     ApiError::bad_request("invalid_query", message).field(field)
 }
 
-fn short(s: &str) -> String {
-    s.chars().take(64).collect()
-}
-
 /// The query's parameters, checked: index name, first checkpoint, page size.
-fn parse_account_query(
-    query: Result<Query<AccountQuery>, QueryRejection>,
-) -> Result<(IndexName, u32, u32), ApiError> {
-    let Query(q) = query.map_err(|e| {
-        let text = e.body_text();
-        // serde names an unknown or repeated parameter in backticks.
-        let field = text.split('`').nth(1).map(str::to_owned);
-        let mut err =
-            ApiError::bad_request("invalid_query", format!("invalid query string: {text}"));
-        err.field = field;
-        err
-    })?;
+fn parse_account_query(q: AccountQuery) -> Result<(IndexName, u32, u32), ApiError> {
     let index = match q.index.as_deref() {
         None | Some(batch_index::INDEX_ALL) => IndexName::All,
         Some(batch_index::INDEX_PAYMENTS) => IndexName::Payments,
@@ -147,8 +132,8 @@ fn parse_account_query(
             return Err(bad_query(
                 "index",
                 format!(
-                    "invalid index {:?}: expected `{}` or `{}`",
-                    short(other),
+                    "invalid index {}: expected `{}` or `{}`",
+                    quoted(other),
                     batch_index::INDEX_ALL,
                     batch_index::INDEX_PAYMENTS
                 ),
@@ -161,28 +146,20 @@ fn parse_account_query(
             bad_query(
                 "from",
                 format!(
-                    "invalid from {:?}: expected a checkpoint from 0 to {}",
-                    short(&f),
+                    "invalid from {}: expected a checkpoint from 0 to {}",
+                    quoted(&f),
                     u32::MAX
                 ),
             )
         })?,
     };
-    let limit = match q.limit {
-        None => DEFAULT_CHECKPOINT_PAGE,
-        Some(l) => match l.parse::<u32>() {
-            Ok(n) if (1..=MAX_CHECKPOINT_PAGE).contains(&n) => n,
-            _ => {
-                return Err(bad_query(
-                    "limit",
-                    format!(
-                        "invalid limit {:?}: expected a page size from 1 to {MAX_CHECKPOINT_PAGE}",
-                        short(&l)
-                    ),
-                ));
-            }
-        },
-    };
+    let limit = page_size(
+        q.limit.as_deref(),
+        DEFAULT_CHECKPOINT_PAGE,
+        MAX_CHECKPOINT_PAGE,
+        "limit",
+        "invalid_query",
+    )?;
     Ok((index, from, limit))
 }
 
@@ -236,7 +213,7 @@ pub async fn account(
     State(state): State<ApiState>,
     _: ReadAccess,
     ApiPath(account): ApiPath<String>,
-    query: Result<Query<AccountQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<AccountQuery>,
 ) -> Result<Json<AccountCheckpoints>, ApiError> {
     let (index, from, limit) = parse_account_query(query)?;
     if let Err(e) = account.parse::<batch_index::account::Account>() {

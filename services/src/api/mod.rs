@@ -24,6 +24,7 @@ pub mod catalog;
 pub mod error;
 pub mod health;
 pub mod index;
+pub mod input;
 pub mod openapi;
 pub mod path;
 pub mod runs;
@@ -161,6 +162,8 @@ pub fn app(state: ApiState) -> Router {
         routes = routes.merge(index::routes());
     }
     routes
+        // After every route is added: it applies to the routes present when it is called.
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(
@@ -200,6 +203,19 @@ async fn not_found(req: Request) -> ApiError {
         "not_found",
         format!(
             "no route for {} {}; see /openapi.json",
+            req.method(),
+            req.uri().path().chars().take(200).collect::<String>()
+        ),
+    )
+}
+
+/// A known path with a method it does not serve; axum adds the `Allow` header.
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {}; see /openapi.json",
             req.method(),
             req.uri().path().chars().take(200).collect::<String>()
         ),

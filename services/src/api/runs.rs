@@ -6,14 +6,12 @@
 //! re-read and retried a few times when a worker moves the run concurrently.
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use model_runner_core::engine::{BackfillRequest, submit_backfill};
-use model_runner_core::ports::{RunFilter, StoreError};
-use model_runner_core::{
-    BlockRange, Chain, ModelKind, ModelRun, RunEvent, RunId, RunMode, RunState,
-};
+use model_runner_core::ports::{CreatedRuns, RunFilter, StoreError};
+use model_runner_core::{BlockRange, ModelKind, ModelRun, RunEvent, RunId, RunMode, RunState};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -22,6 +20,7 @@ use super::ApiState;
 use super::auth::{ReadAccess, WriteAccess};
 use super::body::{ApiJson, OptionalJson};
 use super::error::{ApiError, ErrorResponse};
+use super::input::{self, ApiQuery};
 use super::path::ApiPath;
 
 /// The header that makes a resubmission return the first submission's runs.
@@ -118,6 +117,15 @@ pub struct RangeView {
     pub end: u64,
 }
 
+impl From<BlockRange> for RangeView {
+    fn from(r: BlockRange) -> Self {
+        Self {
+            start: r.start(),
+            end: r.end(),
+        }
+    }
+}
+
 /// One model run.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RunView {
@@ -173,10 +181,7 @@ impl From<ModelRun> for RunView {
             model: r.model,
             model_version: r.model_version,
             chain: r.chain.to_string(),
-            range: RangeView {
-                start: r.range.start(),
-                end: r.range.end(),
-            },
+            range: r.range.into(),
             mode: r.mode.into(),
             kind: r.kind.into(),
             queue: r.queue,
@@ -235,6 +240,16 @@ pub struct SubmittedRuns {
     pub count: usize,
     /// Their ids, in block order.
     pub run_ids: Vec<Uuid>,
+}
+
+impl From<CreatedRuns> for SubmittedRuns {
+    fn from(c: CreatedRuns) -> Self {
+        Self {
+            created: c.created,
+            count: c.runs.len(),
+            run_ids: c.runs.iter().map(|r| r.id.0).collect(),
+        }
+    }
 }
 
 /// Largest `max_attempts` a submission may ask for.
@@ -306,8 +321,7 @@ pub async fn submit(
             .field(field));
         }
     }
-    let chain = Chain::new(req.chain.clone())
-        .map_err(|e| ApiError::bad_request("invalid_chain", e.to_string()).field("chain"))?;
+    let chain = input::chain(&req.chain)?;
     let range = BlockRange::new(req.range.start, req.range.end)
         .map_err(|e| ApiError::bad_request("invalid_range", e.to_string()).field("range"))?;
     let chunk_size = chunk_size_of(req.chunk_size)?;
@@ -374,14 +388,7 @@ pub async fn submit(
     } else {
         StatusCode::OK
     };
-    Ok((
-        status,
-        Json(SubmittedRuns {
-            created: created.created,
-            count: created.runs.len(),
-            run_ids: created.runs.iter().map(|r| r.id.0).collect(),
-        }),
-    ))
+    Ok((status, Json(created.into())))
 }
 
 /// A submission's `chunk_size`: 100 blocks unless given, at least 1.
@@ -491,22 +498,7 @@ fn parse_query(q: ListQuery, max_page: u32) -> Result<RunFilter, ApiError> {
             })
             .transpose()
     }
-    let limit = match q.limit {
-        None => 100,
-        Some(l) => match l.parse::<u32>() {
-            Ok(n) if (1..=max_page).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_limit",
-                    format!(
-                        "invalid limit {:?}: expected a page size from 1 to {max_page}",
-                        l.chars().take(32).collect::<String>()
-                    ),
-                )
-                .field("limit"));
-            }
-        },
-    };
+    let limit = input::page_size(q.limit.as_deref(), 100, max_page, "limit", "invalid_limit")?;
     let since = q
         .since
         .map(|s| {
@@ -516,8 +508,8 @@ fn parse_query(q: ListQuery, max_page: u32) -> Result<RunFilter, ApiError> {
                     ApiError::bad_request(
                         "invalid_since",
                         format!(
-                            "invalid since {:?}: expected an RFC 3339 time such as 2026-01-31T12:00:00Z",
-                            s.chars().take(64).collect::<String>()
+                            "invalid since {}: expected an RFC 3339 time such as 2026-01-31T12:00:00Z",
+                            input::quoted(&s)
                         ),
                     )
                     .field("since")
@@ -571,14 +563,8 @@ fn parse_query(q: ListQuery, max_page: u32) -> Result<RunFilter, ApiError> {
 pub async fn list_runs(
     State(state): State<ApiState>,
     _: ReadAccess,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<RunPageView>, ApiError> {
-    let Query(q) = query.map_err(|e| {
-        ApiError::bad_request(
-            "invalid_query",
-            format!("invalid query string: {}", e.body_text()),
-        )
-    })?;
     let filter = parse_query(q, state.config.limits.max_page_size)?;
     let page = state.deps.store.list(&filter).await?;
     Ok(Json(RunPageView {

@@ -6,7 +6,6 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use model_runner_core::Chain;
 use model_runner_core::engine::{RerunRequest, rerun, version_coverage};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -15,6 +14,7 @@ use super::ApiState;
 use super::auth::{ReadAccess, WriteAccess};
 use super::body::ApiJson;
 use super::error::{ApiError, ErrorResponse};
+use super::input;
 use super::path::ApiPath;
 use super::runs::{RangeView, SubmittedRuns, chunk_size_of, max_attempts_of};
 
@@ -98,14 +98,7 @@ pub async fn list_versions(
                 chain: v.chain.to_string(),
                 version: v.version,
                 blocks: v.blocks,
-                ranges: v
-                    .ranges
-                    .iter()
-                    .map(|r| RangeView {
-                        start: r.start(),
-                        end: r.end(),
-                    })
-                    .collect(),
+                ranges: v.ranges.into_iter().map(RangeView::from).collect(),
             })
             .collect(),
     }))
@@ -144,12 +137,7 @@ pub async fn rerun_model(
         )
         .field("from_version"));
     }
-    let chain = req
-        .chain
-        .as_deref()
-        .map(Chain::new)
-        .transpose()
-        .map_err(|e| ApiError::bad_request("invalid_chain", e.to_string()).field("chain"))?;
+    let chain = req.chain.as_deref().map(input::chain).transpose()?;
     let chunk_size = chunk_size_of(req.chunk_size)?;
     let max_attempts = max_attempts_of(req.max_attempts)?;
     let created = rerun(
@@ -163,12 +151,5 @@ pub async fn rerun_model(
         },
     )
     .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(SubmittedRuns {
-            created: true,
-            count: created.runs.len(),
-            run_ids: created.runs.iter().map(|r| r.id.0).collect(),
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(created.into())))
 }

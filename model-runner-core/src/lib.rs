@@ -88,9 +88,13 @@ pub mod prelude {
     pub use crate::ports::{BlockSource, ResultSink, RunQueue, RunStore};
     pub use crate::routing::topic_name;
     pub use crate::run::{ModelRun, RunId, RunState};
+    pub use alloy_primitives::{Address, B256, Bytes, U256};
     pub use async_trait::async_trait;
 }
 
+/// The Ethereum primitives the chain types are made of ([`Block`]'s `U256`, `Address`, `B256`,
+/// `Bytes`), re-exported so a model uses the same version without naming it in its manifest.
+pub use alloy_primitives;
 pub use chain::{BlockRange, Chain, ChainError, ModelKind, RunMode};
 pub use data::{Block, BlockHead, CallRequest, Log, Receipt, Transaction};
 pub use model::{

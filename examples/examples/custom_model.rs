@@ -2,7 +2,8 @@
 //!
 //! A user model (`large_transfers`: ERC-20 transfers above a threshold) registered next to the
 //! built-ins and run embedded with a `Runner` over 500 devnet blocks: in-memory store and queue,
-//! records in a memory sink. Swap the adapters (`.store(SqliteRunStore...)`, `.sink(FileSink...)`)
+//! records in a memory sink. The model decodes its event with alloy's `sol!`, as any Solidity
+//! event can be (a Uniswap V2 `Swap` is the same three lines with its own signature). Swap the adapters (`.store(SqliteRunStore...)`, `.sink(FileSink...)`)
 //! without touching the model.
 //!
 //! The model declares its record schema: the worker checks every payload against it, and the
@@ -10,16 +11,22 @@
 
 use std::sync::Arc;
 
+use alloy_sol_types::SolEvent;
+
 use model_runner_adapters::devnet::DevnetSource;
 use model_runner_core::engine::WorkerConfig;
 use model_runner_core::memory::MemorySink;
-use model_runner_core::models::decode_transfer;
 use model_runner_core::prelude::*;
+
+alloy_sol_types::sol! {
+    /// ERC-20's `Transfer`: `from` and `to` are topics, `value` is the data.
+    event Transfer(address indexed from, address indexed to, uint256 value);
+}
 
 /// ERC-20 transfers of more than `min` base units.
 #[derive(Debug)]
 struct LargeTransfers {
-    min: alloy_primitives::U256,
+    min: U256,
 }
 
 #[async_trait]
@@ -42,6 +49,8 @@ impl Model for LargeTransfers {
                     FieldType::Hex,
                     "ERC-20 contract, checksummed 0x-hex",
                 )
+                .required("from", FieldType::Hex, "sender, checksummed 0x-hex")
+                .required("to", FieldType::Hex, "recipient, checksummed 0x-hex")
                 .required("value", FieldType::BigInt, "amount in base units (uint256)"),
         )
     }
@@ -49,11 +58,24 @@ impl Model for LargeTransfers {
         let mut out = Vec::new();
         for block in blocks {
             for log in &block.logs {
-                if let Some(t) = decode_transfer(log).filter(|t| t.value > self.min) {
+                if log.topics.first() != Some(&Transfer::SIGNATURE_HASH) {
+                    continue;
+                }
+                // An ERC-721 `Transfer` has the same signature with the token id as a fourth
+                // topic and no data: it does not decode as this event, and is not ours.
+                let Ok(t) = Transfer::decode_raw_log(log.topics.iter().copied(), &log.data) else {
+                    continue;
+                };
+                if t.value > self.min {
                     out.push(ctx.record(
                         block,
                         log.log_index,
-                        serde_json::json!({ "token": t.token.to_string(), "value": t.value.to_string() }),
+                        serde_json::json!({
+                            "token": log.address.to_string(),
+                            "from": t.from.to_string(),
+                            "to": t.to.to_string(),
+                            "value": t.value.to_string(),
+                        }),
                     ));
                 }
             }
@@ -70,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
     let runner = Runner::builder()
         .source(DevnetSource::from_url(chain.clone(), "devnet://")?)
         .model(LargeTransfers {
-            min: alloy_primitives::U256::from(10u64).pow(alloy_primitives::U256::from(25u64)),
+            min: U256::from(10u64).pow(U256::from(25u64)),
         })
         .sink_arc(sink.clone())
         .worker_config(WorkerConfig {

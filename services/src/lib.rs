@@ -23,8 +23,8 @@ use model_runner_core::engine::{
     BackfillRequest, CancellationToken, EngineDeps, Enqueuer, EnqueuerConfig, RealtimeSubscription,
     RetryPolicy, Scheduler, SchedulerConfig, Worker, WorkerConfig, WorkerStats, submit_backfill,
 };
-use model_runner_core::ports::RunFilter;
-use model_runner_core::{BlockRange, Chain, ModelRun, Routing, RunId, RunMode, RunState};
+use model_runner_core::ports::{RunFilter, RunStore};
+use model_runner_core::{BlockRange, Chain, Routing, RunId, RunMode, RunState};
 
 /// `CHAIN:MODEL:START-END`, as given to `--backfill`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,7 +240,8 @@ pub struct Summary {
 }
 
 /// Runs scheduler, enqueuer and worker in one process. With only backfills it returns once
-/// every backfill run is final; with realtime subscriptions or `keep_running` it runs until
+/// every backfill run is settled ([`ModelRun::is_settled`](model_runner_core::ModelRun::is_settled):
+/// succeeded, cancelled, or failed or expired with no attempt left); with realtime subscriptions or `keep_running` it runs until
 /// `shutdown`.
 pub async fn run_all(
     deps: EngineDeps,
@@ -286,7 +287,7 @@ pub async fn run_all(
         );
         for r in &created.runs {
             backfill_ids.push(r.id);
-            if !is_done(r) {
+            if !r.is_settled() {
                 outstanding.insert(r.id);
             }
         }
@@ -347,7 +348,7 @@ pub async fn run_all(
                 last = print_progress(&deps, &stats, started, last).await;
             }
             _ = poll.tick(), if !follow => {
-                if backfills_done(&deps, &mut outstanding).await? {
+                if backfills_done(&*deps.store, &mut outstanding).await? {
                     break;
                 }
             }
@@ -376,18 +377,15 @@ pub async fn run_all(
     Ok(summary)
 }
 
-/// Final for the purpose of waiting: no further attempt will happen on its own.
-fn is_done(run: &ModelRun) -> bool {
-    run.state.is_idle() && !(run.next_attempt_at.is_some() && run.attempt < run.max_attempts)
-}
-
 async fn backfills_done(
-    deps: &EngineDeps,
+    store: &dyn RunStore,
     outstanding: &mut HashSet<RunId>,
 ) -> anyhow::Result<bool> {
     let ids: Vec<RunId> = outstanding.iter().copied().collect();
     for id in ids {
-        if is_done(&deps.store.get(id).await?) {
+        // Settled, not merely idle: a failed run with attempts left may still be retried (by
+        // the scheduler when it is due, or by a user when it has no retry time), so `all` waits.
+        if store.get(id).await?.is_settled() {
             outstanding.remove(&id);
         } else {
             // Runs finish roughly in order: stop at the first unfinished one.
@@ -453,6 +451,82 @@ pub fn cli_retry() -> RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use model_runner_core::ports::CreateRuns;
+    use model_runner_core::{ModelKind, NewRun, RunEvent};
+
+    /// A run of `max_attempts` that failed its first attempt with no retry time: the worker
+    /// could not say when to retry, yet attempts remain, so the scheduler will still retry it.
+    async fn failed_without_retry_time(store: &dyn RunStore, max_attempts: u32) -> RunId {
+        let created = store
+            .create_runs(CreateRuns {
+                runs: vec![NewRun {
+                    model: "block_stats".into(),
+                    model_version: "1".into(),
+                    chain: "ethereum".parse().unwrap(),
+                    range: BlockRange::new(0, 9).unwrap(),
+                    mode: RunMode::Backfill,
+                    kind: ModelKind::Nonreads,
+                    queue: "q".into(),
+                    max_attempts,
+                }],
+                idempotency_key: None,
+            })
+            .await
+            .unwrap();
+        let id = created.runs[0].id;
+        let owner = "w".to_owned();
+        let lease_until = chrono::Utc::now() + chrono::Duration::minutes(1);
+        store
+            .transition(id, RunState::Pending, 1, RunEvent::Enqueue)
+            .await
+            .unwrap();
+        store
+            .transition(
+                id,
+                RunState::Queued,
+                1,
+                RunEvent::Start {
+                    owner: owner.clone(),
+                    lease_until,
+                },
+            )
+            .await
+            .unwrap();
+        let run = store
+            .transition(
+                id,
+                RunState::Running,
+                1,
+                RunEvent::Fail {
+                    owner,
+                    error: "boom".into(),
+                    retry_at: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!((run.state, run.next_attempt_at), (RunState::Failed, None));
+        id
+    }
+
+    /// `all` waits for a failed run that still has attempts, even without `next_attempt_at`;
+    /// it stops waiting for one that has none left.
+    #[tokio::test]
+    async fn backfills_are_done_only_when_every_run_is_settled() {
+        let store = model_runner_core::memory::MemoryRunStore::new();
+        let retried = failed_without_retry_time(&store, 3).await;
+        let mut outstanding = HashSet::from([retried]);
+        assert!(
+            !backfills_done(&store, &mut outstanding).await.unwrap(),
+            "a failed run with attempts left is not done"
+        );
+        assert_eq!(outstanding.len(), 1);
+
+        let last = failed_without_retry_time(&store, 1).await;
+        let mut outstanding = HashSet::from([last]);
+        assert!(backfills_done(&store, &mut outstanding).await.unwrap());
+        assert!(outstanding.is_empty());
+    }
 
     #[test]
     fn specs_parse_with_clear_errors() {

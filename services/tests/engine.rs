@@ -12,6 +12,7 @@ use model_runner::{AllConfig, BackfillSpec, RealtimeSpec, run_all};
 use model_runner_adapters::devnet::{DevnetConfig, DevnetSource};
 use model_runner_adapters::file_sink::{FileSink, read_topic};
 use model_runner_adapters::sqlite::SqliteRunStore;
+use model_runner_core::clock::{Clock, SystemClock, TokioClock};
 use model_runner_core::engine::{
     CancellationToken, EngineDeps, Enqueuer, EnqueuerConfig, RetryPolicy, Scheduler,
     SchedulerConfig, Worker, WorkerConfig,
@@ -68,6 +69,7 @@ async fn deps_with(
     sink_dir: &std::path::Path,
     source: Arc<dyn BlockSource>,
     models: ModelRegistry,
+    clock: Arc<dyn Clock>,
 ) -> EngineDeps {
     EngineDeps {
         store,
@@ -77,7 +79,7 @@ async fn deps_with(
         models: Arc::new(models),
         routing: Routing::default(),
         limits: Default::default(),
-        clock: model_runner_core::clock::SystemClock::shared(),
+        clock,
     }
 }
 
@@ -185,6 +187,8 @@ async fn backfill_20000_devnet_blocks_with_several_workers() {
         &dir.path().join("sink"),
         source.clone(),
         registry,
+        // A throughput test on SQLite, several threads: the wall clock.
+        SystemClock::shared(),
     )
     .await;
     let range = BlockRange::new(0, 19_999).unwrap();
@@ -335,12 +339,16 @@ async fn scripted_run(
     let dir = tempfile::tempdir().unwrap();
     let queue = Arc::new(MemoryRunQueue::new());
     let registry = ModelRegistry::new().with(Arc::new(model)).unwrap();
+    // The store and the engine read tokio's clock: the callers pause it, so lease and retry
+    // waits pass without the test waiting for them.
+    let clock = TokioClock::shared();
     let deps = deps_with(
-        Arc::new(MemoryRunStore::new()),
+        Arc::new(MemoryRunStore::with_clock(clock.clone())),
         queue.clone(),
         dir.path(),
         devnet(1000),
         registry,
+        clock,
     )
     .await;
     let summary = run_all(
@@ -370,7 +378,7 @@ async fn scripted_run(
     (deps, queue, dir, runs)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(start_paused = true)]
 async fn a_failed_first_attempt_is_retried_and_succeeds() {
     let (_deps, _q, dir, runs) = scripted_run(
         Scripted {
@@ -392,7 +400,7 @@ async fn a_failed_first_attempt_is_retried_and_succeeds() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(start_paused = true)]
 async fn a_model_that_always_fails_ends_failed_and_dead_lettered() {
     let (_deps, queue, dir, runs) = scripted_run(
         Scripted {
@@ -439,7 +447,7 @@ async fn a_model_that_always_fails_ends_failed_and_dead_lettered() {
     assert!(sink_by_key(dir.path()).is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(start_paused = true)]
 async fn a_panicking_model_fails_the_run_with_its_message() {
     let (_deps, _q, _dir, runs) = scripted_run(
         Scripted {
@@ -456,7 +464,7 @@ async fn a_panicking_model_fails_the_run_with_its_message() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(start_paused = true)]
 async fn a_worker_dropped_mid_run_is_replaced_and_nothing_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let model = Arc::new(Scripted {
@@ -464,12 +472,15 @@ async fn a_worker_dropped_mid_run_is_replaced_and_nothing_is_missing() {
         ..Default::default()
     });
     let registry = ModelRegistry::new().with(model.clone()).unwrap();
+    // Time is paused: worker A's lease (800 ms) ends as soon as nothing else is left to do.
+    let clock = TokioClock::shared();
     let deps = deps_with(
-        Arc::new(MemoryRunStore::new()),
+        Arc::new(MemoryRunStore::with_clock(clock.clone())),
         Arc::new(MemoryRunQueue::new()),
         dir.path(),
         devnet(1000),
         registry,
+        clock,
     )
     .await;
     let range = BlockRange::new(0, 29).unwrap();
@@ -613,6 +624,8 @@ async fn a_restarted_process_resumes_backfill_and_realtime_cursor() {
             &dir.path().join("sink"),
             source.clone(),
             model_runner_core::models::builtin(),
+            // SQLite and the devnet head run on the wall clock: this test cannot pause time.
+            SystemClock::shared(),
         )
         .await
     };

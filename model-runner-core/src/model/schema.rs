@@ -243,6 +243,18 @@ impl RecordSchema {
         self.field(FieldSpec::new(name, ty, true, description))
     }
 
+    /// Appends the three fields that place a log on the chain, as the built-in log models end:
+    /// `transaction_hash` (hex), `log_index` and `block_number` (uint64).
+    pub fn log_position(self) -> Self {
+        self.required(
+            "transaction_hash",
+            FieldType::Hex,
+            "transaction that emitted the log",
+        )
+        .required("log_index", FieldType::UInt64, "log index in the block")
+        .required("block_number", FieldType::UInt64, "block number")
+    }
+
     /// Appends `field`.
     pub fn field(mut self, field: FieldSpec) -> Self {
         self.fields.push(field);

@@ -351,16 +351,14 @@ impl Model for AbiEvents {
         ModelKind::Nonreads
     }
     fn record_schema(&self) -> Option<RecordSchema> {
-        use FieldType::{Hex, Json, String, UInt64};
+        use FieldType::{Hex, Json, String};
         Some(
             RecordSchema::new()
                 .required("contract", Hex, "emitting contract, lowercase 0x-hex")
                 .required("event", String, "event name, from the contract's ABI")
                 .required("signature", String, "canonical signature, e.g. Transfer(address,address,uint256)")
                 .required("args", Json, "parameters by name: addresses lowercase 0x-hex, integers decimal strings, bytes 0x-hex, arrays and tuples arrays")
-                .required("transaction_hash", Hex, "transaction that emitted the log")
-                .required("log_index", UInt64, "log index in the block")
-                .required("block_number", UInt64, "block number"),
+                .log_position(),
         )
     }
     async fn run(&self, ctx: &ModelContext, blocks: &[Block]) -> Result<Vec<Record>, ModelError> {

@@ -90,16 +90,14 @@ impl Model for Erc20Transfers {
     }
     /// ethereum-etl's `token_transfers` columns, in its order.
     fn record_schema(&self) -> Option<RecordSchema> {
-        use FieldType::{BigInt, Hex, UInt64};
+        use FieldType::{BigInt, Hex};
         Some(
             RecordSchema::new()
                 .required("token_address", Hex, "token contract, lowercase 0x-hex")
                 .required("from_address", Hex, "sender, lowercase 0x-hex")
                 .required("to_address", Hex, "recipient, lowercase 0x-hex")
                 .required("value", BigInt, "amount in the token's base unit (uint256)")
-                .required("transaction_hash", Hex, "transaction that emitted the log")
-                .required("log_index", UInt64, "log index in the block")
-                .required("block_number", UInt64, "block number"),
+                .log_position(),
         )
     }
     async fn run(&self, ctx: &ModelContext, blocks: &[Block]) -> Result<Vec<Record>, ModelError> {

@@ -29,7 +29,7 @@
 //! the row and decides again, so the copy is only ever an optimisation: every answer other than
 //! success comes from a fresh read.
 //!
-//! [`PostgresRunStore::claim_next`] takes a queued run of a queue with `FOR UPDATE SKIP LOCKED`,
+//! `PostgresRunStore::claim_next` (feature `bench`: benchmarks and tests) takes a queued run of a queue with `FOR UPDATE SKIP LOCKED`,
 //! so any number of workers can pull from one queue without waiting on each other. Creating
 //! runs, advancing a realtime cursor with the runs it schedules, and recording an idempotency
 //! key each happen in one transaction.
@@ -78,11 +78,16 @@
 //! A restart of the server therefore loses nothing: callers see slower calls, and
 //! `Unavailable` only when the server stays away longer than the budget.
 
+#[cfg(feature = "bench")]
+mod claim_next;
 mod errors;
 #[cfg(test)]
 mod plans;
 mod queries;
 mod rows;
+
+#[cfg(feature = "bench")]
+pub use claim_next::FULL_SCAN_EVERY;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -105,7 +110,7 @@ use uuid::Uuid;
 
 use errors::{ADAPTER, Backoff, classify, corrupt, redact_url};
 use queries::{
-    CLAIM_NEXT, EXPIRED_LEASES, MARK_ENQUEUED, OUTBOX_PENDING, OUTBOX_RETRIES, Param, SELECT_RUN,
+    EXPIRED_LEASES, MARK_ENQUEUED, OUTBOX_PENDING, OUTBOX_RETRIES, Param, SELECT_RUN,
     SELECT_RUNS_BY_ID, SELECT_RUNS_OF_KEY, STALE_QUEUED, UPDATE_RUN, UPDATE_RUN_ASYNC, UPDATE_RUNS,
     UPDATE_RUNS_ASYNC, bind_all, count_sql, list_sql,
 };
@@ -113,9 +118,6 @@ use rows::{StoredRun, check_ranges, decode, decode_all, now, to_i64, to_micros};
 
 /// The embedded migrations of `migrations/postgres/`.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-
-/// `claim_next` scans a queue from its oldest run at least once per this many claims.
-pub const FULL_SCAN_EVERY: u32 = 64;
 
 /// How many runs the store remembers for one-round-trip transitions.
 const REMEMBERED_RUNS: usize = 16_384;
@@ -180,6 +182,7 @@ pub struct PostgresRunStore {
     remembered: Arc<Mutex<HashMap<RunId, StoredRun>>>,
     /// Per queue: the last run `claim_next` took and how many claims ago it last scanned the
     /// queue from its start.
+    #[cfg(feature = "bench")]
     claim_hints: Arc<Mutex<HashMap<String, (RunId, u32)>>>,
 }
 
@@ -254,6 +257,7 @@ impl PostgresRunStore {
             retry_budget: options.retry_budget,
             durable_claims: options.durable_claims,
             remembered: Arc::default(),
+            #[cfg(feature = "bench")]
             claim_hints: Arc::default(),
         };
         if options.migrate {
@@ -303,97 +307,6 @@ impl PostgresRunStore {
     /// The connection pool, for health checks and benchmarks.
     pub fn pool(&self) -> &PgPool {
         &self.pool
-    }
-
-    /// Claims a `queued` run of `queue` for `owner` until `lease_until`, skipping runs other
-    /// claimers are taking (`FOR UPDATE SKIP LOCKED`), or `None` when the queue has no queued run
-    /// left. The transition is decided by [`ModelRun::apply`] as for [`RunStore::claim`].
-    ///
-    /// Runs are taken in id order from just after the last run this store claimed from the
-    /// queue, going back to the oldest queued run when none follows and at least every
-    /// [`FULL_SCAN_EVERY`] claims, so a requeued (older) run waits at most that many claims.
-    /// Starting after the last claim keeps each claim clear of the index entries that claimed
-    /// runs leave at the head of the queue until vacuum removes them, which would otherwise make
-    /// every claim scan all runs claimed since the last vacuum.
-    pub async fn claim_next(
-        &self,
-        queue: &str,
-        owner: &str,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Option<ModelRun>, StoreError> {
-        let event = RunEvent::Start {
-            owner: owner.to_owned(),
-            lease_until,
-        };
-        let mut backoff = Backoff::new(self.retry_budget);
-        let mut in_doubt: Option<ModelRun> = None;
-        let mut after = self.claim_hint(queue);
-        loop {
-            if let Some(mine) = in_doubt.take() {
-                let stored = self.load(mine.id).await?;
-                if stored.run == mine {
-                    self.remember(&stored);
-                    self.set_claim_hint(queue, mine.id, after.is_none());
-                    return Ok(Some(stored.run));
-                }
-            }
-            match self.try_claim_next(queue, &event, after).await {
-                Ok(Some(stored)) => {
-                    self.remember(&stored);
-                    self.set_claim_hint(queue, stored.run.id, after.is_none());
-                    return Ok(Some(stored.run));
-                }
-                // Nothing after the hint: look from the start of the queue.
-                Ok(None) if after.is_some() => after = None,
-                Ok(None) => return Ok(None),
-                Err((AttemptError::Before(e), _)) => backoff.retry("claim_next", e).await?,
-                Err((AttemptError::InDoubt(e), next)) => {
-                    backoff.retry("claim_next", e).await?;
-                    in_doubt = next;
-                }
-            }
-        }
-    }
-
-    #[allow(clippy::type_complexity)] // the in-doubt run travels with its error
-    async fn try_claim_next(
-        &self,
-        queue: &str,
-        event: &RunEvent,
-        after: Option<RunId>,
-    ) -> Result<Option<StoredRun>, (AttemptError, Option<ModelRun>)> {
-        let before = |e: sqlx::Error| (AttemptError::Before(classify(e)), None);
-        let mut tx = self.pool.begin().await.map_err(before)?;
-        let row = sqlx::query(CLAIM_NEXT)
-            .bind(queue)
-            .bind(after.map_or(Uuid::nil(), |a| a.0))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(before)?;
-        let Some(row) = row else {
-            tx.commit().await.map_err(before)?;
-            return Ok(None);
-        };
-        let prev = decode(&row).map_err(|e| (AttemptError::Before(e), None))?;
-        let mut next = prev.run.clone();
-        next.apply(event, now())
-            .map_err(|e| (AttemptError::Before(e.into()), None))?;
-        to_micros(&mut next);
-        let version = compare_and_set(&prev, &next, !self.durable_claims)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(before)?
-            // We hold the row lock, so the row cannot have moved.
-            .ok_or_else(|| {
-                (
-                    AttemptError::Before(corrupt("claimed run changed under its row lock")),
-                    None,
-                )
-            })?;
-        match tx.commit().await {
-            Ok(()) => Ok(Some(StoredRun { run: next, version })),
-            Err(e) => Err((AttemptError::InDoubt(classify(e)), Some(next))),
-        }
     }
 
     /// One attempt at a transition on one pooled connection (so a cold transition costs one
@@ -697,25 +610,6 @@ impl PostgresRunStore {
             }
         }
         Ok(())
-    }
-
-    /// Where `claim_next` on `queue` starts: after the last claimed run, or at the start of the
-    /// queue every [`FULL_SCAN_EVERY`] claims.
-    fn claim_hint(&self, queue: &str) -> Option<RunId> {
-        let hints = self.claim_hints.lock().unwrap_or_else(|e| e.into_inner());
-        match hints.get(queue) {
-            Some((last, since_full)) if *since_full < FULL_SCAN_EVERY => Some(*last),
-            _ => None,
-        }
-    }
-
-    fn set_claim_hint(&self, queue: &str, last: RunId, was_full_scan: bool) {
-        let mut hints = self.claim_hints.lock().unwrap_or_else(|e| e.into_inner());
-        let since_full = match hints.get(queue) {
-            Some((_, n)) if !was_full_scan => n + 1,
-            _ => 1,
-        };
-        hints.insert(queue.to_owned(), (last, since_full));
     }
 
     fn remember(&self, stored: &StoredRun) {

@@ -90,6 +90,7 @@ pub(crate) const UPDATE_RUNS_ASYNC: &str =
 
 /// The next queued run of a queue after `$2`, locked, skipping locked ones
 /// (`run_states_queued`).
+#[cfg(any(test, feature = "bench"))]
 pub(crate) const CLAIM_NEXT: &str = concat!(
     "SELECT ",
     run_columns!(),

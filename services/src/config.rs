@@ -204,8 +204,10 @@ impl ConfigFile {
             if w.concurrency == Some(0) {
                 bail!("{origin}: worker.concurrency must be at least 1");
             }
-            if w.max_attempts == Some(0) {
-                bail!("{origin}: worker.max_attempts must be at least 1");
+            if let Some(n) = w.max_attempts
+                && let Err(e) = crate::submission::max_attempts(Some(n))
+            {
+                bail!("{origin}: worker.{e}");
             }
         }
         Ok(())

@@ -7,6 +7,7 @@ pub mod config;
 #[cfg(feature = "sentry")]
 pub mod error_reporting;
 pub mod metrics;
+pub mod submission;
 #[cfg(feature = "otlp")]
 pub mod trace_export;
 
@@ -37,18 +38,25 @@ pub struct BackfillSpec {
     pub range: BlockRange,
 }
 
+/// Splits a flag's value `CHAIN<sep>REST` into the chain, checked, and the rest; `None` when
+/// `sep` is missing.
+fn chain_and_rest(s: &str, sep: char) -> Option<Result<(Chain, &str), String>> {
+    let (chain, rest) = s.split_once(sep)?;
+    Some(chain.parse().map(|c| (c, rest)).map_err(|e| format!("{e}")))
+}
+
 impl std::str::FromStr for BackfillSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut parts = s.splitn(3, ':');
-        let (Some(chain), Some(model), Some(range)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(format!(
+        let expected = || {
+            format!(
                 "invalid backfill {s:?}: expected CHAIN:MODEL:START-END, e.g. ethereum:erc20_transfers:0-20000"
-            ));
+            )
         };
+        let (chain, rest) = chain_and_rest(s, ':').ok_or_else(expected)??;
+        let (model, range) = rest.split_once(':').ok_or_else(expected)?;
         Ok(Self {
-            chain: chain.parse().map_err(|e| format!("{e}"))?,
+            chain,
             model: model.to_owned(),
             range: range.parse().map_err(|e| format!("{e}"))?,
         })
@@ -73,18 +81,37 @@ pub struct RealtimeSpec {
 impl std::str::FromStr for RealtimeSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let Some((chain, model)) = s.split_once(':') else {
-            return Err(format!(
+        let (chain, model) = chain_and_rest(s, ':').ok_or_else(|| {
+            format!(
                 "invalid realtime subscription {s:?}: expected CHAIN:MODEL, e.g. ethereum:block_stats"
-            ));
-        };
+            )
+        })??;
         Ok(Self {
-            chain: chain.parse().map_err(|e| format!("{e}"))?,
+            chain,
             model: model.to_owned(),
             confirmations: None,
             max_blocks_per_run: None,
             queue: None,
         })
+    }
+}
+
+impl RealtimeSpec {
+    /// The engine's subscription: this spec's settings where it has them, else `confirmations`
+    /// (the command's default), else the engine's defaults.
+    pub fn subscription(&self, confirmations: Option<u64>) -> RealtimeSubscription {
+        let defaults = RealtimeSubscription::new(self.model.clone(), self.chain.clone());
+        RealtimeSubscription {
+            confirmations: self
+                .confirmations
+                .or(confirmations)
+                .unwrap_or(defaults.confirmations),
+            max_blocks_per_run: self
+                .max_blocks_per_run
+                .unwrap_or(defaults.max_blocks_per_run),
+            queue: self.queue.clone(),
+            ..defaults
+        }
     }
 }
 
@@ -100,13 +127,13 @@ pub struct ChainSpec {
 impl std::str::FromStr for ChainSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let Some((chain, url)) = s.split_once('=') else {
-            return Err(format!(
+        let (chain, url) = chain_and_rest(s, '=').ok_or_else(|| {
+            format!(
                 "invalid chain {s:?}: expected NAME=URL, e.g. ethereum=devnet:// or ethereum=file://./blocks"
-            ));
-        };
+            )
+        })??;
         Ok(Self {
-            chain: chain.parse().map_err(|e| format!("{e}"))?,
+            chain,
             url: url.to_owned(),
         })
     }
@@ -215,11 +242,11 @@ impl Default for AllConfig {
     fn default() -> Self {
         Self {
             backfills: Vec::new(),
-            chunk_size: 100,
+            chunk_size: submission::DEFAULT_CHUNK_SIZE,
             realtime: Vec::new(),
             worker: WorkerConfig::default(),
             tick: Duration::from_millis(500),
-            max_attempts: 3,
+            max_attempts: submission::DEFAULT_MAX_ATTEMPTS,
             progress: Some(Duration::from_secs(2)),
             keep_running: false,
         }
@@ -296,15 +323,9 @@ pub async fn run_all(
     let realtime: Vec<RealtimeSubscription> = config
         .realtime
         .iter()
-        .map(|r| {
-            let defaults = RealtimeSubscription::new(r.model.clone(), r.chain.clone());
-            RealtimeSubscription {
-                max_attempts: config.max_attempts,
-                confirmations: r.confirmations.unwrap_or(defaults.confirmations),
-                max_blocks_per_run: r.max_blocks_per_run.unwrap_or(defaults.max_blocks_per_run),
-                queue: r.queue.clone(),
-                ..defaults
-            }
+        .map(|r| RealtimeSubscription {
+            max_attempts: config.max_attempts,
+            ..r.subscription(None)
         })
         .collect();
     for r in &realtime {

@@ -10,12 +10,13 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use model_runner::api::{ApiAuth, ApiConfig, ApiState};
 use model_runner::config::ConfigFile;
+use model_runner::submission;
 use model_runner::{
     AdapterUrls, AllConfig, BackfillSpec, ChainSpec, RealtimeSpec, build_deps, cli_retry, run_all,
 };
 use model_runner_core::engine::{
-    BackfillRequest, CancellationToken, Enqueuer, EnqueuerConfig, RealtimeSubscription, Scheduler,
-    SchedulerConfig, Worker, WorkerConfig, submit_backfill,
+    BackfillRequest, CancellationToken, Enqueuer, EnqueuerConfig, Scheduler, SchedulerConfig,
+    Worker, WorkerConfig, submit_backfill,
 };
 use model_runner_core::ports::RunFilter;
 use model_runner_core::{Chain, RunId, RunMode, RunState};
@@ -248,7 +249,12 @@ struct WorkerFlags {
     #[arg(long, env = "MODEL_RUNNER_LEASE_SECS", default_value_t = 60)]
     lease_secs: u64,
     /// Attempts per run before it ends `failed` and its message is dead-lettered.
-    #[arg(long, env = "MODEL_RUNNER_MAX_ATTEMPTS", default_value_t = 3)]
+    #[arg(
+        long,
+        env = "MODEL_RUNNER_MAX_ATTEMPTS",
+        default_value_t = submission::DEFAULT_MAX_ATTEMPTS,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(submission::MAX_ATTEMPTS))
+    )]
     max_attempts: u32,
     /// On SIGTERM or Ctrl-C, seconds in-flight runs may take to finish before they are
     /// handed back (to `queued` on the same attempt, their messages requeued for another
@@ -340,7 +346,12 @@ Examples:
         #[arg(long, env = "MODEL_RUNNER_REALTIME", value_delimiter = ',')]
         realtime: Vec<RealtimeSpec>,
         /// Blocks per backfill run.
-        #[arg(long, env = "MODEL_RUNNER_CHUNK_SIZE", default_value_t = 100)]
+        #[arg(
+            long,
+            env = "MODEL_RUNNER_CHUNK_SIZE",
+            default_value_t = submission::DEFAULT_CHUNK_SIZE,
+            value_parser = clap::value_parser!(u64).range(1..)
+        )]
         chunk_size: u64,
         #[command(flatten)]
         worker: WorkerFlags,
@@ -415,7 +426,12 @@ Examples:
         /// CHAIN:MODEL:START-END (inclusive), e.g. ethereum:erc20_transfers:0-20000.
         spec: BackfillSpec,
         /// Blocks per run.
-        #[arg(long, env = "MODEL_RUNNER_CHUNK_SIZE", default_value_t = 100)]
+        #[arg(
+            long,
+            env = "MODEL_RUNNER_CHUNK_SIZE",
+            default_value_t = submission::DEFAULT_CHUNK_SIZE,
+            value_parser = clap::value_parser!(u64).range(1..)
+        )]
         chunk_size: u64,
         /// Submit as adhoc runs to the shared backfill_N pools.
         #[arg(long, env = "MODEL_RUNNER_ADHOC")]
@@ -424,7 +440,12 @@ Examples:
         #[arg(long, env = "MODEL_RUNNER_ADHOC_QUEUE", requires = "adhoc")]
         adhoc_queue: Option<u32>,
         /// Attempts per run.
-        #[arg(long, env = "MODEL_RUNNER_MAX_ATTEMPTS", default_value_t = 3)]
+        #[arg(
+        long,
+        env = "MODEL_RUNNER_MAX_ATTEMPTS",
+        default_value_t = submission::DEFAULT_MAX_ATTEMPTS,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(submission::MAX_ATTEMPTS))
+    )]
         max_attempts: u32,
         /// Resubmitting with the same key returns the same runs.
         #[arg(long, env = "MODEL_RUNNER_IDEMPOTENCY_KEY")]
@@ -455,10 +476,20 @@ Example:
         )]
         of_chain: Option<Chain>,
         /// Blocks per new run.
-        #[arg(long, env = "MODEL_RUNNER_CHUNK_SIZE", default_value_t = 100)]
+        #[arg(
+            long,
+            env = "MODEL_RUNNER_CHUNK_SIZE",
+            default_value_t = submission::DEFAULT_CHUNK_SIZE,
+            value_parser = clap::value_parser!(u64).range(1..)
+        )]
         chunk_size: u64,
         /// Attempts per run.
-        #[arg(long, env = "MODEL_RUNNER_MAX_ATTEMPTS", default_value_t = 3)]
+        #[arg(
+        long,
+        env = "MODEL_RUNNER_MAX_ATTEMPTS",
+        default_value_t = submission::DEFAULT_MAX_ATTEMPTS,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(submission::MAX_ATTEMPTS))
+    )]
         max_attempts: u32,
     },
     /// Which versions of a model cover which blocks: one JSON line per chain and version, with
@@ -717,16 +748,7 @@ async fn abi_command(
     store: &dyn model_runner_core::ports::RunStore,
     command: AbiCommand,
 ) -> anyhow::Result<std::process::ExitCode> {
-    let events = |abi: &model_runner_core::ports::ContractAbi| -> Vec<String> {
-        abi.parsed()
-            .map(|p| {
-                p.events()
-                    .filter(|e| !e.anonymous)
-                    .map(|e| e.signature())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let events = model_runner::api::abis::event_signatures;
     match command {
         AbiCommand::Put { contract, file } => {
             let text = std::fs::read_to_string(&file)
@@ -1061,18 +1083,8 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
             reconcile_after_secs,
         } => {
             let subs = realtime
-                .into_iter()
-                .map(|r| {
-                    let defaults = RealtimeSubscription::new(r.model, r.chain);
-                    RealtimeSubscription {
-                        confirmations: r.confirmations.unwrap_or(confirmations),
-                        max_blocks_per_run: r
-                            .max_blocks_per_run
-                            .unwrap_or(defaults.max_blocks_per_run),
-                        queue: r.queue,
-                        ..defaults
-                    }
-                })
+                .iter()
+                .map(|r| r.subscription(Some(confirmations)))
                 .collect();
             Scheduler::new(
                 deps,

@@ -220,8 +220,9 @@ fn versions_and_rerun_name_what_they_find() {
     }
 }
 
-/// `migrate`, `runs list` and `runs show` connect only the run store: with the broker, the sink
-/// and the block source all unreachable they still work (before, `runs list` needed the broker).
+/// `migrate`, `runs list`, `runs show`, `versions` and `abi list` connect only the run store:
+/// with the broker, the sink and the block source all unreachable they still work (before,
+/// `runs list` needed the broker).
 #[test]
 fn store_commands_need_only_the_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -233,10 +234,19 @@ fn store_commands_need_only_the_store() {
             "amqp://guest:guest@127.0.0.1:1/nowhere",
         ),
         ("MODEL_RUNNER_SINK", "kafka://127.0.0.1:1"),
-        ("MODEL_RUNNER_CHAIN", "ethereum=file:///nonexistent/blocks"),
+        ("MODEL_RUNNER_CHAINS", "ethereum=file:///nonexistent/blocks"),
     ];
     ok(dir.path(), &["migrate"], &env);
     assert_eq!(ok(dir.path(), &["runs", "list"], &env), "");
+    assert_eq!(
+        ok(
+            dir.path(),
+            &["versions", "--model", "erc20_transfers"],
+            &env
+        ),
+        ""
+    );
+    assert_eq!(ok(dir.path(), &["abi", "list"], &env), "");
     let out = run_in(
         dir.path(),
         &["runs", "show", "01a22a85-4a7c-731e-9716-8bfdeb49e4f0"],
@@ -789,4 +799,51 @@ fn api_requests_are_logged_in_their_own_span() {
         .unwrap_or_else(|| panic!("no line in a request span:\n{stderr}"));
     assert_eq!(line["span"]["method"], "GET", "{line}");
     assert_eq!(line["span"]["path"], "/healthz", "{line}");
+}
+
+/// `--chunk-size` and `--max-attempts` follow the API's rules (`model_runner::submission`): the
+/// same defaults, at least one block, 1 to 100 attempts; anything else is refused before any
+/// store is opened, naming the flag.
+#[test]
+fn submissions_have_the_apis_defaults_and_caps() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}/runs.db", dir.path().display());
+    for (flag, value) in [
+        ("--max-attempts", "0"),
+        ("--max-attempts", "101"),
+        ("--chunk-size", "0"),
+    ] {
+        let out = run_in(
+            dir.path(),
+            &[
+                "--store",
+                &store,
+                "backfill",
+                "ethereum:block_stats:0-9",
+                flag,
+                value,
+            ],
+            &[],
+        );
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        let err = text(&out.stderr);
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+        assert!(!dir.path().join("runs.db").exists(), "{flag} {value}");
+    }
+    let help = ok(dir.path(), &["backfill", "--help"], &[]);
+    assert!(help.contains("[default: 100]"), "{help}");
+    assert!(help.contains("[default: 3]"), "{help}");
+    let created = ok(
+        dir.path(),
+        &[
+            "--store",
+            &store,
+            "backfill",
+            "ethereum:block_stats:0-9",
+            "--max-attempts",
+            "100",
+        ],
+        &[],
+    );
+    assert_eq!(created.lines().count(), 1, "{created}");
 }

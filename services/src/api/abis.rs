@@ -61,6 +61,20 @@ pub struct AbiSummary {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Signatures of the non-anonymous events of a registered ABI, the ones `abi_events` decodes.
+/// Registered ABIs were validated on the way in; one that no longer parses (a corrupt row) has
+/// none, rather than failing a whole listing.
+pub fn event_signatures(abi: &ContractAbi) -> Vec<String> {
+    abi.parsed()
+        .map(|p| {
+            p.events()
+                .filter(|e| !e.anonymous)
+                .map(|e| e.signature())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The registered ABIs.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AbiList {
@@ -220,24 +234,11 @@ pub async fn list_abis(
     let abis = state.deps.store.abis(chain.as_ref()).await?;
     let abis = abis
         .into_iter()
-        .map(|a| {
-            // Registered ABIs were validated on the way in; one that no longer parses (a
-            // corrupt row) is listed without events rather than failing the whole list.
-            let events = a
-                .parsed()
-                .map(|p| {
-                    p.events()
-                        .filter(|e| !e.anonymous)
-                        .map(|e| e.signature())
-                        .collect()
-                })
-                .unwrap_or_default();
-            AbiSummary {
-                chain: a.chain.to_string(),
-                address: format!("{:#x}", a.address),
-                events,
-                updated_at: a.updated_at,
-            }
+        .map(|a| AbiSummary {
+            chain: a.chain.to_string(),
+            address: format!("{:#x}", a.address),
+            events: event_signatures(&a),
+            updated_at: a.updated_at,
         })
         .collect();
     Ok(Json(AbiList { abis }))

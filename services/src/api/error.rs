@@ -155,6 +155,12 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::submission::InvalidField> for ApiError {
+    fn from(e: crate::submission::InvalidField) -> Self {
+        ApiError::bad_request(e.code, e.message).field(e.field)
+    }
+}
+
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match &e {

@@ -22,6 +22,7 @@ use super::body::{ApiJson, OptionalJson};
 use super::error::{ApiError, ErrorResponse};
 use super::input::{self, ApiQuery};
 use super::path::ApiPath;
+use crate::submission;
 
 /// The header that makes a resubmission return the first submission's runs.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -252,8 +253,6 @@ impl From<CreatedRuns> for SubmittedRuns {
     }
 }
 
-/// Largest `max_attempts` a submission may ask for.
-const MAX_ATTEMPTS_LIMIT: u32 = 100;
 /// Longest `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
@@ -391,29 +390,14 @@ pub async fn submit(
     Ok((status, Json(created.into())))
 }
 
-/// A submission's `chunk_size`: 100 blocks unless given, at least 1.
+/// A submission's `chunk_size`, by the one rule of [`submission::chunk_size`].
 pub(crate) fn chunk_size_of(chunk_size: Option<u64>) -> Result<u64, ApiError> {
-    match chunk_size.unwrap_or(100) {
-        0 => Err(ApiError::bad_request(
-            "invalid_chunk_size",
-            "chunk_size must be at least 1 block",
-        )
-        .field("chunk_size")),
-        n => Ok(n),
-    }
+    submission::chunk_size(chunk_size).map_err(ApiError::from)
 }
 
-/// A submission's `max_attempts`: 3 unless given, 1 to [`MAX_ATTEMPTS_LIMIT`].
+/// A submission's `max_attempts`, by the one rule of [`submission::max_attempts`].
 pub(crate) fn max_attempts_of(max_attempts: Option<u32>) -> Result<u32, ApiError> {
-    let n = max_attempts.unwrap_or(3);
-    if !(1..=MAX_ATTEMPTS_LIMIT).contains(&n) {
-        return Err(ApiError::bad_request(
-            "invalid_max_attempts",
-            format!("max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"),
-        )
-        .field("max_attempts"));
-    }
-    Ok(n)
+    submission::max_attempts(max_attempts).map_err(ApiError::from)
 }
 
 fn parse_id(id: &str) -> Result<RunId, ApiError> {

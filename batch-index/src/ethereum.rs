@@ -1,12 +1,16 @@
-//! Ethereum blocks with receipts, from JSON files parsed with serde.
+//! Ethereum blocks with receipts, from JSON files.
 //!
-//! Every `*.json` / `*.jsonl` object under the source root is read as a
-//! stream of JSON values (one pretty-printed document or JSON lines):
+//! Every `*.json` / `*.jsonl` object under the source root (one JSON document
+//! or JSON lines) is decoded by the runner's one Ethereum JSON decoder,
+//! [`model_runner_adapters::ethereum_json`]:
 //! - JSON-RPC responses (`{"result": ...}`) of `eth_getBlockByNumber` with
-//!   full transactions and of `eth_getTransactionReceipt`;
-//! - ethereum-etl export rows: transactions (`from_address`), logs
-//!   (`log_index` + `topics`), receipts (`contract_address`) and token
-//!   transfers (`token_address`).
+//!   full transactions, `eth_getTransactionReceipt` and `eth_getLogs`;
+//! - ethereum-etl export rows: blocks, transactions, logs, receipts and token
+//!   transfers.
+//!
+//! Each decoded record ([`Row`]) adds its participants to its own block; rows
+//! are not joined, so a receipt or log counts without its transaction.
+//! A JSON-RPC error response or a value holding no chain record is an error.
 //!
 //! Participants: `all/all` gets transaction `from`/`to`, created contracts,
 //! log emitters and ERC-20/721 `Transfer` parties; `all/payments` gets
@@ -26,8 +30,10 @@
 
 use std::collections::BTreeMap;
 
+use alloy_primitives::{Address, B256};
 use async_trait::async_trait;
-use serde_json::Value;
+use model_runner_adapters::ethereum_json::{self, Row};
+use model_runner_core::{Log, Transaction};
 
 use crate::account::Account;
 use crate::checkpoint::CheckpointSpan;
@@ -56,84 +62,6 @@ pub struct EthereumSource {
     blocks: BTreeMap<u64, BlockFacts>,
 }
 
-fn field<'a>(v: &'a Value, names: &[&str]) -> Option<&'a Value> {
-    names
-        .iter()
-        .find_map(|n| v.get(*n).filter(|x| !x.is_null()))
-}
-
-/// Parses a JSON quantity: `"0x1f"`, `"31"` or `31`.
-fn quantity(v: &Value) -> Option<u64> {
-    match v {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => match s.strip_prefix("0x") {
-            Some(h) => u64::from_str_radix(h, 16).ok(),
-            None => s.parse().ok(),
-        },
-        _ => None,
-    }
-}
-
-fn is_nonzero(v: &Value) -> bool {
-    match v {
-        Value::Number(n) => n.as_f64() != Some(0.0),
-        Value::String(s) => s
-            .trim_start_matches("0x")
-            .trim_start_matches('0')
-            .chars()
-            .any(|c| c != '.'),
-        _ => false,
-    }
-}
-
-fn address(v: &Value, what: &str) -> Result<Account> {
-    let s = v
-        .as_str()
-        .ok_or_else(|| Error::decode(what, format!("address is not a string: {v}")))?;
-    s.parse::<Account>()
-        .map_err(|e| Error::decode(what, e))
-        .and_then(|a| match a {
-            Account::Ethereum(_) => Ok(a),
-            Account::Stellar(_) => Err(Error::decode(
-                what,
-                format!("`{s}` is not an Ethereum address"),
-            )),
-        })
-}
-
-/// The address held in the low 20 bytes of a 32-byte topic.
-fn topic_address(v: &Value, what: &str) -> Result<Account> {
-    let s = v
-        .as_str()
-        .ok_or_else(|| Error::decode(what, "topic is not a string"))?;
-    let h = s.trim_start_matches("0x");
-    // ASCII first: byte 24 of a topic with other characters may fall inside one.
-    if h.len() != 64 || !h.is_ascii() {
-        return Err(Error::decode(
-            what,
-            format!("topic `{s}` is not 32 bytes of hex"),
-        ));
-    }
-    address(&Value::String(format!("0x{}", &h[24..])), what)
-}
-
-fn tx_hash(v: &Value, what: &str) -> Result<[u8; 32]> {
-    let s = v
-        .as_str()
-        .ok_or_else(|| Error::decode(what, "hash is not a string"))?;
-    let bytes = hex::decode(s.trim_start_matches("0x"))
-        .map_err(|e| Error::decode(what, format!("bad hash `{s}`: {e}")))?;
-    bytes
-        .try_into()
-        .map_err(|_| Error::decode(what, format!("hash `{s}` is not 32 bytes")))
-}
-
-fn block_number(v: &Value, what: &str) -> Result<u64> {
-    field(v, &["blockNumber", "block_number", "number"])
-        .and_then(quantity)
-        .ok_or_else(|| Error::decode(what, "missing block number"))
-}
-
 /// Block `block` as the index's 32-bit ledger number (TOID upper half,
 /// checkpoint arithmetic); fails above `u32::MAX`.
 pub fn index_ledger(block: u64) -> Result<u32> {
@@ -156,11 +84,11 @@ pub fn ethereum_toid(block: u64, index: u64, what: &str) -> Result<u64> {
     Ok(toid(ledger, index as u32, 0))
 }
 
-fn eth_account(a: &alloy_primitives::Address) -> Account {
+fn eth_account(a: &Address) -> Account {
     Account::Ethereum(a.0.0)
 }
 
-const TRANSFER_TOPIC_B256: alloy_primitives::B256 =
+const TRANSFER_TOPIC_B256: B256 =
     alloy_primitives::b256!("ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef");
 
 /// Facts of one block from a runner block source, by the same rules as the
@@ -170,147 +98,117 @@ pub fn block_facts(block: &model_runner_core::Block) -> Result<BlockFacts> {
     let what = format!("block {}", block.number);
     let mut out = BlockFacts::default();
     for tx in &block.transactions {
-        let mask = if tx.value.is_zero() {
-            MASK_ALL
-        } else {
-            MASK_PAYMENT
-        };
-        out.participants.push((eth_account(&tx.from), mask));
-        if let Some(to) = &tx.to {
-            out.participants.push((eth_account(to), mask));
-        }
-        if let Some(c) = tx.receipt.as_ref().and_then(|r| r.contract_address) {
-            out.participants.push((eth_account(&c), MASK_ALL));
-        }
-        out.transactions
-            .push((tx.hash.0, ethereum_toid(block.number, tx.index, &what)?));
+        add_transaction(tx, block.number, &what, &mut out)?;
     }
     for log in &block.logs {
-        out.participants.push((eth_account(&log.address), MASK_ALL));
-        if log.topics.len() >= 3 && log.topics[0] == TRANSFER_TOPIC_B256 {
-            for t in &log.topics[1..3] {
-                let mut a = [0u8; 20];
-                a.copy_from_slice(&t.0[12..]);
-                out.participants.push((Account::Ethereum(a), MASK_PAYMENT));
-            }
-        }
+        add_log(log, &mut out);
     }
     out.transactions.sort();
     out.transactions.dedup();
     Ok(out)
 }
 
-fn add_log(log: &Value, what: &str, out: &mut BlockFacts) -> Result<()> {
-    if let Some(a) = field(log, &["address"]) {
-        out.participants.push((address(a, what)?, MASK_ALL));
+/// `from`/`to` (payments when the transaction moves ether), the created
+/// contract of its receipt, and its position.
+fn add_transaction(tx: &Transaction, block: u64, what: &str, out: &mut BlockFacts) -> Result<()> {
+    let mask = if tx.value.is_zero() {
+        MASK_ALL
+    } else {
+        MASK_PAYMENT
+    };
+    out.participants.push((eth_account(&tx.from), mask));
+    if let Some(to) = &tx.to {
+        out.participants.push((eth_account(to), mask));
     }
-    if let Some(Value::Array(topics)) = field(log, &["topics"]) {
-        let is_transfer = topics.first().and_then(Value::as_str) == Some(TRANSFER_TOPIC);
-        if is_transfer && topics.len() >= 3 {
+    if let Some(c) = tx.receipt.as_ref().and_then(|r| r.contract_address) {
+        out.participants.push((eth_account(&c), MASK_ALL));
+    }
+    out.transactions
+        .push((tx.hash.0, ethereum_toid(block, tx.index, what)?));
+    Ok(())
+}
+
+/// The emitter, and the parties of an ERC-20/721 `Transfer`.
+fn add_log(log: &Log, out: &mut BlockFacts) {
+    out.participants.push((eth_account(&log.address), MASK_ALL));
+    if log.topics.len() >= 3 && log.topics[0] == TRANSFER_TOPIC_B256 {
+        for t in &log.topics[1..3] {
             out.participants
-                .push((topic_address(&topics[1], what)?, MASK_PAYMENT));
-            out.participants
-                .push((topic_address(&topics[2], what)?, MASK_PAYMENT));
+                .push((eth_account(&Address::from_word(*t)), MASK_PAYMENT));
         }
     }
-    Ok(())
 }
 
-fn add_transaction(tx: &Value, block: u64, what: &str, out: &mut BlockFacts) -> Result<()> {
-    let value_moves = field(tx, &["value"]).is_some_and(is_nonzero);
-    let mask = if value_moves { MASK_PAYMENT } else { MASK_ALL };
-    if let Some(from) = field(tx, &["from", "from_address"]) {
-        out.participants.push((address(from, what)?, mask));
-    }
-    if let Some(to) = field(tx, &["to", "to_address"]) {
-        out.participants.push((address(to, what)?, mask));
-    }
-    let hash = tx_hash(
-        field(tx, &["hash"]).ok_or_else(|| Error::decode(what, "transaction without hash"))?,
-        what,
-    )?;
-    let index = field(tx, &["transactionIndex", "transaction_index"])
-        .and_then(quantity)
-        .ok_or_else(|| Error::decode(what, "transaction without index"))?;
-    out.transactions
-        .push((hash, ethereum_toid(block, index, what)?));
-    Ok(())
-}
-
-/// Adds one JSON value (RPC response or etl row) to `blocks`.
-pub fn add_json_value(v: &Value, what: &str, blocks: &mut BTreeMap<u64, BlockFacts>) -> Result<()> {
-    let v = match v.get("result") {
-        Some(Value::Null) => return Ok(()),
-        Some(r) => r,
-        None if v.get("error").is_some() => {
+/// Adds one decoded record's participants (and transactions) to its block in
+/// `blocks`; `what` names the input in errors.
+pub fn add_row(row: Row, what: &str, blocks: &mut BTreeMap<u64, BlockFacts>) -> Result<()> {
+    match row {
+        Row::Block(block) => {
+            let facts = blocks.entry(block.number).or_default();
+            for tx in &block.transactions {
+                add_transaction(tx, block.number, what, facts)?;
+            }
+        }
+        Row::Transaction {
+            block_number,
+            transaction,
+        } => add_transaction(
+            &transaction,
+            block_number,
+            what,
+            blocks.entry(block_number).or_default(),
+        )?,
+        Row::Receipt {
+            block_number,
+            receipt,
+            ..
+        } => {
+            let block =
+                block_number.ok_or_else(|| Error::decode(what, "receipt without block number"))?;
+            let facts = blocks.entry(block).or_default();
+            if let Some(c) = receipt.contract_address {
+                facts.participants.push((eth_account(&c), MASK_ALL));
+            }
+        }
+        Row::Log(log) => add_log(&log, blocks.entry(log.block_number).or_default()),
+        Row::TokenTransfer {
+            block_number,
+            token,
+            from,
+            to,
+        } => {
+            let facts = blocks.entry(block_number).or_default();
+            facts.participants.push((eth_account(&token), MASK_ALL));
+            for a in [from, to].into_iter().flatten() {
+                facts.participants.push((eth_account(&a), MASK_PAYMENT));
+            }
+        }
+        Row::RpcError(e) => {
+            return Err(Error::decode(what, format!("JSON-RPC error response: {e}")));
+        }
+        _ => {
             return Err(Error::decode(
                 what,
-                format!("JSON-RPC error response: {}", v["error"]),
+                "unrecognised JSON: expected a block, receipt, log, or ethereum-etl block/transaction/log/receipt/token-transfer row",
             ));
         }
-        None => v,
-    };
-    if let Some(Value::Array(txs)) = v.get("transactions") {
-        // eth_getBlockByNumber with full transactions.
-        let block = block_number(v, what)?;
-        let facts = blocks.entry(block).or_default();
-        for tx in txs {
-            if tx.is_string() {
-                return Err(Error::decode(
-                    what,
-                    "block has transaction hashes only: fetch it with full transactions (`true`)",
-                ));
-            }
-            add_transaction(tx, block, what, facts)?;
-        }
-        return Ok(());
-    }
-    let block = block_number(v, what)?;
-    let facts = blocks.entry(block).or_default();
-    if v.get("transactionHash").is_some() && v.get("logs").is_some() {
-        // eth_getTransactionReceipt.
-        if let Some(c) = field(v, &["contractAddress"]) {
-            facts.participants.push((address(c, what)?, MASK_ALL));
-        }
-        if let Some(Value::Array(logs)) = v.get("logs") {
-            for log in logs {
-                add_log(log, what, facts)?;
-            }
-        }
-    } else if v.get("token_address").is_some() {
-        facts
-            .participants
-            .push((address(&v["token_address"], what)?, MASK_ALL));
-        for k in ["from_address", "to_address"] {
-            if let Some(a) = field(v, &[k]) {
-                facts.participants.push((address(a, what)?, MASK_PAYMENT));
-            }
-        }
-    } else if v.get("from_address").is_some() {
-        add_transaction(v, block, what, facts)?;
-    } else if v.get("topics").is_some() {
-        add_log(v, what, facts)?;
-    } else if v.get("contract_address").is_some() {
-        if let Some(c) = field(v, &["contract_address"]) {
-            facts.participants.push((address(c, what)?, MASK_ALL));
-        }
-    } else {
-        return Err(Error::decode(
-            what,
-            "unrecognised JSON: expected a block, receipt, or ethereum-etl transaction/log/receipt/token-transfer row",
-        ));
     }
     Ok(())
 }
 
-/// Parses one file's bytes (a JSON document or JSON lines).
+/// Parses one file's bytes (a JSON document or JSON lines) with
+/// [`model_runner_adapters::ethereum_json::bytes_rows`] into `blocks`.
 pub fn parse_file(name: &str, bytes: &[u8], blocks: &mut BTreeMap<u64, BlockFacts>) -> Result<()> {
-    let stream = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>();
-    for (i, v) in stream.enumerate() {
-        let v = v.map_err(|e| Error::decode(name, format!("invalid JSON: {e}")))?;
-        add_json_value(&v, &format!("{name} (value {})", i + 1), blocks)?;
-    }
-    Ok(())
+    let mut failed = None;
+    ethereum_json::bytes_rows(bytes, &mut |row| {
+        if failed.is_none()
+            && let Err(e) = add_row(row, name, blocks)
+        {
+            failed = Some(e);
+        }
+    })
+    .map_err(|e| Error::decode(name, e))?;
+    failed.map_or(Ok(()), Err)
 }
 
 impl EthereumSource {
@@ -391,8 +289,8 @@ mod tests {
     #[test]
     fn etl_rows_and_rejections() {
         let mut blocks = BTreeMap::new();
-        let rows = br#"{"hash": "0x1111111111111111111111111111111111111111111111111111111111111111", "block_number": 5, "transaction_index": 2, "from_address": "0xAE2fc483527b8ef99eb5d9b44875f005ba1fae13", "to_address": null, "value": 0}
-{"log_index": 0, "transaction_hash": "0x11", "block_number": 5, "address": "0xf4eced2f682ce333f96f2d8966c613ded8fc95dd", "topics": ["0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef", "0x0000000000000000000000001b63142628311395ceafeea5667e7c9026c862ca", "0x000000000000000000000000ac4df82fe37ea2187bc8c011a23d743b4f39019a"]}
+        let rows = br#"{"hash": "0x1111111111111111111111111111111111111111111111111111111111111111", "block_number": 5, "transaction_index": 2, "from_address": "0xAE2fc483527b8ef99eb5d9b44875f005ba1fae13", "to_address": null, "value": 0, "gas": 21000, "nonce": 1, "input": "0x"}
+{"log_index": 0, "transaction_hash": "0x1111111111111111111111111111111111111111111111111111111111111111", "transaction_index": 2, "block_number": 5, "address": "0xf4eced2f682ce333f96f2d8966c613ded8fc95dd", "topics": ["0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef", "0x0000000000000000000000001b63142628311395ceafeea5667e7c9026c862ca", "0x000000000000000000000000ac4df82fe37ea2187bc8c011a23d743b4f39019a"]}
 "#;
         parse_file("rows.json", rows, &mut blocks).unwrap();
         let b = &blocks[&5];

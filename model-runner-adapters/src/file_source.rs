@@ -8,6 +8,8 @@
 //! - **ethereum-etl JSON-lines exports**: `blocks.json`, `transactions.json`, `receipts.json`,
 //!   `logs.json` (one object a line; the kind is taken from its `type` field or its columns).
 //!
+//! Both are decoded by [`crate::ethereum_json`], the workspace's one Ethereum JSON decoder.
+//!
 //! A file holding one JSON document (a saved response, possibly pretty-printed) is parsed at open.
 //! A JSON-lines file is **streamed**: at open it is scanned once, without parsing, into an index of
 //! ~1 MiB chunks, each with the lowest and highest block number its lines name (and the
@@ -26,11 +28,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
-use alloy_primitives::{Address, B256, Bytes, U256};
+use crate::ethereum_json::{self, Row, parse_u64};
+use alloy_primitives::B256;
 use async_trait::async_trait;
 use model_runner_core::ports::{BlockSource, SourceError};
 use model_runner_core::{Block, BlockHead, BlockRange, Chain, Log, Receipt, Transaction};
-use serde_json::Value;
 
 /// Blocks read from files.
 pub struct FileBlockSource {
@@ -96,184 +98,8 @@ fn bad(file: &Path, what: impl std::fmt::Display) -> SourceError {
     SourceError::InvalidData(format!("{}: {what}", file.display()))
 }
 
-/// A field as u64: `"0x1a"`, `"26"` or `26`.
-fn quantity(v: &Value, field: &str) -> Result<Option<u64>, String> {
-    match v.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| format!("field {field}: {n} is not a u64")),
-        Some(Value::String(s)) => parse_u64(s)
-            .map(Some)
-            .ok_or_else(|| format!("field {field}: {s:?} is not a quantity")),
-        Some(other) => Err(format!("field {field}: {other} is not a quantity")),
-    }
-}
-
-fn parse_u64(s: &str) -> Option<u64> {
-    match s.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16).ok(),
-        None => s.parse().ok(),
-    }
-}
-
-fn required(v: &Value, field: &str) -> Result<u64, String> {
-    quantity(v, field)?.ok_or_else(|| format!("missing field {field}"))
-}
-
-fn big(v: &Value, field: &str) -> Result<Option<U256>, String> {
-    match v.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => {
-            let parsed = match s.strip_prefix("0x") {
-                Some(h) => U256::from_str_radix(h, 16),
-                None => U256::from_str_radix(s, 10),
-            };
-            parsed
-                .map(Some)
-                .map_err(|_| format!("field {field}: {s:?} is not a number"))
-        }
-        Some(Value::Number(n)) => U256::from_str_radix(&n.to_string(), 10)
-            .map(Some)
-            .map_err(|_| format!("field {field}: {n} is not an integer")),
-        Some(other) => Err(format!("field {field}: {other} is not a number")),
-    }
-}
-
-fn small(v: &Value, field: &str) -> Result<Option<u128>, String> {
-    big(v, field)?
-        .map(|x| u128::try_from(x).map_err(|_| format!("field {field} overflows u128")))
-        .transpose()
-}
-
-fn parsed<T: std::str::FromStr>(v: &Value, field: &str) -> Result<Option<T>, String> {
-    match v.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("field {field}: {s:?} is malformed")),
-        Some(other) => Err(format!("field {field}: {other} is not a string")),
-    }
-}
-
-fn need<T: std::str::FromStr>(v: &Value, field: &str) -> Result<T, String> {
-    parsed(v, field)?.ok_or_else(|| format!("missing field {field}"))
-}
-
-/// The first of several field names present (JSON-RPC camelCase or ethereum-etl snake_case).
-fn pick<'a>(v: &Value, names: &[&'a str]) -> &'a str {
-    names
-        .iter()
-        .copied()
-        .find(|n| v.get(*n).is_some_and(|x| !x.is_null()))
-        .unwrap_or(names[0])
-}
-
-fn parse_log(v: &Value) -> Result<Log, String> {
-    let topics = match v.get("topics") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|t| {
-                t.as_str()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("malformed topic")
-            })
-            .collect::<Result<Vec<B256>, _>>()?,
-        // ethereum-etl CSV-in-JSON style: "t0,t1,t2".
-        Some(Value::String(s)) if !s.is_empty() => s
-            .split(',')
-            .map(|t| t.parse().map_err(|_| "malformed topic"))
-            .collect::<Result<Vec<B256>, _>>()?,
-        _ => Vec::new(),
-    };
-    Ok(Log {
-        address: need(v, "address")?,
-        topics,
-        data: parsed::<Bytes>(v, "data")?.unwrap_or_default(),
-        log_index: required(v, pick(v, &["logIndex", "log_index"]))?,
-        transaction_hash: need(v, pick(v, &["transactionHash", "transaction_hash"]))?,
-        transaction_index: required(v, pick(v, &["transactionIndex", "transaction_index"]))?,
-        block_number: required(v, pick(v, &["blockNumber", "block_number"]))?,
-    })
-}
-
-fn parse_tx(v: &Value) -> Result<(u64, Transaction), String> {
-    Ok((
-        required(v, pick(v, &["blockNumber", "block_number"]))?,
-        Transaction {
-            hash: need(v, "hash")?,
-            index: required(v, pick(v, &["transactionIndex", "transaction_index"]))?,
-            from: need(v, pick(v, &["from", "from_address"]))?,
-            to: parsed(v, pick(v, &["to", "to_address"]))?,
-            value: big(v, "value")?.unwrap_or_default(),
-            gas: required(v, "gas")?,
-            gas_price: small(v, pick(v, &["gasPrice", "gas_price"]))?,
-            nonce: required(v, "nonce")?,
-            input: parsed::<Bytes>(v, "input")?.unwrap_or_default(),
-            receipt: None,
-        },
-    ))
-}
-
-fn parse_receipt(v: &Value) -> Result<(B256, Receipt), String> {
-    Ok((
-        need(v, pick(v, &["transactionHash", "transaction_hash"]))?,
-        Receipt {
-            status: quantity(v, "status")?.map(|s| s == 1),
-            gas_used: required(v, pick(v, &["gasUsed", "gas_used"]))?,
-            cumulative_gas_used: required(
-                v,
-                pick(v, &["cumulativeGasUsed", "cumulative_gas_used"]),
-            )?,
-            contract_address: parsed::<Address>(
-                v,
-                pick(v, &["contractAddress", "contract_address"]),
-            )?,
-            effective_gas_price: small(v, pick(v, &["effectiveGasPrice", "effective_gas_price"]))?,
-        },
-    ))
-}
-
-fn parse_block_header(v: &Value) -> Result<Block, String> {
-    Ok(Block {
-        number: required(v, "number")?,
-        hash: need(v, "hash")?,
-        parent_hash: need(v, pick(v, &["parentHash", "parent_hash"]))?,
-        timestamp: required(v, "timestamp")?,
-        miner: parsed(v, pick(v, &["miner", "author"]))?,
-        gas_used: required(v, pick(v, &["gasUsed", "gas_used"]))?,
-        gas_limit: required(v, pick(v, &["gasLimit", "gas_limit"]))?,
-        base_fee_per_gas: small(v, pick(v, &["baseFeePerGas", "base_fee_per_gas"]))?,
-        transactions: Vec::new(),
-        logs: Vec::new(),
-    })
-}
-
-/// Parses a flat JSON-lines row keeping integers beyond u64 exact: ethereum-etl writes wei
-/// values as bare JSON integers, which a plain parse would round through `f64`.
-fn lossless_row(line: &str) -> Result<Value, serde_json::Error> {
-    let raw: BTreeMap<String, Box<serde_json::value::RawValue>> = match serde_json::from_str(line) {
-        Ok(raw) => raw,
-        // Not a flat object (e.g. an array): nothing to protect.
-        Err(_) => return serde_json::from_str(line),
-    };
-    let mut row = serde_json::Map::new();
-    for (k, v) in raw {
-        let text = v.get();
-        let value = if text.bytes().all(|b| b.is_ascii_digit()) && text.parse::<u64>().is_err() {
-            Value::String(text.to_owned())
-        } else {
-            serde_json::from_str(text)?
-        };
-        row.insert(k, value);
-    }
-    Ok(Value::Object(row))
-}
-
-/// Joins JSON-RPC / ethereum-etl values into blocks; shared with the JSON-RPC source, which
-/// receives the very same response shapes over HTTP.
+/// Joins the records of [`crate::ethereum_json`] into blocks; shared with the JSON-RPC source,
+/// which receives the very same response shapes over HTTP.
 #[derive(Default, Clone)]
 pub(crate) struct Loader {
     blocks: BTreeMap<u64, Block>,
@@ -283,93 +109,46 @@ pub(crate) struct Loader {
 }
 
 impl Loader {
-    /// One JSON value from a file: a JSON-RPC response, a bare result, or an etl row.
-    pub(crate) fn value(&mut self, v: &Value) -> Result<(), String> {
-        let v = v.get("result").unwrap_or(v);
-        match v {
-            Value::Array(items) => {
-                for item in items {
-                    self.value(item)?;
-                }
-            }
-            Value::Object(o) => {
-                let kind = o.get("type").and_then(Value::as_str).unwrap_or("");
-                if o.contains_key("transactions") {
-                    let mut block = parse_block_header(v)?;
-                    for t in o["transactions"].as_array().into_iter().flatten() {
-                        if t.is_string() {
-                            return Err(format!(
-                                "block {} lists transaction hashes only: save eth_getBlockByNumber with full transactions (second parameter true)",
-                                block.number
-                            ));
-                        }
-                        self.txs.push(parse_tx(t)?);
-                    }
-                    block.transactions.clear();
-                    self.blocks.insert(block.number, block);
-                } else if kind == "block" || o.contains_key("parent_hash") {
-                    let block = parse_block_header(v)?;
-                    self.blocks.insert(block.number, block);
-                } else if o.contains_key("logs")
-                    && (o.contains_key("transactionHash") || o.contains_key("transaction_hash"))
-                {
-                    let (hash, receipt) = parse_receipt(v)?;
-                    self.receipts.insert(hash, receipt);
-                    for l in o["logs"].as_array().into_iter().flatten() {
-                        self.logs.push(parse_log(l)?);
-                    }
-                } else if kind == "log" || o.contains_key("topics") {
-                    self.logs.push(parse_log(v)?);
-                } else if kind == "receipt"
-                    || o.contains_key("cumulative_gas_used")
-                    || o.contains_key("cumulativeGasUsed")
-                {
-                    let (hash, receipt) = parse_receipt(v)?;
-                    self.receipts.insert(hash, receipt);
-                } else if kind == "transaction"
-                    || o.contains_key("from_address")
-                    || o.contains_key("input")
-                {
-                    self.txs.push(parse_tx(v)?);
-                }
-                // Anything else (e.g. eth_newFilter's filter id) carries no chain data.
-            }
-            _ => {}
-        }
-        Ok(())
+    /// One JSON value: a JSON-RPC response, a bare result, or an etl row.
+    #[cfg(feature = "jsonrpc")]
+    pub(crate) fn value(&mut self, v: &serde_json::Value) -> Result<(), String> {
+        ethereum_json::value_rows(v, &mut |row| self.push(row)).map_err(|e| e.to_string())
     }
 
     /// One file's content: one JSON document, or JSON lines.
     fn bytes(&mut self, bytes: &[u8]) -> Result<(), String> {
-        match serde_json::from_slice::<Value>(bytes) {
-            Ok(v) => self.value(&v),
-            // Not one JSON document: JSON lines.
-            Err(_) => {
-                for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-                    self.line(line)
-                        .map_err(|e| format!("line {}: {e}", i + 1))?;
-                }
-                Ok(())
-            }
-        }
+        ethereum_json::bytes_rows(bytes, &mut |row| self.push(row)).map_err(|e| e.to_string())
     }
 
     /// One line of a JSON-lines file (blank lines are skipped).
     fn line(&mut self, line: &[u8]) -> Result<(), String> {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            return Ok(());
+        ethereum_json::line_rows(line, &mut |row| self.push(row)).map_err(|e| e.to_string())
+    }
+
+    /// Files one decoded record for joining.
+    fn push(&mut self, row: Row) {
+        match row {
+            Row::Block(mut block) => {
+                let number = block.number;
+                self.txs
+                    .extend(block.transactions.drain(..).map(|tx| (number, tx)));
+                self.blocks.insert(number, block);
+            }
+            Row::Transaction {
+                block_number,
+                transaction,
+            } => self.txs.push((block_number, transaction)),
+            Row::Receipt {
+                transaction_hash,
+                receipt,
+                ..
+            } => {
+                self.receipts.insert(transaction_hash, receipt);
+            }
+            Row::Log(log) => self.logs.push(log),
+            // Token transfers are also `Transfer` logs; the rest carries no chain data.
+            _ => {}
         }
-        // The hot row of token-transfer exports, parsed without building a `Value`.
-        if let Ok(row) = serde_json::from_slice::<EtlLog<'_>>(line)
-            && row.kind.is_none_or(|k| k == "log")
-            && let Some(log) = row.to_log()
-        {
-            self.logs.push(log);
-            return Ok(());
-        }
-        let text = std::str::from_utf8(line).map_err(|e| format!("not UTF-8: {e}"))?;
-        let v = lossless_row(text).map_err(|e| e.to_string())?;
-        self.value(&v)
     }
 
     /// Takes in another loader's rows (a later block of the same number replaces the earlier).
@@ -431,40 +210,6 @@ impl Loader {
             }
         }
         self.blocks
-    }
-}
-
-/// An ethereum-etl `logs.json` row, borrowed from its line (`export_receipts_and_logs` writes
-/// no `type`; `stream` writes `"type": "log"`).
-#[derive(serde::Deserialize)]
-struct EtlLog<'a> {
-    #[serde(rename = "type")]
-    kind: Option<&'a str>,
-    log_index: u64,
-    transaction_hash: &'a str,
-    transaction_index: u64,
-    block_number: u64,
-    address: &'a str,
-    data: &'a str,
-    topics: Vec<&'a str>,
-}
-
-impl EtlLog<'_> {
-    /// `None` if a field does not parse (the general path then names it).
-    fn to_log(&self) -> Option<Log> {
-        Some(Log {
-            address: self.address.parse().ok()?,
-            topics: self
-                .topics
-                .iter()
-                .map(|t| t.parse().ok())
-                .collect::<Option<Vec<B256>>>()?,
-            data: self.data.parse().ok()?,
-            log_index: self.log_index,
-            transaction_hash: self.transaction_hash.parse().ok()?,
-            transaction_index: self.transaction_index,
-            block_number: self.block_number,
-        })
     }
 }
 

@@ -14,6 +14,7 @@
 
 pub mod connect;
 pub mod devnet;
+pub mod ethereum_json;
 pub mod file_sink;
 pub mod file_source;
 #[cfg(feature = "jsonrpc")]

@@ -19,8 +19,8 @@ use chrono::{DateTime, Utc};
 use model_runner_core::Chain;
 use model_runner_core::ports::{
     ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
-    Transition, cursor_conflict, idempotency_conflict, parse_abi, parse_address, same_batch,
-    state_conflict, validate_batch,
+    Transition, cursor_conflict, idempotency_conflict, parse_address, same_batch, state_conflict,
+    validate_batch, validate_cursor_runs,
 };
 use model_runner_core::run::{ModelRun, NewRun, RunEvent, RunId, RunState};
 use sqlx::sqlite::{
@@ -551,9 +551,7 @@ impl RunStore for SqliteRunStore {
         to: u64,
         runs: Vec<NewRun>,
     ) -> Result<Vec<ModelRun>, StoreError> {
-        if !runs.is_empty() {
-            validate_batch(&runs)?;
-        }
+        validate_cursor_runs(&runs)?;
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let actual =
             sqlx::query("SELECT block FROM realtime_cursors WHERE model = ? AND chain = ?")
@@ -610,15 +608,9 @@ impl RunStore for SqliteRunStore {
         address: Address,
         abi: serde_json::Value,
     ) -> Result<ContractAbi, StoreError> {
-        parse_abi(&abi)?;
         // Microseconds, as stored, so the answer equals what `abi` reads back.
         let at = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
-        let stored = ContractAbi {
-            chain: chain.clone(),
-            address,
-            updated_at: at,
-            abi,
-        };
+        let stored = ContractAbi::validated(chain.clone(), address, abi, at)?;
         sqlx::query(
             "INSERT INTO contract_abis (chain, address, abi, updated_at) VALUES (?, ?, ?, ?) \
              ON CONFLICT (chain, address) DO UPDATE SET abi = excluded.abi, updated_at = excluded.updated_at",

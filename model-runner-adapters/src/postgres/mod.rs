@@ -100,8 +100,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use model_runner_core::ports::{
     ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
-    Transition, cursor_conflict, idempotency_conflict, parse_abi, parse_address, same_batch,
-    state_conflict, validate_batch,
+    Transition, cursor_conflict, idempotency_conflict, parse_address, same_batch, state_conflict,
+    validate_batch, validate_cursor_runs,
 };
 use model_runner_core::{Chain, ModelRun, NewRun, RunEvent, RunId, RunState};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -1265,9 +1265,7 @@ impl RunStore for PostgresRunStore {
         to: u64,
         runs: Vec<NewRun>,
     ) -> Result<Vec<ModelRun>, StoreError> {
-        if !runs.is_empty() {
-            validate_batch(&runs)?;
-        }
+        validate_cursor_runs(&runs)?;
         let to_block = to_i64(to, "cursor block")?;
         let at = now();
         let created: Vec<ModelRun> = runs
@@ -1347,13 +1345,7 @@ impl RunStore for PostgresRunStore {
         address: Address,
         abi: serde_json::Value,
     ) -> Result<ContractAbi, StoreError> {
-        parse_abi(&abi)?;
-        let stored = ContractAbi {
-            chain: chain.clone(),
-            address,
-            abi,
-            updated_at: now(),
-        };
+        let stored = ContractAbi::validated(chain.clone(), address, abi, now())?;
         let text = stored.abi.to_string();
         let address = format!("{address:#x}");
         // An upsert of the same values: idempotent, so retried like a read.

@@ -11,8 +11,8 @@ use crate::chain::Chain;
 use crate::clock::{Clock, SystemClock};
 use crate::ports::{
     ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
-    Transition, cursor_conflict, idempotency_conflict, parse_abi, same_batch, state_conflict,
-    validate_batch,
+    Transition, cursor_conflict, idempotency_conflict, same_batch, state_conflict, validate_batch,
+    validate_cursor_runs,
 };
 use crate::run::{ModelRun, NewRun, RunEvent, RunId, RunState};
 
@@ -272,9 +272,7 @@ impl RunStore for MemoryRunStore {
         to: u64,
         runs: Vec<NewRun>,
     ) -> Result<Vec<ModelRun>, StoreError> {
-        if !runs.is_empty() {
-            validate_batch(&runs)?;
-        }
+        validate_cursor_runs(&runs)?;
         let mut inner = self.lock();
         let key = (model.to_owned(), chain.clone());
         let actual = inner.cursors.get(&key).map(|(b, _)| *b);
@@ -311,13 +309,7 @@ impl RunStore for MemoryRunStore {
         address: Address,
         abi: serde_json::Value,
     ) -> Result<ContractAbi, StoreError> {
-        parse_abi(&abi)?;
-        let stored = ContractAbi {
-            chain: chain.clone(),
-            address,
-            abi,
-            updated_at: self.clock.now(),
-        };
+        let stored = ContractAbi::validated(chain.clone(), address, abi, self.clock.now())?;
         self.lock()
             .abis
             .insert((chain.clone(), address), stored.clone());

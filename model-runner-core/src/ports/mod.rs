@@ -17,5 +17,5 @@ pub use source::{BlockSource, SourceError};
 pub use store::{
     ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
     Transition, cursor_conflict, idempotency_conflict, parse_abi, parse_address, same_batch,
-    state_conflict, validate_batch,
+    state_conflict, validate_batch, validate_cursor_runs,
 };

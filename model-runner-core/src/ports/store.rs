@@ -197,6 +197,23 @@ pub struct ContractAbi {
 }
 
 impl ContractAbi {
+    /// A registry entry for `abi`, or [`StoreError::InvalidInput`] unless [`parse_abi`] accepts
+    /// it: every store's [`RunStore::put_abi`] checks and builds its answer with this.
+    pub fn validated(
+        chain: Chain,
+        address: Address,
+        abi: serde_json::Value,
+        updated_at: DateTime<Utc>,
+    ) -> Result<Self, StoreError> {
+        parse_abi(&abi)?;
+        Ok(Self {
+            chain,
+            address,
+            abi,
+            updated_at,
+        })
+    }
+
     /// The ABI parsed for decoding. A registered ABI was validated by [`parse_abi`] on the way
     /// in, so this fails only on a corrupt store.
     pub fn parsed(&self) -> Result<JsonAbi, StoreError> {
@@ -787,6 +804,17 @@ pub fn validate_batch(runs: &[NewRun]) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Checks the runs [`RunStore::advance_cursor`] creates with the cursor: none (the cursor
+/// moves alone) or a batch [`validate_batch`] accepts. Shared by adapters like
+/// [`validate_batch`].
+pub fn validate_cursor_runs(runs: &[NewRun]) -> Result<(), StoreError> {
+    if runs.is_empty() {
+        Ok(())
+    } else {
+        validate_batch(runs)
+    }
 }
 
 /// Whether `existing` runs (of an idempotency key) were created from `requested`.

@@ -198,9 +198,7 @@ pub async fn build_deps(urls: &AdapterUrls) -> anyhow::Result<EngineDeps> {
     }
     let chains: Vec<&Chain> = sources.keys().collect();
     let topology = routing.all_queues(chains);
-    let store = store_from_url(&urls.store, urls.migrate)
-        .await
-        .context("run store")?;
+    let store = connect_store(urls).await?;
     Ok(EngineDeps {
         queue: queue_from_url(&urls.queue, &topology)
             .await
@@ -214,6 +212,30 @@ pub async fn build_deps(urls: &AdapterUrls) -> anyhow::Result<EngineDeps> {
         limits: Default::default(),
         clock: model_runner_core::clock::SystemClock::shared(),
     })
+}
+
+/// Connects only the run store, migrating it when `urls.migrate` says so: what `migrate`,
+/// `runs`, `versions` and `abi` use, so they work while the broker, the sink or a block source
+/// is down.
+pub async fn connect_store(urls: &AdapterUrls) -> anyhow::Result<Arc<dyn RunStore>> {
+    store_from_url(&urls.store, urls.migrate)
+        .await
+        .context("run store")
+}
+
+/// Puts the contract-call cache at `url` (`memory://`, `redis://...`) in front of every block
+/// source of `deps`. Only workers call contracts, so only commands that run one connect it.
+pub async fn cache_calls(deps: &mut EngineDeps, url: &str) -> anyhow::Result<()> {
+    let cache = model_runner_adapters::connect::call_cache_from_url(url)
+        .await
+        .context("call cache")?;
+    for source in deps.sources.values_mut() {
+        *source = Arc::new(model_runner_core::ports::CachedCalls::new(
+            source.clone(),
+            cache.clone(),
+        ));
+    }
+    Ok(())
 }
 
 /// What `all` runs.

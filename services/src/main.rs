@@ -12,7 +12,8 @@ use model_runner::api::{ApiAuth, ApiConfig, ApiState};
 use model_runner::config::ConfigFile;
 use model_runner::submission;
 use model_runner::{
-    AdapterUrls, AllConfig, BackfillSpec, ChainSpec, RealtimeSpec, build_deps, cli_retry, run_all,
+    AdapterUrls, AllConfig, BackfillSpec, ChainSpec, RealtimeSpec, build_deps, cache_calls,
+    cli_retry, connect_store, run_all,
 };
 use model_runner_core::engine::{
     BackfillRequest, CancellationToken, Enqueuer, EnqueuerConfig, Scheduler, SchedulerConfig,
@@ -995,20 +996,22 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
     // `abi`, `runs` and `migrate` need only the run store: no broker, sink or block source is
     // connected, so they work while those are down.
     let command = match cli.command {
-        Command::Abi { command } => return abi_command(&*store_only(&urls).await?, command).await,
+        Command::Abi { command } => {
+            return abi_command(&*connect_store(&urls).await?, command).await;
+        }
         Command::Runs { command } => {
-            runs_command(&*store_only(&urls).await?, command).await?;
+            runs_command(&*connect_store(&urls).await?, command).await?;
             return Ok(std::process::ExitCode::SUCCESS);
         }
         Command::Versions { model } => {
-            let store = store_only(&urls).await?;
+            let store = connect_store(&urls).await?;
             for v in model_runner_core::engine::version_coverage(&*store, &model).await? {
                 println!("{}", serde_json::to_string(&v)?);
             }
             return Ok(std::process::ExitCode::SUCCESS);
         }
         Command::Migrate => {
-            store_only(&urls).await?;
+            connect_store(&urls).await?;
             eprintln!("store migrated");
             return Ok(std::process::ExitCode::SUCCESS);
         }
@@ -1017,15 +1020,7 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
     let mut deps = build_deps(&urls).await?;
     // Only workers call contracts: other commands do not connect to the cache.
     if matches!(command, Command::Worker { .. } | Command::All { .. }) {
-        let cache = model_runner_adapters::connect::call_cache_from_url(&cli.adapters.call_cache)
-            .await
-            .context("call cache")?;
-        for source in deps.sources.values_mut() {
-            *source = std::sync::Arc::new(model_runner_core::ports::CachedCalls::new(
-                source.clone(),
-                cache.clone(),
-            ));
-        }
+        cache_calls(&mut deps, &cli.adapters.call_cache).await?;
     }
     deps.limits.max_blocks_per_run = cli.adapters.max_blocks_per_run.max(1);
     let env = cli.adapters.env.clone();
@@ -1195,15 +1190,6 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
-}
-
-/// Connects only the run store (migrating it unless told not to).
-async fn store_only(
-    urls: &AdapterUrls,
-) -> anyhow::Result<std::sync::Arc<dyn model_runner_core::ports::RunStore>> {
-    model_runner_adapters::connect::store_from_url(&urls.store, urls.migrate)
-        .await
-        .context("run store")
 }
 
 /// `runs list` / `runs show`.

@@ -16,7 +16,7 @@
 //!
 //! An unknown parameter is an error naming it. The password never appears in errors, logs or
 //! `Debug`: they show the URL through [`redact_url`] and server texts through
-//! [`redact_urls_in`].
+//! [`redact_urls_in`] or, where they may quote the URL's parts, [`UrlSecrets`].
 
 use std::fmt;
 use std::time::Duration;
@@ -24,7 +24,7 @@ use std::time::Duration;
 use alloy_primitives::Bytes;
 use async_trait::async_trait;
 use model_runner_core::ports::{CallCache, CallCacheError, CallKey};
-use model_runner_core::redact::{redact_url, redact_urls_in};
+use model_runner_core::redact::{UrlSecrets, redact_url, redact_urls_in};
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
@@ -75,17 +75,9 @@ impl RedisCallCache {
                 adapter: ADAPTER,
                 message: format!("{shown}: bad parameters ({e}): expected prefix=..., ttl_s=..."),
             })?;
-        let scrub = |e: &redis::RedisError| {
-            let text = redact_urls_in(&e.to_string());
-            // A server or parser text may quote the URL's parts: never its password.
-            match url::Url::parse(base)
-                .ok()
-                .and_then(|u| u.password().map(str::to_owned))
-            {
-                Some(p) if !p.is_empty() => text.replace(&p, "***"),
-                _ => text,
-            }
-        };
+        // A server or parser text may quote the URL's parts: never its password.
+        let secrets = UrlSecrets::of(base);
+        let scrub = |e: &redis::RedisError| secrets.scrub(&e.to_string());
         let client = redis::Client::open(base).map_err(|e| CallCacheError::Backend {
             adapter: ADAPTER,
             message: format!("{shown}: {}", scrub(&e)),

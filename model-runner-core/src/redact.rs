@@ -19,7 +19,9 @@
 //! It never fails: text that is not a URL is returned as it is when it is a plain path or
 //! `sqlite::memory:`, and otherwise reduced to its scheme or not shown at all (a bare word given
 //! where a URL was expected may be a password). [`redact_urls_in`]
-//! applies it to every URL inside a message (an error text that may quote one).
+//! applies it to every URL inside a message (an error text that may quote one), and
+//! [`UrlSecrets`] removes the secrets of one known URL from a text that quotes them piecewise
+//! (a server's or client library's error message), by the same verdict.
 
 /// Whether a query key names a secret (case-insensitive, percent-decoded by the caller).
 pub fn is_secret_key(key: &str) -> bool {
@@ -190,6 +192,77 @@ pub fn redact_urls_in(text: &str) -> String {
     out
 }
 
+/// The secrets [`redact_url`] hides in one URL (its password, path keys, secret query values),
+/// to be removed from texts that may quote them without the rest of the URL: a client
+/// library's parse error, a server's error page echoing the request path. Derived from
+/// [`redact_url`]'s verdict, so both agree on what is secret.
+#[derive(Clone, Default)]
+pub struct UrlSecrets(Vec<String>);
+
+impl std::fmt::Debug for UrlSecrets {
+    /// The number of secrets only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UrlSecrets({} hidden)", self.0.len())
+    }
+}
+
+impl UrlSecrets {
+    /// The secrets of `url`: every part of it that [`redact_url`] does not show (parts of
+    /// fewer than 3 characters only when they are the password), each also percent-decoded.
+    pub fn of(url: &str) -> Self {
+        let split = |s: &str| -> Vec<String> {
+            s.split(['/', ':', '@', '?', '&', '=', '#'])
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let kept = split(&redact_url(url));
+        let password = url
+            .split_once("://")
+            .map(|(_, rest)| rest.trim_start_matches(['/', '\\']))
+            .and_then(|rest| rest.split(['/', '?', '#']).next())
+            .and_then(|authority| authority.rsplit_once('@'))
+            .and_then(|(userinfo, _)| userinfo.split_once(':'))
+            .map(|(_, password)| password)
+            .filter(|p| !p.is_empty());
+        let mut secrets = Self::default();
+        for token in split(url) {
+            if kept.contains(&token) || (token.len() < 3 && Some(token.as_str()) != password) {
+                continue;
+            }
+            secrets.add(percent_decoded(&token));
+            secrets.add(token);
+        }
+        if let Some(p) = password {
+            secrets.add(percent_decoded(p));
+            secrets.add(p);
+        }
+        secrets
+    }
+
+    /// Hides `secret` too (e.g. a header token made from the URL's user info).
+    pub fn add(&mut self, secret: impl Into<String>) {
+        let secret = secret.into();
+        if secret.is_empty() || self.0.contains(&secret) {
+            return;
+        }
+        self.0.push(secret);
+        // Longest first, so a secret containing another is replaced whole.
+        self.0.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+
+    /// `text` with every secret replaced by `***` and every URL in it redacted.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for s in &self.0 {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "***");
+            }
+        }
+        redact_urls_in(&out)
+    }
+}
+
 fn is_scheme(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 32
@@ -331,6 +404,58 @@ mod tests {
         );
         // Words with a colon and an `@` but no scheme before the colon stay as they are.
         assert_eq!(redact_urls_in("at 12:00 @noon"), "at 12:00 @noon");
+    }
+
+    /// What a client's error text may quote of a URL, and what of it must stay readable.
+    #[test]
+    fn texts_quoting_a_url_piecewise_lose_its_secrets() {
+        let cases: [(&str, &str, &[&str], &[&str]); 5] = [
+            (
+                "https://runner:pa%24%24word@node.example:8545/v3/0123abcd?apikey=hunter22&chain=1",
+                "GET /v3/0123abcd?apikey=hunter22 failed for runner with pa$$word and \
+                 pa%24%24word on node.example chain=1",
+                &["0123abcd", "hunter22", "pa$$word", "pa%24%24word"],
+                &["runner", "node.example", "chain=1"],
+            ),
+            (
+                "amqp://guest:s3cretpw@mq:5672/%2f",
+                "invalid port in mq:5672x for guest (password s3cretpw)",
+                &["s3cretpw"],
+                &["guest", "mq"],
+            ),
+            // A short password is hidden as well: it is the one part surely secret.
+            (
+                "redis://:pw@cache:6379/0",
+                "auth failed with pw",
+                &["pw"],
+                &["auth failed"],
+            ),
+            (
+                "kafka://b1:9092?sasl.password=hunter22&acks=all",
+                "bad sasl.password hunter22, acks all",
+                &["hunter22"],
+                &["sasl.password", "acks all"],
+            ),
+            (
+                "s3://AKIAEXAMPLEKEY:hunter22@bucket/prefix",
+                "signature mismatch for AKIAEXAMPLEKEY on bucket",
+                &["AKIAEXAMPLEKEY", "hunter22"],
+                &["bucket"],
+            ),
+        ];
+        for (url, text, hidden, shown) in cases {
+            let got = UrlSecrets::of(url).scrub(text);
+            for s in hidden {
+                assert!(!got.contains(s), "{url}: {s} in {got}");
+            }
+            for s in shown {
+                assert!(got.contains(s), "{url}: {s} missing from {got}");
+            }
+        }
+        let mut with_header = UrlSecrets::of("https://node.example/");
+        with_header.add("dXNlcjpwdw==");
+        assert_eq!(with_header.scrub("Basic dXNlcjpwdw=="), "Basic ***");
+        assert!(!format!("{with_header:?}").contains("dXNl"));
     }
 
     #[test]

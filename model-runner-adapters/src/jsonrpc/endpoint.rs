@@ -22,7 +22,7 @@ use alloy_transport::layers::ThrottleLayer;
 use alloy_transport::{TransportError, TransportErrorKind, TransportFut, TransportResult};
 use model_runner_core::Chain;
 use model_runner_core::ports::SourceError;
-use model_runner_core::redact::{redact_url, redact_urls_in};
+use model_runner_core::redact::{UrlSecrets, redact_url};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -72,7 +72,7 @@ pub(super) struct Endpoint {
     client: RpcClient,
     receipts: AtomicU8,
     pinned_calls: AtomicU8,
-    secrets: Arc<Secrets>,
+    secrets: Arc<UrlSecrets>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -138,7 +138,7 @@ impl Endpoint {
             };
             (decode(parsed.username()), parsed.password().map(decode))
         });
-        let mut secrets = Secrets::of(address, &shown);
+        let mut secrets = UrlSecrets::of(address);
         if let Some((user, password)) = &auth {
             // The header's token, should a node echo the request's headers.
             use base64::Engine as _;
@@ -264,55 +264,6 @@ impl Endpoint {
     }
 }
 
-/// What the redactor hides of one URL (its password, path keys and secret query values), to
-/// be removed from texts the node sends back, which may quote them (an error page echoing the
-/// request path). Derived from [`redact_url`]'s verdict, so both agree on what is secret.
-#[derive(Default)]
-pub(super) struct Secrets(Vec<String>);
-
-impl Secrets {
-    fn of(raw: &str, redacted: &str) -> Self {
-        let split = |s: &str| -> Vec<String> {
-            s.split(['/', ':', '@', '?', '&', '=', '#'])
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned)
-                .collect()
-        };
-        let kept = split(redacted);
-        let mut secrets: Vec<String> = Vec::new();
-        for token in split(raw) {
-            if kept.contains(&token) || token.len() < 3 {
-                continue;
-            }
-            let decoded = url::form_urlencoded::parse(format!("x={token}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned());
-            secrets.extend(decoded.filter(|d| d.len() >= 3 && *d != token));
-            secrets.push(token);
-        }
-        // Longest first, so a secret containing another is replaced whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        secrets.dedup();
-        Self(secrets)
-    }
-
-    fn add(&mut self, secret: String) {
-        self.0.push(secret);
-        self.0.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    }
-
-    /// `text` with every secret replaced by `***` and every URL in it redacted.
-    pub(super) fn scrub(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for s in &self.0 {
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), "***");
-            }
-        }
-        redact_urls_in(&out)
-    }
-}
-
 /// An error and its sources, `a: b: c`.
 pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
@@ -345,7 +296,7 @@ struct HttpLeg {
     permits: Arc<Semaphore>,
     /// For the source request metrics.
     chain: Arc<str>,
-    secrets: Arc<Secrets>,
+    secrets: Arc<UrlSecrets>,
 }
 
 impl HttpLeg {
@@ -490,23 +441,6 @@ pub(super) fn method_missing(err: &TransportError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secrets_are_what_the_redactor_hides() {
-        let raw =
-            "https://runner:pa%24%24word@node.example:8545/v3/0123abcd?apikey=hunter22&chain=1";
-        let s = Secrets::of(raw, &redact_url(raw));
-        let text = "GET /v3/0123abcd?apikey=hunter22 failed for runner with pa$$word and \
-                    pa%24%24word on node.example chain=1";
-        let got = s.scrub(text);
-        for secret in ["0123abcd", "hunter22", "pa$$word", "pa%24%24word"] {
-            assert!(!got.contains(secret), "{got}");
-        }
-        assert!(
-            got.contains("runner") && got.contains("node.example") && got.contains("chain=1"),
-            "{got}"
-        );
-    }
 
     #[test]
     fn options_come_from_the_fragment_and_unknown_ones_are_refused() {

@@ -112,6 +112,7 @@ use lapin::protocol::AMQPErrorKind;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
 use model_runner_core::ports::{Consumer, QueueError, RunMessage, RunQueue};
+use model_runner_core::redact::{UrlSecrets, redact_url};
 use rand::Rng;
 
 use self::consumer::AmqpConsumer;
@@ -284,8 +285,9 @@ fn amqp_error(context: &str, source: lapin::Error) -> QueueError {
     }
 }
 
-/// Checks an `amqp://` / `amqps://` URL and returns it with its password replaced by `***`.
-fn redact_url(url: &str) -> Result<String, QueueError> {
+/// Checks an `amqp://` / `amqps://` URL and returns it as the one redactor
+/// ([`model_runner_core::redact`]) shows it; errors show it that way too.
+fn checked_url(url: &str) -> Result<String, QueueError> {
     let invalid = |shown: &str, reason: String| QueueError::Backend {
         adapter: ADAPTER,
         source: Box::new(InvalidUrl {
@@ -299,7 +301,7 @@ fn redact_url(url: &str) -> Result<String, QueueError> {
             format!("{e}; expected amqp://user:password@host:5672/vhost"),
         )
     })?;
-    let redacted = model_runner_core::redact::redact_url(url);
+    let redacted = redact_url(url);
     if !matches!(parsed.scheme(), "amqp" | "amqps") {
         return Err(invalid(
             &redacted,
@@ -310,15 +312,8 @@ fn redact_url(url: &str) -> Result<String, QueueError> {
         return Err(invalid(&redacted, "no host".to_owned()));
     }
     if let Err(e) = url.parse::<lapin::uri::AMQPUri>() {
-        // lapin's message may quote the URL: never show the password.
-        let mut reason = e.replace(url, &redacted);
-        if let Some(password) = url::Url::parse(url)
-            .ok()
-            .and_then(|u| u.password().map(str::to_owned))
-            && !password.is_empty()
-        {
-            reason = reason.replace(&password, "***");
-        }
+        // lapin's message may quote the URL or its parts: never show a secret.
+        let reason = UrlSecrets::of(url).scrub(&e.replace(url, &redacted));
         return Err(invalid(&redacted, reason));
     }
     Ok(redacted)
@@ -392,7 +387,7 @@ impl Shared {
     fn new(url: &str, options: AmqpOptions) -> Result<Self, QueueError> {
         Ok(Self {
             url: url.to_owned(),
-            redacted_url: redact_url(url)?,
+            redacted_url: checked_url(url)?,
             options,
             connection: tokio::sync::Mutex::new(None),
             declared: Mutex::new(HashSet::new()),
@@ -691,19 +686,33 @@ mod tests {
 
     #[test]
     fn urls_are_checked_and_redacted() {
-        assert_eq!(
-            redact_url("amqp://guest:secret@127.0.0.1:5672/%2f").unwrap(),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(redact_url("amqp://127.0.0.1").unwrap(), "amqp://127.0.0.1");
-        for bad in [
-            "http://guest:secret@host/",
-            "not a url",
-            "amqp://guest:secret@host:notaport/",
-        ] {
-            let err = redact_url(bad).unwrap_err().to_string();
-            assert!(err.contains("invalid AMQP URL"), "{err}");
-            assert!(!err.contains("secret"), "{err}");
+        let cases = [
+            (
+                "amqp://guest:secret@127.0.0.1:5672/%2f",
+                Ok("amqp://guest:***@127.0.0.1:5672/%2f"),
+            ),
+            ("amqp://127.0.0.1", Ok("amqp://127.0.0.1")),
+            ("http://guest:secret@host/", Err("is not amqp")),
+            ("not a url", Err("expected amqp://")),
+            (
+                "amqp://guest:secret@host:notaport/",
+                Err("invalid AMQP URL"),
+            ),
+            ("amqp://guest:secret@/vhost", Err("invalid AMQP URL")),
+        ];
+        for (url, want) in cases {
+            match (checked_url(url), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{url}"),
+                (Err(e), Err(want)) => {
+                    let e = e.to_string();
+                    assert!(
+                        e.contains("invalid AMQP URL") && e.contains(want),
+                        "{url}: {e}"
+                    );
+                    assert!(!e.contains("secret"), "{url}: {e}");
+                }
+                (got, _) => panic!("{url}: {got:?}"),
+            }
         }
     }
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use model_runner_core::ports::QueueError;
 
-use super::{ADAPTER, AmqpOptions, InvalidUrl, QueueType, redact_url};
+use super::{ADAPTER, AmqpOptions, InvalidUrl, QueueType, checked_url};
 
 /// The parameters this module reads.
 const OWN: &[&str] = &[
@@ -50,7 +50,7 @@ const LAPIN: &[&str] = &[
 /// parameters set over [`AmqpOptions::default`]. See the module docs.
 pub(super) fn parse(url: &str) -> Result<(String, AmqpOptions), QueueError> {
     // Checks the scheme and host, and gives the redacted form for errors.
-    let redacted = redact_url(url)?;
+    let redacted = checked_url(url)?;
     let shown = redacted.split('?').next().unwrap_or(&redacted).to_owned();
     let invalid = |reason: String| QueueError::Backend {
         adapter: ADAPTER,

@@ -1444,6 +1444,27 @@ async fn probes_openapi_and_fallback(kind: Store) {
         "bearer"
     );
     assert!(doc["components"]["schemas"]["ErrorResponse"].is_object());
+    // Every /v1 operation documents the refusals any of them may answer, as the envelope; writes
+    // also the read-only token's.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            let mut refusals = vec!["401", "503"];
+            if method != "get" {
+                refusals.push("403");
+            }
+            for status in refusals {
+                let body = &op["responses"][status]["content"]["application/json"]["schema"];
+                assert_eq!(
+                    body["$ref"], "#/components/schemas/ErrorResponse",
+                    "{method} {path} {status}: {}",
+                    op["responses"]
+                );
+            }
+        }
+    }
     let submit = &doc["components"]["schemas"]["SubmitRuns"]["properties"];
     assert_eq!(
         submit["model"]["enum"],

@@ -18,7 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::ApiState;
 use super::auth::{ReadAccess, WriteAccess};
 use super::body::ApiJson;
-use super::error::{ApiError, ErrorResponse};
+use super::error::{ApiError, BodyRefusals, ErrorResponse, ReadRefusals, WriteRefusals};
 use super::input::{self, ApiQuery};
 use super::path::ApiPath;
 
@@ -137,10 +137,7 @@ fn no_abi(chain: &Chain, address: &alloy_primitives::Address) -> ApiError {
     responses(
         (status = 200, description = "The ABI as registered", body = AbiView),
         (status = 400, description = "Invalid chain, address or ABI", body = ErrorResponse),
-        (status = 401, description = "No valid token", body = ErrorResponse),
-        (status = 403, description = "A read token", body = ErrorResponse),
-        (status = 413, description = "Body too large", body = ErrorResponse),
-        (status = 415, description = "Not JSON", body = ErrorResponse),
+        WriteRefusals, BodyRefusals,
     ),
     security(("bearer" = ["write"]))
 )]
@@ -167,8 +164,8 @@ pub async fn put_abi(
     responses(
         (status = 200, description = "The ABI", body = AbiView),
         (status = 400, description = "Invalid chain or address", body = ErrorResponse),
-        (status = 401, description = "No valid token", body = ErrorResponse),
         (status = 404, description = "No ABI registered for the contract", body = ErrorResponse),
+        ReadRefusals,
     ),
     security(("bearer" = ["read"]))
 )]
@@ -193,9 +190,8 @@ pub async fn get_abi(
     responses(
         (status = 204, description = "Removed"),
         (status = 400, description = "Invalid chain or address", body = ErrorResponse),
-        (status = 401, description = "No valid token", body = ErrorResponse),
-        (status = 403, description = "A read token", body = ErrorResponse),
         (status = 404, description = "No ABI registered for the contract", body = ErrorResponse),
+        WriteRefusals,
     ),
     security(("bearer" = ["write"]))
 )]
@@ -221,7 +217,7 @@ pub async fn delete_abi(
     responses(
         (status = 200, description = "The registered ABIs", body = AbiList),
         (status = 400, description = "Invalid parameter", body = ErrorResponse),
-        (status = 401, description = "No valid token", body = ErrorResponse),
+        ReadRefusals,
     ),
     security(("bearer" = ["read"]))
 )]

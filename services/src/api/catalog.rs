@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::ApiState;
 use super::auth::ReadAccess;
-use super::error::{ApiError, ErrorResponse};
+use super::error::{ApiError, ErrorResponse, ReadRefusals};
 use super::input;
 use super::path::ApiPath;
 use super::runs::{ModelKindView, RunStateView};
@@ -114,7 +114,7 @@ pub struct ModelList {
     tag = "models",
     responses(
         (status = 200, description = "Registered models", body = ModelList),
-        (status = 401, description = "No valid token", body = ErrorResponse),
+        ReadRefusals,
     ),
     security(("bearer" = ["read"]))
 )]
@@ -211,8 +211,8 @@ pub struct ChainProgress {
     responses(
         (status = 200, description = "Progress", body = ChainProgress),
         (status = 400, description = "Invalid chain name", body = ErrorResponse),
-        (status = 401, description = "No valid token", body = ErrorResponse),
         (status = 404, description = "Chain not configured", body = ErrorResponse),
+        ReadRefusals,
     ),
     security(("bearer" = ["read"]))
 )]

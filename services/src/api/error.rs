@@ -13,7 +13,7 @@ use model_runner_core::engine::EngineError;
 use model_runner_core::model::RegistryError;
 use model_runner_core::ports::StoreError;
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::{IntoResponses, ToSchema};
 
 /// A failed request: status, stable code, message and the input field at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +44,45 @@ pub struct ErrorDetail {
     pub message: String,
     /// The request field at fault, when there is one.
     pub field: Option<String>,
+}
+
+/// The refusals every operation that needs a read token may answer, listed in its
+/// `#[utoipa::path]` beside its own responses.
+#[derive(Debug, IntoResponses)]
+pub enum ReadRefusals {
+    /// No valid token (`unauthorized`).
+    #[response(status = 401)]
+    Unauthorized(ErrorResponse),
+    /// A backend is unavailable (`unavailable`; run store, queue, block source or index) or the
+    /// request took longer than the server allows (`timeout`).
+    #[response(status = 503)]
+    Unavailable(ErrorResponse),
+}
+
+/// The refusals every operation that needs a write token may answer.
+#[derive(Debug, IntoResponses)]
+pub enum WriteRefusals {
+    /// No valid token (`unauthorized`).
+    #[response(status = 401)]
+    Unauthorized(ErrorResponse),
+    /// A token that may only read (`forbidden`).
+    #[response(status = 403)]
+    Forbidden(ErrorResponse),
+    /// A backend is unavailable (`unavailable`; run store, queue, block source or index) or the
+    /// request took longer than the server allows (`timeout`).
+    #[response(status = 503)]
+    Unavailable(ErrorResponse),
+}
+
+/// The refusals of a request body, for every operation that reads one.
+#[derive(Debug, IntoResponses)]
+pub enum BodyRefusals {
+    /// The body is larger than the server's limit (`body_too_large`).
+    #[response(status = 413)]
+    TooLarge(ErrorResponse),
+    /// The body is not `application/json` (`unsupported_media_type`).
+    #[response(status = 415)]
+    NotJson(ErrorResponse),
 }
 
 impl ApiError {

@@ -28,7 +28,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
 use super::auth::ReadAccess;
-use super::error::{ApiError, ErrorResponse};
+use super::error::{ApiError, ErrorResponse, ReadRefusals};
 use super::input::{ApiQuery, page_size, quoted};
 use super::path::ApiPath;
 
@@ -203,9 +203,8 @@ fn index_error(e: batch_index::Error) -> ApiError {
     responses(
         (status = 200, description = "A page of the account's checkpoints", body = AccountCheckpoints),
         (status = 400, description = "Invalid account (`invalid_account`) or query parameter (`invalid_query`, naming it in `field`)", body = ErrorResponse),
-        (status = 401, description = "No valid token", body = ErrorResponse),
         (status = 404, description = "The index has no data for this account's shard", body = ErrorResponse),
-        (status = 503, description = "The index could not be read, or the request timed out", body = ErrorResponse),
+        ReadRefusals,
     ),
     security(("bearer" = ["read"]))
 )]
@@ -253,9 +252,8 @@ pub async fn account(
     responses(
         (status = 200, description = "The transaction's position", body = TransactionPosition),
         (status = 400, description = "Not a 32-byte hex hash (`invalid_hash`)", body = ErrorResponse),
-        (status = 401, description = "No valid token", body = ErrorResponse),
         (status = 404, description = "The transaction is not in the index", body = ErrorResponse),
-        (status = 503, description = "The index could not be read, or the request timed out", body = ErrorResponse),
+        ReadRefusals,
     ),
     security(("bearer" = ["read"]))
 )]

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::ApiState;
 use super::auth::{ReadAccess, WriteAccess};
 use super::body::{ApiJson, OptionalJson};
-use super::error::{ApiError, ErrorResponse};
+use super::error::{ApiError, BodyRefusals, ErrorResponse, ReadRefusals, WriteRefusals};
 use super::input::{self, ApiQuery};
 use super::path::ApiPath;
 use crate::submission;
@@ -291,11 +291,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 201, description = "Runs created", body = SubmittedRuns),
         (status = 200, description = "Same Idempotency-Key as an earlier submission: its runs", body = SubmittedRuns),
         (status = 400, description = "Invalid request", body = ErrorResponse),
-        (status = 401, description = "No valid token", body = ErrorResponse),
-        (status = 403, description = "Token may not write", body = ErrorResponse),
         (status = 409, description = "Idempotency-Key used for different runs", body = ErrorResponse),
-        (status = 413, description = "Body too large", body = ErrorResponse),
-        (status = 415, description = "Not JSON", body = ErrorResponse),
+        WriteRefusals, BodyRefusals,
     ),
     security(("bearer" = ["write"]))
 )]
@@ -414,8 +411,8 @@ fn parse_id(id: &str) -> Result<RunId, ApiError> {
     responses(
         (status = 200, description = "The run", body = RunView),
         (status = 400, description = "Not a UUID", body = ErrorResponse),
-        (status = 401, description = "No valid token", body = ErrorResponse),
         (status = 404, description = "No such run", body = ErrorResponse),
+        ReadRefusals,
     ),
     security(("bearer" = ["read"]))
 )]
@@ -540,7 +537,7 @@ fn parse_query(q: ListQuery, max_page: u32) -> Result<RunFilter, ApiError> {
     responses(
         (status = 200, description = "A page of runs", body = RunPageView),
         (status = 400, description = "Invalid parameter", body = ErrorResponse),
-        (status = 401, description = "No valid token", body = ErrorResponse),
+        ReadRefusals,
     ),
     security(("bearer" = ["read"]))
 )]
@@ -606,12 +603,9 @@ async fn transition_current(
     responses(
         (status = 200, description = "The cancelled run", body = RunView),
         (status = 400, description = "Not a UUID or invalid body", body = ErrorResponse),
-        (status = 401, description = "No valid token", body = ErrorResponse),
-        (status = 403, description = "Token may not write", body = ErrorResponse),
         (status = 404, description = "No such run", body = ErrorResponse),
         (status = 409, description = "The run already succeeded or was cancelled", body = ErrorResponse),
-        (status = 413, description = "Body too large", body = ErrorResponse),
-        (status = 415, description = "Not JSON", body = ErrorResponse),
+        WriteRefusals, BodyRefusals,
     ),
     security(("bearer" = ["write"]))
 )]
@@ -656,10 +650,9 @@ pub async fn cancel(
     responses(
         (status = 200, description = "The run, due for its next attempt", body = RunView),
         (status = 400, description = "Not a UUID", body = ErrorResponse),
-        (status = 401, description = "No valid token", body = ErrorResponse),
-        (status = 403, description = "Token may not write", body = ErrorResponse),
         (status = 404, description = "No such run", body = ErrorResponse),
         (status = 409, description = "The run is not failed or expired", body = ErrorResponse),
+        WriteRefusals,
     ),
     security(("bearer" = ["write"]))
 )]

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::auth::{ReadAccess, WriteAccess};
 use super::body::ApiJson;
-use super::error::{ApiError, ErrorResponse};
+use super::error::{ApiError, BodyRefusals, ErrorResponse, ReadRefusals, WriteRefusals};
 use super::input;
 use super::path::ApiPath;
 use super::runs::{RangeView, SubmittedRuns, chunk_size_of, max_attempts_of};
@@ -80,7 +80,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     responses(
         (status = 200, description = "The versions and their blocks", body = VersionList),
         (status = 400, description = "Invalid model name", body = ErrorResponse),
-        (status = 401, description = "No valid token", body = ErrorResponse),
+        ReadRefusals,
     ),
     security(("bearer" = ["read"]))
 )]
@@ -116,10 +116,7 @@ pub async fn list_versions(
     responses(
         (status = 201, description = "Runs created", body = SubmittedRuns),
         (status = 400, description = "Invalid request, unknown model or chain, or nothing to rerun", body = ErrorResponse),
-        (status = 401, description = "No valid token", body = ErrorResponse),
-        (status = 403, description = "Token may not write", body = ErrorResponse),
-        (status = 413, description = "Body too large", body = ErrorResponse),
-        (status = 415, description = "Not JSON", body = ErrorResponse),
+        WriteRefusals, BodyRefusals,
     ),
     security(("bearer" = ["write"]))
 )]

@@ -311,14 +311,8 @@ mod tests {
         submit_backfill(
             deps,
             BackfillRequest {
-                model: "block_stats".into(),
-                chain: chain(),
-                range: BlockRange::new(0, 29).unwrap(),
-                chunk_size: 10,
-                mode: RunMode::Backfill,
-                adhoc_queue: None,
                 max_attempts,
-                idempotency_key: None,
+                ..BackfillRequest::new("block_stats", chain(), BlockRange::new(0, 29).unwrap(), 10)
             },
         )
         .await
@@ -367,14 +361,9 @@ mod tests {
         let adhoc = submit_backfill(
             &deps,
             BackfillRequest {
-                model: "block_stats".into(),
-                chain: chain(),
-                range: BlockRange::new(0, 29).unwrap(),
-                chunk_size: 10,
                 mode: RunMode::Adhoc,
                 adhoc_queue: Some(1),
-                max_attempts: 3,
-                idempotency_key: None,
+                ..BackfillRequest::new("block_stats", chain(), BlockRange::new(0, 29).unwrap(), 10)
             },
         )
         .await

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::chain::{BlockRange, Chain, RunMode};
+use crate::chain::{BlockRange, Chain};
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{
     BackfillRequest, CancellationToken, EngineDeps, EngineError, Enqueuer, EnqueuerConfig, Limits,
@@ -285,16 +285,7 @@ impl Runner {
     ) -> Result<Vec<RunId>, EngineError> {
         let created = submit_backfill(
             &self.deps,
-            BackfillRequest {
-                model: model.to_owned(),
-                chain: chain.clone(),
-                range,
-                chunk_size,
-                mode: RunMode::Backfill,
-                adhoc_queue: None,
-                max_attempts: 3,
-                idempotency_key: None,
-            },
+            BackfillRequest::new(model, chain.clone(), range, chunk_size),
         )
         .await?;
         Ok(created.runs.iter().map(|r| r.id).collect())

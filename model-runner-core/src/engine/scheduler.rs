@@ -69,6 +69,24 @@ pub struct BackfillRequest {
     pub idempotency_key: Option<String>,
 }
 
+impl BackfillRequest {
+    /// A backfill of `model` over `range` of `chain`, one run per `chunk_size` blocks, three
+    /// attempts each, without an idempotency key; change the other fields with struct update
+    /// syntax (`BackfillRequest { mode: RunMode::Adhoc, ..BackfillRequest::new(..) }`).
+    pub fn new(model: impl Into<String>, chain: Chain, range: BlockRange, chunk_size: u64) -> Self {
+        Self {
+            model: model.into(),
+            chain,
+            range,
+            chunk_size,
+            mode: RunMode::Backfill,
+            adhoc_queue: None,
+            max_attempts: 3,
+            idempotency_key: None,
+        }
+    }
+}
+
 /// The default of [`Limits::max_runs_per_backfill`](super::Limits::max_runs_per_backfill).
 pub const DEFAULT_MAX_RUNS_PER_BACKFILL: u64 = 100_000;
 
@@ -548,16 +566,7 @@ mod tests {
         };
         let created = submit_backfill(
             &deps,
-            BackfillRequest {
-                model: "block_stats".into(),
-                chain: chain(),
-                range: BlockRange::new(0, 9).unwrap(),
-                chunk_size: 10,
-                mode: RunMode::Backfill,
-                adhoc_queue: None,
-                max_attempts: 3,
-                idempotency_key: None,
-            },
+            BackfillRequest::new("block_stats", chain(), BlockRange::new(0, 9).unwrap(), 10),
         )
         .await
         .unwrap();
@@ -845,14 +854,13 @@ mod tests {
 
     fn backfill(start: u64, end: u64, chunk_size: u64) -> BackfillRequest {
         BackfillRequest {
-            model: "block_stats".into(),
-            chain: chain(),
-            range: BlockRange::new(start, end).unwrap(),
-            chunk_size,
-            mode: RunMode::Backfill,
-            adhoc_queue: None,
             max_attempts: 2,
-            idempotency_key: None,
+            ..BackfillRequest::new(
+                "block_stats",
+                chain(),
+                BlockRange::new(start, end).unwrap(),
+                chunk_size,
+            )
         }
     }
 

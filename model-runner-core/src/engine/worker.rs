@@ -949,14 +949,8 @@ mod tests {
         let created = submit_backfill(
             deps,
             BackfillRequest {
-                model: "labels".into(),
-                chain: chain(),
-                range: BlockRange::new(0, 19).unwrap(),
-                chunk_size: 10,
-                mode: RunMode::Backfill,
-                adhoc_queue: None,
                 max_attempts: 2,
-                idempotency_key: None,
+                ..BackfillRequest::new("labels", chain(), BlockRange::new(0, 19).unwrap(), 10)
             },
         )
         .await
@@ -1182,14 +1176,8 @@ mod tests {
         let created = submit_backfill(
             &deps,
             BackfillRequest {
-                model: "blocker".into(),
-                chain: chain(),
-                range: BlockRange::new(0, 9).unwrap(),
-                chunk_size: 10,
-                mode: RunMode::Backfill,
-                adhoc_queue: None,
                 max_attempts,
-                idempotency_key: None,
+                ..BackfillRequest::new("blocker", chain(), BlockRange::new(0, 9).unwrap(), 10)
             },
         )
         .await
@@ -1383,14 +1371,14 @@ mod tests {
         let created = submit_backfill(
             &api,
             BackfillRequest {
-                model: "block_stats".into(),
-                chain: matic.clone(),
-                range: BlockRange::new(0, 199).unwrap(),
-                chunk_size: 10,
                 mode: RunMode::Adhoc,
-                adhoc_queue: None,
                 max_attempts: 1,
-                idempotency_key: None,
+                ..BackfillRequest::new(
+                    "block_stats",
+                    matic.clone(),
+                    BlockRange::new(0, 199).unwrap(),
+                    10,
+                )
             },
         )
         .await
@@ -1710,14 +1698,8 @@ mod tests {
         let created = submit_backfill(
             &deps,
             BackfillRequest {
-                model: "batches".into(),
-                chain: chain(),
-                range: BlockRange::new(0, 24).unwrap(),
-                chunk_size: 25,
-                mode: RunMode::Backfill,
-                adhoc_queue: None,
                 max_attempts: 1,
-                idempotency_key: None,
+                ..BackfillRequest::new("batches", chain(), BlockRange::new(0, 24).unwrap(), 25)
             },
         )
         .await
@@ -1761,14 +1743,8 @@ mod tests {
         let err = submit_backfill(
             &capped,
             BackfillRequest {
-                model: "batches".into(),
-                chain: chain(),
-                range: BlockRange::new(0, 30).unwrap(),
-                chunk_size: 30,
-                mode: RunMode::Backfill,
-                adhoc_queue: None,
                 max_attempts: 1,
-                idempotency_key: None,
+                ..BackfillRequest::new("batches", chain(), BlockRange::new(0, 30).unwrap(), 30)
             },
         )
         .await

@@ -250,12 +250,7 @@ struct WorkerFlags {
     #[arg(long, env = "MODEL_RUNNER_LEASE_SECS", default_value_t = 60)]
     lease_secs: u64,
     /// Attempts per run before it ends `failed` and its message is dead-lettered.
-    #[arg(
-        long,
-        env = "MODEL_RUNNER_MAX_ATTEMPTS",
-        default_value_t = submission::DEFAULT_MAX_ATTEMPTS,
-        value_parser = clap::value_parser!(u32).range(1..=i64::from(submission::MAX_ATTEMPTS))
-    )]
+    #[arg(long, env = "MODEL_RUNNER_MAX_ATTEMPTS", default_value_t = submission::DEFAULT_MAX_ATTEMPTS, value_parser = max_attempts_flag)]
     max_attempts: u32,
     /// On SIGTERM or Ctrl-C, seconds in-flight runs may take to finish before they are
     /// handed back (to `queued` on the same attempt, their messages requeued for another
@@ -283,6 +278,29 @@ impl WorkerFlags {
             ..Default::default()
         }
     }
+}
+
+/// What a submission (`backfill`, `rerun`) asks for, by the rules of `model_runner::submission`.
+#[derive(Debug, Args, Clone)]
+struct SubmissionFlags {
+    /// Blocks per run.
+    #[arg(long, env = "MODEL_RUNNER_CHUNK_SIZE", default_value_t = submission::DEFAULT_CHUNK_SIZE, value_parser = chunk_size_flag)]
+    chunk_size: u64,
+    /// Attempts per run (at most 100).
+    #[arg(long, env = "MODEL_RUNNER_MAX_ATTEMPTS", default_value_t = submission::DEFAULT_MAX_ATTEMPTS, value_parser = max_attempts_flag)]
+    max_attempts: u32,
+}
+
+/// `--chunk-size`, checked by the rule the API applies.
+fn chunk_size_flag(value: &str) -> Result<u64, String> {
+    let n = value.parse().map_err(|e| format!("{e}"))?;
+    submission::chunk_size(Some(n)).map_err(|e| e.to_string())
+}
+
+/// `--max-attempts`, checked by the rule the API applies.
+fn max_attempts_flag(value: &str) -> Result<u32, String> {
+    let n = value.parse().map_err(|e| format!("{e}"))?;
+    submission::max_attempts(Some(n)).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args, Clone)]
@@ -347,12 +365,7 @@ Examples:
         #[arg(long, env = "MODEL_RUNNER_REALTIME", value_delimiter = ',')]
         realtime: Vec<RealtimeSpec>,
         /// Blocks per backfill run.
-        #[arg(
-            long,
-            env = "MODEL_RUNNER_CHUNK_SIZE",
-            default_value_t = submission::DEFAULT_CHUNK_SIZE,
-            value_parser = clap::value_parser!(u64).range(1..)
-        )]
+        #[arg(long, env = "MODEL_RUNNER_CHUNK_SIZE", default_value_t = submission::DEFAULT_CHUNK_SIZE, value_parser = chunk_size_flag)]
         chunk_size: u64,
         #[command(flatten)]
         worker: WorkerFlags,
@@ -426,28 +439,14 @@ Examples:
     Backfill {
         /// CHAIN:MODEL:START-END (inclusive), e.g. ethereum:erc20_transfers:0-20000.
         spec: BackfillSpec,
-        /// Blocks per run.
-        #[arg(
-            long,
-            env = "MODEL_RUNNER_CHUNK_SIZE",
-            default_value_t = submission::DEFAULT_CHUNK_SIZE,
-            value_parser = clap::value_parser!(u64).range(1..)
-        )]
-        chunk_size: u64,
+        #[command(flatten)]
+        submission: SubmissionFlags,
         /// Submit as adhoc runs to the shared backfill_N pools.
         #[arg(long, env = "MODEL_RUNNER_ADHOC")]
         adhoc: bool,
         /// For adhoc runs, the pool N of backfill_N (default: spread over all).
         #[arg(long, env = "MODEL_RUNNER_ADHOC_QUEUE", requires = "adhoc")]
         adhoc_queue: Option<u32>,
-        /// Attempts per run.
-        #[arg(
-        long,
-        env = "MODEL_RUNNER_MAX_ATTEMPTS",
-        default_value_t = submission::DEFAULT_MAX_ATTEMPTS,
-        value_parser = clap::value_parser!(u32).range(1..=i64::from(submission::MAX_ATTEMPTS))
-    )]
-        max_attempts: u32,
         /// Resubmitting with the same key returns the same runs.
         #[arg(long, env = "MODEL_RUNNER_IDEMPOTENCY_KEY")]
         idempotency_key: Option<String>,
@@ -476,22 +475,8 @@ Example:
             value_name = "CHAIN"
         )]
         of_chain: Option<Chain>,
-        /// Blocks per new run.
-        #[arg(
-            long,
-            env = "MODEL_RUNNER_CHUNK_SIZE",
-            default_value_t = submission::DEFAULT_CHUNK_SIZE,
-            value_parser = clap::value_parser!(u64).range(1..)
-        )]
-        chunk_size: u64,
-        /// Attempts per run.
-        #[arg(
-        long,
-        env = "MODEL_RUNNER_MAX_ATTEMPTS",
-        default_value_t = submission::DEFAULT_MAX_ATTEMPTS,
-        value_parser = clap::value_parser!(u32).range(1..=i64::from(submission::MAX_ATTEMPTS))
-    )]
-        max_attempts: u32,
+        #[command(flatten)]
+        submission: SubmissionFlags,
     },
     /// Which versions of a model cover which blocks: one JSON line per chain and version, with
     /// the merged ranges of its succeeded runs. Only the run store is used.
@@ -650,11 +635,11 @@ fn apply_config(cli: &mut Cli, m: &ArgMatches, file: &ConfigFile) {
                 api.api_open_reads = open;
             }
         }
-        Command::Backfill { max_attempts, .. } => {
+        Command::Backfill { submission, .. } => {
             if unset(sm, "max_attempts")
                 && let Some(v) = file.worker.as_ref().and_then(|w| w.max_attempts)
             {
-                *max_attempts = v;
+                submission.max_attempts = v;
             }
         }
         _ => {}
@@ -1111,10 +1096,13 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
         }
         Command::Backfill {
             spec,
-            chunk_size,
+            submission:
+                SubmissionFlags {
+                    chunk_size,
+                    max_attempts,
+                },
             adhoc,
             adhoc_queue,
-            max_attempts,
             idempotency_key,
         } => {
             let created = submit_backfill(
@@ -1152,8 +1140,11 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
             model,
             from_version,
             of_chain,
-            chunk_size,
-            max_attempts,
+            submission:
+                SubmissionFlags {
+                    chunk_size,
+                    max_attempts,
+                },
         } => {
             let created = model_runner_core::engine::rerun(
                 &deps,

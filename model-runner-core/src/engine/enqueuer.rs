@@ -474,17 +474,18 @@ mod tests {
         );
         let stats = worker.stats();
         let handle = tokio::spawn(worker.run(stop.clone()));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while queue.inner.ready_len(&runs[0].queue) > 0
-            || stats.runs_succeeded.load(Ordering::Relaxed) + stats.dropped.load(Ordering::Relaxed)
-                < 5
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "worker did not drain the queue"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        crate::engine::eventually(
+            Duration::from_secs(10),
+            "the worker to drain the queue",
+            || {
+                let drained = queue.inner.ready_len(&runs[0].queue) == 0
+                    && stats.runs_succeeded.load(Ordering::Relaxed)
+                        + stats.dropped.load(Ordering::Relaxed)
+                        >= 5;
+                async move { drained }
+            },
+        )
+        .await;
         stop.cancel();
         handle.await.unwrap().unwrap();
         for r in &runs {

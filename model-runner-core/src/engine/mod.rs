@@ -219,6 +219,24 @@ impl RetryPolicy {
     }
 }
 
+/// Test support: waits until `done` holds, polling every 5 ms on tokio's clock (so a test on
+/// paused time does not wait at all), and fails the test naming `what` once `within` passed.
+#[cfg(test)]
+pub(crate) async fn eventually<F, Fut>(within: Duration, what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

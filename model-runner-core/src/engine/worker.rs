@@ -1268,14 +1268,15 @@ mod tests {
             0
         );
         // The abandoned execution was aborted, not left running.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while model.dropped.load(Ordering::SeqCst) < 1 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the model task was not aborted"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        crate::engine::eventually(
+            Duration::from_secs(5),
+            "the model task to be aborted",
+            || {
+                let aborted = model.dropped.load(Ordering::SeqCst) >= 1;
+                async move { aborted }
+            },
+        )
+        .await;
 
         // A second worker picks the run up on the same attempt and completes it.
         model.block.store(false, Ordering::SeqCst);
@@ -1786,14 +1787,15 @@ mod tests {
             )
             .await
             .unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while model.dropped.load(Ordering::SeqCst) < 1 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the model task still runs after its lease was lost"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        crate::engine::eventually(
+            Duration::from_secs(5),
+            "the model task to be aborted",
+            || {
+                let aborted = model.dropped.load(Ordering::SeqCst) >= 1;
+                async move { aborted }
+            },
+        )
+        .await;
         stop.cancel();
         w.await.unwrap().unwrap();
         assert_eq!(model.started.load(Ordering::SeqCst), 1);

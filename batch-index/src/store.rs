@@ -4,6 +4,7 @@
 //! Supported URLs: `file:///abs/dir` (or a plain path), `s3://bucket/prefix`
 //! (credentials, region and `AWS_ENDPOINT`/`AWS_ALLOW_HTTP` come from the
 //! standard `AWS_*` environment variables), and `memory://` (in-process only).
+//! Store URLs take no query parameters: one is an error naming it.
 //! S3 requests are retried by object_store with exponential backoff a bounded
 //! number of times ([`s3_retry`]); every failure after that is an [`Error`]
 //! naming the object. Object paths in messages use [`redact_url`], so
@@ -43,6 +44,12 @@ pub fn s3_retry() -> object_store::RetryConfig {
 
 pub use model_runner_core::redact::redact_url;
 
+/// The query a store URL may carry: none, so a misspelt setting is an error naming it rather
+/// than silently ignored.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreParams {}
+
 impl StoreRoot {
     /// Wraps an existing store (e.g. `InMemory` shared between jobs in one
     /// process) under `prefix`; `display` names it in messages.
@@ -70,6 +77,13 @@ impl StoreRoot {
                     .map_err(|_| Error::invalid(format!("bad local path `{display}`")))?
             }
         };
+        if let Some(query) = url.query() {
+            serde_urlencoded::from_str::<StoreParams>(query).map_err(|e| {
+                Error::invalid(format!(
+                    "store URL `{display}`: {e}: store URLs take no parameters (S3 is configured by AWS_* variables)"
+                ))
+            })?;
+        }
         match url.scheme() {
             "file" => {
                 let dir = url
@@ -282,21 +296,31 @@ impl StoreRoot {
 mod tests {
     use super::*;
 
+    /// Store URLs open or fail naming what is wrong, never showing a secret.
     #[test]
-    fn redaction_hides_credentials_and_queries() {
-        let r = redact_url("s3://AKIAXXXX:supersecret@bucket/prefix?token=abc");
-        assert!(
-            !r.contains("supersecret") && !r.contains("AKIAXXXX") && !r.contains("abc"),
-            "{r}"
-        );
-        assert!(r.contains("bucket/prefix"), "{r}");
-        assert_eq!(redact_url("s3://bucket/p"), "s3://bucket/p");
-    }
-
-    #[test]
-    fn unknown_scheme_is_rejected_by_name() {
-        let e = StoreRoot::open("ftp://host/x").unwrap_err().to_string();
-        assert!(e.contains("ftp"), "{e}");
+    fn store_urls_open_or_name_what_is_wrong() {
+        let cases = [
+            ("memory:///idx", Ok("memory:///idx")),
+            ("memory:///idx?", Ok("memory:///idx?")),
+            ("ftp://host/x", Err("unsupported store scheme `ftp`")),
+            ("memory:///idx?region=eu", Err("unknown field `region`")),
+            (
+                "s3://AKIAXXXX:supersecret@bucket/prefix?token=abc",
+                Err("`s3://***:***@bucket/prefix?token=***`: unknown field `token`"),
+            ),
+        ];
+        for (url, want) in cases {
+            match (StoreRoot::open(url), want) {
+                (Ok(root), Ok(want)) => assert_eq!(root.describe(""), want, "{url}"),
+                (Err(e), Err(want)) => {
+                    let e = e.to_string();
+                    assert!(e.contains(want), "{url}: {e}");
+                    assert!(!e.contains("supersecret") && !e.contains("AKIAXXXX"), "{e}");
+                }
+                (Ok(_), Err(want)) => panic!("{url}: opened, want {want}"),
+                (Err(e), Ok(_)) => panic!("{url}: {e}"),
+            }
+        }
     }
 
     #[tokio::test]

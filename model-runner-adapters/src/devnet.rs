@@ -83,32 +83,56 @@ impl DevnetConfig {
             )));
         }
         let query = rest.trim_start_matches('/').trim_start_matches('?');
-        let mut c = Self::default();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let num = || {
+        let params: DevnetParams = serde_urlencoded::from_str(query).map_err(|e| {
+            SourceError::InvalidData(format!(
+                "invalid devnet URL {}: {e}",
+                model_runner_core::redact::redact_url(url)
+            ))
+        })?;
+        let num = |k: &str, v: Option<String>| {
+            v.map(|v| {
                 v.parse::<u64>().map_err(|_| {
                     SourceError::InvalidData(format!(
                         "invalid devnet parameter {k}={v:?}: expected a non-negative integer"
                     ))
                 })
-            };
-            match k {
-                "block_time_ms" => c.block_time = Duration::from_millis(num()?.max(1)),
-                "head" => c.head = num()?,
-                "seed" => c.seed = num()?,
-                "txs" => c.txs = num()?.min(10_000) as u32,
-                "logs" => c.logs = num()?.min(20_000) as u32,
-                "delay_ms" => c.delay = Duration::from_millis(num()?),
-                other => {
-                    return Err(SourceError::InvalidData(format!(
-                        "unknown devnet parameter {other:?}: known are block_time_ms, head, seed, txs, logs, delay_ms"
-                    )));
-                }
-            }
+            })
+            .transpose()
+        };
+        let mut c = Self::default();
+        if let Some(ms) = num("block_time_ms", params.block_time_ms)? {
+            c.block_time = Duration::from_millis(ms.max(1));
+        }
+        if let Some(n) = num("head", params.head)? {
+            c.head = n;
+        }
+        if let Some(n) = num("seed", params.seed)? {
+            c.seed = n;
+        }
+        if let Some(n) = num("txs", params.txs)? {
+            c.txs = n.min(10_000) as u32;
+        }
+        if let Some(n) = num("logs", params.logs)? {
+            c.logs = n.min(20_000) as u32;
+        }
+        if let Some(ms) = num("delay_ms", params.delay_ms)? {
+            c.delay = Duration::from_millis(ms);
         }
         Ok(c)
     }
+}
+
+/// The query of a devnet URL, as given (values are checked by [`DevnetConfig::from_url`], so
+/// its errors quote them).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevnetParams {
+    block_time_ms: Option<String>,
+    head: Option<String>,
+    seed: Option<String>,
+    txs: Option<String>,
+    logs: Option<String>,
+    delay_ms: Option<String>,
 }
 
 /// The devnet source.
@@ -460,17 +484,32 @@ mod tests {
     }
 
     #[test]
-    fn bad_urls() {
-        let err = DevnetConfig::from_url("devnet://?blocktime=5").unwrap_err();
-        assert!(err.to_string().contains("\"blocktime\""), "{err}");
-        let err = DevnetConfig::from_url("devnet://?head=-1").unwrap_err();
-        assert!(err.to_string().contains("head=\"-1\""), "{err}");
-        let err = DevnetConfig::from_url("devnet://?wait=1").unwrap_err();
-        assert!(err.to_string().contains("delay_ms"), "{err}");
-        assert_eq!(
-            DevnetConfig::from_url("devnet://").unwrap(),
-            DevnetConfig::default()
-        );
+    fn urls_parse_into_a_config_or_name_what_is_wrong() {
+        type Case = (&'static str, Result<(u64, u64), &'static str>);
+        let cases: [Case; 8] = [
+            ("devnet://", Ok((1_000_000, 1))),
+            ("devnet://?head=10&seed=7", Ok((10, 7))),
+            ("devnet:///?seed=3&", Ok((1_000_000, 3))),
+            ("devnet://?blocktime=5", Err("unknown field `blocktime`")),
+            ("devnet://?wait=1", Err("delay_ms")),
+            ("devnet://?head=-1", Err("head=\"-1\"")),
+            ("devnet://?head=1&head=2", Err("duplicate field `head`")),
+            (
+                "devnet://?token=hunter22",
+                Err("devnet://?token=***: unknown field `token`"),
+            ),
+        ];
+        for (url, want) in cases {
+            match (DevnetConfig::from_url(url), want) {
+                (Ok(c), Ok(want)) => assert_eq!((c.head, c.seed), want, "{url}"),
+                (Err(e), Err(want)) => {
+                    let e = e.to_string();
+                    assert!(e.contains(want), "{url}: {e}");
+                    assert!(!e.contains("hunter22"), "{url}: {e}");
+                }
+                (got, want) => panic!("{url}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

@@ -519,35 +519,29 @@ mod tests {
         let id = created.runs[0].id;
         let owner = "w".to_owned();
         let lease_until = chrono::Utc::now() + chrono::Duration::minutes(1);
-        store
-            .transition(id, RunState::Pending, 1, RunEvent::Enqueue)
-            .await
-            .unwrap();
-        store
-            .transition(
-                id,
+        let steps = [
+            (RunState::Pending, RunEvent::Enqueue),
+            (
                 RunState::Queued,
-                1,
                 RunEvent::Start {
                     owner: owner.clone(),
                     lease_until,
                 },
-            )
-            .await
-            .unwrap();
-        let run = store
-            .transition(
-                id,
+            ),
+            (
                 RunState::Running,
-                1,
                 RunEvent::Fail {
                     owner,
                     error: "boom".into(),
                     retry_at: None,
                 },
-            )
-            .await
-            .unwrap();
+            ),
+        ];
+        let mut run = None;
+        for (state, event) in steps {
+            run = Some(store.transition(id, state, 1, event).await.unwrap());
+        }
+        let run = run.unwrap();
         assert_eq!((run.state, run.next_attempt_at), (RunState::Failed, None));
         id
     }

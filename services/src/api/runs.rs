@@ -320,7 +320,7 @@ pub async fn submit(
     let chain = input::chain(&req.chain)?;
     let range = BlockRange::new(req.range.start, req.range.end)
         .map_err(|e| ApiError::bad_request("invalid_range", e.to_string()).field("range"))?;
-    let chunk_size = chunk_size_of(req.chunk_size)?;
+    let chunk_size = submission::chunk_size(req.chunk_size)?;
     if range.len() > limits.max_blocks_per_submission {
         return Err(ApiError::bad_request(
             "range_too_large",
@@ -361,7 +361,7 @@ pub async fn submit(
             .field("mode"));
         }
     };
-    let max_attempts = max_attempts_of(req.max_attempts)?;
+    let max_attempts = submission::max_attempts(req.max_attempts)?;
     let deps = &state.deps;
     deps.models.get_for(&req.model, &chain)?;
     deps.source(&chain)?;
@@ -385,16 +385,6 @@ pub async fn submit(
         StatusCode::OK
     };
     Ok((status, Json(created.into())))
-}
-
-/// A submission's `chunk_size`, by the one rule of [`submission::chunk_size`].
-pub(crate) fn chunk_size_of(chunk_size: Option<u64>) -> Result<u64, ApiError> {
-    submission::chunk_size(chunk_size).map_err(ApiError::from)
-}
-
-/// A submission's `max_attempts`, by the one rule of [`submission::max_attempts`].
-pub(crate) fn max_attempts_of(max_attempts: Option<u32>) -> Result<u32, ApiError> {
-    submission::max_attempts(max_attempts).map_err(ApiError::from)
 }
 
 fn parse_id(id: &str) -> Result<RunId, ApiError> {

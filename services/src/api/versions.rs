@@ -16,7 +16,8 @@ use super::body::ApiJson;
 use super::error::{ApiError, BodyRefusals, ErrorResponse, ReadRefusals, WriteRefusals};
 use super::input;
 use super::path::ApiPath;
-use super::runs::{RangeView, SubmittedRuns, chunk_size_of, max_attempts_of};
+use super::runs::{RangeView, SubmittedRuns};
+use crate::submission;
 
 /// Longest model name.
 const MAX_MODEL_NAME: usize = 128;
@@ -135,8 +136,8 @@ pub async fn rerun_model(
         .field("from_version"));
     }
     let chain = req.chain.as_deref().map(input::chain).transpose()?;
-    let chunk_size = chunk_size_of(req.chunk_size)?;
-    let max_attempts = max_attempts_of(req.max_attempts)?;
+    let chunk_size = submission::chunk_size(req.chunk_size)?;
+    let max_attempts = submission::max_attempts(req.max_attempts)?;
     let created = rerun(
         &state.deps,
         RerunRequest {

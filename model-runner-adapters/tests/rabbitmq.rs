@@ -368,10 +368,7 @@ async fn bad_url_parameters_are_named_without_the_password() {
         ("queue_type=stream", "queue_type=stream"),
         ("delivery_limit=5", "needs `queue_type=quorum`"),
         ("prefetch=0", "prefetch=0"),
-        (
-            "consumer_timeout=60",
-            "unknown parameter `consumer_timeout`",
-        ),
+        ("consumer_timeout=60", "unknown field `consumer_timeout`"),
     ] {
         let err = queue_from_url(
             &format!("amqp://guest:hunter2@127.0.0.1:1/%2f?{query}"),

@@ -12,39 +12,38 @@
 //! | `connection_name` | text | [`AmqpOptions::connection_name`] |
 //!
 //! lapin's own parameters (`heartbeat`, `connection_timeout`, `frame_max`, `channel_max`,
-//! `auth_mechanism`) are left in the URL handed to lapin; the ones above are taken out. Any other
-//! parameter, a repeated one, or a value that does not parse is an error naming the parameter;
-//! the URL in it has its password replaced by `***`.
+//! `auth_mechanism`) are left in the URL handed to lapin; the ones above are taken out. The query
+//! is read by `serde_urlencoded` into a `deny_unknown_fields` struct: any other parameter, a
+//! repeated one, or a value that does not parse is an error naming the parameter; the URL in it
+//! is shown through the core redactor.
 //!
 //! Example: `amqp://runner:secret@mq/%2f?queue_type=quorum&delivery_limit=5&consumer_timeout_ms=21600000&prefetch=32`.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use model_runner_core::ports::QueueError;
 
 use super::{ADAPTER, AmqpOptions, InvalidUrl, QueueType, checked_url};
 
-/// The parameters this module reads.
-const OWN: &[&str] = &[
-    "queue_type",
-    "delivery_limit",
-    "consumer_timeout_ms",
-    "prefetch",
-    "connect_timeout_ms",
-    "confirm_timeout_ms",
-    "publisher_channels",
-    "connection_name",
-];
-
-/// The parameters lapin reads, passed through.
-const LAPIN: &[&str] = &[
-    "heartbeat",
-    "connection_timeout",
-    "frame_max",
-    "channel_max",
-    "auth_mechanism",
-];
+/// The query of an `amqp://` URL, as given: this adapter's parameters, then lapin's (passed
+/// through). Values are checked by [`parse`], whose errors quote them.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AmqpParams {
+    queue_type: Option<String>,
+    delivery_limit: Option<String>,
+    consumer_timeout_ms: Option<String>,
+    prefetch: Option<String>,
+    connect_timeout_ms: Option<String>,
+    confirm_timeout_ms: Option<String>,
+    publisher_channels: Option<String>,
+    connection_name: Option<String>,
+    heartbeat: Option<String>,
+    connection_timeout: Option<String>,
+    frame_max: Option<String>,
+    channel_max: Option<String>,
+    auth_mechanism: Option<String>,
+}
 
 /// Splits `url` into the URL for lapin (without this adapter's parameters) and the options its
 /// parameters set over [`AmqpOptions::default`]. See the module docs.
@@ -60,60 +59,70 @@ pub(super) fn parse(url: &str) -> Result<(String, AmqpOptions), QueueError> {
         }),
     };
     let mut parsed = url::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+    let params: AmqpParams = serde_urlencoded::from_str(parsed.query().unwrap_or(""))
+        .map_err(|e| invalid(format!("parameters: {e}")))?;
+    let bad = |key: &str, value: &str, expected: &str| {
+        invalid(format!("parameter `{key}={value}`: expected {expected}"))
+    };
+    let positive_ms = |key: &str, value: Option<String>| {
+        value
+            .map(|v| match v.parse::<u64>() {
+                Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+                _ => Err(bad(key, &v, "a positive number of milliseconds")),
+            })
+            .transpose()
+    };
     let mut options = AmqpOptions::default();
-    let mut seen = HashSet::new();
-    let mut kept: Vec<(String, String)> = Vec::new();
-    let mut quorum = None::<bool>;
-    let mut delivery_limit = None::<u32>;
-    for (key, value) in parsed.query_pairs() {
-        let (key, value) = (key.into_owned(), value.into_owned());
-        if !seen.insert(key.clone()) {
-            return Err(invalid(format!("parameter `{key}` is given twice")));
-        }
-        if LAPIN.contains(&key.as_str()) {
-            kept.push((key, value));
-            continue;
-        }
-        let bad =
-            |expected: &str| invalid(format!("parameter `{key}={value}`: expected {expected}"));
-        let positive_ms = || match value.parse::<u64>() {
-            Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
-            _ => Err(bad("a positive number of milliseconds")),
-        };
-        match key.as_str() {
-            "queue_type" => {
-                quorum = Some(match value.as_str() {
-                    "classic" => false,
-                    "quorum" => true,
-                    _ => return Err(bad("`classic` or `quorum`")),
-                });
-            }
-            "delivery_limit" => match value.parse::<u32>() {
-                Ok(n) if n > 0 => delivery_limit = Some(n),
-                _ => return Err(bad("an integer from 1 to 4294967295")),
-            },
-            "consumer_timeout_ms" => options.consumer_timeout = Some(positive_ms()?),
-            "connect_timeout_ms" => options.connect_timeout = positive_ms()?,
-            "confirm_timeout_ms" => options.confirm_timeout = positive_ms()?,
-            "prefetch" => match value.parse::<u16>() {
-                Ok(n) if n > 0 => options.prefetch = Some(n),
-                _ => return Err(bad("an integer from 1 to 65535")),
-            },
-            "publisher_channels" => {
-                options.publisher_channels =
-                    value.parse().map_err(|_| bad("a non-negative integer"))?;
-            }
-            "connection_name" if !value.is_empty() => options.connection_name = value,
-            "connection_name" => return Err(bad("a non-empty name")),
-            _ => {
-                return Err(invalid(format!(
-                    "unknown parameter `{key}`; accepted: {}, and lapin's {}",
-                    OWN.join(", "),
-                    LAPIN.join(", ")
-                )));
-            }
+    let quorum = params
+        .queue_type
+        .map(|v| match v.as_str() {
+            "classic" => Ok(false),
+            "quorum" => Ok(true),
+            _ => Err(bad("queue_type", &v, "`classic` or `quorum`")),
+        })
+        .transpose()?;
+    let delivery_limit = params
+        .delivery_limit
+        .map(|v| match v.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(bad("delivery_limit", &v, "an integer from 1 to 4294967295")),
+        })
+        .transpose()?;
+    if let Some(t) = positive_ms("consumer_timeout_ms", params.consumer_timeout_ms)? {
+        options.consumer_timeout = Some(t);
+    }
+    if let Some(t) = positive_ms("connect_timeout_ms", params.connect_timeout_ms)? {
+        options.connect_timeout = t;
+    }
+    if let Some(t) = positive_ms("confirm_timeout_ms", params.confirm_timeout_ms)? {
+        options.confirm_timeout = t;
+    }
+    if let Some(v) = params.prefetch {
+        match v.parse::<u16>() {
+            Ok(n) if n > 0 => options.prefetch = Some(n),
+            _ => return Err(bad("prefetch", &v, "an integer from 1 to 65535")),
         }
     }
+    if let Some(v) = params.publisher_channels {
+        options.publisher_channels = v
+            .parse()
+            .map_err(|_| bad("publisher_channels", &v, "a non-negative integer"))?;
+    }
+    match params.connection_name {
+        Some(v) if v.is_empty() => return Err(bad("connection_name", &v, "a non-empty name")),
+        Some(v) => options.connection_name = v,
+        None => {}
+    }
+    let kept: Vec<(&str, String)> = [
+        ("heartbeat", params.heartbeat),
+        ("connection_timeout", params.connection_timeout),
+        ("frame_max", params.frame_max),
+        ("channel_max", params.channel_max),
+        ("auth_mechanism", params.auth_mechanism),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k, v)))
+    .collect();
     options.queue_type = match (quorum, delivery_limit) {
         (Some(true), delivery_limit) => QueueType::Quorum { delivery_limit },
         (_, Some(_)) => {
@@ -201,9 +210,9 @@ mod tests {
             ("confirm_timeout_ms=1.5", "confirm_timeout_ms=1.5"),
             ("publisher_channels=-2", "publisher_channels=-2"),
             ("connection_name=", "connection_name="),
-            ("prefetch=4&prefetch=8", "`prefetch` is given twice"),
-            ("prefech=4", "unknown parameter `prefech`"),
-            ("x-delivery-limit=5", "unknown parameter `x-delivery-limit`"),
+            ("prefetch=4&prefetch=8", "duplicate field `prefetch`"),
+            ("prefech=4", "unknown field `prefech`, expected one of"),
+            ("x-delivery-limit=5", "unknown field `x-delivery-limit`"),
         ] {
             let err = parse(&format!("amqp://guest:hunter2@mq/%2f?{query}")).unwrap_err();
             assert!(

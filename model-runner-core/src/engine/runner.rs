@@ -68,8 +68,9 @@ pub struct RunnerBuilder {
 }
 
 impl RunnerBuilder {
-    /// The wall clock the loops decide by (default: [`SystemClock`]). Tests give a
-    /// [`TokioClock`](crate::clock::TokioClock) and pause tokio's time.
+    /// The wall clock the loops (and the default in-memory store) decide by (default:
+    /// [`SystemClock`]). Tests give a [`TokioClock`](crate::clock::TokioClock) and pause tokio's
+    /// time.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self
@@ -191,6 +192,7 @@ impl RunnerBuilder {
             }
             self.models.get(&sub.model)?;
         }
+        let clock = self.clock.unwrap_or_else(SystemClock::shared);
         let mut worker = self.worker;
         if worker.queues.is_empty() {
             let mut chains: Vec<&Chain> = self.sources.keys().collect();
@@ -199,9 +201,10 @@ impl RunnerBuilder {
         }
         Ok(Runner {
             deps: EngineDeps {
+                // The default store stamps and ends locks on the runner's clock.
                 store: self
                     .store
-                    .unwrap_or_else(|| Arc::new(MemoryRunStore::new())),
+                    .unwrap_or_else(|| Arc::new(MemoryRunStore::with_clock(clock.clone()))),
                 queue: self
                     .queue
                     .unwrap_or_else(|| Arc::new(MemoryRunQueue::new())),
@@ -210,7 +213,7 @@ impl RunnerBuilder {
                 models: Arc::new(self.models),
                 routing: self.routing,
                 limits: self.limits,
-                clock: self.clock.unwrap_or_else(SystemClock::shared),
+                clock,
             },
             worker,
             enqueuer: self.enqueuer,
@@ -420,6 +423,64 @@ mod tests {
         assert_eq!(
             runner.worker.queues,
             Routing::default().all_queues([&eth()])
+        );
+    }
+
+    /// Fails the first attempt of every run, then counts its blocks.
+    #[derive(Debug, Default)]
+    struct FailsOnce(std::sync::Mutex<std::collections::HashSet<RunId>>);
+
+    #[async_trait::async_trait]
+    impl crate::model::Model for FailsOnce {
+        fn name(&self) -> &str {
+            "fails_once"
+        }
+        fn version(&self) -> &str {
+            "1"
+        }
+        fn kind(&self) -> crate::chain::ModelKind {
+            crate::chain::ModelKind::Nonreads
+        }
+        async fn run(
+            &self,
+            ctx: &crate::model::ModelContext,
+            blocks: &[crate::data::Block],
+        ) -> Result<Vec<crate::model::Record>, crate::model::ModelError> {
+            if self.0.lock().unwrap().insert(ctx.run_id) {
+                return Err(crate::model::ModelError::Failed("first attempt".into()));
+            }
+            Ok(blocks
+                .iter()
+                .map(|b| ctx.record(b, 0, serde_json::json!({ "n": b.number })))
+                .collect())
+        }
+    }
+
+    /// The retry waits its backoff (5 s by default) on the runner's clock: on paused time the
+    /// run settles at once, five seconds later by the clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_waits_its_backoff_on_the_runners_clock() {
+        let runner = Runner::builder()
+            .clock(crate::clock::TokioClock::shared())
+            .source(MemoryBlockSource::with_empty_blocks(eth(), 0..=9))
+            .model(FailsOnce::default())
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let runs = runner
+            .backfill("fails_once", &eth(), BlockRange::new(0, 9).unwrap(), 10)
+            .await
+            .unwrap();
+        let done = runner.run_until_done(&runs).await.unwrap();
+        assert_eq!((done[0].state, done[0].attempt), (RunState::Succeeded, 2));
+        assert!(
+            done[0].updated_at - done[0].created_at >= chrono::Duration::seconds(4),
+            "the second attempt started after the backoff: {:?}",
+            done[0]
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "without waiting for it"
         );
     }
 

@@ -235,7 +235,8 @@ pub async fn chain_progress(
             None,
         ),
         Ok(Err(e)) => {
-            tracing::warn!(%chain, error = %e, "chain head unavailable");
+            let error = model_runner_core::redact::redact_urls_in(&e.to_string());
+            tracing::warn!(%chain, %error, "chain head unavailable");
             (
                 None,
                 Some("the block source did not return a head".to_owned()),

@@ -3,8 +3,8 @@
 //! Every failure a handler, an extractor or a middleware produces becomes an `ApiError`, rendered
 //! as `{"error": {"code", "message", "field"}}`. `code` is stable (clients branch on it),
 //! `message` names the problem in words, `field` points at the offending input when there is one.
-//! Store and broker failures are logged in full and answered with a generic message, so internals
-//! (SQL, URLs, hosts) never reach a client.
+//! Store and broker failures are logged (URL passwords redacted) and answered with a generic
+//! message, so internals (SQL, URLs, hosts) never reach a client.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use model_runner_core::engine::EngineError;
 use model_runner_core::model::RegistryError;
 use model_runner_core::ports::StoreError;
+use model_runner_core::redact::redact_urls_in;
 use serde::Serialize;
 use utoipa::{IntoResponses, ToSchema};
 
@@ -127,9 +128,10 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
-    /// `503`: a backend failed; `detail` is logged, never returned.
+    /// `503`: a backend failed; `detail` is logged (any URL in it redacted), never returned.
     pub fn unavailable(what: &str, detail: &dyn std::fmt::Display) -> Self {
-        tracing::error!(backend = what, error = %detail, "API request failed on a backend");
+        let error = redact_urls_in(&detail.to_string());
+        tracing::error!(backend = what, %error, "API request failed on a backend");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -137,9 +139,11 @@ impl ApiError {
         )
     }
 
-    /// `500`: a failure that no input should cause; `detail` is logged, never returned.
+    /// `500`: a failure that no input should cause; `detail` is logged (any URL in it
+    /// redacted), never returned.
     pub fn internal(detail: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %detail, "API request failed");
+        let error = redact_urls_in(&detail.to_string());
+        tracing::error!(%error, "API request failed");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

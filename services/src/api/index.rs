@@ -170,11 +170,13 @@ fn reader(state: &ApiState) -> Result<&batch_index::IndexReader, ApiError> {
         .ok_or_else(|| ApiError::not_found("not_found", "no index is served"))
 }
 
-fn coverage(reader: &batch_index::reader::IndexSnapshot) -> Option<IndexCoverage> {
-    reader.covered().map(|r| IndexCoverage {
-        first: r.first,
-        last: r.last,
-    })
+impl From<batch_index::manifest::LedgerRange> for IndexCoverage {
+    fn from(r: batch_index::manifest::LedgerRange) -> Self {
+        Self {
+            first: r.first,
+            last: r.last,
+        }
+    }
 }
 
 /// An index read failure: a missing shard is `404`, anything else `503` (details logged).
@@ -237,7 +239,7 @@ pub async fn account(
         limit,
         checkpoints,
         next: rest.next(),
-        covered: coverage(&reader),
+        covered: reader.covered().map(IndexCoverage::from),
     }))
 }
 
@@ -272,7 +274,7 @@ pub async fn transaction(
             ledger: p.ledger(),
             tx_index: p.tx_index(),
             op_index: p.op_index(),
-            covered: coverage(&reader),
+            covered: reader.covered().map(IndexCoverage::from),
             hash,
         })),
         None => Err(ApiError::not_found("not_found", "transaction not in the index").field("hash")),

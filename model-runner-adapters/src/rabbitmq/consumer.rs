@@ -29,6 +29,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use backon::BackoffBuilder;
+
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
@@ -62,8 +64,12 @@ enum State {
         stream: lapin::Consumer,
         settler: Arc<Settler>,
     },
-    /// The subscription ended; `attempt` resubscriptions have failed since.
-    Lost { attempt: u32 },
+    /// The subscription ended; `attempt` resubscriptions have failed since, and `delays` gives
+    /// the wait before each next one (backon, `AmqpOptions::backoff`).
+    Lost {
+        attempt: u32,
+        delays: backon::ExponentialBackoff,
+    },
     /// Deliveries stopped by [`Consumer::cancel`]; the channel stays open so that what was
     /// handed out can still be settled, and closes when the consumer is dropped.
     Cancelled { _channel: Option<Box<Channel>> },
@@ -137,19 +143,20 @@ impl Consumer for AmqpConsumer {
                     },
                     Some(Err(e)) => {
                         tracing::warn!(queue = %self.queue, error = %e, "consumer lost its channel; resubscribing");
-                        self.state = State::Lost { attempt: 0 };
+                        self.state = self.lost();
                     }
                     None => {
                         tracing::warn!(queue = %self.queue, "consumer cancelled by the broker; resubscribing");
-                        self.state = State::Lost { attempt: 0 };
+                        self.state = self.lost();
                     }
                 },
                 State::Cancelled { .. } => return Ok(None),
-                State::Lost { attempt } => {
-                    let attempt = *attempt;
-                    if attempt > 0 {
-                        tokio::time::sleep(self.shared.options.backoff(attempt - 1)).await;
+                State::Lost { attempt, delays } => {
+                    if *attempt > 0 {
+                        let delay = delays.next().unwrap_or(self.shared.options.max_backoff);
+                        tokio::time::sleep(delay).await;
                     }
+                    let attempt = *attempt;
                     match subscribe(&self.shared, &self.queue, self.prefetch).await {
                         Ok((channel, stream)) => {
                             tracing::info!(queue = %self.queue, "consumer resubscribed");
@@ -161,9 +168,9 @@ impl Consumer for AmqpConsumer {
                         }
                         Err(e) => {
                             tracing::warn!(queue = %self.queue, error = %e, attempt, "resubscribing failed");
-                            self.state = State::Lost {
-                                attempt: attempt.saturating_add(1),
-                            };
+                            if let State::Lost { attempt, .. } = &mut self.state {
+                                *attempt = attempt.saturating_add(1);
+                            }
                             if !e.is_retryable() {
                                 return Err(e);
                             }
@@ -176,6 +183,14 @@ impl Consumer for AmqpConsumer {
 }
 
 impl AmqpConsumer {
+    /// The state of a consumer whose subscription just ended.
+    fn lost(&self) -> State {
+        State::Lost {
+            attempt: 0,
+            delays: self.shared.options.backoff().build(),
+        }
+    }
+
     /// `basic.cancel`, then hands back (nack, requeue) what the broker had already sent and
     /// [`Consumer::next`] not returned, until the stream ends.
     async fn cancel_subscription(&mut self) -> Result<(), QueueError> {

@@ -36,7 +36,8 @@
 //! # Connection loss
 //!
 //! One connection is shared. When it is found closed, the next caller reconnects, retrying with
-//! exponential backoff and jitter ([`AmqpOptions::min_backoff`] .. [`AmqpOptions::max_backoff`])
+//! backon's exponential backoff and jitter ([`AmqpOptions::min_backoff`] ..
+//! [`AmqpOptions::max_backoff`], each delay plus up to as much again)
 //! for at most [`AmqpOptions::connect_timeout`] per call, and declares the topology again. A
 //! consumer whose subscription ended resubscribes inside its next `next` call, retrying with the
 //! same backoff until the broker is back, so a worker waiting in `next` simply waits longer.
@@ -101,19 +102,19 @@ mod topology;
 
 use std::collections::HashSet;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::protocol::AMQPErrorKind;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind};
 use model_runner_core::ports::{Consumer, QueueError, RunMessage, RunQueue};
 use model_runner_core::redact::{UrlSecrets, redact_url};
-use rand::Rng;
 
 use self::consumer::AmqpConsumer;
 
@@ -195,15 +196,24 @@ impl AmqpOptions {
         params::parse(url)
     }
 
-    /// The delay before reconnect attempt `attempt` (from 0): exponential, capped, and
-    /// randomised to between half and all of it, so many clients do not reconnect in step.
-    fn backoff(&self, attempt: u32) -> Duration {
-        let full = self
-            .min_backoff
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.max_backoff);
-        full.mul_f64(rand::rng().random_range(0.5..=1.0))
+    /// The delays between reconnect attempts (backon): from `min_backoff`, doubling up to
+    /// `max_backoff`, each with a random jitter of up to as much again, so many clients do not
+    /// reconnect in step; without end (callers bound them by time).
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_backoff)
+            .with_max_delay(self.max_backoff)
+            .without_max_times()
+            .with_jitter()
     }
+}
+
+/// How one connection attempt failed.
+enum ConnectFailure {
+    /// Worth another attempt (the broker is unreachable or went away).
+    Retry(String),
+    /// Not worth one (e.g. the broker refused the topology).
+    Final(QueueError),
 }
 
 /// A [`RunQueue`] on RabbitMQ. Cheap to clone: clones share the connection. See the module docs.
@@ -408,12 +418,13 @@ impl Shared {
             return Ok(c.clone());
         }
         let deadline = tokio::time::Instant::now() + self.options.connect_timeout;
-        let mut attempt = 0u32;
-        loop {
+        let attempts = AtomicU32::new(0);
+        let result = (|| async {
+            let attempt = attempts.fetch_add(1, Ordering::Relaxed);
             let properties = ConnectionProperties::default()
                 .with_connection_name(self.options.connection_name.clone().into());
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let error = match tokio::time::timeout(
+            match tokio::time::timeout(
                 remaining.max(Duration::from_millis(100)),
                 Connection::connect(&self.url, properties),
             )
@@ -426,29 +437,40 @@ impl Shared {
                             if self.connects.fetch_add(1, Ordering::Relaxed) > 0 {
                                 tracing::info!(url = %self.redacted_url, attempt, "reconnected to RabbitMQ");
                             }
-                            *current = Some(c.clone());
-                            return Ok(c);
+                            Ok(c)
                         }
-                        Err(e) if e.is_retryable() => e.to_string(),
-                        Err(e) => return Err(e),
+                        Err(e) if e.is_retryable() => Err(ConnectFailure::Retry(e.to_string())),
+                        Err(e) => Err(ConnectFailure::Final(e)),
                     }
                 }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "connect timed out".to_owned(),
-            };
-            let delay = self.options.backoff(attempt);
-            if tokio::time::Instant::now() + delay >= deadline {
-                return Err(QueueError::Unavailable {
-                    adapter: ADAPTER,
-                    message: format!(
-                        "cannot connect to {} within {:?}: {error}",
-                        self.redacted_url, self.options.connect_timeout
-                    ),
-                });
+                Ok(Err(e)) => Err(ConnectFailure::Retry(e.to_string())),
+                Err(_) => Err(ConnectFailure::Retry("connect timed out".to_owned())),
             }
-            tracing::warn!(url = %self.redacted_url, attempt, %error, ?delay, "RabbitMQ connection failed; retrying");
-            tokio::time::sleep(delay).await;
-            attempt = attempt.saturating_add(1);
+        })
+        .retry(self.options.backoff())
+        .when(|f| matches!(f, ConnectFailure::Retry(_)))
+        // No attempt starts past the deadline.
+        .adjust(|_, delay| delay.filter(|d| tokio::time::Instant::now() + *d < deadline))
+        .notify(|f, delay| {
+            if let ConnectFailure::Retry(error) = f {
+                let attempt = attempts.load(Ordering::Relaxed).saturating_sub(1);
+                tracing::warn!(url = %self.redacted_url, attempt, %error, ?delay, "RabbitMQ connection failed; retrying");
+            }
+        })
+        .await;
+        match result {
+            Ok(c) => {
+                *current = Some(c.clone());
+                Ok(c)
+            }
+            Err(ConnectFailure::Final(e)) => Err(e),
+            Err(ConnectFailure::Retry(error)) => Err(QueueError::Unavailable {
+                adapter: ADAPTER,
+                message: format!(
+                    "cannot connect to {} within {:?}: {error}",
+                    self.redacted_url, self.options.connect_timeout
+                ),
+            }),
         }
     }
 
@@ -683,6 +705,7 @@ impl RunQueue for AmqpRunQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use backon::BackoffBuilder;
 
     #[test]
     fn urls_are_checked_and_redacted() {
@@ -731,15 +754,15 @@ mod tests {
     #[test]
     fn backoff_grows_with_jitter_and_caps() {
         let o = AmqpOptions::default();
-        for attempt in 0..40 {
-            let d = o.backoff(attempt);
-            let full = o
+        let delays: Vec<Duration> = o.backoff().build().take(40).collect();
+        assert_eq!(delays.len(), 40, "the delays never run out");
+        for (attempt, d) in delays.into_iter().enumerate() {
+            let base = o
                 .min_backoff
                 .saturating_mul(1 << attempt.min(16))
                 .min(o.max_backoff);
-            assert!(d >= full / 2 && d <= full, "{attempt}: {d:?}");
+            assert!(d >= base && d <= base * 2, "{attempt}: {d:?}");
         }
-        assert!(o.backoff(30) <= o.max_backoff);
     }
 
     #[tokio::test]

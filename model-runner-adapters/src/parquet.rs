@@ -283,20 +283,21 @@ impl ParquetSink {
             .filter(|(k, _)| k.starts_with("AWS_"))
             .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            if !pair.contains('=') {
+        // The option names are object_store's (an open set): parsed by serde_urlencoded as
+        // pairs, each name checked against `AmazonS3ConfigKey`.
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(query).map_err(|e| invalid(format!("bad query: {e}")))?;
+        for (k, v) in pairs {
+            if v.is_empty() {
                 return Err(invalid(format!(
                     "query part {:?} is not option=value",
-                    pair.chars().take(64).collect::<String>()
+                    k.chars().take(64).collect::<String>()
                 )));
             }
-            let (k, v) = url::form_urlencoded::parse(pair.as_bytes())
-                .next()
-                .unwrap_or_default();
             if object_store::aws::AmazonS3ConfigKey::from_str(&k.to_ascii_lowercase()).is_err() {
                 return Err(invalid(format!("unknown S3 option {k:?}")));
             }
-            options.push((k.into_owned(), v.into_owned()));
+            options.push((k, v));
         }
         let (store, prefix) = object_store::parse_url_opts(&parsed, options)
             .map_err(|e| invalid(format!("configuring S3: {e}")))?;

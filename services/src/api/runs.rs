@@ -387,9 +387,23 @@ pub async fn submit(
     Ok((status, Json(created.into())))
 }
 
-fn parse_id(id: &str) -> Result<RunId, ApiError> {
-    id.parse::<RunId>()
-        .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()).field("id"))
+/// The path of one run, `/v1/runs/{id}` and below. The id is read as text and parsed by
+/// [`RunPath::id`], so a malformed one is `400 invalid_id` naming `id`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RunPath {
+    /// Run id (UUID).
+    #[param(value_type = Uuid)]
+    pub id: String,
+}
+
+impl RunPath {
+    /// The run id, checked.
+    fn id(&self) -> Result<RunId, ApiError> {
+        self.id
+            .parse::<RunId>()
+            .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()).field("id"))
+    }
 }
 
 /// One run.
@@ -397,7 +411,7 @@ fn parse_id(id: &str) -> Result<RunId, ApiError> {
     get,
     path = "/v1/runs/{id}",
     tag = "runs",
-    params(("id" = Uuid, Path, description = "Run id (UUID)")),
+    params(RunPath),
     responses(
         (status = 200, description = "The run", body = RunView),
         (status = 400, description = "Not a UUID", body = ErrorResponse),
@@ -409,9 +423,9 @@ fn parse_id(id: &str) -> Result<RunId, ApiError> {
 pub async fn get_run(
     State(state): State<ApiState>,
     _: ReadAccess,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(path): ApiPath<RunPath>,
 ) -> Result<Json<RunView>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = path.id()?;
     Ok(Json(state.deps.store.get(id).await?.into()))
 }
 
@@ -588,7 +602,7 @@ async fn transition_current(
     post,
     path = "/v1/runs/{id}/cancel",
     tag = "runs",
-    params(("id" = Uuid, Path, description = "Run id (UUID)")),
+    params(RunPath),
     request_body(content = Option<CancelRun>, description = "Optional reason"),
     responses(
         (status = 200, description = "The cancelled run", body = RunView),
@@ -602,10 +616,10 @@ async fn transition_current(
 pub async fn cancel(
     State(state): State<ApiState>,
     _: WriteAccess,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(path): ApiPath<RunPath>,
     OptionalJson(body): OptionalJson<CancelRun>,
 ) -> Result<Json<RunView>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = path.id()?;
     let reason = body.unwrap_or_default().reason;
     if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
         return Err(ApiError::bad_request(
@@ -636,7 +650,7 @@ pub async fn cancel(
     post,
     path = "/v1/runs/{id}/retry",
     tag = "runs",
-    params(("id" = Uuid, Path, description = "Run id (UUID)")),
+    params(RunPath),
     responses(
         (status = 200, description = "The run, due for its next attempt", body = RunView),
         (status = 400, description = "Not a UUID", body = ErrorResponse),
@@ -649,9 +663,9 @@ pub async fn cancel(
 pub async fn retry(
     State(state): State<ApiState>,
     _: WriteAccess,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(path): ApiPath<RunPath>,
 ) -> Result<Json<RunView>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = path.id()?;
     let run = transition_current(&state, id, |run| match run.state {
         RunState::Failed | RunState::Expired => Ok(RunEvent::ScheduleRetry { at: Utc::now() }),
         s => Err(ApiError::conflict(format!(

@@ -388,7 +388,7 @@ pub async fn submit(
 }
 
 /// The path of one run, `/v1/runs/{id}` and below. The id is read as text and parsed by
-/// [`RunPath::id`], so a malformed one is `400 invalid_id` naming `id`.
+/// `RunPath::id()`, so a malformed one is `400 invalid_id` naming `id`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct RunPath {

@@ -95,7 +95,7 @@ impl FileSink {
         let dir = url
             .strip_prefix("file://")
             .ok_or_else(|| SinkError::InvalidTopic {
-                topic: url.into(),
+                topic: model_runner_core::redact::redact_url(url),
                 reason: "expected a file://DIR URL".into(),
             })?;
         Self::open(if dir.is_empty() { "." } else { dir }).await

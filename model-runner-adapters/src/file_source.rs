@@ -34,6 +34,12 @@ use async_trait::async_trait;
 use model_runner_core::ports::{BlockSource, SourceError};
 use model_runner_core::{Block, BlockHead, BlockRange, Chain, Log, Receipt, Transaction};
 
+/// The query a `file://` source URL may carry: none, so a misspelt option is an error naming it
+/// rather than part of the path.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileParams {}
+
 /// Blocks read from files.
 pub struct FileBlockSource {
     chain: Chain,
@@ -515,11 +521,19 @@ impl FileBlockSource {
         })
     }
 
-    /// From `file://PATH`.
+    /// From `file://PATH` (no query parameters: one is an error naming it).
     pub fn from_url(chain: Chain, url: &str) -> Result<Self, SourceError> {
-        let path = url
+        let shown = || model_runner_core::redact::redact_url(url);
+        let rest = url
             .strip_prefix("file://")
-            .ok_or_else(|| SourceError::InvalidData(format!("not a file URL: {url:?}")))?;
+            .ok_or_else(|| SourceError::InvalidData(format!("not a file URL: {}", shown())))?;
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        serde_urlencoded::from_str::<FileParams>(query).map_err(|e| {
+            SourceError::InvalidData(format!(
+                "{}: {e}: a file source takes no parameters",
+                shown()
+            ))
+        })?;
         Self::open(chain, path)
     }
 
@@ -563,6 +577,46 @@ impl BlockSource for FileBlockSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `file://` URLs open their path or fail naming what is wrong, never showing a secret.
+    #[test]
+    fn file_urls_open_or_name_what_is_wrong() {
+        let dir = std::env::temp_dir().join(format!("file-source-url-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("b.json"),
+            r#"{"number": 1, "hash": "0x1111111111111111111111111111111111111111111111111111111111111111", "parent_hash": "0x1111111111111111111111111111111111111111111111111111111111111111", "timestamp": 1, "gas_used": 0, "gas_limit": 1}"#,
+        )
+        .unwrap();
+        let d = dir.display();
+        let cases = [
+            (format!("file://{d}"), Ok(1)),
+            (format!("file://{d}?"), Ok(1)),
+            (
+                format!("file://{d}?follow=1"),
+                Err("unknown field `follow`"),
+            ),
+            (
+                "https://u:hunter22@node/".to_owned(),
+                Err("not a file URL: https://u:***@node/"),
+            ),
+            (format!("file://{d}/missing"), Err("no such file")),
+        ];
+        for (url, want) in cases {
+            let chain = Chain::new("ethereum").unwrap();
+            match (FileBlockSource::from_url(chain, &url), want) {
+                (Ok(s), Ok(n)) => assert_eq!(s.numbers().count(), n, "{url}"),
+                (Err(e), Err(want)) => {
+                    let e = e.to_string();
+                    assert!(e.contains(want), "{url}: {e}");
+                    assert!(!e.contains("hunter22"), "{url}: {e}");
+                }
+                (Ok(_), Err(want)) => panic!("{url}: opened, want {want}"),
+                (Err(e), Ok(_)) => panic!("{url}: {e}"),
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn scan_finds_every_block_number_key() {

@@ -1735,3 +1735,64 @@ async fn index_endpoints_are_served_with_read_scope() {
         "{v}"
     );
 }
+
+/// A model whose schema panics: `GET /v1/models` calls into it.
+#[derive(Debug)]
+struct PanickingSchema;
+
+#[async_trait::async_trait]
+impl model_runner_core::Model for PanickingSchema {
+    fn name(&self) -> &str {
+        "panicking_schema"
+    }
+    fn version(&self) -> &str {
+        "1.0.0"
+    }
+    fn kind(&self) -> model_runner_core::ModelKind {
+        model_runner_core::ModelKind::Nonreads
+    }
+    fn record_schema(&self) -> Option<model_runner_core::RecordSchema> {
+        panic!("a model bug");
+    }
+    async fn run(
+        &self,
+        _: &model_runner_core::ModelContext,
+        _: &[model_runner_core::Block],
+    ) -> Result<Vec<model_runner_core::Record>, model_runner_core::ModelError> {
+        Ok(Vec::new())
+    }
+}
+
+/// A handler that panics answers the envelope's 500 (the connection was dropped without a
+/// response before), and the next request is served as usual.
+#[tokio::test]
+async fn a_panicking_handler_answers_500_in_the_envelope() {
+    let mut models = model_runner_core::models::builtin();
+    models.register(Arc::new(PanickingSchema)).unwrap();
+    let store: Arc<dyn RunStore> = Arc::new(model_runner_core::memory::MemoryRunStore::new());
+    let deps = EngineDeps {
+        store: store.clone(),
+        queue: Arc::new(MemoryRunQueue::new()),
+        sink: Arc::new(MemorySink::new()),
+        sources: HashMap::new(),
+        models: Arc::new(models),
+        routing: Routing::default(),
+        limits: Default::default(),
+        clock: model_runner_core::clock::SystemClock::shared(),
+    };
+    let api = Api {
+        app: app(ApiState::new(deps, config())),
+        store,
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let got = api.call("GET", "/v1/models", Some(READ), None).await;
+    assert_error(
+        &got,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        None,
+        "internal error",
+    );
+    let (status, v) = api.call("GET", "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+}

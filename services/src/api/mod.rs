@@ -170,6 +170,9 @@ pub fn app(state: ApiState) -> Router {
             limits.request_timeout,
             timeout,
         ))
+        // A handler (or a model's code it calls) that panics answers the envelope's 500 and
+        // logs the panic, instead of dropping the connection without a response.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         // One span per request (method, path), outermost, so every log line of a request
         // carries it; the response's status and latency are logged at debug.
         .layer(
@@ -188,6 +191,15 @@ pub fn app(state: ApiState) -> Router {
                 ),
         )
         .with_state(state)
+}
+
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    ApiError::internal(&format_args!("handler panicked: {message}")).into_response()
 }
 
 async fn openapi_json(State(state): State<ApiState>) -> Response {

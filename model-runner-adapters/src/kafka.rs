@@ -191,16 +191,17 @@ impl KafkaConfig {
             brokers.push(broker.to_owned());
         }
         let mut config = Self::new(brokers);
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            if !pair.contains('=') {
+        // librdkafka's settings are an open set: parsed by serde_urlencoded as pairs, checked
+        // by `check` and by librdkafka itself.
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(query).map_err(|e| invalid(format!("bad query: {e}")))?;
+        for (k, v) in pairs {
+            if v.is_empty() {
                 return Err(invalid(format!(
                     "query part {:?} is not setting=value",
-                    pair.chars().take(64).collect::<String>()
+                    k.chars().take(64).collect::<String>()
                 )));
             }
-            let (k, v) = url::form_urlencoded::parse(pair.as_bytes())
-                .next()
-                .unwrap_or_default();
             config = config.set(k, v);
         }
         config.check().map_err(invalid)?;
@@ -244,15 +245,16 @@ impl KafkaConfig {
         c
     }
 
-    /// `message` with every secret setting value replaced by `***`.
+    /// `message` with every secret setting value replaced by `***` (and any URL in it
+    /// redacted), by the core redactor's [`UrlSecrets`](model_runner_core::redact::UrlSecrets).
     fn scrub(&self, message: &str) -> String {
-        let mut out = message.to_owned();
+        let mut secrets = model_runner_core::redact::UrlSecrets::default();
         for (k, v) in &self.settings {
-            if model_runner_core::redact::is_secret_key(k) && !v.is_empty() {
-                out = out.replace(v.as_str(), "***");
+            if model_runner_core::redact::is_secret_key(k) {
+                secrets.add(v.as_str());
             }
         }
-        out
+        secrets.scrub(message)
     }
 }
 

@@ -196,7 +196,10 @@ impl KafkaConfig {
         let pairs: Vec<(String, String)> =
             serde_urlencoded::from_str(query).map_err(|e| invalid(format!("bad query: {e}")))?;
         for (k, v) in pairs {
-            if v.is_empty() {
+            // `setting=` is a setting to the empty string (librdkafka has some, e.g.
+            // `ssl.endpoint.identification.algorithm=` to turn host name checks off); a bare
+            // `setting` without `=` is a mistake.
+            if v.is_empty() && !query.split('&').any(|part| part == format!("{k}=")) {
                 return Err(invalid(format!(
                     "query part {:?} is not setting=value",
                     k.chars().take(64).collect::<String>()
@@ -524,6 +527,16 @@ mod tests {
             ]
         );
         assert!(!format!("{c:?}").contains("p&ss"), "{c:?}");
+        // An empty value is a value (librdkafka turns host name checks off with it).
+        let c =
+            KafkaConfig::from_url("kafka://h:1?ssl.endpoint.identification.algorithm=").unwrap();
+        assert_eq!(
+            c.settings,
+            [(
+                "ssl.endpoint.identification.algorithm".to_owned(),
+                String::new()
+            )]
+        );
 
         for (url, needle) in [
             ("amqp://h:1", "expected a kafka://"),
@@ -533,6 +546,7 @@ mod tests {
             ("kafka://:9092", "no valid host"),
             ("kafka://h:1,h2", "no port"),
             ("kafka://h:1?linger.ms", "not setting=value"),
+            ("kafka://h:1?linger.ms=5&client.id", "not setting=value"),
             ("kafka://h:1?acks=1", "acks is always all"),
             ("kafka://h:1?enable.idempotence=false", "enable.idempotence"),
             ("kafka://h:1?bootstrap.servers=x:1", "host list"),

@@ -294,7 +294,7 @@ fn main() {
         );
 
         let cfg = SourceConfig {
-            chain: batch_index::source::Chain::Stellar,
+            chain: batch_index::source::ChainKind::Stellar,
             network_passphrase: TESTNET.into(),
             ethereum_span: 64,
         };

@@ -10,7 +10,7 @@ use batch_index::extract::Modules;
 use batch_index::map::{MapConfig, MapOutcome, run_map};
 use batch_index::reduce::{ReduceConfig, ReduceOutcome, run_reduce};
 use batch_index::runner::{ExtendOutcome, RunConfig, extend_local, run_local};
-use batch_index::source::{Chain, SourceConfig, open_source_url};
+use batch_index::source::{ChainKind, SourceConfig, open_source_url};
 use batch_index::stellar::PUBNET_PASSPHRASE;
 use batch_index::store::StoreRoot;
 use batch_index::{Error, IndexReader, Result};
@@ -88,7 +88,7 @@ impl JobIndexArgs {
 struct SourceArgs {
     /// Chain of the source: `stellar` or `ethereum`.
     #[arg(long, env = "CHAIN", default_value = "stellar")]
-    chain: Chain,
+    chain: ChainKind,
     /// Stellar network passphrase (checked against transaction hashes).
     #[arg(long, env = "NETWORK_PASSPHRASE", default_value = PUBNET_PASSPHRASE)]
     network_passphrase: String,

@@ -44,21 +44,21 @@ pub trait LedgerSource: Debug + Send + Sync + 'static {
     ) -> Result<CheckpointFacts>;
 }
 
-/// Which chain a source holds.
+/// Which kind of chain a source holds (not `model_runner_core::Chain`, a chain's name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Chain {
+pub enum ChainKind {
     /// Stellar ledgers (meta-archive or data-lake layout).
     Stellar,
     /// Ethereum blocks and receipts (JSON-RPC responses or ethereum-etl rows).
     Ethereum,
 }
 
-impl std::str::FromStr for Chain {
+impl std::str::FromStr for ChainKind {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
-            "stellar" => Ok(Chain::Stellar),
-            "ethereum" | "eth" => Ok(Chain::Ethereum),
+            "stellar" => Ok(ChainKind::Stellar),
+            "ethereum" | "eth" => Ok(ChainKind::Ethereum),
             other => Err(Error::invalid(format!(
                 "unknown chain `{other}`: expected `stellar` or `ethereum`"
             ))),
@@ -66,11 +66,11 @@ impl std::str::FromStr for Chain {
     }
 }
 
-impl std::fmt::Display for Chain {
+impl std::fmt::Display for ChainKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Chain::Stellar => "stellar",
-            Chain::Ethereum => "ethereum",
+            ChainKind::Stellar => "stellar",
+            ChainKind::Ethereum => "ethereum",
         })
     }
 }
@@ -79,7 +79,7 @@ impl std::fmt::Display for Chain {
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
     /// The chain.
-    pub chain: Chain,
+    pub chain: ChainKind,
     /// Stellar network passphrase (checked against transaction hashes).
     pub network_passphrase: String,
     /// Checkpoint span for Ethereum (Stellar is always 64).
@@ -89,10 +89,10 @@ pub struct SourceConfig {
 /// Opens the source at `root`.
 pub async fn open_source(root: StoreRoot, cfg: &SourceConfig) -> Result<Arc<dyn LedgerSource>> {
     Ok(match cfg.chain {
-        Chain::Stellar => {
+        ChainKind::Stellar => {
             Arc::new(crate::stellar::StellarSource::open(root, &cfg.network_passphrase).await?)
         }
-        Chain::Ethereum => Arc::new(
+        ChainKind::Ethereum => Arc::new(
             crate::ethereum::EthereumSource::open(root, CheckpointSpan::new(cfg.ethereum_span)?)
                 .await?,
         ),
@@ -104,7 +104,7 @@ pub async fn open_source(root: StoreRoot, cfg: &SourceConfig) -> Result<Arc<dyn 
 /// object-store source at `url` ([`open_source`]).
 pub async fn open_source_url(url: &str, cfg: &SourceConfig) -> Result<Arc<dyn LedgerSource>> {
     if crate::runner_source::is_runner_url(url) {
-        if cfg.chain != Chain::Ethereum {
+        if cfg.chain != ChainKind::Ethereum {
             return Err(Error::invalid(format!(
                 "`{}` is a runner block source, which serves Ethereum blocks: pass --chain ethereum (CHAIN=ethereum)",
                 crate::store::redact_url(url)

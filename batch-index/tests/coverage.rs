@@ -13,7 +13,7 @@ use batch_index::local_build::build_single_process;
 use batch_index::manifest::LedgerRange;
 use batch_index::map::{MapConfig, MapOutcome, run_map};
 use batch_index::reduce::{ReduceConfig, ReduceOutcome, run_reduce};
-use batch_index::source::{Chain, LedgerSource, SourceConfig, open_source};
+use batch_index::source::{ChainKind, LedgerSource, SourceConfig, open_source};
 use batch_index::store::StoreRoot;
 use batch_index::{Error, IndexReader};
 use process::{TESTNET, assert_same_index, final_index_files, growing_source};
@@ -28,7 +28,7 @@ fn root(dir: &Path) -> StoreRoot {
 
 async fn open(dir: &Path) -> Arc<dyn LedgerSource> {
     let cfg = SourceConfig {
-        chain: Chain::Stellar,
+        chain: ChainKind::Stellar,
         network_passphrase: TESTNET.into(),
         ethereum_span: 64,
     };

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use alloy_primitives::{Address, B256, b256};
 use batch_index::extract::Modules;
 use batch_index::local_build::build_single_process;
-use batch_index::source::{Chain, SourceConfig, open_source_url};
+use batch_index::source::{ChainKind, SourceConfig, open_source_url};
 use batch_index::store::StoreRoot;
 use batch_index::{INDEX_ALL, INDEX_PAYMENTS, IndexReader};
 use model_runner_core::ports::BlockSource;
@@ -62,7 +62,7 @@ fn brute_force(blocks: &[Block]) -> Expected {
 
 fn cfg(span: u32) -> SourceConfig {
     SourceConfig {
-        chain: Chain::Ethereum,
+        chain: ChainKind::Ethereum,
         network_passphrase: String::new(),
         ethereum_span: span,
     }
@@ -215,7 +215,7 @@ async fn devnet_range_checkpoints_match_brute_force_over_the_block_source() {
     let e = open_source_url(
         url,
         &SourceConfig {
-            chain: Chain::Stellar,
+            chain: ChainKind::Stellar,
             ..cfg(span)
         },
     )

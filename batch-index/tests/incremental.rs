@@ -18,7 +18,7 @@ use batch_index::local_build::build_single_process;
 use batch_index::manifest::LedgerRange;
 use batch_index::map::{MapConfig, MapOutcome, run_map};
 use batch_index::reduce::{ReduceConfig, ReduceOutcome, run_reduce};
-use batch_index::source::{Chain, LedgerSource, SourceConfig, open_source};
+use batch_index::source::{ChainKind, LedgerSource, SourceConfig, open_source};
 use batch_index::store::StoreRoot;
 use batch_index::{Error, INDEX_ALL, INDEX_PAYMENTS, IndexReader};
 use process::{
@@ -219,7 +219,7 @@ async fn an_index_extended_twice_holds_the_bytes_of_a_full_rebuild() {
 
 async fn open(dir: &Path) -> Arc<dyn LedgerSource> {
     let cfg = SourceConfig {
-        chain: Chain::Stellar,
+        chain: ChainKind::Stellar,
         network_passphrase: TESTNET.into(),
         ethereum_span: 64,
     };

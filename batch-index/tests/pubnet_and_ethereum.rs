@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use batch_index::extract::{CheckpointFacts, Modules};
 use batch_index::local_build::build_single_process;
-use batch_index::source::{Chain, SourceConfig, open_source};
+use batch_index::source::{ChainKind, SourceConfig, open_source};
 use batch_index::stellar::{PUBNET_PASSPHRASE, add_ledger_facts, ledger_protocol, ledger_seq};
 use batch_index::store::StoreRoot;
 use batch_index::{INDEX_ALL, INDEX_PAYMENTS, IndexReader};
@@ -59,7 +59,7 @@ fn pubnet_base64_ledgers_of_protocols_2_to_19_decode_and_index() {
 async fn pubnet_data_lake_batch_protocol_21_indexes() {
     let src = StoreRoot::open(fixture("stellar/pubnet").to_str().unwrap()).unwrap();
     let cfg = SourceConfig {
-        chain: Chain::Stellar,
+        chain: ChainKind::Stellar,
         network_passphrase: PUBNET_PASSPHRASE.into(),
         ethereum_span: 64,
     };
@@ -201,7 +201,7 @@ async fn ethereum_checkpoints_match_brute_force_scan() {
     let tmp = tempfile::tempdir().unwrap();
     let single = tmp.path().join("single");
     let cfg = SourceConfig {
-        chain: Chain::Ethereum,
+        chain: ChainKind::Ethereum,
         network_passphrase: String::new(),
         ethereum_span: span as u32,
     };

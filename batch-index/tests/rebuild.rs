@@ -19,7 +19,7 @@ use batch_index::manifest::LedgerRange;
 use batch_index::map::{MapConfig, run_map};
 use batch_index::reader::TxPosition;
 use batch_index::reduce::{ReduceConfig, ReduceOutcome, prune_generations, run_reduce};
-use batch_index::source::{Chain, LedgerSource, SourceConfig, open_source};
+use batch_index::source::{ChainKind, LedgerSource, SourceConfig, open_source};
 use batch_index::store::StoreRoot;
 use process::{TESTNET, generation_dir, growing_source, make_legacy};
 use roaring::RoaringBitmap;
@@ -41,7 +41,7 @@ fn root(dir: &Path) -> StoreRoot {
 async fn source(dir: &Path, latest: u32) -> Arc<dyn LedgerSource> {
     growing_source(dir, latest);
     let cfg = SourceConfig {
-        chain: Chain::Stellar,
+        chain: ChainKind::Stellar,
         network_passphrase: TESTNET.into(),
         ethereum_span: 64,
     };

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use batch_index::extract::Modules;
 use batch_index::local_build::build_single_process;
-use batch_index::source::{Chain, SourceConfig, open_source};
+use batch_index::source::{ChainKind, SourceConfig, open_source};
 use batch_index::store::StoreRoot;
 use batch_index::{INDEX_ALL, IndexReader};
 use process::{TESTNET, assert_ok, assert_same_index, batch_index, final_index_files, fixture};
@@ -129,7 +129,7 @@ async fn s3_moto_roundtrip() {
     }
     let single = tmp.path().join("single");
     let cfg = SourceConfig {
-        chain: Chain::Stellar,
+        chain: ChainKind::Stellar,
         network_passphrase: TESTNET.into(),
         ethereum_span: 64,
     };

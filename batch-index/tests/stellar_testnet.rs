@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use batch_index::extract::Modules;
 use batch_index::local_build::build_single_process;
-use batch_index::source::{Chain, SourceConfig, open_source};
+use batch_index::source::{ChainKind, SourceConfig, open_source};
 use batch_index::store::StoreRoot;
 use batch_index::{INDEX_ALL, INDEX_PAYMENTS, IndexReader};
 use process::{
@@ -19,7 +19,7 @@ use process::{
 
 fn testnet_source_cfg() -> SourceConfig {
     SourceConfig {
-        chain: Chain::Stellar,
+        chain: ChainKind::Stellar,
         network_passphrase: TESTNET.into(),
         ethereum_span: 64,
     }

@@ -11,7 +11,7 @@
 
 use batch_index::extract::Modules;
 use batch_index::local_build::build_single_process;
-use batch_index::source::{Chain, SourceConfig, open_source};
+use batch_index::source::{ChainKind, SourceConfig, open_source};
 use batch_index::store::StoreRoot;
 use batch_index::{INDEX_ALL, INDEX_PAYMENTS, IndexReader};
 
@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
     let source = open_source(
         StoreRoot::open(ledgers.to_str().expect("a UTF-8 path"))?,
         &SourceConfig {
-            chain: Chain::Stellar,
+            chain: ChainKind::Stellar,
             network_passphrase: "Test SDF Network ; September 2015".into(),
             ethereum_span: 64,
         },

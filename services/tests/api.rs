@@ -1669,7 +1669,7 @@ async fn a_stuck_store_times_out_with_503_and_fails_readiness() {
 async fn index_endpoints_are_served_with_read_scope() {
     use batch_index::extract::Modules;
     use batch_index::local_build::build_single_process;
-    use batch_index::source::{Chain as IndexChain, SourceConfig, open_source};
+    use batch_index::source::{ChainKind, SourceConfig, open_source};
     use batch_index::store::StoreRoot;
 
     let tmp = tempfile::tempdir().unwrap();
@@ -1678,7 +1678,7 @@ async fn index_endpoints_are_served_with_read_scope() {
         "/../batch-index/tests/fixtures/stellar/testnet-lighthorizon"
     );
     let cfg = SourceConfig {
-        chain: IndexChain::Stellar,
+        chain: ChainKind::Stellar,
         network_passphrase: "Test SDF Network ; September 2015".into(),
         ethereum_span: 64,
     };

@@ -14,7 +14,7 @@ const ACCOUNT_PATH: &str = "/v1/index/accounts/{account}";
 const TX_PATH: &str = "/v1/index/transactions/{hash}";
 
 async fn fixture_source() -> std::sync::Arc<dyn batch_index::source::LedgerSource> {
-    use batch_index::source::{Chain as IndexChain, SourceConfig, open_source};
+    use batch_index::source::{ChainKind, SourceConfig, open_source};
     use batch_index::store::StoreRoot;
 
     let fixture = concat!(
@@ -22,7 +22,7 @@ async fn fixture_source() -> std::sync::Arc<dyn batch_index::source::LedgerSourc
         "/../batch-index/tests/fixtures/stellar/testnet-lighthorizon"
     );
     let cfg = SourceConfig {
-        chain: IndexChain::Stellar,
+        chain: ChainKind::Stellar,
         network_passphrase: "Test SDF Network ; September 2015".into(),
         ethereum_span: 64,
     };

@@ -31,8 +31,10 @@ use crate::source::LedgerSource;
 use crate::store::StoreRoot;
 use crate::{ACCOUNT_INDEXES, partial};
 
-/// Test hook: when set to `n`, the map process aborts right after writing its
-/// `n`-th output object (simulating a crash mid-way).
+/// Test hook (feature `crash-hook`, which only the crate's own tests turn on): when set to
+/// `n`, the map process aborts right after writing its `n`-th output object (simulating a
+/// crash mid-way). A build without the feature ignores the variable.
+#[cfg(feature = "crash-hook")]
 pub const CRASH_HOOK_ENV: &str = "BATCH_INDEX_CRASH_AFTER_OBJECTS";
 
 /// Configuration of one map job.
@@ -139,24 +141,24 @@ pub async fn collect(
     Ok(acc)
 }
 
+/// Counts the objects a map job wrote and, with feature `crash-hook`, aborts the process at
+/// the count `CRASH_HOOK_ENV` names.
 struct CrashHook(Option<u64>, u64);
 
 impl CrashHook {
     fn from_env() -> Self {
-        CrashHook(
-            std::env::var(CRASH_HOOK_ENV)
-                .ok()
-                .and_then(|v| v.parse().ok()),
-            0,
-        )
+        #[cfg(feature = "crash-hook")]
+        let at = std::env::var(CRASH_HOOK_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok());
+        #[cfg(not(feature = "crash-hook"))]
+        let at = None;
+        CrashHook(at, 0)
     }
     fn wrote_one(&mut self) {
         self.1 += 1;
         if self.0 == Some(self.1) {
-            eprintln!(
-                "{CRASH_HOOK_ENV}={}: aborting after {} objects (test hook)",
-                self.1, self.1
-            );
+            eprintln!("aborting after {} objects (test hook)", self.1);
             std::process::abort();
         }
     }

@@ -21,8 +21,8 @@ use model_runner_adapters::connect::{
     queue_from_url, sink_from_url, source_from_url, store_from_url,
 };
 use model_runner_core::engine::{
-    BackfillRequest, CancellationToken, EngineDeps, Enqueuer, EnqueuerConfig, RealtimeSubscription,
-    RetryPolicy, Scheduler, SchedulerConfig, Worker, WorkerConfig, WorkerStats, submit_backfill,
+    BackfillRequest, CancellationToken, EngineDeps, EnqueuerConfig, Parts, RealtimeSubscription,
+    RetryPolicy, Runner, SchedulerConfig, WorkerConfig, WorkerStats, submit_backfill,
 };
 use model_runner_core::ports::{RunFilter, RunStore};
 use model_runner_core::{BlockRange, Chain, Routing, RunId, RunMode, RunState};
@@ -350,56 +350,53 @@ pub async fn run_all(
             ..r.subscription(None)
         })
         .collect();
-    for r in &realtime {
-        deps.models.get_for(&r.model, &r.chain)?;
-        deps.source(&r.chain)?;
-    }
     let follow = !realtime.is_empty() || config.keep_running;
-    let retry = config.worker.retry;
-    let scheduler = Scheduler::new(
-        deps.clone(),
-        SchedulerConfig {
+    // The runner checks each subscription's model and source, and gives the worker every
+    // queue of the chains with a source when none is configured.
+    let runner = Runner::builder_from(deps.clone())
+        .scheduler_config(SchedulerConfig {
             tick: config.tick,
             realtime,
-            retry,
+            retry: config.worker.retry,
             ..Default::default()
-        },
-    );
-    let enqueuer = Enqueuer::new(deps.clone(), EnqueuerConfig::default());
-    let mut worker_config = config.worker.clone();
-    if worker_config.queues.is_empty() {
-        worker_config.queues = deps.routing.all_queues(deps.sources.keys());
-    }
-    let worker = Worker::new(deps.clone(), worker_config);
-    let stats = worker.stats();
+        })
+        .enqueuer_config(EnqueuerConfig::default())
+        .worker_config(config.worker.clone())
+        .build()?;
+    let stats = runner.worker_stats();
 
     let loops = shutdown.child_token();
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(scheduler.run(loops.clone()));
-    tasks.spawn(enqueuer.run(loops.clone()));
-    let worker_token = loops.clone();
-    let worker_task = tokio::spawn(worker.run(worker_token));
+    let mut running = tokio::spawn({
+        let (runner, loops) = (runner.clone(), loops.clone());
+        async move { runner.run(Parts::ALL, loops).await }
+    });
 
     let mut report = tokio::time::interval(config.progress.unwrap_or(Duration::from_secs(3600)));
     report.tick().await;
     let mut poll = tokio::time::interval(Duration::from_millis(200));
     let mut last = (Instant::now(), 0u64);
-    loop {
+    let stopped_early = loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break None,
+            // A loop that stops on its own (the worker could not start, or failed) ends `all`
+            // with its error instead of waiting for runs nobody will execute.
+            joined = &mut running => break Some(joined),
             _ = report.tick(), if config.progress.is_some() => {
                 last = print_progress(&deps, &stats, started, last).await;
             }
             _ = poll.tick(), if !follow => {
                 if backfills_done(&*deps.store, &mut outstanding).await? {
-                    break;
+                    break None;
                 }
             }
         }
-    }
+    };
     loops.cancel();
-    while tasks.join_next().await.is_some() {}
-    worker_task.await.context("worker task")??;
+    let joined = match stopped_early {
+        Some(joined) => joined,
+        None => running.await,
+    };
+    joined.context("the engine's loops")??;
 
     let mut summary = Summary {
         blocks: stats.blocks.load(Ordering::Relaxed),
@@ -563,6 +560,67 @@ mod tests {
         let mut outstanding = HashSet::from([last]);
         assert!(backfills_done(&store, &mut outstanding).await.unwrap());
         assert!(outstanding.is_empty());
+    }
+
+    /// A queue that publishes but cannot be consumed: the worker stops at its start.
+    #[derive(Debug, Default)]
+    struct NoConsumers(model_runner_core::memory::MemoryRunQueue);
+
+    #[async_trait::async_trait]
+    impl model_runner_core::ports::RunQueue for NoConsumers {
+        async fn publish(
+            &self,
+            queue: &str,
+            messages: &[model_runner_core::ports::RunMessage],
+        ) -> Result<(), model_runner_core::ports::QueueError> {
+            self.0.publish(queue, messages).await
+        }
+        async fn consume(
+            &self,
+            queue: &str,
+            _prefetch: u16,
+        ) -> Result<Box<dyn model_runner_core::ports::Consumer>, model_runner_core::ports::QueueError>
+        {
+            Err(model_runner_core::ports::QueueError::InvalidQueue {
+                name: queue.to_owned(),
+                reason: "no consumer for it here".into(),
+            })
+        }
+        fn is_durable(&self) -> bool {
+            false
+        }
+    }
+
+    /// A worker that stops on its own ends `all` with its error; `all` waited for the
+    /// backfill's runs forever before, polling for runs no worker would execute.
+    #[tokio::test]
+    async fn all_ends_with_the_error_of_a_worker_that_stopped() {
+        let chain = Chain::new("ethereum").unwrap();
+        let deps = model_runner_core::engine::Runner::builder()
+            .source(
+                model_runner_core::memory::MemoryBlockSource::with_empty_blocks(
+                    chain.clone(),
+                    0..=9,
+                ),
+            )
+            .queue(NoConsumers::default())
+            .build()
+            .unwrap()
+            .deps()
+            .clone();
+        let config = AllConfig {
+            backfills: vec!["ethereum:block_stats:0-9".parse().unwrap()],
+            progress: None,
+            ..Default::default()
+        };
+        let ended = tokio::time::timeout(
+            Duration::from_secs(60),
+            run_all(deps, config, CancellationToken::new()),
+        )
+        .await
+        .expect("all returns when its worker stops");
+        let err = format!("{:#}", ended.unwrap_err());
+        assert!(err.contains("no consumer for it here"), "{err}");
     }
 
     #[test]

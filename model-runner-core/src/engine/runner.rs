@@ -8,7 +8,8 @@ use crate::chain::{BlockRange, Chain};
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{
     BackfillRequest, CancellationToken, EngineDeps, EngineError, Enqueuer, EnqueuerConfig, Limits,
-    RealtimeSubscription, Scheduler, SchedulerConfig, Worker, WorkerConfig, submit_backfill,
+    RealtimeSubscription, Scheduler, SchedulerConfig, Worker, WorkerConfig, WorkerStats,
+    submit_backfill,
 };
 use crate::memory::{MemoryRunQueue, MemoryRunStore, MemorySink};
 use crate::model::{Model, ModelRegistry};
@@ -183,15 +184,6 @@ impl RunnerBuilder {
         if let Some(e) = self.models_error {
             return Err(e);
         }
-        for sub in &self.scheduler.realtime {
-            if !self.sources.contains_key(&sub.chain) {
-                return Err(EngineError::InvalidInput(format!(
-                    "realtime subscription {}:{} has no block source for chain {}",
-                    sub.chain, sub.model, sub.chain
-                )));
-            }
-            self.models.get(&sub.model)?;
-        }
         let clock = self.clock.unwrap_or_else(SystemClock::shared);
         let mut worker = self.worker;
         if worker.queues.is_empty() {
@@ -199,25 +191,32 @@ impl RunnerBuilder {
             chains.sort();
             worker.queues = self.routing.all_queues(chains);
         }
+        let deps = EngineDeps {
+            // The default store stamps and ends locks on the runner's clock.
+            store: self
+                .store
+                .unwrap_or_else(|| Arc::new(MemoryRunStore::with_clock(clock.clone()))),
+            queue: self
+                .queue
+                .unwrap_or_else(|| Arc::new(MemoryRunQueue::new())),
+            sink: self.sink.unwrap_or_else(|| Arc::new(MemorySink::new())),
+            sources: self.sources,
+            models: Arc::new(self.models),
+            routing: self.routing,
+            limits: self.limits,
+            clock,
+        };
+        // Each subscription needs its chain's source and a model that serves the chain.
+        for sub in &self.scheduler.realtime {
+            deps.source(&sub.chain)?;
+            deps.models.get_for(&sub.model, &sub.chain)?;
+        }
         Ok(Runner {
-            deps: EngineDeps {
-                // The default store stamps and ends locks on the runner's clock.
-                store: self
-                    .store
-                    .unwrap_or_else(|| Arc::new(MemoryRunStore::with_clock(clock.clone()))),
-                queue: self
-                    .queue
-                    .unwrap_or_else(|| Arc::new(MemoryRunQueue::new())),
-                sink: self.sink.unwrap_or_else(|| Arc::new(MemorySink::new())),
-                sources: self.sources,
-                models: Arc::new(self.models),
-                routing: self.routing,
-                limits: self.limits,
-                clock,
-            },
+            deps,
             worker,
             enqueuer: self.enqueuer,
             scheduler: self.scheduler,
+            worker_stats: Arc::default(),
         })
     }
 }
@@ -248,6 +247,7 @@ pub struct Runner {
     worker: WorkerConfig,
     enqueuer: EnqueuerConfig,
     scheduler: SchedulerConfig,
+    worker_stats: Arc<WorkerStats>,
 }
 
 impl Runner {
@@ -272,9 +272,41 @@ impl Runner {
         }
     }
 
+    /// A builder over ports and models already assembled (an application's own
+    /// [`EngineDeps`], e.g. connected from URLs); the loop settings keep their defaults.
+    pub fn builder_from(deps: EngineDeps) -> RunnerBuilder {
+        let EngineDeps {
+            store,
+            queue,
+            sink,
+            sources,
+            models,
+            routing,
+            limits,
+            clock,
+        } = deps;
+        RunnerBuilder {
+            store: Some(store),
+            queue: Some(queue),
+            sink: Some(sink),
+            sources,
+            models: (*models).clone(),
+            routing,
+            limits,
+            clock: Some(clock),
+            ..Self::builder()
+        }
+    }
+
     /// The ports and models, for the engine's free functions and the API.
     pub fn deps(&self) -> &EngineDeps {
         &self.deps
+    }
+
+    /// The worker's live counters (runs, blocks, records), summed over every [`run`](Self::run)
+    /// of this runner and its clones.
+    pub fn worker_stats(&self) -> Arc<WorkerStats> {
+        self.worker_stats.clone()
     }
 
     /// Submits a backfill of `model` over `range` of `chain`, one run per `chunk_size` blocks
@@ -316,7 +348,8 @@ impl Runner {
             });
         }
         if parts.worker {
-            let worker = Worker::new(self.deps.clone(), self.worker.clone());
+            let worker = Worker::new(self.deps.clone(), self.worker.clone())
+                .with_stats(self.worker_stats.clone());
             tasks.spawn(worker.run(shutdown.clone()));
         }
         let mut result = Ok(());
@@ -405,7 +438,10 @@ mod tests {
             .subscribe(RealtimeSubscription::new("block_stats", eth()))
             .build()
             .unwrap_err();
-        assert!(err.to_string().contains("no block source"), "{err}");
+        assert!(
+            err.to_string().contains("unknown chain \"ethereum\""),
+            "{err}"
+        );
         let err = Runner::builder()
             .source(MemoryBlockSource::with_empty_blocks(eth(), 0..=1))
             .subscribe(RealtimeSubscription::new("no_such_model", eth()))

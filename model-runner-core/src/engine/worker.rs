@@ -172,6 +172,13 @@ impl Worker {
         self.stats.clone()
     }
 
+    /// Counts into `stats` instead of its own (a [`Runner`](super::Runner) keeps one set
+    /// across the workers it starts).
+    pub(crate) fn with_stats(mut self, stats: Arc<WorkerStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
     /// Declares the models' record schemas to the sink (an invalid schema or a refusal stops
     /// the worker before it consumes anything), consumes the configured queues until
     /// `shutdown` is cancelled, then stops consuming, gives in-flight runs `shutdown_grace` to

@@ -16,8 +16,8 @@ use model_runner::{
     cli_retry, connect_store, run_all,
 };
 use model_runner_core::engine::{
-    BackfillRequest, CancellationToken, Enqueuer, EnqueuerConfig, Scheduler, SchedulerConfig,
-    Worker, WorkerConfig, submit_backfill,
+    BackfillRequest, CancellationToken, Parts, Runner, SchedulerConfig, WorkerConfig,
+    submit_backfill,
 };
 use model_runner_core::ports::RunFilter;
 use model_runner_core::{Chain, RunId, RunMode, RunState};
@@ -1066,32 +1066,30 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
                 .iter()
                 .map(|r| r.subscription(Some(confirmations)))
                 .collect();
-            Scheduler::new(
-                deps,
-                SchedulerConfig {
+            Runner::builder_from(deps)
+                .scheduler_config(SchedulerConfig {
                     tick: Duration::from_secs(tick_secs.max(1)),
                     realtime: subs,
                     retry,
                     reconcile_after: Duration::from_secs(reconcile_after_secs.max(1)),
                     ..Default::default()
-                },
-            )
-            .run(shutdown_signal())
-            .await;
+                })
+                .build()?
+                .run(Parts::SCHEDULER, shutdown_signal())
+                .await?;
         }
         Command::Enqueuer => {
-            Enqueuer::new(deps, EnqueuerConfig::default())
-                .run(shutdown_signal())
-                .await;
+            Runner::builder_from(deps)
+                .build()?
+                .run(Parts::ENQUEUER, shutdown_signal())
+                .await?;
         }
         Command::Worker { queues, worker } => {
-            let queues = if queues.is_empty() {
-                deps.routing.all_queues(deps.sources.keys())
-            } else {
-                queues
-            };
-            Worker::new(deps, worker.config(&env, queues, retry))
-                .run(shutdown_signal())
+            // No --queues: every queue of the configured chains (the runner's default).
+            Runner::builder_from(deps)
+                .worker_config(worker.config(&env, queues, retry))
+                .build()?
+                .run(Parts::WORKER, shutdown_signal())
                 .await?;
         }
         Command::Backfill {

@@ -47,6 +47,18 @@ impl Parts {
         enqueuer: true,
         worker: false,
     };
+    /// Only the scheduler (`model-runner scheduler`).
+    pub const SCHEDULER: Parts = Parts {
+        scheduler: true,
+        enqueuer: false,
+        worker: false,
+    };
+    /// Only the enqueuer (`model-runner enqueuer`).
+    pub const ENQUEUER: Parts = Parts {
+        scheduler: false,
+        enqueuer: true,
+        worker: false,
+    };
 }
 
 /// Assembles a [`Runner`]. Every part has a default: in-memory

@@ -69,6 +69,7 @@ pub mod ports;
 pub mod redact;
 pub mod routing;
 pub mod run;
+pub mod submission;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -7,7 +7,9 @@ pub mod config;
 #[cfg(feature = "sentry")]
 pub mod error_reporting;
 pub mod metrics;
-pub mod submission;
+/// The one set of submission defaults and caps, from core (the API, the CLI flags and the
+/// config file use it).
+pub use model_runner_core::submission;
 #[cfg(feature = "otlp")]
 pub mod trace_export;
 

@@ -322,7 +322,7 @@ impl Runner {
     }
 
     /// Submits a backfill of `model` over `range` of `chain`, one run per `chunk_size` blocks
-    /// (3 attempts each); the runs are `pending` until the enqueuer publishes them.
+    /// ([`DEFAULT_MAX_ATTEMPTS`](crate::submission::DEFAULT_MAX_ATTEMPTS) attempts each); the runs are `pending` until the enqueuer publishes them.
     pub async fn backfill(
         &self,
         model: &str,

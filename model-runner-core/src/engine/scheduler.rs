@@ -40,9 +40,9 @@ impl RealtimeSubscription {
             model: model.into(),
             chain,
             confirmations: 0,
-            max_blocks_per_run: 100,
+            max_blocks_per_run: crate::submission::DEFAULT_CHUNK_SIZE,
             start: None,
-            max_attempts: 3,
+            max_attempts: crate::submission::DEFAULT_MAX_ATTEMPTS,
             queue: None,
         }
     }
@@ -70,8 +70,8 @@ pub struct BackfillRequest {
 }
 
 impl BackfillRequest {
-    /// A backfill of `model` over `range` of `chain`, one run per `chunk_size` blocks, three
-    /// attempts each, without an idempotency key; change the other fields with struct update
+    /// A backfill of `model` over `range` of `chain`, one run per `chunk_size` blocks,
+    /// [`DEFAULT_MAX_ATTEMPTS`](crate::submission::DEFAULT_MAX_ATTEMPTS) attempts each, without an idempotency key; change the other fields with struct update
     /// syntax (`BackfillRequest { mode: RunMode::Adhoc, ..BackfillRequest::new(..) }`).
     pub fn new(model: impl Into<String>, chain: Chain, range: BlockRange, chunk_size: u64) -> Self {
         Self {
@@ -81,7 +81,7 @@ impl BackfillRequest {
             chunk_size,
             mode: RunMode::Backfill,
             adhoc_queue: None,
-            max_attempts: 3,
+            max_attempts: crate::submission::DEFAULT_MAX_ATTEMPTS,
             idempotency_key: None,
         }
     }

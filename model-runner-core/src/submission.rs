@@ -1,6 +1,8 @@
 //! One set of defaults and caps for what a submission asks: blocks per run and attempts per run
-//! of a backfill, an adhoc run set or a rerun, whether it comes from a CLI flag, the config file
-//! or the API.
+//! of a backfill, an adhoc run set, a rerun or a realtime subscription, whether it comes from
+//! code ([`BackfillRequest::new`](crate::engine::BackfillRequest::new),
+//! [`RealtimeSubscription::new`](crate::engine::RealtimeSubscription::new)), a CLI flag, the
+//! config file or the API.
 //!
 //! The engine checks what it must to stay sound (`submit_backfill` refuses a zero chunk size,
 //! zero attempts, more runs than `Limits::max_runs_per_backfill`); these are the request-level

@@ -176,6 +176,8 @@ async fn a_real_erc20_followed_in_realtime_matches_the_node() {
         });
     for model in MODELS {
         builder = builder.subscribe(RealtimeSubscription {
+            // ganache mines a block per transaction and none after the last: no depth to wait.
+            confirmations: 0,
             start: Some(first),
             max_blocks_per_run: 20,
             ..RealtimeSubscription::new(model, chain.clone())

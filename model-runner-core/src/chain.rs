@@ -97,6 +97,24 @@ impl Chain {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Blocks a realtime subscription stays behind this chain's head unless told otherwise
+    /// (`--confirmations`, the config file's `[chains.NAME] confirmations`): deep enough that a
+    /// reorg rarely reaches a block already modeled.
+    ///
+    /// | chain | confirmations | why |
+    /// |---|---|---|
+    /// | `ethereum`, `sepolia`, `holesky` | 12 | reorgs past a few blocks are rare since the merge; 12 is the common exchange depth |
+    /// | `matic`, `polygon` | 128 | Polygon PoS has reorged dozens of blocks |
+    /// | `bsc` | 15 | BNB Chain's fast finality needs two thirds of its 21 validators, about 15 blocks |
+    /// | any other | 12 | unknown chains get Ethereum's depth, not none |
+    pub fn default_confirmations(&self) -> u64 {
+        match self.as_str() {
+            "matic" | "polygon" => 128,
+            "bsc" => 15,
+            _ => 12,
+        }
+    }
 }
 
 impl fmt::Display for Chain {
@@ -296,6 +314,23 @@ str_enum!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn realtime_stays_behind_each_chain_by_default() {
+        for (chain, depth) in [
+            ("ethereum", 12),
+            ("sepolia", 12),
+            ("matic", 128),
+            ("polygon", 128),
+            ("bsc", 15),
+            ("some-new-chain", 12),
+        ] {
+            let chain = Chain::new(chain).unwrap();
+            assert_eq!(chain.default_confirmations(), depth, "{chain}");
+            let sub = crate::engine::RealtimeSubscription::new("block_stats", chain.clone());
+            assert_eq!(sub.confirmations, depth, "{chain}");
+        }
+    }
 
     #[test]
     fn chain_names_are_validated() {

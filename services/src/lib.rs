@@ -249,6 +249,9 @@ pub struct AllConfig {
     pub chunk_size: u64,
     /// Realtime subscriptions.
     pub realtime: Vec<RealtimeSpec>,
+    /// Blocks realtime stays behind the head where a subscription does not say; `None`: each
+    /// chain's [`default_confirmations`](Chain::default_confirmations).
+    pub confirmations: Option<u64>,
     /// Worker settings (its queues default to every queue of the configured chains).
     pub worker: WorkerConfig,
     /// Scheduler tick.
@@ -268,6 +271,7 @@ impl Default for AllConfig {
             backfills: Vec::new(),
             chunk_size: submission::DEFAULT_CHUNK_SIZE,
             realtime: Vec::new(),
+            confirmations: None,
             worker: WorkerConfig::default(),
             tick: Duration::from_millis(500),
             max_attempts: submission::DEFAULT_MAX_ATTEMPTS,
@@ -349,7 +353,7 @@ pub async fn run_all(
         .iter()
         .map(|r| RealtimeSubscription {
             max_attempts: config.max_attempts,
-            ..r.subscription(None)
+            ..r.subscription(config.confirmations)
         })
         .collect();
     let follow = !realtime.is_empty() || config.keep_running;

@@ -364,6 +364,11 @@ Examples:
         /// Follow the head of CHAIN with MODEL, as CHAIN:MODEL; repeatable.
         #[arg(long, env = "MODEL_RUNNER_REALTIME", value_delimiter = ',')]
         realtime: Vec<RealtimeSpec>,
+        /// Blocks to stay behind the head (reorg safety) for every --realtime subscription
+        /// (default: the chain's own: 12 for ethereum and unknown chains, 128 for
+        /// matic/polygon, 15 for bsc; a chain's `confirmations` in the config file too).
+        #[arg(long, env = "MODEL_RUNNER_CONFIRMATIONS")]
+        confirmations: Option<u64>,
         /// Blocks per backfill run.
         #[arg(long, env = "MODEL_RUNNER_CHUNK_SIZE", default_value_t = submission::DEFAULT_CHUNK_SIZE, value_parser = chunk_size_flag)]
         chunk_size: u64,
@@ -398,9 +403,11 @@ Example:
         /// Follow the head of CHAIN with MODEL, as CHAIN:MODEL; repeatable.
         #[arg(long, env = "MODEL_RUNNER_REALTIME", value_delimiter = ',')]
         realtime: Vec<RealtimeSpec>,
-        /// Blocks to stay behind the head.
-        #[arg(long, env = "MODEL_RUNNER_CONFIRMATIONS", default_value_t = 0)]
-        confirmations: u64,
+        /// Blocks to stay behind the head (reorg safety) for every --realtime subscription
+        /// (default: the chain's own: 12 for ethereum and unknown chains, 128 for
+        /// matic/polygon, 15 for bsc; a chain's `confirmations` in the config file too).
+        #[arg(long, env = "MODEL_RUNNER_CONFIRMATIONS")]
+        confirmations: Option<u64>,
         /// Seconds between scheduling passes.
         #[arg(long, env = "MODEL_RUNNER_TICK_SECS", default_value_t = 1)]
         tick_secs: u64,
@@ -608,7 +615,7 @@ fn apply_config(cli: &mut Cli, m: &ArgMatches, file: &ConfigFile) {
             ..
         } => {
             if unset(sm, "realtime") {
-                *realtime = realtime_of_file(false);
+                *realtime = realtime_of_file(!unset(sm, "confirmations"));
             }
             worker_of_file(worker, sm);
             if unset(sm, "api_open_reads")
@@ -1013,6 +1020,7 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
         Command::All {
             backfill,
             realtime,
+            confirmations,
             chunk_size,
             worker,
             api_addr,
@@ -1027,6 +1035,7 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
                 backfills: backfill,
                 chunk_size,
                 realtime,
+                confirmations,
                 max_attempts: worker.max_attempts,
                 worker: worker.config(&env, Vec::new(), retry),
                 // Runs submitted through the API must still be executed.
@@ -1064,7 +1073,7 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
         } => {
             let subs = realtime
                 .iter()
-                .map(|r| r.subscription(Some(confirmations)))
+                .map(|r| r.subscription(confirmations))
                 .collect();
             Runner::builder_from(deps)
                 .scheduler_config(SchedulerConfig {

@@ -606,7 +606,8 @@ async fn a_restarted_process_resumes_backfill_and_realtime_cursor() {
         realtime: vec![RealtimeSpec {
             chain: eth(),
             model: "erc20_transfers".into(),
-            confirmations: None,
+            // The devnet head moves with the clock; no depth to wait for here.
+            confirmations: Some(0),
             max_blocks_per_run: None,
             queue: None,
         }],

@@ -33,13 +33,15 @@ pub struct RealtimeSubscription {
 }
 
 impl RealtimeSubscription {
-    /// A subscription with production defaults: 0 confirmations, up to 100 blocks a run, start
-    /// at the head, 3 attempts.
+    /// A subscription with production defaults: the chain's
+    /// [`default_confirmations`](Chain::default_confirmations), up to
+    /// [`DEFAULT_CHUNK_SIZE`](crate::submission::DEFAULT_CHUNK_SIZE) blocks a run, start at the
+    /// head, [`DEFAULT_MAX_ATTEMPTS`](crate::submission::DEFAULT_MAX_ATTEMPTS) attempts.
     pub fn new(model: impl Into<String>, chain: Chain) -> Self {
         Self {
             model: model.into(),
+            confirmations: chain.default_confirmations(),
             chain,
-            confirmations: 0,
             max_blocks_per_run: crate::submission::DEFAULT_CHUNK_SIZE,
             start: None,
             max_attempts: crate::submission::DEFAULT_MAX_ATTEMPTS,

@@ -61,20 +61,7 @@ fn lock(waiting: &std::sync::Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waitin
 
 /// Checks a topic is a plain file name.
 fn check_topic(topic: &str) -> Result<(), SinkError> {
-    let ok = !topic.is_empty()
-        && topic.len() <= 200
-        && !topic.starts_with('.')
-        && topic
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(SinkError::InvalidTopic {
-            topic: topic.chars().take(64).collect(),
-            reason: "a file sink topic is 1-200 characters of letters, digits, '-', '_' and '.', not starting with '.'".into(),
-        })
-    }
+    model_runner_core::ports::check_topic(topic, "file", 200)
 }
 
 impl FileSink {

@@ -265,21 +265,7 @@ use model_runner_core::redact::redact_url;
 
 /// Checks a topic against Kafka's rules, before librdkafka sees it.
 fn check_topic(topic: &str) -> Result<(), SinkError> {
-    let ok = !topic.is_empty()
-        && topic.len() <= 249
-        && topic != "."
-        && topic != ".."
-        && topic
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(SinkError::InvalidTopic {
-            topic: topic.chars().take(64).collect(),
-            reason: "a Kafka topic is 1-249 characters of letters, digits, '-', '_' and '.'".into(),
-        })
-    }
+    model_runner_core::ports::check_topic(topic, "Kafka", 249)
 }
 
 /// The Kafka result sink. See the module docs for the message format and guarantees.

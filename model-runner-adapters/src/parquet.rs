@@ -166,20 +166,7 @@ fn storage(context: impl fmt::Display, e: object_store::Error) -> SinkError {
 
 /// Checks a topic can be a path segment.
 fn check_topic(topic: &str) -> Result<(), SinkError> {
-    let ok = !topic.is_empty()
-        && topic.len() <= 200
-        && !topic.starts_with('.')
-        && topic
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(SinkError::InvalidTopic {
-            topic: topic.chars().take(64).collect(),
-            reason: "a Parquet sink topic is 1-200 characters of letters, digits, '-', '_' and '.', not starting with '.'".into(),
-        })
-    }
+    model_runner_core::ports::check_topic(topic, "Parquet", 200)
 }
 
 /// The `env` directory of `topic` for records of `chain`: the topic without `-<chain>-sink`.

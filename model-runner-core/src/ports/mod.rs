@@ -12,7 +12,7 @@ mod store;
 
 pub use call_cache::{CachedCalls, CallCache, CallCacheError, CallCacheStats, CallKey};
 pub use queue::{Consumer, Delivery, DeliveryHandle, QueueError, RunMessage, RunQueue};
-pub use sink::{ResultSink, RunOutput, SinkError};
+pub use sink::{ResultSink, RunOutput, SinkError, check_topic};
 pub use source::{BlockSource, SourceError};
 pub use store::{
     ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,

@@ -90,6 +90,28 @@ pub enum SinkError {
     },
 }
 
+/// The one rule for a topic name that becomes a file name, an object path segment or a Kafka
+/// topic: 1 to `max_len` characters of ASCII letters, digits, `-`, `_` and `.`, not starting
+/// with `.` (so never `.` or `..`). `sink` names the sink in the refusal ("file", "Kafka").
+pub fn check_topic(topic: &str, sink: &str, max_len: usize) -> Result<(), SinkError> {
+    let ok = !topic.is_empty()
+        && topic.len() <= max_len
+        && !topic.starts_with('.')
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SinkError::InvalidTopic {
+            topic: topic.chars().take(64).collect(),
+            reason: format!(
+                "a {sink} sink topic is 1-{max_len} characters of letters, digits, '-', '_' and '.', not starting with '.'"
+            ),
+        })
+    }
+}
+
 /// A destination for records, organised in topics (`<env>-<chain>-sink`).
 ///
 /// # Contract
@@ -210,3 +232,31 @@ macro_rules! forward_result_sink {
     )*};
 }
 forward_result_sink!(Arc, Box);
+
+#[cfg(test)]
+mod tests {
+    use super::check_topic;
+
+    #[test]
+    fn topics_are_plain_names() {
+        for (topic, ok) in [
+            ("prod-ethereum-sink", true),
+            ("a.b_c-1", true),
+            (&"x".repeat(20) as &str, true),
+            (&"x".repeat(21), false),
+            ("", false),
+            (".", false),
+            ("..", false),
+            (".hidden", false),
+            ("a/b", false),
+            ("a b", false),
+            ("é", false),
+        ] {
+            let got = check_topic(topic, "test", 20);
+            assert_eq!(got.is_ok(), ok, "{topic:?}: {got:?}");
+            if let Err(e) = got {
+                assert!(e.to_string().contains("a test sink topic is 1-20"), "{e}");
+            }
+        }
+    }
+}

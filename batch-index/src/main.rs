@@ -236,17 +236,24 @@ struct ExtendArgs {
     /// shards per job).
     #[arg(long, default_value_t = 1)]
     workers: u32,
-    /// Jobs running at the same time (default: CPU count).
-    #[arg(long, env = "BATCH_INDEX_PARALLEL")]
-    parallel: Option<u32>,
     /// Comma-separated modules: the ones the index was built with.
     #[arg(long, env = "MODULES", default_value = "accounts,transactions")]
     modules: String,
+    #[command(flatten)]
+    jobs: LocalJobs,
+    #[command(flatten)]
+    source_args: SourceArgs,
+}
+
+/// How `run` and `extend` start their job processes on this machine.
+#[derive(Debug, Args)]
+struct LocalJobs {
+    /// Jobs running at the same time (default: CPU count).
+    #[arg(long, env = "BATCH_INDEX_PARALLEL")]
+    parallel: Option<u32>,
     /// Pass --force to every job.
     #[arg(long)]
     force: bool,
-    #[command(flatten)]
-    source_args: SourceArgs,
 }
 
 #[derive(Debug, Args)]
@@ -267,15 +274,11 @@ struct RunArgs {
     /// Workers per job.
     #[arg(long, env = "WORKER_COUNT", default_value_t = 1)]
     workers: u32,
-    /// Jobs running at the same time (default: CPU count).
-    #[arg(long, env = "BATCH_INDEX_PARALLEL")]
-    parallel: Option<u32>,
     /// Comma-separated modules (see `map --help`).
     #[arg(long, env = "MODULES", default_value = "accounts,transactions")]
     modules: String,
-    /// Pass --force to every job.
-    #[arg(long)]
-    force: bool,
+    #[command(flatten)]
+    jobs: LocalJobs,
     #[command(flatten)]
     source_args: SourceArgs,
 }
@@ -429,10 +432,10 @@ async fn run(cli: Cli) -> Result<()> {
                 map_jobs: a.map_jobs,
                 reduce_jobs: a.reduce_jobs,
                 workers: a.workers,
-                parallel: parallel(a.parallel),
+                parallel: parallel(a.jobs.parallel),
                 source_cfg: a.source_args.config(),
                 modules: a.modules,
-                force: a.force,
+                force: a.jobs.force,
                 progress: true,
             };
             if cfg.map_jobs == 0 || cfg.reduce_jobs == 0 || cfg.workers == 0 {
@@ -456,10 +459,10 @@ async fn run(cli: Cli) -> Result<()> {
                 map_jobs: a.map_jobs,
                 reduce_jobs: 0,
                 workers: a.workers,
-                parallel: parallel(a.parallel),
+                parallel: parallel(a.jobs.parallel),
                 source_cfg: a.source_args.config(),
                 modules: a.modules,
-                force: a.force,
+                force: a.jobs.force,
                 progress: true,
             };
             match extend_local(&cfg, a.to).await? {

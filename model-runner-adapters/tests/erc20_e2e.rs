@@ -13,6 +13,9 @@
 
 #![cfg(feature = "jsonrpc")]
 
+#[path = "jsonrpc/node.rs"]
+mod node;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,37 +28,12 @@ use model_runner_core::memory::{MemoryRunStore, MemorySink};
 use model_runner_core::models::builtin_with_store;
 use model_runner_core::ports::{RunFilter, RunStore};
 use model_runner_core::{Chain, RunState, topic_name};
+use node::{node_url, rpc};
 use serde_json::{Value, json};
 
 const TOKEN_BIN: &str = include_str!("erc20/Token.bin");
 const TOKEN_ABI: &str = include_str!("erc20/Token.abi");
 const MODELS: [&str; 3] = ["erc20_transfers", "erc20_balances", "abi_events"];
-
-fn node_url() -> Option<String> {
-    match std::env::var("ETH_RPC_URL") {
-        Ok(u) => Some(u),
-        Err(_) => {
-            eprintln!(
-                "ETH_RPC_URL is not set: the ERC-20 end-to-end test is not configured (CI sets it)"
-            );
-            None
-        }
-    }
-}
-
-async fn rpc(url: &str, method: &str, params: Value) -> Value {
-    let resp: Value = reqwest::Client::new()
-        .post(url)
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("ETH_RPC_URL is set but the node is unreachable: {e}"))
-        .json()
-        .await
-        .unwrap();
-    assert!(resp.get("error").is_none(), "{method}: {resp}");
-    resp["result"].clone()
-}
 
 fn quantity(v: &Value) -> u64 {
     u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()

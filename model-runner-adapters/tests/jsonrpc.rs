@@ -8,6 +8,9 @@
 
 #![cfg(feature = "jsonrpc")]
 
+#[path = "jsonrpc/node.rs"]
+mod node;
+
 #[path = "jsonrpc/faults.rs"]
 mod faults;
 
@@ -20,33 +23,8 @@ use model_runner_core::memory::MemoryCallCache;
 use model_runner_core::models::{Erc20Balances, Erc20Transfers, TRANSFER_TOPIC};
 use model_runner_core::ports::{BlockSource, CachedCalls, SourceError};
 use model_runner_core::{BlockRange, CallRequest, Chain, Model, ModelContext, RunId};
+use node::{node_url, rpc};
 use serde_json::{Value, json};
-
-fn node_url() -> Option<String> {
-    match std::env::var("ETH_RPC_URL") {
-        Ok(u) => Some(u),
-        Err(_) => {
-            eprintln!(
-                "ETH_RPC_URL is not set: the JSON-RPC source test is not configured (CI sets it)"
-            );
-            None
-        }
-    }
-}
-
-async fn rpc(url: &str, method: &str, params: Value) -> Value {
-    let resp: Value = reqwest::Client::new()
-        .post(url)
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("ETH_RPC_URL is set but the node is unreachable: {e}"))
-        .json()
-        .await
-        .unwrap();
-    assert!(resp.get("error").is_none(), "{method}: {resp}");
-    resp["result"].clone()
-}
 
 /// Sends a contract-creation transaction and returns its receipt.
 async fn deploy(url: &str, from: &str, code: &[u8]) -> Value {

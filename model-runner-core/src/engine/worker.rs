@@ -1123,6 +1123,21 @@ mod tests {
         dropped: Arc<AtomicU64>,
     }
 
+    impl Blocker {
+        /// Waits until an execution was dropped before it finished (the worker aborted it).
+        async fn aborted(&self) {
+            crate::engine::eventually(
+                Duration::from_secs(5),
+                "the model task to be aborted",
+                || {
+                    let aborted = self.dropped.load(Ordering::SeqCst) >= 1;
+                    async move { aborted }
+                },
+            )
+            .await;
+        }
+    }
+
     struct CountDrop(Arc<AtomicU64>, bool);
 
     impl Drop for CountDrop {
@@ -1275,15 +1290,7 @@ mod tests {
             0
         );
         // The abandoned execution was aborted, not left running.
-        crate::engine::eventually(
-            Duration::from_secs(5),
-            "the model task to be aborted",
-            || {
-                let aborted = model.dropped.load(Ordering::SeqCst) >= 1;
-                async move { aborted }
-            },
-        )
-        .await;
+        model.aborted().await;
 
         // A second worker picks the run up on the same attempt and completes it.
         model.block.store(false, Ordering::SeqCst);
@@ -1794,15 +1801,7 @@ mod tests {
             )
             .await
             .unwrap();
-        crate::engine::eventually(
-            Duration::from_secs(5),
-            "the model task to be aborted",
-            || {
-                let aborted = model.dropped.load(Ordering::SeqCst) >= 1;
-                async move { aborted }
-            },
-        )
-        .await;
+        model.aborted().await;
         stop.cancel();
         w.await.unwrap().unwrap();
         assert_eq!(model.started.load(Ordering::SeqCst), 1);

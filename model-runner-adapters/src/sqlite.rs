@@ -16,13 +16,13 @@ use std::time::Duration;
 use alloy_primitives::Address;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use model_runner_core::Chain;
 use model_runner_core::ports::{
     ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
     Transition, cursor_conflict, idempotency_conflict, parse_address, same_batch, state_conflict,
     validate_batch, validate_cursor_runs,
 };
 use model_runner_core::run::{ModelRun, NewRun, RunEvent, RunId, RunState};
+use model_runner_core::{BlockRef, Chain};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -578,6 +578,112 @@ impl RunStore for SqliteRunStore {
         let created = Self::insert(&mut tx, runs, None).await?;
         tx.commit().await.map_err(backend)?;
         Ok(created)
+    }
+
+    async fn scheduled_blocks(
+        &self,
+        model: &str,
+        chain: &Chain,
+    ) -> Result<Vec<BlockRef>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT number, hash, parent_hash FROM scheduled_blocks \
+             WHERE model = ? AND chain = ? ORDER BY number DESC",
+        )
+        .bind(model)
+        .bind(chain.as_str())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                let hash = |column: &str| {
+                    r.get::<String, _>(column).parse().map_err(|e| {
+                        StoreError::InvalidInput(format!("stored scheduled block {column}: {e}"))
+                    })
+                };
+                Ok(BlockRef {
+                    number: r.get::<i64, _>("number") as u64,
+                    hash: hash("hash")?,
+                    parent_hash: hash("parent_hash")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_scheduled_blocks(
+        &self,
+        model: &str,
+        chain: &Chain,
+        blocks: &[BlockRef],
+        keep_from: u64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        for b in blocks {
+            sqlx::query(
+                "INSERT INTO scheduled_blocks (model, chain, number, hash, parent_hash) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (model, chain, number) \
+                 DO UPDATE SET hash = excluded.hash, parent_hash = excluded.parent_hash",
+            )
+            .bind(model)
+            .bind(chain.as_str())
+            .bind(b.number as i64)
+            .bind(b.hash.to_string())
+            .bind(b.parent_hash.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        sqlx::query("DELETE FROM scheduled_blocks WHERE model = ? AND chain = ? AND number < ?")
+            .bind(model)
+            .bind(chain.as_str())
+            .bind(keep_from as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn rewind_cursor(
+        &self,
+        model: &str,
+        chain: &Chain,
+        expected: u64,
+        to: u64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let moved = sqlx::query(
+            "UPDATE realtime_cursors SET block = ?, updated_at = ? \
+             WHERE model = ? AND chain = ? AND block IN (?, ?)",
+        )
+        .bind(to as i64)
+        .bind(micros(Utc::now()))
+        .bind(model)
+        .bind(chain.as_str())
+        .bind(expected as i64)
+        .bind(to as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+        if moved == 0 {
+            let actual =
+                sqlx::query("SELECT block FROM realtime_cursors WHERE model = ? AND chain = ?")
+                    .bind(model)
+                    .bind(chain.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(backend)?
+                    .map(|r| r.get::<i64, _>(0) as u64);
+            return Err(cursor_conflict(model, chain, Some(expected), actual));
+        }
+        sqlx::query("DELETE FROM scheduled_blocks WHERE model = ? AND chain = ? AND number > ?")
+            .bind(model)
+            .bind(chain.as_str())
+            .bind(to as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)
     }
 
     async fn try_lock(

@@ -16,6 +16,18 @@ pub struct BlockHead {
     pub hash: B256,
 }
 
+/// Where a block sits in its chain: what the scheduler records of each realtime run's last
+/// block, so it can tell when the node's chain no longer holds it (a reorg).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BlockRef {
+    /// Block number.
+    pub number: u64,
+    /// Block hash.
+    pub hash: B256,
+    /// Its parent's hash.
+    pub parent_hash: B256,
+}
+
 /// A block with everything a model may read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Block {

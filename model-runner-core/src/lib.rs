@@ -78,7 +78,7 @@ pub mod conformance;
 /// `use model_runner_core::prelude::*;`.
 pub mod prelude {
     pub use crate::chain::{BlockRange, Chain, ModelKind, RunMode};
-    pub use crate::data::{Block, BlockHead, CallRequest, Log, Receipt, Transaction};
+    pub use crate::data::{Block, BlockHead, BlockRef, CallRequest, Log, Receipt, Transaction};
     pub use crate::engine::{
         CancellationToken, EngineDeps, EngineError, Parts, RealtimeSubscription, Runner,
         RunnerBuilder,
@@ -97,7 +97,7 @@ pub mod prelude {
 /// `Bytes`), re-exported so a model uses the same version without naming it in its manifest.
 pub use alloy_primitives;
 pub use chain::{BlockRange, Chain, ChainError, ModelKind, RunMode};
-pub use data::{Block, BlockHead, CallRequest, Log, Receipt, Transaction};
+pub use data::{Block, BlockHead, BlockRef, CallRequest, Log, Receipt, Transaction};
 pub use model::{
     FieldSpec, FieldType, Model, ModelContext, ModelError, ModelRegistry, PayloadError, Record,
     RecordKey, RecordSchema, SchemaError,

@@ -7,12 +7,17 @@
 //!                        │   (same attempt) │                          │
 //!                        └──────Enqueue (attempt + 1, while attempts remain)
 //! pending | queued | running | failed | expired ──Cancel──▶ cancelled
+//! any state but cancelled | superseded ──Supersede──▶ superseded
 //! ```
 //!
 //! `Release` is a worker handing its run back unfinished (it is shutting down): the run goes
 //! back to `queued` on the same attempt, so a hand-back never spends an attempt. `Cancel` is
 //! the user's final word, so it is allowed from every state that is not `succeeded` or
 //! `cancelled`, including a `failed`/`expired` run that would otherwise be retried.
+//! `Supersede` is the scheduler's word after a chain reorganisation: the realtime run's blocks
+//! are no longer on the node's chain, so the run (even a succeeded one) is replaced by a run
+//! over the new branch; its records are those of orphaned blocks (they carry their block hash
+//! and run id, so consumers can drop them).
 //!
 //! [`RunState::next`] is the only place a transition is decided and [`ModelRun::apply`] the only
 //! place a run's fields change with it; stores call `apply` and persist the result with a
@@ -85,17 +90,25 @@ str_enum!(
         Expired => "expired",
         /// Cancelled by a user; never runs again.
         Cancelled => "cancelled",
+        /// A realtime run whose blocks a chain reorganisation replaced: a run over the new
+        /// branch supersedes it, and its records (if any) are of orphaned blocks. Never runs
+        /// again.
+        Superseded => "superseded",
     }
 );
 
 impl RunState {
-    /// Whether no attempt is waiting or executing: `succeeded`, `failed`, `expired` or
-    /// `cancelled`. Not "final": `failed` and `expired` runs go back to `queued` while attempts
+    /// Whether no attempt is waiting or executing: `succeeded`, `failed`, `expired`,
+    /// `cancelled` or `superseded`. Not "final": `failed` and `expired` runs go back to `queued` while attempts
     /// remain; [`ModelRun::is_settled`] says whether a run is done for good.
     pub fn is_idle(&self) -> bool {
         matches!(
             self,
-            RunState::Succeeded | RunState::Failed | RunState::Expired | RunState::Cancelled
+            RunState::Succeeded
+                | RunState::Failed
+                | RunState::Expired
+                | RunState::Cancelled
+                | RunState::Superseded
         )
     }
 
@@ -127,6 +140,10 @@ impl RunState {
             (Pending | Queued | Running | Failed | Expired, RunEvent::Cancel { .. }) => Cancelled,
             (Failed | Expired, RunEvent::ScheduleRetry { .. }) => self,
             (Queued, RunEvent::Republish { .. }) => Queued,
+            (
+                Pending | Queued | Running | Succeeded | Failed | Expired,
+                RunEvent::Supersede { .. },
+            ) => Superseded,
             _ => {
                 return Err(TransitionError::Illegal {
                     from: self,
@@ -217,6 +234,13 @@ pub enum RunEvent {
         /// When the retry may start.
         at: DateTime<Utc>,
     },
+    /// The scheduler found the realtime run's blocks replaced by a chain reorganisation: a run
+    /// over the new branch takes its place. Allowed from every state but `cancelled` and
+    /// `superseded`; a worker still running it finds its completion refused.
+    Supersede {
+        /// What replaced it, recorded in `last_error` (e.g. the block whose hash changed).
+        reason: String,
+    },
 }
 
 impl RunEvent {
@@ -233,6 +257,7 @@ impl RunEvent {
             RunEvent::Cancel { .. } => "cancel",
             RunEvent::ScheduleRetry { .. } => "retry",
             RunEvent::Republish { .. } => "republish",
+            RunEvent::Supersede { .. } => "supersede",
         }
     }
 }
@@ -362,7 +387,7 @@ impl ModelRun {
     /// expired with no attempt left.
     pub fn is_settled(&self) -> bool {
         match self.state {
-            RunState::Succeeded | RunState::Cancelled => true,
+            RunState::Succeeded | RunState::Cancelled | RunState::Superseded => true,
             RunState::Failed | RunState::Expired => self.attempt >= self.max_attempts,
             RunState::Pending | RunState::Queued | RunState::Running => false,
         }
@@ -515,6 +540,14 @@ impl ModelRun {
                 self.max_attempts = self.max_attempts.max(self.attempt + 1);
                 self.next_attempt_at = Some(*at);
             }
+            RunEvent::Supersede { reason } => {
+                self.last_error = Some(format!("superseded: {reason}"));
+                self.next_attempt_at = None;
+                // A succeeded run keeps the time it finished; any other is ended now.
+                if self.state != RunState::Succeeded {
+                    self.release(now);
+                }
+            }
         }
         self.state = to;
         self.updated_at = now;
@@ -579,6 +612,9 @@ mod tests {
             RunEvent::Cancel { reason: None },
             RunEvent::ScheduleRetry { at: t },
             RunEvent::Republish { queued_at: t },
+            RunEvent::Supersede {
+                reason: "reorg".into(),
+            },
         ]
     }
 
@@ -603,6 +639,12 @@ mod tests {
             (Failed, "retry", Failed),
             (Expired, "retry", Expired),
             (Queued, "republish", Queued),
+            (Pending, "supersede", Superseded),
+            (Queued, "supersede", Superseded),
+            (Running, "supersede", Superseded),
+            (Succeeded, "supersede", Superseded),
+            (Failed, "supersede", Superseded),
+            (Expired, "supersede", Superseded),
         ];
         let mut seen = 0;
         for from in RunState::ALL {
@@ -647,10 +689,17 @@ mod tests {
     }
 
     #[test]
-    fn finished_states_refuse_everything_but_retry() {
-        for from in [Succeeded, Cancelled] {
+    fn finished_states_refuse_everything_but_a_supersede() {
+        for from in [Succeeded, Cancelled, Superseded] {
             for ev in all_events() {
-                assert!(from.next(&ev, 1, 5).is_err(), "{from} {}", ev.name());
+                let superseding_a_success =
+                    from == Succeeded && matches!(ev, RunEvent::Supersede { .. });
+                assert_eq!(
+                    from.next(&ev, 1, 5).is_err(),
+                    !superseding_a_success,
+                    "{from} {}",
+                    ev.name()
+                );
             }
         }
         let msg = Succeeded

@@ -1386,7 +1386,7 @@ async fn models_and_progress(kind: Store) {
     assert!(lag <= head - 41 + 1_000_000, "{p}");
     assert_eq!(
         p["runs_by_state"],
-        json!({"pending": 4, "queued": 0, "running": 0, "succeeded": 0, "failed": 0, "expired": 0, "cancelled": 1})
+        json!({"pending": 4, "queued": 0, "running": 0, "succeeded": 0, "failed": 0, "expired": 0, "cancelled": 1, "superseded": 0})
     );
 
     let got = api

@@ -390,6 +390,7 @@ async fn dashboard(client: &Client, origin: &str, fx: &Fixture) {
             ("failed", 1),
             ("expired", 0),
             ("cancelled", 1),
+            ("superseded", 0),
         ])
     );
     // Throughput: the two runs that succeeded just now, 100 blocks and 42 records each.

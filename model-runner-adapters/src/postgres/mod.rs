@@ -103,16 +103,16 @@ use model_runner_core::ports::{
     Transition, cursor_conflict, idempotency_conflict, parse_address, same_batch, state_conflict,
     validate_batch, validate_cursor_runs,
 };
-use model_runner_core::{Chain, ModelRun, NewRun, RunEvent, RunId, RunState};
+use model_runner_core::{BlockRef, Chain, ModelRun, NewRun, RunEvent, RunId, RunState};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row};
 use uuid::Uuid;
 
 use errors::{ADAPTER, Backoff, classify, corrupt, redact_url};
 use queries::{
-    EXPIRED_LEASES, MARK_ENQUEUED, OUTBOX_PENDING, OUTBOX_RETRIES, Param, SELECT_RUN,
-    SELECT_RUNS_BY_ID, SELECT_RUNS_OF_KEY, STALE_QUEUED, UPDATE_RUN, UPDATE_RUN_ASYNC, UPDATE_RUNS,
-    UPDATE_RUNS_ASYNC, bind_all, count_sql, list_sql,
+    EXPIRED_LEASES, MARK_ENQUEUED, OUTBOX_PENDING, OUTBOX_RETRIES, Param, REALTIME_RUNS_AFTER,
+    SELECT_RUN, SELECT_RUNS_BY_ID, SELECT_RUNS_OF_KEY, STALE_QUEUED, UPDATE_RUN, UPDATE_RUN_ASYNC,
+    UPDATE_RUNS, UPDATE_RUNS_ASYNC, bind_all, count_sql, list_sql,
 };
 use rows::{StoredRun, check_ranges, decode, decode_all, now, to_i64, to_micros};
 
@@ -1310,6 +1310,135 @@ impl RunStore for PostgresRunStore {
             });
         }
         Ok(created)
+    }
+
+    async fn scheduled_blocks(
+        &self,
+        model: &str,
+        chain: &Chain,
+    ) -> Result<Vec<BlockRef>, StoreError> {
+        let rows = self
+            .read("scheduled_blocks", || {
+                sqlx::query(
+                    "SELECT number, hash, parent_hash FROM scheduled_blocks \
+                     WHERE model = $1 AND chain = $2 ORDER BY number DESC",
+                )
+                .bind(model)
+                .bind(chain.as_str())
+                .fetch_all(&self.pool)
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let hash = |column: &str| {
+                    row.try_get::<String, _>(column)
+                        .map_err(classify)?
+                        .parse()
+                        .map_err(|e| corrupt(format!("corrupt scheduled block {column}: {e}")))
+                };
+                Ok(BlockRef {
+                    number: row.try_get::<i64, _>("number").map_err(classify)? as u64,
+                    hash: hash("hash")?,
+                    parent_hash: hash("parent_hash")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_scheduled_blocks(
+        &self,
+        model: &str,
+        chain: &Chain,
+        blocks: &[BlockRef],
+        keep_from: u64,
+    ) -> Result<(), StoreError> {
+        let numbers = blocks
+            .iter()
+            .map(|b| to_i64(b.number, "block number"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let hashes: Vec<String> = blocks.iter().map(|b| b.hash.to_string()).collect();
+        let parents: Vec<String> = blocks.iter().map(|b| b.parent_hash.to_string()).collect();
+        let keep_from = to_i64(keep_from, "block number")?;
+        // An upsert of the same values and a delete: idempotent, so retried like a read. The
+        // rows deleted (below `keep_from`) and those written are disjoint, as the scheduler
+        // records only blocks it keeps.
+        self.read("record_scheduled_blocks", || {
+            sqlx::query(
+                "WITH gone AS (DELETE FROM scheduled_blocks \
+                     WHERE model = $1 AND chain = $2 AND number < $3) \
+                 INSERT INTO scheduled_blocks (model, chain, number, hash, parent_hash) \
+                 SELECT $1, $2, n, h, p FROM unnest($4::bigint[], $5::text[], $6::text[]) AS t(n, h, p) \
+                 WHERE n >= $3 \
+                 ON CONFLICT (model, chain, number) \
+                 DO UPDATE SET hash = EXCLUDED.hash, parent_hash = EXCLUDED.parent_hash",
+            )
+            .bind(model)
+            .bind(chain.as_str())
+            .bind(keep_from)
+            .bind(&numbers)
+            .bind(&hashes)
+            .bind(&parents)
+            .execute(&self.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn rewind_cursor(
+        &self,
+        model: &str,
+        chain: &Chain,
+        expected: u64,
+        to: u64,
+    ) -> Result<(), StoreError> {
+        let (expected_block, to_block) = (
+            to_i64(expected, "cursor block")?,
+            to_i64(to, "cursor block")?,
+        );
+        // One statement. A cursor already at `to` counts as moved, so the retry of a commit in
+        // doubt is not taken for a conflict; the delete is idempotent.
+        let moved: i64 = self
+            .read("rewind_cursor", || {
+                sqlx::query_scalar(
+                    "WITH moved AS (UPDATE realtime_cursors SET block = $3, updated_at = $5 \
+                         WHERE model = $1 AND chain = $2 AND block IN ($3, $4) RETURNING 1), \
+                     gone AS (DELETE FROM scheduled_blocks \
+                         WHERE model = $1 AND chain = $2 AND number > $3 \
+                         AND EXISTS (SELECT 1 FROM moved)) \
+                     SELECT count(*) FROM moved",
+                )
+                .bind(model)
+                .bind(chain.as_str())
+                .bind(to_block)
+                .bind(expected_block)
+                .bind(now())
+                .fetch_one(&self.pool)
+            })
+            .await?;
+        if moved == 0 {
+            let actual = self.cursor(model, chain).await?;
+            return Err(cursor_conflict(model, chain, Some(expected), actual));
+        }
+        Ok(())
+    }
+
+    async fn realtime_runs_after(
+        &self,
+        model: &str,
+        chain: &Chain,
+        block: u64,
+    ) -> Result<Vec<ModelRun>, StoreError> {
+        let block = to_i64(block, "block number")?;
+        let rows = self
+            .read("realtime_runs_after", || {
+                sqlx::query(REALTIME_RUNS_AFTER)
+                    .bind(model)
+                    .bind(chain.as_str())
+                    .bind(block)
+                    .fetch_all(&self.pool)
+            })
+            .await?;
+        decode_all(&rows)
     }
 
     async fn try_lock(

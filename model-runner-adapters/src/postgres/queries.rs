@@ -13,6 +13,16 @@ use super::rows::{run_columns, run_tables, run_tables_by_state};
 pub(crate) const SELECT_RUN: &str =
     concat!("SELECT ", run_columns!(), run_tables!(), " WHERE r.id = $1");
 
+/// The realtime runs of (model $1, chain $2) whose last block is above $3 and that are neither
+/// cancelled nor superseded, in id order (`runs_realtime_end`).
+pub(crate) const REALTIME_RUNS_AFTER: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    run_tables!(),
+    " WHERE r.model = $1 AND r.chain = $2 AND r.mode = 'realtime' AND r.range_end > $3 \
+     AND s.state NOT IN ('cancelled', 'superseded') ORDER BY r.id"
+);
+
 /// The runs of an idempotency key in batch order (`runs_idempotency`).
 pub(crate) const SELECT_RUNS_OF_KEY: &str = concat!(
     "SELECT ",

@@ -9,9 +9,9 @@ use chrono::{Duration, Utc};
 use alloy_primitives::Address;
 
 use super::{ERC20_ABI, new_run};
-use crate::chain::Chain;
+use crate::chain::{Chain, RunMode};
 use crate::ports::{CreateRuns, RunFilter, RunStore, StoreError, Transition};
-use crate::run::{RunEvent, RunId, RunState};
+use crate::run::{NewRun, RunEvent, RunId, RunState};
 
 /// Runs every case, each on a fresh store from `make`.
 pub async fn run_all<F, Fut, S>(make: F)
@@ -35,6 +35,7 @@ where
     batched_claims_have_one_winner_per_run(Arc::new(make().await)).await;
     outbox_order_and_retries(make().await).await;
     cursor_advances_atomically(make().await).await;
+    reorg_records_rewind_and_supersede(make().await).await;
     named_lock_has_one_holder(make().await).await;
     counts_by_state(make().await).await;
     large_batch_is_stored_whole(make().await).await;
@@ -934,6 +935,139 @@ pub async fn cursor_advances_atomically(store: impl RunStore) {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// The block records the scheduler keeps for reorganisations: recorded newest first, pruned
+/// below `keep_from`, replaced per number; `rewind_cursor` is a compare-and-set that forgets the
+/// records above its target; `realtime_runs_after` finds the live realtime runs past a block;
+/// and a run in any state but cancelled can be superseded.
+pub async fn reorg_records_rewind_and_supersede(store: impl RunStore) {
+    use crate::data::BlockRef;
+    let eth = Chain::new("ethereum").unwrap();
+    let block = |number: u64, branch: u8| BlockRef {
+        number,
+        hash: alloy_primitives::B256::with_last_byte(number as u8 ^ branch),
+        parent_hash: alloy_primitives::B256::with_last_byte((number as u8).wrapping_sub(1)),
+    };
+    assert_eq!(store.scheduled_blocks("m", &eth).await.unwrap(), vec![]);
+    let realtime = |start, end| NewRun {
+        mode: RunMode::Realtime,
+        queue: "ethereum_realtime_nonreads".into(),
+        ..new_run("m", "ethereum", start, end)
+    };
+    let runs = store
+        .advance_cursor(
+            "m",
+            &eth,
+            None,
+            29,
+            vec![realtime(0, 9), realtime(10, 19), realtime(20, 29)],
+        )
+        .await
+        .unwrap();
+    store
+        .record_scheduled_blocks("m", &eth, &[block(9, 0), block(19, 0), block(29, 0)], 0)
+        .await
+        .unwrap();
+    // Another model's records and runs are its own.
+    store
+        .record_scheduled_blocks("other", &eth, &[block(29, 0x80)], 0)
+        .await
+        .unwrap();
+    store
+        .create_runs(CreateRuns {
+            runs: vec![new_run("m", "ethereum", 20, 29)],
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.scheduled_blocks("m", &eth).await.unwrap(),
+        vec![block(29, 0), block(19, 0), block(9, 0)],
+        "newest first"
+    );
+    // A later record of a number replaces it; records below keep_from go.
+    store
+        .record_scheduled_blocks("m", &eth, &[block(29, 0x40), block(39, 0)], 15)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.scheduled_blocks("m", &eth).await.unwrap(),
+        vec![block(39, 0), block(29, 0x40), block(19, 0)]
+    );
+
+    // The live realtime runs past block 19: only 20-29 (not the backfill run over the same
+    // blocks, not the runs ending at or below 19).
+    let after: Vec<_> = store
+        .realtime_runs_after("m", &eth, 19)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(after, vec![runs[2].id]);
+    assert_eq!(
+        store.realtime_runs_after("m", &eth, 8).await.unwrap().len(),
+        3
+    );
+    // Superseded, even once succeeded; then it is no longer live.
+    let r = &runs[2];
+    store
+        .transition(r.id, RunState::Pending, 1, RunEvent::Enqueue)
+        .await
+        .unwrap();
+    let superseded = store
+        .transition(
+            r.id,
+            RunState::Queued,
+            1,
+            RunEvent::Supersede {
+                reason: "reorg".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(superseded.state, RunState::Superseded);
+    assert_eq!(superseded.last_error.as_deref(), Some("superseded: reorg"));
+    assert_eq!(store.get(r.id).await.unwrap(), superseded, "stored");
+    assert!(
+        store
+            .realtime_runs_after("m", &eth, 19)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .list(&RunFilter {
+                state: Some(RunState::Superseded),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .runs,
+        vec![superseded.clone()],
+        "listed by its state"
+    );
+
+    // Rewinding is a compare-and-set on the cursor.
+    let err = store.rewind_cursor("m", &eth, 25, 19).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert_eq!(store.cursor("m", &eth).await.unwrap(), Some(29));
+    assert_eq!(store.scheduled_blocks("m", &eth).await.unwrap().len(), 3);
+    store.rewind_cursor("m", &eth, 29, 19).await.unwrap();
+    assert_eq!(store.cursor("m", &eth).await.unwrap(), Some(19));
+    assert_eq!(
+        store.scheduled_blocks("m", &eth).await.unwrap(),
+        vec![block(19, 0)],
+        "records above the new cursor are forgotten"
+    );
+    // A retried rewind (the cursor is already there) is not a conflict.
+    store.rewind_cursor("m", &eth, 29, 19).await.unwrap();
+    assert_eq!(
+        store.scheduled_blocks("other", &eth).await.unwrap(),
+        vec![block(29, 0x80)]
     );
 }
 

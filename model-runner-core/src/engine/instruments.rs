@@ -22,6 +22,7 @@
 //! | `model_runner_realtime_lag_blocks` | gauge | chain, model | confirmed head minus the realtime cursor |
 //! | `model_runner_leases_expired_total` | counter | | runs whose worker's lease ran out |
 //! | `model_runner_runs_republished_total` | counter | | stale `queued` runs republished by the reconciler |
+//! | `model_runner_runs_superseded_total` | counter | | realtime runs superseded by a chain reorganisation |
 //! | `model_runner_abi_mismatched_logs_total` | counter | chain, reason | logs of contracts with a registered ABI that `abi_events` could not decode (`unknown_event`, `undecodable`) |
 //! | `model_runner_runs` | gauge | state | runs per state (set by the API on each scrape) |
 
@@ -153,6 +154,11 @@ pub fn leases_expired(n: usize) {
 /// The reconciler republished `n` runs.
 pub fn republished(n: usize) {
     metrics::counter!("model_runner_runs_republished_total").increment(n as u64);
+}
+
+/// The scheduler superseded `n` realtime runs after a chain reorganisation.
+pub fn superseded(n: usize) {
+    metrics::counter!("model_runner_runs_superseded_total").increment(n as u64);
 }
 
 /// `count` runs are in `state` (all runs of the store), as the API sees on a scrape.

@@ -170,6 +170,21 @@ pub enum EngineError {
     /// Bad request.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A chain reorganisation deeper than the subscription's limit: the realtime subscription
+    /// stops rather than rewrite that much history.
+    #[error(
+        "realtime {model} on {chain}: the node's chain no longer holds scheduled block {block}, and no recorded block within {max_depth} blocks of the cursor is on it: a reorganisation deeper than the limit (raise max_reorg_depth, --max-reorg-depth, only if the node is right)"
+    )]
+    ReorgTooDeep {
+        /// The subscription's model.
+        model: String,
+        /// Its chain.
+        chain: String,
+        /// The newest scheduled block the node no longer has.
+        block: u64,
+        /// The limit.
+        max_depth: u64,
+    },
 }
 
 /// Exponential backoff with jitter between attempts.

@@ -19,8 +19,14 @@ pub struct RealtimeSubscription {
     pub model: String,
     /// Chain.
     pub chain: Chain,
-    /// Blocks to stay behind the head (reorg safety).
+    /// Blocks to stay behind the head, so most reorganisations happen before a block is
+    /// modelled.
     pub confirmations: u64,
+    /// The deepest reorganisation followed: when the node's chain no longer holds the blocks of
+    /// this many recent blocks' runs, the subscription stops with
+    /// [`EngineError::ReorgTooDeep`] instead of rewriting that much history. Counted from the
+    /// cursor down to the newest recorded run end the node still has.
+    pub max_reorg_depth: u64,
     /// Longest run; a larger gap becomes several runs.
     pub max_blocks_per_run: u64,
     /// First block when no cursor exists yet; `None` starts at the confirmed head.
@@ -42,6 +48,7 @@ impl RealtimeSubscription {
             model: model.into(),
             confirmations: chain.default_confirmations(),
             chain,
+            max_reorg_depth: DEFAULT_MAX_REORG_DEPTH,
             max_blocks_per_run: crate::submission::DEFAULT_CHUNK_SIZE,
             start: None,
             max_attempts: crate::submission::DEFAULT_MAX_ATTEMPTS,
@@ -49,6 +56,10 @@ impl RealtimeSubscription {
         }
     }
 }
+
+/// The default of [`RealtimeSubscription::max_reorg_depth`]: 128 blocks, above every default
+/// run length (100) and the deepest confirmation default (128 on Polygon).
+pub const DEFAULT_MAX_REORG_DEPTH: u64 = 128;
 
 /// A backfill or adhoc request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +224,20 @@ pub struct TickReport {
     pub expired: usize,
     /// Stale `queued` runs whose message was published again.
     pub republished: usize,
+    /// Realtime runs superseded because a reorganisation replaced their blocks.
+    pub superseded: usize,
+}
+
+/// What the reorganisation check found for one subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChainCheck {
+    /// The node still holds the newest scheduled block (or nothing is recorded yet).
+    Same,
+    /// The node has not reached the newest scheduled block: a lagging node; wait.
+    Behind,
+    /// The node's chain forked below the newest scheduled block; `ancestor` is the newest
+    /// recorded run end it still holds.
+    Reorganised { ancestor: u64 },
 }
 
 /// The scheduler loop. Several may run; a store lock lets one act at a time.
@@ -223,6 +248,10 @@ pub struct Scheduler {
     /// When the reconciler last looked for stale `queued` runs (it looks every tenth of the
     /// reconcile age, not every tick: the look scans the queued runs).
     last_reconcile: Arc<Mutex<Option<tokio::time::Instant>>>,
+    /// Subscriptions stopped by a reorganisation deeper than their limit, with the error. A
+    /// restarted scheduler finds the same reorganisation (the records are in the store) and
+    /// stops them again.
+    stopped: Arc<Mutex<BTreeMap<(String, Chain), String>>>,
 }
 
 /// Name of the leadership lock in the store.
@@ -235,7 +264,17 @@ impl Scheduler {
             deps,
             config,
             last_reconcile: Arc::default(),
+            stopped: Arc::default(),
         }
+    }
+
+    /// Why `sub` is stopped, if a reorganisation deeper than its limit stopped it.
+    pub fn stopped(&self, sub: &RealtimeSubscription) -> Option<String> {
+        self.stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(sub.model.clone(), sub.chain.clone()))
+            .cloned()
     }
 
     /// One pass: take leadership, schedule realtime runs, expire dead leases.
@@ -253,8 +292,19 @@ impl Scheduler {
         }
         report.leader = true;
         for sub in &self.config.realtime {
-            match self.schedule_realtime(sub).await {
+            if let Some(error) = self.stopped(sub) {
+                debug!(model = %sub.model, chain = %sub.chain, %error, "realtime subscription stopped");
+                continue;
+            }
+            match self.schedule_realtime(sub, &mut report).await {
                 Ok(n) => report.created += n,
+                Err(e @ EngineError::ReorgTooDeep { .. }) => {
+                    tracing::error!(model = %sub.model, chain = %sub.chain, error = %e, "realtime subscription stopped: the reorganisation is deeper than its limit");
+                    self.stopped
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert((sub.model.clone(), sub.chain.clone()), e.to_string());
+                }
                 Err(e) => {
                     warn!(model = %sub.model, chain = %sub.chain, error = %e, "realtime scheduling failed; will retry")
                 }
@@ -338,13 +388,146 @@ impl Scheduler {
         Ok(republished)
     }
 
-    async fn schedule_realtime(&self, sub: &RealtimeSubscription) -> Result<usize, EngineError> {
+    /// Compares the newest recorded run end of `sub` with the node's chain and, when they
+    /// differ, walks back over the older records to the newest one the node still holds.
+    async fn check_chain(
+        &self,
+        sub: &RealtimeSubscription,
+        source: &dyn crate::ports::BlockSource,
+        head: u64,
+        cursor: u64,
+    ) -> Result<ChainCheck, EngineError> {
+        let recorded = self
+            .deps
+            .store
+            .scheduled_blocks(&sub.model, &sub.chain)
+            .await?;
+        // A record above the cursor is of an advance that did not happen (recorded, then the
+        // scheduler stopped); the next advance records that number again.
+        let mut recorded = recorded.into_iter().filter(|b| b.number <= cursor);
+        let Some(newest) = recorded.next() else {
+            return Ok(ChainCheck::Same);
+        };
+        if head < newest.number {
+            return Ok(ChainCheck::Behind);
+        }
+        let on_node = match source.block_ref(newest.number).await {
+            Ok(b) => b,
+            Err(crate::ports::SourceError::BlockNotFound { .. }) => return Ok(ChainCheck::Behind),
+            Err(e) => return Err(e.into()),
+        };
+        if on_node.hash == newest.hash {
+            return Ok(ChainCheck::Same);
+        }
+        warn!(model = %sub.model, chain = %sub.chain, block = newest.number, scheduled = %newest.hash, now = %on_node.hash, "chain reorganisation: a scheduled block's hash changed; walking back");
+        for older in recorded {
+            if cursor - older.number > sub.max_reorg_depth {
+                break;
+            }
+            let on_node = source.block_ref(older.number).await?;
+            if on_node.hash == older.hash {
+                return Ok(ChainCheck::Reorganised {
+                    ancestor: older.number,
+                });
+            }
+        }
+        Err(EngineError::ReorgTooDeep {
+            model: sub.model.clone(),
+            chain: sub.chain.to_string(),
+            block: newest.number,
+            max_depth: sub.max_reorg_depth,
+        })
+    }
+
+    /// Supersedes the realtime runs of `sub` past `ancestor` and moves its cursor back, so the
+    /// next scheduling covers the new branch. Returns the new cursor and the runs superseded.
+    /// Idempotent: a scheduler that stops half way finds the same reorganisation next tick.
+    async fn follow_reorg(
+        &self,
+        sub: &RealtimeSubscription,
+        cursor: u64,
+        ancestor: u64,
+    ) -> Result<(u64, usize), EngineError> {
+        let store = &self.deps.store;
+        let runs = store
+            .realtime_runs_after(&sub.model, &sub.chain, ancestor)
+            .await?;
+        // Runs are whole: one reaching below the ancestor (none should, every recorded block is
+        // a run's last) is superseded whole and its blocks scheduled again.
+        let to = runs
+            .iter()
+            .map(|r| r.range.start().saturating_sub(1))
+            .fold(ancestor, u64::min);
+        let reason = format!(
+            "chain reorganisation: blocks after {ancestor} of {} were replaced",
+            sub.chain
+        );
+        let mut superseded = 0;
+        for run in runs {
+            let mut current = run;
+            // A run moves on its own (claimed, finished) between the read and the write: read
+            // it again and retry, a few times.
+            for _ in 0..5 {
+                match store
+                    .transition(
+                        current.id,
+                        current.state,
+                        current.attempt,
+                        RunEvent::Supersede {
+                            reason: reason.clone(),
+                        },
+                    )
+                    .await
+                {
+                    Ok(r) => {
+                        superseded += 1;
+                        info!(run = %r.id, range = %r.range, "run superseded by a chain reorganisation");
+                        break;
+                    }
+                    Err(StoreError::Conflict { .. }) => current = store.get(current.id).await?,
+                    // Cancelled or superseded since it was listed.
+                    Err(StoreError::Transition(_)) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        store
+            .rewind_cursor(&sub.model, &sub.chain, cursor, to)
+            .await?;
+        instruments::superseded(superseded);
+        warn!(model = %sub.model, chain = %sub.chain, from = cursor, to, runs = superseded, "realtime cursor moved back over a chain reorganisation; the new branch is scheduled next");
+        Ok((to, superseded))
+    }
+
+    async fn schedule_realtime(
+        &self,
+        sub: &RealtimeSubscription,
+        report: &mut TickReport,
+    ) -> Result<usize, EngineError> {
         let model = self.deps.models.get_for(&sub.model, &sub.chain)?;
-        let head = self.deps.source(&sub.chain)?.head().await?;
+        let source = self.deps.source(&sub.chain)?;
+        let head = source.head().await?;
+        let mut cursor = self.deps.store.cursor(&sub.model, &sub.chain).await?;
+        if let Some(c) = cursor {
+            match self
+                .check_chain(sub, source.as_ref(), head.number, c)
+                .await?
+            {
+                ChainCheck::Same => {}
+                ChainCheck::Behind => {
+                    debug!(model = %sub.model, chain = %sub.chain, head = head.number, cursor = c, "the node is behind the scheduled blocks; waiting");
+                    return Ok(0);
+                }
+                ChainCheck::Reorganised { ancestor } => {
+                    let (to, superseded) = self.follow_reorg(sub, c, ancestor).await?;
+                    report.superseded += superseded;
+                    cursor = Some(to);
+                }
+            }
+        }
         let Some(confirmed) = head.number.checked_sub(sub.confirmations) else {
             return Ok(0);
         };
-        let cursor = self.deps.store.cursor(&sub.model, &sub.chain).await?;
         let from = match cursor {
             Some(c) => c + 1,
             None => sub.start.unwrap_or(confirmed),
@@ -368,9 +551,22 @@ impl Scheduler {
                     .queue_for(&sub.chain, RunMode::Realtime, model.kind(), None, 0)?
             }
         };
-        let runs: Vec<NewRun> = range
-            .chunks(span)
-            .expect("span >= 1")
+        let chunks: Vec<BlockRange> = range.chunks(span).expect("span >= 1").collect();
+        // Record where each new run's last block sits before the cursor moves over it, so a
+        // later reorganisation below it is seen and the walk back stops at a run boundary.
+        // Only the runs within the reorganisation limit of the end: older ones are never
+        // compared.
+        let keep_from = last.saturating_sub(sub.max_reorg_depth);
+        let mut ends = Vec::new();
+        for chunk in chunks.iter().filter(|c| c.end() >= keep_from) {
+            ends.push(source.block_ref(chunk.end()).await?);
+        }
+        self.deps
+            .store
+            .record_scheduled_blocks(&sub.model, &sub.chain, &ends, keep_from)
+            .await?;
+        let runs: Vec<NewRun> = chunks
+            .into_iter()
             .map(|chunk| NewRun {
                 model: sub.model.clone(),
                 model_version: model.version().to_owned(),
@@ -614,6 +810,144 @@ mod tests {
         assert_eq!((d.message.run_id, d.message.attempt), (run.id, 1));
     }
 
+    /// Blocks `from..=to` of another branch: the same numbers as `blocks`, other hashes, the
+    /// first one's parent still on the main chain (it forks after `from - 1`).
+    fn branch(from: u64, to: u64) -> Vec<crate::data::Block> {
+        let fork = |mut h: alloy_primitives::B256| {
+            h.0[0] = 0xF0;
+            h
+        };
+        crate::models::tests::blocks(from, to)
+            .into_iter()
+            .map(|mut b| {
+                b.hash = fork(b.hash);
+                if b.number > from {
+                    b.parent_hash = fork(b.parent_hash);
+                }
+                b
+            })
+            .collect()
+    }
+
+    fn in_state(runs: &[ModelRun], state: RunState) -> Vec<(u64, u64)> {
+        ranges(
+            &runs
+                .iter()
+                .filter(|r| r.state == state)
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// After a reorganisation, the runs whose blocks were replaced are superseded (whatever
+    /// their state, succeeded included), the cursor walks back to the newest run end the node
+    /// still has, and the new branch is scheduled: the live runs tile the chain once.
+    #[tokio::test]
+    async fn a_reorg_supersedes_the_replaced_runs_and_schedules_the_new_branch() {
+        let (deps, source) = setup(20);
+        let s = scheduler(&deps, "s1", vec![sub(Some(0), 0, 5)]);
+        assert_eq!(s.tick().await.unwrap().created, 5, "0-4 5-9 10-14 15-19 20");
+        // One of the runs to be replaced has already succeeded.
+        let runs = all_runs(&deps).await;
+        let done = runs.iter().find(|r| r.range.start() == 15).unwrap();
+        for event in [
+            RunEvent::Enqueue,
+            RunEvent::Start {
+                owner: "w".into(),
+                lease_until: deps.clock.now() + chrono::Duration::seconds(60),
+            },
+            RunEvent::Succeed {
+                owner: "w".into(),
+                blocks_done: 5,
+                records_written: 5,
+            },
+        ] {
+            let r = deps.store.get(done.id).await.unwrap();
+            deps.store
+                .transition(r.id, r.state, r.attempt, event)
+                .await
+                .unwrap();
+        }
+
+        // Blocks 17.. are replaced by another branch, one block longer.
+        source.replace_from(17, branch(17, 21));
+        let report = s.tick().await.unwrap();
+        assert_eq!(report.superseded, 2, "15-19 and 20: {report:?}");
+        assert_eq!(report.created, 2, "15-19 20-21 on the new branch");
+        let runs = all_runs(&deps).await;
+        assert_eq!(
+            in_state(&runs, RunState::Superseded),
+            vec![(15, 19), (20, 20)]
+        );
+        let superseded = runs.iter().find(|r| r.id == done.id).unwrap();
+        assert_eq!(superseded.state, RunState::Superseded);
+        assert!(
+            superseded
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("blocks after 14")),
+            "{:?}",
+            superseded.last_error
+        );
+        let live: Vec<ModelRun> = runs
+            .into_iter()
+            .filter(|r| r.state != RunState::Superseded)
+            .collect();
+        assert_tiles(&live, 0, 21);
+        assert_eq!(
+            deps.store.cursor("block_stats", &chain()).await.unwrap(),
+            Some(21)
+        );
+        // The records now follow the new branch: a second tick finds nothing to do.
+        let report = s.tick().await.unwrap();
+        assert_eq!((report.created, report.superseded), (0, 0));
+    }
+
+    /// A reorganisation deeper than the limit stops the subscription with an error naming the
+    /// limit, and supersedes nothing; the scheduler's other work goes on.
+    #[tokio::test]
+    async fn a_reorg_deeper_than_the_limit_stops_the_subscription() {
+        let (deps, source) = setup(20);
+        let shallow = RealtimeSubscription {
+            max_reorg_depth: 3,
+            ..sub(Some(0), 0, 5)
+        };
+        let s = scheduler(&deps, "s1", vec![shallow.clone()]);
+        assert_eq!(s.tick().await.unwrap().created, 5);
+        source.replace_from(8, branch(8, 30));
+        let report = s.tick().await.unwrap();
+        assert!(report.leader);
+        assert_eq!((report.created, report.superseded), (0, 0));
+        let error = s.stopped(&shallow).expect("stopped");
+        assert!(error.contains("deeper than the limit"), "{error}");
+        assert!(error.contains("within 3 blocks"), "{error}");
+        // It stays stopped while the chain grows, and no run was touched.
+        assert_eq!(s.tick().await.unwrap().created, 0);
+        let runs = all_runs(&deps).await;
+        assert_eq!(in_state(&runs, RunState::Superseded), vec![]);
+        assert_tiles(&runs, 0, 20);
+        // A scheduler started afresh (e.g. after a restart) finds the same and stops too.
+        let again = scheduler(&deps, "s1", vec![shallow.clone()]);
+        assert_eq!(again.tick().await.unwrap().created, 0);
+        assert!(again.stopped(&shallow).is_some());
+    }
+
+    /// A node that has not reached the scheduled blocks (a lagging node behind a load balancer)
+    /// is not a reorganisation: nothing is superseded or created until it catches up.
+    #[tokio::test]
+    async fn a_lagging_node_is_waited_for_not_taken_for_a_reorg() {
+        let (deps, source) = setup(20);
+        let s = scheduler(&deps, "s1", vec![sub(Some(0), 0, 5)]);
+        assert_eq!(s.tick().await.unwrap().created, 5);
+        source.replace_from(18, Vec::new());
+        let report = s.tick().await.unwrap();
+        assert_eq!((report.created, report.superseded), (0, 0));
+        source.replace_from(18, crate::models::tests::blocks(18, 25));
+        let report = s.tick().await.unwrap();
+        assert_eq!((report.created, report.superseded), (1, 0), "21-25");
+        assert_tiles(&all_runs(&deps).await, 0, 25);
+    }
+
     /// A subscription's queue override sends its runs to that queue instead of the routed one.
     #[tokio::test]
     async fn a_subscription_queue_override_routes_its_runs() {
@@ -654,6 +988,7 @@ mod tests {
                 created: 0,
                 expired: 0,
                 republished: 0,
+                superseded: 0,
             }
         );
         assert_eq!(all_runs(&deps).await.len(), 3);
@@ -726,7 +1061,11 @@ mod tests {
         let b = scheduler(&deps, "b", vec![s.clone()]);
         for head in [24, 30, 31, 55] {
             grow(&source, head).await;
-            let (x, y) = tokio::join!(a.schedule_realtime(&s), b.schedule_realtime(&s));
+            let (mut ra, mut rb) = (TickReport::default(), TickReport::default());
+            let (x, y) = tokio::join!(
+                a.schedule_realtime(&s, &mut ra),
+                b.schedule_realtime(&s, &mut rb)
+            );
             let (x, y) = (x.unwrap(), y.unwrap());
             assert!(
                 (x == 0) != (y == 0),

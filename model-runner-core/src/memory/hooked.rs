@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::MemoryRunStore;
 use crate::chain::Chain;
+use crate::data::BlockRef;
 use crate::ports::{
     ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
     Transition,
@@ -131,6 +132,33 @@ impl RunStore for HookedStore {
         self.inner
             .advance_cursor(model, chain, expected, to, runs)
             .await
+    }
+    async fn scheduled_blocks(
+        &self,
+        model: &str,
+        chain: &Chain,
+    ) -> Result<Vec<BlockRef>, StoreError> {
+        self.inner.scheduled_blocks(model, chain).await
+    }
+    async fn record_scheduled_blocks(
+        &self,
+        model: &str,
+        chain: &Chain,
+        blocks: &[BlockRef],
+        keep_from: u64,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .record_scheduled_blocks(model, chain, blocks, keep_from)
+            .await
+    }
+    async fn rewind_cursor(
+        &self,
+        model: &str,
+        chain: &Chain,
+        expected: u64,
+        to: u64,
+    ) -> Result<(), StoreError> {
+        self.inner.rewind_cursor(model, chain, expected, to).await
     }
     async fn try_lock(
         &self,

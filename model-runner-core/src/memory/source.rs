@@ -51,6 +51,15 @@ impl MemoryBlockSource {
         Self::new(chain, blocks)
     }
 
+    /// Drops every block from number `from` on and appends `blocks` (which MUST start at
+    /// `from`, or be empty): a chain reorganisation when they differ from the dropped ones, a
+    /// node falling behind when `blocks` is empty.
+    pub fn replace_from(&self, from: u64, blocks: Vec<Block>) {
+        let mut chain = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        chain.retain(|b| b.number < from);
+        chain.extend(blocks);
+    }
+
     /// Appends a block (the next number).
     pub fn push(&self, block: Block) {
         self.blocks

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 
 use crate::chain::Chain;
 use crate::clock::{Clock, SystemClock};
+use crate::data::BlockRef;
 use crate::ports::{
     ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
     Transition, cursor_conflict, idempotency_conflict, same_batch, state_conflict, validate_batch,
@@ -36,6 +37,8 @@ struct Inner {
     runs: BTreeMap<RunId, ModelRun>,
     by_key: HashMap<String, Vec<RunId>>,
     cursors: BTreeMap<(String, Chain), (u64, DateTime<Utc>)>,
+    /// The recorded last blocks of realtime runs, by (model, chain), by number.
+    scheduled: BTreeMap<(String, Chain), BTreeMap<u64, BlockRef>>,
     locks: HashMap<String, (String, DateTime<Utc>)>,
     abis: BTreeMap<(Chain, Address), ContractAbi>,
 }
@@ -282,6 +285,57 @@ impl RunStore for MemoryRunStore {
         let now = self.clock.now();
         inner.cursors.insert(key, (to, now));
         Ok(inner.insert_all(runs, None, now))
+    }
+
+    async fn scheduled_blocks(
+        &self,
+        model: &str,
+        chain: &Chain,
+    ) -> Result<Vec<BlockRef>, StoreError> {
+        Ok(self
+            .lock()
+            .scheduled
+            .get(&(model.to_owned(), chain.clone()))
+            .map(|blocks| blocks.values().rev().copied().collect())
+            .unwrap_or_default())
+    }
+
+    async fn record_scheduled_blocks(
+        &self,
+        model: &str,
+        chain: &Chain,
+        blocks: &[BlockRef],
+        keep_from: u64,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let recorded = inner
+            .scheduled
+            .entry((model.to_owned(), chain.clone()))
+            .or_default();
+        recorded.extend(blocks.iter().map(|b| (b.number, *b)));
+        recorded.retain(|n, _| *n >= keep_from);
+        Ok(())
+    }
+
+    async fn rewind_cursor(
+        &self,
+        model: &str,
+        chain: &Chain,
+        expected: u64,
+        to: u64,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let key = (model.to_owned(), chain.clone());
+        let actual = inner.cursors.get(&key).map(|(b, _)| *b);
+        if actual != Some(expected) && actual != Some(to) {
+            return Err(cursor_conflict(model, chain, Some(expected), actual));
+        }
+        let now = self.clock.now();
+        inner.cursors.insert(key.clone(), (to, now));
+        if let Some(blocks) = inner.scheduled.get_mut(&key) {
+            blocks.retain(|n, _| *n <= to);
+        }
+        Ok(())
     }
 
     async fn try_lock(

@@ -24,7 +24,7 @@ use alloy_primitives::{Address, B256, Bytes};
 use async_trait::async_trait;
 
 use crate::chain::{BlockRange, Chain};
-use crate::data::{Block, BlockHead, CallRequest};
+use crate::data::{Block, BlockHead, BlockRef, CallRequest};
 use crate::ports::{BlockSource, SourceError};
 
 /// What identifies a call's answer: chain, block hash, contract and calldata.
@@ -187,6 +187,9 @@ impl<S: BlockSource> BlockSource for CachedCalls<S> {
     }
     async fn blocks(&self, range: BlockRange) -> Result<Vec<Block>, SourceError> {
         self.inner.blocks(range).await
+    }
+    async fn block_ref(&self, number: u64) -> Result<BlockRef, SourceError> {
+        self.inner.block_ref(number).await
     }
     async fn call(&self, request: &CallRequest) -> Result<Bytes, SourceError> {
         let key = CallKey::new(self.inner.chain(), request);

@@ -7,7 +7,7 @@ use alloy_primitives::Bytes;
 use async_trait::async_trait;
 
 use crate::chain::{BlockRange, Chain};
-use crate::data::{Block, BlockHead, CallRequest};
+use crate::data::{Block, BlockHead, BlockRef, CallRequest};
 
 /// A block source failure.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +72,23 @@ pub trait BlockSource: fmt::Debug + Send + Sync + 'static {
     async fn head(&self) -> Result<BlockHead, SourceError>;
     /// The blocks of `range`.
     async fn blocks(&self, range: BlockRange) -> Result<Vec<Block>, SourceError>;
+    /// Where block `number` of the source's current chain sits: its hash and parent hash. The
+    /// scheduler asks this of each realtime run's last block and, after a reorg, walks back
+    /// with it to the common ancestor. The default loads the whole block; a source that can
+    /// read a header alone (JSON-RPC `eth_getBlockByNumber(n, false)`) SHOULD override it.
+    /// A block past the head is `BlockNotFound`.
+    async fn block_ref(&self, number: u64) -> Result<BlockRef, SourceError> {
+        let blocks = self.blocks(BlockRange::single(number)).await?;
+        let block = blocks.first().ok_or_else(|| SourceError::BlockNotFound {
+            number,
+            source_name: self.chain().to_string(),
+        })?;
+        Ok(BlockRef {
+            number: block.number,
+            hash: block.hash,
+            parent_hash: block.parent_hash,
+        })
+    }
     /// Reads contract state (`eth_call`).
     async fn call(&self, request: &CallRequest) -> Result<Bytes, SourceError> {
         let _ = request;
@@ -92,6 +109,9 @@ impl<T: BlockSource + ?Sized> BlockSource for Arc<T> {
     }
     async fn blocks(&self, range: BlockRange) -> Result<Vec<Block>, SourceError> {
         (**self).blocks(range).await
+    }
+    async fn block_ref(&self, number: u64) -> Result<BlockRef, SourceError> {
+        (**self).block_ref(number).await
     }
     async fn call(&self, request: &CallRequest) -> Result<Bytes, SourceError> {
         (**self).call(request).await

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::chain::{Chain, RunMode};
+use crate::data::BlockRef;
 use crate::run::{ModelRun, NewRun, RunEvent, RunId, RunState, TransitionError};
 
 /// A store failure a caller can act on.
@@ -357,6 +358,23 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 /// - `advance_cursor` MUST, atomically, check the cursor of (model, chain) equals `expected`
 ///   (`None`: no cursor yet), set it to `to`, and create `runs`; on mismatch nothing changes and
 ///   it returns `Conflict`.
+/// - `scheduled_blocks` MUST return the [`BlockRef`]s recorded for (model, chain) by
+///   `record_scheduled_blocks`, newest (highest number) first, one per number (a later record of
+///   a number replaces the earlier).
+/// - `record_scheduled_blocks` MUST record `blocks` for (model, chain) and forget the records
+///   of numbers below `keep_from`, atomically; it MUST be durable before it returns, since the
+///   scheduler records runs' last blocks before it advances the cursor over them.
+/// - `rewind_cursor` MUST, atomically, check the cursor of (model, chain) equals `expected`,
+///   set it to `to` and forget the records of numbers above `to`; a cursor already at `to`
+///   counts as a match (so a retried call succeeds); on mismatch nothing changes and it
+///   returns `Conflict`.
+/// - `realtime_runs_after` MUST return every realtime run of (model, chain) whose last block is
+///   above `block` and whose state is neither `cancelled` nor `superseded`, in id order. The
+///   default pages through `list`; an adapter SHOULD override it with an indexed query.
+/// - The defaults of the three record methods refuse with `Backend` ("keeps no block
+///   records"): a store without them cannot follow a chain reorganisation, so realtime
+///   scheduling on it fails loudly instead of missing reorgs. Every adapter of this crate and of
+///   `model-runner-adapters` implements them.
 /// - `try_lock` MUST grant a named lease to one owner at a time until `until`; the holder MAY
 ///   renew it; another owner gets it only after it ends.
 /// - Every write MUST be durable when the call returns (for durable adapters), with one
@@ -572,6 +590,73 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
         runs: Vec<NewRun>,
     ) -> Result<Vec<ModelRun>, StoreError>;
 
+    /// The recorded last blocks of (model, chain)'s realtime runs, newest first (see the
+    /// contract).
+    async fn scheduled_blocks(
+        &self,
+        model: &str,
+        chain: &Chain,
+    ) -> Result<Vec<BlockRef>, StoreError> {
+        let _ = (model, chain);
+        Err(no_block_records())
+    }
+
+    /// Records `blocks`, the last blocks of realtime runs about to be created, and forgets the
+    /// records of numbers below `keep_from`.
+    async fn record_scheduled_blocks(
+        &self,
+        model: &str,
+        chain: &Chain,
+        blocks: &[BlockRef],
+        keep_from: u64,
+    ) -> Result<(), StoreError> {
+        let _ = (model, chain, blocks, keep_from);
+        Err(no_block_records())
+    }
+
+    /// Moves the cursor back from `expected` to `to` (after a reorg) and forgets the block
+    /// records above `to`, atomically.
+    async fn rewind_cursor(
+        &self,
+        model: &str,
+        chain: &Chain,
+        expected: u64,
+        to: u64,
+    ) -> Result<(), StoreError> {
+        let _ = (model, chain, expected, to);
+        Err(no_block_records())
+    }
+
+    /// The realtime runs of (model, chain) past `block` that a reorg down to `block` would
+    /// supersede: last block above `block`, not cancelled or superseded.
+    async fn realtime_runs_after(
+        &self,
+        model: &str,
+        chain: &Chain,
+        block: u64,
+    ) -> Result<Vec<ModelRun>, StoreError> {
+        let mut filter = RunFilter {
+            model: Some(model.to_owned()),
+            chain: Some(chain.clone()),
+            mode: Some(RunMode::Realtime),
+            limit: 1000,
+            ..Default::default()
+        };
+        let mut runs = Vec::new();
+        loop {
+            let page = self.list(&filter).await?;
+            runs.extend(page.runs.into_iter().filter(|r| {
+                r.range.end() > block
+                    && !matches!(r.state, RunState::Cancelled | RunState::Superseded)
+            }));
+            match page.next {
+                Some(next) => filter.after = Some(next),
+                None => break,
+            }
+        }
+        Ok(runs)
+    }
+
     /// Takes or renews the named lease for `owner` until `until`; `true` if `owner` holds it.
     async fn try_lock(
         &self,
@@ -729,6 +814,41 @@ macro_rules! forward_store {
                     .advance_cursor(model, chain, expected, to, runs)
                     .await
             }
+            async fn scheduled_blocks(
+                &self,
+                model: &str,
+                chain: &Chain,
+            ) -> Result<Vec<BlockRef>, StoreError> {
+                (**self).scheduled_blocks(model, chain).await
+            }
+            async fn record_scheduled_blocks(
+                &self,
+                model: &str,
+                chain: &Chain,
+                blocks: &[BlockRef],
+                keep_from: u64,
+            ) -> Result<(), StoreError> {
+                (**self)
+                    .record_scheduled_blocks(model, chain, blocks, keep_from)
+                    .await
+            }
+            async fn rewind_cursor(
+                &self,
+                model: &str,
+                chain: &Chain,
+                expected: u64,
+                to: u64,
+            ) -> Result<(), StoreError> {
+                (**self).rewind_cursor(model, chain, expected, to).await
+            }
+            async fn realtime_runs_after(
+                &self,
+                model: &str,
+                chain: &Chain,
+                block: u64,
+            ) -> Result<Vec<ModelRun>, StoreError> {
+                (**self).realtime_runs_after(model, chain, block).await
+            }
             async fn try_lock(
                 &self,
                 name: &str,
@@ -841,6 +961,15 @@ pub fn state_conflict(current: ModelRun, expected: RunState, expected_attempt: u
             current.id, current.state, current.attempt, expected, expected_attempt
         ),
         current: Some(Box::new(current)),
+    }
+}
+
+/// The refusal of a store that keeps no realtime block records (the defaults of
+/// [`RunStore::scheduled_blocks`] and its kin).
+fn no_block_records() -> StoreError {
+    StoreError::Backend {
+        adapter: "store",
+        source: "this store keeps no realtime block records, so it cannot follow chain reorganisations; use the memory, SQLite or PostgreSQL store".into(),
     }
 }
 

@@ -184,6 +184,8 @@ pub struct RunCounts {
     pub expired: u64,
     /// Cancelled.
     pub cancelled: u64,
+    /// Superseded by a run over a reorganised chain's new branch.
+    pub superseded: u64,
 }
 
 /// Where a chain has got to.
@@ -282,6 +284,7 @@ pub async fn chain_progress(
             RunStateView::Failed => &mut runs_by_state.failed,
             RunStateView::Expired => &mut runs_by_state.expired,
             RunStateView::Cancelled => &mut runs_by_state.cancelled,
+            RunStateView::Superseded => &mut runs_by_state.superseded,
         };
         *slot += n;
     }

@@ -45,6 +45,9 @@ pub enum RunStateView {
     Expired,
     /// Cancelled by a user.
     Cancelled,
+    /// A realtime run whose blocks a chain reorganisation replaced; a run over the new branch
+    /// took its place, and its records (if any) are of orphaned blocks.
+    Superseded,
 }
 
 impl From<RunState> for RunStateView {
@@ -57,6 +60,7 @@ impl From<RunState> for RunStateView {
             RunState::Failed => Self::Failed,
             RunState::Expired => Self::Expired,
             RunState::Cancelled => Self::Cancelled,
+            RunState::Superseded => Self::Superseded,
         }
     }
 }

@@ -10,7 +10,7 @@
 "use strict";
 
 (function () {
-  const STATES = ["pending", "queued", "running", "succeeded", "failed", "expired", "cancelled"];
+  const STATES = ["pending", "queued", "running", "succeeded", "failed", "expired", "cancelled", "superseded"];
   const CANCELLABLE = new Set(["pending", "queued", "running", "failed", "expired"]);
   const RETRYABLE = new Set(["failed", "expired"]);
   const TOKEN_KEY = "model-runner.api-token";

@@ -558,6 +558,11 @@ impl Scheduler {
         // compared.
         let keep_from = last.saturating_sub(sub.max_reorg_depth);
         let mut ends = Vec::new();
+        // The subscription's first runs: also the block it starts after, so a reorganisation
+        // of every block it has scheduled still has an ancestor to walk back to.
+        if cursor.is_none() && from > 0 && from - 1 >= keep_from {
+            ends.push(source.block_ref(from - 1).await?);
+        }
         for chunk in chunks.iter().filter(|c| c.end() >= keep_from) {
             ends.push(source.block_ref(chunk.end()).await?);
         }
@@ -901,6 +906,28 @@ mod tests {
         // The records now follow the new branch: a second tick finds nothing to do.
         let report = s.tick().await.unwrap();
         assert_eq!((report.created, report.superseded), (0, 0));
+    }
+
+    /// A reorganisation that replaces every block the subscription scheduled walks back to the
+    /// block it started after.
+    #[tokio::test]
+    async fn a_reorg_of_every_scheduled_block_walks_back_to_the_start() {
+        let (deps, source) = setup(20);
+        let s = scheduler(&deps, "s1", vec![sub(Some(10), 0, 5)]);
+        assert_eq!(s.tick().await.unwrap().created, 3, "10-14 15-19 20");
+        source.replace_from(10, branch(10, 22));
+        let report = s.tick().await.unwrap();
+        assert_eq!((report.superseded, report.created), (3, 3));
+        let runs = all_runs(&deps).await;
+        assert_eq!(
+            in_state(&runs, RunState::Superseded),
+            vec![(10, 14), (15, 19), (20, 20)]
+        );
+        let live: Vec<ModelRun> = runs
+            .into_iter()
+            .filter(|r| r.state != RunState::Superseded)
+            .collect();
+        assert_tiles(&live, 10, 22);
     }
 
     /// A reorganisation deeper than the limit stops the subscription with an error naming the

@@ -199,6 +199,46 @@ async fn unreachable_nodes_and_bad_urls_are_clear() {
     assert!(!err.to_string().contains("s3cret"), "{err}");
 }
 
+/// `block_ref` is the header the node serves (hash and parent as `blocks` reads them), and a
+/// block past the head is `BlockNotFound`; a batch of calls at the head (to an address without
+/// code: empty answers) gives one answer per call.
+#[tokio::test]
+async fn block_refs_and_batched_calls_on_the_node() {
+    let Some(url) = node_url() else { return };
+    while block_number(&url).await < 2 {
+        rpc(&url, "evm_mine", json!([])).await;
+    }
+    let source = JsonRpcSource::new(Chain::new("ethereum").unwrap(), &url).unwrap();
+    let head = source.head().await.unwrap();
+    let blocks = source
+        .blocks(BlockRange::new(head.number - 1, head.number).unwrap())
+        .await
+        .unwrap();
+    for b in &blocks {
+        let r = source.block_ref(b.number).await.unwrap();
+        assert_eq!(
+            (r.number, r.hash, r.parent_hash),
+            (b.number, b.hash, b.parent_hash)
+        );
+    }
+    let err = source.block_ref(head.number + 1_000_000).await.unwrap_err();
+    assert!(matches!(err, SourceError::BlockNotFound { .. }), "{err:?}");
+
+    let requests: Vec<CallRequest> = (0..60u8)
+        .map(|i| CallRequest {
+            to: Address::repeat_byte(0x5e),
+            data: Bytes::from(vec![i]),
+            block: head.number,
+            block_hash: head.hash,
+        })
+        .collect();
+    let answers = source.calls(&requests).await;
+    assert_eq!(answers.len(), 60);
+    for a in answers {
+        assert_eq!(a.unwrap(), Bytes::new());
+    }
+}
+
 /// The head number, as the node says.
 async fn block_number(url: &str) -> u64 {
     let n = rpc(url, "eth_blockNumber", json!([])).await;

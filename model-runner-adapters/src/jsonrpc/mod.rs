@@ -52,10 +52,24 @@
 //! error at once, [`SourceError::Backend`] or [`SourceError::InvalidData`], saying what the node
 //! answered.
 //!
-//! `head` is `eth_getBlockByNumber("latest")` and `call` is `eth_call` pinned to the block's
-//! hash (EIP-1898, `{"blockHash": ...}`), with the same retries; a node that refuses that
-//! parameter (ganache) is called by number and the block's hash checked after the call. A
-//! revert is [`SourceError::Reverted`]. Every request is counted and timed in the source request metrics by method.
+//! `head` is `eth_getBlockByNumber("latest", false)` and `block_ref(n)` is
+//! `eth_getBlockByNumber(n, false)` (the header alone; a `null` block is
+//! [`SourceError::BlockNotFound`] at once), with the same retries. `call` is `eth_call` pinned to
+//! the block's hash (EIP-1898, `{"blockHash": ...}`), with the same retries; a node that refuses
+//! that parameter (ganache) is called by number and the block's hash checked after the call. A
+//! revert is [`SourceError::Reverted`]. Every request is counted and timed in the source request
+//! metrics by method.
+//!
+//! # Batched calls
+//!
+//! `calls(requests)` asks once for identical requests and sends the others as JSON-RPC batches
+//! of `batch` calls, each batch one request under the URL's `rps` and `concurrency` limits
+//! (module `calls`). Each call keeps its own answer: a revert is that call's
+//! [`SourceError::Reverted`]; a call the node fails retryably (a rate-limit error on one element,
+//! or the whole batch answered 429) is sent again, alone with the other failed calls of its
+//! batch, with the same backoff and failover as any request; a permanent failure is that call's
+//! error. On a node that refuses EIP-1898 parameters, a batch by number is followed by one batch
+//! of `eth_getBlockByNumber(n, false)` for its blocks, to check their hashes after the calls.
 //!
 //! # Secrets
 //!
@@ -64,9 +78,11 @@
 //! values as `***`. Texts that come back from a node (an error body may echo the request path)
 //! have the same secrets removed.
 
+mod calls;
 mod endpoint;
 mod range;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -77,8 +93,10 @@ use alloy_transport::TransportError;
 use alloy_transport::layers::{RateLimitRetryPolicy, RetryPolicy};
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
+use futures::future::BoxFuture;
+use futures::{StreamExt, stream};
 use model_runner_core::ports::{BlockSource, SourceError};
-use model_runner_core::{Block, BlockHead, BlockRange, CallRequest, Chain};
+use model_runner_core::{Block, BlockHead, BlockRange, BlockRef, CallRequest, Chain};
 use serde_json::{Value, json};
 
 use endpoint::{Endpoint, error_chain};
@@ -151,6 +169,42 @@ impl Failure {
             after: None,
         }
     }
+
+    /// The same failure, for another call of a batch that failed as a whole.
+    fn copy(&self) -> Self {
+        match self {
+            Self::Retry { message, after } => Self::Retry {
+                message: message.clone(),
+                after: *after,
+            },
+            Self::Final(e) => Self::Final(copy_error(e)),
+        }
+    }
+}
+
+/// The same error (same variant and text), for each call of a batch that shares it.
+fn copy_error(e: &SourceError) -> SourceError {
+    match e {
+        SourceError::BlockNotFound {
+            number,
+            source_name,
+        } => SourceError::BlockNotFound {
+            number: *number,
+            source_name: source_name.clone(),
+        },
+        SourceError::Unsupported(m) => SourceError::Unsupported(m.clone()),
+        SourceError::Reverted(m) => SourceError::Reverted(m.clone()),
+        SourceError::InvalidData(m) => SourceError::InvalidData(m.clone()),
+        SourceError::Unavailable { adapter, message } => SourceError::Unavailable {
+            adapter,
+            message: message.clone(),
+        },
+        SourceError::Backend { adapter, source } => SourceError::Backend {
+            adapter,
+            source: source.to_string().into(),
+        },
+        other => backend(other.to_string()),
+    }
 }
 
 /// A failed attempt and the endpoint it was made on.
@@ -206,6 +260,31 @@ fn backend(message: String) -> SourceError {
 
 fn hex(n: u64) -> String {
     format!("{n:#x}")
+}
+
+/// The number, hash and parent hash of a block as `eth_getBlockByNumber` gives it (`what` names
+/// it in errors).
+fn block_ref_of(ep: &Endpoint, b: &Value, what: &str) -> Result<BlockRef, Failure> {
+    let bad = |field: &str| {
+        Failure::Final(SourceError::InvalidData(
+            ep.scrub(&format!("{}: {what} has no valid {field}: {b}", ep.shown)),
+        ))
+    };
+    let field = |k: &str| b.get(k).and_then(Value::as_str);
+    let number = field("number")
+        .and_then(|n| u64::from_str_radix(n.trim_start_matches("0x"), 16).ok())
+        .ok_or_else(|| bad("number"))?;
+    let hash = field("hash")
+        .and_then(|h| h.parse().ok())
+        .ok_or_else(|| bad("hash"))?;
+    let parent_hash = field("parentHash")
+        .and_then(|h| h.parse().ok())
+        .ok_or_else(|| bad("parentHash"))?;
+    Ok(BlockRef {
+        number,
+        hash,
+        parent_hash,
+    })
 }
 
 impl JsonRpcSource {
@@ -340,28 +419,37 @@ impl BlockSource for JsonRpcSource {
                 .call(method, json!(["latest", false]))
                 .await
                 .map_err(|e| classify(ep, method, e))?;
-            let field = |k: &str| {
-                b.get(k).and_then(Value::as_str).ok_or_else(|| {
-                    Failure::Final(SourceError::InvalidData(
-                        ep.scrub(&format!("{}: the latest block has no {k}: {b}", ep.shown)),
-                    ))
-                })
-            };
-            let number = field("number")?;
-            let number =
-                u64::from_str_radix(number.trim_start_matches("0x"), 16).map_err(|_| {
-                    Failure::Final(SourceError::InvalidData(format!(
-                        "{}: bad block number {number:?}",
-                        ep.shown
-                    )))
-                })?;
-            let hash = field("hash")?.parse().map_err(|_| {
-                Failure::Final(SourceError::InvalidData(format!(
-                    "{}: bad hash of block {number}",
-                    ep.shown
-                )))
-            })?;
-            Ok(BlockHead { number, hash })
+            let r = block_ref_of(ep, &b, "the latest block")?;
+            Ok(BlockHead {
+                number: r.number,
+                hash: r.hash,
+            })
+        })
+        .await
+    }
+
+    /// The header alone: `eth_getBlockByNumber(n, false)`.
+    async fn block_ref(&self, number: u64) -> Result<BlockRef, SourceError> {
+        self.retrying(&format!("block_ref {number}"), |ep| async move {
+            let method = "eth_getBlockByNumber";
+            let b = ep
+                .call(method, json!([hex(number), false]))
+                .await
+                .map_err(|e| classify(ep, method, e))?;
+            if b.is_null() {
+                return Err(Failure::Final(SourceError::BlockNotFound {
+                    number,
+                    source_name: ep.shown.clone(),
+                }));
+            }
+            let r = block_ref_of(ep, &b, &format!("block {number}"))?;
+            if r.number != number {
+                return Err(Failure::retry(format!(
+                    "{}: asked for block {number}, got block {}",
+                    ep.shown, r.number
+                )));
+            }
+            Ok(r)
         })
         .await
     }
@@ -379,6 +467,57 @@ impl BlockSource for JsonRpcSource {
     async fn call(&self, request: &CallRequest) -> Result<Bytes, SourceError> {
         self.retrying("eth_call", |ep| call_pinned(ep, request))
             .await
+    }
+
+    /// JSON-RPC batches (see "Batched calls" in the module docs).
+    async fn calls(&self, requests: &[CallRequest]) -> Vec<Result<Bytes, SourceError>> {
+        // Identical requests are asked once: `slot[i]` is request i's place in `distinct`.
+        let mut seen: HashMap<&CallRequest, usize> = HashMap::new();
+        let mut distinct: Vec<&CallRequest> = Vec::new();
+        let slot: Vec<usize> = requests
+            .iter()
+            .map(|r| {
+                *seen.entry(r).or_insert_with(|| {
+                    distinct.push(r);
+                    distinct.len() - 1
+                })
+            })
+            .collect();
+        // Chunks of the preferred URL's batch size, each retried on its own: a chunk is one
+        // request unless some of its calls fail (or another URL takes smaller batches).
+        let ep = &self.endpoints[self.preferred.load(Ordering::Relaxed) % self.endpoints.len()];
+        // Boxed futures, collected first: the async-trait future must be `Send` for every
+        // lifetime, which a stream mapping a closure cannot show the compiler.
+        let chunks: Vec<BoxFuture<'_, Vec<Result<Bytes, SourceError>>>> = distinct
+            .chunks(ep.batch)
+            .map(|chunk| Box::pin(calls::chunk(self, chunk)) as BoxFuture<'_, _>)
+            .collect();
+        let answers: Vec<Result<Bytes, SourceError>> = stream::iter(chunks)
+            .buffered(ep.concurrency)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut answers: Vec<Option<Result<Bytes, SourceError>>> =
+            answers.into_iter().map(Some).collect();
+        let mut uses = vec![0usize; distinct.len()];
+        for &s in &slot {
+            uses[s] += 1;
+        }
+        slot.iter()
+            .map(|&s| {
+                uses[s] -= 1;
+                if uses[s] == 0 {
+                    answers[s].take().expect("one answer per distinct call")
+                } else {
+                    match answers[s].as_ref().expect("one answer per distinct call") {
+                        Ok(b) => Ok(b.clone()),
+                        Err(e) => Err(copy_error(e)),
+                    }
+                }
+            })
+            .collect()
     }
 }
 
@@ -437,6 +576,11 @@ async fn call_pinned(ep: &Endpoint, request: &CallRequest) -> Result<Bytes, Fail
             answer
         }
     };
+    call_answer(ep, answer)
+}
+
+/// The bytes of an `eth_call` answer.
+fn call_answer(ep: &Endpoint, answer: Value) -> Result<Bytes, Failure> {
     answer.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| {
         Failure::Final(SourceError::InvalidData(
             ep.scrub(&format!("{}: eth_call returned {answer}", ep.shown)),

@@ -23,7 +23,9 @@ use model_runner_adapters::jsonrpc::{JsonRpcOptions, JsonRpcSource};
 use model_runner_core::conformance::source::{CallSupport, SourceFacts, run_all};
 use model_runner_core::models::Erc20Transfers;
 use model_runner_core::ports::{BlockSource, SourceError};
-use model_runner_core::{Block, BlockRange, CallRequest, Chain, Model, ModelContext, RunId};
+use model_runner_core::{
+    Block, BlockRange, BlockRef, CallRequest, Chain, Model, ModelContext, RunId,
+};
 use serde_json::{Value, json};
 
 fn fixtures(sub: &str) -> PathBuf {
@@ -73,6 +75,11 @@ struct Faults {
     /// Every request answered with this status and a body quoting the request (path, query and
     /// authorization header), as some error pages do.
     echo: Option<u16>,
+    /// `eth_call`s (elements of a batch included) answered with a JSON-RPC rate-limit error
+    /// (-32005, as Infura does), each once, by calldata.
+    call_rate_limited: Vec<Bytes>,
+    /// `eth_call` with an EIP-1898 `{"blockHash": ...}` parameter refused, as ganache does.
+    refuse_block_hash: bool,
 }
 
 fn take(n: &mut usize) -> bool {
@@ -94,6 +101,10 @@ struct Seen {
     faults: BTreeMap<&'static str, usize>,
     /// `path?query` and authorization of the last request.
     last: Option<(String, Option<String>)>,
+    /// HTTP requests (a batch is one), faulty ones included.
+    requests: usize,
+    /// `eth_getBlockByNumber` calls asking for the header alone (`false`).
+    headers_only: usize,
 }
 
 struct Node {
@@ -159,6 +170,10 @@ impl Node {
             .get(method)
             .copied()
             .unwrap_or(0)
+    }
+
+    fn requests(&self) -> usize {
+        self.seen.lock().unwrap().requests
     }
 
     fn faults(&self, what: &str) -> usize {
@@ -229,10 +244,22 @@ impl Node {
             .or_default() += 1;
         let p = &call["params"];
         let result = match method.as_str() {
-            "eth_getBlockByNumber" => match p[0].as_str().unwrap() {
-                "latest" => self.block(*self.blocks.keys().last().unwrap()),
-                n => self.block(u64::from_str_radix(&n[2..], 16).unwrap()),
-            },
+            "eth_getBlockByNumber" => {
+                let mut b = match p[0].as_str().unwrap() {
+                    "latest" => self.block(*self.blocks.keys().last().unwrap()),
+                    n => self.block(u64::from_str_radix(&n[2..], 16).unwrap()),
+                };
+                // `false`: transactions as hashes, as nodes answer.
+                if p[1] == json!(false) {
+                    self.seen.lock().unwrap().headers_only += 1;
+                    if let Some(txs) = b.get_mut("transactions").and_then(Value::as_array_mut) {
+                        for tx in txs {
+                            *tx = tx["hash"].clone();
+                        }
+                    }
+                }
+                b
+            }
             "eth_getTransactionReceipt" => self.receipt(p[0].as_str().unwrap().parse().unwrap()),
             "eth_getBlockReceipts" if self.block_receipts => {
                 let n = u64::from_str_radix(&p[0].as_str().unwrap()[2..], 16).unwrap();
@@ -272,6 +299,23 @@ impl Node {
             "eth_call" => {
                 let to: Address = p[0]["to"].as_str().unwrap().parse().unwrap();
                 let data: Bytes = p[0]["data"].as_str().unwrap().parse().unwrap();
+                let error = |code: i64, message: &str| {
+                    json!({"jsonrpc": "2.0", "id": call["id"],
+                        "error": {"code": code, "message": message}})
+                };
+                if p[1].is_object() && self.faults.lock().unwrap().refuse_block_hash {
+                    self.fault("block hash refused");
+                    return error(-32700, "Cannot wrap a \"object\" as a json-rpc type");
+                }
+                let limited = {
+                    let mut f = self.faults.lock().unwrap();
+                    let at = f.call_rate_limited.iter().position(|d| *d == data);
+                    at.map(|at| f.call_rate_limited.remove(at)).is_some()
+                };
+                if limited {
+                    self.fault("call rate limited");
+                    return error(-32005, "daily request count exceeded, request rate limited");
+                }
                 match self.calls.get(&(to, data)) {
                     Some(v) => v.clone(),
                     None => {
@@ -303,7 +347,11 @@ async fn handle(
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
-    node.seen.lock().unwrap().last = Some((target.clone(), auth.clone()));
+    {
+        let mut seen = node.seen.lock().unwrap();
+        seen.last = Some((target.clone(), auth.clone()));
+        seen.requests += 1;
+    }
     let (echo, too_many, hang) = {
         let mut f = node.faults.lock().unwrap();
         let too_many = take(&mut f.too_many);
@@ -708,6 +756,241 @@ async fn block_source_conformance_on_mainnet_responses() {
         },
     )
     .await;
+}
+
+/// `balanceOf(holder i)` calldata.
+fn balance_of(i: u8) -> Bytes {
+    let mut data = vec![0x70, 0xa0, 0x82, 0x31];
+    data.extend_from_slice(Address::with_last_byte(i).into_word().as_slice());
+    data.into()
+}
+
+/// The word the node answers for holder `i`.
+fn word(i: u8) -> Bytes {
+    Bytes::copy_from_slice(B256::with_last_byte(i).as_slice())
+}
+
+/// A node that also answers `balanceOf(holder i)` of the token with `word(i)`, for i in 1..=n
+/// (any other calldata reverts).
+fn balances_node(n: u8, faults: Faults) -> Arc<Node> {
+    let mut node = Node::new(&["block_483920"], true, faults);
+    let calls = &mut Arc::get_mut(&mut node).unwrap().calls;
+    for i in 1..=n {
+        calls.insert((TOKEN.parse().unwrap(), balance_of(i)), json!(word(i)));
+    }
+    node
+}
+
+/// `balanceOf(holder i)` of the token at the fixtures' block.
+async fn balance_request(i: u8) -> CallRequest {
+    let block = &from_files("block_483920", BlockRange::single(BLOCK)).await[0];
+    CallRequest {
+        to: TOKEN.parse().unwrap(),
+        data: balance_of(i),
+        block: BLOCK,
+        block_hash: block.hash,
+    }
+}
+
+/// Answers as `Ok(word)` or the error's variant.
+fn shown(answers: Vec<Result<Bytes, SourceError>>) -> Vec<Result<Bytes, &'static str>> {
+    answers
+        .into_iter()
+        .map(|a| {
+            a.map_err(|e| match e {
+                SourceError::Reverted(_) => "reverted",
+                SourceError::Unavailable { .. } => "unavailable",
+                other => panic!("{other:?}"),
+            })
+        })
+        .collect()
+}
+
+/// N calls are one HTTP request; each keeps its own answer (a revert among good ones), in the
+/// requests' order, and identical requests are asked once.
+#[tokio::test]
+async fn calls_go_to_the_node_as_one_batch_request() {
+    let node = balances_node(10, Faults::default());
+    let source = JsonRpcSource::with_options(eth(), &serve(node.clone()).await, fast()).unwrap();
+    let mut requests = Vec::new();
+    for i in 1..=10 {
+        requests.push(balance_request(i).await);
+    }
+    // No balanceOf for holder 99: the contract reverts.
+    requests.insert(4, balance_request(99).await);
+    requests.push(balance_request(1).await);
+    let mut want: Vec<Result<Bytes, &str>> = (1..=10).map(|i| Ok(word(i))).collect();
+    want.insert(4, Err("reverted"));
+    want.push(Ok(word(1)));
+
+    assert_eq!(shown(source.calls(&requests).await), want);
+    assert_eq!(node.requests(), 1, "one HTTP request for all the calls");
+    assert_eq!(
+        node.calls("eth_call"),
+        11,
+        "the repeated request asked once"
+    );
+    assert!(source.calls(&[]).await.is_empty());
+    assert_eq!(node.requests(), 1);
+}
+
+/// Batches hold at most the URL's `batch` calls.
+#[tokio::test]
+async fn calls_are_sent_in_batches_of_the_url_s_size() {
+    let node = balances_node(10, Faults::default());
+    let url = format!("{}#batch=4&concurrency=1", serve(node.clone()).await);
+    let source = JsonRpcSource::with_options(eth(), &url, fast()).unwrap();
+    let mut requests = Vec::new();
+    for i in 1..=10 {
+        requests.push(balance_request(i).await);
+    }
+    let want: Vec<Result<Bytes, &str>> = (1..=10).map(|i| Ok(word(i))).collect();
+    assert_eq!(shown(source.calls(&requests).await), want);
+    assert_eq!(node.requests(), 3, "4 + 4 + 2 calls");
+    assert_eq!(node.calls("eth_call"), 10);
+}
+
+/// A batch answered 429 is sent again whole; a call of a batch answered with a rate-limit error
+/// is sent again alone, the others' answers kept.
+#[tokio::test]
+async fn a_rate_limited_batch_and_a_rate_limited_call_are_retried() {
+    let node = balances_node(
+        10,
+        Faults {
+            too_many: 1,
+            call_rate_limited: vec![balance_of(3)],
+            ..Faults::default()
+        },
+    );
+    let source = JsonRpcSource::with_options(eth(), &serve(node.clone()).await, fast()).unwrap();
+    let mut requests = Vec::new();
+    for i in 1..=10 {
+        requests.push(balance_request(i).await);
+    }
+    let want: Vec<Result<Bytes, &str>> = (1..=10).map(|i| Ok(word(i))).collect();
+    assert_eq!(shown(source.calls(&requests).await), want);
+    assert_eq!(node.faults("429"), 1);
+    assert_eq!(node.faults("call rate limited"), 1);
+    assert_eq!(
+        node.requests(),
+        3,
+        "the 429, the batch of 10, the rate-limited call alone"
+    );
+    assert_eq!(node.calls("eth_call"), 11);
+
+    // A call that stays rate-limited is Unavailable once the retries are spent; the others
+    // are answered.
+    let node = balances_node(
+        3,
+        Faults {
+            call_rate_limited: vec![balance_of(2); 100],
+            ..Faults::default()
+        },
+    );
+    let mut options = fast();
+    options.retries = 2;
+    let source = JsonRpcSource::with_options(eth(), &serve(node.clone()).await, options).unwrap();
+    let requests = [
+        balance_request(1).await,
+        balance_request(2).await,
+        balance_request(3).await,
+    ];
+    let answers = source.calls(&requests).await;
+    let text = answers[1].as_ref().unwrap_err().to_string();
+    assert!(
+        text.contains("gave up after 3 attempts") && text.contains("rate limited"),
+        "{text}"
+    );
+    assert_eq!(
+        shown(answers),
+        [Ok(word(1)), Err("unavailable"), Ok(word(3))]
+    );
+    assert_eq!(node.requests(), 3);
+    assert_eq!(node.calls("eth_call"), 5);
+}
+
+/// On a node that refuses `{"blockHash": ...}` (ganache), a batch goes by number and one batch
+/// of headers checks the blocks' hashes after the calls; a hash of another branch is retried,
+/// then Unavailable, never an answer about another block.
+#[tokio::test]
+async fn calls_by_number_check_the_block_hash_in_one_more_batch() {
+    let node = balances_node(
+        10,
+        Faults {
+            refuse_block_hash: true,
+            ..Faults::default()
+        },
+    );
+    let mut options = fast();
+    options.retries = 1;
+    let source = JsonRpcSource::with_options(eth(), &serve(node.clone()).await, options).unwrap();
+    let mut requests = Vec::new();
+    for i in 1..=10 {
+        requests.push(balance_request(i).await);
+    }
+    requests.push(balance_request(99).await);
+    let mut want: Vec<Result<Bytes, &str>> = (1..=10).map(|i| Ok(word(i))).collect();
+    want.push(Err("reverted"));
+    assert_eq!(shown(source.calls(&requests).await), want);
+    assert_eq!(
+        node.requests(),
+        3,
+        "refused by hash, by number, the block's header"
+    );
+    assert_eq!(node.faults("block hash refused"), 11);
+    assert_eq!(node.seen.lock().unwrap().headers_only, 1);
+    // Remembered: by number at once.
+    assert_eq!(shown(source.calls(&requests).await), want);
+    assert_eq!(node.requests(), 5);
+
+    let mut other_branch = balance_request(1).await;
+    other_branch.block_hash = B256::repeat_byte(0xcd);
+    let answers = source
+        .calls(&[other_branch, balance_request(2).await])
+        .await;
+    let text = answers[0].as_ref().unwrap_err().to_string();
+    assert!(text.contains("the chain moved"), "{text}");
+    assert_eq!(shown(answers), [Err("unavailable"), Ok(word(2))]);
+}
+
+/// `block_ref` reads the header alone (`eth_getBlockByNumber(n, false)`, no receipts), is
+/// retried like every request, and a block past the head is `BlockNotFound` at once.
+#[tokio::test]
+async fn block_ref_reads_the_header_alone() {
+    let want = from_files("block_483920", BlockRange::single(BLOCK)).await;
+    let node = Node::new(
+        &["block_483920"],
+        true,
+        Faults {
+            too_many: 2,
+            ..Faults::default()
+        },
+    );
+    let source = JsonRpcSource::with_options(eth(), &serve(node.clone()).await, fast()).unwrap();
+    assert_eq!(
+        source.block_ref(BLOCK).await.unwrap(),
+        BlockRef {
+            number: BLOCK,
+            hash: want[0].hash,
+            parent_hash: want[0].parent_hash,
+        }
+    );
+    assert_eq!(node.faults("429"), 2, "retried through two 429s");
+    assert_eq!(node.calls("eth_getBlockByNumber"), 1);
+    assert_eq!(
+        node.seen.lock().unwrap().headers_only,
+        1,
+        "the header alone"
+    );
+    assert_eq!(node.calls("eth_getBlockReceipts"), 0);
+    assert_eq!(node.calls("eth_getTransactionReceipt"), 0);
+
+    let err = source.block_ref(BLOCK + 1).await.unwrap_err();
+    assert!(
+        matches!(err, SourceError::BlockNotFound { number, .. } if number == BLOCK + 1),
+        "{err:?}"
+    );
+    assert_eq!(node.requests(), 4, "not retried");
 }
 
 /// Log lines, captured.

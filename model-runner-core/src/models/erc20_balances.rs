@@ -4,12 +4,14 @@
 //!
 //! ```text
 //! blocks ──decode_transfer──▶ distinct (block, token, holder), in log order
-//!        ──balanceOf calls, at most CALL_CONCURRENCY in flight──▶ one record each
+//!        ──one BlockSource::calls of every balanceOf──▶ one record each
 //! ```
 //!
-//! A pair is read once per block however many transfers touch it in that block. Calls go out
-//! concurrently (the JSON-RPC source puts concurrent requests into its per-node concurrency and
-//! rate limits, and a [`CachedCalls`](crate::ports::CachedCalls) wrapper answers repeats).
+//! A pair is read once per block however many transfers touch it in that block. All of a run's
+//! reads go to the source as one [`BlockSource::calls`]: the JSON-RPC source sends them as
+//! JSON-RPC batches within its per-node batch size, concurrency and rate limits, a
+//! [`CachedCalls`](crate::ports::CachedCalls) wrapper answers repeats and passes on only the
+//! misses, and a source without batches calls them concurrently ([`CALL_CONCURRENCY`]).
 //!
 //! # When a token does not answer
 //!
@@ -23,8 +25,6 @@ use std::collections::HashSet;
 
 use alloy_primitives::{Address, Bytes, U256};
 use async_trait::async_trait;
-use futures::future::{BoxFuture, FutureExt};
-use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::json;
 
 use crate::chain::ModelKind;
@@ -36,8 +36,9 @@ use crate::ports::{BlockSource, SourceError};
 /// Selector of `balanceOf(address)`.
 const BALANCE_OF: [u8; 4] = [0x70, 0xa0, 0x82, 0x31];
 
-/// `balanceOf` calls of one model run in flight at most.
-pub const CALL_CONCURRENCY: usize = 16;
+/// `balanceOf` calls of one model run in flight at most on a source that does not batch them
+/// (the default [`BlockSource::calls`]).
+pub const CALL_CONCURRENCY: usize = crate::ports::CALLS_IN_FLIGHT;
 
 /// The `erc20_balances` model.
 #[derive(Debug, Clone, Copy, Default)]
@@ -91,18 +92,14 @@ fn balance(answer: Result<Bytes, SourceError>) -> Result<Result<U256, String>, S
     }
 }
 
-/// Reads `r`'s balance at its block, pinned to the block's hash.
-async fn read(
-    source: &dyn BlockSource,
-    r: &Touched<'_>,
-) -> Result<Result<U256, String>, SourceError> {
-    let request = CallRequest {
+/// The call reading `r`'s balance at its block, pinned to the block's hash.
+fn request(r: &Touched<'_>) -> CallRequest {
+    CallRequest {
         to: r.token,
         data: balance_of(r.holder),
         block: r.block.number,
         block_hash: r.block.hash,
-    };
-    balance(source.call(&request).await)
+    }
 }
 
 #[async_trait]
@@ -142,15 +139,24 @@ impl Model for Erc20Balances {
     }
     async fn run(&self, ctx: &ModelContext, blocks: &[Block]) -> Result<Vec<Record>, ModelError> {
         let reads: Vec<Touched<'_>> = blocks.iter().flat_map(touched).collect();
-        let source: &dyn BlockSource = &*ctx.source;
-        // `buffered` keeps the order of `reads`, so records come out in (block, position) order.
-        // Boxed: the async-trait future must be `Send` for every lifetime, which the
-        // unboxed iterator-of-futures type cannot show the compiler.
-        let calls: Vec<BoxFuture<'_, _>> = reads.iter().map(|r| read(source, r).boxed()).collect();
-        let balances: Vec<_> = stream::iter(calls)
-            .buffered(CALL_CONCURRENCY)
-            .try_collect()
-            .await?;
+        if reads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let requests: Vec<CallRequest> = reads.iter().map(request).collect();
+        // One answer per request, in order: records come out in (block, position) order.
+        let answers = ctx.source.calls(&requests).await;
+        if answers.len() != requests.len() {
+            return Err(SourceError::InvalidData(format!(
+                "the source answered {} of {} balanceOf calls",
+                answers.len(),
+                requests.len()
+            ))
+            .into());
+        }
+        let balances = answers
+            .into_iter()
+            .map(balance)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(reads
             .iter()
             .zip(balances)
@@ -305,6 +311,7 @@ mod tests {
         }
     }
 
+    /// On a source without batches of its own, the default `calls` reads concurrently.
     #[tokio::test]
     async fn calls_run_concurrently_within_the_bound() {
         let token = addr(0xA0);
@@ -345,6 +352,90 @@ mod tests {
         let mut sorted = keys.clone();
         sorted.sort_unstable();
         assert_eq!(keys, sorted);
+    }
+
+    /// A source that batches: `calls` records each batch and answers through `FakeCalls`; a
+    /// single `call` is a test failure.
+    #[derive(Debug)]
+    struct Batching {
+        fake: FakeCalls,
+        batches: std::sync::Mutex<Vec<Vec<CallRequest>>>,
+    }
+
+    #[async_trait]
+    impl BlockSource for Batching {
+        fn chain(&self) -> &Chain {
+            self.fake.chain()
+        }
+        async fn head(&self) -> Result<crate::data::BlockHead, SourceError> {
+            self.fake.head().await
+        }
+        async fn blocks(&self, range: BlockRange) -> Result<Vec<Block>, SourceError> {
+            self.fake.blocks(range).await
+        }
+        async fn call(&self, _: &CallRequest) -> Result<Bytes, SourceError> {
+            panic!("the model reads balances with calls, not call by call")
+        }
+        async fn calls(&self, requests: &[CallRequest]) -> Vec<Result<Bytes, SourceError>> {
+            self.batches.lock().unwrap().push(requests.to_vec());
+            let mut out = Vec::new();
+            for r in requests {
+                out.push(self.fake.call(r).await);
+            }
+            out
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_reads_every_balance_in_one_batch_with_the_same_records() {
+        let token = addr(0xA0);
+        let blocks: Vec<Block> = (1..=3)
+            .map(|n| {
+                block(
+                    n,
+                    (0..20)
+                        .map(|i| transfer(n, i, token, addr(0xF0), addr(i as u8 + 1)))
+                        .collect(),
+                )
+            })
+            .collect();
+        let memory = || MemoryBlockSource::new(Chain::new("ethereum").unwrap(), blocks.clone());
+        let range = BlockRange::new(1, 3).unwrap();
+        // Call by call (the default `calls`) and batched: the same records.
+        let mut c = ctx(Arc::new(FakeCalls::new(memory())), range);
+        let one_by_one = Erc20Balances.run(&c, &blocks).await.unwrap();
+        let batching = Arc::new(Batching {
+            fake: FakeCalls::new(memory()),
+            batches: Default::default(),
+        });
+        c.source = batching.clone();
+        let batched = Erc20Balances.run(&c, &blocks).await.unwrap();
+        assert_eq!(
+            batched.len(),
+            3 * 21,
+            "20 recipients and the sender per block"
+        );
+        assert_eq!(batched, one_by_one);
+        let batches = batching.batches.lock().unwrap();
+        assert_eq!(batches.len(), 1, "one batch for the run");
+        // In record order: each request is its record's (block, holder).
+        assert_eq!(batches[0].len(), batched.len());
+        for (request, record) in batches[0].iter().zip(&batched) {
+            assert_eq!(request.block, record.key.block_number);
+            assert_eq!(request.block_hash, record.block_hash);
+            assert_eq!(
+                format!("{:#x}", Address::from_slice(&request.data[16..36])),
+                record.payload["holder_address"].as_str().unwrap()
+            );
+        }
+        drop(batches);
+
+        // A run without transfers asks nothing.
+        let empty = vec![block(4, vec![])];
+        let mut c = ctx(Arc::new(FakeCalls::new(memory())), BlockRange::single(4));
+        c.source = batching.clone();
+        assert!(Erc20Balances.run(&c, &empty).await.unwrap().is_empty());
+        assert_eq!(batching.batches.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]

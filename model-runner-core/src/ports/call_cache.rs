@@ -10,6 +10,10 @@
 //!                                     └─ Err ─▶ the error, not stored
 //! ```
 //!
+//! `calls(reqs)` looks every key up first, answers the hits from the cache and sends only the
+//! misses to the inner source, as one `inner.calls` (one JSON-RPC batch per chunk there); a
+//! batch whose answers are all cached costs no request.
+//!
 //! A call is pinned to a block hash (EIP-1898), so its answer never changes and the key
 //! (chain, block hash, to, calldata) needs no expiry for correctness; adapters bound their size
 //! (the in-process one by bytes, Redis by a TTL). The in-process adapter is
@@ -22,10 +26,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use alloy_primitives::{Address, B256, Bytes};
 use async_trait::async_trait;
+use futures::future::{BoxFuture, FutureExt};
+use futures::{StreamExt, stream};
 
 use crate::chain::{BlockRange, Chain};
 use crate::data::{Block, BlockHead, BlockRef, CallRequest};
-use crate::ports::{BlockSource, SourceError};
+use crate::ports::{BlockSource, CALLS_IN_FLIGHT, SourceError};
 
 /// What identifies a call's answer: chain, block hash, contract and calldata.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -152,19 +158,41 @@ impl<S: BlockSource> CachedCalls<S> {
         }
     }
 
-    fn count(&self, hit: bool) {
+    /// Counts `n` hits or misses.
+    fn count(&self, hit: bool, n: u64) {
+        if n == 0 {
+            return;
+        }
         let (counter, result) = if hit {
             (&self.hits, "hit")
         } else {
             (&self.misses, "miss")
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(n, Ordering::Relaxed);
         metrics::counter!(
             "model_runner_call_cache_total",
             "chain" => self.inner.chain().to_string(),
             "result" => result,
         )
-        .increment(1);
+        .increment(n);
+    }
+
+    /// The cached answer of `key`; a cache failure is logged and reads as a miss.
+    async fn cached(&self, key: &CallKey) -> Option<Bytes> {
+        match self.cache.get(key).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::warn!(error = %e, "call cache read failed; asking the source");
+                None
+            }
+        }
+    }
+
+    /// Stores a successful answer; a cache failure is logged.
+    async fn store(&self, key: &CallKey, answer: &Bytes) {
+        if let Err(e) = self.cache.put(key, answer).await {
+            tracing::warn!(error = %e, "call cache write failed");
+        }
     }
 }
 
@@ -193,20 +221,66 @@ impl<S: BlockSource> BlockSource for CachedCalls<S> {
     }
     async fn call(&self, request: &CallRequest) -> Result<Bytes, SourceError> {
         let key = CallKey::new(self.inner.chain(), request);
-        match self.cache.get(&key).await {
-            Ok(Some(answer)) => {
-                self.count(true);
-                return Ok(answer);
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "call cache read failed; asking the source"),
+        if let Some(answer) = self.cached(&key).await {
+            self.count(true, 1);
+            return Ok(answer);
         }
-        self.count(false);
+        self.count(false, 1);
         let answer = self.inner.call(request).await?;
-        if let Err(e) = self.cache.put(&key, &answer).await {
-            tracing::warn!(error = %e, "call cache write failed");
-        }
+        self.store(&key, &answer).await;
         Ok(answer)
+    }
+    /// Cached answers from the cache; the misses to the inner source as one `calls`, and its
+    /// successful answers stored.
+    async fn calls(&self, requests: &[CallRequest]) -> Vec<Result<Bytes, SourceError>> {
+        let keys: Vec<CallKey> = requests
+            .iter()
+            .map(|r| CallKey::new(self.inner.chain(), r))
+            .collect();
+        // Boxed futures, collected first: the async-trait future must be `Send` for every
+        // lifetime, which a stream mapping a closure cannot show the compiler.
+        let lookups: Vec<BoxFuture<'_, Option<Bytes>>> =
+            keys.iter().map(|k| self.cached(k).boxed()).collect();
+        let mut answers: Vec<Option<Result<Bytes, SourceError>>> = stream::iter(lookups)
+            .buffered(CALLS_IN_FLIGHT)
+            .map(|hit| hit.map(Ok))
+            .collect()
+            .await;
+        let missed: Vec<usize> = (0..requests.len())
+            .filter(|&i| answers[i].is_none())
+            .collect();
+        self.count(true, (requests.len() - missed.len()) as u64);
+        self.count(false, missed.len() as u64);
+        if !missed.is_empty() {
+            let asked: Vec<CallRequest> = missed.iter().map(|&i| requests[i].clone()).collect();
+            let fresh = self.inner.calls(&asked).await;
+            let got = fresh.len();
+            let stores: Vec<BoxFuture<'_, ()>> = missed
+                .iter()
+                .zip(&fresh)
+                .filter_map(|(&i, answer)| {
+                    let answer = answer.as_ref().ok()?;
+                    Some(self.store(&keys[i], answer).boxed())
+                })
+                .collect();
+            stream::iter(stores)
+                .buffer_unordered(CALLS_IN_FLIGHT)
+                .collect::<()>()
+                .await;
+            for (&i, answer) in missed.iter().zip(fresh) {
+                answers[i] = Some(answer);
+            }
+            for &i in &missed[got.min(missed.len())..] {
+                answers[i] = Some(Err(SourceError::InvalidData(format!(
+                    "the source answered {got} of {} calls",
+                    missed.len()
+                ))));
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.expect("every request has an answer"))
+            .collect()
     }
 }
 
@@ -223,6 +297,8 @@ mod tests {
     struct Counting {
         inner: MemoryBlockSource,
         calls: Mutex<Vec<CallRequest>>,
+        /// The size of each `calls` the source got.
+        batches: Mutex<Vec<usize>>,
         fail: std::sync::atomic::AtomicBool,
     }
 
@@ -246,6 +322,14 @@ mod tests {
             out.extend_from_slice(&request.data);
             Ok(out.into())
         }
+        async fn calls(&self, requests: &[CallRequest]) -> Vec<Result<Bytes, SourceError>> {
+            self.batches.lock().unwrap().push(requests.len());
+            let mut out = Vec::new();
+            for r in requests {
+                out.push(self.call(r).await);
+            }
+            out
+        }
     }
 
     fn request(hash: u8, data: &[u8]) -> CallRequest {
@@ -262,6 +346,7 @@ mod tests {
         let inner = Arc::new(Counting {
             inner: MemoryBlockSource::new(chain, vec![]),
             calls: Mutex::new(vec![]),
+            batches: Mutex::new(vec![]),
             fail: true.into(),
         });
         CachedCalls::new(inner, Arc::new(MemoryCallCache::default()))
@@ -336,6 +421,64 @@ mod tests {
             [3, 4]
         );
         assert_eq!(source.stats(), CallCacheStats { hits: 0, misses: 1 });
+    }
+
+    /// The answers of `calls` as `Ok` bytes, or `"reverted"`.
+    fn shown(answers: Vec<Result<Bytes, SourceError>>) -> Vec<Result<Vec<u8>, &'static str>> {
+        answers
+            .into_iter()
+            .map(|a| match a {
+                Ok(b) => Ok(b.to_vec()),
+                Err(SourceError::Reverted(_)) => Err("reverted"),
+                Err(e) => panic!("{e:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_sends_only_its_misses_as_one_batch_and_a_warm_batch_sends_nothing() {
+        let source = cached();
+        // Two of the five answers are cached already.
+        source.call(&request(1, &[2])).await.unwrap();
+        source.call(&request(1, &[4])).await.unwrap();
+        let batch: Vec<CallRequest> = (1..=5).map(|i| request(1, &[i])).collect();
+        let want: Vec<Result<Vec<u8>, &str>> = (1..=5).map(|i| Ok(vec![1, i])).collect();
+        assert_eq!(shown(source.calls(&batch).await), want);
+        assert_eq!(
+            *source.inner.batches.lock().unwrap(),
+            [3],
+            "the three misses, in one batch"
+        );
+        let sent: Vec<Bytes> = source.inner.calls.lock().unwrap()[2..]
+            .iter()
+            .map(|r| r.data.clone())
+            .collect();
+        assert_eq!(sent, [[1u8], [3], [5]].map(|d| Bytes::copy_from_slice(&d)));
+        assert_eq!(source.stats(), CallCacheStats { hits: 2, misses: 5 });
+
+        // Warm: every answer from the cache, no request to the source.
+        assert_eq!(shown(source.calls(&batch).await), want);
+        assert_eq!(*source.inner.batches.lock().unwrap(), [3]);
+        assert_eq!(source.inner.calls.lock().unwrap().len(), 5);
+        assert_eq!(source.stats(), CallCacheStats { hits: 7, misses: 5 });
+        assert!(source.calls(&[]).await.is_empty());
+        assert_eq!(*source.inner.batches.lock().unwrap(), [3]);
+    }
+
+    #[tokio::test]
+    async fn a_revert_in_a_batch_is_that_element_s_answer_and_is_not_cached() {
+        let source = cached();
+        let batch = [request(2, &[1]), request(2, &[0xff]), request(2, &[3])];
+        for round in 0..2 {
+            assert_eq!(
+                shown(source.calls(&batch).await),
+                [Ok(vec![2, 1]), Err("reverted"), Ok(vec![2, 3])],
+                "round {round}"
+            );
+        }
+        // The second round asked the source for the reverted call alone.
+        assert_eq!(*source.inner.batches.lock().unwrap(), [3, 1]);
+        assert_eq!(source.stats(), CallCacheStats { hits: 2, misses: 4 });
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod store;
 pub use call_cache::{CachedCalls, CallCache, CallCacheError, CallCacheStats, CallKey};
 pub use queue::{Consumer, Delivery, DeliveryHandle, QueueError, RunMessage, RunQueue};
 pub use sink::{ResultSink, RunOutput, SinkError, check_topic};
-pub use source::{BlockSource, SourceError};
+pub use source::{BlockSource, CALLS_IN_FLIGHT, SourceError};
 pub use store::{
     ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
     Transition, cursor_conflict, idempotency_conflict, parse_abi, parse_address, same_batch,

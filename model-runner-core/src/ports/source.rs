@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use alloy_primitives::Bytes;
 use async_trait::async_trait;
+use futures::future::BoxFuture;
+use futures::{StreamExt, stream};
 
 use crate::chain::{BlockRange, Chain};
 use crate::data::{Block, BlockHead, BlockRef, CallRequest};
@@ -64,6 +66,9 @@ pub enum SourceError {
 ///   contract refuses (it reverts) MUST be [`SourceError::Reverted`], so a reads model can record
 ///   it apart from a node that failed. A wrapper MAY cache answers by (chain, block hash, to,
 ///   data) ([`CachedCalls`](crate::ports::CachedCalls)): they never change. Errors are never cached.
+/// - `calls` MUST give exactly one answer per request, in the requests' order, each the answer
+///   `call` of that request would give; one request's revert or failure MUST NOT change the
+///   others' answers.
 #[async_trait]
 pub trait BlockSource: fmt::Debug + Send + Sync + 'static {
     /// The chain this source serves.
@@ -97,7 +102,25 @@ pub trait BlockSource: fmt::Debug + Send + Sync + 'static {
             self.chain()
         )))
     }
+    /// [`call`](Self::call) for each of `requests`: one answer per request, in the requests'
+    /// order, each what `call` of that request would give (a revert is that element's
+    /// [`SourceError::Reverted`], never the others'). A source MAY send them together (JSON-RPC
+    /// batches) and MAY ask a node once for identical requests. The default calls `call` for
+    /// each, at most [`CALLS_IN_FLIGHT`] at a time.
+    async fn calls(&self, requests: &[CallRequest]) -> Vec<Result<Bytes, SourceError>> {
+        // Boxed futures, collected first: the async-trait future must be `Send` for every
+        // lifetime, which a stream mapping a closure cannot show the compiler.
+        let calls: Vec<BoxFuture<'_, Result<Bytes, SourceError>>> =
+            requests.iter().map(|r| self.call(r)).collect();
+        stream::iter(calls)
+            .buffered(CALLS_IN_FLIGHT)
+            .collect()
+            .await
+    }
 }
+
+/// Calls the default [`BlockSource::calls`] keeps in flight at most.
+pub const CALLS_IN_FLIGHT: usize = 16;
 
 #[async_trait]
 impl<T: BlockSource + ?Sized> BlockSource for Arc<T> {
@@ -115,5 +138,110 @@ impl<T: BlockSource + ?Sized> BlockSource for Arc<T> {
     }
     async fn call(&self, request: &CallRequest) -> Result<Bytes, SourceError> {
         (**self).call(request).await
+    }
+    async fn calls(&self, requests: &[CallRequest]) -> Vec<Result<Bytes, SourceError>> {
+        (**self).calls(requests).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    use alloy_primitives::{Address, B256};
+
+    use super::*;
+    use crate::memory::MemoryBlockSource;
+
+    fn request(i: u8) -> CallRequest {
+        CallRequest {
+            to: Address::repeat_byte(0xAA),
+            data: Bytes::from(vec![i]),
+            block: 1,
+            block_hash: B256::with_last_byte(1),
+        }
+    }
+
+    /// A memory source whose `call` answers the calldata back, reverts on 0xff, and yields to
+    /// the other calls before answering (as a network call would), counting calls in flight.
+    #[derive(Debug)]
+    struct Echo {
+        inner: MemoryBlockSource,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+        seen: Mutex<Vec<u8>>,
+    }
+
+    #[async_trait]
+    impl BlockSource for Echo {
+        fn chain(&self) -> &Chain {
+            self.inner.chain()
+        }
+        async fn head(&self) -> Result<BlockHead, SourceError> {
+            self.inner.head().await
+        }
+        async fn blocks(&self, range: BlockRange) -> Result<Vec<Block>, SourceError> {
+            self.inner.blocks(range).await
+        }
+        async fn call(&self, request: &CallRequest) -> Result<Bytes, SourceError> {
+            self.seen.lock().unwrap().push(request.data[0]);
+            let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, SeqCst);
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+            self.in_flight.fetch_sub(1, SeqCst);
+            if request.data[0] == 0xff {
+                return Err(SourceError::Reverted("execution reverted".into()));
+            }
+            Ok(request.data.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn default_calls_answer_each_request_in_order_within_the_bound() {
+        let echo = Arc::new(Echo {
+            inner: MemoryBlockSource::with_empty_blocks(Chain::new("ethereum").unwrap(), 0..=1),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            seen: Mutex::new(Vec::new()),
+        });
+        let mut requests: Vec<CallRequest> = (0..40).map(request).collect();
+        requests[7] = request(0xff);
+        // Through `Arc<T>`, as the engine holds sources.
+        let answers = echo.calls(&requests).await;
+        assert_eq!(answers.len(), 40, "one answer per request");
+        for (i, answer) in answers.iter().enumerate() {
+            match (i, answer) {
+                (7, Err(SourceError::Reverted(_))) => {}
+                (i, Ok(b)) if i != 7 => assert_eq!(b.as_ref(), [i as u8]),
+                (i, other) => panic!("request {i}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            echo.seen.lock().unwrap().len(),
+            40,
+            "each request called once"
+        );
+        assert_eq!(
+            echo.max_in_flight.load(SeqCst),
+            CALLS_IN_FLIGHT,
+            "concurrently, at most CALLS_IN_FLIGHT at once"
+        );
+        assert!(echo.calls(&[]).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn default_calls_on_the_memory_source_say_unsupported_for_each_request() {
+        let memory = MemoryBlockSource::with_empty_blocks(Chain::new("ethereum").unwrap(), 0..=1);
+        let answers = memory.calls(&[request(1), request(2), request(3)]).await;
+        assert_eq!(answers.len(), 3);
+        for answer in answers {
+            assert!(
+                matches!(answer, Err(SourceError::Unsupported(_))),
+                "{answer:?}"
+            );
+        }
     }
 }

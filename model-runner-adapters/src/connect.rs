@@ -7,6 +7,7 @@
 //! | sink | `memory://`, `file://DIR`, `kafka://host:port[,host:port][?setting=value]` (feature `kafka`), `s3://bucket[/prefix]` / `parquet+file:///DIR` (feature `parquet`) |
 //! | block source | `devnet://?...`, `file://PATH` |
 //! | call cache | `memory://` (in-process, bounded), `redis://...` (feature `redis`) |
+//! | progress board | `memory://` (in-process), `redis://...` (feature `redis`) |
 //!
 //! A scheme whose feature is not compiled in is an error that says which feature to enable.
 //! Errors never contain a URL's password: see [`model_runner_core::redact`].
@@ -14,10 +15,12 @@
 use std::sync::Arc;
 
 use model_runner_core::Chain;
-use model_runner_core::memory::{MemoryCallCache, MemoryRunQueue, MemoryRunStore, MemorySink};
+use model_runner_core::memory::{
+    MemoryCallCache, MemoryProgressBoard, MemoryRunQueue, MemoryRunStore, MemorySink,
+};
 use model_runner_core::ports::{
-    BlockSource, CallCache, CallCacheError, QueueError, ResultSink, RunQueue, RunStore, SinkError,
-    SourceError, StoreError,
+    BlockSource, CallCache, CallCacheError, ProgressBoard, ProgressError, QueueError, ResultSink,
+    RunQueue, RunStore, SinkError, SourceError, StoreError,
 };
 
 pub use model_runner_core::redact::redact_url;
@@ -175,6 +178,24 @@ pub async fn call_cache_from_url(url: &str) -> Result<Arc<dyn CallCache>, CallCa
     }
 }
 
+/// The board of live run progress at `url`: `memory://` (workers and API of this process
+/// only) or `redis://...`/`rediss://...` (shared by every process; feature `redis`).
+pub async fn progress_board_from_url(url: &str) -> Result<Arc<dyn ProgressBoard>, ProgressError> {
+    match scheme(url) {
+        "memory" => Ok(Arc::new(MemoryProgressBoard::new())),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Ok(Arc::new(
+            crate::redis_progress::RedisProgressBoard::connect(url).await?,
+        )),
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" => Err(ProgressError::InvalidInput(disabled("redis", url))),
+        _ => Err(ProgressError::InvalidInput(format!(
+            "unsupported progress board URL {}: expected memory:// or redis://... (feature `redis`)",
+            redact_url(url)
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +244,26 @@ mod tests {
             assert!(!err.to_string().contains("pw@"), "{err}");
         }
         assert!(store_from_url("memory://", true).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn progress_board_urls_are_checked_without_leaking_passwords() {
+        let err = progress_board_from_url("memcached://u:s3cret@h")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("unsupported progress board URL"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        #[cfg(not(feature = "redis"))]
+        {
+            let err = progress_board_from_url("redis://u:s3cret@h:6379")
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("`redis` feature"), "{err}");
+            assert!(!err.to_string().contains("s3cret"), "{err}");
+        }
+        assert!(progress_board_from_url("memory://").await.is_ok());
     }
 }

@@ -11,6 +11,7 @@
 //! | `ResultSink` | Kafka (rdkafka) | `kafka` | `kafka://host:port[,host:port][?librdkafka.setting=value]` |
 //! | `ResultSink` | Parquet on object storage | `parquet` | `s3://bucket[/prefix]`, `parquet+file:///dir` |
 //! | `CallCache` | Redis | `redis` | `redis://[user:pass@]host[:port][/db][?prefix=..&ttl_s=..]` |
+//! | `ProgressBoard` | Redis | `redis` | `redis://[user:pass@]host[:port][/db][?prefix=..]` |
 
 pub mod connect;
 pub mod devnet;
@@ -29,6 +30,10 @@ pub mod postgres;
 pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis_cache;
+#[cfg(feature = "redis")]
+mod redis_connection;
+#[cfg(feature = "redis")]
+pub mod redis_progress;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 #[cfg(feature = "testing")]

@@ -15,8 +15,9 @@
 //! | `ttl_s` | 604800 (7 days) | how long an answer is kept; answers never change (they are pinned to a block hash), the TTL only bounds memory |
 //!
 //! An unknown parameter is an error naming it. The password never appears in errors, logs or
-//! `Debug`: they show the URL through [`redact_url`] and server texts through
-//! [`redact_urls_in`] or, where they may quote the URL's parts, [`UrlSecrets`].
+//! `Debug`: the URL is read, connected and its failures described by the same code as the
+//! other Redis adapters (`redis_connection`), through the one redactor
+//! ([`model_runner_core::redact`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -24,10 +25,11 @@ use std::time::Duration;
 use alloy_primitives::Bytes;
 use async_trait::async_trait;
 use model_runner_core::ports::{CallCache, CallCacheError, CallKey};
-use model_runner_core::redact::{UrlSecrets, redact_url, redact_urls_in};
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use serde::Deserialize;
+
+use crate::redis_connection::{ConnectError, Connected, command_failed, connect};
 
 const ADAPTER: &str = "redis";
 
@@ -68,30 +70,21 @@ impl RedisCallCache {
     /// [`CallCacheError::Unavailable`] at once, so a misconfigured worker fails on start.
     /// The connection reconnects by itself afterwards.
     pub async fn connect(url: &str) -> Result<Self, CallCacheError> {
-        let shown = redact_url(url);
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let params: Params =
-            serde_urlencoded::from_str(query).map_err(|e| CallCacheError::Backend {
-                adapter: ADAPTER,
-                message: format!("{shown}: bad parameters ({e}): expected prefix=..., ttl_s=..."),
-            })?;
-        // A server or parser text may quote the URL's parts: never its password.
-        let secrets = UrlSecrets::of(base);
-        let scrub = |e: &redis::RedisError| secrets.scrub(&e.to_string());
-        let client = redis::Client::open(base).map_err(|e| CallCacheError::Backend {
-            adapter: ADAPTER,
-            message: format!("{shown}: {}", scrub(&e)),
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(2)
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(5)));
-        let connection = client
-            .get_connection_manager_with_config(config)
+        let Connected {
+            shown,
+            params,
+            connection,
+        } = connect::<Params>(url, "prefix=..., ttl_s=...")
             .await
-            .map_err(|e| CallCacheError::Unavailable {
-                adapter: ADAPTER,
-                message: format!("{shown}: {}", scrub(&e)),
+            .map_err(|e| match e {
+                ConnectError::Invalid(message) => CallCacheError::Backend {
+                    adapter: ADAPTER,
+                    message,
+                },
+                ConnectError::Unavailable(message) => CallCacheError::Unavailable {
+                    adapter: ADAPTER,
+                    message,
+                },
             })?;
         Ok(Self {
             shown,
@@ -107,8 +100,8 @@ impl RedisCallCache {
     }
 
     fn error(&self, what: &str, e: &redis::RedisError) -> CallCacheError {
-        let message = format!("{}: {what}: {}", self.shown, redact_urls_in(&e.to_string()));
-        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+        let (transient, message) = command_failed(&self.shown, what, e);
+        if transient {
             CallCacheError::Unavailable {
                 adapter: ADAPTER,
                 message,

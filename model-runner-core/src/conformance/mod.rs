@@ -5,6 +5,7 @@
 //! Failures panic with a message naming the broken rule, like any assertion.
 
 pub mod call_cache;
+pub mod progress;
 pub mod queue;
 pub mod sink;
 pub mod source;

@@ -13,7 +13,7 @@ use crate::engine::{
 };
 use crate::memory::{MemoryRunQueue, MemoryRunStore, MemorySink};
 use crate::model::{Model, ModelRegistry};
-use crate::ports::{BlockSource, ResultSink, RunQueue, RunStore};
+use crate::ports::{BlockSource, ProgressBoard, ResultSink, RunQueue, RunStore};
 use crate::routing::Routing;
 use crate::run::{ModelRun, RunId};
 
@@ -78,6 +78,7 @@ pub struct RunnerBuilder {
     enqueuer: EnqueuerConfig,
     scheduler: SchedulerConfig,
     clock: Option<Arc<dyn Clock>>,
+    progress_board: Option<Arc<dyn ProgressBoard>>,
 }
 
 impl RunnerBuilder {
@@ -178,6 +179,16 @@ impl RunnerBuilder {
         self
     }
 
+    /// Where workers publish the live progress of their running runs (default: the
+    /// [`WorkerConfig::progress_board`] of [`worker_config`](Self::worker_config), none unless
+    /// given), e.g. a [`MemoryProgressBoard`](crate::memory::MemoryProgressBoard) shared with
+    /// an API in the same process, or Redis for many processes. Given here, it wins over the
+    /// worker config's, whichever is set first.
+    pub fn progress_board(mut self, board: Arc<dyn ProgressBoard>) -> Self {
+        self.progress_board = Some(board);
+        self
+    }
+
     /// Enqueuer settings.
     pub fn enqueuer_config(mut self, config: EnqueuerConfig) -> Self {
         self.enqueuer = config;
@@ -198,6 +209,9 @@ impl RunnerBuilder {
         }
         let clock = self.clock.unwrap_or_else(SystemClock::shared);
         let mut worker = self.worker;
+        if let Some(board) = self.progress_board {
+            worker.progress_board = Some(board);
+        }
         if worker.queues.is_empty() {
             let mut chains: Vec<&Chain> = self.sources.keys().collect();
             chains.sort();
@@ -281,6 +295,7 @@ impl Runner {
             enqueuer: EnqueuerConfig::default(),
             scheduler: SchedulerConfig::default(),
             clock: None,
+            progress_board: None,
         }
     }
 

@@ -6,6 +6,11 @@
 //! run `succeeded`, then ack. The lease is renewed by heartbeats while the run executes; if the
 //! run is cancelled or its lease is taken meanwhile, the work is abandoned (the model's task is
 //! aborted). Heartbeats carry the run's progress: the blocks loaded and handed to the model.
+//! With a [`ProgressBoard`] ([`WorkerConfig::progress_board`]) the progress is also published
+//! there as it grows (at most every [`PROGRESS_PUBLISH_EVERY`] per run, at every heartbeat to
+//! keep the entry alive, and once at the end), kept for a lease, so the API and the CLI of
+//! other processes show it live; a publish that fails is logged now and then, never fails the
+//! run.
 //!
 //! The model and the sending of its records (encoding included) run on a runtime of their own
 //! ("the model pool"), so CPU-heavy work never starves the heartbeats, and the whole execution
@@ -35,7 +40,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{OnceCell, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
@@ -45,7 +50,10 @@ use super::settlement::{
 };
 use super::{CancellationToken, EngineDeps, EngineError, RetryPolicy, instruments};
 use crate::model::{Model, ModelContext};
-use crate::ports::{BlockSource, Delivery, RunMessage, RunOutput, StoreError, Transition};
+use crate::ports::{
+    BlockSource, Delivery, ProgressBoard, RunMessage, RunOutput, RunProgress, StoreError,
+    Transition,
+};
 use crate::routing::topic_name;
 use crate::run::{ModelRun, RunEvent, RunState};
 
@@ -81,6 +89,13 @@ pub struct WorkerConfig {
     /// model in several calls, so its memory is bounded by one batch of blocks (and the run's
     /// records).
     pub batch_blocks: u64,
+    /// Where the live progress of this worker's running runs is published, for the API and
+    /// the CLI of every process (`None`: only the heartbeats carry it, to the store). A run's
+    /// blocks done are published when it starts, as they grow (at most every 250 ms), at every
+    /// `heartbeat` (so the entry lives while a long batch runs) and once when the attempt
+    /// ends, each kept for `lease`: a worker that dies leaves nothing behind after its lease.
+    /// A failed publish is logged at warn at most once a minute and never fails the run.
+    pub progress_board: Option<Arc<dyn ProgressBoard>>,
 }
 
 impl Default for WorkerConfig {
@@ -98,9 +113,21 @@ impl Default for WorkerConfig {
             unmarked_wait: Duration::from_secs(30),
             pass_on_pause: Duration::from_millis(500),
             batch_blocks: 1000,
+            progress_board: None,
         }
     }
 }
+
+/// The least time between two publishes of one run's progress to the
+/// [`ProgressBoard`]: a run of many small batches does not flood the board.
+const PROGRESS_PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// The longest an attempt's last progress publish may hold up recording its outcome.
+const PROGRESS_FINAL_WAIT: Duration = Duration::from_secs(1);
+
+/// The least time between two warnings about failed progress publishes, per worker: a board
+/// that is down is said once in a while, not once per run and batch.
+const PROGRESS_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// The most run transitions (claims, outcomes) a worker writes to the store in one group.
 const GROUP_COMMIT_MAX: usize = 256;
@@ -140,6 +167,8 @@ pub struct Worker {
     stats: Arc<WorkerStats>,
     /// Set once every model's record schema was declared to the sink.
     schemas_declared: Arc<OnceCell<()>>,
+    /// When a failed progress publish was last logged at warn, and how many failed since.
+    progress_warned: Arc<std::sync::Mutex<(Option<tokio::time::Instant>, u64)>>,
 }
 
 impl Worker {
@@ -151,6 +180,7 @@ impl Worker {
             config: Arc::new(config),
             stats: Arc::default(),
             schemas_declared: Arc::default(),
+            progress_warned: Arc::default(),
         }
     }
 
@@ -590,23 +620,21 @@ impl Worker {
         model: Arc<dyn Model>,
         source: Arc<dyn BlockSource>,
     ) -> Outcome {
-        let progress = Arc::new(AtomicU64::new(0));
+        // Blocks done: set by the execution, read by the heartbeats and the progress publisher.
+        let (progress, watching) = watch::channel(0u64);
+        let progress = Arc::new(progress);
         let heartbeat = async {
             let mut tick = tokio::time::interval(self.config.heartbeat);
             tick.tick().await;
             loop {
                 tick.tick().await;
                 let until = self.deps.clock.now() + chrono_dur(self.config.lease);
+                // Read before the call: the watch's guard must not be held across an await.
+                let done = *progress.borrow();
                 match self
                     .deps
                     .store
-                    .heartbeat(
-                        run.id,
-                        run.attempt,
-                        &self.config.id,
-                        until,
-                        progress.load(Ordering::Relaxed),
-                    )
+                    .heartbeat(run.id, run.attempt, &self.config.id, until, done)
                     .await
                 {
                     Ok(_) => {}
@@ -632,23 +660,117 @@ impl Worker {
                     .in_current_span(),
             ))
         };
-        tokio::select! {
+        let board = self.config.progress_board.as_deref();
+        let publishing = async {
+            match board {
+                Some(board) => self.publish_progress(board, run, watching).await,
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
             o = execution.join() => o.unwrap_or_else(|join| Outcome::Failed(format!(
                 "executing the run panicked: {}",
                 panic_message(join)
             ))),
             o = heartbeat => o,
+            never = publishing => match never {},
+        };
+        // Once at the end of an attempt that ran its course, so the board shows where it
+        // stopped (all of it when it succeeded). Not when the run was taken from us: another
+        // attempt may be publishing by now. Bounded, so a board that does not answer cannot
+        // hold up the run's outcome.
+        if let Some(board) = board
+            && matches!(outcome, Outcome::Succeeded(_) | Outcome::Failed(_))
+        {
+            let done = *progress.borrow();
+            let last = self.publish_once(board, run, done);
+            if tokio::time::timeout(PROGRESS_FINAL_WAIT, last)
+                .await
+                .is_err()
+            {
+                debug!(run = %run.id, "the last progress publish took too long; left behind");
+            }
+        }
+        outcome
+    }
+
+    /// Publishes the run's progress to `board` for as long as it executes: at once, then on
+    /// every change at most every [`PROGRESS_PUBLISH_EVERY`], and at every heartbeat interval
+    /// even when nothing changed, so the entry (kept for a lease) lives while a long batch
+    /// runs. Never returns: dropped when the execution ends.
+    async fn publish_progress(
+        &self,
+        board: &dyn ProgressBoard,
+        run: &ModelRun,
+        mut done: watch::Receiver<u64>,
+    ) -> std::convert::Infallible {
+        loop {
+            let now = *done.borrow_and_update();
+            self.publish_once(board, run, now).await;
+            let next = tokio::time::Instant::now() + PROGRESS_PUBLISH_EVERY;
+            tokio::select! {
+                changed = done.changed() => {
+                    if changed.is_err() {
+                        // The execution is over (its sender dropped): nothing more to show.
+                        return std::future::pending().await;
+                    }
+                }
+                _ = tokio::time::sleep(self.config.heartbeat) => {}
+            }
+            tokio::time::sleep_until(next).await;
+        }
+    }
+
+    /// Publishes `blocks_done` of `run` to `board`, kept for a lease; a failure is logged at
+    /// warn at most every [`PROGRESS_WARN_EVERY`] (at debug otherwise), never returned.
+    async fn publish_once(&self, board: &dyn ProgressBoard, run: &ModelRun, blocks_done: u64) {
+        let progress = RunProgress {
+            attempt: run.attempt,
+            blocks_done,
+            blocks_total: run.range.len(),
+            updated_at: self.deps.clock.now(),
+        };
+        let Err(e) = board.publish(run.id, &progress, self.config.lease).await else {
+            return;
+        };
+        let suppressed = {
+            let mut warned = self
+                .progress_warned
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = tokio::time::Instant::now();
+            match warned.0 {
+                Some(at) if now.duration_since(at) < PROGRESS_WARN_EVERY => {
+                    warned.1 += 1;
+                    None
+                }
+                _ => {
+                    let since = std::mem::take(&mut warned.1);
+                    warned.0 = Some(now);
+                    Some(since)
+                }
+            }
+        };
+        match suppressed {
+            Some(earlier) => warn!(
+                run = %run.id,
+                error = %e,
+                failed_since_last_warning = earlier,
+                "publishing live progress failed; the run goes on (the store still gets its progress with the heartbeats)"
+            ),
+            None => debug!(run = %run.id, error = %e, "publishing live progress failed"),
         }
     }
 
     /// Executes the run; `progress` is set to the blocks done so far (loaded and handed to the
-    /// model), for the heartbeats. Dropping the future aborts the model's task.
+    /// model), for the heartbeats and the progress board. Dropping the future aborts the
+    /// model's task.
     async fn execute(
         &self,
         run: &ModelRun,
         model: Arc<dyn Model>,
         source: Arc<dyn BlockSource>,
-        progress: &AtomicU64,
+        progress: &watch::Sender<u64>,
     ) -> Outcome {
         let transient = Outcome::Failed;
         // Normally done at start; this covers `handle` driven directly and a failed first try.
@@ -688,7 +810,7 @@ impl Worker {
                     batch.len()
                 ));
             }
-            progress.fetch_add(batch.len(), Ordering::Relaxed);
+            progress.send_modify(|done| *done += batch.len());
             let (model, ctx, schema) = (model.clone(), ctx.clone(), schema.clone());
             // On the model pool, not this runtime: a model that computes for seconds (or
             // blocks a thread) must not starve the heartbeats, or its lease expires and the run
@@ -1783,6 +1905,121 @@ mod tests {
         stop.cancel();
         w.await.unwrap().unwrap();
         assert_eq!((done.state, done.blocks_done), (RunState::Succeeded, 10));
+    }
+
+    /// A worker publishing to `board`, feeding the model `batch_blocks` at a time.
+    fn publishing_worker(deps: &EngineDeps, board: Arc<dyn ProgressBoard>) -> Worker {
+        Worker::new(
+            deps.clone(),
+            WorkerConfig {
+                id: "w1".into(),
+                queues: deps.routing.all_queues([&chain()]),
+                lease: Duration::from_secs(30),
+                heartbeat: Duration::from_millis(10),
+                env: "test".into(),
+                batch_blocks: 4,
+                progress_board: Some(board),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// While the model works on a run's first batch, the board shows that batch done (attempt,
+    /// blocks done, blocks total); when the attempt ends it shows every block.
+    #[tokio::test]
+    async fn running_runs_publish_their_progress_to_the_board() {
+        use crate::ports::ProgressBoardExt;
+        let (deps, model, _queue, run) = blocker_deps(3).await;
+        let board = Arc::new(crate::memory::MemoryProgressBoard::new());
+        let stop = CancellationToken::new();
+        let w = tokio::spawn(publishing_worker(&deps, board.clone()).run(stop.clone()));
+        crate::engine::eventually(
+            Duration::from_secs(10),
+            "the first batch's progress on the board",
+            || {
+                let board = board.clone();
+                async move {
+                    let read = board.read(&[run.id]).await.unwrap();
+                    read[0].is_some_and(|p| p.blocks_done == 4)
+                }
+            },
+        )
+        .await;
+        let live = board.read(&[run.id]).await.unwrap()[0].unwrap();
+        assert_eq!((live.attempt, live.blocks_total), (1, 10), "{live:?}");
+        assert_eq!(
+            model.started.load(Ordering::SeqCst),
+            1,
+            "the model holds batch 1"
+        );
+        // What the API shows: the store's run is running on the attempt that published.
+        let stored = wait_for(&deps, run.id, "the claim", |r| r.state == RunState::Running).await;
+        // (Its time moves: the entry is published again at every heartbeat to stay alive.)
+        let shown = board.live(&[stored]).await.unwrap()[0].expect("live progress");
+        assert_eq!((shown.attempt, shown.blocks_done), (1, 4));
+        assert!(shown.updated_at >= live.updated_at);
+
+        model.block.store(false, Ordering::SeqCst);
+        let done = wait_for(&deps, run.id, "the run to finish", |r| r.state.is_idle()).await;
+        stop.cancel();
+        w.await.unwrap().unwrap();
+        assert_eq!(done.state, RunState::Succeeded);
+        let last = board.read(&[run.id]).await.unwrap()[0].expect("the last publish");
+        assert_eq!(
+            (last.attempt, last.blocks_done, last.blocks_total),
+            (1, 10, 10)
+        );
+        assert_eq!(
+            board.live(&[done]).await.unwrap(),
+            vec![None],
+            "a finished run shows no live progress"
+        );
+    }
+
+    /// A board that refuses every publish.
+    #[derive(Debug, Default)]
+    struct BrokenBoard {
+        publishes: AtomicU64,
+    }
+
+    #[async_trait]
+    impl ProgressBoard for BrokenBoard {
+        async fn publish(
+            &self,
+            _run: RunId,
+            _progress: &RunProgress,
+            _ttl: Duration,
+        ) -> Result<(), crate::ports::ProgressError> {
+            self.publishes.fetch_add(1, Ordering::SeqCst);
+            Err(crate::ports::ProgressError::Unavailable {
+                adapter: "broken",
+                message: "connection refused".into(),
+            })
+        }
+        async fn read(
+            &self,
+            runs: &[RunId],
+        ) -> Result<Vec<Option<RunProgress>>, crate::ports::ProgressError> {
+            Ok(vec![None; runs.len()])
+        }
+    }
+
+    /// Publishing is best effort: a board that fails every publish never fails the run.
+    #[tokio::test]
+    async fn a_failing_board_never_fails_the_run() {
+        let (deps, model, _queue, run) = blocker_deps(1).await;
+        model.block.store(false, Ordering::SeqCst);
+        let board = Arc::new(BrokenBoard::default());
+        let stop = CancellationToken::new();
+        let w = tokio::spawn(publishing_worker(&deps, board.clone()).run(stop.clone()));
+        let done = wait_for(&deps, run.id, "the run to finish", |r| r.state.is_idle()).await;
+        stop.cancel();
+        w.await.unwrap().unwrap();
+        assert_eq!((done.state, done.blocks_done), (RunState::Succeeded, 10));
+        assert!(
+            board.publishes.load(Ordering::SeqCst) >= 2,
+            "published at the start and at the end"
+        );
     }
 
     #[tokio::test]

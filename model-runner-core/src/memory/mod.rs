@@ -6,6 +6,7 @@
 mod call_cache;
 #[cfg(test)]
 mod hooked;
+mod progress;
 mod queue;
 mod sink;
 mod source;
@@ -14,6 +15,7 @@ mod store;
 pub use call_cache::{DEFAULT_CALL_CACHE_BYTES, MemoryCallCache};
 #[cfg(test)]
 pub(crate) use hooked::HookedStore;
+pub use progress::MemoryProgressBoard;
 pub use queue::MemoryRunQueue;
 pub use sink::MemorySink;
 pub use source::MemoryBlockSource;

@@ -5,12 +5,14 @@
 //! Blob storage is not a port of ours: it is `Arc<dyn object_store::ObjectStore>` itself.
 
 mod call_cache;
+mod progress;
 mod queue;
 mod sink;
 mod source;
 mod store;
 
 pub use call_cache::{CachedCalls, CallCache, CallCacheError, CallCacheStats, CallKey};
+pub use progress::{ProgressBoard, ProgressBoardExt, ProgressError, RunProgress, check_ttl};
 pub use queue::{Consumer, Delivery, DeliveryHandle, QueueError, RunMessage, RunQueue};
 pub use sink::{ResultSink, RunOutput, SinkError, check_topic};
 pub use source::{BlockSource, CALLS_IN_FLIGHT, SourceError};

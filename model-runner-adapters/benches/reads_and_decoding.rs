@@ -12,7 +12,12 @@
 //!    the head reaches 300): blocks per second fetched by the JSON-RPC source with one request per
 //!    call (`#batch=1&concurrency=1`) and with JSON-RPC batching (`#batch=50&concurrency=4`).
 //! 3. With `ETH_RPC_URL`: `eth_call`s per second through the block-pinned call cache, cold (every
-//!    call goes to the node) and warm (the same calls again, answered by the cache).
+//!    call goes to the node) and warm (the same calls again, answered by the cache), one `call` at
+//!    a time and as one `calls` batch.
+//! 4. With `ETH_RPC_URL`: `eth_call`s per second of `BlockSource::calls` with one request per call
+//!    (`#batch=1&concurrency=4`) and in JSON-RPC batches (`#batch=50&concurrency=4`), fresh
+//!    calldata each round (nothing cached). On a node that refuses EIP-1898 block hashes
+//!    (ganache), each request of calls is followed by one request for its blocks' headers.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -164,28 +169,71 @@ async fn node(url: &str) {
     let head = source.head().await.expect("head");
     let cached = CachedCalls::new(source, Arc::new(MemoryCallCache::new(64 << 20)));
     // balanceOf(holder) on an address without code (the node answers 0x): 300 distinct calls.
-    let calls: Vec<CallRequest> = (0..300u64)
-        .map(|i| {
-            let mut data = vec![0x70, 0xa0, 0x82, 0x31];
-            data.extend_from_slice(B256::left_padding_from(&i.to_be_bytes()).as_slice());
-            CallRequest {
-                to: Address::repeat_byte(0x42),
-                data: Bytes::from(data),
-                block: head.number,
-                block_hash: head.hash,
-            }
-        })
-        .collect();
+    let calls: Vec<CallRequest> = (0..300u64).map(|i| balance_of_at(i, &head)).collect();
     for label in ["cold", "warm"] {
         let t = Instant::now();
         for c in &calls {
             cached.call(c).await.expect("eth_call");
         }
         println!(
-            "eth_call through the call cache, {label}: {} calls, {:.0} calls/s",
+            "eth_call through the call cache, one call at a time, {label}: {} calls, {:.0} calls/s",
             calls.len(),
             per_second(calls.len(), t)
         );
+    }
+    // The same through `calls`, on other calldata (so the cold round is cold).
+    let batch: Vec<CallRequest> = (0..300u64)
+        .map(|i| balance_of_at(1_000_000 + i, &head))
+        .collect();
+    for label in ["cold", "warm"] {
+        let t = Instant::now();
+        for answer in cached.calls(&batch).await {
+            answer.expect("eth_call");
+        }
+        println!(
+            "eth_call through the call cache, one calls batch, {label}: {} calls, {:.0} calls/s",
+            batch.len(),
+            per_second(batch.len(), t)
+        );
+    }
+
+    // Batched against one request per call, both with 4 requests in flight.
+    let mut next = 2_000_000u64;
+    for (label, settings) in [
+        ("one request per call", "#batch=1&concurrency=4&rps=100000"),
+        (
+            "JSON-RPC batches of 50",
+            "#batch=50&concurrency=4&rps=100000",
+        ),
+    ] {
+        let source = JsonRpcSource::new(eth(), &format!("{url}{settings}")).expect("source");
+        for round in 1..=2 {
+            let batch: Vec<CallRequest> = (next..next + 1000)
+                .map(|i| balance_of_at(i, &head))
+                .collect();
+            next += 1000;
+            let t = Instant::now();
+            for answer in source.calls(&batch).await {
+                answer.expect("eth_call");
+            }
+            println!(
+                "eth_call with calls, {label} (round {round}): {} calls, {:.0} calls/s",
+                batch.len(),
+                per_second(batch.len(), t)
+            );
+        }
+    }
+}
+
+/// `balanceOf(holder)` of an address without code (the node answers 0x) at `head`.
+fn balance_of_at(holder: u64, head: &model_runner_core::BlockHead) -> CallRequest {
+    let mut data = vec![0x70, 0xa0, 0x82, 0x31];
+    data.extend_from_slice(B256::left_padding_from(&holder.to_be_bytes()).as_slice());
+    CallRequest {
+        to: Address::repeat_byte(0x42),
+        data: Bytes::from(data),
+        block: head.number,
+        block_hash: head.hash,
     }
 }
 
@@ -195,7 +243,7 @@ async fn main() {
     match std::env::var("ETH_RPC_URL") {
         Ok(url) => node(&url).await,
         Err(_) => println!(
-            "ETH_RPC_URL is not set: the node figures (blocks/s with and without batching, calls/s cold and warm) need a local node, e.g. ganache"
+            "ETH_RPC_URL is not set: the node figures (blocks/s with and without batching, calls/s cold and warm, calls/s batched and not) need a local node, e.g. ganache"
         ),
     }
 }

@@ -68,6 +68,7 @@ pub async fn run_all<S: BlockSource>(source: S, facts: &SourceFacts) {
     missing_blocks_are_not_found_never_partial(&*source, facts).await;
     same_number_same_block_concurrently(source.clone(), facts).await;
     call_reads_state_or_is_unsupported(&*source, facts).await;
+    calls_answer_each_request_as_call_does(&*source, facts).await;
 }
 
 /// `blocks(range)`, failing the test with the contract rule on error.
@@ -366,6 +367,55 @@ pub async fn call_reads_state_or_is_unsupported(source: &impl BlockSource, facts
                 assert_eq!(
                     &got, want,
                     "call MUST read contract state as of block {} ({})",
+                    request.block, request.block_hash
+                );
+            }
+        }
+    }
+}
+
+/// `calls` gives one answer per request, in the requests' order, each what `call` gives (the
+/// known calls forwards then backwards, so each is asked twice in one batch).
+pub async fn calls_answer_each_request_as_call_does(
+    source: &impl BlockSource,
+    facts: &SourceFacts,
+) {
+    match &facts.call {
+        CallSupport::Unsupported => {
+            let block = facts.known.end();
+            let block_hash = fetch(source, BlockRange::single(block)).await[0].hash;
+            let requests: Vec<CallRequest> = (0..3u8)
+                .map(|i| CallRequest {
+                    to: Address::repeat_byte(0x42),
+                    data: Bytes::from(vec![0x12, 0x34, 0x56, i]),
+                    block,
+                    block_hash,
+                })
+                .collect();
+            let answers = source.calls(&requests).await;
+            assert_eq!(answers.len(), 3, "calls MUST give one answer per request");
+            for answer in answers {
+                assert!(
+                    matches!(answer, Err(SourceError::Unsupported(_))),
+                    "a source that cannot call contracts MUST say Unsupported, got {answer:?}"
+                );
+            }
+        }
+        CallSupport::Known(calls) => {
+            let order: Vec<&(CallRequest, Bytes)> =
+                calls.iter().chain(calls.iter().rev()).collect();
+            let requests: Vec<CallRequest> = order.iter().map(|(r, _)| r.clone()).collect();
+            let answers = source.calls(&requests).await;
+            assert_eq!(
+                answers.len(),
+                requests.len(),
+                "calls MUST give one answer per request"
+            );
+            for ((request, want), got) in order.into_iter().zip(answers) {
+                let got = got.unwrap_or_else(|e| panic!("calls, {request:?}: {e:?}"));
+                assert_eq!(
+                    &got, want,
+                    "calls MUST answer each request in order, as call does (block {}, {})",
                     request.block, request.block_hash
                 );
             }

@@ -31,6 +31,8 @@ pub struct ConfigFile {
     pub sink: Option<String>,
     /// The most blocks one run may cover (`--max-blocks-per-run`).
     pub max_blocks_per_run: Option<u64>,
+    /// Board of live run progress (`--progress`): `redis://...` or `memory://`.
+    pub progress: Option<String>,
     /// Block sources by chain name (`--chain NAME=URL`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub chains: BTreeMap<String, ChainConfig>,
@@ -141,6 +143,7 @@ impl ConfigFile {
             ("store", &mut self.store),
             ("queue", &mut self.queue),
             ("sink", &mut self.sink),
+            ("progress", &mut self.progress),
         ] {
             if let Some(v) = value {
                 expand(key, v)?;
@@ -217,9 +220,14 @@ impl ConfigFile {
     /// redactor, tokens whole.
     pub fn redacted_toml(&self) -> String {
         let mut shown = self.clone();
-        for url in [&mut shown.store, &mut shown.queue, &mut shown.sink]
-            .into_iter()
-            .flatten()
+        for url in [
+            &mut shown.store,
+            &mut shown.queue,
+            &mut shown.sink,
+            &mut shown.progress,
+        ]
+        .into_iter()
+        .flatten()
         {
             *url = redact_url(url);
         }
@@ -276,6 +284,27 @@ mod tests {
         assert!(!shown.contains(&secret), "{shown}");
         assert!(
             shown.contains("postgres://runner:***@db:5432/runs"),
+            "{shown}"
+        );
+    }
+
+    /// `progress` takes `${VAR}` like the other URLs and is shown without its password.
+    #[test]
+    fn the_progress_url_expands_variables_and_is_shown_redacted() {
+        let secret = std::env::var("CARGO_PKG_NAME").unwrap();
+        let config = ConfigFile::parse(
+            "progress = \"redis://runner:${CARGO_PKG_NAME}@cache:6379/0\"\n",
+            "f.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            config.progress.as_deref(),
+            Some(format!("redis://runner:{secret}@cache:6379/0").as_str())
+        );
+        let shown = config.redacted_toml();
+        assert!(!shown.contains(&secret), "{shown}");
+        assert!(
+            shown.contains("progress = \"redis://runner:***@cache:6379/0\""),
             "{shown}"
         );
     }

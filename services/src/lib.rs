@@ -26,8 +26,8 @@ use model_runner_core::engine::{
     BackfillRequest, CancellationToken, EngineDeps, EnqueuerConfig, Parts, RealtimeSubscription,
     RetryPolicy, Runner, SchedulerConfig, WorkerConfig, WorkerStats, submit_backfill,
 };
-use model_runner_core::ports::{RunFilter, RunStore};
-use model_runner_core::{BlockRange, Chain, Routing, RunId, RunMode, RunState};
+use model_runner_core::ports::{ProgressBoard, RunFilter, RunProgress, RunStore};
+use model_runner_core::{BlockRange, Chain, ModelRun, Routing, RunId, RunMode, RunState};
 
 /// `CHAIN:MODEL:START-END`, as given to `--backfill`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,6 +238,28 @@ pub async fn cache_calls(deps: &mut EngineDeps, url: &str) -> anyhow::Result<()>
         ));
     }
     Ok(())
+}
+
+/// Connects the board of live run progress at `url`: `memory://` (the workers and the API of
+/// this process) or `redis://...` (every process; feature `redis`). Workers publish their
+/// running runs' blocks done there; the API and `runs list/show` read it.
+pub async fn connect_progress_board(url: &str) -> anyhow::Result<Arc<dyn ProgressBoard>> {
+    model_runner_adapters::connect::progress_board_from_url(url)
+        .await
+        .context("progress board (--progress)")
+}
+
+/// `run` as a JSON object, with `progress` (blocks_done, blocks_total, updated_at, attempt)
+/// set to `live` when given, as `runs list/show` print it.
+pub fn run_json(run: &ModelRun, live: Option<RunProgress>) -> serde_json::Value {
+    let mut value = serde_json::to_value(run).unwrap_or(serde_json::Value::Null);
+    if let (Some(object), Some(live)) = (value.as_object_mut(), live) {
+        object.insert(
+            "progress".into(),
+            serde_json::to_value(live).unwrap_or(serde_json::Value::Null),
+        );
+    }
+    value
 }
 
 /// What `all` runs.

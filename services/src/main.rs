@@ -13,14 +13,14 @@ use model_runner::config::ConfigFile;
 use model_runner::submission;
 use model_runner::{
     AdapterUrls, AllConfig, BackfillSpec, ChainSpec, RealtimeSpec, build_deps, cache_calls,
-    cli_retry, connect_store, run_all,
+    cli_retry, connect_progress_board, connect_store, run_all, run_json,
 };
 use model_runner_core::engine::{
     BackfillRequest, CancellationToken, Parts, Runner, SchedulerConfig, WorkerConfig,
     submit_backfill,
 };
-use model_runner_core::ports::RunFilter;
-use model_runner_core::{Chain, RunId, RunMode, RunState};
+use model_runner_core::ports::{ProgressBoard, ProgressBoardExt, RunFilter};
+use model_runner_core::{Chain, ModelRun, RunId, RunMode, RunState};
 
 /// Schedule, queue and execute models over blockchain data.
 ///
@@ -161,6 +161,22 @@ struct AdapterFlags {
         global = true
     )]
     call_cache: String,
+    /// Board of live run progress, shared across processes: workers (`worker`, `all`) publish
+    /// each running run's blocks done there as its batches complete (at most every 250 ms per
+    /// run, kept for a lease), and the API and `runs list` / `runs show` add it to running
+    /// runs as `progress`. redis://[USER:PASS@]HOST[:PORT][/DB][?prefix=..] (feature `redis`)
+    /// or memory:// (this process only). Without it, `all` keeps one in memory for its own API;
+    /// other commands show the store's progress only (updated with each heartbeat). The store
+    /// stays the source of truth. (Not the progress lines `all` prints to stderr.)
+    ///
+    /// E.g. --progress redis://cache:6379/0
+    #[arg(
+        long = "progress",
+        env = "MODEL_RUNNER_PROGRESS",
+        value_name = "URL",
+        global = true
+    )]
+    progress: Option<String>,
 }
 
 impl AdapterFlags {
@@ -561,6 +577,11 @@ fn apply_config(cli: &mut Cli, m: &ArgMatches, file: &ConfigFile) {
     {
         a.max_blocks_per_run = v;
     }
+    if unset(m, "progress")
+        && let Some(v) = &file.progress
+    {
+        a.progress = Some(v.clone());
+    }
     if unset(m, "chains") && !file.chains.is_empty() {
         a.chains = file
             .chains
@@ -938,6 +959,7 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
                 shown.queue = Some(a.queue.clone());
                 shown.sink = Some(a.sink.clone());
                 shown.max_blocks_per_run = Some(a.max_blocks_per_run);
+                shown.progress = a.progress.clone();
                 let confirmations =
                     |name: &str| shown.chains.get(name).and_then(|c| c.confirmations);
                 shown.chains = a
@@ -992,7 +1014,19 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
             return abi_command(&*connect_store(&urls).await?, command).await;
         }
         Command::Runs { command } => {
-            runs_command(&*connect_store(&urls).await?, command).await?;
+            let store = connect_store(&urls).await?;
+            // The board only adds live progress: listing runs works while it is down.
+            let board = match &cli.adapters.progress {
+                Some(url) => match connect_progress_board(url).await {
+                    Ok(board) => Some(board),
+                    Err(e) => {
+                        eprintln!("warning: {e:#}; showing the store's progress only");
+                        None
+                    }
+                },
+                None => None,
+            };
+            runs_command(&*store, board.as_deref(), command).await?;
             return Ok(std::process::ExitCode::SUCCESS);
         }
         Command::Versions { model } => {
@@ -1015,6 +1049,16 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
         cache_calls(&mut deps, &cli.adapters.call_cache).await?;
     }
     deps.limits.max_blocks_per_run = cli.adapters.max_blocks_per_run.max(1);
+    // Only workers publish progress and only the API reads it: other commands do not connect.
+    let progress = match (&command, &cli.adapters.progress) {
+        (Command::Worker { .. } | Command::All { .. } | Command::Api { .. }, Some(url)) => {
+            Some(connect_progress_board(url).await?)
+        }
+        // `all` runs its workers and its API in one process: an in-process board lets the
+        // API show what the workers are doing.
+        (Command::All { .. }, None) => Some(connect_progress_board("memory://").await?),
+        _ => None,
+    };
     let env = cli.adapters.env.clone();
     match command {
         Command::All {
@@ -1037,7 +1081,10 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
                 realtime,
                 confirmations,
                 max_attempts: worker.max_attempts,
-                worker: worker.config(&env, Vec::new(), retry),
+                worker: WorkerConfig {
+                    progress_board: progress.clone(),
+                    ..worker.config(&env, Vec::new(), retry)
+                },
                 // Runs submitted through the API must still be executed.
                 keep_running: api_addr.is_some(),
                 ..Default::default()
@@ -1045,10 +1092,13 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
             let shutdown = shutdown_signal();
             let server = match api_addr {
                 Some(addr) => {
-                    let state = api
+                    let mut state = api
                         .state(deps.clone(), write_tokens.as_deref())
                         .await?
                         .with_metrics(metrics.clone());
+                    if let Some(board) = progress {
+                        state = state.with_progress(board);
+                    }
                     Some(tokio::spawn(model_runner::api::serve(
                         addr,
                         state,
@@ -1096,7 +1146,10 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
         Command::Worker { queues, worker } => {
             // No --queues: every queue of the configured chains (the runner's default).
             Runner::builder_from(deps)
-                .worker_config(worker.config(&env, queues, retry))
+                .worker_config(WorkerConfig {
+                    progress_board: progress,
+                    ..worker.config(&env, queues, retry)
+                })
                 .build()?
                 .run(Parts::WORKER, shutdown_signal())
                 .await?;
@@ -1173,10 +1226,13 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
             eprintln!(
                 "API listening on http://{api_addr} (OpenAPI at /openapi.json, docs at /docs)"
             );
-            let state = api
+            let mut state = api
                 .state(deps, write_tokens.as_deref())
                 .await?
                 .with_metrics(metrics);
+            if let Some(board) = progress {
+                state = state.with_progress(board);
+            }
             model_runner::api::serve(api_addr, state, shutdown_signal()).await?;
         }
         Command::Config { .. } => unreachable!("config commands return before connecting"),
@@ -1190,11 +1246,26 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// `runs list` / `runs show`.
+/// `runs list` / `runs show`; with a progress board, running runs carry their live
+/// `progress`.
 async fn runs_command(
     store: &dyn model_runner_core::ports::RunStore,
+    board: Option<&dyn ProgressBoard>,
     command: RunsCommand,
 ) -> anyhow::Result<()> {
+    let live = |runs: Vec<ModelRun>| async move {
+        let progress = match board {
+            Some(board) => board.live(&runs).await.unwrap_or_else(|e| {
+                eprintln!("warning: reading live progress: {e}; showing the store's progress only");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        let mut progress = progress.into_iter();
+        runs.into_iter()
+            .map(|r| run_json(&r, progress.next().flatten()))
+            .collect::<Vec<_>>()
+    };
     match command {
         RunsCommand::List {
             model,
@@ -1213,8 +1284,8 @@ async fn runs_command(
                     ..Default::default()
                 })
                 .await?;
-            for r in &page.runs {
-                println!("{}", serde_json::to_string(r)?);
+            for r in live(page.runs).await {
+                println!("{}", serde_json::to_string(&r)?);
             }
             if let Some(next) = page.next {
                 eprintln!("more: --after {next}");
@@ -1222,7 +1293,9 @@ async fn runs_command(
         }
         RunsCommand::Show { id } => {
             let run = store.get(id).await.context("showing run")?;
-            println!("{}", serde_json::to_string_pretty(&run)?);
+            for r in live(vec![run]).await {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            }
         }
     }
     Ok(())

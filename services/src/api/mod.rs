@@ -43,6 +43,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
 use model_runner_core::engine::{CancellationToken, EngineDeps};
+use model_runner_core::ports::ProgressBoard;
 
 pub use auth::ApiAuth;
 pub use error::ApiError;
@@ -94,6 +95,9 @@ pub struct ApiState {
     openapi: Arc<String>,
     index: Option<batch_index::IndexReader>,
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Where workers publish the live progress of running runs; `None`: views show the
+    /// store's progress only.
+    pub(crate) progress: Option<Arc<dyn ProgressBoard>>,
 }
 
 impl ApiState {
@@ -106,7 +110,16 @@ impl ApiState {
             openapi: Arc::new(openapi),
             index: None,
             metrics: None,
+            progress: None,
         }
+    }
+
+    /// Shows the live progress of running runs from `board` (where workers publish it, see
+    /// [`WorkerConfig::progress_board`](model_runner_core::engine::WorkerConfig::progress_board))
+    /// in the `progress` of their views; the store's fields stay as they are.
+    pub fn with_progress(mut self, board: Arc<dyn ProgressBoard>) -> Self {
+        self.progress = Some(board);
+        self
     }
 
     /// Also serves `GET /metrics` (no auth, like `/healthz`): the process's Prometheus metrics

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use model_runner_core::engine::{BackfillRequest, submit_backfill};
-use model_runner_core::ports::{CreatedRuns, RunFilter, StoreError};
+use model_runner_core::ports::{CreatedRuns, ProgressBoardExt, RunFilter, RunProgress, StoreError};
 use model_runner_core::{BlockRange, ModelKind, ModelRun, RunEvent, RunId, RunMode, RunState};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -131,6 +131,28 @@ impl From<BlockRange> for RangeView {
     }
 }
 
+/// A running run's live progress, as its worker last published it to the progress board
+/// (`--progress`): between two heartbeats it is ahead of the run's `blocks_done`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LiveProgressView {
+    /// Blocks loaded and handed to the model so far by the current attempt.
+    pub blocks_done: u64,
+    /// Blocks of the run.
+    pub blocks_total: u64,
+    /// When the worker published it (the worker's clock).
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<RunProgress> for LiveProgressView {
+    fn from(p: RunProgress) -> Self {
+        Self {
+            blocks_done: p.blocks_done,
+            blocks_total: p.blocks_total,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
 /// One model run.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RunView {
@@ -177,6 +199,10 @@ pub struct RunView {
     /// How many times the scheduler's reconciler republished the run's message because it
     /// stayed queued longer than the reconcile age.
     pub republished: u32,
+    /// Live progress of a running run, from the progress board its worker publishes to;
+    /// `null` when the run is not running, the API has no board, or the run's current attempt
+    /// has published nothing yet (or its worker stopped publishing a lease ago).
+    pub progress: Option<LiveProgressView>,
 }
 
 impl From<ModelRun> for RunView {
@@ -203,8 +229,44 @@ impl From<ModelRun> for RunView {
             records_written: r.records_written,
             last_error: r.last_error,
             republished: r.republished,
+            progress: None,
         }
     }
+}
+
+/// The longest the API waits for the progress board before answering without live progress.
+const PROGRESS_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The views of `runs`, with the live progress of the running ones when the API has a
+/// progress board. The board is a display aid: when it fails or is slow, the views are
+/// answered without it (and the failure logged), never an error.
+pub(crate) async fn views(state: &ApiState, runs: Vec<ModelRun>) -> Vec<RunView> {
+    let live = match &state.progress {
+        Some(board) if runs.iter().any(|r| r.state == RunState::Running) => {
+            match tokio::time::timeout(PROGRESS_READ_WAIT, board.live(&runs)).await {
+                Ok(Ok(live)) => live,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "reading live progress failed; answering without it");
+                    Vec::new()
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "the progress board took longer than {PROGRESS_READ_WAIT:?}; answering without live progress"
+                    );
+                    Vec::new()
+                }
+            }
+        }
+        _ => Vec::new(),
+    };
+    let mut live = live.into_iter();
+    runs.into_iter()
+        .map(|run| {
+            let mut view = RunView::from(run);
+            view.progress = live.next().flatten().map(LiveProgressView::from);
+            view
+        })
+        .collect()
 }
 
 /// `POST /v1/runs`: a backfill or adhoc run set.
@@ -430,7 +492,9 @@ pub async fn get_run(
     ApiPath(path): ApiPath<RunPath>,
 ) -> Result<Json<RunView>, ApiError> {
     let id = path.id()?;
-    Ok(Json(state.deps.store.get(id).await?.into()))
+    let run = state.deps.store.get(id).await?;
+    let view = views(&state, vec![run]).await.pop();
+    Ok(Json(view.expect("one view per run")))
 }
 
 /// Query of `GET /v1/runs`. Every field is optional; values are validated one by one so an
@@ -557,7 +621,7 @@ pub async fn list_runs(
     let filter = parse_query(q, state.config.limits.max_page_size)?;
     let page = state.deps.store.list(&filter).await?;
     Ok(Json(RunPageView {
-        runs: page.runs.into_iter().map(RunView::from).collect(),
+        runs: views(&state, page.runs).await,
         next: page.next.map(|n| n.to_string()),
     }))
 }

@@ -59,7 +59,7 @@ impl Node {
             calls: Mutex::new(0),
         })
     }
-    fn calls(&self) -> usize {
+    fn requests(&self) -> usize {
         *self.calls.lock().unwrap()
     }
 }
@@ -117,7 +117,7 @@ async fn two_workers_share_answers_pinned_by_hash() {
     assert_eq!(worker_a.stats(), CallCacheStats { hits: 0, misses: 1 });
     assert_eq!(worker_b.stats(), CallCacheStats { hits: 1, misses: 0 });
     assert_eq!(
-        (node_a.calls(), node_b.calls()),
+        (node_a.requests(), node_b.requests()),
         (1, 0),
         "one node request in all"
     );
@@ -125,7 +125,7 @@ async fn two_workers_share_answers_pinned_by_hash() {
     // The same call at another block hash (the same number on another branch): another entry.
     let other = worker_b.call(&request(2, &[7, 7])).await.unwrap();
     assert_ne!(other, a);
-    assert_eq!(node_b.calls(), 1);
+    assert_eq!(node_b.requests(), 1);
     assert_eq!(worker_a.call(&request(2, &[7, 7])).await.unwrap(), other);
     assert_eq!(worker_a.stats(), CallCacheStats { hits: 1, misses: 1 });
 
@@ -136,7 +136,7 @@ async fn two_workers_share_answers_pinned_by_hash() {
             assert!(matches!(err, SourceError::Reverted(_)), "{err:?}");
         }
     }
-    assert_eq!((node_a.calls(), node_b.calls()), (3, 3));
+    assert_eq!((node_a.requests(), node_b.requests()), (3, 3));
     let raw = connect(&url).await;
     let key = CallKey::new(&Chain::new("ethereum").unwrap(), &request(1, &[0xff]));
     assert_eq!(

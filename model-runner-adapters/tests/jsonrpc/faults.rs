@@ -21,8 +21,9 @@ use axum::response::{IntoResponse, Response};
 use model_runner_adapters::file_source::FileBlockSource;
 use model_runner_adapters::jsonrpc::{JsonRpcOptions, JsonRpcSource};
 use model_runner_core::conformance::source::{CallSupport, SourceFacts, run_all};
+use model_runner_core::memory::MemoryCallCache;
 use model_runner_core::models::Erc20Transfers;
-use model_runner_core::ports::{BlockSource, SourceError};
+use model_runner_core::ports::{BlockSource, CachedCalls, CallCacheStats, SourceError};
 use model_runner_core::{
     Block, BlockRange, BlockRef, CallRequest, Chain, Model, ModelContext, RunId,
 };
@@ -421,6 +422,7 @@ async fn transfers(source: Arc<dyn BlockSource>, blocks: &[Block]) -> Vec<(Strin
         chain: eth(),
         range: BlockRange::single(blocks[0].number),
         source,
+        notes: Default::default(),
     };
     Erc20Transfers
         .run(&ctx, blocks)
@@ -832,6 +834,44 @@ async fn calls_go_to_the_node_as_one_batch_request() {
     );
     assert!(source.calls(&[]).await.is_empty());
     assert_eq!(node.requests(), 1);
+}
+
+/// Through the call cache: N reads of one block cost one request, the same batch again none,
+/// and a batch with a few new reads one request holding those alone.
+#[tokio::test]
+async fn cached_calls_send_only_the_misses_as_one_request() {
+    let node = balances_node(12, Faults::default());
+    let source = CachedCalls::new(
+        JsonRpcSource::with_options(eth(), &serve(node.clone()).await, fast()).unwrap(),
+        Arc::new(MemoryCallCache::default()),
+    );
+    let mut requests = Vec::new();
+    for i in 1..=10 {
+        requests.push(balance_request(i).await);
+    }
+    let want: Vec<Result<Bytes, &str>> = (1..=10).map(|i| Ok(word(i))).collect();
+    assert_eq!(shown(source.calls(&requests).await), want);
+    assert_eq!(node.requests(), 1);
+    assert_eq!(shown(source.calls(&requests).await), want);
+    assert_eq!(node.requests(), 1, "a warm batch costs no request");
+    assert_eq!(
+        source.stats(),
+        CallCacheStats {
+            hits: 10,
+            misses: 10
+        }
+    );
+
+    requests.push(balance_request(11).await);
+    requests.push(balance_request(12).await);
+    let want: Vec<Result<Bytes, &str>> = (1..=12).map(|i| Ok(word(i))).collect();
+    assert_eq!(shown(source.calls(&requests).await), want);
+    assert_eq!(node.requests(), 2);
+    assert_eq!(
+        node.calls("eth_call"),
+        12,
+        "each call asked of the node once"
+    );
 }
 
 /// Batches hold at most the URL's `batch` calls.

@@ -236,6 +236,7 @@ mod tests {
             chain: Chain::new("ethereum").unwrap(),
             range,
             source,
+        notes: Default::default(),
         }
     }
 
@@ -416,7 +417,7 @@ mod tests {
             "20 recipients and the sender per block"
         );
         assert_eq!(batched, one_by_one);
-        let batches = batching.batches.lock().unwrap();
+        let batches = batching.batches.lock().unwrap().clone();
         assert_eq!(batches.len(), 1, "one batch for the run");
         // In record order: each request is its record's (block, holder).
         assert_eq!(batches[0].len(), batched.len());
@@ -428,7 +429,6 @@ mod tests {
                 record.payload["holder_address"].as_str().unwrap()
             );
         }
-        drop(batches);
 
         // A run without transfers asks nothing.
         let empty = vec![block(4, vec![])];

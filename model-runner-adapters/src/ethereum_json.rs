@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use alloy_primitives::{Address, B256, Bytes, U256};
+use alloy_primitives::{Address, B256, Bytes, U256, hex};
 use model_runner_core::{Block, Log, Receipt, Transaction};
 use serde_json::Value;
 
@@ -86,11 +86,9 @@ pub fn line_rows(line: &[u8], out: &mut impl FnMut(Row)) -> Result<(), DecodeErr
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
-    // The hot row of token-transfer exports, parsed without building a `Value`.
-    if let Ok(row) = serde_json::from_slice::<EtlLog<'_>>(line)
-        && row.kind.is_none_or(|k| k == "log")
-        && let Some(log) = row.to_log()
-    {
+    // The hot row of token-transfer exports: read in one pass by hand when it has the plain
+    // shape ethereum-etl writes, else borrowed through serde; neither builds a `Value`.
+    if let Some(log) = etl_log_line(line).or_else(|| EtlLog::read(line)) {
         out(Row::Log(log));
         return Ok(());
     }
@@ -393,6 +391,15 @@ struct EtlLog<'a> {
 }
 
 impl EtlLog<'_> {
+    /// The log of an ethereum-etl log row; `None` if the line is not one or a field does not
+    /// parse (the general path then names it).
+    fn read(line: &[u8]) -> Option<Log> {
+        serde_json::from_slice::<EtlLog<'_>>(line)
+            .ok()
+            .filter(|row| row.kind.is_none_or(|k| k == "log"))?
+            .to_log()
+    }
+
     /// `None` if a field does not parse (the general path then names it).
     fn to_log(&self) -> Option<Log> {
         Some(Log {
@@ -408,6 +415,167 @@ impl EtlLog<'_> {
             transaction_index: self.transaction_index,
             block_number: self.block_number,
         })
+    }
+}
+
+/// Reads an ethereum-etl `logs.json` row in one pass, allocating only the log's topics and
+/// data. It takes the plain shape ethereum-etl writes: a flat object whose keys and values
+/// are strings of printable ASCII without escapes, unsigned integers or `null`, the seven
+/// [`EtlLog`] fields once each (`topics` an array of such strings, `type` absent or `"log"`),
+/// and nothing but whitespace after it. For anything else it is `None` and [`line_rows`] reads
+/// the line through serde: what this takes, [`EtlLog`] reads to the same [`Log`].
+fn etl_log_line(line: &[u8]) -> Option<Log> {
+    let mut c = Cursor { b: line, i: 0 };
+    c.ws();
+    c.eat(b'{')?;
+    let (mut log_index, mut transaction_hash, mut transaction_index) = (None, None, None);
+    let (mut block_number, mut address, mut data, mut topics) = (None, None, None, None);
+    let mut kind_seen = false;
+    loop {
+        c.ws();
+        let key = c.string()?;
+        c.ws();
+        c.eat(b':')?;
+        c.ws();
+        match key {
+            b"log_index" => once(&mut log_index, c.uint())?,
+            b"transaction_hash" => once(&mut transaction_hash, c.string())?,
+            b"transaction_index" => once(&mut transaction_index, c.uint())?,
+            b"block_number" => once(&mut block_number, c.uint())?,
+            b"address" => once(&mut address, c.string())?,
+            b"data" => once(&mut data, c.string())?,
+            b"topics" => once(&mut topics, c.topics())?,
+            b"type" => {
+                if kind_seen || c.string()? != b"log" {
+                    return None;
+                }
+                kind_seen = true;
+            }
+            _ => c.plain_value()?,
+        }
+        c.ws();
+        match c.next()? {
+            b',' => continue,
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    c.ws();
+    if c.i != line.len() {
+        return None;
+    }
+    Some(Log {
+        address: Address::from(hex::decode_to_array(address?).ok()?),
+        topics: topics?,
+        data: hex::decode(data?).ok()?.into(),
+        log_index: log_index?,
+        transaction_hash: B256::from(hex::decode_to_array(transaction_hash?).ok()?),
+        transaction_index: transaction_index?,
+        block_number: block_number?,
+    })
+}
+
+/// Fills a field's slot; `None` if it was filled already (serde's derive refuses a field given
+/// twice too) or the value did not read.
+fn once<T>(slot: &mut Option<T>, value: Option<T>) -> Option<()> {
+    if slot.is_some() {
+        return None;
+    }
+    *slot = Some(value?);
+    Some(())
+}
+
+/// A read position in one JSON line, for [`etl_log_line`]; every reader is `None` on input
+/// outside the plain shape it takes.
+struct Cursor<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// Skips JSON whitespace (not every ASCII space: a form feed is not JSON).
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let c = *self.b.get(self.i)?;
+        self.i += 1;
+        Some(c)
+    }
+
+    fn eat(&mut self, want: u8) -> Option<()> {
+        (self.next()? == want).then_some(())
+    }
+
+    /// A string of printable ASCII without escapes; its content.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        self.eat(b'"')?;
+        let rest = &self.b[self.i..];
+        let len = memchr::memchr(b'"', rest)?;
+        let s = &rest[..len];
+        if !s.iter().all(|c| (b' '..=b'~').contains(c) && *c != b'\\') {
+            return None;
+        }
+        self.i += len + 1;
+        Some(s)
+    }
+
+    /// An unsigned integer as serde reads a `u64`: no sign, fraction, exponent or leading zero.
+    fn uint(&mut self) -> Option<u64> {
+        let digits = self.b[self.i..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        let d = &self.b[self.i..self.i + digits];
+        if d.is_empty() || (d[0] == b'0' && d.len() > 1) {
+            return None;
+        }
+        let mut n: u64 = 0;
+        for c in d {
+            n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+        }
+        self.i += digits;
+        if let Some(b'.' | b'e' | b'E') = self.b.get(self.i) {
+            return None;
+        }
+        Some(n)
+    }
+
+    /// An array of topics: strings of 32 bytes of hex.
+    fn topics(&mut self) -> Option<Vec<B256>> {
+        self.eat(b'[')?;
+        let mut topics = Vec::with_capacity(4);
+        self.ws();
+        if self.b.get(self.i) == Some(&b']') {
+            self.i += 1;
+            return Some(topics);
+        }
+        loop {
+            self.ws();
+            topics.push(B256::from(hex::decode_to_array(self.string()?).ok()?));
+            self.ws();
+            match self.next()? {
+                b',' => continue,
+                b']' => return Some(topics),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The value of a field the log does not use: a plain string, an unsigned integer or `null`.
+    fn plain_value(&mut self) -> Option<()> {
+        match self.b.get(self.i)? {
+            b'"' => self.string().map(drop),
+            b'n' => {
+                let null = self.b[self.i..].starts_with(b"null");
+                self.i += 4;
+                null.then_some(())
+            }
+            _ => self.uint().map(drop),
+        }
     }
 }
 
@@ -552,5 +720,63 @@ mod tests {
                 (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    /// The hand reader of log rows takes only lines serde's [`EtlLog`] reads, and reads them to
+    /// the same log: checked on rows as ethereum-etl writes them and on every one-byte change,
+    /// deletion and insertion of them.
+    #[test]
+    fn hand_read_log_rows_match_serde() {
+        let hash = "0x9d0c316ce98a996b23d2d0bd6d0ea5ddc04ffcb0f5d5fad8ef73c57710fc73d4";
+        let addr = "0x44afd15c77804afb472e0fa031ef58636f8a88ee";
+        let lines = [
+            format!(
+                r#"{{"log_index": 0, "transaction_hash": "{hash}", "transaction_index": 0, "block_hash": "{hash}", "block_number": 18000000, "address": "{addr}", "data": "0x000000000000000000000000000000000000000000000000000000003842235f", "topics": ["{TRANSFER}", "{hash}", "{hash}"]}}"#
+            ),
+            format!(
+                r#"{{"type":"log","log_index":12,"transaction_hash":"{hash}","transaction_index":3,"block_number":7,"address":"{addr}","data":"0x","topics":[],"extra":null,"n":5}}"#
+            ),
+            format!(
+                "\t{{ \"topics\" : [ \"{TRANSFER}\" ] , \"data\" : \"\" , \"address\" : \"{addr}\" , \"block_number\" : 1 , \"transaction_index\" : 2 , \"transaction_hash\" : \"{hash}\" , \"log_index\" : 3 }}\r"
+            ),
+        ];
+        let mut checked = 0;
+        let mut check = |line: &[u8]| {
+            if let Some(fast) = etl_log_line(line) {
+                assert_eq!(
+                    Some(fast),
+                    EtlLog::read(line),
+                    "{}",
+                    String::from_utf8_lossy(line)
+                );
+                checked += 1;
+            }
+        };
+        for line in &lines {
+            let line = line.as_bytes();
+            assert!(
+                etl_log_line(line).is_some(),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+            check(line);
+            for i in 0..line.len() {
+                let mut cut = line.to_vec();
+                cut.remove(i);
+                check(&cut);
+                for b in [
+                    b'"', b'\\', b'0', b'7', b'a', b'x', b' ', b'\x0c', b',', b':', b'{', b'}',
+                    b'[', b']', b'-', b'.', b'e', b'n', 0x01, 0xc3,
+                ] {
+                    let mut changed = line.to_vec();
+                    changed[i] = b;
+                    check(&changed);
+                    changed.insert(i, b);
+                    check(&changed);
+                }
+            }
+        }
+        // Most changes land in a hex digit or a number and still read.
+        assert!(checked > 1000, "{checked}");
     }
 }

@@ -1,7 +1,7 @@
 //! `erc20_transfers`: ERC-20 `Transfer` events as rows with exactly ethereum-etl's
 //! `token_transfers` fields and values.
 
-use alloy_primitives::{Address, B256, U256, b256};
+use alloy_primitives::{Address, B256, U256, b256, hex};
 use async_trait::async_trait;
 use serde_json::json;
 
@@ -62,7 +62,7 @@ impl Erc20Transfers {
                         "from_address": lower(&t.from),
                         "to_address": lower(&t.to),
                         "value": t.value.to_string(),
-                        "transaction_hash": log.transaction_hash.to_string(),
+                        "transaction_hash": hex::encode_prefixed(log.transaction_hash),
                         "log_index": log.log_index,
                         "block_number": block.number,
                     }),
@@ -74,7 +74,7 @@ impl Erc20Transfers {
 
 /// ethereum-etl writes addresses in lowercase hex.
 fn lower(a: &Address) -> String {
-    format!("{a:#x}")
+    hex::encode_prefixed(a)
 }
 
 #[async_trait]
@@ -148,6 +148,7 @@ mod tests {
             lower(&ok.from),
             "0x1b63142628311395ceafeea5667e7c9026c862ca"
         );
+        assert_eq!(lower(&ok.from), format!("{:#x}", ok.from));
         // ERC-721: the token id is a fourth topic and data is empty.
         assert!(
             decode_transfer(&log(

@@ -91,6 +91,8 @@ struct Chunk {
     len: usize,
     /// 1-based number of its first line, for errors.
     first_line: u64,
+    /// How many lines it holds.
+    lines: u64,
     /// Lowest and highest block number its lines name (`0..=u64::MAX` if a line names none
     /// the scan can read).
     min: u64,
@@ -210,9 +212,19 @@ impl Loader {
         }
         self.logs.sort_by_key(|l| (l.block_number, l.log_index));
         self.logs.dedup_by_key(|l| (l.block_number, l.log_index));
-        for log in self.logs {
-            if let Some(block) = self.blocks.get_mut(&log.block_number) {
-                block.logs.push(log);
+        // Each block's logs are moved into a vector of their exact size.
+        let runs: Vec<(u64, usize)> = self
+            .logs
+            .chunk_by(|a, b| a.block_number == b.block_number)
+            .map(|run| (run[0].block_number, run.len()))
+            .collect();
+        let mut logs = self.logs.into_iter();
+        for (number, n) in runs {
+            let these = logs.by_ref().take(n);
+            match self.blocks.get_mut(&number) {
+                Some(block) if block.logs.is_empty() => block.logs = these.collect(),
+                Some(block) => block.logs.extend(these),
+                None => these.for_each(drop),
             }
         }
         self.blocks
@@ -332,79 +344,202 @@ fn is_json_lines(path: &Path) -> Result<bool, SourceError> {
     Ok(serde_json::from_slice::<serde::de::IgnoredAny>(&line).is_ok())
 }
 
+/// The offset of the first line starting at or after `at` (the file's size if none does).
+fn line_start_from(file: &std::fs::File, at: u64) -> std::io::Result<u64> {
+    if at == 0 {
+        return Ok(0);
+    }
+    let mut buf = vec![0u8; 64 << 10];
+    // From the byte before `at`: a line that starts right at `at` follows a line end there.
+    let mut offset = at - 1;
+    loop {
+        let n = file.read_at(&mut buf, offset)?;
+        if n == 0 {
+            return Ok(offset);
+        }
+        if let Some(i) = memchr::memchr(b'\n', &buf[..n]) {
+            return Ok(offset + i as u64 + 1);
+        }
+        offset += n as u64;
+    }
+}
+
+/// Scans bytes `from..to` of `file` (whole lines) into chunks; an error is the part's 1-based
+/// line number (0 for none) and message.
+fn scan_part(file: &std::fs::File, from: u64, to: u64) -> Result<ScannedPart, (u64, String)> {
+    let mut part = ScannedPart::default();
+    // buf[..filled] holds file bytes from `buf_offset` on; grown only for a longer line.
+    let mut buf = vec![0u8; 2 * CHUNK_BYTES];
+    let mut filled = 0usize;
+    let mut buf_offset = from;
+    let mut current: Option<Chunk> = None;
+    let mut eof = false;
+    while !eof || filled > 0 {
+        if !eof {
+            if filled == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
+            let read_at = buf_offset + filled as u64;
+            let want = (buf.len() - filled).min(to.saturating_sub(read_at) as usize);
+            let n = if want == 0 {
+                0
+            } else {
+                file.read_at(&mut buf[filled..filled + want], read_at)
+                    .map_err(|e| (0, e.to_string()))?
+            };
+            filled += n;
+            eof = n == 0;
+        }
+        let mut start = 0usize;
+        loop {
+            let end = match memchr::memchr(b'\n', &buf[start..filled]) {
+                Some(i) => start + i + 1,
+                None if eof && start < filled => filled,
+                None => break,
+            };
+            let line = &buf[start..end];
+            part.lines += 1;
+            let offset = buf_offset + start as u64;
+            let (min, max) = if line.iter().all(u8::is_ascii_whitespace) {
+                (u64::MAX, 0) // names nothing, needs nothing
+            } else {
+                let scanned = scan_line(line);
+                // A possible block header, or a line the scan cannot place: parsed now, for
+                // the headers' numbers and the head (and to name a malformed one at open).
+                if scanned.is_none_or(|b| b.header) {
+                    let mut one = Loader::default();
+                    one.line(line).map_err(|e| (part.lines, e))?;
+                    for block in one.blocks.values() {
+                        note_header(&mut part.numbers, &mut part.highest, block);
+                    }
+                }
+                scanned.map_or((0, u64::MAX), |b| (b.min, b.max))
+            };
+            let chunk = current.get_or_insert(Chunk {
+                offset,
+                len: 0,
+                first_line: part.lines,
+                lines: 0,
+                min: u64::MAX,
+                max: 0,
+            });
+            chunk.len += line.len();
+            chunk.lines += 1;
+            chunk.min = chunk.min.min(min);
+            chunk.max = chunk.max.max(max);
+            if chunk.len >= CHUNK_BYTES {
+                part.chunks
+                    .extend(current.take().filter(|c| c.min <= c.max));
+            }
+            start = end;
+        }
+        buf.copy_within(start..filled, 0);
+        filled -= start;
+        buf_offset += start as u64;
+    }
+    part.chunks
+        .extend(current.take().filter(|c| c.min <= c.max));
+    Ok(part)
+}
+
+/// Adds the numbers `lo..=hi` to sorted, disjoint, inclusive runs.
+fn insert_run(runs: &mut Vec<(u64, u64)>, lo: u64, hi: u64) {
+    // Runs that overlap or touch `lo..=hi` merge with it.
+    let first = runs.partition_point(|(_, h)| h.saturating_add(1) < lo);
+    let last = runs.partition_point(|(l, _)| *l <= hi.saturating_add(1));
+    let (mut lo, mut hi) = (lo, hi);
+    if first < last {
+        lo = lo.min(runs[first].0);
+        hi = hi.max(runs[last - 1].1);
+    }
+    runs.splice(first..last, [(lo, hi)]);
+}
+
+/// What scanning one part of a JSON-lines file found.
+#[derive(Default)]
+struct ScannedPart {
+    /// Its chunks; their `first_line` counts from the part's first line (1).
+    chunks: Vec<Chunk>,
+    lines: u64,
+    /// The block headers' numbers and the highest header, as [`note_header`] keeps them.
+    numbers: Vec<(u64, u64)>,
+    highest: Option<BlockHead>,
+}
+
+/// Files at least this large are scanned in parts, one a core, at once.
+const PARALLEL_SCAN_BYTES: u64 = 16 << 20;
+
 impl LinesFile {
-    /// Scans `path` into its chunk index, noting block headers in `numbers` and `highest`.
+    /// Scans `path` into its chunk index, noting block headers in `numbers` and `highest`. A
+    /// large file is cut at line ends into a part a core, scanned at once.
     fn scan(
         path: &Path,
         numbers: &mut Vec<(u64, u64)>,
         highest: &mut Option<BlockHead>,
     ) -> Result<Self, SourceError> {
-        use std::io::Read;
+        let size = std::fs::metadata(path).map_err(|e| bad(path, e))?.len();
+        let parts = if size < PARALLEL_SCAN_BYTES {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from) as u64
+        };
+        Self::scan_in_parts(path, parts, numbers, highest)
+    }
+
+    /// [`LinesFile::scan`] in `parts` parts.
+    fn scan_in_parts(
+        path: &Path,
+        parts: u64,
+        numbers: &mut Vec<(u64, u64)>,
+        highest: &mut Option<BlockHead>,
+    ) -> Result<Self, SourceError> {
         let file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
-        let mut reader = &file;
-        let mut chunks = Vec::new();
-        // buf[..filled] holds file bytes from `buf_offset` on; grown only for a longer line.
-        let mut buf = vec![0u8; 8 << 20];
-        let mut filled = 0usize;
-        let mut buf_offset = 0u64;
-        let mut line_no = 0u64;
-        let mut current: Option<Chunk> = None;
-        let mut eof = false;
-        while !eof || filled > 0 {
-            if !eof {
-                if filled == buf.len() {
-                    buf.resize(buf.len() * 2, 0);
-                }
-                let n = reader.read(&mut buf[filled..]).map_err(|e| bad(path, e))?;
-                filled += n;
-                eof = n == 0;
-            }
-            let mut start = 0usize;
-            loop {
-                let end = match memchr::memchr(b'\n', &buf[start..filled]) {
-                    Some(i) => start + i + 1,
-                    None if eof && start < filled => filled,
-                    None => break,
-                };
-                let line = &buf[start..end];
-                line_no += 1;
-                let offset = buf_offset + start as u64;
-                let (min, max) = if line.iter().all(u8::is_ascii_whitespace) {
-                    (u64::MAX, 0) // names nothing, needs nothing
-                } else {
-                    let scanned = scan_line(line);
-                    // A possible block header, or a line the scan cannot place: parsed now, for
-                    // the headers' numbers and the head (and to name a malformed one at open).
-                    if scanned.is_none_or(|b| b.header) {
-                        let mut one = Loader::default();
-                        one.line(line)
-                            .map_err(|e| bad(path, format!("line {line_no}: {e}")))?;
-                        for block in one.blocks.values() {
-                            note_header(numbers, highest, block);
-                        }
-                    }
-                    scanned.map_or((0, u64::MAX), |b| (b.min, b.max))
-                };
-                let chunk = current.get_or_insert(Chunk {
-                    offset,
-                    len: 0,
-                    first_line: line_no,
-                    min: u64::MAX,
-                    max: 0,
-                });
-                chunk.len += line.len();
-                chunk.min = chunk.min.min(min);
-                chunk.max = chunk.max.max(max);
-                if chunk.len >= CHUNK_BYTES {
-                    chunks.extend(current.take().filter(|c| c.min <= c.max));
-                }
-                start = end;
-            }
-            buf.copy_within(start..filled, 0);
-            filled -= start;
-            buf_offset += start as u64;
+        let size = file.metadata().map_err(|e| bad(path, e))?.len();
+        let mut bounds = vec![0];
+        for k in 1..parts {
+            let at = line_start_from(&file, size * k / parts).map_err(|e| bad(path, e))?;
+            bounds.push(at.max(*bounds.last().unwrap_or(&0)));
         }
-        chunks.extend(current.take().filter(|c| c.min <= c.max));
+        bounds.push(size);
+        let scanned: Vec<Result<ScannedPart, (u64, String)>> = std::thread::scope(|threads| {
+            let handles: Vec<_> = bounds
+                .windows(2)
+                .map(|w| {
+                    let file = &file;
+                    let (from, to) = (w[0], w[1]);
+                    threads.spawn(move || scan_part(file, from, to))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err((0, "scan panicked".into())))
+                })
+                .collect()
+        });
+        let mut chunks = Vec::new();
+        let mut lines_before = 0;
+        for part in scanned {
+            // The first bad line of the file is that of the first part with one.
+            let part = part.map_err(|(line, e)| match line {
+                0 => bad(path, e),
+                line => bad(path, format!("line {}: {e}", lines_before + line)),
+            })?;
+            chunks.extend(part.chunks.into_iter().map(|c| Chunk {
+                first_line: lines_before + c.first_line,
+                ..c
+            }));
+            lines_before += part.lines;
+            for (lo, hi) in part.numbers {
+                insert_run(numbers, lo, hi);
+            }
+            if let Some(h) = part.highest
+                && highest.as_ref().is_none_or(|top| h.number >= top.number)
+            {
+                *highest = Some(h);
+            }
+        }
         Ok(Self {
             path: path.to_owned(),
             file,
@@ -412,16 +547,30 @@ impl LinesFile {
         })
     }
 
-    /// Parses the lines of the chunks that can hold `lo..=hi` into `loader`.
-    fn read(&self, lo: u64, hi: u64, loader: &mut Loader) -> Result<(), SourceError> {
-        let mut buf = Vec::new();
-        for chunk in self.chunks.iter().filter(|c| c.min <= hi && lo <= c.max) {
+    /// Parses the lines of the chunks that can hold `lo..=hi` into `loader`, reading them
+    /// through `buf`.
+    fn read(
+        &self,
+        lo: u64,
+        hi: u64,
+        loader: &mut Loader,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), SourceError> {
+        let wanted = || self.chunks.iter().filter(|c| c.min <= hi && lo <= c.max);
+        // Room for a row a line, so the logs are not copied through doublings.
+        loader
+            .logs
+            .reserve_exact(wanted().map(|c| c.lines as usize).sum());
+        for chunk in wanted() {
             buf.resize(chunk.len, 0);
             self.file
-                .read_exact_at(&mut buf, chunk.offset)
+                .read_exact_at(buf, chunk.offset)
                 .map_err(|e| bad(&self.path, e))?;
+            // A chunk wholly inside the range needs no line sorted out.
+            let inside = lo <= chunk.min && chunk.max <= hi;
             for (i, line) in buf.split(|b| *b == b'\n').enumerate() {
-                if let Some(b) = scan_line(line)
+                if !inside
+                    && let Some(b) = scan_line(line)
                     && (b.max < lo || hi < b.min)
                 {
                     continue;
@@ -453,8 +602,9 @@ impl Files {
     /// Blocks `lo..=hi`, joined, as far as the files hold them.
     fn read(&self, lo: u64, hi: u64) -> Result<BTreeMap<u64, Block>, SourceError> {
         let mut loader = self.documents.slice(lo, hi);
+        let mut buf = Vec::with_capacity(CHUNK_BYTES + (64 << 10));
         for file in &self.lines {
-            file.read(lo, hi, &mut loader)?;
+            file.read(lo, hi, &mut loader, &mut buf)?;
         }
         let mut blocks = loader.finish_with(Some(&self.documents.receipts));
         blocks.retain(|n, _| (lo..=hi).contains(n));
@@ -665,12 +815,94 @@ mod tests {
             insert_number(&mut runs, n);
         }
         assert_eq!(runs, vec![(0, 2), (5, 7), (9, 10), (u64::MAX, u64::MAX)]);
+        // Whole runs merge alike, touching or overlapping.
+        let mut merged = Vec::new();
+        for (lo, hi) in [
+            (9, 10),
+            (5, 6),
+            (u64::MAX, u64::MAX),
+            (0, 1),
+            (7, 7),
+            (2, 2),
+            (6, 7),
+        ] {
+            insert_run(&mut merged, lo, hi);
+        }
+        assert_eq!(merged, runs);
+        insert_run(&mut merged, 3, 8);
+        assert_eq!(merged, vec![(0, 10), (u64::MAX, u64::MAX)]);
         for n in 0..12 {
             assert_eq!(
                 holds(&runs, n),
                 [0, 1, 2, 5, 6, 7, 9, 10].contains(&n),
                 "{n}"
             );
+        }
+    }
+
+    /// Scanning a file in parts finds what one scan finds: the same lines, chunks covering the
+    /// same blocks, the same headers and head, and the same first bad line.
+    #[test]
+    fn a_scan_in_parts_equals_one_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = |n: u64| format!("0x{n:064x}");
+        let mut text = String::new();
+        for n in 0..60u64 {
+            // Blocks out of order, with a blank line and logs between them.
+            let b = (n * 7) % 60 + 100;
+            text += &format!(
+                "{{\"number\": {b}, \"hash\": \"{}\", \"parent_hash\": \"{}\", \"timestamp\": 1, \"gas_used\": 0, \"gas_limit\": 1}}\n",
+                hash(b),
+                hash(b - 1)
+            );
+            text += "\n";
+            for i in 0..5 {
+                text += &format!(
+                    "{{\"log_index\": {i}, \"transaction_hash\": \"{}\", \"transaction_index\": 0, \"block_number\": {b}, \"address\": \"0x{:040x}\", \"data\": \"0x\", \"topics\": []}}\n",
+                    hash(i),
+                    i
+                );
+            }
+        }
+        let path = dir.path().join("rows.json");
+        std::fs::write(&path, &text).unwrap();
+        let scan = |parts: u64| {
+            let (mut numbers, mut head) = (Vec::new(), None);
+            let file = LinesFile::scan_in_parts(&path, parts, &mut numbers, &mut head).unwrap();
+            let lines: u64 = file.chunks.iter().map(|c| c.lines).sum();
+            let blocks: Vec<(u64, u64)> = file.chunks.iter().map(|c| (c.min, c.max)).collect();
+            (numbers, head.map(|h| h.number), lines, blocks, file)
+        };
+        let (numbers, head, lines, _, _) = scan(1);
+        assert_eq!(numbers, vec![(100, 159)]);
+        assert_eq!((head, lines), (Some(159), 60 * 7));
+        for parts in [2, 3, 7, 1000] {
+            let (n, h, l, blocks, file) = scan(parts);
+            assert_eq!((&n, h, l), (&numbers, head, lines), "{parts} parts");
+            // Every chunk starts at its line and holds whole lines.
+            for c in &file.chunks {
+                let start = c.offset as usize;
+                assert!(
+                    start == 0 || text.as_bytes()[start - 1] == b'\n',
+                    "{parts} parts"
+                );
+                let before = text[..start].matches('\n').count() as u64;
+                assert_eq!(c.first_line, before + 1, "{parts} parts");
+                let body = &text[start..start + c.len];
+                assert_eq!(body.matches('\n').count() as u64, c.lines, "{parts} parts");
+            }
+            assert!(blocks.iter().all(|(lo, hi)| lo <= hi));
+        }
+        // A bad line is named by its line in the file, whichever part holds it.
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines[300] = "{\"number\": 7, \"parent_hash\": \"x\"}";
+        lines[20] = "{\"number\": 8, \"parent_hash\": \"x\"}";
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        for parts in [1, 2, 3, 7] {
+            let Err(e) = LinesFile::scan_in_parts(&path, parts, &mut Vec::new(), &mut None) else {
+                panic!("{parts} parts: the bad line was taken");
+            };
+            assert!(e.to_string().contains("line 21:"), "{parts} parts: {e}");
         }
     }
 }

@@ -108,8 +108,8 @@ const ADAPTER: &str = "jsonrpc";
 /// How a source retries (the per-URL settings are in the URL, see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonRpcOptions {
-    /// Retries of one `head`, `blocks` or `call` after its first attempt (default 8: about
-    /// 25 s to 45 s of backoff in all).
+    /// Retries of one `head`, `block_ref`, `blocks`, `call` or chunk of `calls` (a batch's
+    /// worth) after its first attempt (default 8: about 25 s to 45 s of backoff in all).
     pub retries: usize,
     /// The first backoff (default 250 ms); each next one doubles, plus up to as much jitter.
     pub min_backoff: Duration,

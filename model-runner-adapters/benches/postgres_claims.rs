@@ -301,6 +301,7 @@ async fn complete(store: &PostgresRunStore, id: RunId, attempt: u32, owner: &str
                 owner: owner.to_owned(),
                 blocks_done: 10,
                 records_written: 1,
+                notes: Default::default(),
             },
         )
         .await

@@ -80,6 +80,7 @@ async fn decoding() {
         chain: eth(),
         range: BlockRange::new(0, 199).expect("range"),
         source: Arc::new(MemoryBlockSource::new(eth(), blocks.clone())),
+        notes: Default::default(),
     };
     let json_abi: alloy_json_abi::JsonAbi = serde_json::from_str(ERC20_ABI).expect("ABI");
     // The plain loop resolves each event's types once, as any decoder loop should.

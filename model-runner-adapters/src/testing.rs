@@ -148,6 +148,7 @@ impl BlockBatch {
                 self.chain.clone(),
                 self.blocks.clone(),
             )),
+            notes: Default::default(),
         };
         let records = model.run(&ctx, &self.blocks).await?;
         if let Some(schema) = model.record_schema() {

@@ -31,6 +31,7 @@ async fn transfers_csv(source: Arc<dyn BlockSource>, blocks: &[Block]) -> Vec<St
         chain: eth(),
         range,
         source,
+        notes: Default::default(),
     };
     let records = Erc20Transfers.run(&ctx, blocks).await.unwrap();
     // Real mainnet rows conform to the declared schema (the worker would refuse them otherwise).

@@ -119,6 +119,7 @@ async fn reads_blocks_receipts_and_calls_from_a_node() {
         chain: Chain::new("ethereum").unwrap(),
         range: BlockRange::single(block),
         source: source.clone(),
+        notes: Default::default(),
     };
     let records = Erc20Transfers.run(&ctx, &blocks[..1]).await.unwrap();
     assert_eq!(records.len(), 1);
@@ -366,6 +367,7 @@ async fn erc20_balances_through_the_call_cache() {
         chain,
         range,
         source: source.clone(),
+        notes: Default::default(),
     };
     let records = Erc20Balances.run(&ctx, &blocks).await.unwrap();
     let rows: Vec<(Value, Value, Value)> = records

@@ -132,6 +132,7 @@ async fn eight_connections_claim_each_run_once() {
                             owner: owner.clone(),
                             blocks_done: run.range.len(),
                             records_written: 1,
+                            notes: Default::default(),
                         },
                     )
                     .await
@@ -211,6 +212,7 @@ async fn late_worker_cannot_overwrite_a_newer_attempt() {
                 owner: "a".into(),
                 blocks_done: 10,
                 records_written: 5,
+                notes: Default::default(),
             },
         )
         .await
@@ -240,6 +242,7 @@ async fn late_worker_cannot_overwrite_a_newer_attempt() {
                 owner: "b".into(),
                 blocks_done: 10,
                 records_written: 7,
+                notes: Default::default(),
             },
         )
         .await
@@ -697,6 +700,7 @@ async fn upgrade_to_run_states_keeps_every_run() {
                 owner: "worker-a".into(),
                 blocks_done: 10,
                 records_written: 9,
+                notes: Default::default(),
             },
         )
         .await

@@ -166,6 +166,7 @@ async fn under_load(what: &str, command: &str) {
                             owner: owner.clone(),
                             blocks_done: run.range.len(),
                             records_written: 1,
+                            notes: Default::default(),
                         },
                     )
                     .await

@@ -81,9 +81,41 @@ pub struct ModelContext {
     pub range: BlockRange,
     /// The chain's source, for `reads` models' contract calls.
     pub source: Arc<dyn BlockSource>,
+    /// What the model counts about the run ([`ModelContext::count`]); the worker reports it on
+    /// the run when the attempt succeeds ([`ModelRun::notes`](crate::run::ModelRun::notes)).
+    /// Give a new context `Notes::default()`.
+    pub notes: Notes,
+}
+
+/// Counts a model keeps about its run by name, shared by the clones of its [`ModelContext`].
+#[derive(Debug, Clone, Default)]
+pub struct Notes(Arc<std::sync::Mutex<crate::run::RunNotes>>);
+
+impl Notes {
+    /// Adds `n` to the count called `name`.
+    pub fn add(&self, name: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut notes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = notes.entry(name.to_owned()).or_default();
+        *count = count.saturating_add(n);
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> crate::run::RunNotes {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl ModelContext {
+    /// Counts `n` more of `name` for this run: input the model skipped rather than fail on,
+    /// e.g. `abi_mismatched_logs`. Shown on the run once it succeeds
+    /// ([`ModelRun::notes`](crate::run::ModelRun::notes)); never fails the run.
+    pub fn count(&self, name: &str, n: u64) {
+        self.notes.add(name, n);
+    }
+
     /// A record of this run about `block` at `position`.
     pub fn record(&self, block: &Block, position: u64, payload: serde_json::Value) -> Record {
         Record {

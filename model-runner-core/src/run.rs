@@ -187,6 +187,9 @@ pub enum RunEvent {
         blocks_done: u64,
         /// Records sent to the sink.
         records_written: u64,
+        /// What the model counted on the way (see [`ModelRun::notes`]).
+        #[serde(default)]
+        notes: RunNotes,
     },
     /// The lease holder reports the attempt failed. `retry_at` is when the next attempt may
     /// start; it is dropped when no attempts remain.
@@ -380,7 +383,15 @@ pub struct ModelRun {
     /// stayed `queued` longer than the reconcile age (its message was presumably lost).
     #[serde(default)]
     pub republished: u32,
+    /// What the model counted during the attempt that succeeded, by name: input it skipped
+    /// rather than fail on, such as `abi_mismatched_logs` (logs of a contract with a
+    /// registered ABI that the ABI does not decode). Empty until a run succeeds.
+    #[serde(default)]
+    pub notes: RunNotes,
 }
+
+/// Counts a model reports about a run, by name ([`ModelRun::notes`]).
+pub type RunNotes = std::collections::BTreeMap<String, u64>;
 
 impl ModelRun {
     /// Whether nothing more happens to the run on its own: succeeded, cancelled, or failed or
@@ -420,6 +431,7 @@ impl ModelRun {
             last_error: None,
             idempotency_key,
             republished: 0,
+            notes: RunNotes::new(),
         }
     }
 
@@ -476,10 +488,12 @@ impl ModelRun {
                 owner,
                 blocks_done,
                 records_written,
+                notes,
             } => {
                 self.check_holder(owner)?;
                 self.blocks_done = *blocks_done;
                 self.records_written = *records_written;
+                self.notes = notes.clone();
                 self.last_error = None;
                 self.release(now);
             }
@@ -595,6 +609,7 @@ mod tests {
                 owner: "w".into(),
                 blocks_done: 1,
                 records_written: 1,
+                notes: Default::default(),
             },
             RunEvent::Fail {
                 owner: "w".into(),
@@ -816,6 +831,7 @@ mod tests {
                 owner: "w2".into(),
                 blocks_done: 10,
                 records_written: 1,
+                notes: Default::default(),
             },
             RunEvent::Fail {
                 owner: "w2".into(),
@@ -931,6 +947,7 @@ mod tests {
                 owner: "w2".into(),
                 blocks_done: 10,
                 records_written: 3,
+                notes: Default::default(),
             },
             now,
         )

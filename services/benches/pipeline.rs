@@ -58,6 +58,7 @@ async fn main() {
             chain: chain.clone(),
             range: chunk,
             source: source.clone(),
+            notes: Default::default(),
         };
         direct_records += model.run(&ctx, &bs).await.unwrap().len();
     }

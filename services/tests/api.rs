@@ -873,6 +873,7 @@ async fn cancel_paths(kind: Store) {
                 owner: "w".into(),
                 blocks_done: 10,
                 records_written: 0,
+                notes: Default::default(),
             },
         )
         .await
@@ -1195,6 +1196,7 @@ async fn succeeded_old_runs(store: &Arc<dyn RunStore>, version: &str, ranges: &[
             owner: "old-worker".into(),
             blocks_done: run.range.len(),
             records_written: run.range.len(),
+            notes: Default::default(),
         };
         store
             .transition(run.id, RunState::Running, 1, succeed)

@@ -287,6 +287,7 @@ async fn fixture() -> Fixture {
                     owner: "worker-1".into(),
                     blocks_done: 100,
                     records_written: 42,
+                    notes: Default::default(),
                 },
             )
             .await

@@ -527,6 +527,7 @@ async fn expected_records(pool: &PgPool) -> HashMap<RecordKey, Record> {
             chain: chain.clone(),
             range,
             source: source.clone(),
+            notes: Default::default(),
         };
         for r in model.run(&ctx, &blocks).await.expect("the model") {
             assert!(

@@ -140,6 +140,7 @@ async fn direct(
         chain: eth(),
         range,
         source,
+        notes: Default::default(),
     };
     model
         .run(&ctx, &blocks)

@@ -584,6 +584,12 @@ impl PostgresRunStore {
                 .map(|(_, _, n)| i32::try_from(n.republished).unwrap_or(i32::MAX))
                 .collect::<Vec<_>>(),
         )
+        .bind(
+            writes
+                .iter()
+                .map(|(_, _, n)| notes_json(n))
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut *conn)
         .await;
         let updated = match updated {
@@ -894,6 +900,12 @@ fn compare_and_set<'q>(
     .bind(next.records_written as i64)
     .bind(next.last_error.clone())
     .bind(i32::try_from(next.republished).unwrap_or(i32::MAX))
+    .bind(notes_json(next))
+}
+
+/// A run's notes as stored: a JSON object of counts.
+fn notes_json(run: &ModelRun) -> String {
+    serde_json::to_string(&run.notes).expect("a map of counts serialises")
 }
 
 /// Inserts freshly created runs (all `pending`, attempt 1, one timestamp and key per batch): one

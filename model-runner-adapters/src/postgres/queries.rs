@@ -38,7 +38,8 @@ macro_rules! update_run {
             "UPDATE run_states SET state = $5, attempt = $6, max_attempts = $7, updated_at = $8, \
              queued_at = $9, started_at = $10, finished_at = $11, lease_owner = $12, \
              lease_expires_at = $13, next_attempt_at = $14, blocks_done = $15, \
-             records_written = $16, last_error = $17, republished = $18, version = version + 1",
+             records_written = $16, last_error = $17, republished = $18, notes = $19, \
+             version = version + 1",
             $from,
             " WHERE id = $1 AND state = $2 AND attempt = $3 AND version = $4 RETURNING version"
         )
@@ -75,14 +76,15 @@ macro_rules! update_runs {
              lease_owner = u.lease_owner, lease_expires_at = u.lease_expires_at, \
              next_attempt_at = u.next_attempt_at, blocks_done = u.blocks_done, \
              records_written = u.records_written, last_error = u.last_error, \
-             republished = u.republished, version = s.version + 1 \
+             republished = u.republished, notes = u.notes, version = s.version + 1 \
              FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], \
              $6::bigint[], $7::bigint[], $8::timestamptz[], $9::timestamptz[], \
              $10::timestamptz[], $11::timestamptz[], $12::text[], $13::timestamptz[], \
-             $14::timestamptz[], $15::bigint[], $16::bigint[], $17::text[], $18::int[]) \
+             $14::timestamptz[], $15::bigint[], $16::bigint[], $17::text[], $18::int[], \
+             $19::text[]) \
              AS u(id, prev_state, prev_attempt, prev_version, state, attempt, max_attempts, \
              updated_at, queued_at, started_at, finished_at, lease_owner, lease_expires_at, \
-             next_attempt_at, blocks_done, records_written, last_error, republished)",
+             next_attempt_at, blocks_done, records_written, last_error, republished, notes)",
             $from,
             " WHERE s.id = u.id AND s.state = u.prev_state AND s.attempt = u.prev_attempt \
              AND s.version = u.prev_version RETURNING s.id, s.version"

@@ -17,7 +17,7 @@ macro_rules! run_columns {
          r.queue, s.state, s.attempt, s.max_attempts, r.created_at, s.updated_at, s.queued_at, \
          s.started_at, s.finished_at, s.lease_owner, s.lease_expires_at, s.next_attempt_at, \
          s.blocks_done, s.records_written, s.last_error, r.idempotency_key, s.republished, \
-         s.version"
+         s.notes, s.version"
     };
 }
 
@@ -104,6 +104,8 @@ fn decode_inner(row: &PgRow) -> Result<StoredRun, Decode> {
         last_error: row.try_get("last_error")?,
         idempotency_key: row.try_get("idempotency_key")?,
         republished: u32::try_from(row.try_get::<i32, _>("republished")?).unwrap_or(0),
+        notes: serde_json::from_str(&row.try_get::<String, _>("notes")?)
+            .map_err(|e| bad("notes", &e))?,
     };
     Ok(StoredRun {
         run,

@@ -287,6 +287,7 @@ pub async fn transition_is_compare_and_set(store: impl RunStore) {
                 owner: "w".into(),
                 blocks_done: 1,
                 records_written: 1,
+                notes: Default::default(),
             },
         )
         .await
@@ -347,12 +348,18 @@ pub async fn transition_is_compare_and_set(store: impl RunStore) {
                 owner: "w2".into(),
                 blocks_done: 10,
                 records_written: 42,
+                notes: [("abi_mismatched_logs".to_owned(), 3)].into(),
             },
         )
         .await
         .unwrap();
     assert_eq!(done.state, RunState::Succeeded);
     assert_eq!((done.blocks_done, done.records_written), (10, 42));
+    assert_eq!(
+        done.notes,
+        [("abi_mismatched_logs".to_owned(), 3)].into(),
+        "a success carries the model's notes"
+    );
     assert!(done.finished_at.is_some());
     assert_eq!(
         store.get(id).await.unwrap(),
@@ -505,6 +512,7 @@ pub async fn worker_events_need_the_lease(store: impl RunStore) {
             owner: "w2".into(),
             blocks_done: 10,
             records_written: 1,
+            notes: Default::default(),
         },
         RunEvent::Fail {
             owner: "w2".into(),
@@ -550,6 +558,7 @@ pub async fn worker_events_need_the_lease(store: impl RunStore) {
                 owner: "w1".into(),
                 blocks_done: 10,
                 records_written: 1,
+                notes: Default::default(),
             },
         )
         .await
@@ -657,6 +666,7 @@ pub async fn transitions_are_a_compare_and_set_per_run(store: impl RunStore) {
         owner: owner.into(),
         blocks_done: 10,
         records_written: 3,
+        notes: [("skipped".to_owned(), 2)].into(),
     };
     let item = |id, expected, expected_attempt, event| Transition {
         id,
@@ -723,6 +733,7 @@ pub async fn transitions_are_a_compare_and_set_per_run(store: impl RunStore) {
     assert_eq!(ok(6).state, RunState::Running);
     let batched = ok(7);
     assert_eq!(batched.state, RunState::Succeeded);
+    assert_eq!(batched.notes, [("skipped".to_owned(), 2)].into());
     assert!(
         matches!(&results[9], Err(StoreError::Transition(_))),
         "completing without the lease MUST be refused, got {:?}",
@@ -1273,6 +1284,7 @@ pub async fn release_hands_back_on_the_same_attempt(store: impl RunStore) {
                 owner: "w2".into(),
                 blocks_done: 10,
                 records_written: 1,
+                notes: Default::default(),
             },
         )
         .await

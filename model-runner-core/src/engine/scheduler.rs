@@ -865,6 +865,7 @@ mod tests {
                 owner: "w".into(),
                 blocks_done: 5,
                 records_written: 5,
+                notes: Default::default(),
             },
         ] {
             let r = deps.store.get(done.id).await.unwrap();

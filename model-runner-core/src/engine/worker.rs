@@ -148,7 +148,8 @@ pub struct WorkerStats {
 }
 
 enum Outcome {
-    Succeeded(u64),
+    /// Records written, and what the model counted.
+    Succeeded(u64, crate::run::RunNotes),
     Failed(String),
     LeaseLost(String),
     /// The store shows the run `queued` again on the attempt we claimed: our claim was lost (a
@@ -431,11 +432,15 @@ impl Worker {
             })
         };
         match outcome {
-            Outcome::Succeeded(records) => {
+            Outcome::Succeeded(records, notes) => {
+                if !notes.is_empty() {
+                    info!(?notes, "the model counted skipped input");
+                }
                 let event = RunEvent::Succeed {
                     owner: self.config.id.clone(),
                     blocks_done: run.range.len(),
                     records_written: records,
+                    notes,
                 };
                 let result = record(event).await;
                 let recorded = Recorded::of(&result, &run);
@@ -680,7 +685,7 @@ impl Worker {
         // attempt may be publishing by now. Bounded, so a board that does not answer cannot
         // hold up the run's outcome.
         if let Some(board) = board
-            && matches!(outcome, Outcome::Succeeded(_) | Outcome::Failed(_))
+            && matches!(outcome, Outcome::Succeeded(..) | Outcome::Failed(_))
         {
             let done = *progress.borrow();
             let last = self.publish_once(board, run, done);
@@ -785,6 +790,7 @@ impl Worker {
             chain: run.chain.clone(),
             range: run.range,
             source: source.clone(),
+            notes: Default::default(),
         });
         let schema = Arc::new(schema);
         let name = run.model.clone();
@@ -869,7 +875,7 @@ impl Worker {
         let sent = send.join().await;
         instruments::sink_sent(run, sending.elapsed());
         match sent {
-            Ok(Ok(())) => Outcome::Succeeded(count as u64),
+            Ok(Ok(())) => Outcome::Succeeded(count as u64, ctx.notes.snapshot()),
             Ok(Err(e)) => transient(format!("sending {count} records to {topic}: {e}")),
             Err(join) => transient(format!(
                 "sending {count} records to {topic} panicked: {}",

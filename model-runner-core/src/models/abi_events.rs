@@ -31,8 +31,9 @@
 //! (target `model_runner_core::models::abi_events`) with the run id, the chain, the count and
 //! the first few logs with their reason, and adds the count to the counter
 //! `model_runner_abi_mismatched_logs_total{chain, reason}` (`reason` is `unknown_event` or
-//! `undecodable`). A stored run has no field for it: a run's record is the engine's (state,
-//! attempts, blocks and records written), and the worker gives models no way to add to it.
+//! `undecodable`), and counts them on the run ([`ModelContext::count`]): a run that
+//! succeeded shows `{"abi_mismatched_logs.unknown_event": n, "abi_mismatched_logs.undecodable":
+//! m}` in its `notes` (API, `model-runner runs get`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -324,6 +325,7 @@ fn report(ctx: &ModelContext, mismatched: &[MismatchedLog]) {
     for reason in [Mismatch::UnknownEvent, Mismatch::Undecodable] {
         let n = mismatched.iter().filter(|m| m.reason == reason).count();
         instruments::abi_mismatched_logs(&ctx.chain, reason.as_str(), n as u64);
+        ctx.count(&format!("abi_mismatched_logs.{}", reason.as_str()), n as u64);
     }
     let described: Vec<String> = mismatched
         .iter()
@@ -429,6 +431,7 @@ mod tests {
             chain: chain(),
             range: BlockRange::new(100, 100).unwrap(),
             source: Arc::new(MemoryBlockSource::new(chain(), vec![])),
+        notes: Default::default(),
         }
     }
 
@@ -540,6 +543,15 @@ mod tests {
         for r in &records {
             schema.check(&r.payload).unwrap();
         }
+        // Counted on the run, by reason.
+        assert_eq!(
+            ctx.notes.snapshot(),
+            [
+                ("abi_mismatched_logs.undecodable".to_owned(), 2),
+                ("abi_mismatched_logs.unknown_event".to_owned(), 2),
+            ]
+            .into()
+        );
 
         let decoders = model.decoders(&chain()).await.unwrap();
         let (_, mismatched) = decode_blocks(&ctx, &decoders, &blocks);
@@ -729,6 +741,20 @@ mod tests {
             done.iter().all(|r| r.state == crate::RunState::Succeeded),
             "{done:?}"
         );
+        // Each test block also has a log of the contract that is no event of its ABI and one
+        // its ABI cannot decode: counted on the run that met them, five blocks a run.
+        for run in &done {
+            assert_eq!(
+                run.notes,
+                [
+                    ("abi_mismatched_logs.undecodable".to_owned(), 5),
+                    ("abi_mismatched_logs.unknown_event".to_owned(), 5),
+                ]
+                .into(),
+                "{}",
+                run.range
+            );
+        }
         let records = sink.records(&crate::topic_name("dev", &chain()));
         assert_eq!(records.len(), 10);
         assert!(records.iter().all(|r| r.payload["event"] == "Transfer"

@@ -213,6 +213,7 @@ pub(crate) mod tests {
                 chain: chain.clone(),
                 range: BlockRange::new(10, 14).unwrap(),
                 source: source.clone(),
+                notes: Default::default(),
             };
             let records = model.run(&ctx, &blocks).await.unwrap();
             // Each block has one ERC-20 transfer, between two holders.

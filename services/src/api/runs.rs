@@ -199,6 +199,10 @@ pub struct RunView {
     /// How many times the scheduler's reconciler republished the run's message because it
     /// stayed queued longer than the reconcile age.
     pub republished: u32,
+    /// What the model counted during the attempt that succeeded, by name: input it skipped
+    /// rather than fail on, e.g. `abi_mismatched_logs.unknown_event` for logs of a contract
+    /// with a registered ABI that has no such event. Empty until the run succeeds.
+    pub notes: std::collections::BTreeMap<String, u64>,
     /// Live progress of a running run, from the progress board its worker publishes to;
     /// `null` when the run is not running, the API has no board, or the run's current attempt
     /// has published nothing yet (or its worker stopped publishing a lease ago).
@@ -229,6 +233,7 @@ impl From<ModelRun> for RunView {
             records_written: r.records_written,
             last_error: r.last_error,
             republished: r.republished,
+            notes: r.notes,
             progress: None,
         }
     }

@@ -321,6 +321,7 @@
       ["Blocks done", String(r.blocks_done)],
       ["Records written", String(r.records_written)],
       ["Republished", String(r.republished)],
+      ["Notes", Object.entries(r.notes || {}).map(([k, n]) => k + ": " + n).join(", ")],
     ];
     const body = $("detail-body");
     body.textContent = "";

@@ -325,7 +325,10 @@ fn report(ctx: &ModelContext, mismatched: &[MismatchedLog]) {
     for reason in [Mismatch::UnknownEvent, Mismatch::Undecodable] {
         let n = mismatched.iter().filter(|m| m.reason == reason).count();
         instruments::abi_mismatched_logs(&ctx.chain, reason.as_str(), n as u64);
-        ctx.count(&format!("abi_mismatched_logs.{}", reason.as_str()), n as u64);
+        ctx.count(
+            &format!("abi_mismatched_logs.{}", reason.as_str()),
+            n as u64,
+        );
     }
     let described: Vec<String> = mismatched
         .iter()
@@ -431,7 +434,7 @@ mod tests {
             chain: chain(),
             range: BlockRange::new(100, 100).unwrap(),
             source: Arc::new(MemoryBlockSource::new(chain(), vec![])),
-        notes: Default::default(),
+            notes: Default::default(),
         }
     }
 

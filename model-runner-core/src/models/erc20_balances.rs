@@ -236,7 +236,7 @@ mod tests {
             chain: Chain::new("ethereum").unwrap(),
             range,
             source,
-        notes: Default::default(),
+            notes: Default::default(),
         }
     }
 

@@ -55,6 +55,9 @@ pub struct ChainConfig {
     pub url: String,
     /// Blocks realtime stays behind the head (reorg safety); `--confirmations` overrides.
     pub confirmations: Option<u64>,
+    /// The deepest chain reorganisation realtime follows (default 128 blocks); a deeper one
+    /// stops the subscription. `--max-reorg-depth` overrides.
+    pub max_reorg_depth: Option<u64>,
 }
 
 /// One realtime subscription.

@@ -74,6 +74,8 @@ pub struct RealtimeSpec {
     pub model: String,
     /// Blocks to stay behind the head; `None`: the command's default.
     pub confirmations: Option<u64>,
+    /// Deepest reorganisation followed; `None`: the command's default.
+    pub max_reorg_depth: Option<u64>,
     /// Longest realtime run; `None`: the default.
     pub max_blocks_per_run: Option<u64>,
     /// Queue for its runs instead of the routed one; `None`: routed.
@@ -92,6 +94,7 @@ impl std::str::FromStr for RealtimeSpec {
             chain,
             model: model.to_owned(),
             confirmations: None,
+            max_reorg_depth: None,
             max_blocks_per_run: None,
             queue: None,
         })
@@ -99,15 +102,23 @@ impl std::str::FromStr for RealtimeSpec {
 }
 
 impl RealtimeSpec {
-    /// The engine's subscription: this spec's settings where it has them, else `confirmations`
-    /// (the command's default), else the engine's defaults.
-    pub fn subscription(&self, confirmations: Option<u64>) -> RealtimeSubscription {
+    /// The engine's subscription: this spec's settings where it has them, else
+    /// `confirmations` and `max_reorg_depth` (the command's defaults), else the engine's.
+    pub fn subscription(
+        &self,
+        confirmations: Option<u64>,
+        max_reorg_depth: Option<u64>,
+    ) -> RealtimeSubscription {
         let defaults = RealtimeSubscription::new(self.model.clone(), self.chain.clone());
         RealtimeSubscription {
             confirmations: self
                 .confirmations
                 .or(confirmations)
                 .unwrap_or(defaults.confirmations),
+            max_reorg_depth: self
+                .max_reorg_depth
+                .or(max_reorg_depth)
+                .unwrap_or(defaults.max_reorg_depth),
             max_blocks_per_run: self
                 .max_blocks_per_run
                 .unwrap_or(defaults.max_blocks_per_run),
@@ -274,6 +285,9 @@ pub struct AllConfig {
     /// Blocks realtime stays behind the head where a subscription does not say; `None`: each
     /// chain's [`default_confirmations`](Chain::default_confirmations).
     pub confirmations: Option<u64>,
+    /// Deepest chain reorganisation a --realtime subscription follows; `None`:
+    /// [`DEFAULT_MAX_REORG_DEPTH`](model_runner_core::engine::DEFAULT_MAX_REORG_DEPTH).
+    pub max_reorg_depth: Option<u64>,
     /// Worker settings (its queues default to every queue of the configured chains).
     pub worker: WorkerConfig,
     /// Scheduler tick.
@@ -294,6 +308,7 @@ impl Default for AllConfig {
             chunk_size: submission::DEFAULT_CHUNK_SIZE,
             realtime: Vec::new(),
             confirmations: None,
+            max_reorg_depth: None,
             worker: WorkerConfig::default(),
             tick: Duration::from_millis(500),
             max_attempts: submission::DEFAULT_MAX_ATTEMPTS,
@@ -375,7 +390,7 @@ pub async fn run_all(
         .iter()
         .map(|r| RealtimeSubscription {
             max_attempts: config.max_attempts,
-            ..r.subscription(config.confirmations)
+            ..r.subscription(config.confirmations, config.max_reorg_depth)
         })
         .collect();
     let follow = !realtime.is_empty() || config.keep_running;
@@ -682,5 +697,22 @@ mod tests {
         let c: ChainSpec = "matic=devnet://?seed=2".parse().unwrap();
         assert_eq!(c.url, "devnet://?seed=2");
         assert!("devnet://".parse::<ChainSpec>().is_err());
+    }
+
+    /// A subscription's own settings win over the command's, which win over the engine's.
+    #[test]
+    fn subscriptions_take_their_own_then_the_commands_then_the_engines_settings() {
+        let spec: RealtimeSpec = "matic:block_stats".parse().unwrap();
+        let engine = spec.subscription(None, None);
+        assert_eq!((engine.confirmations, engine.max_reorg_depth), (128, 128));
+        let command = spec.subscription(Some(5), Some(32));
+        assert_eq!((command.confirmations, command.max_reorg_depth), (5, 32));
+        let own = RealtimeSpec {
+            confirmations: Some(7),
+            max_reorg_depth: Some(9),
+            ..spec
+        }
+        .subscription(Some(5), Some(32));
+        assert_eq!((own.confirmations, own.max_reorg_depth), (7, 9));
     }
 }

@@ -385,6 +385,12 @@ Examples:
         /// matic/polygon, 15 for bsc; a chain's `confirmations` in the config file too).
         #[arg(long, env = "MODEL_RUNNER_CONFIRMATIONS")]
         confirmations: Option<u64>,
+        /// The deepest chain reorganisation a --realtime subscription follows (default 128
+        /// blocks; a chain's `max_reorg_depth` in the config file too): the scheduler walks
+        /// back over a reorganisation, supersedes the runs of the replaced blocks and models
+        /// the new branch; a deeper one stops the subscription with an error instead.
+        #[arg(long, env = "MODEL_RUNNER_MAX_REORG_DEPTH")]
+        max_reorg_depth: Option<u64>,
         /// Blocks per backfill run.
         #[arg(long, env = "MODEL_RUNNER_CHUNK_SIZE", default_value_t = submission::DEFAULT_CHUNK_SIZE, value_parser = chunk_size_flag)]
         chunk_size: u64,
@@ -424,6 +430,12 @@ Example:
         /// matic/polygon, 15 for bsc; a chain's `confirmations` in the config file too).
         #[arg(long, env = "MODEL_RUNNER_CONFIRMATIONS")]
         confirmations: Option<u64>,
+        /// The deepest chain reorganisation a --realtime subscription follows (default 128
+        /// blocks; a chain's `max_reorg_depth` in the config file too): the scheduler walks
+        /// back over a reorganisation, supersedes the runs of the replaced blocks and models
+        /// the new branch; a deeper one stops the subscription with an error instead.
+        #[arg(long, env = "MODEL_RUNNER_MAX_REORG_DEPTH")]
+        max_reorg_depth: Option<u64>,
         /// Seconds between scheduling passes.
         #[arg(long, env = "MODEL_RUNNER_TICK_SECS", default_value_t = 1)]
         tick_secs: u64,
@@ -590,7 +602,7 @@ fn apply_config(cli: &mut Cli, m: &ArgMatches, file: &ConfigFile) {
             .collect();
     }
     let sub = m.subcommand().map(|(_, sm)| sm);
-    let realtime_of_file = |confirmations_given: bool| -> Vec<RealtimeSpec> {
+    let realtime_of_file = |confirmations_given: bool, depth_given: bool| -> Vec<RealtimeSpec> {
         file.realtime
             .iter()
             .filter_map(|r| {
@@ -599,6 +611,10 @@ fn apply_config(cli: &mut Cli, m: &ArgMatches, file: &ConfigFile) {
                 spec.queue = r.queue.clone();
                 if !confirmations_given {
                     spec.confirmations = file.chains.get(&r.chain).and_then(|c| c.confirmations);
+                }
+                if !depth_given {
+                    spec.max_reorg_depth =
+                        file.chains.get(&r.chain).and_then(|c| c.max_reorg_depth);
                 }
                 Some(spec)
             })
@@ -636,7 +652,8 @@ fn apply_config(cli: &mut Cli, m: &ArgMatches, file: &ConfigFile) {
             ..
         } => {
             if unset(sm, "realtime") {
-                *realtime = realtime_of_file(!unset(sm, "confirmations"));
+                *realtime =
+                    realtime_of_file(!unset(sm, "confirmations"), !unset(sm, "max_reorg_depth"));
             }
             worker_of_file(worker, sm);
             if unset(sm, "api_open_reads")
@@ -646,7 +663,8 @@ fn apply_config(cli: &mut Cli, m: &ArgMatches, file: &ConfigFile) {
             }
         }
         Command::Scheduler { realtime, .. } if unset(sm, "realtime") => {
-            *realtime = realtime_of_file(!unset(sm, "confirmations"));
+            *realtime =
+                realtime_of_file(!unset(sm, "confirmations"), !unset(sm, "max_reorg_depth"));
         }
         Command::Worker { queues, worker } => {
             if unset(sm, "queues")
@@ -960,8 +978,7 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
                 shown.sink = Some(a.sink.clone());
                 shown.max_blocks_per_run = Some(a.max_blocks_per_run);
                 shown.progress = a.progress.clone();
-                let confirmations =
-                    |name: &str| shown.chains.get(name).and_then(|c| c.confirmations);
+                let of_file = |name: &str| shown.chains.get(name).cloned();
                 shown.chains = a
                     .chains
                     .iter()
@@ -970,7 +987,10 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
                             c.chain.to_string(),
                             model_runner::config::ChainConfig {
                                 url: c.url.clone(),
-                                confirmations: confirmations(c.chain.as_str()),
+                                confirmations: of_file(c.chain.as_str())
+                                    .and_then(|f| f.confirmations),
+                                max_reorg_depth: of_file(c.chain.as_str())
+                                    .and_then(|f| f.max_reorg_depth),
                             },
                         )
                     })
@@ -1065,6 +1085,7 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
             backfill,
             realtime,
             confirmations,
+            max_reorg_depth,
             chunk_size,
             worker,
             api_addr,
@@ -1080,6 +1101,7 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
                 chunk_size,
                 realtime,
                 confirmations,
+                max_reorg_depth,
                 max_attempts: worker.max_attempts,
                 worker: WorkerConfig {
                     progress_board: progress.clone(),
@@ -1118,12 +1140,13 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
         Command::Scheduler {
             realtime,
             confirmations,
+            max_reorg_depth,
             tick_secs,
             reconcile_after_secs,
         } => {
             let subs = realtime
                 .iter()
-                .map(|r| r.subscription(confirmations))
+                .map(|r| r.subscription(confirmations, max_reorg_depth))
                 .collect();
             Runner::builder_from(deps)
                 .scheduler_config(SchedulerConfig {

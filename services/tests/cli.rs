@@ -716,6 +716,7 @@ fn config_files_are_checked_applied_and_shown_redacted() {
         "the flag wins:\n{shown}"
     );
     assert!(shown.contains("confirmations = 12"), "{shown}");
+    assert!(shown.contains("max_reorg_depth = 64"), "{shown}");
 
     // The file's store is the one used.
     let config = dir.path().join("local.toml");

@@ -609,6 +609,7 @@ async fn a_restarted_process_resumes_backfill_and_realtime_cursor() {
             model: "erc20_transfers".into(),
             // The devnet head moves with the clock; no depth to wait for here.
             confirmations: Some(0),
+            max_reorg_depth: None,
             max_blocks_per_run: None,
             queue: None,
         }],

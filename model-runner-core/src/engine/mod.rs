@@ -37,8 +37,9 @@ use crate::routing::{Routing, RoutingError};
 pub use enqueuer::{Enqueuer, EnqueuerConfig};
 pub use runner::{Parts, Runner, RunnerBuilder};
 pub use scheduler::{
-    BackfillRequest, DEFAULT_MAX_BLOCKS_PER_RUN, DEFAULT_MAX_RUNS_PER_BACKFILL,
-    RealtimeSubscription, Scheduler, SchedulerConfig, submit_backfill,
+    BackfillRequest, DEFAULT_MAX_BLOCKS_PER_RUN, DEFAULT_MAX_REORG_DEPTH,
+    DEFAULT_MAX_RUNS_PER_BACKFILL, RealtimeSubscription, Scheduler, SchedulerConfig,
+    submit_backfill,
 };
 pub use tokio_util::sync::CancellationToken;
 pub use versions::{RerunRequest, VersionCoverage, rerun, version_coverage};

@@ -560,7 +560,7 @@ impl Scheduler {
         let mut ends = Vec::new();
         // The subscription's first runs: also the block it starts after, so a reorganisation
         // of every block it has scheduled still has an ancestor to walk back to.
-        if cursor.is_none() && from > 0 && from - 1 >= keep_from {
+        if cursor.is_none() && from > keep_from {
             ends.push(source.block_ref(from - 1).await?);
         }
         for chunk in chunks.iter().filter(|c| c.end() >= keep_from) {

@@ -15,6 +15,7 @@ use model_runner::api::{ApiAuth, ApiConfig, ApiState, app};
 use model_runner_core::engine::{CancellationToken, Parts, Runner, WorkerConfig};
 use model_runner_core::memory::{MemoryBlockSource, MemoryProgressBoard};
 use model_runner_core::model::{Model, ModelContext, ModelError, ModelRegistry, Record};
+use model_runner_core::ports::ProgressBoard;
 use model_runner_core::{Block, BlockRange, Chain, ModelKind};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -85,10 +86,44 @@ fn open_reads() -> ApiConfig {
 
 #[tokio::test]
 async fn a_running_runs_view_shows_its_live_progress() {
+    let board = Arc::new(MemoryProgressBoard::new());
+    shows_live_progress(board.clone(), board).await;
+}
+
+/// The same with the worker and the API on two connections to Redis at `REDIS_URL`, as two
+/// processes are (feature `redis`; unset: not configured, set but unreachable: fails).
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_running_runs_view_shows_progress_published_through_redis() {
+    use model_runner_adapters::redis_progress::RedisProgressBoard;
+    let Ok(redis) = std::env::var("REDIS_URL") else {
+        eprintln!("REDIS_URL is not set: the Redis live progress API test is not configured");
+        return;
+    };
+    let sep = if redis.contains('?') { '&' } else { '?' };
+    let url = format!(
+        "{redis}{sep}prefix=model-runner-test:api-progress:{}",
+        uuid::Uuid::new_v4()
+    );
+    let connect = || async {
+        RedisProgressBoard::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("REDIS_URL is set but the server does not answer: {e}"))
+    };
+    let (worker, api) = (connect().await, connect().await);
+    shows_live_progress(Arc::new(worker), Arc::new(api)).await;
+}
+
+/// A worker publishing to `worker_board`, an API reading `api_board`: the running run's view
+/// and the list show its live progress; queued and finished runs, and an API without a board,
+/// show none.
+async fn shows_live_progress(
+    worker_board: Arc<dyn ProgressBoard>,
+    api_board: Arc<dyn ProgressBoard>,
+) {
     let chain = Chain::new("ethereum").unwrap();
     let model = Arc::new(Held::default());
     model.hold.store(true, Ordering::SeqCst);
-    let board = Arc::new(MemoryProgressBoard::new());
     let runner = Runner::builder()
         .source(MemoryBlockSource::with_empty_blocks(chain.clone(), 0..=19))
         .models(ModelRegistry::new().with(model.clone()).unwrap())
@@ -100,7 +135,7 @@ async fn a_running_runs_view_shows_its_live_progress() {
             concurrency: 1,
             ..Default::default()
         })
-        .progress_board(board.clone())
+        .progress_board(worker_board)
         .build()
         .unwrap();
     let created = runner
@@ -108,7 +143,8 @@ async fn a_running_runs_view_shows_its_live_progress() {
         .await
         .unwrap();
     let ids: Vec<String> = created.iter().map(|id| id.to_string()).collect();
-    let with_board = app(ApiState::new(runner.deps().clone(), open_reads()).with_progress(board));
+    let with_board =
+        app(ApiState::new(runner.deps().clone(), open_reads()).with_progress(api_board));
     let without_board = app(ApiState::new(runner.deps().clone(), open_reads()));
     let stop = CancellationToken::new();
     let loops = tokio::spawn({

@@ -568,7 +568,7 @@ impl LinesFile {
                 .map_err(|e| bad(&self.path, e))?;
             // A chunk wholly inside the range needs no line sorted out.
             let inside = lo <= chunk.min && chunk.max <= hi;
-            for (i, line) in buf.split(|b| *b == b'\n').enumerate() {
+            for (i, line) in lines(buf).enumerate() {
                 if !inside
                     && let Some(b) = scan_line(line)
                     && (b.max < lo || hi < b.min)
@@ -585,6 +585,18 @@ impl LinesFile {
         }
         Ok(())
     }
+}
+
+/// The lines of `buf` (split at each `\n`, as `split` would, found with `memchr`).
+fn lines(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', buf)
+        .chain(std::iter::once(buf.len()))
+        .map(move |end| {
+            let line = &buf[start..end];
+            start = end + 1;
+            line
+        })
 }
 
 /// Notes a block header: its number among those held, and the head if it is the highest.
@@ -806,6 +818,14 @@ mod tests {
             scan_line(br#"{"phone_number": 5, "blockNumberish": 4}"#),
             None
         );
+    }
+
+    #[test]
+    fn lines_split_as_split_does() {
+        for text in ["", "\n", "a", "a\n", "a\nbc\n\nd", "\n\na\n"] {
+            let want: Vec<&[u8]> = text.as_bytes().split(|b| *b == b'\n').collect();
+            assert_eq!(lines(text.as_bytes()).collect::<Vec<_>>(), want, "{text:?}");
+        }
     }
 
     #[test]

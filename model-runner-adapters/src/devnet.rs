@@ -24,7 +24,7 @@ use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
 use async_trait::async_trait;
 use model_runner_core::models::TRANSFER_TOPIC;
 use model_runner_core::ports::{BlockSource, SourceError};
-use model_runner_core::{Block, BlockHead, BlockRange, Chain, Log, Receipt, Transaction};
+use model_runner_core::{Block, BlockHead, BlockRange, BlockRef, Chain, Log, Receipt, Transaction};
 
 /// `keccak256("Approval(address,address,uint256)")`.
 const APPROVAL_TOPIC: B256 =
@@ -225,6 +225,13 @@ impl DevnetSource {
         keccak256(buf)
     }
 
+    fn parent_hash(&self, number: u64) -> B256 {
+        match number {
+            0 => B256::ZERO,
+            n => self.block_hash(n - 1),
+        }
+    }
+
     /// The current head number.
     pub fn head_number(&self) -> u64 {
         let elapsed =
@@ -320,11 +327,7 @@ impl DevnetSource {
         Block {
             number,
             hash,
-            parent_hash: if number == 0 {
-                B256::ZERO
-            } else {
-                self.block_hash(number - 1)
-            },
+            parent_hash: self.parent_hash(number),
             timestamp: 1_700_000_000 + number * self.config.block_time.as_secs().max(1),
             miner: Some(self.account(&mut rng)),
             gas_used: cumulative,
@@ -364,6 +367,22 @@ impl BlockSource for DevnetSource {
         Ok((range.start()..=range.end())
             .map(|n| self.generate(n))
             .collect())
+    }
+
+    /// The header alone: a devnet block's hash follows from its number, no block is generated.
+    async fn block_ref(&self, number: u64) -> Result<BlockRef, SourceError> {
+        let head = self.head_number();
+        if number > head {
+            return Err(SourceError::BlockNotFound {
+                number,
+                source_name: format!("devnet (head is {head})"),
+            });
+        }
+        Ok(BlockRef {
+            number,
+            hash: self.block_hash(number),
+            parent_hash: self.parent_hash(number),
+        })
     }
 }
 
@@ -411,6 +430,27 @@ mod tests {
                 .iter()
                 .all(|b| b.logs.windows(2).all(|w| w[0].log_index < w[1].log_index))
         );
+    }
+
+    #[tokio::test]
+    async fn block_ref_is_the_generated_blocks_header() {
+        let d = devnet();
+        for n in [0, 1, 12_345] {
+            let block = d.generate(n);
+            assert_eq!(
+                d.block_ref(n).await.unwrap(),
+                BlockRef {
+                    number: n,
+                    hash: block.hash,
+                    parent_hash: block.parent_hash
+                }
+            );
+        }
+        let head = d.head_number();
+        assert!(matches!(
+            d.block_ref(head + 1_000).await,
+            Err(SourceError::BlockNotFound { .. })
+        ));
     }
 
     #[tokio::test]

@@ -165,9 +165,10 @@ struct AdapterFlags {
     /// each running run's blocks done there as its batches complete (at most every 250 ms per
     /// run, kept for a lease), and the API and `runs list` / `runs show` add it to running
     /// runs as `progress`. redis://[USER:PASS@]HOST[:PORT][/DB][?prefix=..] (feature `redis`)
-    /// or memory:// (this process only). Without it, `all` keeps one in memory for its own API;
-    /// other commands show the store's progress only (updated with each heartbeat). The store
-    /// stays the source of truth. (Not the progress lines `all` prints to stderr.)
+    /// or memory:// (this process only: `all`; a lone `worker` or `api` refuses it). Without
+    /// it, `all` keeps one in memory for its own API; other commands show the store's progress
+    /// only (updated with each heartbeat). The store stays the source of truth. (Not the
+    /// progress lines `all` prints to stderr.)
     ///
     /// E.g. --progress redis://cache:6379/0
     #[arg(
@@ -1071,6 +1072,18 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
     deps.limits.max_blocks_per_run = cli.adapters.max_blocks_per_run.max(1);
     // Only workers publish progress and only the API reads it: other commands do not connect.
     let progress = match (&command, &cli.adapters.progress) {
+        // An in-process board of a lone worker is read by no API, and a lone API's is empty.
+        (Command::Worker { .. } | Command::Api { .. }, Some(url))
+            if url.trim().starts_with("memory:") =>
+        {
+            anyhow::bail!(
+                "--progress {} (MODEL_RUNNER_PROGRESS) lives only inside this process, so no other \
+                 process could see it: give a board the workers and the API share, e.g. \
+                 --progress redis://HOST:6379/0, or run everything in one process with \
+                 `model-runner all`",
+                url.trim()
+            )
+        }
         (Command::Worker { .. } | Command::All { .. } | Command::Api { .. }, Some(url)) => {
             Some(connect_progress_board(url).await?)
         }

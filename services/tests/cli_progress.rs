@@ -80,6 +80,29 @@ fn an_unreachable_board_leaves_runs_listed_and_a_bad_one_stops_the_api() {
     assert!(err.contains("unsupported progress board URL"), "{err}");
     assert!(err.contains("--progress"), "names the flag: {err}");
     assert!(!err.contains("s3cret"), "{err}");
+
+    // An in-process board shares nothing between a lone API and the workers.
+    let out = run_in(
+        dir.path(),
+        &[
+            "--store",
+            &store,
+            "api",
+            "--api-addr",
+            "127.0.0.1:0",
+            "--progress",
+            "memory://",
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "the API started with --progress memory://"
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--progress memory://") && err.contains("redis://"),
+        "{err}"
+    );
 }
 
 /// What a worker publishes to Redis, `runs list` and `runs show` of another process show on

@@ -60,45 +60,30 @@ fn an_unreachable_board_leaves_runs_listed_and_a_bad_one_stops_the_api() {
     );
     assert!(!warned.contains("s3cret"), "{warned}");
 
-    let out = run_in(
-        dir.path(),
-        &[
+    // The API's error when started with `--progress board`.
+    let api_refuses = |board: &str| {
+        let args = [
             "--store",
             &store,
             "api",
             "--api-addr",
             "127.0.0.1:0",
             "--progress",
-            "gopher://u:s3cret@h",
-        ],
-    );
-    assert!(
-        !out.status.success(),
-        "the API started with a bad --progress"
-    );
-    let err = text(&out.stderr);
+            board,
+        ];
+        let out = run_in(dir.path(), &args);
+        assert!(
+            !out.status.success(),
+            "the API started with --progress {board}"
+        );
+        text(&out.stderr)
+    };
+    let err = api_refuses("gopher://u:s3cret@h");
     assert!(err.contains("unsupported progress board URL"), "{err}");
     assert!(err.contains("--progress"), "names the flag: {err}");
     assert!(!err.contains("s3cret"), "{err}");
-
     // An in-process board shares nothing between a lone API and the workers.
-    let out = run_in(
-        dir.path(),
-        &[
-            "--store",
-            &store,
-            "api",
-            "--api-addr",
-            "127.0.0.1:0",
-            "--progress",
-            "memory://",
-        ],
-    );
-    assert!(
-        !out.status.success(),
-        "the API started with --progress memory://"
-    );
-    let err = text(&out.stderr);
+    let err = api_refuses("memory://");
     assert!(
         err.contains("--progress memory://") && err.contains("redis://"),
         "{err}"

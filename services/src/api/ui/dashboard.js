@@ -319,6 +319,7 @@
       ["Next attempt", time(r.next_attempt_at)],
       ["Last change", time(r.updated_at)],
       ["Blocks done", String(r.blocks_done)],
+      ["Live progress", r.progress ? r.progress.blocks_done + " / " + r.progress.blocks_total + " blocks at " + time(r.progress.updated_at) : ""],
       ["Records written", String(r.records_written)],
       ["Republished", String(r.republished)],
       ["Notes", Object.entries(r.notes || {}).map(([k, n]) => k + ": " + n).join(", ")],

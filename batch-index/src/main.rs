@@ -256,6 +256,33 @@ struct LocalJobs {
     force: bool,
 }
 
+impl LocalJobs {
+    /// The [`RunConfig`] `run` and `extend` start: this executable's jobs over `source` into
+    /// `target`, with progress bars. The job counts are the caller's to set; they are 0 here
+    /// (an extension keeps `reduce_jobs` at 0: it uses the index's).
+    fn run_config(
+        &self,
+        source: String,
+        target: String,
+        modules: String,
+        source_args: &SourceArgs,
+    ) -> Result<RunConfig> {
+        Ok(RunConfig {
+            exe: own_exe()?,
+            source,
+            target,
+            map_jobs: 0,
+            reduce_jobs: 0,
+            workers: 0,
+            parallel: parallel(self.parallel),
+            source_cfg: source_args.config(),
+            modules,
+            force: self.force,
+            progress: true,
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 struct RunArgs {
     /// Ledger source URL: file://, s3://, or for Ethereum also devnet://,
@@ -426,17 +453,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => {
             Modules::parse(&a.modules)?;
             let cfg = RunConfig {
-                exe: own_exe()?,
-                source: a.source,
-                target: a.target,
                 map_jobs: a.map_jobs,
                 reduce_jobs: a.reduce_jobs,
                 workers: a.workers,
-                parallel: parallel(a.jobs.parallel),
-                source_cfg: a.source_args.config(),
-                modules: a.modules,
-                force: a.jobs.force,
-                progress: true,
+                ..a.jobs
+                    .run_config(a.source, a.target, a.modules, &a.source_args)?
             };
             if cfg.map_jobs == 0 || cfg.reduce_jobs == 0 || cfg.workers == 0 {
                 return Err(Error::invalid(
@@ -453,17 +474,10 @@ async fn run(cli: Cli) -> Result<()> {
                 ));
             }
             let cfg = RunConfig {
-                exe: own_exe()?,
-                source: a.source,
-                target: a.target,
                 map_jobs: a.map_jobs,
-                reduce_jobs: 0,
                 workers: a.workers,
-                parallel: parallel(a.jobs.parallel),
-                source_cfg: a.source_args.config(),
-                modules: a.modules,
-                force: a.jobs.force,
-                progress: true,
+                ..a.jobs
+                    .run_config(a.source, a.target, a.modules, &a.source_args)?
             };
             match extend_local(&cfg, a.to).await? {
                 ExtendOutcome::UpToDate { covered } => {
@@ -563,5 +577,44 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_jobs_run_config_carries_the_shared_flags() {
+        let cli = Cli::parse_from([
+            "batch-index",
+            "extend",
+            "--source",
+            "file:///src",
+            "--target",
+            "file:///idx",
+            "--modules",
+            "accounts",
+            "--parallel",
+            "3",
+            "--force",
+            "--chain",
+            "ethereum",
+        ]);
+        let Command::Extend(a) = cli.command else {
+            panic!("not extend: {:?}", cli.command)
+        };
+        let cfg = a
+            .jobs
+            .run_config(a.source, a.target, a.modules, &a.source_args)
+            .unwrap();
+        assert_eq!(cfg.source, "file:///src");
+        assert_eq!(cfg.target, "file:///idx");
+        assert_eq!(cfg.modules, "accounts");
+        assert_eq!(cfg.parallel, 3);
+        assert!(cfg.force);
+        assert!(cfg.progress);
+        assert_eq!(cfg.source_cfg.chain, ChainKind::Ethereum);
+        assert_eq!((cfg.map_jobs, cfg.reduce_jobs, cfg.workers), (0, 0, 0));
     }
 }

@@ -20,7 +20,18 @@ pub const MAX_FIELD_NAME_LEN: usize = 55;
 ///
 /// Deliberately exhaustive: a new type must be mapped by every typed sink and view, and the
 /// compiler points at each one.
+///
+/// With the `openapi` feature it is a `utoipa` schema, published under the API's name for it,
+/// `FieldTypeView`, with the API's one-line description.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(
+        as = FieldTypeView,
+        description = "The type of a payload field and its JSON shape."
+    )
+)]
 #[serde(rename_all = "lowercase")]
 pub enum FieldType {
     /// JSON `true` / `false`.

@@ -44,55 +44,18 @@ pub struct FieldView {
     pub name: String,
     /// Type.
     #[serde(rename = "type")]
-    pub ty: FieldTypeView,
+    pub ty: FieldType,
     /// Whether the field may be missing or null.
     pub nullable: bool,
     /// What it means (may be empty).
     pub description: String,
 }
 
-/// The type of a payload field and its JSON shape.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum FieldTypeView {
-    /// `true` / `false`.
-    Bool,
-    /// An integer in i64 range.
-    Int64,
-    /// An integer in u64 range.
-    UInt64,
-    /// A number.
-    Float64,
-    /// A string.
-    String,
-    /// An integer wider than 64 bits as a string of decimal digits (e.g. uint256 amounts).
-    BigInt,
-    /// Bytes as a `0x`-prefixed hex string.
-    Hex,
-    /// Any JSON value.
-    Json,
-}
-
-impl From<FieldType> for FieldTypeView {
-    fn from(t: FieldType) -> Self {
-        match t {
-            FieldType::Bool => Self::Bool,
-            FieldType::Int64 => Self::Int64,
-            FieldType::UInt64 => Self::UInt64,
-            FieldType::Float64 => Self::Float64,
-            FieldType::String => Self::String,
-            FieldType::BigInt => Self::BigInt,
-            FieldType::Hex => Self::Hex,
-            FieldType::Json => Self::Json,
-        }
-    }
-}
-
 impl From<&FieldSpec> for FieldView {
     fn from(f: &FieldSpec) -> Self {
         Self {
             name: f.name.clone(),
-            ty: f.ty.into(),
+            ty: f.ty,
             nullable: f.nullable,
             description: f.description.clone(),
         }

@@ -29,9 +29,11 @@ use async_trait::async_trait;
 use futures::future::{BoxFuture, FutureExt};
 use futures::{StreamExt, stream};
 
-use crate::chain::{BlockRange, Chain};
-use crate::data::{Block, BlockHead, BlockRef, CallRequest};
+use crate::chain::Chain;
+use crate::data::CallRequest;
 use crate::ports::{BlockSource, CALLS_IN_FLIGHT, SourceError};
+
+use super::source::block_source_reading;
 
 /// What identifies a call's answer: chain, block hash, contract and calldata.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -205,20 +207,7 @@ impl<S: fmt::Debug> fmt::Debug for CachedCalls<S> {
     }
 }
 
-#[async_trait]
-impl<S: BlockSource> BlockSource for CachedCalls<S> {
-    fn chain(&self) -> &Chain {
-        self.inner.chain()
-    }
-    async fn head(&self) -> Result<BlockHead, SourceError> {
-        self.inner.head().await
-    }
-    async fn blocks(&self, range: BlockRange) -> Result<Vec<Block>, SourceError> {
-        self.inner.blocks(range).await
-    }
-    async fn block_ref(&self, number: u64) -> Result<BlockRef, SourceError> {
-        self.inner.block_ref(number).await
-    }
+block_source_reading!(inner, impl[S: BlockSource] for CachedCalls<S> {
     async fn call(&self, request: &CallRequest) -> Result<Bytes, SourceError> {
         let key = CallKey::new(self.inner.chain(), request);
         if let Some(answer) = self.cached(&key).await {
@@ -282,7 +271,7 @@ impl<S: BlockSource> BlockSource for CachedCalls<S> {
             .map(|a| a.expect("every request has an answer"))
             .collect()
     }
-}
+});
 
 #[cfg(test)]
 mod tests {
@@ -302,17 +291,7 @@ mod tests {
         fail: std::sync::atomic::AtomicBool,
     }
 
-    #[async_trait]
-    impl BlockSource for Counting {
-        fn chain(&self) -> &Chain {
-            self.inner.chain()
-        }
-        async fn head(&self) -> Result<BlockHead, SourceError> {
-            self.inner.head().await
-        }
-        async fn blocks(&self, range: BlockRange) -> Result<Vec<Block>, SourceError> {
-            self.inner.blocks(range).await
-        }
+    block_source_reading!(inner, impl for Counting {
         async fn call(&self, request: &CallRequest) -> Result<Bytes, SourceError> {
             self.calls.lock().unwrap().push(request.clone());
             if request.data.first() == Some(&0xff) && self.fail.load(Ordering::SeqCst) {
@@ -330,7 +309,7 @@ mod tests {
             }
             out
         }
-    }
+    });
 
     fn request(hash: u8, data: &[u8]) -> CallRequest {
         CallRequest {

@@ -144,6 +144,46 @@ impl<T: BlockSource + ?Sized> BlockSource for Arc<T> {
     }
 }
 
+/// Implements [`BlockSource`] for a type that wraps another source in field `$inner`: chain,
+/// head, blocks and block refs are the inner source's, and the items given (`call`, `calls`)
+/// complete the impl (the trait's defaults where none are given).
+///
+/// A macro because `#[async_trait]` must see every method of the impl: a wrapper that only
+/// changes how calls are answered (a cache, a test fake) would otherwise restate the four
+/// reads by hand.
+macro_rules! block_source_reading {
+    (
+        $inner:ident,
+        impl $([$($generics:tt)*])? for $wrapper:ty { $($items:tt)* }
+    ) => {
+        #[async_trait::async_trait]
+        impl $(<$($generics)*>)? $crate::ports::BlockSource for $wrapper {
+            fn chain(&self) -> &$crate::chain::Chain {
+                self.$inner.chain()
+            }
+            async fn head(
+                &self,
+            ) -> ::std::result::Result<$crate::data::BlockHead, $crate::ports::SourceError> {
+                self.$inner.head().await
+            }
+            async fn blocks(
+                &self,
+                range: $crate::chain::BlockRange,
+            ) -> ::std::result::Result<Vec<$crate::data::Block>, $crate::ports::SourceError> {
+                self.$inner.blocks(range).await
+            }
+            async fn block_ref(
+                &self,
+                number: u64,
+            ) -> ::std::result::Result<$crate::data::BlockRef, $crate::ports::SourceError> {
+                self.$inner.block_ref(number).await
+            }
+            $($items)*
+        }
+    };
+}
+pub(crate) use block_source_reading;
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -173,17 +213,7 @@ mod tests {
         seen: Mutex<Vec<u8>>,
     }
 
-    #[async_trait]
-    impl BlockSource for Echo {
-        fn chain(&self) -> &Chain {
-            self.inner.chain()
-        }
-        async fn head(&self) -> Result<BlockHead, SourceError> {
-            self.inner.head().await
-        }
-        async fn blocks(&self, range: BlockRange) -> Result<Vec<Block>, SourceError> {
-            self.inner.blocks(range).await
-        }
+    block_source_reading!(inner, impl for Echo {
         async fn call(&self, request: &CallRequest) -> Result<Bytes, SourceError> {
             self.seen.lock().unwrap().push(request.data[0]);
             let now = self.in_flight.fetch_add(1, SeqCst) + 1;
@@ -197,6 +227,39 @@ mod tests {
             }
             Ok(request.data.clone())
         }
+    });
+
+    /// A wrapper that only reads through: everything but the reads is the trait's default.
+    #[derive(Debug)]
+    struct ReadsOnly {
+        inner: MemoryBlockSource,
+    }
+
+    block_source_reading!(inner, impl for ReadsOnly {});
+
+    #[tokio::test]
+    async fn block_source_reading_forwards_the_reads_and_keeps_the_defaults() {
+        let chain = Chain::new("ethereum").unwrap();
+        // Two sources built alike: the same blocks, so the wrapper's answers are the inner's.
+        let inner = MemoryBlockSource::with_empty_blocks(chain.clone(), 3..=5);
+        let wrapper = ReadsOnly {
+            inner: MemoryBlockSource::with_empty_blocks(chain, 3..=5),
+        };
+        assert_eq!(wrapper.chain(), inner.chain());
+        assert_eq!(wrapper.head().await.unwrap(), inner.head().await.unwrap());
+        let range = BlockRange::new(3, 4).unwrap();
+        assert_eq!(
+            wrapper.blocks(range).await.unwrap(),
+            inner.blocks(range).await.unwrap()
+        );
+        assert_eq!(
+            wrapper.block_ref(5).await.unwrap(),
+            inner.block_ref(5).await.unwrap()
+        );
+        assert!(matches!(
+            wrapper.call(&request(1)).await,
+            Err(SourceError::Unsupported(_))
+        ));
     }
 
     #[tokio::test]

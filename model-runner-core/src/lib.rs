@@ -11,7 +11,8 @@
 //!
 //! Every port has an in-memory adapter in [`memory`] (always compiled) and, behind the
 //! `conformance` feature, a suite in `conformance` that checks its written contract against any
-//! adapter.
+//! adapter. The `openapi` feature derives `utoipa::ToSchema` on the types an HTTP API serves as
+//! they are ([`FieldType`]), so the API documents them instead of hand copies.
 //!
 //! Start from the [`prelude`] and a [`Runner`](engine::Runner): write a [`Model`], register it
 //! beside the built-ins, and run it embedded. The ports default to the in-memory adapters; give

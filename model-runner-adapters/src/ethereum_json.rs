@@ -518,7 +518,7 @@ impl<'a> Cursor<'a> {
         let s = &rest[..len];
         // Not short-circuiting, so it runs over many bytes at a time.
         let plain = !s.iter().fold(false, |odd, &c| {
-            odd | (c < b' ') | (c > b'~') | (c == b'\\')
+            odd | !(b' '..=b'~').contains(&c) | (c == b'\\')
         });
         if !plain {
             return None;

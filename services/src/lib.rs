@@ -427,6 +427,13 @@ pub async fn run_all(
             _ = report.tick(), if config.progress.is_some() => {
                 last = print_progress(&deps, &stats, started, last).await;
             }
+            // A run recorded succeeded wakes the check at once; the poll catches the rest
+            // (failures, runs finished by other processes).
+            _ = stats.succeeded.notified(), if !follow => {
+                if backfills_done(&*deps.store, &mut outstanding).await? {
+                    break None;
+                }
+            }
             _ = poll.tick(), if !follow => {
                 if backfills_done(&*deps.store, &mut outstanding).await? {
                     break None;

@@ -145,6 +145,10 @@ pub struct WorkerStats {
     pub records: AtomicU64,
     /// Messages dropped because their run was no longer claimable.
     pub dropped: AtomicU64,
+    /// Notified (one stored permit) each time a run this worker executed is recorded
+    /// succeeded, so a caller waiting for runs to finish (`all`) looks at once instead of at
+    /// its next poll.
+    pub succeeded: tokio::sync::Notify,
 }
 
 enum Outcome {
@@ -454,6 +458,7 @@ impl Worker {
                             .blocks
                             .fetch_add(run.range.len(), Ordering::Relaxed);
                         self.stats.records.fetch_add(records, Ordering::Relaxed);
+                        self.stats.succeeded.notify_one();
                     }
                     (Recorded::ClaimLost, _) => {
                         warn!(run = %run.id, "records delivered but the claim on the run was lost (store crash?); requeueing its message so it runs again");

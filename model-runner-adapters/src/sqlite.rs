@@ -324,6 +324,43 @@ impl SqliteRunStore {
         Ok(run)
     }
 
+    /// The realtime cursor of (model, chain), read on `conn` (inside a write transaction).
+    async fn cursor_in(
+        conn: &mut SqliteConnection,
+        model: &str,
+        chain: &Chain,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(
+            sqlx::query("SELECT block FROM realtime_cursors WHERE model = ? AND chain = ?")
+                .bind(model)
+                .bind(chain.as_str())
+                .fetch_optional(conn)
+                .await
+                .map_err(backend)?
+                .map(|r| r.get::<i64, _>(0) as u64),
+        )
+    }
+
+    /// Deletes the scheduled-block records of (model, chain) whose number matches `which`
+    /// (`number < ?` or `number > ?`) for `block`.
+    async fn forget_scheduled(
+        conn: &mut SqliteConnection,
+        model: &str,
+        chain: &Chain,
+        which: &'static str,
+        block: u64,
+    ) -> Result<(), StoreError> {
+        let sql = format!("DELETE FROM scheduled_blocks WHERE model = ? AND chain = ? AND {which}");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(model)
+            .bind(chain.as_str())
+            .bind(block as i64)
+            .execute(conn)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     async fn fetch(conn: &mut SqliteConnection, id: RunId) -> Result<ModelRun, StoreError> {
         let row = sqlx::query("SELECT doc FROM runs WHERE id = ?")
             .bind(id.to_string())
@@ -553,14 +590,7 @@ impl RunStore for SqliteRunStore {
     ) -> Result<Vec<ModelRun>, StoreError> {
         validate_cursor_runs(&runs)?;
         let mut tx = self.writer.begin().await.map_err(backend)?;
-        let actual =
-            sqlx::query("SELECT block FROM realtime_cursors WHERE model = ? AND chain = ?")
-                .bind(model)
-                .bind(chain.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?
-                .map(|r| r.get::<i64, _>(0) as u64);
+        let actual = Self::cursor_in(&mut tx, model, chain).await?;
         if actual != expected {
             return Err(cursor_conflict(model, chain, expected, actual));
         }
@@ -633,13 +663,7 @@ impl RunStore for SqliteRunStore {
             .await
             .map_err(backend)?;
         }
-        sqlx::query("DELETE FROM scheduled_blocks WHERE model = ? AND chain = ? AND number < ?")
-            .bind(model)
-            .bind(chain.as_str())
-            .bind(keep_from as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        Self::forget_scheduled(&mut tx, model, chain, "number < ?", keep_from).await?;
         tx.commit().await.map_err(backend)
     }
 
@@ -666,23 +690,10 @@ impl RunStore for SqliteRunStore {
         .map_err(backend)?
         .rows_affected();
         if moved == 0 {
-            let actual =
-                sqlx::query("SELECT block FROM realtime_cursors WHERE model = ? AND chain = ?")
-                    .bind(model)
-                    .bind(chain.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(backend)?
-                    .map(|r| r.get::<i64, _>(0) as u64);
+            let actual = Self::cursor_in(&mut tx, model, chain).await?;
             return Err(cursor_conflict(model, chain, Some(expected), actual));
         }
-        sqlx::query("DELETE FROM scheduled_blocks WHERE model = ? AND chain = ? AND number > ?")
-            .bind(model)
-            .bind(chain.as_str())
-            .bind(to as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        Self::forget_scheduled(&mut tx, model, chain, "number > ?", to).await?;
         tx.commit().await.map_err(backend)
     }
 

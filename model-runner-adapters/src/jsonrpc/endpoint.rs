@@ -232,13 +232,58 @@ impl Endpoint {
 
     /// `calls` in one batch request: the request's own failure, or each call's answer in order.
     /// One call goes as a plain request (so `batch=1` sends no batches, for nodes that refuse
-    /// them).
+    /// them). A batch the node refuses as too large ([`batch_too_large`]) is sent again as two
+    /// halves, down to single calls, so a provider's batch limit below the URL's `batch` costs
+    /// requests, not the run.
     pub(super) async fn batch(
         &self,
         method: &'static str,
         params: impl IntoIterator<Item = Value>,
     ) -> TransportResult<Vec<TransportResult<Value>>> {
-        let mut params: Vec<Value> = params.into_iter().collect();
+        self.batch_of(method, params.into_iter().collect()).await
+    }
+
+    fn batch_of<'a>(
+        &'a self,
+        method: &'static str,
+        params: Vec<Value>,
+    ) -> futures::future::BoxFuture<'a, TransportResult<Vec<TransportResult<Value>>>> {
+        Box::pin(async move {
+            let answer = self.one_batch(method, &params).await;
+            // A refusal of the whole batch comes as the request's error, or (a JSON-RPC error
+            // object for a batch) as every call's.
+            let refused = match &answer {
+                Err(e) => Some(e),
+                Ok(answers) => match answers.first() {
+                    Some(Err(e))
+                        if answers
+                            .iter()
+                            .all(|a| a.as_ref().is_err_and(batch_too_large)) =>
+                    {
+                        Some(e)
+                    }
+                    _ => None,
+                },
+            };
+            match refused {
+                Some(e) if params.len() > 1 && batch_too_large(e) => {
+                    tracing::debug!(url = %self.shown, calls = params.len(), error = %self.scrub(&e.to_string()), "batch refused as too large; sending it in halves");
+                    let (first, second) = params.split_at(params.len() / 2);
+                    let mut answers = self.batch_of(method, first.to_vec()).await?;
+                    answers.extend(self.batch_of(method, second.to_vec()).await?);
+                    Ok(answers)
+                }
+                _ => answer,
+            }
+        })
+    }
+
+    async fn one_batch(
+        &self,
+        method: &'static str,
+        params: &[Value],
+    ) -> TransportResult<Vec<TransportResult<Value>>> {
+        let mut params: Vec<Value> = params.to_vec();
         if params.len() == 1 {
             let answer = self.call(method, params.pop().expect("one")).await;
             // The request's own failure, as for a batch; a JSON-RPC error is the call's.
@@ -363,7 +408,19 @@ impl HttpLeg {
                 self.quote(&body),
             ));
         }
-        serde_json::from_slice(&body).map_err(|e| TransportError::deser_err(e, self.quote(&body)))
+        let packet: ResponsePacket = serde_json::from_slice(&body)
+            .map_err(|e| TransportError::deser_err(e, self.quote(&body)))?;
+        // A batch answered with one error object (a node refusing the batch as a whole, e.g.
+        // for its size) answers none of its calls: that is the request's failure, with the
+        // node's words, not a missing answer per call.
+        if let (RequestPacket::Batch(_), ResponsePacket::Single(single)) = (request, &packet)
+            && let alloy_json_rpc::ResponsePayload::Failure(e) = &single.payload
+        {
+            return Err(TransportErrorKind::custom_str(&self.secrets.scrub(
+                &format!("the batch was refused: error {}: {}", e.code, e.message),
+            )));
+        }
+        Ok(packet)
     }
 
     /// The start of a body, scrubbed, for an error message.
@@ -401,6 +458,25 @@ impl tower::Service<RequestPacket> for HttpLeg {
     fn call(&mut self, request: RequestPacket) -> Self::Future {
         Box::pin(self.clone().send(request))
     }
+}
+
+/// Whether `err` is a node refusing a batch request for its size: HTTP 413, or an error whose
+/// message says the batch (or request, or response) is too large or holds too many calls, as
+/// providers answer above their batch limit. Rate limits are not this (they are retried).
+pub(super) fn batch_too_large(err: &TransportError) -> bool {
+    let message = match err {
+        RpcError::Transport(kind) => {
+            if kind.as_http_error().is_some_and(|h| h.status == 413) {
+                return true;
+            }
+            kind.to_string()
+        }
+        RpcError::ErrorResp(payload) if !payload.is_retry_err() => payload.message.to_string(),
+        _ => return false,
+    };
+    let m = message.to_ascii_lowercase();
+    m.contains("too large")
+        || (m.contains("batch") && (m.contains("too many") || m.contains("exceed")))
 }
 
 /// Whether `err` is a node refusing an EIP-1898 block parameter as malformed (a parse or

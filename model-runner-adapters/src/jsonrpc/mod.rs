@@ -50,7 +50,10 @@
 //! worker retries the run later: never a block with a receipt missing. Anything else (another
 //! HTTP status, a JSON-RPC error such as a revert, an answer that does not parse) is a permanent
 //! error at once, [`SourceError::Backend`] or [`SourceError::InvalidData`], saying what the node
-//! answered.
+//! answered. A batch (of blocks, receipts or calls) the node refuses as too large (HTTP 413, or
+//! an error saying the batch is too large or holds too many calls, whether for the request or
+//! as one error object for the whole batch) is sent again in halves, down to single requests:
+//! a provider's batch limit below the URL's `batch` costs requests, not the run.
 //!
 //! `head` is `eth_getBlockByNumber("latest", false)` and `block_ref(n)` is
 //! `eth_getBlockByNumber(n, false)` (the header alone; a `null` block is

@@ -81,6 +81,10 @@ struct Faults {
     call_rate_limited: Vec<Bytes>,
     /// `eth_call` with an EIP-1898 `{"blockHash": ...}` parameter refused, as ganache does.
     refuse_block_hash: bool,
+    /// Batches of more than this many calls refused whole: with HTTP 413 (`true`) or with a
+    /// JSON-RPC error object `batch size too large` (`false`), as providers answer above their
+    /// batch limit.
+    max_batch: Option<(usize, bool)>,
 }
 
 fn take(n: &mut usize) -> bool {
@@ -380,6 +384,19 @@ async fn handle(
         std::future::pending::<()>().await;
     }
     let request: Value = serde_json::from_slice(&body).unwrap();
+    if let (Value::Array(calls), Some((max, http))) =
+        (&request, node.faults.lock().unwrap().max_batch)
+        && calls.len() > max
+    {
+        node.fault("batch too large");
+        return if http {
+            (StatusCode::PAYLOAD_TOO_LARGE, "request entity too large").into_response()
+        } else {
+            axum::Json(json!({"jsonrpc": "2.0", "id": null,
+                "error": {"code": -32600, "message": format!("batch size too large: {} > {max}", calls.len())}}))
+            .into_response()
+        };
+    }
     let answer = match &request {
         Value::Array(calls) => Value::Array(calls.iter().map(|c| node.answer(c)).collect()),
         call => node.answer(call),
@@ -888,6 +905,36 @@ async fn calls_are_sent_in_batches_of_the_url_s_size() {
     assert_eq!(shown(source.calls(&requests).await), want);
     assert_eq!(node.requests(), 3, "4 + 4 + 2 calls");
     assert_eq!(node.calls("eth_call"), 10);
+}
+
+/// A batch the node refuses as too large (HTTP 413, or a JSON-RPC error for the whole batch) is
+/// sent again in halves until the node takes it: every call answered, none lost.
+#[tokio::test]
+async fn a_batch_refused_as_too_large_is_sent_in_halves() {
+    for http in [true, false] {
+        let node = balances_node(
+            12,
+            Faults {
+                max_batch: Some((3, http)),
+                ..Faults::default()
+            },
+        );
+        let url = format!("{}#batch=12&concurrency=1", serve(node.clone()).await);
+        let source = JsonRpcSource::with_options(eth(), &url, fast()).unwrap();
+        let mut requests = Vec::new();
+        for i in 1..=12 {
+            requests.push(balance_request(i).await);
+        }
+        let want: Vec<Result<Bytes, &str>> = (1..=12).map(|i| Ok(word(i))).collect();
+        assert_eq!(shown(source.calls(&requests).await), want, "http: {http}");
+        assert_eq!(
+            node.faults("batch too large"),
+            3,
+            "12 refused, then 6 and 6 refused, then four batches of 3 (http: {http})"
+        );
+        assert_eq!(node.requests(), 7, "http: {http}");
+        assert_eq!(node.calls("eth_call"), 12, "http: {http}");
+    }
 }
 
 /// A batch answered 429 is sent again whole; a call of a batch answered with a rate-limit error

@@ -97,35 +97,26 @@ pub trait ProgressBoard: fmt::Debug + Send + Sync + 'static {
     async fn read(&self, runs: &[RunId]) -> Result<Vec<Option<RunProgress>>, ProgressError>;
 }
 
-#[async_trait]
-impl<T: ProgressBoard + ?Sized> ProgressBoard for Arc<T> {
-    async fn publish(
-        &self,
-        run: RunId,
-        progress: &RunProgress,
-        ttl: Duration,
-    ) -> Result<(), ProgressError> {
-        (**self).publish(run, progress, ttl).await
-    }
-    async fn read(&self, runs: &[RunId]) -> Result<Vec<Option<RunProgress>>, ProgressError> {
-        (**self).read(runs).await
-    }
+/// `Arc<B>` and `Box<B>` are progress boards too, so wrappers compose.
+macro_rules! forward_progress_board {
+    ($($pointer:ident),*) => {$(
+        #[async_trait]
+        impl<T: ProgressBoard + ?Sized> ProgressBoard for $pointer<T> {
+            async fn publish(
+                &self,
+                run: RunId,
+                progress: &RunProgress,
+                ttl: Duration,
+            ) -> Result<(), ProgressError> {
+                (**self).publish(run, progress, ttl).await
+            }
+            async fn read(&self, runs: &[RunId]) -> Result<Vec<Option<RunProgress>>, ProgressError> {
+                (**self).read(runs).await
+            }
+        }
+    )*};
 }
-
-#[async_trait]
-impl<T: ProgressBoard + ?Sized> ProgressBoard for Box<T> {
-    async fn publish(
-        &self,
-        run: RunId,
-        progress: &RunProgress,
-        ttl: Duration,
-    ) -> Result<(), ProgressError> {
-        (**self).publish(run, progress, ttl).await
-    }
-    async fn read(&self, runs: &[RunId]) -> Result<Vec<Option<RunProgress>>, ProgressError> {
-        (**self).read(runs).await
-    }
-}
+forward_progress_board!(Arc, Box);
 
 /// Conveniences over any [`ProgressBoard`] (blanket-implemented).
 #[async_trait]

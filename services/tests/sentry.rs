@@ -58,3 +58,37 @@ fn failed_attempts_and_dead_letters_are_reported_with_the_run() {
         );
     }
 }
+
+/// The collector serves a kept-alive connection to the end: two requests written back to back
+/// on one connection both get an answer and are both kept. It closed each connection after
+/// its first answer before, so an event the Sentry client wrote on a reused connection was
+/// lost and the test above failed now and then.
+#[test]
+fn the_collector_answers_every_request_of_a_kept_alive_connection() {
+    use std::io::{Read, Write};
+    let (port, received) = support::collector::start();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let request = |body: &str| {
+        format!(
+            "POST /api/1/envelope/ HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    stream
+        .write_all(format!("{}{}", request("first"), request("second")).as_bytes())
+        .unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+    let mut answers = vec![0; 2 * answer.len()];
+    stream.read_exact(&mut answers).unwrap();
+    assert_eq!(answers, [&answer[..], &answer[..]].concat());
+    let bodies: Vec<String> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b.clone())
+        .collect();
+    assert_eq!(bodies, ["first", "second"]);
+}

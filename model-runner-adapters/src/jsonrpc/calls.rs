@@ -15,13 +15,15 @@ use std::sync::Mutex;
 
 use alloy_primitives::{B256, Bytes};
 use futures::future::{BoxFuture, FutureExt};
-use futures::{StreamExt, stream};
 use model_runner_core::CallRequest;
 use model_runner_core::ports::SourceError;
 use serde_json::{Value, json};
 
 use super::endpoint::{Endpoint, block_object_refused};
-use super::{Failure, JsonRpcSource, call_answer, classify, classify_call, copy_error, hex};
+use super::{
+    Failure, JsonRpcSource, buffered_in_order, call_answer, classify, classify_call, copy_error,
+    hex,
+};
 
 /// Answers of `requests` (distinct), one per request in order, each retried on its own.
 pub(super) async fn chunk(
@@ -66,13 +68,7 @@ async fn attempt(
         .chunks(ep.batch)
         .map(|batch| send(ep, requests, batch).boxed())
         .collect();
-    let outcomes: Outcomes = stream::iter(batches)
-        .buffered(ep.concurrency)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let outcomes = buffered_in_order(batches, ep.concurrency).await;
     let mut retry: Option<Failure> = None;
     let mut done = answers.lock().expect("answers lock");
     for (i, outcome) in outcomes {

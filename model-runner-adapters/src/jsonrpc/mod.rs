@@ -261,6 +261,21 @@ fn backend(message: String) -> SourceError {
     }
 }
 
+/// Awaits `futures`, at most `concurrency` at a time, and concatenates their outputs in the
+/// order of `futures` (a chunk of calls, a batch of requests: each gives its answers in order).
+async fn buffered_in_order<T: Send>(
+    futures: Vec<BoxFuture<'_, Vec<T>>>,
+    concurrency: usize,
+) -> Vec<T> {
+    stream::iter(futures)
+        .buffered(concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 fn hex(n: u64) -> String {
     format!("{n:#x}")
 }
@@ -495,13 +510,7 @@ impl BlockSource for JsonRpcSource {
             .chunks(ep.batch)
             .map(|chunk| Box::pin(calls::chunk(self, chunk)) as BoxFuture<'_, _>)
             .collect();
-        let answers: Vec<Result<Bytes, SourceError>> = stream::iter(chunks)
-            .buffered(ep.concurrency)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+        let answers = buffered_in_order(chunks, ep.concurrency).await;
         let mut answers: Vec<Option<Result<Bytes, SourceError>>> =
             answers.into_iter().map(Some).collect();
         let mut uses = vec![0usize; distinct.len()];

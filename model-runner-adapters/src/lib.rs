@@ -33,6 +33,8 @@ pub mod redis_cache;
 #[cfg(feature = "redis")]
 mod redis_connection;
 #[cfg(feature = "redis")]
+mod redis_error;
+#[cfg(feature = "redis")]
 pub mod redis_progress;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;

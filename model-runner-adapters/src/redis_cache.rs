@@ -29,7 +29,8 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 
-use crate::redis_connection::{ConnectError, Connected, command_failed, connect};
+use crate::redis_connection::Connected;
+use crate::redis_error::{Failure, RedisPortError, command_error, connect_for};
 
 const ADAPTER: &str = "redis";
 
@@ -74,18 +75,7 @@ impl RedisCallCache {
             shown,
             params,
             connection,
-        } = connect::<Params>(url, "prefix=..., ttl_s=...")
-            .await
-            .map_err(|e| match e {
-                ConnectError::Invalid(message) => CallCacheError::Backend {
-                    adapter: ADAPTER,
-                    message,
-                },
-                ConnectError::Unavailable(message) => CallCacheError::Unavailable {
-                    adapter: ADAPTER,
-                    message,
-                },
-            })?;
+        } = connect_for::<Params, CallCacheError>(url, "prefix=..., ttl_s=...").await?;
         Ok(Self {
             shown,
             prefix: params.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
@@ -100,17 +90,22 @@ impl RedisCallCache {
     }
 
     fn error(&self, what: &str, e: &redis::RedisError) -> CallCacheError {
-        let (transient, message) = command_failed(&self.shown, what, e);
-        if transient {
-            CallCacheError::Unavailable {
+        command_error(&self.shown, what, e)
+    }
+}
+
+/// A wrong URL is a backend error here: the port has no variant of its own for it.
+impl RedisPortError for CallCacheError {
+    fn of(kind: Failure, message: String) -> Self {
+        match kind {
+            Failure::Unavailable => CallCacheError::Unavailable {
                 adapter: ADAPTER,
                 message,
-            }
-        } else {
-            CallCacheError::Backend {
+            },
+            Failure::Invalid | Failure::Backend => CallCacheError::Backend {
                 adapter: ADAPTER,
                 message,
-            }
+            },
         }
     }
 }

@@ -30,7 +30,8 @@ use model_runner_core::ports::{ProgressBoard, ProgressError, RunProgress, check_
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 
-use crate::redis_connection::{ConnectError, Connected, command_failed, connect};
+use crate::redis_connection::Connected;
+use crate::redis_error::{Failure, RedisPortError, command_error, connect_for};
 
 const ADAPTER: &str = "redis";
 
@@ -73,15 +74,7 @@ impl RedisProgressBoard {
             shown,
             params,
             connection,
-        } = connect::<Params>(url, "prefix=...")
-            .await
-            .map_err(|e| match e {
-                ConnectError::Invalid(message) => ProgressError::InvalidInput(message),
-                ConnectError::Unavailable(message) => ProgressError::Unavailable {
-                    adapter: ADAPTER,
-                    message,
-                },
-            })?;
+        } = connect_for::<Params, ProgressError>(url, "prefix=...").await?;
         Ok(Self {
             shown,
             prefix: params.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
@@ -95,17 +88,22 @@ impl RedisProgressBoard {
     }
 
     fn error(&self, what: &str, e: &redis::RedisError) -> ProgressError {
-        let (transient, message) = command_failed(&self.shown, what, e);
-        if transient {
-            ProgressError::Unavailable {
+        command_error(&self.shown, what, e)
+    }
+}
+
+impl RedisPortError for ProgressError {
+    fn of(kind: Failure, message: String) -> Self {
+        match kind {
+            Failure::Invalid => ProgressError::InvalidInput(message),
+            Failure::Unavailable => ProgressError::Unavailable {
                 adapter: ADAPTER,
                 message,
-            }
-        } else {
-            ProgressError::Backend {
+            },
+            Failure::Backend => ProgressError::Backend {
                 adapter: ADAPTER,
                 message,
-            }
+            },
         }
     }
 }

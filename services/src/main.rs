@@ -320,6 +320,25 @@ fn max_attempts_flag(value: &str) -> Result<u32, String> {
     submission::max_attempts(Some(n)).map_err(|e| e.to_string())
 }
 
+/// The realtime subscriptions `all` and `scheduler` follow.
+#[derive(Debug, Args, Clone)]
+struct RealtimeFlags {
+    /// Follow the head of CHAIN with MODEL, as CHAIN:MODEL; repeatable.
+    #[arg(long, env = "MODEL_RUNNER_REALTIME", value_delimiter = ',')]
+    realtime: Vec<RealtimeSpec>,
+    /// Blocks to stay behind the head (reorg safety) for every --realtime subscription
+    /// (default: the chain's own: 12 for ethereum and unknown chains, 128 for
+    /// matic/polygon, 15 for bsc; a chain's `confirmations` in the config file too).
+    #[arg(long, env = "MODEL_RUNNER_CONFIRMATIONS")]
+    confirmations: Option<u64>,
+    /// The deepest chain reorganisation a --realtime subscription follows (default 128
+    /// blocks; a chain's `max_reorg_depth` in the config file too): the scheduler walks
+    /// back over a reorganisation, supersedes the runs of the replaced blocks and models
+    /// the new branch; a deeper one stops the subscription with an error instead.
+    #[arg(long, env = "MODEL_RUNNER_MAX_REORG_DEPTH")]
+    max_reorg_depth: Option<u64>,
+}
+
 #[derive(Debug, Args, Clone)]
 struct ApiFlags {
     /// Let reads (GET) through without a token. Writes always need a write token: the
@@ -378,20 +397,8 @@ Examples:
         /// the same backfill resumes instead of starting over.
         #[arg(long, env = "MODEL_RUNNER_BACKFILL", value_delimiter = ',')]
         backfill: Vec<BackfillSpec>,
-        /// Follow the head of CHAIN with MODEL, as CHAIN:MODEL; repeatable.
-        #[arg(long, env = "MODEL_RUNNER_REALTIME", value_delimiter = ',')]
-        realtime: Vec<RealtimeSpec>,
-        /// Blocks to stay behind the head (reorg safety) for every --realtime subscription
-        /// (default: the chain's own: 12 for ethereum and unknown chains, 128 for
-        /// matic/polygon, 15 for bsc; a chain's `confirmations` in the config file too).
-        #[arg(long, env = "MODEL_RUNNER_CONFIRMATIONS")]
-        confirmations: Option<u64>,
-        /// The deepest chain reorganisation a --realtime subscription follows (default 128
-        /// blocks; a chain's `max_reorg_depth` in the config file too): the scheduler walks
-        /// back over a reorganisation, supersedes the runs of the replaced blocks and models
-        /// the new branch; a deeper one stops the subscription with an error instead.
-        #[arg(long, env = "MODEL_RUNNER_MAX_REORG_DEPTH")]
-        max_reorg_depth: Option<u64>,
+        #[command(flatten)]
+        realtime: RealtimeFlags,
         /// Blocks per backfill run.
         #[arg(long, env = "MODEL_RUNNER_CHUNK_SIZE", default_value_t = submission::DEFAULT_CHUNK_SIZE, value_parser = chunk_size_flag)]
         chunk_size: u64,
@@ -423,20 +430,8 @@ Examples:
 Example:
   model-runner scheduler --realtime ethereum:block_stats --confirmations 12")]
     Scheduler {
-        /// Follow the head of CHAIN with MODEL, as CHAIN:MODEL; repeatable.
-        #[arg(long, env = "MODEL_RUNNER_REALTIME", value_delimiter = ',')]
-        realtime: Vec<RealtimeSpec>,
-        /// Blocks to stay behind the head (reorg safety) for every --realtime subscription
-        /// (default: the chain's own: 12 for ethereum and unknown chains, 128 for
-        /// matic/polygon, 15 for bsc; a chain's `confirmations` in the config file too).
-        #[arg(long, env = "MODEL_RUNNER_CONFIRMATIONS")]
-        confirmations: Option<u64>,
-        /// The deepest chain reorganisation a --realtime subscription follows (default 128
-        /// blocks; a chain's `max_reorg_depth` in the config file too): the scheduler walks
-        /// back over a reorganisation, supersedes the runs of the replaced blocks and models
-        /// the new branch; a deeper one stops the subscription with an error instead.
-        #[arg(long, env = "MODEL_RUNNER_MAX_REORG_DEPTH")]
-        max_reorg_depth: Option<u64>,
+        #[command(flatten)]
+        realtime: RealtimeFlags,
         /// Seconds between scheduling passes.
         #[arg(long, env = "MODEL_RUNNER_TICK_SECS", default_value_t = 1)]
         tick_secs: u64,
@@ -653,7 +648,7 @@ fn apply_config(cli: &mut Cli, m: &ArgMatches, file: &ConfigFile) {
             ..
         } => {
             if unset(sm, "realtime") {
-                *realtime =
+                realtime.realtime =
                     realtime_of_file(!unset(sm, "confirmations"), !unset(sm, "max_reorg_depth"));
             }
             worker_of_file(worker, sm);
@@ -664,7 +659,7 @@ fn apply_config(cli: &mut Cli, m: &ArgMatches, file: &ConfigFile) {
             }
         }
         Command::Scheduler { realtime, .. } if unset(sm, "realtime") => {
-            *realtime =
+            realtime.realtime =
                 realtime_of_file(!unset(sm, "confirmations"), !unset(sm, "max_reorg_depth"));
         }
         Command::Worker { queues, worker } => {
@@ -1096,9 +1091,12 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
     match command {
         Command::All {
             backfill,
-            realtime,
-            confirmations,
-            max_reorg_depth,
+            realtime:
+                RealtimeFlags {
+                    realtime,
+                    confirmations,
+                    max_reorg_depth,
+                },
             chunk_size,
             worker,
             api_addr,
@@ -1151,9 +1149,12 @@ async fn run(cli: Cli, file: Option<ConfigFile>) -> anyhow::Result<std::process:
             }
         }
         Command::Scheduler {
-            realtime,
-            confirmations,
-            max_reorg_depth,
+            realtime:
+                RealtimeFlags {
+                    realtime,
+                    confirmations,
+                    max_reorg_depth,
+                },
             tick_secs,
             reconcile_after_secs,
         } => {

@@ -219,13 +219,8 @@ Example: /tmp/idx was built (`run`) while the source ended at ledger 1410200; it
 
 #[derive(Debug, Args)]
 struct ExtendArgs {
-    /// Ledger source URL (see `map --help`); it must hold the ledgers after
-    /// the index's range.
-    #[arg(long, env = "TXMETA_SOURCE")]
-    source: String,
-    /// Root of the index to extend (its layout.json names the generation).
-    #[arg(long, env = "INDEX_TARGET")]
-    target: String,
+    #[command(flatten)]
+    jobs: LocalJobs,
     /// Last ledger (block) to index (default: the source's latest).
     #[arg(long, env = "LAST_LEDGER")]
     to: Option<u32>,
@@ -236,47 +231,50 @@ struct ExtendArgs {
     /// shards per job).
     #[arg(long, default_value_t = 1)]
     workers: u32,
-    /// Comma-separated modules: the ones the index was built with.
-    #[arg(long, env = "MODULES", default_value = "accounts,transactions")]
-    modules: String,
-    #[command(flatten)]
-    jobs: LocalJobs,
-    #[command(flatten)]
-    source_args: SourceArgs,
 }
 
-/// How `run` and `extend` start their job processes on this machine.
+/// What `run` and `extend` share: the source, the index, the modules, and how their job
+/// processes start on this machine.
 #[derive(Debug, Args)]
 struct LocalJobs {
+    /// Ledger source URL: file://, s3://, or for Ethereum also devnet://,
+    /// runner+file:// and http(s):// (see `map --help`). For `extend`, it must
+    /// hold the ledgers after the index's range.
+    #[arg(long, env = "TXMETA_SOURCE")]
+    source: String,
+    /// Index root URL (map outputs and final index). For `extend`, the index
+    /// to extend (its layout.json names the generation).
+    #[arg(long, env = "INDEX_TARGET")]
+    target: String,
+    /// Comma-separated modules (see `map --help`). For `extend`, the ones the
+    /// index was built with.
+    #[arg(long, env = "MODULES", default_value = "accounts,transactions")]
+    modules: String,
     /// Jobs running at the same time (default: CPU count).
     #[arg(long, env = "BATCH_INDEX_PARALLEL")]
     parallel: Option<u32>,
     /// Pass --force to every job.
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    source_args: SourceArgs,
 }
 
 impl LocalJobs {
-    /// The [`RunConfig`] `run` and `extend` start: this executable's jobs over `source` into
-    /// `target`, with progress bars. The job counts are the caller's to set; they are 0 here
+    /// The [`RunConfig`] `run` and `extend` start: this executable's jobs over the source into
+    /// the target, with progress bars. The job counts are the caller's to set; they are 0 here
     /// (an extension keeps `reduce_jobs` at 0: it uses the index's).
-    fn run_config(
-        &self,
-        source: String,
-        target: String,
-        modules: String,
-        source_args: &SourceArgs,
-    ) -> Result<RunConfig> {
+    fn run_config(self) -> Result<RunConfig> {
         Ok(RunConfig {
             exe: own_exe()?,
-            source,
-            target,
+            source: self.source,
+            target: self.target,
             map_jobs: 0,
             reduce_jobs: 0,
             workers: 0,
             parallel: parallel(self.parallel),
-            source_cfg: source_args.config(),
-            modules,
+            source_cfg: self.source_args.config(),
+            modules: self.modules,
             force: self.force,
             progress: true,
         })
@@ -285,13 +283,8 @@ impl LocalJobs {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Ledger source URL: file://, s3://, or for Ethereum also devnet://,
-    /// runner+file:// and http(s):// (see `map --help`).
-    #[arg(long, env = "TXMETA_SOURCE")]
-    source: String,
-    /// Index root URL (map outputs and final index).
-    #[arg(long, env = "INDEX_TARGET")]
-    target: String,
+    #[command(flatten)]
+    jobs: LocalJobs,
     /// Number of map jobs.
     #[arg(long, env = "MAP_JOB_COUNT", default_value_t = 1)]
     map_jobs: u32,
@@ -301,13 +294,6 @@ struct RunArgs {
     /// Workers per job.
     #[arg(long, env = "WORKER_COUNT", default_value_t = 1)]
     workers: u32,
-    /// Comma-separated modules (see `map --help`).
-    #[arg(long, env = "MODULES", default_value = "accounts,transactions")]
-    modules: String,
-    #[command(flatten)]
-    jobs: LocalJobs,
-    #[command(flatten)]
-    source_args: SourceArgs,
 }
 
 #[derive(Debug, Args)]
@@ -451,13 +437,12 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Run(a) => {
-            Modules::parse(&a.modules)?;
+            Modules::parse(&a.jobs.modules)?;
             let cfg = RunConfig {
                 map_jobs: a.map_jobs,
                 reduce_jobs: a.reduce_jobs,
                 workers: a.workers,
-                ..a.jobs
-                    .run_config(a.source, a.target, a.modules, &a.source_args)?
+                ..a.jobs.run_config()?
             };
             if cfg.map_jobs == 0 || cfg.reduce_jobs == 0 || cfg.workers == 0 {
                 return Err(Error::invalid(
@@ -467,7 +452,7 @@ async fn run(cli: Cli) -> Result<()> {
             run_local(&cfg).await?;
         }
         Command::Extend(a) => {
-            Modules::parse(&a.modules)?;
+            Modules::parse(&a.jobs.modules)?;
             if a.map_jobs == 0 || a.workers == 0 {
                 return Err(Error::invalid(
                     "--map-jobs and --workers must be at least 1",
@@ -476,8 +461,7 @@ async fn run(cli: Cli) -> Result<()> {
             let cfg = RunConfig {
                 map_jobs: a.map_jobs,
                 workers: a.workers,
-                ..a.jobs
-                    .run_config(a.source, a.target, a.modules, &a.source_args)?
+                ..a.jobs.run_config()?
             };
             match extend_local(&cfg, a.to).await? {
                 ExtendOutcome::UpToDate { covered } => {
@@ -604,10 +588,7 @@ mod tests {
         let Command::Extend(a) = cli.command else {
             panic!("not extend: {:?}", cli.command)
         };
-        let cfg = a
-            .jobs
-            .run_config(a.source, a.target, a.modules, &a.source_args)
-            .unwrap();
+        let cfg = a.jobs.run_config().unwrap();
         assert_eq!(cfg.source, "file:///src");
         assert_eq!(cfg.target, "file:///idx");
         assert_eq!(cfg.modules, "accounts");

@@ -55,6 +55,22 @@ pub struct BlockFacts {
     pub transactions: Vec<([u8; 32], u64)>,
 }
 
+impl BlockFacts {
+    /// Adds this block to its checkpoint's `facts`: one more ledger read, and its participants
+    /// and transactions as far as `modules` index them.
+    pub fn add_to(&self, facts: &mut CheckpointFacts, modules: Modules) {
+        facts.ledgers += 1;
+        if modules.accounts {
+            for (a, m) in &self.participants {
+                facts.add(*a, *m);
+            }
+        }
+        if modules.transactions {
+            facts.transactions.extend_from_slice(&self.transactions);
+        }
+    }
+}
+
 /// An Ethereum source loaded from JSON files.
 #[derive(Debug)]
 pub struct EthereumSource {
@@ -268,15 +284,7 @@ impl LedgerSource for EthereumSource {
     ) -> Result<CheckpointFacts> {
         let mut facts = CheckpointFacts::new(checkpoint);
         for (_, b) in self.blocks.range(u64::from(first)..=u64::from(last)) {
-            facts.ledgers += 1;
-            if modules.accounts {
-                for (a, m) in &b.participants {
-                    facts.add(*a, *m);
-                }
-            }
-            if modules.transactions {
-                facts.transactions.extend_from_slice(&b.transactions);
-            }
+            b.add_to(&mut facts, modules);
         }
         Ok(facts)
     }

@@ -210,16 +210,7 @@ impl LedgerSource for RunnerBlockSource {
                 });
             }
             for block in &blocks {
-                let bf = block_facts(block)?;
-                facts.ledgers += 1;
-                if modules.accounts {
-                    for (acc, m) in bf.participants {
-                        facts.add(acc, m);
-                    }
-                }
-                if modules.transactions {
-                    facts.transactions.extend(bf.transactions);
-                }
+                block_facts(block)?.add_to(&mut facts, modules);
             }
         }
         Ok(facts)

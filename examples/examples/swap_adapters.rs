@@ -49,7 +49,7 @@ async fn model_blocks(builder: RunnerBuilder, chain: &Chain) -> anyhow::Result<(
 fn by_key(records: Vec<Record>) -> BTreeMap<String, serde_json::Value> {
     records
         .into_iter()
-        .map(|r| (r.key.to_string(), r.payload))
+        .map(|r| (r.key.to_string(), r.payload.into_value()))
         .collect()
 }
 

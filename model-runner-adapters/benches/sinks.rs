@@ -64,7 +64,7 @@ fn report(what: &str, (n, bytes, took): (u64, usize, Duration)) {
 #[tokio::main]
 async fn main() {
     let sample = &records("bench", 1, PAD)[0];
-    let record_bytes = envelope(sample).unwrap().len();
+    let record_bytes = envelope(sample).len();
     println!("record: {record_bytes} B JSON envelope, batches of {BATCH}");
 
     // Kafka: 3 mock brokers, 8 partitions replicated 3 times, acks=all, default sink settings.
@@ -72,7 +72,7 @@ async fn main() {
     let topic = "bench-ethereum-sink";
     cluster.create_topic(topic, 8, 3).unwrap();
     let sink = KafkaSink::new(KafkaConfig::new([cluster.bootstrap_servers()])).unwrap();
-    let kafka_size = |r: &Record| envelope(r).unwrap().len();
+    let kafka_size = |r: &Record| envelope(r).len();
     // Warm-up: connections, metadata, producer id.
     drive(&sink, topic, batches(2, BATCH), kafka_size).await;
     report(

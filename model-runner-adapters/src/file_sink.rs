@@ -33,7 +33,7 @@ pub struct FileSink {
     files: Mutex<HashMap<String, Arc<TopicFile>>>,
     /// Buffers of batches already written, encoded into again: a run's batch lands in memory
     /// already touched instead of pages the kernel must zero first.
-    spare: std::sync::Mutex<Vec<Vec<u8>>>,
+    spare: std::sync::Mutex<Vec<String>>,
 }
 
 /// Spare buffers kept, and the largest kept (a bigger one is freed).
@@ -52,7 +52,7 @@ struct TopicFile {
 /// Encoded batches not yet written, in arrival order, and their senders.
 #[derive(Debug, Default)]
 struct Waiting {
-    batches: Vec<Vec<u8>>,
+    batches: Vec<String>,
     senders: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
 }
 
@@ -154,9 +154,9 @@ impl ResultSink for FileSink {
         if records.is_empty() {
             return Ok(());
         }
-        let encode = |buf: &mut Vec<u8>, r: &Record| {
-            write_record(buf, r);
-            buf.push(b'\n');
+        let encode = |buf: &mut String, r: &Record| {
+            r.write_json(buf);
+            buf.push('\n');
         };
         // Sized from the first line, so a large batch is not copied through doublings.
         let mut buf = self
@@ -190,7 +190,7 @@ impl ResultSink for FileSink {
                     let write = || {
                         for batch in &batches {
                             (&*file)
-                                .write_all(batch)
+                                .write_all(batch.as_bytes())
                                 .map_err(|e| format!("writing {path}: {e}"))?;
                         }
                         file.sync_data().map_err(|e| format!("syncing {path}: {e}"))
@@ -262,108 +262,6 @@ impl ResultSink for FileSink {
             .await
             .map_err(|e| unavailable("removing", e))
     }
-}
-
-/// Appends `r` as JSON: byte for byte what `serde_json::to_writer` writes for it (a test holds
-/// the two equal), without serde's per-field machinery for the fixed fields; the payload's
-/// strings are copied as they are unless they hold a character JSON escapes.
-fn write_record(buf: &mut Vec<u8>, r: &Record) {
-    buf.extend_from_slice(b"{\"key\":{\"model\":");
-    write_str(buf, &r.key.model);
-    buf.extend_from_slice(b",\"chain\":");
-    write_str(buf, r.key.chain.as_str());
-    buf.extend_from_slice(b",\"block_number\":");
-    write_u64(buf, r.key.block_number);
-    buf.extend_from_slice(b",\"position\":");
-    write_u64(buf, r.key.position);
-    buf.extend_from_slice(b"},\"model_version\":");
-    write_str(buf, &r.model_version);
-    buf.extend_from_slice(b",\"block_hash\":\"");
-    let mut hash = [0u8; 66];
-    hash[..2].copy_from_slice(b"0x");
-    // 32 bytes always fit 64 digits.
-    let _ = alloy_primitives::hex::encode_to_slice(r.block_hash, &mut hash[2..]);
-    buf.extend_from_slice(&hash);
-    buf.extend_from_slice(b"\",\"run_id\":\"");
-    buf.extend_from_slice(
-        r.run_id
-            .0
-            .hyphenated()
-            .encode_lower(&mut uuid::Uuid::encode_buffer())
-            .as_bytes(),
-    );
-    buf.extend_from_slice(b"\",\"payload\":");
-    write_value(buf, &r.payload);
-    buf.push(b'}');
-}
-
-fn write_value(buf: &mut Vec<u8>, v: &serde_json::Value) {
-    use serde_json::Value;
-    match v {
-        Value::String(s) => write_str(buf, s),
-        Value::Object(o) => {
-            buf.push(b'{');
-            for (i, (k, v)) in o.iter().enumerate() {
-                if i > 0 {
-                    buf.push(b',');
-                }
-                write_str(buf, k);
-                buf.push(b':');
-                write_value(buf, v);
-            }
-            buf.push(b'}');
-        }
-        Value::Array(a) => {
-            buf.push(b'[');
-            for (i, v) in a.iter().enumerate() {
-                if i > 0 {
-                    buf.push(b',');
-                }
-                write_value(buf, v);
-            }
-            buf.push(b']');
-        }
-        Value::Number(n) => match n.as_u64() {
-            Some(u) => write_u64(buf, u),
-            None => serde_json_write(buf, n),
-        },
-        Value::Null | Value::Bool(_) => serde_json_write(buf, v),
-    }
-}
-
-fn write_u64(buf: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[at..]);
-}
-
-/// A JSON string: copied between quotes when nothing in it needs an escape, else serde's.
-fn write_str(buf: &mut Vec<u8>, s: &str) {
-    // Not short-circuiting, so it runs over many bytes at a time.
-    let plain = !s.bytes().fold(false, |escape, b| {
-        escape | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if plain {
-        buf.reserve(s.len() + 2);
-        buf.push(b'"');
-        buf.extend_from_slice(s.as_bytes());
-        buf.push(b'"');
-    } else {
-        serde_json_write(buf, s);
-    }
-}
-
-fn serde_json_write(buf: &mut Vec<u8>, v: &(impl serde::Serialize + ?Sized)) {
-    // Writing a string, number, bool or null to a `Vec` cannot fail.
-    let _ = serde_json::to_writer(&mut *buf, v);
 }
 
 /// Reads back every complete record of a topic file, in order. A torn record is skipped: the
@@ -532,17 +430,14 @@ mod tests {
             serde_json::json!([1, "two", 3.25]),
         ];
         for (r, p) in recs.iter_mut().zip(payloads) {
-            r.payload = p;
+            r.payload = p.into();
         }
         recs[5].key.model = "mo\"del\u{0}".into();
         recs[6].model_version = "1.0.0-\u{e9}\\".into();
         for r in &recs {
-            let mut ours = Vec::new();
-            write_record(&mut ours, r);
-            assert_eq!(
-                String::from_utf8(ours).unwrap(),
-                serde_json::to_string(r).unwrap()
-            );
+            let mut ours = String::new();
+            r.write_json(&mut ours);
+            assert_eq!(ours, serde_json::to_string(r).unwrap());
         }
     }
 }

@@ -65,7 +65,6 @@ use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use serde::Serialize;
 
 const ADAPTER: &str = "kafka";
 
@@ -90,20 +89,18 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long [`ResultSink::ping`] waits for the cluster metadata.
 pub const PING_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// The JSON value of a message: a [`Record`] and the envelope version.
-#[derive(Serialize)]
-struct Envelope<'a> {
-    envelope_version: u32,
-    #[serde(flatten)]
-    record: &'a Record,
-}
-
-/// Serialises `record` as the versioned JSON envelope described in the module docs.
-pub fn envelope(record: &Record) -> Result<Vec<u8>, serde_json::Error> {
-    serde_json::to_vec(&Envelope {
-        envelope_version: ENVELOPE_VERSION,
-        record,
-    })
+/// Serialises `record` as the versioned JSON envelope described in the module docs: the
+/// envelope version, then the record's fields as [`Record::write_json`] writes them.
+pub fn envelope(record: &Record) -> Vec<u8> {
+    let mut json = String::with_capacity(record.payload.as_json().len() + 256);
+    json.push_str("{\"envelope_version\":");
+    json.push_str(&ENVELOPE_VERSION.to_string());
+    json.push(',');
+    let body = json.len();
+    record.write_json(&mut json);
+    // The record's own object, opened above: drop its `{`.
+    json.remove(body);
+    json.into_bytes()
 }
 
 /// Where and how to connect: brokers and librdkafka settings.
@@ -407,10 +404,7 @@ impl ResultSink for KafkaSink {
         let mut outcome = Outcome::default();
         for r in records {
             let key = r.key.to_string();
-            let value = envelope(r).map_err(|e| SinkError::Backend {
-                adapter: ADAPTER,
-                source: Box::new(e),
-            })?;
+            let value = envelope(r);
             let mut message = FutureRecord::to(topic)
                 .key(&key)
                 .payload(&value)
@@ -616,7 +610,7 @@ mod tests {
     #[test]
     fn envelope_is_the_record_plus_a_version() {
         let r = &model_runner_core::conformance::sink::records("m", 1, 4)[0];
-        let v: serde_json::Value = serde_json::from_slice(&envelope(r).unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&envelope(r)).unwrap();
         assert_eq!(v["envelope_version"], ENVELOPE_VERSION);
         assert_eq!(v["key"]["model"], "m");
         let back: Record = serde_json::from_value(v).unwrap();

@@ -505,7 +505,7 @@ fn check_declared(
         }
         declared
             .schema
-            .check(&r.payload)
+            .check_payload(&r.payload)
             .map_err(|mismatch| SinkError::SchemaMismatch {
                 model: r.key.model.clone(),
                 version: r.model_version.clone(),
@@ -616,7 +616,7 @@ impl Scalar {
 
 /// Top-level payload fields with one scalar type in every record (nulls allowed, never all null).
 fn typed_fields(records: &[&Record]) -> Vec<(String, Scalar)> {
-    let Some(Value::Object(first)) = records.first().map(|r| &r.payload) else {
+    let Some(Value::Object(first)) = records.first().map(|r| r.payload.value()) else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -626,7 +626,7 @@ fn typed_fields(records: &[&Record]) -> Vec<(String, Scalar)> {
         }
         let mut ty: Option<Scalar> = None;
         for r in records {
-            let Value::Object(obj) = &r.payload else {
+            let Value::Object(obj) = r.payload.value() else {
                 return Vec::new();
             };
             match obj.get(name) {
@@ -701,9 +701,7 @@ fn encode(records: &[&Record], declared: Option<&Declared>) -> Result<Vec<u8>, S
         model_version.append_value(&r.model_version);
         block_hash.append_value(r.block_hash.to_string());
         run_id.append_value(r.run_id.to_string());
-        payload.append_value(
-            serde_json::to_string(&r.payload).map_err(|e| backend("encoding a payload", e))?,
-        );
+        payload.append_value(r.payload.as_json());
     }
     let mut fields = vec![
         Field::new("record_key", DataType::Utf8, false),

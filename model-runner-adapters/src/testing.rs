@@ -153,10 +153,12 @@ impl BlockBatch {
         let records = model.run(&ctx, &self.blocks).await?;
         if let Some(schema) = model.record_schema() {
             for r in &records {
-                schema.check(&r.payload).map_err(|e| TestingError::Schema {
-                    key: r.key.to_string(),
-                    error: e.to_string(),
-                })?;
+                schema
+                    .check_payload(&r.payload)
+                    .map_err(|e| TestingError::Schema {
+                        key: r.key.to_string(),
+                        error: e.to_string(),
+                    })?;
             }
         }
         Ok(Records(records))
@@ -235,7 +237,7 @@ impl Records {
 
     /// The payloads, in order.
     pub fn payloads(&self) -> Vec<&serde_json::Value> {
-        self.0.iter().map(|r| &r.payload).collect()
+        self.0.iter().map(|r| r.payload.value()).collect()
     }
 
     /// The record at (block, position).

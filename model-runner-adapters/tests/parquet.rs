@@ -116,7 +116,7 @@ async fn one_file_per_run_replaced_on_rerun_with_a_typed_schema() {
     // A rerun of the same run (same id and blocks) replaces the file: no duplicates.
     let mut rerun = run.clone();
     for r in &mut rerun {
-        r.payload["rerun"] = true.into();
+        r.payload.edit(|p| p["rerun"] = true.into());
     }
     sink.send(topic, &rerun).await.unwrap();
     assert_eq!(files(dir.path()), [expected]);
@@ -151,10 +151,10 @@ async fn payloads_without_a_common_shape_keep_only_the_json_column() {
     let dir = tempfile::tempdir().unwrap();
     let sink = ParquetSink::local(dir.path()).unwrap();
     let mut recs = sink::records("m", 4, 1);
-    recs[0].payload = serde_json::json!({"i": "not a number", "n": null, "f": 1});
-    recs[1].payload = serde_json::json!({"i": 1, "n": null, "f": 2.5});
-    recs[2].payload = serde_json::json!([1, 2]);
-    recs[3].payload = serde_json::json!({"i": 3, "n": null, "f": 3});
+    recs[0].payload = serde_json::json!({"i": "not a number", "n": null, "f": 1}).into();
+    recs[1].payload = serde_json::json!({"i": 1, "n": null, "f": 2.5}).into();
+    recs[2].payload = serde_json::json!([1, 2]).into();
+    recs[3].payload = serde_json::json!({"i": 3, "n": null, "f": 3}).into();
     sink.send("t", &recs).await.unwrap();
     assert_eq!(sink.read_topic("t", &ethereum()).await.unwrap(), recs);
 
@@ -256,12 +256,13 @@ fn token_records(n: u64) -> Vec<Record> {
             "price": i as f64 + 0.5,
             "ok": i % 2 == 0,
             "symbol": "TKN",
-        });
+        })
+        .into();
         if i % 2 == 0 {
-            r.payload["extra"] = json!({"path": [i, "x"]});
+            r.payload.edit(|p| p["extra"] = json!({"path": [i, "x"]}));
         }
         if i % 3 == 0 {
-            r.payload["memo"] = serde_json::Value::Null;
+            r.payload.edit(|p| p["memo"] = serde_json::Value::Null);
         }
     }
     records
@@ -412,7 +413,7 @@ async fn a_nonconforming_record_is_refused_naming_the_field_and_nothing_is_writt
     ];
     for (field, break_it, message) in cases {
         let mut recs = batch.clone();
-        break_it(&mut recs[5].payload);
+        recs[5].payload.edit(break_it);
         let key = recs[5].key.to_string();
         let err = sink.send("prod-ethereum-sink", &recs).await.unwrap_err();
         match &err {
@@ -439,7 +440,7 @@ async fn a_nonconforming_record_is_refused_naming_the_field_and_nothing_is_writt
     }
     // A payload that is not an object.
     let mut recs = good.clone();
-    recs[0].payload = json!([1]);
+    recs[0].payload = json!([1]).into();
     let err = sink.send("t", &recs).await.unwrap_err();
     assert!(
         matches!(&err, SinkError::SchemaMismatch { mismatch, .. }

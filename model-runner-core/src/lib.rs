@@ -85,7 +85,7 @@ pub mod prelude {
         RunnerBuilder,
     };
     pub use crate::model::{
-        FieldType, Model, ModelContext, ModelError, ModelRegistry, Record, RecordSchema,
+        FieldType, Model, ModelContext, ModelError, ModelRegistry, Payload, Record, RecordSchema,
     };
     pub use crate::ports::{BlockSource, ResultSink, RunQueue, RunStore};
     pub use crate::routing::topic_name;
@@ -100,8 +100,8 @@ pub use alloy_primitives;
 pub use chain::{BlockRange, Chain, ChainError, ModelKind, RunMode};
 pub use data::{Block, BlockHead, BlockRef, CallRequest, Log, Receipt, Transaction};
 pub use model::{
-    FieldSpec, FieldType, Model, ModelContext, ModelError, ModelRegistry, PayloadError, Record,
-    RecordKey, RecordSchema, SchemaError,
+    FieldSpec, FieldType, Model, ModelContext, ModelError, ModelRegistry, Payload, PayloadError,
+    PayloadWriter, Record, RecordKey, RecordSchema, SchemaError,
 };
 pub use routing::{Routing, adhoc_queue_name, dead_letter_queue_name, queue_name, topic_name};
 pub use run::{ModelRun, NewRun, RunEvent, RunId, RunState, TransitionError};

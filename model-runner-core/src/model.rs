@@ -8,6 +8,7 @@
 //! A model may declare the shape of its payloads as a [`RecordSchema`]; the worker then checks
 //! every payload before sending it, and typed sinks derive their columns from it.
 
+mod payload;
 mod schema;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use crate::data::Block;
 use crate::ports::{BlockSource, SourceError};
 use crate::run::RunId;
 
+pub use payload::{Payload, PayloadWriter};
 pub use schema::{
     FieldSpec, FieldType, MAX_FIELD_NAME_LEN, PayloadError, RecordSchema, SchemaError,
 };
@@ -62,8 +64,41 @@ pub struct Record {
     pub block_hash: B256,
     /// The run that produced it.
     pub run_id: RunId,
-    /// The row itself.
-    pub payload: serde_json::Value,
+    /// The row itself, as JSON text ([`Payload`]).
+    pub payload: Payload,
+}
+
+impl Record {
+    /// Appends the record as compact JSON, byte for byte what `serde_json` writes for it (the
+    /// JSON-lines sink's line, the Kafka envelope's body), copying the payload's text.
+    pub fn write_json(&self, out: &mut String) {
+        use payload::{write_str, write_u64};
+        out.push_str("{\"key\":{\"model\":");
+        write_str(out, &self.key.model);
+        out.push_str(",\"chain\":");
+        write_str(out, self.key.chain.as_str());
+        out.push_str(",\"block_number\":");
+        write_u64(out, self.key.block_number);
+        out.push_str(",\"position\":");
+        write_u64(out, self.key.position);
+        out.push_str("},\"model_version\":");
+        write_str(out, &self.model_version);
+        out.push_str(",\"block_hash\":\"0x");
+        let mut hash = [0u8; 64];
+        // 32 bytes always fit 64 digits.
+        let _ = alloy_primitives::hex::encode_to_slice(self.block_hash, &mut hash);
+        out.push_str(std::str::from_utf8(&hash).expect("hex digits are ASCII"));
+        out.push_str("\",\"run_id\":\"");
+        out.push_str(
+            self.run_id
+                .0
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer()),
+        );
+        out.push_str("\",\"payload\":");
+        out.push_str(self.payload.as_json());
+        out.push('}');
+    }
 }
 
 /// What a model may use besides its blocks.
@@ -117,7 +152,7 @@ impl ModelContext {
     }
 
     /// A record of this run about `block` at `position`.
-    pub fn record(&self, block: &Block, position: u64, payload: serde_json::Value) -> Record {
+    pub fn record(&self, block: &Block, position: u64, payload: impl Into<Payload>) -> Record {
         Record {
             key: RecordKey {
                 model: self.model.clone(),
@@ -128,7 +163,7 @@ impl ModelContext {
             model_version: self.model_version.clone(),
             block_hash: block.hash,
             run_id: self.run_id,
-            payload,
+            payload: payload.into(),
         }
     }
 }

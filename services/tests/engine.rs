@@ -147,7 +147,7 @@ async fn direct(
         .await
         .unwrap()
         .into_iter()
-        .map(|r| (r.key.to_string(), r.payload))
+        .map(|r| (r.key.to_string(), r.payload.into_value()))
         .collect()
 }
 
@@ -272,7 +272,7 @@ async fn backfill_20000_devnet_blocks_with_several_workers() {
     assert_exact_cover(&runs, range);
     let got: BTreeMap<String, serde_json::Value> = sink_by_key(&dir.path().join("sink"))
         .into_iter()
-        .map(|(k, r)| (k, r.payload))
+        .map(|(k, r)| (k, r.payload.into_value()))
         .collect();
     let want = direct(&Erc20Transfers, source, range).await;
     assert!(want.len() > 20_000, "devnet has transfers: {}", want.len());

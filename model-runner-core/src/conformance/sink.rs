@@ -30,7 +30,8 @@ pub fn records(model: &str, n: u64, payload_bytes: usize) -> Vec<Record> {
                 "i": i,
                 "value": i.to_string(),
                 "pad": "x".repeat(payload_bytes),
-            }),
+            })
+            .into(),
         })
         .collect()
 }
@@ -121,8 +122,12 @@ where
         .expect("declaring the same schema again MUST succeed");
     let declared_topic = unique("conf-sink-declared");
     let mut declared = records("conf-declared", 30, 16);
-    declared[1].payload["note"] = serde_json::Value::Null;
-    declared[2].payload["note"] = serde_json::json!({"nested": [1, "two"]});
+    declared[1]
+        .payload
+        .edit(|p| p["note"] = serde_json::Value::Null);
+    declared[2]
+        .payload
+        .edit(|p| p["note"] = serde_json::json!({"nested": [1, "two"]}));
     sink.send(&declared_topic, &declared)
         .await
         .expect("conforming records of a declared model MUST be accepted");

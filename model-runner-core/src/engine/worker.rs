@@ -832,7 +832,7 @@ impl Worker {
                     let records = model.run(&ctx, &blocks).await?;
                     if let Some(schema) = schema.as_ref() {
                         for r in &records {
-                            if let Err(e) = schema.check(&r.payload) {
+                            if let Err(e) = schema.check_payload(&r.payload) {
                                 return Err(ModelOutputError::Schema(format!(
                                     "record {}: {e}",
                                     r.key
@@ -844,6 +844,8 @@ impl Worker {
                 },
             )));
             match task.join().await {
+                // The first batch's records are the run's (a run of one batch is not copied).
+                Ok(Ok(batch_records)) if records.is_empty() => records = batch_records,
                 Ok(Ok(batch_records)) => records.extend(batch_records),
                 Ok(Err(ModelOutputError::Model(e))) => {
                     return transient(format!("model {name} failed: {e}"));

@@ -9,8 +9,11 @@
 use std::collections::HashSet;
 use std::fmt;
 
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use super::Payload;
 
 /// Longest field name: `payload_<name>` then fits PostgreSQL's 63-byte identifiers, the
 /// shortest limit among the usual warehouses.
@@ -301,6 +304,32 @@ impl RecordSchema {
         Ok(())
     }
 
+    /// Checks a record's [`Payload`] as [`check`](Self::check) checks a value, reading its JSON
+    /// text in place: a conforming payload is never parsed into a value. Only a payload that
+    /// does not conform is parsed, to name its first problem as `check` does.
+    pub fn check_payload(&self, payload: &Payload) -> Result<(), PayloadError> {
+        if let Some(value) = payload.parsed() {
+            return self.check(value);
+        }
+        if self.conforms(payload.as_json()) {
+            Ok(())
+        } else {
+            self.check(payload.value())
+        }
+    }
+
+    /// Whether the JSON text `json` holds an object that passes [`check`](Self::check), read
+    /// without building a value. `false` also where it cannot tell cheaply (a key given twice,
+    /// more than 64 fields): the caller then checks the value.
+    fn conforms(&self, json: &str) -> bool {
+        if self.fields.len() > 64 {
+            return false;
+        }
+        let mut de = serde_json::Deserializer::from_str(json);
+        let ok = serde::Deserializer::deserialize_any(&mut de, ConformingObject(self));
+        matches!(ok, Ok(true)) && de.end().is_ok()
+    }
+
     /// Checks `payload` against the schema (see the [rules](RecordSchema#the-rules-a-payload-follows)). The
     /// first problem found is returned: declared fields in order, then undeclared fields.
     pub fn check(&self, payload: &Value) -> Result<(), PayloadError> {
@@ -456,6 +485,121 @@ impl PayloadError {
     }
 }
 
+/// Reads a payload's top-level object, checking each field against its spec as it goes
+/// ([`RecordSchema::conforms`]).
+struct ConformingObject<'s>(&'s RecordSchema);
+
+impl<'de> Visitor<'de> for ConformingObject<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let fields = &self.0.fields;
+        let mut seen = 0u64;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            let Some(i) = fields.iter().position(|f| f.name == *key.0) else {
+                return Ok(false);
+            };
+            let bit = 1u64 << i;
+            if seen & bit != 0 {
+                return Ok(false);
+            }
+            seen |= bit;
+            let f = &fields[i];
+            if !map.next_value_seed(ConformingValue(f.ty, f.nullable))? {
+                return Ok(false);
+            }
+        }
+        Ok(fields
+            .iter()
+            .enumerate()
+            .all(|(i, f)| f.nullable || seen & (1u64 << i) != 0))
+    }
+}
+
+/// An object key, borrowed from the text unless it holds an escape.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(s.into()))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(s.to_owned().into()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// One field's value: whether it is of the type (`null` only when nullable), as
+/// [`FieldType::accepts`] judges a value.
+struct ConformingValue(FieldType, bool);
+
+impl<'de> DeserializeSeed<'de> for ConformingValue {
+    type Value = bool;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ConformingValue {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(self.1)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(matches!(self.0, FieldType::Bool | FieldType::Json))
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<bool, E> {
+        Ok(match self.0 {
+            FieldType::Int64 => i64::try_from(n).is_ok(),
+            FieldType::UInt64 | FieldType::Float64 | FieldType::Json => true,
+            _ => false,
+        })
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<bool, E> {
+        Ok(match self.0 {
+            FieldType::UInt64 => n >= 0,
+            FieldType::Int64 | FieldType::Float64 | FieldType::Json => true,
+            _ => false,
+        })
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(matches!(self.0, FieldType::Float64 | FieldType::Json))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<bool, E> {
+        Ok(match self.0 {
+            FieldType::String | FieldType::Json => true,
+            FieldType::BigInt => is_decimal(s),
+            FieldType::Hex => is_hex(s),
+            _ => false,
+        })
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(self.0 == FieldType::Json)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(self.0 == FieldType::Json)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,6 +628,70 @@ mod tests {
             "symbol": "USDT",
             "extra": {"nested": [1, 2]},
         })
+    }
+
+    /// Reading a payload's text in place gives the same verdict, and the same error, as
+    /// checking its value, over every type against every kind of JSON value, nulls, missing,
+    /// unknown and repeated keys, escaped keys and strings, and non-objects.
+    #[test]
+    fn checking_the_text_agrees_with_checking_the_value() {
+        let s = transfers();
+        let kinds = [
+            json!(null),
+            json!(true),
+            json!(0),
+            json!(-1),
+            json!(u64::MAX),
+            json!(i64::MIN),
+            json!(1.5),
+            json!(""),
+            json!("12"),
+            json!("-12"),
+            json!("0xAbCd"),
+            json!("0xabc"),
+            json!("x\"y"),
+            json!([1, {"a": []}]),
+            json!({"a": {"b": null}}),
+        ];
+        let mut payloads = vec![payload()];
+        for field in s.fields.iter().map(|f| f.name.clone()) {
+            for kind in &kinds {
+                let mut p = payload();
+                p[&field] = kind.clone();
+                payloads.push(p);
+            }
+            let mut p = payload();
+            p.as_object_mut().unwrap().remove(&field);
+            payloads.push(p);
+        }
+        let mut unknown = payload();
+        unknown["stranger"] = json!(1);
+        payloads.extend([unknown, json!([1]), json!("text"), json!(null), json!({})]);
+        for p in payloads {
+            let text = Payload::from(p.clone());
+            assert!(text.parsed().is_none());
+            assert_eq!(s.check_payload(&text), s.check(&p), "{p}");
+        }
+        // Text another producer may make, read in place: a key given twice (the value keeps
+        // the last, so only the value can judge it), an escaped key, a string with escapes.
+        let mut base = payload();
+        base.as_object_mut().unwrap().remove("symbol");
+        base.as_object_mut().unwrap().remove("log_index");
+        let base = serde_json::to_string(&base).unwrap();
+        let cases = [
+            (r#""symbol":"x","log_index":1,"log_index":-2"#, false),
+            (r#""symbol":"x","log_index":-2,"log_index":1"#, false),
+            (r#""symb\u006fl":"x","log_index":1"#, true),
+            (r#""symbol":"a\"b\u00e9","log_index":1"#, true),
+            (r#""symbol":1,"log_index":1"#, false),
+        ];
+        for (fields, in_place) in cases {
+            let text = format!("{},{fields}}}", &base[..base.len() - 1]);
+            let value: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(s.conforms(&text), in_place, "{text}");
+            let payload = Payload::from_json(&text).unwrap();
+            assert_eq!(s.check_payload(&payload), s.check(&value), "{text}");
+        }
     }
 
     #[test]

@@ -1,13 +1,12 @@
 //! `erc20_transfers`: ERC-20 `Transfer` events as rows with exactly ethereum-etl's
 //! `token_transfers` fields and values.
 
-use alloy_primitives::{Address, B256, U256, b256, hex};
+use alloy_primitives::{Address, B256, U256, b256};
 use async_trait::async_trait;
-use serde_json::json;
 
 use crate::chain::ModelKind;
 use crate::data::{Block, Log};
-use crate::model::{FieldType, Model, ModelContext, ModelError, Record, RecordSchema};
+use crate::model::{FieldType, Model, ModelContext, ModelError, Payload, Record, RecordSchema};
 
 /// `keccak256("Transfer(address,address,uint256)")`, shared by ERC-20 and ERC-721.
 pub const TRANSFER_TOPIC: B256 =
@@ -49,32 +48,30 @@ pub struct Erc20Transfers;
 impl Erc20Transfers {
     /// Rows of one block, keyed by log index.
     pub fn block_records(ctx: &ModelContext, block: &Block) -> Vec<Record> {
-        block
-            .logs
-            .iter()
-            .filter_map(|log| decode_transfer(log).map(|t| (log, t)))
-            .map(|(log, t)| {
-                ctx.record(
-                    block,
-                    log.log_index,
-                    json!({
-                        "token_address": lower(&t.token),
-                        "from_address": lower(&t.from),
-                        "to_address": lower(&t.to),
-                        "value": t.value.to_string(),
-                        "transaction_hash": hex::encode_prefixed(log.transaction_hash),
-                        "log_index": log.log_index,
-                        "block_number": block.number,
-                    }),
-                )
-            })
-            .collect()
+        let mut out = Vec::new();
+        Self::push_block_records(ctx, block, &mut out);
+        out
     }
-}
 
-/// ethereum-etl writes addresses in lowercase hex.
-fn lower(a: &Address) -> String {
-    hex::encode_prefixed(a)
+    /// Appends the rows of one block to `out`. Each payload is written as JSON text in one
+    /// buffer, its keys in sorted order: the same text `json!` and serde_json give these fields.
+    fn push_block_records(ctx: &ModelContext, block: &Block, out: &mut Vec<Record>) {
+        for log in &block.logs {
+            let Some(t) = decode_transfer(log) else {
+                continue;
+            };
+            let payload = Payload::object_with_capacity(400)
+                .u64("block_number", block.number)
+                .hex("from_address", t.from.as_slice())
+                .u64("log_index", log.log_index)
+                .hex("to_address", t.to.as_slice())
+                .hex("token_address", t.token.as_slice())
+                .hex("transaction_hash", log.transaction_hash.as_slice())
+                .display("value", &t.value)
+                .finish();
+            out.push(ctx.record(block, log.log_index, payload));
+        }
+    }
 }
 
 #[async_trait]
@@ -101,10 +98,12 @@ impl Model for Erc20Transfers {
         )
     }
     async fn run(&self, ctx: &ModelContext, blocks: &[Block]) -> Result<Vec<Record>, ModelError> {
-        Ok(blocks
-            .iter()
-            .flat_map(|b| Self::block_records(ctx, b))
-            .collect())
+        // At most one record a log: reserved once, not grown through doublings.
+        let mut out = Vec::with_capacity(blocks.iter().map(|b| b.logs.len()).sum());
+        for b in blocks {
+            Self::push_block_records(ctx, b, &mut out);
+        }
+        Ok(out)
     }
 }
 
@@ -144,11 +143,6 @@ mod tests {
             (ok.from, ok.to, ok.value),
             (from, to, U256::from(100_000u64))
         );
-        assert_eq!(
-            lower(&ok.from),
-            "0x1b63142628311395ceafeea5667e7c9026c862ca"
-        );
-        assert_eq!(lower(&ok.from), format!("{:#x}", ok.from));
         // ERC-721: the token id is a fourth topic and data is empty.
         assert!(
             decode_transfer(&log(
@@ -167,5 +161,66 @@ mod tests {
         );
         assert!(decode_transfer(&log(vec![TRANSFER_TOPIC, word(from)], value.clone())).is_none());
         assert!(decode_transfer(&log(vec![B256::ZERO, word(from), word(to)], value)).is_none());
+    }
+
+    /// The payload written field by field is, byte for byte, the text of the `json!` object
+    /// the model built before: lowercase 0x-hex, decimal value, sorted keys.
+    #[test]
+    fn a_record_is_the_json_object_of_ethereum_etl_fields() {
+        use crate::chain::{BlockRange, Chain};
+        use crate::memory::MemoryBlockSource;
+        use crate::run::RunId;
+        let from = address!("1B63142628311395ceafeea5667e7c9026c862ca");
+        let to = address!("ac4df82fe37ea2187bc8c011a23d743b4f39019a");
+        let mut transfer = log(
+            vec![TRANSFER_TOPIC, word(from), word(to)],
+            U256::MAX.to_be_bytes::<32>().to_vec(),
+        );
+        transfer.log_index = 7;
+        transfer.transaction_hash = B256::repeat_byte(0xAB);
+        let other = log(vec![B256::ZERO], vec![]);
+        let block = Block {
+            number: 18_000_000,
+            hash: B256::repeat_byte(1),
+            parent_hash: B256::ZERO,
+            timestamp: 0,
+            miner: None,
+            gas_used: 0,
+            gas_limit: 0,
+            base_fee_per_gas: None,
+            transactions: vec![],
+            logs: vec![other, transfer.clone()],
+        };
+        let chain = Chain::new("ethereum").unwrap();
+        let ctx = ModelContext {
+            run_id: RunId::new(),
+            model: "erc20_transfers".into(),
+            model_version: "1.0.0".into(),
+            chain: chain.clone(),
+            range: BlockRange::new(18_000_000, 18_000_000).unwrap(),
+            source: std::sync::Arc::new(MemoryBlockSource::new(chain, vec![])),
+            notes: Default::default(),
+        };
+        let records = Erc20Transfers::block_records(&ctx, &block);
+        assert_eq!(records.len(), 1);
+        let expected = serde_json::json!({
+            "token_address": alloy_primitives::hex::encode_prefixed(transfer.address),
+            "from_address": "0x1b63142628311395ceafeea5667e7c9026c862ca",
+            "to_address": "0xac4df82fe37ea2187bc8c011a23d743b4f39019a",
+            "value": U256::MAX.to_string(),
+            "transaction_hash": format!("0x{}", "ab".repeat(32)),
+            "log_index": 7,
+            "block_number": 18_000_000,
+        });
+        assert_eq!(
+            records[0].payload.as_json(),
+            serde_json::to_string(&expected).unwrap()
+        );
+        assert_eq!(records[0].key.position, 7);
+        Erc20Transfers
+            .record_schema()
+            .unwrap()
+            .check_payload(&records[0].payload)
+            .unwrap();
     }
 }

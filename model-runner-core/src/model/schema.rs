@@ -9,7 +9,6 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -116,7 +115,7 @@ fn is_decimal(s: &str) -> bool {
 
 fn is_hex(s: &str) -> bool {
     s.strip_prefix("0x")
-        .is_some_and(|h| h.len() % 2 == 0 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .is_some_and(|h| h.len() % 2 == 0 && alloy_primitives::hex::check_raw(h))
 }
 
 /// One declared payload field.
@@ -318,16 +317,59 @@ impl RecordSchema {
         }
     }
 
-    /// Whether the JSON text `json` holds an object that passes [`check`](Self::check), read
-    /// without building a value. `false` also where it cannot tell cheaply (a key given twice,
-    /// more than 64 fields): the caller then checks the value.
+    /// Whether `json`, a payload's text (valid, compact JSON by construction), holds an object
+    /// that passes [`check`](Self::check), read in one pass without building a value. `false`
+    /// also where it cannot tell cheaply (a key given twice, a key or string with an escape,
+    /// more than 64 fields, anything unexpected): the caller then checks the value.
     fn conforms(&self, json: &str) -> bool {
-        if self.fields.len() > 64 {
+        let fields = &self.fields;
+        if fields.len() > 64 {
             return false;
         }
-        let mut de = serde_json::Deserializer::from_str(json);
-        let ok = serde::Deserializer::deserialize_any(&mut de, ConformingObject(self));
-        matches!(ok, Ok(true)) && de.end().is_ok()
+        let b = json.as_bytes();
+        let mut at = 1;
+        if b.first() != Some(&b'{') {
+            return false;
+        }
+        let mut seen = 0u64;
+        if b.get(at) == Some(&b'}') {
+            at += 1;
+        } else {
+            loop {
+                let Some((key, after)) = plain_string(json, at) else {
+                    return false;
+                };
+                let Some(i) = fields.iter().position(|f| f.name == key) else {
+                    return false;
+                };
+                let bit = 1u64 << i;
+                if seen & bit != 0 || b.get(after) != Some(&b':') {
+                    return false;
+                }
+                seen |= bit;
+                let Some((ok, end)) =
+                    value_conforms(json, after + 1, fields[i].ty, fields[i].nullable)
+                else {
+                    return false;
+                };
+                if !ok {
+                    return false;
+                }
+                match b.get(end) {
+                    Some(b',') => at = end + 1,
+                    Some(b'}') => {
+                        at = end + 1;
+                        break;
+                    }
+                    _ => return false,
+                }
+            }
+        }
+        at == b.len()
+            && fields
+                .iter()
+                .enumerate()
+                .all(|(i, f)| f.nullable || seen & (1u64 << i) != 0)
     }
 
     /// Checks `payload` against the schema (see the [rules](RecordSchema#the-rules-a-payload-follows)). The
@@ -485,119 +527,107 @@ impl PayloadError {
     }
 }
 
-/// Reads a payload's top-level object, checking each field against its spec as it goes
-/// ([`RecordSchema::conforms`]).
-struct ConformingObject<'s>(&'s RecordSchema);
-
-impl<'de> Visitor<'de> for ConformingObject<'_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
+/// The string starting at `json[at]` (a `"`) when it holds no escape, and the index after its
+/// closing quote.
+fn plain_string(json: &str, at: usize) -> Option<(&str, usize)> {
+    let b = json.as_bytes();
+    if b.get(at) != Some(&b'"') {
+        return None;
     }
+    let len = memchr::memchr2(b'"', b'\\', &b[at + 1..])?;
+    if b[at + 1 + len] != b'"' {
+        return None;
+    }
+    Some((&json[at + 1..at + 1 + len], at + len + 2))
+}
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-        let fields = &self.0.fields;
-        let mut seen = 0u64;
-        while let Some(key) = map.next_key::<Key<'de>>()? {
-            let Some(i) = fields.iter().position(|f| f.name == *key.0) else {
-                return Ok(false);
+/// Whether the value starting at `json[at]` is of type `ty` (`null` only when `nullable`), as
+/// [`FieldType::accepts`] judges its parsed value, and the index after it. `None` where it
+/// cannot tell (a string with an escape, text that is not compact JSON).
+fn value_conforms(json: &str, at: usize, ty: FieldType, nullable: bool) -> Option<(bool, usize)> {
+    let b = json.as_bytes();
+    Some(match *b.get(at)? {
+        b'"' => {
+            let (s, end) = plain_string(json, at)?;
+            let ok = match ty {
+                FieldType::String | FieldType::Json => true,
+                FieldType::BigInt => is_decimal(s),
+                FieldType::Hex => is_hex(s),
+                _ => false,
             };
-            let bit = 1u64 << i;
-            if seen & bit != 0 {
-                return Ok(false);
-            }
-            seen |= bit;
-            let f = &fields[i];
-            if !map.next_value_seed(ConformingValue(f.ty, f.nullable))? {
-                return Ok(false);
-            }
+            (ok, end)
         }
-        Ok(fields
-            .iter()
-            .enumerate()
-            .all(|(i, f)| f.nullable || seen & (1u64 << i) != 0))
-    }
-}
-
-/// An object key, borrowed from the text unless it holds an escape.
-struct Key<'de>(std::borrow::Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(s.into()))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
-                Ok(Key(s.to_owned().into()))
-            }
+        b'n' => (nullable, literal(b, at, b"null")?),
+        b't' => (
+            matches!(ty, FieldType::Bool | FieldType::Json),
+            literal(b, at, b"true")?,
+        ),
+        b'f' => (
+            matches!(ty, FieldType::Bool | FieldType::Json),
+            literal(b, at, b"false")?,
+        ),
+        b'{' | b'[' => (ty == FieldType::Json, nested_end(b, at)?),
+        b'-' | b'0'..=b'9' => {
+            let len = b[at..]
+                .iter()
+                .position(|c| !matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                .unwrap_or(b.len() - at);
+            let text = &json[at..at + len];
+            // As serde_json reads it: an integer in u64 or i64 range, else a float.
+            let ok = if let Ok(n) = text.parse::<u64>() {
+                match ty {
+                    FieldType::Int64 => i64::try_from(n).is_ok(),
+                    FieldType::UInt64 | FieldType::Float64 | FieldType::Json => true,
+                    _ => false,
+                }
+            } else if let Ok(n) = text.parse::<i64>()
+                && n < 0
+            {
+                // (`-0` is a float to serde_json: it keeps the sign.)
+                match ty {
+                    FieldType::UInt64 => n >= 0,
+                    FieldType::Int64 | FieldType::Float64 | FieldType::Json => true,
+                    _ => false,
+                }
+            } else {
+                matches!(ty, FieldType::Float64 | FieldType::Json)
+            };
+            (ok, at + len)
         }
-        d.deserialize_str(V)
-    }
+        _ => return None,
+    })
 }
 
-/// One field's value: whether it is of the type (`null` only when nullable), as
-/// [`FieldType::accepts`] judges a value.
-struct ConformingValue(FieldType, bool);
-
-impl<'de> DeserializeSeed<'de> for ConformingValue {
-    type Value = bool;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_any(self)
-    }
+/// The index after the literal `word` at `b[at]`.
+fn literal(b: &[u8], at: usize, word: &[u8]) -> Option<usize> {
+    b[at..].starts_with(word).then_some(at + word.len())
 }
 
-impl<'de> Visitor<'de> for ConformingValue {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
+/// The index after the object or array opening at `b[at]`, skipping strings (and their
+/// escapes) inside it.
+fn nested_end(b: &[u8], at: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = at;
+    while i < b.len() {
+        match b[i] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            b'"' => {
+                i += 1;
+                while *b.get(i)? != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            _ => {}
+        }
+        i += 1;
     }
-    fn visit_unit<E>(self) -> Result<bool, E> {
-        Ok(self.1)
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
-        Ok(matches!(self.0, FieldType::Bool | FieldType::Json))
-    }
-    fn visit_u64<E>(self, n: u64) -> Result<bool, E> {
-        Ok(match self.0 {
-            FieldType::Int64 => i64::try_from(n).is_ok(),
-            FieldType::UInt64 | FieldType::Float64 | FieldType::Json => true,
-            _ => false,
-        })
-    }
-    fn visit_i64<E>(self, n: i64) -> Result<bool, E> {
-        Ok(match self.0 {
-            FieldType::UInt64 => n >= 0,
-            FieldType::Int64 | FieldType::Float64 | FieldType::Json => true,
-            _ => false,
-        })
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
-        Ok(matches!(self.0, FieldType::Float64 | FieldType::Json))
-    }
-    fn visit_str<E>(self, s: &str) -> Result<bool, E> {
-        Ok(match self.0 {
-            FieldType::String | FieldType::Json => true,
-            FieldType::BigInt => is_decimal(s),
-            FieldType::Hex => is_hex(s),
-            _ => false,
-        })
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(self.0 == FieldType::Json)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(self.0 == FieldType::Json)
-    }
+    None
 }
 
 #[cfg(test)]
@@ -644,6 +674,9 @@ mod tests {
             json!(u64::MAX),
             json!(i64::MIN),
             json!(1.5),
+            json!(-0.0),
+            json!(1e300),
+            json!(-1e-7),
             json!(""),
             json!("12"),
             json!("-12"),
@@ -672,18 +705,31 @@ mod tests {
             assert!(text.parsed().is_none());
             assert_eq!(s.check_payload(&text), s.check(&p), "{p}");
         }
-        // Text another producer may make, read in place: a key given twice (the value keeps
-        // the last, so only the value can judge it), an escaped key, a string with escapes.
+        // Text read in place, and what it leaves to the value: a key given twice (the value
+        // keeps the last), an escaped key, a string with escapes; numbers as serde_json reads
+        // them; nested values with brackets and quotes inside strings.
         let mut base = payload();
         base.as_object_mut().unwrap().remove("symbol");
         base.as_object_mut().unwrap().remove("log_index");
+        base.as_object_mut().unwrap().remove("extra");
         let base = serde_json::to_string(&base).unwrap();
         let cases = [
             (r#""symbol":"x","log_index":1,"log_index":-2"#, false),
             (r#""symbol":"x","log_index":-2,"log_index":1"#, false),
-            (r#""symb\u006fl":"x","log_index":1"#, true),
-            (r#""symbol":"a\"b\u00e9","log_index":1"#, true),
+            (r#""symb\u006fl":"x","log_index":1"#, false),
+            (r#""symbol":"a\"b\u00e9","log_index":1"#, false),
             (r#""symbol":1,"log_index":1"#, false),
+            (r#""symbol":"x","log_index":18446744073709551616"#, false),
+            (r#""symbol":"x","log_index":1e2"#, false),
+            (r#""symbol":"x","log_index":-0"#, false),
+            (
+                r#""symbol":"x","log_index":1,"extra":{"a":["}\"]",{"b":[]}],"c":"\\"}"#,
+                true,
+            ),
+            (
+                r#""symbol":"x","log_index":1,"delta":-9223372036854775809"#,
+                false,
+            ),
         ];
         for (fields, in_place) in cases {
             let text = format!("{},{fields}}}", &base[..base.len() - 1]);

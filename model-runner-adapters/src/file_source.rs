@@ -113,7 +113,11 @@ pub(crate) struct Loader {
     blocks: BTreeMap<u64, Block>,
     txs: Vec<(u64, Transaction)>,
     receipts: HashMap<B256, Receipt>,
-    logs: Vec<Log>,
+    /// Logs in runs of one block each, in arrival order: an export's logs arrive grouped by
+    /// block, so each run becomes its block's log vector as it is, never copied.
+    logs: Vec<(u64, Vec<Log>)>,
+    /// Room a new run reserves: the expected logs of a block.
+    logs_per_block: usize,
 }
 
 impl Loader {
@@ -153,7 +157,15 @@ impl Loader {
             } => {
                 self.receipts.insert(transaction_hash, receipt);
             }
-            Row::Log(log) => self.logs.push(log),
+            Row::Log(log) => match self.logs.last_mut() {
+                Some((number, run)) if *number == log.block_number => run.push(log),
+                _ => {
+                    let mut run = Vec::with_capacity(self.logs_per_block);
+                    let number = log.block_number;
+                    run.push(log);
+                    self.logs.push((number, run));
+                }
+            },
             // Token transfers are also `Transfer` logs; the rest carries no chain data.
             _ => {}
         }
@@ -186,9 +198,10 @@ impl Loader {
             logs: self
                 .logs
                 .iter()
-                .filter(|l| (lo..=hi).contains(&l.block_number))
+                .filter(|(n, _)| (lo..=hi).contains(n))
                 .cloned()
                 .collect(),
+            logs_per_block: 0,
         }
     }
 
@@ -210,22 +223,25 @@ impl Loader {
                 block.transactions.push(tx);
             }
         }
-        self.logs.sort_by_key(|l| (l.block_number, l.log_index));
-        self.logs.dedup_by_key(|l| (l.block_number, l.log_index));
-        // Each block's logs are moved into a vector of their exact size.
-        let runs: Vec<(u64, usize)> = self
-            .logs
-            .chunk_by(|a, b| a.block_number == b.block_number)
-            .map(|run| (run[0].block_number, run.len()))
-            .collect();
-        let mut logs = self.logs.into_iter();
-        for (number, n) in runs {
-            let these = logs.by_ref().take(n);
-            match self.blocks.get_mut(&number) {
-                Some(block) if block.logs.is_empty() => block.logs = these.collect(),
-                Some(block) => block.logs.extend(these),
-                None => these.for_each(drop),
+        // Runs of one block, in block order (stable: a block's runs keep their order), each
+        // moved into its block; a block given in several runs, or out of order, is merged and
+        // sorted, and a log index given twice keeps its first.
+        self.logs.sort_by_key(|(number, _)| *number);
+        for (number, mut run) in self.logs {
+            let Some(block) = self.blocks.get_mut(&number) else {
+                continue;
+            };
+            if block.logs.is_empty() {
+                block.logs = std::mem::take(&mut run);
+            } else {
+                block.logs.append(&mut run);
             }
+        }
+        for block in self.blocks.values_mut() {
+            if !block.logs.is_sorted_by_key(|l| l.log_index) {
+                block.logs.sort_by_key(|l| l.log_index);
+            }
+            block.logs.dedup_by_key(|l| l.log_index);
         }
         self.blocks
     }
@@ -557,10 +573,13 @@ impl LinesFile {
         buf: &mut Vec<u8>,
     ) -> Result<(), SourceError> {
         let wanted = || self.chunks.iter().filter(|c| c.min <= hi && lo <= c.max);
-        // Room for a row a line, so the logs are not copied through doublings.
-        loader
-            .logs
-            .reserve_exact(wanted().map(|c| c.lines as usize).sum());
+        // Each block's logs reserve the lines a block of the range averages (a quarter more),
+        // so they are seldom copied through doublings.
+        let wanted_lines: u64 = wanted().map(|c| c.lines).sum();
+        let per_block = wanted_lines / (hi - lo).saturating_add(1);
+        loader.logs_per_block = usize::try_from(per_block + per_block / 4)
+            .unwrap_or(0)
+            .min(1 << 16);
         for chunk in wanted() {
             buf.resize(chunk.len, 0);
             self.file

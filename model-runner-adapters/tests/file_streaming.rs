@@ -194,3 +194,31 @@ async fn a_hole_is_block_not_found_and_a_bad_row_names_its_line() {
         .await
         .unwrap();
 }
+
+/// A block's logs given out of order, in several runs with other blocks' logs between them,
+/// and a log index given twice: the block holds each index once (the first given), in order,
+/// and the other blocks' logs are untouched.
+#[test]
+fn a_blocks_logs_in_pieces_and_out_of_order_are_joined_sorted_and_once() {
+    let (a, b) = (FIRST, FIRST + 1);
+    let mut text = format!("{}\n{}\n", block_row(a), block_row(b));
+    for (n, i) in [(a, 3), (a, 1), (b, 0), (a, 2), (b, 1), (a, 0), (a, 1)] {
+        writeln!(text, "{}", log_row(n, i)).unwrap();
+    }
+    // The repeated index 1 of block `a` differs from the first: it must not win.
+    let repeated = log_row(a, 1).replace(&format!("0x{:040x}", 2), &format!("0x{:040x}", 9));
+    writeln!(text, "{repeated}").unwrap();
+    let blocks = parse_bytes(text.as_bytes()).unwrap();
+    let indexes = |blk: &Block| blk.logs.iter().map(|l| l.log_index).collect::<Vec<_>>();
+    assert_eq!(indexes(&blocks[0]), [0, 1, 2, 3]);
+    assert_eq!(indexes(&blocks[1]), [0, 1]);
+    assert_eq!(
+        blocks[0].logs[1].address,
+        format!("0x{:040x}", 2)
+            .parse::<model_runner_core::alloy_primitives::Address>()
+            .unwrap()
+    );
+    for blk in &blocks {
+        assert!(blk.logs.iter().all(|l| l.block_number == blk.number));
+    }
+}

@@ -5,8 +5,9 @@ Called by run.sh (which makes the ethereum-etl virtual environment and finds mod
 
     bench.py --etl-bin VENV/bin/ethereumetl [--runner-bin PATH] --data DIR --workdir W [--repeat 3]
 
-For each tool, --repeat times, a fresh output directory, and the wall time from process start to
-process exit (output written and closed; model-runner also fsyncs it) with the child's peak RSS:
+For each tool, --repeat times, an empty output directory (the previous repetition's output
+deleted first, as a benchmark's prepare step `rm -rf out` does, so that no repetition pays for
+the page cache of the ones before it), and the wall time from process start to process exit (output written and closed; model-runner also fsyncs it) with the child's peak RSS:
 - ethereum-etl 2.4.2: `ethereumetl extract_token_transfers --logs DIR/logs.json
   --output OUT/token_transfers.csv -w 1 -b 1000` (one worker and 1,000-item batches: its fastest);
 - model-runner: `model-runner --store sqlite://OUT/runs.db --queue memory:// --sink file://OUT
@@ -72,7 +73,7 @@ def main():
 
     etl_runs = []
     for i in range(a.repeat):
-        out = os.path.join(a.workdir, "etl-%d" % i)
+        out = os.path.join(a.workdir, "etl")
         shutil.rmtree(out, ignore_errors=True)
         os.makedirs(out)
         before = load()
@@ -92,7 +93,7 @@ def main():
         env.setdefault("RUST_LOG", "warn")
         runner_runs = []
         for i in range(a.repeat):
-            out = os.path.join(a.workdir, "runner-%d" % i)
+            out = os.path.join(a.workdir, "runner")
             shutil.rmtree(out, ignore_errors=True)
             os.makedirs(out)
             before = load()
@@ -132,6 +133,10 @@ def main():
         else:
             d = diff["diff_rows"]
         print("| %s | %d | %.2f | %.0f | %.0f | %d | %s | %s |" % (name, logs, s, logs / s, rss, rows, d, before))
+    if len(results) == 2:
+        print()
+        print("model-runner / ethereum-etl, best against best: %.1fx"
+              % (min(results[0][1])[0] / min(results[1][1])[0]))
     if diff_line:
         print()
         print("compare.py: " + diff_line)

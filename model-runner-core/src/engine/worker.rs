@@ -322,7 +322,9 @@ impl Worker {
     /// message. `hand_back` abandons the run (shutdown).
     pub async fn handle(&self, delivery: Delivery, hand_back: CancellationToken) {
         let msg = delivery.message;
-        let mut wait = Duration::from_millis(10);
+        // The enqueuer marks a run `queued` just after publishing it (one store write away):
+        // look again soon, then back off.
+        let mut wait = Duration::from_millis(1);
         let waiting_since = tokio::time::Instant::now();
         let run = loop {
             let lease_until = self.deps.clock.now() + chrono_dur(self.config.lease);

@@ -165,10 +165,11 @@ mod tests {
 
     /// The payload written field by field is, byte for byte, the text of the `json!` object
     /// the model built before: lowercase 0x-hex, decimal value, sorted keys.
-    #[test]
-    fn a_record_is_the_json_object_of_ethereum_etl_fields() {
+    #[tokio::test]
+    async fn a_record_is_the_json_object_of_ethereum_etl_fields() {
         use crate::chain::{BlockRange, Chain};
         use crate::memory::MemoryBlockSource;
+        use crate::ports::BlockSource;
         use crate::run::RunId;
         let from = address!("1B63142628311395ceafeea5667e7c9026c862ca");
         let to = address!("ac4df82fe37ea2187bc8c011a23d743b4f39019a");
@@ -179,26 +180,18 @@ mod tests {
         transfer.log_index = 7;
         transfer.transaction_hash = B256::repeat_byte(0xAB);
         let other = log(vec![B256::ZERO], vec![]);
-        let block = Block {
-            number: 18_000_000,
-            hash: B256::repeat_byte(1),
-            parent_hash: B256::ZERO,
-            timestamp: 0,
-            miner: None,
-            gas_used: 0,
-            gas_limit: 0,
-            base_fee_per_gas: None,
-            transactions: vec![],
-            logs: vec![other, transfer.clone()],
-        };
         let chain = Chain::new("ethereum").unwrap();
+        let range = BlockRange::new(18_000_000, 18_000_000).unwrap();
+        let source = MemoryBlockSource::with_empty_blocks(chain.clone(), 18_000_000..=18_000_000);
+        let mut block = source.blocks(range).await.unwrap().remove(0);
+        block.logs = vec![other, transfer.clone()];
         let ctx = ModelContext {
             run_id: RunId::new(),
             model: "erc20_transfers".into(),
             model_version: "1.0.0".into(),
-            chain: chain.clone(),
-            range: BlockRange::new(18_000_000, 18_000_000).unwrap(),
-            source: std::sync::Arc::new(MemoryBlockSource::new(chain, vec![])),
+            chain,
+            range,
+            source: std::sync::Arc::new(source),
             notes: Default::default(),
         };
         let records = Erc20Transfers::block_records(&ctx, &block);

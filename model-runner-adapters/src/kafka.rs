@@ -607,6 +607,33 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
     }
 
+    /// The envelope written by hand is, byte for byte, what serde writes for the version and
+    /// the record flattened beside it (the wire format consumers parse), payloads with escapes
+    /// and non-object payloads included.
+    #[test]
+    fn envelope_bytes_are_serdes_flattened_record() {
+        #[derive(serde::Serialize)]
+        struct Envelope<'a> {
+            envelope_version: u32,
+            #[serde(flatten)]
+            record: &'a Record,
+        }
+        let mut records = model_runner_core::conformance::sink::records("m\"q", 3, 4);
+        records[1].payload = serde_json::json!({"s": "tab\t \u{1} é", "n": [1, null]}).into();
+        records[2].payload = serde_json::json!("bare").into();
+        for r in &records {
+            let expected = serde_json::to_vec(&Envelope {
+                envelope_version: ENVELOPE_VERSION,
+                record: r,
+            })
+            .unwrap();
+            assert_eq!(
+                String::from_utf8(envelope(r)).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
+    }
+
     #[test]
     fn envelope_is_the_record_plus_a_version() {
         let r = &model_runner_core::conformance::sink::records("m", 1, 4)[0];

@@ -466,8 +466,11 @@ impl Scheduler {
         for run in runs {
             let mut current = run;
             // A run moves on its own (claimed, finished) between the read and the write: read
-            // it again and retry, a few times.
-            for _ in 0..5 {
+            // it again and retry, a few times. One still moving after that fails the tick
+            // before the cursor moves back, so no replaced run is left live beside the new
+            // branch; the next tick finds the same reorganisation and tries again.
+            let mut tries = 0;
+            loop {
                 match store
                     .transition(
                         current.id,
@@ -484,7 +487,14 @@ impl Scheduler {
                         info!(run = %r.id, range = %r.range, "run superseded by a chain reorganisation");
                         break;
                     }
-                    Err(StoreError::Conflict { .. }) => current = store.get(current.id).await?,
+                    Err(e @ StoreError::Conflict { .. }) => {
+                        tries += 1;
+                        if tries == 5 {
+                            instruments::superseded(superseded);
+                            return Err(e.into());
+                        }
+                        current = store.get(current.id).await?;
+                    }
                     // Cancelled or superseded since it was listed.
                     Err(StoreError::Transition(_)) => break,
                     Err(e) => return Err(e.into()),
@@ -1076,6 +1086,71 @@ mod tests {
 
     /// Even two schedulers that both believe they lead (a lock lost to a pause) create no
     /// duplicate range: both read the same cursor, and its compare-and-set lets one win.
+    /// A replaced run that keeps moving while the scheduler supersedes it (every try
+    /// conflicts) fails the tick before the cursor moves back: nothing of the new branch is
+    /// scheduled beside a live run of the old one. Once it holds still, the next tick finishes
+    /// the reorganisation. (The tick used to go on, leaving that run live.)
+    #[tokio::test]
+    async fn a_reorg_waits_for_a_run_that_keeps_moving_before_it_moves_the_cursor() {
+        let (mut deps, source) = setup(20);
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let moving = busy.clone();
+        deps.store = Arc::new(crate::memory::HookedStore {
+            on_transition: Some(Box::new(move |stored, _, _, event| {
+                let keeps_moving = matches!(event, RunEvent::Supersede { .. })
+                    && stored.range.start() == 15
+                    && moving.load(std::sync::atomic::Ordering::SeqCst);
+                keeps_moving.then(|| {
+                    Err(StoreError::Conflict {
+                        message: "the run moved on".into(),
+                        current: Some(Box::new(stored.clone())),
+                    })
+                })
+            })),
+            ..Default::default()
+        });
+        let s = scheduler(&deps, "s1", vec![sub(Some(0), 0, 5)]);
+        assert_eq!(s.tick().await.unwrap().created, 5, "0-4 5-9 10-14 15-19 20");
+        source.replace_from(17, branch(17, 21));
+        busy.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut report = TickReport::default();
+        let sub = sub(Some(0), 0, 5);
+        assert!(
+            matches!(
+                s.schedule_realtime(&sub, &mut report).await,
+                Err(EngineError::Store(StoreError::Conflict { .. }))
+            ),
+            "{report:?}"
+        );
+        let runs = all_runs(&deps).await;
+        assert_eq!(runs.len(), 5, "nothing of the new branch is scheduled yet");
+        assert!(
+            runs.iter()
+                .any(|r| r.range.start() == 15 && r.state != RunState::Superseded)
+        );
+        assert_eq!(
+            deps.store.cursor("block_stats", &chain()).await.unwrap(),
+            Some(20),
+            "the cursor has not moved back"
+        );
+        busy.store(false, std::sync::atomic::Ordering::SeqCst);
+        let report = s.tick().await.unwrap();
+        assert_eq!(
+            report.created, 2,
+            "15-19 20-21 on the new branch: {report:?}"
+        );
+        let runs = all_runs(&deps).await;
+        assert_eq!(
+            in_state(&runs, RunState::Superseded),
+            vec![(15, 19), (20, 20)]
+        );
+        let live: Vec<ModelRun> = runs
+            .into_iter()
+            .filter(|r| r.state != RunState::Superseded)
+            .collect();
+        assert_tiles(&live, 0, 21);
+    }
+
     #[tokio::test]
     async fn racing_schedulers_are_kept_apart_by_the_cursor() {
         let (mut deps, source) = setup(24);

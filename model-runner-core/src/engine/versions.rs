@@ -246,41 +246,13 @@ pub async fn rerun(deps: &EngineDeps, req: RerunRequest) -> Result<CreatedRuns, 
 mod tests {
     use std::sync::Arc;
 
-    use async_trait::async_trait;
-
     use super::*;
     use crate::engine::Runner;
     use crate::memory::{MemoryBlockSource, MemoryRunQueue, MemoryRunStore, MemorySink};
-    use crate::model::{Model, ModelContext, ModelError, ModelRegistry, Record};
+    use crate::model::ModelRegistry;
+    use crate::models::tests::TestModel;
     use crate::ports::{ResultSink, RunQueue};
-    use crate::{Block, ModelKind, topic_name};
-
-    /// One record per block, at a version given at construction.
-    #[derive(Debug)]
-    struct PerBlock(&'static str);
-
-    #[async_trait]
-    impl Model for PerBlock {
-        fn name(&self) -> &str {
-            "per_block"
-        }
-        fn version(&self) -> &str {
-            self.0
-        }
-        fn kind(&self) -> ModelKind {
-            ModelKind::Nonreads
-        }
-        async fn run(
-            &self,
-            ctx: &ModelContext,
-            blocks: &[Block],
-        ) -> Result<Vec<Record>, ModelError> {
-            Ok(blocks
-                .iter()
-                .map(|b| ctx.record(b, 0, serde_json::json!({ "n": b.number })))
-                .collect())
-        }
-    }
+    use crate::topic_name;
 
     fn eth() -> Chain {
         Chain::new("ethereum").unwrap()
@@ -294,7 +266,10 @@ mod tests {
 
     fn runner(ports: &Ports, version: &'static str) -> Runner {
         let mut models = ModelRegistry::new();
-        models.register(Arc::new(PerBlock(version))).unwrap();
+        // One record per block, at `version`.
+        models
+            .register(Arc::new(TestModel::new("per_block", version)))
+            .unwrap();
         Runner::builder()
             .store_arc(ports.store.clone())
             .queue_arc(ports.queue.clone())

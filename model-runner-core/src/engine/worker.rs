@@ -1003,73 +1003,44 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::chain::{BlockRange, Chain, ModelKind, RunMode};
+    use crate::chain::{BlockRange, Chain, RunMode};
     use crate::data::Block;
     use crate::engine::{BackfillRequest, Enqueuer, EnqueuerConfig, submit_backfill};
     use crate::memory::{MemoryBlockSource, MemoryRunQueue, MemoryRunStore, MemorySink};
-    use crate::model::{FieldType, Model, ModelError, ModelRegistry, Record, RecordSchema};
+    use crate::model::{FieldType, ModelError, ModelRegistry, Record, RecordSchema};
+    use crate::models::tests::TestModel;
     use crate::ports::RunStore;
     use crate::routing::Routing;
     use crate::run::RunId;
 
-    /// Declares `{block_number: uint64, label: string, note: string?}`; at block `bad_block`
-    /// (if any) it emits `label` as a number.
-    #[derive(Debug)]
-    struct Labels {
-        bad_block: Option<u64>,
-        schema: RecordSchema,
+    /// `{block_number: uint64, label: string, note: string?}`.
+    fn labels_schema() -> RecordSchema {
+        RecordSchema::new()
+            .required("block_number", FieldType::UInt64, "")
+            .required("label", FieldType::String, "")
+            .nullable("note", FieldType::String, "")
     }
 
-    impl Labels {
-        fn new(bad_block: Option<u64>) -> Self {
-            Self {
-                bad_block,
-                schema: RecordSchema::new()
-                    .required("block_number", FieldType::UInt64, "")
-                    .required("label", FieldType::String, "")
-                    .nullable("note", FieldType::String, ""),
-            }
-        }
-    }
-
-    #[async_trait]
-    impl Model for Labels {
-        fn name(&self) -> &str {
-            "labels"
-        }
-        fn version(&self) -> &str {
-            "2"
-        }
-        fn kind(&self) -> ModelKind {
-            ModelKind::Nonreads
-        }
-        fn record_schema(&self) -> Option<RecordSchema> {
-            Some(self.schema.clone())
-        }
-        async fn run(
-            &self,
-            ctx: &ModelContext,
-            blocks: &[Block],
-        ) -> Result<Vec<Record>, ModelError> {
-            Ok(blocks
-                .iter()
-                .map(|b| {
-                    let label = if Some(b.number) == self.bad_block {
-                        json!(b.number)
-                    } else {
-                        json!(format!("block {}", b.number))
-                    };
-                    ctx.record(b, 0, json!({"block_number": b.number, "label": label}))
-                })
-                .collect())
-        }
+    /// The model `labels` (version 2): declares [`labels_schema`]; at block `bad_block` (if
+    /// any) it emits `label` as a number.
+    fn labels(bad_block: Option<u64>) -> TestModel {
+        TestModel::new("labels", "2")
+            .schema(labels_schema())
+            .payload(move |b| {
+                let label = if Some(b.number) == bad_block {
+                    json!(b.number)
+                } else {
+                    json!(format!("block {}", b.number))
+                };
+                json!({"block_number": b.number, "label": label})
+            })
     }
 
     fn chain() -> Chain {
         Chain::new("ethereum").unwrap()
     }
 
-    fn deps(model: Labels) -> (EngineDeps, Arc<MemorySink>) {
+    fn deps(model: TestModel) -> (EngineDeps, Arc<MemorySink>) {
         let sink = Arc::new(MemorySink::new());
         let source = MemoryBlockSource::new(chain(), crate::models::tests::blocks(0, 19));
         // One clock for the store and the engine, following tokio's (paused in these tests).
@@ -1151,19 +1122,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn conforming_records_are_sent_and_the_schema_is_declared_to_the_sink() {
-        let (deps, sink) = deps(Labels::new(None));
+        let (deps, sink) = deps(labels(None));
         let runs = backfill(&deps).await;
         assert!(runs.iter().all(|r| r.state == RunState::Succeeded));
         assert_eq!(sink.records("test-ethereum-sink").len(), 20);
-        assert_eq!(
-            sink.declared_schema("labels", "2"),
-            Labels::new(None).record_schema()
-        );
+        assert_eq!(sink.declared_schema("labels", "2"), Some(labels_schema()));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_record_that_breaks_the_schema_fails_the_attempt_naming_model_key_and_field() {
-        let (deps, sink) = deps(Labels::new(Some(13)));
+        let (deps, sink) = deps(labels(Some(13)));
         let mut runs = backfill(&deps).await;
         runs.sort_by_key(|r| r.range.start());
         assert_eq!(runs[0].state, RunState::Succeeded);
@@ -1188,8 +1156,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_invalid_schema_stops_the_worker_before_it_consumes() {
-        let mut model = Labels::new(None);
-        model.schema = model.schema.required("Label", FieldType::String, "");
+        let model = labels(None).schema(labels_schema().required("Label", FieldType::String, ""));
         let (deps, sink) = deps(model);
         let worker = Worker::new(
             deps.clone(),
@@ -1213,7 +1180,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lost_claim_sends_the_message_back_so_the_run_still_runs() {
-        let (mut deps, sink) = deps(Labels::new(None));
+        let (mut deps, sink) = deps(labels(None));
         // The first claim is "lost", as a PostgreSQL store with asynchronous claims can lose
         // one in a server crash: answered as if it landed, while the run stays `queued`.
         let lost = Arc::new(std::sync::Mutex::new(None::<RunId>));
@@ -1251,8 +1218,8 @@ mod tests {
         assert!(runs.iter().any(|r| r.id == lost));
     }
 
-    /// Waits (without producing anything) while `block` is set; counts how many of its
-    /// executions were dropped before they finished.
+    /// Makes the model `blocker` wait at each batch while `block` is set; counts its
+    /// executions and how many were dropped before they finished.
     #[derive(Debug, Default)]
     struct Blocker {
         block: std::sync::atomic::AtomicBool,
@@ -1273,6 +1240,23 @@ mod tests {
             )
             .await;
         }
+
+        /// The model `blocker` (version 1), waiting on `self` at each batch.
+        fn model(self: &Arc<Self>) -> TestModel {
+            let blocker = self.clone();
+            TestModel::new("blocker", "1").hook(move |_, _| {
+                let blocker = blocker.clone();
+                Box::pin(async move {
+                    blocker.started.fetch_add(1, Ordering::SeqCst);
+                    let mut guard = CountDrop(blocker.dropped.clone(), false);
+                    while blocker.block.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    guard.1 = true;
+                    Ok(())
+                })
+            })
+        }
     }
 
     struct CountDrop(Arc<AtomicU64>, bool);
@@ -1282,35 +1266,6 @@ mod tests {
             if !self.1 {
                 self.0.fetch_add(1, Ordering::SeqCst);
             }
-        }
-    }
-
-    #[async_trait]
-    impl Model for Blocker {
-        fn name(&self) -> &str {
-            "blocker"
-        }
-        fn version(&self) -> &str {
-            "1"
-        }
-        fn kind(&self) -> ModelKind {
-            ModelKind::Nonreads
-        }
-        async fn run(
-            &self,
-            ctx: &ModelContext,
-            blocks: &[Block],
-        ) -> Result<Vec<Record>, ModelError> {
-            self.started.fetch_add(1, Ordering::SeqCst);
-            let mut guard = CountDrop(self.dropped.clone(), false);
-            while self.block.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            guard.1 = true;
-            Ok(blocks
-                .iter()
-                .map(|b| ctx.record(b, 0, json!({"n": b.number})))
-                .collect())
         }
     }
 
@@ -1327,7 +1282,7 @@ mod tests {
             queue: queue.clone(),
             sink: Arc::new(MemorySink::new()),
             sources: HashMap::from([(chain(), Arc::new(source) as _)]),
-            models: Arc::new(ModelRegistry::new().with(model.clone()).unwrap()),
+            models: Arc::new(ModelRegistry::new().with(Arc::new(model.model())).unwrap()),
             routing: Routing::default(),
             limits: Default::default(),
             clock: crate::clock::SystemClock::shared(),
@@ -1590,42 +1545,25 @@ mod tests {
         assert_eq!(matic_stats.runs_succeeded.load(Ordering::Relaxed), 20);
     }
 
-    /// Blocks its thread (no `.await`) until it sees a heartbeat of its run in the store, as a
-    /// CPU-heavy model would hold its thread; gives up after two seconds.
-    #[derive(Debug)]
-    struct Hog(Arc<MemoryRunStore>);
-
-    #[async_trait]
-    impl Model for Hog {
-        fn name(&self) -> &str {
-            "hog"
-        }
-        fn version(&self) -> &str {
-            "1"
-        }
-        fn kind(&self) -> ModelKind {
-            ModelKind::Nonreads
-        }
-        async fn run(
-            &self,
-            ctx: &ModelContext,
-            blocks: &[Block],
-        ) -> Result<Vec<Record>, ModelError> {
+    /// The model `hog` (version 1): at each batch it blocks its thread (no `.await`) until it
+    /// sees a heartbeat of its run in `store`, as a CPU-heavy model would hold its thread;
+    /// gives up after two seconds.
+    fn hog(store: Arc<MemoryRunStore>) -> TestModel {
+        TestModel::new("hog", "1").hook(move |ctx, _| {
             let start = std::time::Instant::now();
+            let mut seen = Err(ModelError::Failed(
+                "no heartbeat while the model held its thread".into(),
+            ));
             while start.elapsed() < Duration::from_secs(2) {
-                let run = futures::executor::block_on(self.0.get(ctx.run_id)).unwrap();
+                let run = futures::executor::block_on(store.get(ctx.run_id)).unwrap();
                 if run.blocks_done > 0 {
-                    return Ok(blocks
-                        .iter()
-                        .map(|b| ctx.record(b, 0, json!({"n": b.number})))
-                        .collect());
+                    seen = Ok(());
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Err(ModelError::Failed(
-                "no heartbeat while the model held its thread".into(),
-            ))
-        }
+            Box::pin(std::future::ready(seen))
+        })
     }
 
     /// A sink that holds its thread (as a CPU-heavy encoder does) until the run's lease was
@@ -1761,7 +1699,7 @@ mod tests {
         let deps = memory_deps(
             store.clone(),
             Arc::new(MemorySink::new()),
-            ModelRegistry::new().with(Arc::new(Hog(store))).unwrap(),
+            ModelRegistry::new().with(Arc::new(hog(store))).unwrap(),
         );
         let run = one_run(&deps, "hog").await;
         let stop = CancellationToken::new();
@@ -1803,36 +1741,24 @@ mod tests {
         );
     }
 
-    /// Counts calls and the largest batch it was given.
+    /// Counts the calls of the model `batches` and the largest batch it was given.
     #[derive(Debug, Default)]
     struct Batches {
         calls: AtomicU64,
         largest: AtomicU64,
     }
 
-    #[async_trait]
-    impl Model for Batches {
-        fn name(&self) -> &str {
-            "batches"
-        }
-        fn version(&self) -> &str {
-            "1"
-        }
-        fn kind(&self) -> ModelKind {
-            ModelKind::Nonreads
-        }
-        async fn run(
-            &self,
-            ctx: &ModelContext,
-            blocks: &[Block],
-        ) -> Result<Vec<Record>, ModelError> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            self.largest
-                .fetch_max(blocks.len() as u64, Ordering::SeqCst);
-            Ok(blocks
-                .iter()
-                .map(|b| ctx.record(b, 0, json!({"n": b.number})))
-                .collect())
+    impl Batches {
+        /// The model `batches` (version 1), counting into `self`.
+        fn model(self: &Arc<Self>) -> TestModel {
+            let counts = self.clone();
+            TestModel::new("batches", "1").hook(move |_, blocks| {
+                counts.calls.fetch_add(1, Ordering::SeqCst);
+                counts
+                    .largest
+                    .fetch_max(blocks.len() as u64, Ordering::SeqCst);
+                Box::pin(std::future::ready(Ok(())))
+            })
         }
     }
 
@@ -1845,7 +1771,7 @@ mod tests {
         let deps = memory_deps(
             Arc::new(MemoryRunStore::new()),
             sink.clone(),
-            ModelRegistry::new().with(model.clone()).unwrap(),
+            ModelRegistry::new().with(Arc::new(model.model())).unwrap(),
         );
         let created = submit_backfill(
             &deps,

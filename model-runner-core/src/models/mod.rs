@@ -41,11 +41,13 @@ pub(crate) mod tests {
 
     use alloy_primitives::{Address, B256, Bytes, U256};
 
+    use futures::future::BoxFuture;
+
     use super::TRANSFER_TOPIC;
-    use crate::chain::{BlockRange, Chain};
+    use crate::chain::{BlockRange, Chain, ModelKind};
     use crate::data::{Block, Log, Transaction};
     use crate::memory::MemoryBlockSource;
-    use crate::model::{ModelContext, RegistryError};
+    use crate::model::{Model, ModelContext, ModelError, Record, RecordSchema, RegistryError};
     use crate::run::RunId;
 
     /// Blocks `start..=end` with, per block, a contract creation, a call, an ERC-20 transfer of
@@ -178,6 +180,109 @@ pub(crate) mod tests {
                     .to_be_bytes::<32>()
                     .to_vec(),
             ))
+        }
+    }
+
+    /// What a [`TestModel`] does with each batch before it makes its records: it may wait,
+    /// count, look at the run, or fail the batch.
+    pub(crate) type BatchHook = Box<
+        dyn Fn(&ModelContext, &[Block]) -> BoxFuture<'static, Result<(), ModelError>> + Send + Sync,
+    >;
+
+    /// A model for tests of the engine: a name, a version, a kind (`nonreads`), an optional
+    /// record schema, one record per block (`{"n": number}` unless [`TestModel::payload`]
+    /// says otherwise) and an optional [`BatchHook`] that runs before each batch's records.
+    pub(crate) struct TestModel {
+        name: &'static str,
+        version: String,
+        schema: Option<RecordSchema>,
+        payload: Box<dyn Fn(&Block) -> serde_json::Value + Send + Sync>,
+        hook: Option<BatchHook>,
+    }
+
+    impl TestModel {
+        /// A `nonreads` model `name` at `version`, with no schema, recording `{"n": number}`.
+        pub(crate) fn new(name: &'static str, version: &str) -> Self {
+            Self {
+                name,
+                version: version.to_owned(),
+                schema: None,
+                payload: Box::new(|b| serde_json::json!({ "n": b.number })),
+                hook: None,
+            }
+        }
+
+        /// Declares `schema` as the record schema.
+        pub(crate) fn schema(self, schema: RecordSchema) -> Self {
+            Self {
+                schema: Some(schema),
+                ..self
+            }
+        }
+
+        /// Records `payload(block)` for each block.
+        pub(crate) fn payload(
+            self,
+            payload: impl Fn(&Block) -> serde_json::Value + Send + Sync + 'static,
+        ) -> Self {
+            Self {
+                payload: Box::new(payload),
+                ..self
+            }
+        }
+
+        /// Runs `hook` at the start of each batch; an error fails the batch.
+        pub(crate) fn hook(
+            self,
+            hook: impl Fn(&ModelContext, &[Block]) -> BoxFuture<'static, Result<(), ModelError>>
+            + Send
+            + Sync
+            + 'static,
+        ) -> Self {
+            Self {
+                hook: Some(Box::new(hook)),
+                ..self
+            }
+        }
+    }
+
+    impl std::fmt::Debug for TestModel {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("TestModel")
+                .field("name", &self.name)
+                .field("version", &self.version)
+                .field("schema", &self.schema)
+                .field("hook", &self.hook.is_some())
+                .finish_non_exhaustive()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Model for TestModel {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn version(&self) -> &str {
+            &self.version
+        }
+        fn kind(&self) -> ModelKind {
+            ModelKind::Nonreads
+        }
+        fn record_schema(&self) -> Option<RecordSchema> {
+            self.schema.clone()
+        }
+        async fn run(
+            &self,
+            ctx: &ModelContext,
+            blocks: &[Block],
+        ) -> Result<Vec<Record>, ModelError> {
+            if let Some(hook) = &self.hook {
+                hook(ctx, blocks).await?;
+            }
+            Ok(blocks
+                .iter()
+                .map(|b| ctx.record(b, 0, (self.payload)(b)))
+                .collect())
         }
     }
 

@@ -1040,22 +1040,64 @@ mod tests {
         Chain::new("ethereum").unwrap()
     }
 
-    fn deps(model: TestModel) -> (EngineDeps, Arc<MemorySink>) {
-        let sink = Arc::new(MemorySink::new());
-        let source = MemoryBlockSource::new(chain(), crate::models::tests::blocks(0, 19));
-        // One clock for the store and the engine, following tokio's (paused in these tests).
-        let clock = crate::clock::TokioClock::shared();
-        let deps = EngineDeps {
-            store: Arc::new(MemoryRunStore::with_clock(clock.clone())),
+    /// In-memory ports over blocks 0-24 of `chain()`, with `store`, `sink` and `models`.
+    fn memory_deps(
+        store: Arc<MemoryRunStore>,
+        sink: Arc<dyn crate::ports::ResultSink>,
+        models: ModelRegistry,
+    ) -> EngineDeps {
+        EngineDeps {
+            store,
             queue: Arc::new(MemoryRunQueue::new()),
-            sink: sink.clone(),
-            sources: HashMap::from([(chain(), Arc::new(source) as _)]),
-            models: Arc::new(ModelRegistry::new().with(Arc::new(model)).unwrap()),
+            sink,
+            sources: HashMap::from([(
+                chain(),
+                Arc::new(MemoryBlockSource::new(
+                    chain(),
+                    crate::models::tests::blocks(0, 24),
+                )) as _,
+            )]),
+            models: Arc::new(models),
             routing: Routing::default(),
             limits: Default::default(),
+            clock: crate::clock::SystemClock::shared(),
+        }
+    }
+
+    /// A registry of `model` alone.
+    fn only(model: TestModel) -> ModelRegistry {
+        ModelRegistry::new().with(Arc::new(model)).unwrap()
+    }
+
+    /// [`memory_deps`] with `model` and a new sink, on one clock for the store and the engine
+    /// that follows tokio's (paused in these tests).
+    fn deps(model: TestModel) -> (EngineDeps, Arc<MemorySink>) {
+        let sink = Arc::new(MemorySink::new());
+        let clock = crate::clock::TokioClock::shared();
+        let store = Arc::new(MemoryRunStore::with_clock(clock.clone()));
+        let deps = EngineDeps {
             clock,
+            ..memory_deps(store, sink.clone(), only(model))
         };
         (deps, sink)
+    }
+
+    /// Submits `request`, which makes one run, and queues it (one enqueuer pass).
+    async fn queued(deps: &EngineDeps, request: BackfillRequest) -> ModelRun {
+        let created = submit_backfill(deps, request).await.unwrap();
+        let enqueuer = Enqueuer::new(deps.clone(), EnqueuerConfig::default());
+        assert_eq!(enqueuer.pass().await.unwrap(), 1);
+        let [run] = <[ModelRun; 1]>::try_from(created.runs).unwrap();
+        run
+    }
+
+    /// Spawns an enqueuer of `deps` that looks for pending runs every 5 ms until `stop`.
+    fn spawn_enqueuer(deps: &EngineDeps, stop: &CancellationToken) -> tokio::task::JoinHandle<()> {
+        let config = EnqueuerConfig {
+            idle: Duration::from_millis(5),
+            ..Default::default()
+        };
+        tokio::spawn(Enqueuer::new(deps.clone(), config).run(stop.clone()))
     }
 
     /// Backfills blocks 0-19 in runs of 10 (two attempts each) and waits until every run is
@@ -1071,16 +1113,7 @@ mod tests {
         .await
         .unwrap();
         let stop = CancellationToken::new();
-        let enqueuer = tokio::spawn(
-            Enqueuer::new(
-                deps.clone(),
-                EnqueuerConfig {
-                    idle: Duration::from_millis(5),
-                    ..Default::default()
-                },
-            )
-            .run(stop.clone()),
-        );
+        let enqueuer = spawn_enqueuer(deps, &stop);
         let worker = Worker::new(
             deps.clone(),
             WorkerConfig {
@@ -1276,29 +1309,19 @@ mod tests {
         let model = Arc::new(Blocker::default());
         model.block.store(true, Ordering::SeqCst);
         let queue = Arc::new(MemoryRunQueue::new());
-        let source = MemoryBlockSource::new(chain(), crate::models::tests::blocks(0, 19));
         let deps = EngineDeps {
-            store: Arc::new(MemoryRunStore::new()),
             queue: queue.clone(),
-            sink: Arc::new(MemorySink::new()),
-            sources: HashMap::from([(chain(), Arc::new(source) as _)]),
-            models: Arc::new(ModelRegistry::new().with(Arc::new(model.model())).unwrap()),
-            routing: Routing::default(),
-            limits: Default::default(),
-            clock: crate::clock::SystemClock::shared(),
+            ..memory_deps(
+                Arc::new(MemoryRunStore::new()),
+                Arc::new(MemorySink::new()),
+                only(model.model()),
+            )
         };
-        let created = submit_backfill(
-            &deps,
-            BackfillRequest {
-                max_attempts,
-                ..BackfillRequest::new("blocker", chain(), BlockRange::new(0, 9).unwrap(), 10)
-            },
-        )
-        .await
-        .unwrap();
-        let run = created.runs[0].clone();
-        let enqueuer = Enqueuer::new(deps.clone(), EnqueuerConfig::default());
-        assert_eq!(enqueuer.pass().await.unwrap(), 1);
+        let request = BackfillRequest {
+            max_attempts,
+            ..BackfillRequest::new("blocker", chain(), BlockRange::new(0, 9).unwrap(), 10)
+        };
+        let run = queued(&deps, request).await;
         (deps, model, queue, run)
     }
 
@@ -1463,17 +1486,15 @@ mod tests {
             crate::models::tests::blocks(0, 199),
         ));
         let api = EngineDeps {
-            store: Arc::new(MemoryRunStore::new()),
-            queue: Arc::new(MemoryRunQueue::new()),
-            sink: Arc::new(MemorySink::new()),
             sources: HashMap::from([
                 (chain(), eth_source.clone()),
                 (matic.clone(), matic_source.clone()),
             ]),
-            models: Arc::new(crate::models::builtin()),
-            routing: Routing::default(),
-            limits: Default::default(),
-            clock: crate::clock::SystemClock::shared(),
+            ..memory_deps(
+                Arc::new(MemoryRunStore::new()),
+                Arc::new(MemorySink::new()),
+                crate::models::builtin(),
+            )
         };
         let created = submit_backfill(
             &api,
@@ -1491,16 +1512,7 @@ mod tests {
         .await
         .unwrap();
         let stop = CancellationToken::new();
-        let enqueuer = tokio::spawn(
-            Enqueuer::new(
-                api.clone(),
-                EnqueuerConfig {
-                    idle: Duration::from_millis(5),
-                    ..Default::default()
-                },
-            )
-            .run(stop.clone()),
-        );
+        let enqueuer = spawn_enqueuer(&api, &stop);
         let worker_of = |id: &str, c: &Chain, source: &Arc<dyn crate::ports::BlockSource>| {
             let deps = EngineDeps {
                 sources: HashMap::from([(c.clone(), source.clone())]),
@@ -1645,49 +1657,13 @@ mod tests {
         }
     }
 
-    /// In-memory ports over blocks 0-24 of `chain()`, with `store`, `sink` and `models`.
-    fn memory_deps(
-        store: Arc<MemoryRunStore>,
-        sink: Arc<dyn crate::ports::ResultSink>,
-        models: ModelRegistry,
-    ) -> EngineDeps {
-        EngineDeps {
-            store,
-            queue: Arc::new(MemoryRunQueue::new()),
-            sink,
-            sources: HashMap::from([(
-                chain(),
-                Arc::new(MemoryBlockSource::new(
-                    chain(),
-                    crate::models::tests::blocks(0, 24),
-                )) as _,
-            )]),
-            models: Arc::new(models),
-            routing: Routing::default(),
-            limits: Default::default(),
-            clock: crate::clock::SystemClock::shared(),
-        }
-    }
-
+    /// One queued run of `model` over blocks 0-9, with one attempt.
     async fn one_run(deps: &EngineDeps, model: &str) -> ModelRun {
-        let created = submit_backfill(
-            deps,
-            BackfillRequest {
-                model: model.into(),
-                chain: chain(),
-                range: BlockRange::new(0, 9).unwrap(),
-                chunk_size: 10,
-                mode: RunMode::Backfill,
-                adhoc_queue: None,
-                max_attempts: 1,
-                idempotency_key: None,
-            },
-        )
-        .await
-        .unwrap();
-        let enqueuer = Enqueuer::new(deps.clone(), EnqueuerConfig::default());
-        assert_eq!(enqueuer.pass().await.unwrap(), 1);
-        created.runs[0].clone()
+        let request = BackfillRequest {
+            max_attempts: 1,
+            ..BackfillRequest::new(model, chain(), BlockRange::new(0, 9).unwrap(), 10)
+        };
+        queued(deps, request).await
     }
 
     /// On a single-threaded runtime a model that holds its thread used to starve the
@@ -1696,11 +1672,7 @@ mod tests {
     #[tokio::test]
     async fn a_model_holding_its_thread_does_not_starve_the_heartbeats() {
         let store = Arc::new(MemoryRunStore::new());
-        let deps = memory_deps(
-            store.clone(),
-            Arc::new(MemorySink::new()),
-            ModelRegistry::new().with(Arc::new(hog(store))).unwrap(),
-        );
+        let deps = memory_deps(store.clone(), Arc::new(MemorySink::new()), only(hog(store)));
         let run = one_run(&deps, "hog").await;
         let stop = CancellationToken::new();
         let w = tokio::spawn(blocker_worker(&deps, "w1").run(stop.clone()));
@@ -1715,14 +1687,12 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_source_fails_the_attempt_with_its_message() {
         let deps = EngineDeps {
-            store: Arc::new(MemoryRunStore::new()),
-            queue: Arc::new(MemoryRunQueue::new()),
-            sink: Arc::new(MemorySink::new()),
             sources: HashMap::from([(chain(), Arc::new(PanickySource) as _)]),
-            models: Arc::new(crate::models::builtin()),
-            routing: Routing::default(),
-            limits: Default::default(),
-            clock: crate::clock::SystemClock::shared(),
+            ..memory_deps(
+                Arc::new(MemoryRunStore::new()),
+                Arc::new(MemorySink::new()),
+                crate::models::builtin(),
+            )
         };
         let run = one_run(&deps, "block_stats").await;
         let stop = CancellationToken::new();
@@ -1771,24 +1741,13 @@ mod tests {
         let deps = memory_deps(
             Arc::new(MemoryRunStore::new()),
             sink.clone(),
-            ModelRegistry::new().with(Arc::new(model.model())).unwrap(),
+            only(model.model()),
         );
-        let created = submit_backfill(
-            &deps,
-            BackfillRequest {
-                max_attempts: 1,
-                ..BackfillRequest::new("batches", chain(), BlockRange::new(0, 24).unwrap(), 25)
-            },
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            Enqueuer::new(deps.clone(), EnqueuerConfig::default())
-                .pass()
-                .await
-                .unwrap(),
-            1
-        );
+        let request = BackfillRequest {
+            max_attempts: 1,
+            ..BackfillRequest::new("batches", chain(), BlockRange::new(0, 24).unwrap(), 25)
+        };
+        let run = queued(&deps, request).await;
         let stop = CancellationToken::new();
         let w = Worker::new(
             deps.clone(),
@@ -1800,7 +1759,7 @@ mod tests {
             },
         );
         let w = tokio::spawn(w.run(stop.clone()));
-        let done = wait_for(&deps, created.runs[0].id, "the run", |r| r.state.is_idle()).await;
+        let done = wait_for(&deps, run.id, "the run", |r| r.state.is_idle()).await;
         stop.cancel();
         w.await.unwrap().unwrap();
         assert_eq!(

@@ -1371,6 +1371,17 @@ mod tests {
         }
     }
 
+    /// Runs `worker` until run `id` is idle (it waits for `what`), then stops it; returns the
+    /// run as it ended.
+    async fn until_idle(deps: &EngineDeps, worker: Worker, id: RunId, what: &str) -> ModelRun {
+        let stop = CancellationToken::new();
+        let w = tokio::spawn(worker.run(stop.clone()));
+        let done = wait_for(deps, id, what, |r| r.state.is_idle()).await;
+        stop.cancel();
+        w.await.unwrap().unwrap();
+        done
+    }
+
     #[tokio::test]
     async fn a_run_handed_back_at_shutdown_keeps_its_attempt_and_another_worker_finishes_it() {
         let (deps, model, queue, run) = blocker_deps(1).await;
@@ -1409,13 +1420,9 @@ mod tests {
 
         // A second worker picks the run up on the same attempt and completes it.
         model.block.store(false, Ordering::SeqCst);
-        let stop = CancellationToken::new();
         let w2 = blocker_worker(&deps, "w2");
         let stats = w2.stats();
-        let w2 = tokio::spawn(w2.run(stop.clone()));
-        let done = wait_for(&deps, run.id, "w2 to finish the run", |r| r.state.is_idle()).await;
-        stop.cancel();
-        w2.await.unwrap().unwrap();
+        let done = until_idle(&deps, w2, run.id, "w2 to finish the run").await;
         assert_eq!(
             (done.state, done.attempt),
             (RunState::Succeeded, 1),
@@ -1628,11 +1635,13 @@ mod tests {
         };
         let deps = memory_deps(store, Arc::new(sink), crate::models::builtin());
         let run = one_run(&deps, "block_stats").await;
-        let stop = CancellationToken::new();
-        let w = tokio::spawn(blocker_worker(&deps, "w1").run(stop.clone()));
-        let done = wait_for(&deps, run.id, "the run to finish", |r| r.state.is_idle()).await;
-        stop.cancel();
-        w.await.unwrap().unwrap();
+        let done = until_idle(
+            &deps,
+            blocker_worker(&deps, "w1"),
+            run.id,
+            "the run to finish",
+        )
+        .await;
         assert_eq!(done.state, RunState::Succeeded, "{done:?}");
     }
 
@@ -1674,11 +1683,13 @@ mod tests {
         let store = Arc::new(MemoryRunStore::new());
         let deps = memory_deps(store.clone(), Arc::new(MemorySink::new()), only(hog(store)));
         let run = one_run(&deps, "hog").await;
-        let stop = CancellationToken::new();
-        let w = tokio::spawn(blocker_worker(&deps, "w1").run(stop.clone()));
-        let done = wait_for(&deps, run.id, "the run to finish", |r| r.state.is_idle()).await;
-        stop.cancel();
-        w.await.unwrap().unwrap();
+        let done = until_idle(
+            &deps,
+            blocker_worker(&deps, "w1"),
+            run.id,
+            "the run to finish",
+        )
+        .await;
         assert_eq!(done.state, RunState::Succeeded, "{done:?}");
     }
 
@@ -1695,11 +1706,13 @@ mod tests {
             )
         };
         let run = one_run(&deps, "block_stats").await;
-        let stop = CancellationToken::new();
-        let w = tokio::spawn(blocker_worker(&deps, "w1").run(stop.clone()));
-        let done = wait_for(&deps, run.id, "the attempt to fail", |r| r.state.is_idle()).await;
-        stop.cancel();
-        w.await.unwrap().unwrap();
+        let done = until_idle(
+            &deps,
+            blocker_worker(&deps, "w1"),
+            run.id,
+            "the attempt to fail",
+        )
+        .await;
         assert_eq!(
             (done.state, done.attempt),
             (RunState::Failed, 1),
@@ -1748,7 +1761,6 @@ mod tests {
             ..BackfillRequest::new("batches", chain(), BlockRange::new(0, 24).unwrap(), 25)
         };
         let run = queued(&deps, request).await;
-        let stop = CancellationToken::new();
         let w = Worker::new(
             deps.clone(),
             WorkerConfig {
@@ -1758,10 +1770,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let w = tokio::spawn(w.run(stop.clone()));
-        let done = wait_for(&deps, run.id, "the run", |r| r.state.is_idle()).await;
-        stop.cancel();
-        w.await.unwrap().unwrap();
+        let done = until_idle(&deps, w, run.id, "the run").await;
         assert_eq!(
             (done.state, done.records_written),
             (RunState::Succeeded, 25)
@@ -1910,11 +1919,13 @@ mod tests {
         let (deps, model, _queue, run) = blocker_deps(1).await;
         model.block.store(false, Ordering::SeqCst);
         let board = Arc::new(BrokenBoard::default());
-        let stop = CancellationToken::new();
-        let w = tokio::spawn(publishing_worker(&deps, board.clone()).run(stop.clone()));
-        let done = wait_for(&deps, run.id, "the run to finish", |r| r.state.is_idle()).await;
-        stop.cancel();
-        w.await.unwrap().unwrap();
+        let done = until_idle(
+            &deps,
+            publishing_worker(&deps, board.clone()),
+            run.id,
+            "the run to finish",
+        )
+        .await;
         assert_eq!((done.state, done.blocks_done), (RunState::Succeeded, 10));
         assert!(
             board.publishes.load(Ordering::SeqCst) >= 2,

@@ -1371,29 +1371,50 @@ mod tests {
         }
     }
 
-    /// Runs `worker` until run `id` is idle (it waits for `what`), then stops it; returns the
-    /// run as it ended.
-    async fn until_idle(deps: &EngineDeps, worker: Worker, id: RunId, what: &str) -> ModelRun {
-        let stop = CancellationToken::new();
-        let w = tokio::spawn(worker.run(stop.clone()));
-        let done = wait_for(deps, id, what, |r| r.state.is_idle()).await;
-        stop.cancel();
-        w.await.unwrap().unwrap();
-        done
+    /// A worker running on its own task.
+    struct Spawned {
+        stop: CancellationToken,
+        task: tokio::task::JoinHandle<Result<(), EngineError>>,
+    }
+
+    impl Spawned {
+        fn new(worker: Worker) -> Self {
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(worker.run(stop.clone()));
+            Self { stop, task }
+        }
+
+        /// Shuts the worker down and waits until it returned, without an error.
+        async fn stop(self) {
+            self.stop.cancel();
+            self.task.await.unwrap().unwrap();
+        }
+
+        /// Waits until run `id` is idle (the wait is for `what`), then stops the worker;
+        /// returns the run as it ended.
+        async fn finish(self, deps: &EngineDeps, id: RunId, what: &str) -> ModelRun {
+            let done = wait_for(deps, id, what, |r| r.state.is_idle()).await;
+            self.stop().await;
+            done
+        }
+    }
+
+    /// Spawns [`blocker_worker`] `id` and waits until `run` is running (claimed by it).
+    async fn claimed_by(deps: &EngineDeps, run: RunId, id: &str) -> Spawned {
+        let worker = Spawned::new(blocker_worker(deps, id));
+        wait_for(deps, run, &format!("{id} to claim the run"), |r| {
+            r.state == RunState::Running
+        })
+        .await;
+        worker
     }
 
     #[tokio::test]
     async fn a_run_handed_back_at_shutdown_keeps_its_attempt_and_another_worker_finishes_it() {
         let (deps, model, queue, run) = blocker_deps(1).await;
-        let stop = CancellationToken::new();
-        let w1 = tokio::spawn(blocker_worker(&deps, "w1").run(stop.clone()));
-        wait_for(&deps, run.id, "w1 to claim the run", |r| {
-            r.state == RunState::Running
-        })
-        .await;
+        let w1 = claimed_by(&deps, run.id, "w1").await;
         assert_eq!(queue.ready_len(&run.queue), 0);
-        stop.cancel();
-        w1.await.unwrap().unwrap();
+        w1.stop().await;
 
         let back = deps.store.get(run.id).await.unwrap();
         assert_eq!(
@@ -1422,7 +1443,9 @@ mod tests {
         model.block.store(false, Ordering::SeqCst);
         let w2 = blocker_worker(&deps, "w2");
         let stats = w2.stats();
-        let done = until_idle(&deps, w2, run.id, "w2 to finish the run").await;
+        let done = Spawned::new(w2)
+            .finish(&deps, run.id, "w2 to finish the run")
+            .await;
         assert_eq!(
             (done.state, done.attempt),
             (RunState::Succeeded, 1),
@@ -1443,27 +1466,18 @@ mod tests {
     #[tokio::test]
     async fn a_run_handed_back_while_another_worker_runs_is_finished_by_it() {
         let (deps, model, queue, run) = blocker_deps(1).await;
-        let stop1 = CancellationToken::new();
-        let w1 = tokio::spawn(blocker_worker(&deps, "w1").run(stop1.clone()));
-        wait_for(&deps, run.id, "w1 to claim the run", |r| {
-            r.state == RunState::Running
-        })
-        .await;
-        let stop2 = CancellationToken::new();
+        let w1 = claimed_by(&deps, run.id, "w1").await;
         let w2 = blocker_worker(&deps, "w2");
         let stats2 = w2.stats();
-        let w2 = tokio::spawn(w2.run(stop2.clone()));
-        stop1.cancel();
-        w1.await.unwrap().unwrap();
+        let w2 = Spawned::new(w2);
+        w1.stop().await;
         // w2 takes the handed-back run on the same attempt (the model still blocks).
         wait_for(&deps, run.id, "w2 to claim the handed-back run", |r| {
             r.state == RunState::Running && r.lease_owner.as_deref() == Some("w2")
         })
         .await;
         model.block.store(false, Ordering::SeqCst);
-        let done = wait_for(&deps, run.id, "w2 to finish the run", |r| r.state.is_idle()).await;
-        stop2.cancel();
-        w2.await.unwrap().unwrap();
+        let done = w2.finish(&deps, run.id, "w2 to finish the run").await;
         assert_eq!(
             (done.state, done.attempt),
             (RunState::Succeeded, 1),
@@ -1635,13 +1649,9 @@ mod tests {
         };
         let deps = memory_deps(store, Arc::new(sink), crate::models::builtin());
         let run = one_run(&deps, "block_stats").await;
-        let done = until_idle(
-            &deps,
-            blocker_worker(&deps, "w1"),
-            run.id,
-            "the run to finish",
-        )
-        .await;
+        let done = Spawned::new(blocker_worker(&deps, "w1"))
+            .finish(&deps, run.id, "the run to finish")
+            .await;
         assert_eq!(done.state, RunState::Succeeded, "{done:?}");
     }
 
@@ -1683,13 +1693,9 @@ mod tests {
         let store = Arc::new(MemoryRunStore::new());
         let deps = memory_deps(store.clone(), Arc::new(MemorySink::new()), only(hog(store)));
         let run = one_run(&deps, "hog").await;
-        let done = until_idle(
-            &deps,
-            blocker_worker(&deps, "w1"),
-            run.id,
-            "the run to finish",
-        )
-        .await;
+        let done = Spawned::new(blocker_worker(&deps, "w1"))
+            .finish(&deps, run.id, "the run to finish")
+            .await;
         assert_eq!(done.state, RunState::Succeeded, "{done:?}");
     }
 
@@ -1706,13 +1712,9 @@ mod tests {
             )
         };
         let run = one_run(&deps, "block_stats").await;
-        let done = until_idle(
-            &deps,
-            blocker_worker(&deps, "w1"),
-            run.id,
-            "the attempt to fail",
-        )
-        .await;
+        let done = Spawned::new(blocker_worker(&deps, "w1"))
+            .finish(&deps, run.id, "the attempt to fail")
+            .await;
         assert_eq!(
             (done.state, done.attempt),
             (RunState::Failed, 1),
@@ -1770,7 +1772,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let done = until_idle(&deps, w, run.id, "the run").await;
+        let done = Spawned::new(w).finish(&deps, run.id, "the run").await;
         assert_eq!(
             (done.state, done.records_written),
             (RunState::Succeeded, 25)
@@ -1801,8 +1803,7 @@ mod tests {
     #[tokio::test]
     async fn heartbeats_report_progress_while_the_model_runs() {
         let (deps, model, _queue, run) = blocker_deps(3).await;
-        let stop = CancellationToken::new();
-        let w = tokio::spawn(blocker_worker(&deps, "w1").run(stop.clone()));
+        let w = Spawned::new(blocker_worker(&deps, "w1"));
         let running = wait_for(&deps, run.id, "progress in the store", |r| {
             r.state == RunState::Running && r.blocks_done > 0
         })
@@ -1810,9 +1811,7 @@ mod tests {
         assert_eq!(running.blocks_done, 10, "the run's blocks are loaded");
         assert_eq!(model.started.load(Ordering::SeqCst), 1);
         model.block.store(false, Ordering::SeqCst);
-        let done = wait_for(&deps, run.id, "the run to finish", |r| r.state.is_idle()).await;
-        stop.cancel();
-        w.await.unwrap().unwrap();
+        let done = w.finish(&deps, run.id, "the run to finish").await;
         assert_eq!((done.state, done.blocks_done), (RunState::Succeeded, 10));
     }
 
@@ -1840,8 +1839,7 @@ mod tests {
         use crate::ports::ProgressBoardExt;
         let (deps, model, _queue, run) = blocker_deps(3).await;
         let board = Arc::new(crate::memory::MemoryProgressBoard::new());
-        let stop = CancellationToken::new();
-        let w = tokio::spawn(publishing_worker(&deps, board.clone()).run(stop.clone()));
+        let w = Spawned::new(publishing_worker(&deps, board.clone()));
         crate::engine::eventually(
             Duration::from_secs(10),
             "the first batch's progress on the board",
@@ -1869,9 +1867,7 @@ mod tests {
         assert!(shown.updated_at >= live.updated_at);
 
         model.block.store(false, Ordering::SeqCst);
-        let done = wait_for(&deps, run.id, "the run to finish", |r| r.state.is_idle()).await;
-        stop.cancel();
-        w.await.unwrap().unwrap();
+        let done = w.finish(&deps, run.id, "the run to finish").await;
         assert_eq!(done.state, RunState::Succeeded);
         let last = board.read(&[run.id]).await.unwrap()[0].expect("the last publish");
         assert_eq!(
@@ -1919,13 +1915,9 @@ mod tests {
         let (deps, model, _queue, run) = blocker_deps(1).await;
         model.block.store(false, Ordering::SeqCst);
         let board = Arc::new(BrokenBoard::default());
-        let done = until_idle(
-            &deps,
-            publishing_worker(&deps, board.clone()),
-            run.id,
-            "the run to finish",
-        )
-        .await;
+        let done = Spawned::new(publishing_worker(&deps, board.clone()))
+            .finish(&deps, run.id, "the run to finish")
+            .await;
         assert_eq!((done.state, done.blocks_done), (RunState::Succeeded, 10));
         assert!(
             board.publishes.load(Ordering::SeqCst) >= 2,
@@ -1936,9 +1928,7 @@ mod tests {
     #[tokio::test]
     async fn losing_the_lease_aborts_the_model() {
         let (deps, model, queue, run) = blocker_deps(3).await;
-        let stop = CancellationToken::new();
-        let w = tokio::spawn(blocker_worker(&deps, "w1").run(stop.clone()));
-        wait_for(&deps, run.id, "the claim", |r| r.state == RunState::Running).await;
+        let w = claimed_by(&deps, run.id, "w1").await;
         // A user cancels the run: the next heartbeat finds it gone and abandons the work.
         deps.store
             .transition(
@@ -1950,8 +1940,7 @@ mod tests {
             .await
             .unwrap();
         model.aborted().await;
-        stop.cancel();
-        w.await.unwrap().unwrap();
+        w.stop().await;
         assert_eq!(model.started.load(Ordering::SeqCst), 1);
         assert_eq!(queue.ready_len(&run.queue), 0, "the message was acked");
         assert_eq!(

@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 
 use alloy_primitives::Address;
 
@@ -61,6 +61,24 @@ pub async fn create(store: &impl RunStore, n: u64) -> Vec<RunId> {
         .into_iter()
         .map(|r| r.id)
         .collect()
+}
+
+/// `owner`'s success on a run of [`create`] (10 blocks, 1 record).
+fn succeed(owner: &str) -> RunEvent {
+    RunEvent::Succeed {
+        owner: owner.into(),
+        blocks_done: 10,
+        records_written: 1,
+        notes: Default::default(),
+    }
+}
+
+/// An expiry of a lease the expirer found ended at `now`, its retry due at `now`.
+fn expire(now: DateTime<Utc>) -> RunEvent {
+    RunEvent::Expire {
+        at: now,
+        retry_at: Some(now),
+    }
 }
 
 /// Moves pending runs (attempt 1) to `queued`, one transition each.
@@ -479,15 +497,7 @@ pub async fn expired_leases_are_listed(store: impl RunStore) {
         vec![ids[0]]
     );
     let r = store
-        .transition(
-            ids[0],
-            RunState::Running,
-            1,
-            RunEvent::Expire {
-                at: now,
-                retry_at: Some(now),
-            },
-        )
+        .transition(ids[0], RunState::Running, 1, expire(now))
         .await
         .unwrap();
     assert_eq!(r.state, RunState::Expired);
@@ -508,12 +518,7 @@ pub async fn worker_events_need_the_lease(store: impl RunStore) {
     let listed = store.expired_leases(now, 10).await.unwrap();
     assert_eq!(listed.len(), 1, "the lease ended 5 s ago");
     for event in [
-        RunEvent::Succeed {
-            owner: "w2".into(),
-            blocks_done: 10,
-            records_written: 1,
-            notes: Default::default(),
-        },
+        succeed("w2"),
         RunEvent::Fail {
             owner: "w2".into(),
             error: "boom".into(),
@@ -532,15 +537,7 @@ pub async fn worker_events_need_the_lease(store: impl RunStore) {
         .await
         .unwrap();
     let err = store
-        .transition(
-            id,
-            RunState::Running,
-            1,
-            RunEvent::Expire {
-                at: now,
-                retry_at: Some(now),
-            },
-        )
+        .transition(id, RunState::Running, 1, expire(now))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Transition(_)), "{err:?}");
@@ -550,17 +547,7 @@ pub async fn worker_events_need_the_lease(store: impl RunStore) {
         (RunState::Running, Some("w1"), 3)
     );
     let done = store
-        .transition(
-            id,
-            RunState::Running,
-            1,
-            RunEvent::Succeed {
-                owner: "w1".into(),
-                blocks_done: 10,
-                records_written: 1,
-                notes: Default::default(),
-            },
-        )
+        .transition(id, RunState::Running, 1, succeed("w1"))
         .await
         .unwrap();
     assert_eq!(done.state, RunState::Succeeded);
@@ -1276,17 +1263,7 @@ pub async fn release_hands_back_on_the_same_attempt(store: impl RunStore) {
         "a former lease holder MUST NOT release the run, got {err:?}"
     );
     let done = store
-        .transition(
-            id,
-            RunState::Running,
-            1,
-            RunEvent::Succeed {
-                owner: "w2".into(),
-                blocks_done: 10,
-                records_written: 1,
-                notes: Default::default(),
-            },
-        )
+        .transition(id, RunState::Running, 1, succeed("w2"))
         .await
         .unwrap();
     assert_eq!((done.state, done.attempt), (RunState::Succeeded, 1));

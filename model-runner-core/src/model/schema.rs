@@ -86,18 +86,51 @@ impl FieldType {
         }
     }
 
-    /// Whether `value` (not null) has this type's JSON shape.
-    fn accepts(self, value: &Value) -> bool {
-        match (self, value) {
-            (Self::Bool, Value::Bool(_)) => true,
-            (Self::Int64, Value::Number(n)) => n.is_i64(),
-            (Self::UInt64, Value::Number(n)) => n.is_u64(),
-            (Self::Float64, Value::Number(_)) => true,
-            (Self::String, Value::String(_)) => true,
-            (Self::BigInt, Value::String(s)) => is_decimal(s),
-            (Self::Hex, Value::String(s)) => is_hex(s),
-            (Self::Json, _) => true,
+    /// Whether a value of this `shape` has this type: the one set of type rules, for a parsed
+    /// value ([`Shape::of`]) and for payload text read in place. `null` is of no type (whether
+    /// a field may be null is its own rule).
+    fn accepts(self, shape: Shape<'_>) -> bool {
+        match (self, shape) {
+            (_, Shape::Null) => false,
+            (Self::Json, _) | (Self::Bool, Shape::Bool) => true,
+            (Self::Int64, Shape::UInt(n)) => i64::try_from(n).is_ok(),
+            (Self::Int64, Shape::NegInt) => true,
+            (Self::UInt64, Shape::UInt(_)) => true,
+            (Self::Float64, Shape::UInt(_) | Shape::NegInt | Shape::Float) => true,
+            (Self::String, Shape::Str(_)) => true,
+            (Self::BigInt, Shape::Str(s)) => is_decimal(s),
+            (Self::Hex, Shape::Str(s)) => is_hex(s),
             _ => false,
+        }
+    }
+}
+
+/// What the type rules look at in a JSON value: numbers as serde_json reads them (an integer
+/// in u64 range, a negative one in i64 range, else a float).
+#[derive(Debug, Clone, Copy)]
+enum Shape<'a> {
+    Null,
+    Bool,
+    UInt(u64),
+    NegInt,
+    Float,
+    Str(&'a str),
+    /// An array or an object.
+    Nested,
+}
+
+impl<'a> Shape<'a> {
+    fn of(value: &'a Value) -> Self {
+        match value {
+            Value::Bool(_) => Self::Bool,
+            Value::Number(n) => match n.as_u64() {
+                Some(u) => Self::UInt(u),
+                None if n.is_i64() => Self::NegInt,
+                None => Self::Float,
+            },
+            Value::String(s) => Self::Str(s),
+            Value::Array(_) | Value::Object(_) => Self::Nested,
+            Value::Null => Self::Null,
         }
     }
 }
@@ -398,7 +431,7 @@ impl RecordSchema {
                         expected: f.ty,
                     });
                 }
-                Some(v) if !f.ty.accepts(v) => {
+                Some(v) if !f.ty.accepts(Shape::of(v)) => {
                     return Err(PayloadError::WrongType {
                         field: f.name.clone(),
                         expected: f.ty,
@@ -541,61 +574,37 @@ fn plain_string(json: &str, at: usize) -> Option<(&str, usize)> {
     Some((&json[at + 1..at + 1 + len], at + len + 2))
 }
 
-/// Whether the value starting at `json[at]` is of type `ty` (`null` only when `nullable`), as
-/// [`FieldType::accepts`] judges its parsed value, and the index after it. `None` where it
-/// cannot tell (a string with an escape, text that is not compact JSON).
+/// Whether the value starting at `json[at]` is of type `ty` (`null` only when `nullable`), by
+/// the rules of [`FieldType::accepts`], and the index after it. `None` where it cannot tell (a
+/// string with an escape, text that is not compact JSON).
 fn value_conforms(json: &str, at: usize, ty: FieldType, nullable: bool) -> Option<(bool, usize)> {
     let b = json.as_bytes();
-    Some(match *b.get(at)? {
+    let (shape, end) = match *b.get(at)? {
+        b'n' => return Some((nullable, literal(b, at, b"null")?)),
         b'"' => {
             let (s, end) = plain_string(json, at)?;
-            let ok = match ty {
-                FieldType::String | FieldType::Json => true,
-                FieldType::BigInt => is_decimal(s),
-                FieldType::Hex => is_hex(s),
-                _ => false,
-            };
-            (ok, end)
+            (Shape::Str(s), end)
         }
-        b'n' => (nullable, literal(b, at, b"null")?),
-        b't' => (
-            matches!(ty, FieldType::Bool | FieldType::Json),
-            literal(b, at, b"true")?,
-        ),
-        b'f' => (
-            matches!(ty, FieldType::Bool | FieldType::Json),
-            literal(b, at, b"false")?,
-        ),
-        b'{' | b'[' => (ty == FieldType::Json, nested_end(b, at)?),
+        b't' => (Shape::Bool, literal(b, at, b"true")?),
+        b'f' => (Shape::Bool, literal(b, at, b"false")?),
+        b'{' | b'[' => (Shape::Nested, nested_end(b, at)?),
         b'-' | b'0'..=b'9' => {
             let len = b[at..]
                 .iter()
                 .position(|c| !matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
                 .unwrap_or(b.len() - at);
             let text = &json[at..at + len];
-            // As serde_json reads it: an integer in u64 or i64 range, else a float.
-            let ok = if let Ok(n) = text.parse::<u64>() {
-                match ty {
-                    FieldType::Int64 => i64::try_from(n).is_ok(),
-                    FieldType::UInt64 | FieldType::Float64 | FieldType::Json => true,
-                    _ => false,
-                }
-            } else if let Ok(n) = text.parse::<i64>()
-                && n < 0
-            {
-                // (`-0` is a float to serde_json: it keeps the sign.)
-                match ty {
-                    FieldType::UInt64 => n >= 0,
-                    FieldType::Int64 | FieldType::Float64 | FieldType::Json => true,
-                    _ => false,
-                }
-            } else {
-                matches!(ty, FieldType::Float64 | FieldType::Json)
+            // As serde_json reads it; `-0` is a float to it (it keeps the sign).
+            let shape = match (text.parse::<u64>(), text.parse::<i64>()) {
+                (Ok(n), _) => Shape::UInt(n),
+                (_, Ok(n)) if n < 0 => Shape::NegInt,
+                _ => Shape::Float,
             };
-            (ok, at + len)
+            (shape, at + len)
         }
         _ => return None,
-    })
+    };
+    Some((ty.accepts(shape), end))
 }
 
 /// The index after the literal `word` at `b[at]`.

@@ -232,7 +232,7 @@ impl Loader {
                 continue;
             };
             if block.logs.is_empty() {
-                block.logs = std::mem::take(&mut run);
+                block.logs = run;
             } else {
                 block.logs.append(&mut run);
             }

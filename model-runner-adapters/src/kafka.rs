@@ -90,16 +90,13 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 pub const PING_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Serialises `record` as the versioned JSON envelope described in the module docs: the
-/// envelope version, then the record's fields as [`Record::write_json`] writes them.
+/// envelope version, then the record's members as [`Record::write_json_fields`] writes them.
 pub fn envelope(record: &Record) -> Vec<u8> {
+    use std::fmt::Write;
     let mut json = String::with_capacity(record.payload.as_json().len() + 256);
-    json.push_str("{\"envelope_version\":");
-    json.push_str(&ENVELOPE_VERSION.to_string());
-    json.push(',');
-    let body = json.len();
-    record.write_json(&mut json);
-    // The record's own object, opened above: drop its `{`.
-    json.remove(body);
+    let _ = write!(json, "{{\"envelope_version\":{ENVELOPE_VERSION},");
+    record.write_json_fields(&mut json);
+    json.push('}');
     json.into_bytes()
 }
 

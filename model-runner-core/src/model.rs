@@ -72,8 +72,16 @@ impl Record {
     /// Appends the record as compact JSON, byte for byte what `serde_json` writes for it (the
     /// JSON-lines sink's line, the Kafka envelope's body), copying the payload's text.
     pub fn write_json(&self, out: &mut String) {
+        out.push('{');
+        self.write_json_fields(out);
+        out.push('}');
+    }
+
+    /// Appends the members of the record's JSON object, without its braces, for an envelope
+    /// that adds members of its own (Kafka's `envelope_version`).
+    pub fn write_json_fields(&self, out: &mut String) {
         use payload::{write_str, write_u64};
-        out.push_str("{\"key\":{\"model\":");
+        out.push_str("\"key\":{\"model\":");
         write_str(out, &self.key.model);
         out.push_str(",\"chain\":");
         write_str(out, self.key.chain.as_str());
@@ -97,7 +105,6 @@ impl Record {
         );
         out.push_str("\",\"payload\":");
         out.push_str(self.payload.as_json());
-        out.push('}');
     }
 }
 

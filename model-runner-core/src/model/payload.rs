@@ -62,12 +62,10 @@ impl Payload {
 
     /// The payload as a value, parsed from the text on first use.
     pub fn value(&self) -> &Value {
-        self.value.get_or_init(|| {
-            serde_json::from_str(&self.json).expect("a payload's text is JSON by construction")
-        })
+        self.value.get_or_init(|| parse(&self.json))
     }
 
-    /// The value, if it has been parsed already (or the payload was made from one).
+    /// The value, if a read has parsed it already.
     pub(crate) fn parsed(&self) -> Option<&Value> {
         self.value.get()
     }
@@ -90,11 +88,14 @@ impl Payload {
     pub fn into_value(self) -> Value {
         match self.value.into_inner() {
             Some(v) => v,
-            None => {
-                serde_json::from_str(&self.json).expect("a payload's text is JSON by construction")
-            }
+            None => parse(&self.json),
         }
     }
+}
+
+/// A payload's text as a value: it is JSON by construction.
+fn parse(json: &str) -> Value {
+    serde_json::from_str(json).expect("a payload's text is JSON by construction")
 }
 
 impl Default for Payload {
@@ -248,10 +249,7 @@ impl PayloadWriter {
         let start = self.json.len();
         self.json.push('"');
         let _ = write!(self.json, "{value}");
-        let needs_escape = self.json[start + 1..]
-            .bytes()
-            .any(|b| b < 0x20 || b == b'"' || b == b'\\');
-        if needs_escape {
+        if needs_escape(&self.json[start + 1..]) {
             let text = self.json.split_off(start + 1);
             self.json.truncate(start);
             write_str(&mut self.json, &text);
@@ -271,10 +269,7 @@ impl PayloadWriter {
     /// A signed integer field.
     pub fn i64(mut self, key: &str, value: i64) -> Self {
         self.key(key);
-        if value < 0 {
-            self.json.push('-');
-        }
-        write_u64(&mut self.json, value.unsigned_abs());
+        self.json.push_str(itoa::Buffer::new().format(value));
         self
     }
 
@@ -288,7 +283,7 @@ impl PayloadWriter {
     /// A boolean field.
     pub fn bool(mut self, key: &str, value: bool) -> Self {
         self.key(key);
-        self.json.push_str(if value { "true" } else { "false" });
+        write_bool(&mut self.json, value);
         self
     }
 
@@ -347,33 +342,32 @@ pub(crate) fn write_value(out: &mut String, v: &Value) {
             Some(u) => write_u64(out, u),
             None => write_scalar(out, n),
         },
-        Value::Null | Value::Bool(_) => write_scalar(out, v),
+        Value::Bool(b) => write_bool(out, *b),
+        Value::Null => out.push_str("null"),
     }
 }
 
+fn write_bool(out: &mut String, b: bool) {
+    out.push_str(if b { "true" } else { "false" });
+}
+
 /// Appends the decimal digits of `n`.
-pub(crate) fn write_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.push_str(std::str::from_utf8(&digits[at..]).expect("digits are ASCII"));
+pub(crate) fn write_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
+/// Whether JSON escapes a character of `s` (a control character, `"` or `\`).
+fn needs_escape(s: &str) -> bool {
+    // Not short-circuiting, so it runs over many bytes at a time.
+    s.bytes().fold(false, |escape, b| {
+        escape | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
 }
 
 /// Appends `s` as a JSON string: copied between quotes when nothing in it needs an escape,
 /// else as `serde_json` escapes it.
 pub(crate) fn write_str(out: &mut String, s: &str) {
-    // Not short-circuiting, so it runs over many bytes at a time.
-    let plain = !s.bytes().fold(false, |escape, b| {
-        escape | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if plain {
+    if !needs_escape(s) {
         out.reserve(s.len() + 2);
         out.push('"');
         out.push_str(s);

@@ -60,15 +60,79 @@ pub fn job_range(first: u32, batch_size: u32, job: u32, latest: u32) -> Result<O
     Ok(Some((start as u32, end as u32)))
 }
 
-/// Splits `[first, last]` into per-checkpoint sub-ranges `(checkpoint, a, b)`.
-pub fn split_by_checkpoint(span: CheckpointSpan, first: u32, last: u32) -> Vec<(u32, u32, u32)> {
+/// Ledgers `first..=last` of one checkpoint: the whole checkpoint or a part
+/// of it (a job range need not start or end on a checkpoint boundary). What a
+/// [`crate::source::LedgerSource`] reads in one
+/// [`checkpoint_facts`](crate::source::LedgerSource::checkpoint_facts) call.
+///
+/// Contract, checked by [`CheckpointPart::new`]: `first <= last`, and both
+/// ledgers lie in [`CheckpointPart::checkpoint`] under the chain's
+/// [`CheckpointSpan`], so every ledger between them does too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointPart {
+    checkpoint: u32,
+    first: u32,
+    last: u32,
+}
+
+impl CheckpointPart {
+    /// Ledgers `first..=last` under `span`'s numbering, their checkpoint
+    /// derived from them ([`CheckpointSpan::checkpoint_of`]). Fails when
+    /// `first > last` or when the range crosses a checkpoint boundary (use
+    /// [`split_by_checkpoint`] for a range of several checkpoints).
+    pub fn new(span: CheckpointSpan, first: u32, last: u32) -> Result<Self> {
+        if first > last {
+            return Err(Error::invalid(format!(
+                "ledger range {first}..={last} is empty (first > last)"
+            )));
+        }
+        let checkpoint = span.checkpoint_of(first);
+        if span.checkpoint_of(last) != checkpoint {
+            return Err(Error::invalid(format!(
+                "ledgers {first}..={last} are not all in one checkpoint of {} ledgers: \
+                 {first} is in checkpoint {checkpoint}, {last} in {}",
+                span.ledgers(),
+                span.checkpoint_of(last)
+            )));
+        }
+        Ok(CheckpointPart {
+            checkpoint,
+            first,
+            last,
+        })
+    }
+
+    /// The checkpoint holding every ledger of the part.
+    pub fn checkpoint(self) -> u32 {
+        self.checkpoint
+    }
+
+    /// First ledger (at most [`CheckpointPart::last`]).
+    pub fn first(self) -> u32 {
+        self.first
+    }
+
+    /// Last ledger (inclusive).
+    pub fn last(self) -> u32 {
+        self.last
+    }
+}
+
+/// Splits `[first, last]` into its per-checkpoint parts, in order; empty
+/// when `first > last`.
+pub fn split_by_checkpoint(span: CheckpointSpan, first: u32, last: u32) -> Vec<CheckpointPart> {
     let mut out = Vec::new();
     let mut l = first as u64;
     while l <= last as u64 {
-        let cp = span.checkpoint_of(l as u32);
-        let (_, cp_last) = span.ledgers_of(cp);
+        let checkpoint = span.checkpoint_of(l as u32);
+        let (_, cp_last) = span.ledgers_of(checkpoint);
         let b = (cp_last as u64).min(last as u64);
-        out.push((cp, l as u32, b as u32));
+        // `l <= b`, both in `checkpoint`: the part's contract holds.
+        out.push(CheckpointPart {
+            checkpoint,
+            first: l as u32,
+            last: b as u32,
+        });
         l = b + 1;
     }
     out
@@ -99,8 +163,34 @@ mod tests {
         let s = CheckpointSpan::new(64).unwrap();
         let parts = split_by_checkpoint(s, 60, 200);
         assert_eq!(
-            parts,
+            parts
+                .iter()
+                .map(|p| (p.checkpoint(), p.first(), p.last()))
+                .collect::<Vec<_>>(),
             vec![(1, 60, 63), (2, 64, 127), (3, 128, 191), (4, 192, 200)]
         );
+        for p in parts {
+            assert_eq!(CheckpointPart::new(s, p.first(), p.last()).unwrap(), p);
+        }
+        assert!(split_by_checkpoint(s, 201, 200).is_empty());
+    }
+
+    #[test]
+    fn checkpoint_parts_lie_in_one_checkpoint() {
+        let s = CheckpointSpan::new(STELLAR_SPAN).unwrap();
+        let whole = CheckpointPart::new(s, 1410048, 1410111).unwrap();
+        assert_eq!(
+            (whole.checkpoint(), whole.first(), whole.last()),
+            (22033, 1410048, 1410111)
+        );
+        let one = CheckpointPart::new(s, 53312000, 53312000).unwrap();
+        assert_eq!(one.checkpoint(), 1 + 53312000 / 64);
+
+        let e = CheckpointPart::new(s, 100, 99).unwrap_err().to_string();
+        assert!(e.contains("first > last"), "{e}");
+        // 63 is the last ledger of checkpoint 1, 64 the first of checkpoint 2.
+        let e = CheckpointPart::new(s, 63, 64).unwrap_err().to_string();
+        assert!(e.contains("checkpoint 1") && e.contains("in 2"), "{e}");
+        assert!(CheckpointPart::new(s, 0, 63).is_ok());
     }
 }

@@ -36,7 +36,7 @@ use model_runner_adapters::ethereum_json::{self, Row};
 use model_runner_core::{Log, Transaction};
 
 use crate::account::Account;
-use crate::checkpoint::CheckpointSpan;
+use crate::checkpoint::{CheckpointPart, CheckpointSpan};
 use crate::error::{Error, Result};
 use crate::extract::{CheckpointFacts, IndexMask, MASK_ALL, MASK_PAYMENT, Modules, toid};
 use crate::source::LedgerSource;
@@ -277,13 +277,14 @@ impl LedgerSource for EthereumSource {
 
     async fn checkpoint_facts(
         &self,
-        checkpoint: u32,
-        first: u32,
-        last: u32,
+        part: CheckpointPart,
         modules: Modules,
     ) -> Result<CheckpointFacts> {
-        let mut facts = CheckpointFacts::new(checkpoint);
-        for (_, b) in self.blocks.range(u64::from(first)..=u64::from(last)) {
+        let mut facts = CheckpointFacts::new(part.checkpoint());
+        for (_, b) in self
+            .blocks
+            .range(u64::from(part.first())..=u64::from(part.last()))
+        {
             b.add_to(&mut facts, modules);
         }
         Ok(facts)

@@ -117,9 +117,9 @@ pub async fn collect(
     let parts = split_by_checkpoint(source.span(), first, last);
     let mut acc = Collected::default();
     let mut stream = futures::stream::iter(parts)
-        .map(|(cp, a, b)| {
+        .map(|part| {
             let source = source.clone();
-            async move { source.checkpoint_facts(cp, a, b, modules).await }
+            async move { source.checkpoint_facts(part, modules).await }
         })
         .buffer_unordered(workers.max(1) as usize);
     while let Some(facts) = stream.try_next().await? {

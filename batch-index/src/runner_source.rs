@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use model_runner_core::BlockRange;
 use model_runner_core::ports::{BlockSource, SourceError};
 
-use crate::checkpoint::CheckpointSpan;
+use crate::checkpoint::{CheckpointPart, CheckpointSpan};
 use crate::error::{Error, Result};
 use crate::ethereum::{block_facts, index_ledger};
 use crate::extract::{CheckpointFacts, Modules};
@@ -184,13 +184,11 @@ impl LedgerSource for RunnerBlockSource {
 
     async fn checkpoint_facts(
         &self,
-        checkpoint: u32,
-        first: u32,
-        last: u32,
+        part: CheckpointPart,
         modules: Modules,
     ) -> Result<CheckpointFacts> {
-        let mut facts = CheckpointFacts::new(checkpoint);
-        for (a, b) in self.fetch_ranges(u64::from(first), u64::from(last)) {
+        let mut facts = CheckpointFacts::new(part.checkpoint());
+        for (a, b) in self.fetch_ranges(u64::from(part.first()), u64::from(part.last())) {
             let range = BlockRange::new(a, b).map_err(|e| Error::invalid(e.to_string()))?;
             let blocks = self
                 .source

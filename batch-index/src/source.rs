@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::checkpoint::CheckpointSpan;
+use crate::checkpoint::{CheckpointPart, CheckpointSpan};
 use crate::error::{Error, Result};
 use crate::extract::{CheckpointFacts, Modules};
 use crate::store::StoreRoot;
@@ -32,14 +32,12 @@ pub trait LedgerSource: Debug + Send + Sync + 'static {
         Ok(self.available().await?.1)
     }
 
-    /// Facts of ledgers `first..=last`, which all lie in `checkpoint`.
-    /// MUST fail when a ledger in the range that the layout promises is
-    /// missing or cannot be decoded.
+    /// Facts of the ledgers of `part` (all in its checkpoint, which the facts
+    /// carry). MUST fail when a ledger of the part that the layout promises
+    /// is missing or cannot be decoded.
     async fn checkpoint_facts(
         &self,
-        checkpoint: u32,
-        first: u32,
-        last: u32,
+        part: CheckpointPart,
         modules: Modules,
     ) -> Result<CheckpointFacts>;
 }

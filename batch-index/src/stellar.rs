@@ -36,7 +36,7 @@ use stellar_xdr::{
 };
 
 use crate::account::Account;
-use crate::checkpoint::{CheckpointSpan, STELLAR_SPAN};
+use crate::checkpoint::{CheckpointPart, CheckpointSpan, STELLAR_SPAN};
 use crate::error::{Error, Result};
 use crate::extract::{CheckpointFacts, MASK_ALL, MASK_PAYMENT, Modules, toid};
 use crate::source::LedgerSource;
@@ -546,16 +546,14 @@ impl LedgerSource for StellarSource {
 
     async fn checkpoint_facts(
         &self,
-        checkpoint: u32,
-        first: u32,
-        last: u32,
+        part: CheckpointPart,
         modules: Modules,
     ) -> Result<CheckpointFacts> {
-        let metas = self.fetch_decoded(first, last).await?;
+        let metas = self.fetch_decoded(part.first(), part.last()).await?;
         let network_id = self.network_id;
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || {
-            let mut facts = CheckpointFacts::new(checkpoint);
+            let mut facts = CheckpointFacts::new(part.checkpoint());
             for m in &metas {
                 let name = root.describe(&format!("ledger {}", ledger_seq(m)));
                 add_ledger_facts(&name, m, network_id, modules, &mut facts)?;

@@ -6,6 +6,7 @@ mod process;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use batch_index::checkpoint::CheckpointPart;
 use batch_index::extract::{CheckpointFacts, Modules};
 use batch_index::local_build::build_single_process;
 use batch_index::source::{ChainKind, SourceConfig, open_source};
@@ -65,10 +66,9 @@ async fn pubnet_data_lake_batch_protocol_21_indexes() {
     };
     let source = open_source(src, &cfg).await.unwrap();
     assert_eq!(source.available().await.unwrap(), (53312000, 53312000));
-    let facts = source
-        .checkpoint_facts(1 + 53312000 / 64, 53312000, 53312000, Modules::ALL)
-        .await
-        .unwrap();
+    let part = CheckpointPart::new(source.span(), 53312000, 53312000).unwrap();
+    assert_eq!(part.checkpoint(), 1 + 53312000 / 64);
+    let facts = source.checkpoint_facts(part, Modules::ALL).await.unwrap();
     assert_eq!(facts.ledgers, 1);
     assert_eq!(
         facts.transactions.len(),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use model_runner_adapters::postgres::{PostgresOptions, PostgresRunStore};
-use model_runner_core::ports::{CreateRuns, RunStore};
+use model_runner_core::ports::{CreateRuns, RunStore, RunStoreExt};
 use model_runner_core::{BlockRange, Chain, ModelKind, NewRun, RunEvent, RunId, RunMode, RunState};
 
 const CONNECTIONS: u32 = 2;

@@ -102,7 +102,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use futures::TryStreamExt;
 use model_runner_core::ports::{ResultSink, RunOutput, SinkError};
-use model_runner_core::{Chain, FieldType, Record, RecordKey, RecordSchema, RunId};
+use model_runner_core::{Chain, FieldType, ModelVersion, Record, RecordKey, RecordSchema, RunId};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -392,13 +392,8 @@ impl ResultSink for ParquetSink {
     /// One file for the run, named by the run's own block range, written even when the run
     /// produced no records (a file of zero rows says the run is done and replaces an earlier
     /// attempt's file).
-    async fn send_run(
-        &self,
-        topic: &str,
-        run: &RunOutput,
-        records: &[Record],
-    ) -> Result<(), SinkError> {
-        check_topic(topic)?;
+    async fn send_run(&self, run: &RunOutput, records: &[Record]) -> Result<(), SinkError> {
+        check_topic(&run.topic)?;
         if let Some(stray) = records.iter().find(|r| {
             r.run_id != run.run_id || r.key.model != run.model || r.key.chain != run.chain
         }) {
@@ -413,7 +408,7 @@ impl ResultSink for ParquetSink {
         }
         let group: Vec<&Record> = records.iter().collect();
         let path = self.file_path(
-            topic,
+            &run.topic,
             &run.chain,
             &run.model,
             (run.range.start(), run.range.end()),
@@ -452,18 +447,18 @@ impl ResultSink for ParquetSink {
     /// invalid schema, or one different from the schema already declared for that version.
     async fn declare_schema(
         &self,
-        model: &str,
-        version: &str,
+        model: ModelVersion<'_>,
         schema: &RecordSchema,
     ) -> Result<(), SinkError> {
+        let ModelVersion { name, version } = model;
         let refuse = |reason: String| SinkError::InvalidSchema {
-            model: model.to_owned(),
+            model: name.to_owned(),
             version: version.to_owned(),
             reason,
         };
         schema.validate().map_err(|e| refuse(e.to_string()))?;
         let mut declared = self.declared.write().unwrap_or_else(|e| e.into_inner());
-        let key = (model.to_owned(), version.to_owned());
+        let key = (name.to_owned(), version.to_owned());
         match declared.get(&key) {
             Some(d) if d.schema == *schema => Ok(()),
             Some(_) => Err(refuse(

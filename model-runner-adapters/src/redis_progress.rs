@@ -110,26 +110,33 @@ impl RedisPortError for ProgressError {
 
 #[async_trait]
 impl ProgressBoard for RedisProgressBoard {
+    /// One `SET … EX` per entry, pipelined: one round trip.
     async fn publish(
         &self,
-        run: RunId,
-        progress: &RunProgress,
+        entries: &[(RunId, RunProgress)],
         ttl: Duration,
     ) -> Result<(), ProgressError> {
         check_ttl(ttl)?;
+        if entries.is_empty() {
+            return Ok(());
+        }
         // Whole seconds, rounded up: an entry never vanishes before its TTL.
         let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
-        let value = serde_json::to_string(progress).map_err(|e| ProgressError::Backend {
-            adapter: ADAPTER,
-            message: format!("encoding the progress of run {run}: {e}"),
-        })?;
+        let mut pipe = redis::pipe();
+        for (run, progress) in entries {
+            let value = serde_json::to_string(progress).map_err(|e| ProgressError::Backend {
+                adapter: ADAPTER,
+                message: format!("encoding the progress of run {run}: {e}"),
+            })?;
+            pipe.cmd("SET")
+                .arg(self.redis_key(*run))
+                .arg(value)
+                .arg("EX")
+                .arg(seconds)
+                .ignore();
+        }
         let mut c = self.connection.clone();
-        redis::cmd("SET")
-            .arg(self.redis_key(run))
-            .arg(value)
-            .arg("EX")
-            .arg(seconds)
-            .query_async::<()>(&mut c)
+        pipe.query_async::<()>(&mut c)
             .await
             .map_err(|e| self.error("SET", &e))
     }

@@ -469,13 +469,13 @@ impl RunStore for SqliteRunStore {
         Ok(out)
     }
 
-    async fn transition(
-        &self,
-        id: RunId,
-        expected: RunState,
-        expected_attempt: u32,
-        event: RunEvent,
-    ) -> Result<ModelRun, StoreError> {
+    async fn apply(&self, t: Transition) -> Result<ModelRun, StoreError> {
+        let Transition {
+            id,
+            expected,
+            expected_attempt,
+            event,
+        } = t;
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let run = Self::transition_in(&mut tx, id, expected, expected_attempt, &event).await?;
         tx.commit().await.map_err(backend)?;

@@ -23,8 +23,8 @@ use model_runner_core::engine::{
 use model_runner_core::memory::{MemoryRunQueue, MemoryRunStore};
 use model_runner_core::ports::{ResultSink, RunOutput, RunStore, SinkError};
 use model_runner_core::{
-    BlockRange, Chain, FieldType, Model, PayloadError, Record, RecordSchema, Routing, RunId,
-    RunMode, RunState,
+    BlockRange, Chain, FieldType, Model, ModelVersion, PayloadError, Record, RecordSchema, Routing,
+    RunId, RunMode, RunState,
 };
 use object_store::path::Path;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -274,9 +274,15 @@ async fn a_declared_model_gets_exactly_its_columns_even_all_null_ones() {
     let sink = ParquetSink::local(dir.path()).unwrap();
     // Declared through `Arc<dyn ResultSink>`, as the engine does; clones share declarations.
     let port: Arc<dyn ResultSink> = Arc::new(sink.clone());
-    port.declare_schema("tokens", "3", &token_schema())
-        .await
-        .unwrap();
+    port.declare_schema(
+        ModelVersion {
+            name: "tokens",
+            version: "3",
+        },
+        &token_schema(),
+    )
+    .await
+    .unwrap();
     assert_eq!(sink.declared_schema("tokens", "3"), Some(token_schema()));
     assert_eq!(sink.declared_schema("tokens", "4"), None);
 
@@ -348,7 +354,13 @@ async fn a_declared_model_gets_exactly_its_columns_even_all_null_ones() {
     let dir2 = tempfile::tempdir().unwrap();
     let sink2 = ParquetSink::local(dir2.path()).unwrap();
     sink2
-        .declare_schema("tokens", "3", &token_schema())
+        .declare_schema(
+            ModelVersion {
+                name: "tokens",
+                version: "3",
+            },
+            &token_schema(),
+        )
         .await
         .unwrap();
     let mut v4 = token_records(6);
@@ -372,9 +384,15 @@ async fn a_declared_model_gets_exactly_its_columns_even_all_null_ones() {
 async fn a_nonconforming_record_is_refused_naming_the_field_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let sink = ParquetSink::local(dir.path()).unwrap();
-    sink.declare_schema("tokens", "3", &token_schema())
-        .await
-        .unwrap();
+    sink.declare_schema(
+        ModelVersion {
+            name: "tokens",
+            version: "3",
+        },
+        &token_schema(),
+    )
+    .await
+    .unwrap();
     // A valid group of an undeclared model first: the batch fails as a whole.
     let mut batch = sink::records("other", 3, 1);
     let good = token_records(4);
@@ -451,12 +469,24 @@ async fn a_nonconforming_record_is_refused_naming_the_field_and_nothing_is_writt
 
     // The same schema again is fine; a different one for the same version, or an invalid one,
     // is refused with the reason.
-    sink.declare_schema("tokens", "3", &token_schema())
-        .await
-        .unwrap();
+    sink.declare_schema(
+        ModelVersion {
+            name: "tokens",
+            version: "3",
+        },
+        &token_schema(),
+    )
+    .await
+    .unwrap();
     let changed = token_schema().nullable("fee", FieldType::UInt64, "");
     let err = sink
-        .declare_schema("tokens", "3", &changed)
+        .declare_schema(
+            ModelVersion {
+                name: "tokens",
+                version: "3",
+            },
+            &changed,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, SinkError::InvalidSchema { .. }), "{err:?}");
@@ -466,7 +496,13 @@ async fn a_nonconforming_record_is_refused_naming_the_field_and_nothing_is_writt
     );
     let invalid = RecordSchema::new().required("Token", FieldType::Hex, "");
     let err = sink
-        .declare_schema("tokens", "5", &invalid)
+        .declare_schema(
+            ModelVersion {
+                name: "tokens",
+                version: "5",
+            },
+            &invalid,
+        )
         .await
         .unwrap_err();
     assert!(
@@ -593,15 +629,14 @@ async fn send_run_names_the_file_by_the_run_range_and_records_empty_runs() {
     // Records of blocks 1000-1001 from a run over 990-1009.
     let records = sink::records("m", 20, 0);
     let run = RunOutput {
+        topic: "prod-ethereum-sink".into(),
         run_id: records[0].run_id,
         model: "m".into(),
         model_version: "1".into(),
         chain: ethereum(),
         range: BlockRange::new(990, 1009).unwrap(),
     };
-    sink.send_run("prod-ethereum-sink", &run, &records)
-        .await
-        .unwrap();
+    sink.send_run(&run, &records).await.unwrap();
     let want = format!(
         "prod/ethereum/m/block_range=990-1009/{}.parquet",
         run.run_id
@@ -614,9 +649,7 @@ async fn send_run_names_the_file_by_the_run_range_and_records_empty_runs() {
     assert_eq!(back, records);
 
     // A rerun of the same run that produced nothing replaces the file with an empty one.
-    sink.send_run("prod-ethereum-sink", &run, &[])
-        .await
-        .unwrap();
+    sink.send_run(&run, &[]).await.unwrap();
     assert_eq!(files(dir.path()), vec![want]);
     let file = std::fs::File::open(dir.path().join(&files(dir.path())[0])).unwrap();
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
@@ -631,10 +664,7 @@ async fn send_run_names_the_file_by_the_run_range_and_records_empty_runs() {
 
     // A record of another run is refused, and nothing is written for it.
     let other = sink::records("m", 1, 0);
-    let err = sink
-        .send_run("prod-ethereum-sink", &run, &other)
-        .await
-        .unwrap_err();
+    let err = sink.send_run(&run, &other).await.unwrap_err();
     assert!(
         err.to_string()
             .contains(&format!("was sent as part of run {}", run.run_id)),

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use model_runner_adapters::postgres::{PostgresOptions, PostgresRunStore};
 use model_runner_core::conformance::{new_run, unique};
-use model_runner_core::ports::{CreateRuns, RunFilter, RunStore, StoreError};
+use model_runner_core::ports::{CreateRuns, RunFilter, RunStore, RunStoreExt, StoreError};
 use model_runner_core::run::TransitionError;
 use model_runner_core::{RunEvent, RunId, RunState};
 

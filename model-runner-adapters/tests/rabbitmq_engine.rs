@@ -17,7 +17,7 @@ use model_runner_core::engine::{
 };
 use model_runner_core::memory::{MemoryRunStore, MemorySink};
 use model_runner_core::model::{Model, ModelContext, ModelError, ModelRegistry, Record};
-use model_runner_core::ports::{RunMessage, RunQueue, RunStore};
+use model_runner_core::ports::{RunMessage, RunQueue, RunStore, RunStoreExt};
 use model_runner_core::{
     Block, BlockRange, Chain, ModelKind, ModelRun, Routing, RunEvent, RunId, RunMode, RunState,
     dead_letter_queue_name,

@@ -61,13 +61,13 @@ async fn progress_published_by_one_connection_is_read_by_another() {
     assert_eq!(api.read(&[run]).await.unwrap(), vec![None]);
     let p = progress(1, 250, 1000);
     worker
-        .publish(run, &p, Duration::from_secs(60))
+        .publish(&[(run, p)], Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(api.read(&[run]).await.unwrap(), vec![Some(p)]);
     let later = progress(1, 1000, 1000);
     worker
-        .publish(run, &later, Duration::from_secs(60))
+        .publish(&[(run, later)], Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(api.read(&[run]).await.unwrap(), vec![Some(later)]);
@@ -107,7 +107,10 @@ async fn progress_published_by_one_connection_is_read_by_another() {
     let many: Vec<RunId> = (0..MGET_KEYS + 7).map(|_| RunId::new()).collect();
     for (i, r) in many.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
         worker
-            .publish(*r, &progress(2, i as u64, 10_000), Duration::from_secs(60))
+            .publish(
+                &[(*r, progress(2, i as u64, 10_000))],
+                Duration::from_secs(60),
+            )
             .await
             .unwrap();
     }

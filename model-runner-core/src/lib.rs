@@ -87,7 +87,7 @@ pub mod prelude {
     pub use crate::model::{
         FieldType, Model, ModelContext, ModelError, ModelRegistry, Payload, Record, RecordSchema,
     };
-    pub use crate::ports::{BlockSource, ResultSink, RunQueue, RunStore};
+    pub use crate::ports::{BlockSource, ResultSink, RunQueue, RunStore, RunStoreExt};
     pub use crate::routing::topic_name;
     pub use crate::run::{ModelRun, RunId, RunState};
     pub use alloy_primitives::{Address, B256, Bytes, U256};
@@ -100,8 +100,8 @@ pub use alloy_primitives;
 pub use chain::{BlockRange, Chain, ChainError, ModelKind, RunMode};
 pub use data::{Block, BlockHead, BlockRef, CallRequest, Log, Receipt, Transaction};
 pub use model::{
-    FieldSpec, FieldType, Model, ModelContext, ModelError, ModelRegistry, Payload, PayloadError,
-    PayloadWriter, Record, RecordKey, RecordSchema, SchemaError,
+    FieldSpec, FieldType, Model, ModelContext, ModelError, ModelRegistry, ModelVersion, Payload,
+    PayloadError, PayloadWriter, Record, RecordKey, RecordSchema, SchemaError,
 };
 pub use routing::{Routing, adhoc_queue_name, dead_letter_queue_name, queue_name, topic_name};
 pub use run::{ModelRun, NewRun, RunEvent, RunId, RunState, TransitionError};

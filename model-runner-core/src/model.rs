@@ -29,6 +29,26 @@ pub use schema::{
     FieldSpec, FieldType, MAX_FIELD_NAME_LEN, PayloadError, RecordSchema, SchemaError,
 };
 
+/// A model at one version, e.g. `erc20_transfers` at `1.0.0`: what a record schema is declared
+/// for ([`crate::ports::ResultSink::declare_schema`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ModelVersion<'a> {
+    /// The model's name ([`Model::name`]).
+    pub name: &'a str,
+    /// Its version ([`Model::version`]).
+    pub version: &'a str,
+}
+
+impl<'a> ModelVersion<'a> {
+    /// `model`'s name at its version.
+    pub fn of(model: &'a (impl Model + ?Sized)) -> Self {
+        Self {
+            name: model.name(),
+            version: model.version(),
+        }
+    }
+}
+
 /// The deterministic identity of a record.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RecordKey {

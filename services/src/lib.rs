@@ -542,6 +542,7 @@ pub fn cli_retry() -> RetryPolicy {
 mod tests {
     use super::*;
     use model_runner_core::ports::CreateRuns;
+    use model_runner_core::ports::RunStoreExt;
     use model_runner_core::{ModelKind, NewRun, RunEvent};
 
     /// A run of `max_attempts` that failed its first attempt with no retry time: the worker

@@ -16,7 +16,7 @@ use model_runner_adapters::devnet::{DevnetConfig, DevnetSource};
 use model_runner_adapters::sqlite::SqliteRunStore;
 use model_runner_core::engine::EngineDeps;
 use model_runner_core::memory::{MemoryRunQueue, MemorySink};
-use model_runner_core::ports::RunStore;
+use model_runner_core::ports::{RunStore, RunStoreExt};
 use model_runner_core::{
     BlockRange, Chain, ModelKind, NewRun, Routing, RunEvent, RunId, RunMode, RunState,
 };
@@ -1559,16 +1559,11 @@ impl RunStore for StuckStore {
     {
         self.0.count_by_state(filter).await
     }
-    async fn transition(
+    async fn apply(
         &self,
-        id: RunId,
-        expected: RunState,
-        expected_attempt: u32,
-        event: RunEvent,
+        t: model_runner_core::ports::Transition,
     ) -> Result<model_runner_core::ModelRun, model_runner_core::ports::StoreError> {
-        self.0
-            .transition(id, expected, expected_attempt, event)
-            .await
+        self.0.apply(t).await
     }
     async fn expired_leases(
         &self,

@@ -99,7 +99,7 @@ async fn runs_list_and_show_carry_the_live_progress_of_running_runs() {
 
     use model_runner_adapters::redis_progress::RedisProgressBoard;
     use model_runner_adapters::sqlite::SqliteRunStore;
-    use model_runner_core::ports::{ProgressBoard, RunProgress, RunStore};
+    use model_runner_core::ports::{ProgressBoard, RunProgress, RunStoreExt};
     use model_runner_core::{RunEvent, RunId, RunState};
 
     let Ok(redis) = std::env::var("REDIS_URL") else {
@@ -161,7 +161,7 @@ async fn runs_list_and_show_carry_the_live_progress_of_running_runs() {
     };
     for id in [running, queued] {
         board
-            .publish(id, &published, Duration::from_secs(60))
+            .publish(&[(id, published)], Duration::from_secs(60))
             .await
             .unwrap();
     }

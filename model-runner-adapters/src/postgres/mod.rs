@@ -1063,13 +1063,13 @@ impl RunStore for PostgresRunStore {
         Ok(out)
     }
 
-    async fn transition(
-        &self,
-        id: RunId,
-        expected: RunState,
-        expected_attempt: u32,
-        event: RunEvent,
-    ) -> Result<ModelRun, StoreError> {
+    async fn apply(&self, t: Transition) -> Result<ModelRun, StoreError> {
+        let Transition {
+            id,
+            expected,
+            expected_attempt,
+            event,
+        } = t;
         let mut backoff = Backoff::new(self.retry_budget);
         // The row to decide against on the first attempt: the remembered copy.
         let mut guess = self.remembered(id);

@@ -1,5 +1,5 @@
 //! The [`ProgressBoard`] conformance suite: what was published is read back whole, the last
-//! publish wins, reads answer in order, runs are independent, entries vanish after their TTL,
+//! publish wins, one publish carries many runs, reads answer in order, runs are independent, entries vanish after their TTL,
 //! a zero TTL is refused. Run ids are fresh (UUID v7), so the suite runs in parallel against a
 //! shared server.
 
@@ -20,6 +20,7 @@ pub async fn run_all(board: &impl ProgressBoard) {
     unknown_run_is_none(board).await;
     publish_then_read(board).await;
     last_publish_wins(board).await;
+    one_publish_carries_many_runs(board).await;
     reads_answer_in_order(board).await;
     runs_are_independent(board).await;
     zero_ttl_is_refused(board).await;
@@ -41,7 +42,7 @@ pub fn progress(attempt: u32, blocks_done: u64, blocks_total: u64) -> RunProgres
 
 async fn publish(board: &impl ProgressBoard, run: RunId, p: &RunProgress, ttl: Duration) {
     board
-        .publish(run, p, ttl)
+        .publish(&[(run, *p)], ttl)
         .await
         .unwrap_or_else(|e| panic!("publish {run}: {e:?}"));
 }
@@ -102,6 +103,23 @@ pub async fn last_publish_wins(board: &impl ProgressBoard) {
     );
 }
 
+/// One publish MUST store every entry it carries, the later of two entries for one run
+/// winning; an empty publish MUST succeed and change nothing.
+pub async fn one_publish_carries_many_runs(board: &impl ProgressBoard) {
+    let (a, b) = (RunId::new(), RunId::new());
+    let (pa, pb) = (progress(1, 3, 30), progress(2, 8, 80));
+    board
+        .publish(&[(a, progress(1, 1, 30)), (b, pb), (a, pa)], LONG)
+        .await
+        .expect("publish of three entries");
+    board.publish(&[], LONG).await.expect("publish of none");
+    assert_eq!(
+        read(board, &[a, b]).await,
+        vec![Some(pa), Some(pb)],
+        "one publish MUST store each run's last entry"
+    );
+}
+
 /// `read` MUST answer in the order of the ids, duplicates included, `None` where nothing lives.
 pub async fn reads_answer_in_order(board: &impl ProgressBoard) {
     let runs: Vec<RunId> = (0..5).map(|_| RunId::new()).collect();
@@ -140,7 +158,7 @@ pub async fn runs_are_independent(board: &impl ProgressBoard) {
 pub async fn zero_ttl_is_refused(board: &impl ProgressBoard) {
     let run = RunId::new();
     let err = board
-        .publish(run, &progress(1, 1, 2), Duration::ZERO)
+        .publish(&[(run, progress(1, 1, 2))], Duration::ZERO)
         .await
         .expect_err("a zero ttl MUST be refused");
     assert!(

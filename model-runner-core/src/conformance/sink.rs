@@ -8,7 +8,7 @@ use alloy_primitives::B256;
 
 use super::unique;
 use crate::chain::Chain;
-use crate::model::{FieldType, Record, RecordKey, RecordSchema};
+use crate::model::{FieldType, ModelVersion, Record, RecordKey, RecordSchema};
 use crate::ports::ResultSink;
 use crate::run::RunId;
 
@@ -114,12 +114,24 @@ where
     // A declared schema: declaring it again succeeds, and conforming records (a nullable field
     // missing, null or set) are accepted and read back unchanged.
     let schema = records_schema();
-    sink.declare_schema("conf-declared", "1", &schema)
-        .await
-        .expect("declare_schema");
-    sink.declare_schema("conf-declared", "1", &schema)
-        .await
-        .expect("declaring the same schema again MUST succeed");
+    sink.declare_schema(
+        ModelVersion {
+            name: "conf-declared",
+            version: "1",
+        },
+        &schema,
+    )
+    .await
+    .expect("declare_schema");
+    sink.declare_schema(
+        ModelVersion {
+            name: "conf-declared",
+            version: "1",
+        },
+        &schema,
+    )
+    .await
+    .expect("declaring the same schema again MUST succeed");
     let declared_topic = unique("conf-sink-declared");
     let mut declared = records("conf-declared", 30, 16);
     declared[1]

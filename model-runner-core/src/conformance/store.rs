@@ -10,7 +10,7 @@ use alloy_primitives::Address;
 
 use super::{ERC20_ABI, new_run};
 use crate::chain::{Chain, RunMode};
-use crate::ports::{CreateRuns, RunFilter, RunStore, StoreError, Transition};
+use crate::ports::{CreateRuns, RunFilter, RunStore, RunStoreExt, StoreError, Transition};
 use crate::run::{NewRun, RunEvent, RunId, RunState};
 
 /// Runs every case, each on a fresh store from `make`.

@@ -218,7 +218,7 @@ mod tests {
     use crate::chain::{BlockRange, Chain, RunMode};
     use crate::engine::{BackfillRequest, Worker, WorkerConfig, submit_backfill};
     use crate::memory::{MemoryBlockSource, MemoryRunQueue, MemoryRunStore, MemorySink};
-    use crate::ports::{Consumer, QueueError, RunQueue, RunStore};
+    use crate::ports::{Consumer, QueueError, RunQueue, RunStore, RunStoreExt};
     use crate::routing::Routing;
     use crate::run::{RunEvent, RunId};
 

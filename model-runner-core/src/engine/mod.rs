@@ -28,7 +28,7 @@ use rand::Rng;
 
 use crate::chain::Chain;
 use crate::clock::Clock;
-use crate::model::{ModelRegistry, RegistryError, SchemaError};
+use crate::model::{ModelRegistry, ModelVersion, RegistryError, SchemaError};
 use crate::ports::{
     BlockSource, QueueError, ResultSink, RunQueue, RunStore, SinkError, SourceError, StoreError,
 };
@@ -122,7 +122,7 @@ impl EngineDeps {
                     error,
                 })?;
             self.sink
-                .declare_schema(model.name(), model.version(), &schema)
+                .declare_schema(ModelVersion::of(model.as_ref()), &schema)
                 .await?;
             declared += 1;
         }

@@ -9,7 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::{CancellationToken, EngineDeps, EngineError, RetryPolicy, instruments};
 use crate::chain::{BlockRange, Chain, RunMode};
-use crate::ports::{CreateRuns, CreatedRuns, RunMessage, StoreError};
+use crate::ports::{CreateRuns, CreatedRuns, RunMessage, RunStoreExt, StoreError};
 use crate::run::{ModelRun, NewRun, RunEvent, RunState};
 
 /// Follow `chain`'s head with `model`.
@@ -663,7 +663,7 @@ mod tests {
     use crate::chain::ModelKind;
     use crate::clock::TokioClock;
     use crate::memory::{MemoryBlockSource, MemoryRunQueue, MemoryRunStore, MemorySink};
-    use crate::ports::{BlockSource, RunFilter, RunQueue, RunStore};
+    use crate::ports::{BlockSource, RunFilter, RunQueue, RunStore, RunStoreExt};
     use crate::routing::{Routing, queue_name};
     use crate::run::ModelRun;
 

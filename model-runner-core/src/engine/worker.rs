@@ -51,8 +51,8 @@ use super::settlement::{
 use super::{CancellationToken, EngineDeps, EngineError, RetryPolicy, instruments};
 use crate::model::{Model, ModelContext};
 use crate::ports::{
-    BlockSource, Delivery, ProgressBoard, RunMessage, RunOutput, RunProgress, StoreError,
-    Transition,
+    BlockSource, Delivery, ProgressBoard, RunMessage, RunOutput, RunProgress, RunStoreExt,
+    StoreError, Transition,
 };
 use crate::routing::topic_name;
 use crate::run::{ModelRun, RunEvent, RunState};
@@ -742,7 +742,10 @@ impl Worker {
             blocks_total: run.range.len(),
             updated_at: self.deps.clock.now(),
         };
-        let Err(e) = board.publish(run.id, &progress, self.config.lease).await else {
+        let Err(e) = board
+            .publish(&[(run.id, progress)], self.config.lease)
+            .await
+        else {
             return;
         };
         let suppressed = {
@@ -864,6 +867,7 @@ impl Worker {
         }
         let topic = topic_name(&self.config.env, &run.chain);
         let output = RunOutput {
+            topic: topic.clone(),
             run_id: run.id,
             model: run.model.clone(),
             model_version: run.model_version.clone(),
@@ -874,12 +878,10 @@ impl Worker {
         // On the model pool too: encoding (Parquet, JSON) is CPU work that must not starve the
         // heartbeats on this runtime.
         let sink = self.deps.sink.clone();
-        let send = {
-            let topic = topic.clone();
-            AbortOnDrop(model_runtime().spawn(
-                async move { sink.send_run(&topic, &output, &records).await }.in_current_span(),
-            ))
-        };
+        let send = AbortOnDrop(
+            model_runtime()
+                .spawn(async move { sink.send_run(&output, &records).await }.in_current_span()),
+        );
         let sending = std::time::Instant::now();
         let sent = send.join().await;
         instruments::sink_sent(run, sending.elapsed());
@@ -1009,7 +1011,7 @@ mod tests {
     use crate::memory::{MemoryBlockSource, MemoryRunQueue, MemoryRunStore, MemorySink};
     use crate::model::{FieldType, ModelError, ModelRegistry, Record, RecordSchema};
     use crate::models::tests::TestModel;
-    use crate::ports::RunStore;
+    use crate::ports::{RunStore, RunStoreExt};
     use crate::routing::Routing;
     use crate::run::RunId;
 
@@ -1891,8 +1893,7 @@ mod tests {
     impl ProgressBoard for BrokenBoard {
         async fn publish(
             &self,
-            _run: RunId,
-            _progress: &RunProgress,
+            _entries: &[(RunId, RunProgress)],
             _ttl: Duration,
         ) -> Result<(), crate::ports::ProgressError> {
             self.publishes.fetch_add(1, Ordering::SeqCst);

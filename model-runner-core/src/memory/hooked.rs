@@ -60,20 +60,14 @@ impl RunStore for HookedStore {
     ) -> Result<BTreeMap<RunState, u64>, StoreError> {
         self.inner.count_by_state(filter).await
     }
-    async fn transition(
-        &self,
-        id: RunId,
-        expected: RunState,
-        attempt: u32,
-        event: RunEvent,
-    ) -> Result<ModelRun, StoreError> {
+    async fn apply(&self, t: Transition) -> Result<ModelRun, StoreError> {
         if let Some(hook) = &self.on_transition {
-            let stored = self.inner.get(id).await?;
-            if let Some(answer) = hook(&stored, expected, attempt, &event) {
+            let stored = self.inner.get(t.id).await?;
+            if let Some(answer) = hook(&stored, t.expected, t.expected_attempt, &t.event) {
                 return answer;
             }
         }
-        self.inner.transition(id, expected, attempt, event).await
+        self.inner.apply(t).await
     }
     async fn transitions(
         &self,
@@ -89,10 +83,7 @@ impl RunStore for HookedStore {
         // Item by item, through the hook.
         let mut out = Vec::with_capacity(batch.len());
         for t in batch {
-            out.push(
-                self.transition(t.id, t.expected, t.expected_attempt, t.event.clone())
-                    .await,
-            );
+            out.push(self.apply(t.clone()).await);
         }
         Ok(out)
     }

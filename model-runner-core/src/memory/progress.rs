@@ -70,22 +70,23 @@ impl Default for MemoryProgressBoard {
 impl ProgressBoard for MemoryProgressBoard {
     async fn publish(
         &self,
-        run: RunId,
-        progress: &RunProgress,
+        entries: &[(RunId, RunProgress)],
         ttl: Duration,
     ) -> Result<(), ProgressError> {
         check_ttl(ttl)?;
         let now = self.clock.now();
         let expires_at = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-        let mut entries = self.lock();
-        entries.retain(|_, e| e.expires_at > now);
-        entries.insert(
-            run,
-            Entry {
-                progress: *progress,
-                expires_at,
-            },
-        );
+        let mut board = self.lock();
+        board.retain(|_, e| e.expires_at > now);
+        for &(run, progress) in entries {
+            board.insert(
+                run,
+                Entry {
+                    progress,
+                    expires_at,
+                },
+            );
+        }
         Ok(())
     }
 
@@ -131,7 +132,7 @@ mod tests {
         let (dead, alive) = (RunId::new(), RunId::new());
         let p = progress(1, 10);
         board
-            .publish(dead, &p, Duration::from_secs(60))
+            .publish(&[(dead, p)], Duration::from_secs(60))
             .await
             .unwrap();
         tokio::time::advance(Duration::from_millis(59_999)).await;
@@ -140,7 +141,7 @@ mod tests {
         assert_eq!(board.read(&[dead]).await.unwrap(), vec![None]);
         assert_eq!(board.len(), 1, "dropped lazily");
         board
-            .publish(alive, &progress(1, 5), Duration::from_secs(60))
+            .publish(&[(alive, progress(1, 5))], Duration::from_secs(60))
             .await
             .unwrap();
         assert_eq!(board.len(), 1, "the publish dropped the expired entry");
@@ -172,20 +173,20 @@ mod tests {
         ];
         let ttl = Duration::from_secs(60);
         board
-            .publish(runs[0].id, &progress(2, 40), ttl)
+            .publish(&[(runs[0].id, progress(2, 40))], ttl)
             .await
             .unwrap();
         // An earlier attempt's worker published last for this one.
         board
-            .publish(runs[1].id, &progress(2, 70), ttl)
+            .publish(&[(runs[1].id, progress(2, 70))], ttl)
             .await
             .unwrap();
         board
-            .publish(runs[2].id, &progress(1, 100), ttl)
+            .publish(&[(runs[2].id, progress(1, 100))], ttl)
             .await
             .unwrap();
         board
-            .publish(runs[3].id, &progress(1, 5), ttl)
+            .publish(&[(runs[3].id, progress(1, 5))], ttl)
             .await
             .unwrap();
         let live: Vec<Option<u64>> = board
@@ -207,7 +208,7 @@ mod tests {
         let run = RunId::new();
         let p = progress(2, 42);
         board
-            .publish(run, &p, Duration::from_secs(5))
+            .publish(&[(run, p)], Duration::from_secs(5))
             .await
             .unwrap();
         assert_eq!(other.read(&[run]).await.unwrap(), vec![Some(p)]);

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::model::{Record, RecordSchema};
+use crate::model::{ModelVersion, Record, RecordSchema};
 use crate::ports::{ResultSink, SinkError};
 
 /// A [`ResultSink`] that keeps every record in memory, readable with [`MemorySink::records`].
@@ -80,14 +80,16 @@ impl ResultSink for MemorySink {
 
     async fn declare_schema(
         &self,
-        model: &str,
-        version: &str,
+        model: ModelVersion<'_>,
         schema: &RecordSchema,
     ) -> Result<(), SinkError> {
         self.schemas
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((model.to_owned(), version.to_owned()), schema.clone());
+            .insert(
+                (model.name.to_owned(), model.version.to_owned()),
+                schema.clone(),
+            );
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ use crate::ports::{
     Transition, cursor_conflict, idempotency_conflict, same_batch, state_conflict, validate_batch,
     validate_cursor_runs,
 };
-use crate::run::{ModelRun, NewRun, RunEvent, RunId, RunState};
+use crate::run::{ModelRun, NewRun, RunId, RunState};
 
 /// A [`RunStore`] in memory. Not durable; every operation is atomic under one lock.
 #[derive(Debug)]
@@ -153,13 +153,13 @@ impl RunStore for MemoryRunStore {
         Ok(out)
     }
 
-    async fn transition(
-        &self,
-        id: RunId,
-        expected: RunState,
-        expected_attempt: u32,
-        event: RunEvent,
-    ) -> Result<ModelRun, StoreError> {
+    async fn apply(&self, t: Transition) -> Result<ModelRun, StoreError> {
+        let Transition {
+            id,
+            expected,
+            expected_attempt,
+            event,
+        } = t;
         let mut inner = self.lock();
         let run = inner.runs.get_mut(&id).ok_or(StoreError::NotFound { id })?;
         if run.state != expected || run.attempt != expected_attempt {

@@ -620,12 +620,9 @@ mod tests {
             {
                 unimplemented!()
             }
-            async fn transition(
+            async fn apply(
                 &self,
-                _: RunId,
-                _: crate::RunState,
-                _: u32,
-                _: crate::RunEvent,
+                _: crate::ports::Transition,
             ) -> Result<crate::ModelRun, crate::ports::StoreError> {
                 unimplemented!()
             }

@@ -85,11 +85,11 @@ pub enum ProgressError {
 ///   is a caller's mistake.
 #[async_trait]
 pub trait ProgressBoard: fmt::Debug + Send + Sync + 'static {
-    /// Publishes `progress` as the live progress of `run`, kept for `ttl`.
+    /// Publishes each `(run, progress)` of `entries` as the live progress of `run`, kept for
+    /// `ttl` (a later entry for the same run wins); `publish(&[], ttl)` does nothing.
     async fn publish(
         &self,
-        run: RunId,
-        progress: &RunProgress,
+        entries: &[(RunId, RunProgress)],
         ttl: Duration,
     ) -> Result<(), ProgressError>;
 
@@ -104,11 +104,10 @@ macro_rules! forward_progress_board {
         impl<T: ProgressBoard + ?Sized> ProgressBoard for $pointer<T> {
             async fn publish(
                 &self,
-                run: RunId,
-                progress: &RunProgress,
+                entries: &[(RunId, RunProgress)],
                 ttl: Duration,
             ) -> Result<(), ProgressError> {
-                (**self).publish(run, progress, ttl).await
+                (**self).publish(entries, ttl).await
             }
             async fn read(&self, runs: &[RunId]) -> Result<Vec<Option<RunProgress>>, ProgressError> {
                 (**self).read(runs).await

@@ -6,12 +6,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::chain::{BlockRange, Chain};
-use crate::model::{PayloadError, Record, RecordSchema};
+use crate::model::{ModelVersion, PayloadError, Record, RecordSchema};
 use crate::run::RunId;
 
 /// The run attempt whose records one [`ResultSink::send_run`] carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunOutput {
+    /// Where its records go (see [`check_topic`]), e.g. `prod-ethereum-sink`.
+    pub topic: String,
     /// The run.
     pub run_id: RunId,
     /// Its model.
@@ -164,31 +166,24 @@ pub fn check_topic(topic: &str, sink: &str, max_len: usize) -> Result<(), SinkEr
 pub trait ResultSink: fmt::Debug + Send + Sync + 'static {
     /// Sends a batch to `topic`, waiting for durability.
     async fn send(&self, topic: &str, records: &[Record]) -> Result<(), SinkError>;
-    /// Sends every record one attempt of `run` produced (possibly none) to `topic`, waiting
-    /// for durability: what the worker calls. Every record MUST belong to `run`. A sink that
-    /// lays out its output per run (files per run) SHOULD name it by `run.range` rather than by
-    /// the blocks that happened to produce records, and MAY record a run that produced none.
-    /// The default sends the records with [`send`](Self::send).
-    async fn send_run(
-        &self,
-        topic: &str,
-        run: &RunOutput,
-        records: &[Record],
-    ) -> Result<(), SinkError> {
-        let _ = run;
-        self.send(topic, records).await
+    /// Sends every record one attempt of `run` produced (possibly none) to `run.topic`,
+    /// waiting for durability: what the worker calls. Every record MUST belong to `run`. A sink
+    /// that lays out its output per run (files per run) SHOULD name it by `run.range` rather
+    /// than by the blocks that happened to produce records, and MAY record a run that produced
+    /// none. The default sends the records with [`send`](Self::send).
+    async fn send_run(&self, run: &RunOutput, records: &[Record]) -> Result<(), SinkError> {
+        self.send(&run.topic, records).await
     }
     /// Makes everything sent so far durable.
     async fn flush(&self) -> Result<(), SinkError>;
-    /// Declares the payload schema of `model` at `version`, before its records are sent. The
-    /// default accepts and ignores it.
+    /// Declares the payload schema of `model` (a name at a version), before its records are
+    /// sent. The default accepts and ignores it.
     async fn declare_schema(
         &self,
-        model: &str,
-        version: &str,
+        model: ModelVersion<'_>,
         schema: &RecordSchema,
     ) -> Result<(), SinkError> {
-        let _ = (model, version, schema);
+        let _ = (model, schema);
         Ok(())
     }
     /// Readiness probe: whether the destination answers now (see the contract). The default,
@@ -206,24 +201,18 @@ macro_rules! forward_result_sink {
             async fn send(&self, topic: &str, records: &[Record]) -> Result<(), SinkError> {
                 (**self).send(topic, records).await
             }
-            async fn send_run(
-                &self,
-                topic: &str,
-                run: &RunOutput,
-                records: &[Record],
-            ) -> Result<(), SinkError> {
-                (**self).send_run(topic, run, records).await
+            async fn send_run(&self, run: &RunOutput, records: &[Record]) -> Result<(), SinkError> {
+                (**self).send_run(run, records).await
             }
             async fn flush(&self) -> Result<(), SinkError> {
                 (**self).flush().await
             }
             async fn declare_schema(
                 &self,
-                model: &str,
-                version: &str,
+                model: ModelVersion<'_>,
                 schema: &RecordSchema,
             ) -> Result<(), SinkError> {
-                (**self).declare_schema(model, version, schema).await
+                (**self).declare_schema(model, schema).await
             }
             async fn ping(&self) -> Result<(), SinkError> {
                 (**self).ping().await

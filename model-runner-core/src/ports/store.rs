@@ -91,9 +91,8 @@ pub struct CreatedRuns {
     pub created: bool,
 }
 
-/// One compare-and-set of a batch ([`RunStore::transitions`]): apply `event` to run `id` if
-/// it is still in `expected` state on `expected_attempt`, as
-/// [`transition`](RunStore::transition) does.
+/// One compare-and-set ([`RunStore::apply`], or one item of [`RunStore::transitions`]):
+/// apply `event` to run `id` if it is still in `expected` state on `expected_attempt`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
     /// The run.
@@ -432,29 +431,21 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
         filter: &RunFilter,
     ) -> Result<BTreeMap<RunState, u64>, StoreError>;
 
-    /// Compare-and-set transition.
-    async fn transition(
-        &self,
-        id: RunId,
-        expected: RunState,
-        expected_attempt: u32,
-        event: RunEvent,
-    ) -> Result<ModelRun, StoreError>;
+    /// Compare-and-set transition: applies `t.event` to run `t.id` if it is still in
+    /// `t.expected` state on `t.expected_attempt` (see the contract).
+    /// [`RunStoreExt::transition`] takes the four parts.
+    async fn apply(&self, t: Transition) -> Result<ModelRun, StoreError>;
 
     /// A batch of compare-and-set transitions, one result per item in order (see the
-    /// contract). The default applies them one by one with
-    /// [`transition`](RunStore::transition); adapters SHOULD apply a batch in a few round
-    /// trips, with the same results.
+    /// contract). The default applies them one by one with [`apply`](RunStore::apply);
+    /// adapters SHOULD apply a batch in a few round trips, with the same results.
     async fn transitions(
         &self,
         batch: &[Transition],
     ) -> Result<Vec<Result<ModelRun, StoreError>>, StoreError> {
         let mut out = Vec::with_capacity(batch.len());
         for t in batch {
-            match self
-                .transition(t.id, t.expected, t.expected_attempt, t.event.clone())
-                .await
-            {
+            match self.apply(t.clone()).await {
                 Err(e @ (StoreError::Unavailable { .. } | StoreError::Backend { .. })) => {
                     return Err(e);
                 }
@@ -462,48 +453,6 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
             }
         }
         Ok(out)
-    }
-
-    /// Claims a queued run for `owner` until `lease_until`.
-    async fn claim(
-        &self,
-        id: RunId,
-        attempt: u32,
-        owner: &str,
-        lease_until: DateTime<Utc>,
-    ) -> Result<ModelRun, StoreError> {
-        self.transition(
-            id,
-            RunState::Queued,
-            attempt,
-            RunEvent::Start {
-                owner: owner.to_owned(),
-                lease_until,
-            },
-        )
-        .await
-    }
-
-    /// Renews `owner`'s lease and records progress.
-    async fn heartbeat(
-        &self,
-        id: RunId,
-        attempt: u32,
-        owner: &str,
-        lease_until: DateTime<Utc>,
-        blocks_done: u64,
-    ) -> Result<ModelRun, StoreError> {
-        self.transition(
-            id,
-            RunState::Running,
-            attempt,
-            RunEvent::Heartbeat {
-                owner: owner.to_owned(),
-                lease_until,
-                blocks_done,
-            },
-        )
-        .await
     }
 
     /// Running runs whose lease ended before `now`, oldest lease first.
@@ -515,7 +464,7 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
 
     /// Marks published runs `queued` ([`RunEvent::Enqueue`]): each run only if it is still in
     /// the given state on the given attempt, a compare-and-set per run as
-    /// [`transition`](RunStore::transition) makes it; runs that moved on meanwhile (cancelled,
+    /// [`apply`](RunStore::apply) makes it; runs that moved on meanwhile (cancelled,
     /// say) are left as they are and not counted. Returns how many were marked. The default
     /// transitions them one by one; adapters SHOULD mark the batch in one round trip, with
     /// the same result.
@@ -727,37 +676,8 @@ macro_rules! forward_store {
             ) -> Result<BTreeMap<RunState, u64>, StoreError> {
                 (**self).count_by_state(filter).await
             }
-            async fn transition(
-                &self,
-                id: RunId,
-                expected: RunState,
-                expected_attempt: u32,
-                event: RunEvent,
-            ) -> Result<ModelRun, StoreError> {
-                (**self)
-                    .transition(id, expected, expected_attempt, event)
-                    .await
-            }
-            async fn claim(
-                &self,
-                id: RunId,
-                attempt: u32,
-                owner: &str,
-                lease_until: DateTime<Utc>,
-            ) -> Result<ModelRun, StoreError> {
-                (**self).claim(id, attempt, owner, lease_until).await
-            }
-            async fn heartbeat(
-                &self,
-                id: RunId,
-                attempt: u32,
-                owner: &str,
-                lease_until: DateTime<Utc>,
-                blocks_done: u64,
-            ) -> Result<ModelRun, StoreError> {
-                (**self)
-                    .heartbeat(id, attempt, owner, lease_until, blocks_done)
-                    .await
+            async fn apply(&self, t: Transition) -> Result<ModelRun, StoreError> {
+                (**self).apply(t).await
             }
             async fn expired_leases(
                 &self,
@@ -890,6 +810,73 @@ macro_rules! forward_store {
 }
 forward_store!(Arc<T>);
 forward_store!(Box<T>);
+
+/// Conveniences over any [`RunStore`] (blanket-implemented): the transitions the engine makes
+/// by their parts, each one [`RunStore::apply`].
+#[async_trait]
+pub trait RunStoreExt: RunStore {
+    /// Compare-and-set transition of run `id` from `expected` on `expected_attempt` by
+    /// `event`: [`RunStore::apply`] of the [`Transition`] these make.
+    async fn transition(
+        &self,
+        id: RunId,
+        expected: RunState,
+        expected_attempt: u32,
+        event: RunEvent,
+    ) -> Result<ModelRun, StoreError> {
+        self.apply(Transition {
+            id,
+            expected,
+            expected_attempt,
+            event,
+        })
+        .await
+    }
+
+    /// Claims a queued run for `owner` until `lease_until`.
+    async fn claim(
+        &self,
+        id: RunId,
+        attempt: u32,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<ModelRun, StoreError> {
+        self.transition(
+            id,
+            RunState::Queued,
+            attempt,
+            RunEvent::Start {
+                owner: owner.to_owned(),
+                lease_until,
+            },
+        )
+        .await
+    }
+
+    /// Renews `owner`'s lease and records progress.
+    async fn heartbeat(
+        &self,
+        id: RunId,
+        attempt: u32,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+        blocks_done: u64,
+    ) -> Result<ModelRun, StoreError> {
+        self.transition(
+            id,
+            RunState::Running,
+            attempt,
+            RunEvent::Heartbeat {
+                owner: owner.to_owned(),
+                lease_until,
+                blocks_done,
+            },
+        )
+        .await
+    }
+}
+
+impl<T: RunStore + ?Sized> RunStoreExt for T {}
 
 /// The error of the [`RunStore`] ABI defaults, for stores without a registry.
 fn no_abi_registry() -> StoreError {

@@ -10,7 +10,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use model_runner_core::engine::{BackfillRequest, submit_backfill};
-use model_runner_core::ports::{CreatedRuns, ProgressBoardExt, RunFilter, RunProgress, StoreError};
+use model_runner_core::ports::{
+    CreatedRuns, ProgressBoardExt, RunFilter, RunProgress, RunStoreExt, StoreError,
+};
 use model_runner_core::{BlockRange, ModelKind, ModelRun, RunEvent, RunId, RunMode, RunState};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};

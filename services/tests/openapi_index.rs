@@ -80,7 +80,17 @@ async fn get(app: &axum::Router, path: &str) -> (u16, Value) {
 
 /// `GET path` with `token` (none: no `Authorization` header).
 async fn get_as(app: &axum::Router, path: &str, token: Option<&str>) -> (u16, Value) {
-    let mut req = Request::get(path);
+    call_as(app, "GET", path, token).await
+}
+
+/// `method path` with no body and `token` (none: no `Authorization` header).
+async fn call_as(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let mut req = Request::builder().method(method).uri(path);
     if let Some(token) = token {
         req = req.header("authorization", format!("Bearer {token}"));
     }
@@ -436,6 +446,56 @@ async fn index_lookups_need_the_read_scope() {
     // Same as the other reads.
     let (status, _) = get_as(&app, "/v1/runs", None).await;
     assert_eq!(status, 401);
+}
+
+/// The scope `/openapi.json` states for each operation is the one its handler's auth extractor
+/// enforces: no token is refused where a token is required (and only there), a read token is
+/// refused where a write token is required (and only there).
+#[tokio::test]
+async fn every_operation_needs_the_scope_the_document_states() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reader = index_reader(&tmp.path().join("index")).await;
+    let app = app(state(tmp.path(), false).await.with_index(reader));
+    let (_, doc) = get(&app, "/openapi.json").await;
+    let mut checked = 0;
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        // Auth runs before the path is read, so any segment does.
+        let path: String = template
+            .split('/')
+            .map(|s| if s.starts_with('{') { "x" } else { s })
+            .collect::<Vec<_>>()
+            .join("/");
+        for (method, op) in item.as_object().unwrap() {
+            let method = method.to_ascii_uppercase();
+            let scope = match op["security"].as_array().map(Vec::as_slice) {
+                None | Some([]) => None,
+                Some([one]) => Some(one["bearer"][0].as_str().unwrap()),
+                Some(more) => panic!("{method} {template}: {more:?}"),
+            };
+            let refused = |status| status == 401 || status == 403;
+            let (none, _) = call_as(&app, &method, &path, None).await;
+            let (read, _) = call_as(&app, &method, &path, Some("reader")).await;
+            let (write, _) = call_as(&app, &method, &path, Some("writer")).await;
+            let expected = match scope {
+                None => (false, false),
+                Some("read") => (true, false),
+                Some("write") => (true, true),
+                Some(other) => panic!("{method} {template}: scope {other}"),
+            };
+            assert_eq!(
+                (none == 401, read == 403),
+                expected,
+                "{method} {template}: no token {none}, read token {read}"
+            );
+            assert!(!refused(write), "{method} {template}: write token {write}");
+            assert!(
+                scope.is_some() || !refused(read),
+                "{method} {template}: read token {read}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 17, "{checked} operations");
 }
 
 /// A lookup whose index read never finishes is cut by the API's request timeout, like any other

@@ -139,7 +139,6 @@ fn no_abi(chain: &Chain, address: &alloy_primitives::Address) -> ApiError {
         (status = 400, description = "Invalid chain, address or ABI", body = ErrorResponse),
         WriteRefusals, BodyRefusals,
     ),
-    security(("bearer" = ["write"]))
 )]
 pub async fn put_abi(
     State(state): State<ApiState>,
@@ -167,7 +166,6 @@ pub async fn put_abi(
         (status = 404, description = "No ABI registered for the contract", body = ErrorResponse),
         ReadRefusals,
     ),
-    security(("bearer" = ["read"]))
 )]
 pub async fn get_abi(
     State(state): State<ApiState>,
@@ -193,7 +191,6 @@ pub async fn get_abi(
         (status = 404, description = "No ABI registered for the contract", body = ErrorResponse),
         WriteRefusals,
     ),
-    security(("bearer" = ["write"]))
 )]
 pub async fn delete_abi(
     State(state): State<ApiState>,
@@ -219,7 +216,6 @@ pub async fn delete_abi(
         (status = 400, description = "Invalid parameter", body = ErrorResponse),
         ReadRefusals,
     ),
-    security(("bearer" = ["read"]))
 )]
 pub async fn list_abis(
     State(state): State<ApiState>,

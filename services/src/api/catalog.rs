@@ -79,7 +79,6 @@ pub struct ModelList {
         (status = 200, description = "Registered models", body = ModelList),
         ReadRefusals,
     ),
-    security(("bearer" = ["read"]))
 )]
 pub async fn list_models(State(state): State<ApiState>, _: ReadAccess) -> Json<ModelList> {
     let mut configured: Vec<&Chain> = state.deps.sources.keys().collect();
@@ -179,7 +178,6 @@ pub struct ChainProgress {
         (status = 404, description = "Chain not configured", body = ErrorResponse),
         ReadRefusals,
     ),
-    security(("bearer" = ["read"]))
 )]
 pub async fn chain_progress(
     State(state): State<ApiState>,

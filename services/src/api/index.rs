@@ -208,7 +208,6 @@ fn index_error(e: batch_index::Error) -> ApiError {
         (status = 404, description = "The index has no data for this account's shard", body = ErrorResponse),
         ReadRefusals,
     ),
-    security(("bearer" = ["read"]))
 )]
 pub async fn account(
     State(state): State<ApiState>,
@@ -257,7 +256,6 @@ pub async fn account(
         (status = 404, description = "The transaction is not in the index", body = ErrorResponse),
         ReadRefusals,
     ),
-    security(("bearer" = ["read"]))
 )]
 pub async fn transaction(
     State(state): State<ApiState>,

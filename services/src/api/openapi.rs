@@ -39,7 +39,7 @@ Reads need a read or write bearer token unless reads are open; writes need a wri
         health::readyz,
     ),
     components(schemas(ErrorResponse, ErrorDetail)),
-    modifiers(&BearerScheme),
+    modifiers(&Bearer),
     tags(
         (name = "runs", description = "Model runs"),
         (name = "models", description = "Registered models"),
@@ -60,13 +60,18 @@ pub struct ApiDoc;
         index::TransactionPosition,
         index::IndexCoverage,
     )),
+    modifiers(&Bearer),
     tags((name = "index", description = "Account and transaction lookups in the batch-index account index")),
 )]
 pub struct IndexDoc;
 
-struct BearerScheme;
+/// The bearer scheme, and the scope each operation needs, by one rule: an operation under
+/// `/v1/` takes a [`ReadAccess`](super::auth::ReadAccess) if it is a `GET` and a
+/// [`WriteAccess`](super::auth::WriteAccess) otherwise; the probes take neither. The
+/// `openapi_index` tests check every operation's requirement against what its handler refuses.
+struct Bearer;
 
-impl Modify for BearerScheme {
+impl Modify for Bearer {
     fn modify(&self, openapi: &mut OpenApiDoc) {
         openapi
             .components
@@ -75,6 +80,31 @@ impl Modify for BearerScheme {
                 "bearer",
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
             );
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            let PathItem {
+                get,
+                put,
+                post,
+                delete,
+                patch,
+                ..
+            } = item;
+            let scoped = [
+                (get, "read"),
+                (put, "write"),
+                (post, "write"),
+                (delete, "write"),
+                (patch, "write"),
+            ];
+            for (op, scope) in scoped {
+                if let Some(op) = op {
+                    op.security = Some(vec![SecurityRequirement::new("bearer", [scope])]);
+                }
+            }
+        }
     }
 }
 

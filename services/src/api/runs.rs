@@ -367,7 +367,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 409, description = "Idempotency-Key used for different runs", body = ErrorResponse),
         WriteRefusals, BodyRefusals,
     ),
-    security(("bearer" = ["write"]))
 )]
 pub async fn submit(
     State(state): State<ApiState>,
@@ -491,7 +490,6 @@ impl RunPath {
         (status = 404, description = "No such run", body = ErrorResponse),
         ReadRefusals,
     ),
-    security(("bearer" = ["read"]))
 )]
 pub async fn get_run(
     State(state): State<ApiState>,
@@ -618,7 +616,6 @@ fn parse_query(q: ListQuery, max_page: u32) -> Result<RunFilter, ApiError> {
         (status = 400, description = "Invalid parameter", body = ErrorResponse),
         ReadRefusals,
     ),
-    security(("bearer" = ["read"]))
 )]
 pub async fn list_runs(
     State(state): State<ApiState>,
@@ -686,7 +683,6 @@ async fn transition_current(
         (status = 409, description = "The run already succeeded or was cancelled", body = ErrorResponse),
         WriteRefusals, BodyRefusals,
     ),
-    security(("bearer" = ["write"]))
 )]
 pub async fn cancel(
     State(state): State<ApiState>,
@@ -733,7 +729,6 @@ pub async fn cancel(
         (status = 409, description = "The run is not failed or expired", body = ErrorResponse),
         WriteRefusals,
     ),
-    security(("bearer" = ["write"]))
 )]
 pub async fn retry(
     State(state): State<ApiState>,

@@ -83,7 +83,6 @@ fn check_name(name: &str) -> Result<(), ApiError> {
         (status = 400, description = "Invalid model name", body = ErrorResponse),
         ReadRefusals,
     ),
-    security(("bearer" = ["read"]))
 )]
 pub async fn list_versions(
     State(state): State<ApiState>,
@@ -119,7 +118,6 @@ pub async fn list_versions(
         (status = 400, description = "Invalid request, unknown model or chain, or nothing to rerun", body = ErrorResponse),
         WriteRefusals, BodyRefusals,
     ),
-    security(("bearer" = ["write"]))
 )]
 pub async fn rerun_model(
     State(state): State<ApiState>,

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use model_runner_core::Chain;
 use model_runner_core::ports::{ContractAbi, StoreError, parse_address};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::{IntoParams, IntoResponses, ToSchema};
 
 use super::ApiState;
 use super::auth::{ReadAccess, WriteAccess};
@@ -118,6 +118,17 @@ impl ContractPath {
     }
 }
 
+/// The refusals of a [`ContractPath`] whose ABI must be registered, for reading or removing it.
+#[derive(Debug, IntoResponses)]
+pub enum ContractRefusals {
+    /// Invalid chain or address
+    #[response(status = 400)]
+    Invalid(ErrorResponse),
+    /// No ABI registered for the contract
+    #[response(status = 404)]
+    NoAbi(ErrorResponse),
+}
+
 fn no_abi(chain: &Chain, address: &alloy_primitives::Address) -> ApiError {
     ApiError::not_found(
         "abi_not_found",
@@ -162,9 +173,7 @@ pub async fn put_abi(
     params(ContractPath),
     responses(
         (status = 200, description = "The ABI", body = AbiView),
-        (status = 400, description = "Invalid chain or address", body = ErrorResponse),
-        (status = 404, description = "No ABI registered for the contract", body = ErrorResponse),
-        ReadRefusals,
+        ContractRefusals, ReadRefusals,
     ),
 )]
 pub async fn get_abi(
@@ -187,9 +196,7 @@ pub async fn get_abi(
     params(ContractPath),
     responses(
         (status = 204, description = "Removed"),
-        (status = 400, description = "Invalid chain or address", body = ErrorResponse),
-        (status = 404, description = "No ABI registered for the contract", body = ErrorResponse),
-        WriteRefusals,
+        ContractRefusals, WriteRefusals,
     ),
 )]
 pub async fn delete_abi(

@@ -15,7 +15,7 @@ use model_runner_core::ports::{
 };
 use model_runner_core::{BlockRange, ModelKind, ModelRun, RunEvent, RunId, RunMode, RunState};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::{IntoParams, IntoResponses, ToSchema};
 use uuid::Uuid;
 
 use super::ApiState;
@@ -478,6 +478,17 @@ impl RunPath {
     }
 }
 
+/// The refusals of a [`RunPath`], for every operation on one run.
+#[derive(Debug, IntoResponses)]
+pub enum RunRefusals {
+    /// Not a UUID
+    #[response(status = 400)]
+    InvalidId(ErrorResponse),
+    /// No such run
+    #[response(status = 404)]
+    NotFound(ErrorResponse),
+}
+
 /// One run.
 #[utoipa::path(
     get,
@@ -486,9 +497,7 @@ impl RunPath {
     params(RunPath),
     responses(
         (status = 200, description = "The run", body = RunView),
-        (status = 400, description = "Not a UUID", body = ErrorResponse),
-        (status = 404, description = "No such run", body = ErrorResponse),
-        ReadRefusals,
+        RunRefusals, ReadRefusals,
     ),
 )]
 pub async fn get_run(
@@ -724,10 +733,8 @@ pub async fn cancel(
     params(RunPath),
     responses(
         (status = 200, description = "The run, due for its next attempt", body = RunView),
-        (status = 400, description = "Not a UUID", body = ErrorResponse),
-        (status = 404, description = "No such run", body = ErrorResponse),
         (status = 409, description = "The run is not failed or expired", body = ErrorResponse),
-        WriteRefusals,
+        RunRefusals, WriteRefusals,
     ),
 )]
 pub async fn retry(

@@ -7,7 +7,7 @@
 //! `400 invalid_abi` naming what is wrong.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use model_runner_core::Chain;
@@ -19,8 +19,7 @@ use super::ApiState;
 use super::auth::{ReadAccess, WriteAccess};
 use super::body::ApiJson;
 use super::error::{ApiError, BodyRefusals, ErrorResponse, ReadRefusals, WriteRefusals};
-use super::input::{self, ApiQuery};
-use super::path::ApiPath;
+use super::input::{self, Input};
 
 /// A registered ABI.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -154,7 +153,7 @@ fn no_abi(chain: &Chain, address: &alloy_primitives::Address) -> ApiError {
 pub async fn put_abi(
     State(state): State<ApiState>,
     _: WriteAccess,
-    ApiPath(contract): ApiPath<ContractPath>,
+    Input(Path(contract)): Input<Path<ContractPath>>,
     ApiJson(abi): ApiJson<serde_json::Value>,
 ) -> Result<Json<AbiView>, ApiError> {
     let (chain, address) = contract.parse()?;
@@ -179,7 +178,7 @@ pub async fn put_abi(
 pub async fn get_abi(
     State(state): State<ApiState>,
     _: ReadAccess,
-    ApiPath(contract): ApiPath<ContractPath>,
+    Input(Path(contract)): Input<Path<ContractPath>>,
 ) -> Result<Json<AbiView>, ApiError> {
     let (chain, address) = contract.parse()?;
     match state.deps.store.abi(&chain, address).await? {
@@ -202,7 +201,7 @@ pub async fn get_abi(
 pub async fn delete_abi(
     State(state): State<ApiState>,
     _: WriteAccess,
-    ApiPath(contract): ApiPath<ContractPath>,
+    Input(Path(contract)): Input<Path<ContractPath>>,
 ) -> Result<StatusCode, ApiError> {
     let (chain, address) = contract.parse()?;
     if state.deps.store.delete_abi(&chain, address).await? {
@@ -227,7 +226,7 @@ pub async fn delete_abi(
 pub async fn list_abis(
     State(state): State<ApiState>,
     _: ReadAccess,
-    ApiQuery(q): ApiQuery<AbiListQuery>,
+    Input(Query(q)): Input<Query<AbiListQuery>>,
 ) -> Result<Json<AbiList>, ApiError> {
     let chain = q.chain.as_deref().map(input::chain).transpose()?;
     let abis = state.deps.store.abis(chain.as_ref()).await?;

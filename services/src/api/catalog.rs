@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
 use model_runner_core::ports::RunFilter;
 use model_runner_core::{Chain, FieldSpec, FieldType};
@@ -14,8 +14,7 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::auth::ReadAccess;
 use super::error::{ApiError, ErrorResponse, ReadRefusals};
-use super::input;
-use super::path::ApiPath;
+use super::input::{self, Input};
 use super::runs::{ModelKindView, RunStateView};
 
 /// How long the progress endpoint waits for a chain head.
@@ -182,7 +181,7 @@ pub struct ChainProgress {
 pub async fn chain_progress(
     State(state): State<ApiState>,
     _: ReadAccess,
-    ApiPath(chain): ApiPath<String>,
+    Input(Path(chain)): Input<Path<String>>,
 ) -> Result<Json<ChainProgress>, ApiError> {
     let chain = input::chain(&chain)?;
     let source = state

@@ -21,7 +21,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -29,8 +29,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::ApiState;
 use super::auth::ReadAccess;
 use super::error::{ApiError, ErrorResponse, ReadRefusals};
-use super::input::{ApiQuery, page_size, quoted};
-use super::path::ApiPath;
+use super::input::{Input, page_size, quoted};
 
 /// Checkpoints per page when the request gives no `limit`.
 pub const DEFAULT_CHECKPOINT_PAGE: u32 = 1000;
@@ -212,8 +211,8 @@ fn index_error(e: batch_index::Error) -> ApiError {
 pub async fn account(
     State(state): State<ApiState>,
     _: ReadAccess,
-    ApiPath(account): ApiPath<String>,
-    ApiQuery(query): ApiQuery<AccountQuery>,
+    Input(Path(account)): Input<Path<String>>,
+    Input(Query(query)): Input<Query<AccountQuery>>,
 ) -> Result<Json<AccountCheckpoints>, ApiError> {
     let (index, from, limit) = parse_account_query(query)?;
     if let Err(e) = account.parse::<batch_index::account::Account>() {
@@ -260,7 +259,7 @@ pub async fn account(
 pub async fn transaction(
     State(state): State<ApiState>,
     _: ReadAccess,
-    ApiPath(hash): ApiPath<String>,
+    Input(Path(hash)): Input<Path<String>>,
 ) -> Result<Json<TransactionPosition>, ApiError> {
     if let Err(e) = batch_index::reader::parse_tx_hash(&hash) {
         return Err(ApiError::bad_request("invalid_hash", e.to_string()).field("hash"));

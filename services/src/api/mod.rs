@@ -26,7 +26,6 @@ pub mod health;
 pub mod index;
 pub mod input;
 pub mod openapi;
-pub mod path;
 pub mod runs;
 pub mod ui;
 pub mod versions;

@@ -6,7 +6,7 @@
 //! re-read and retried a few times when a worker moves the run concurrently.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use model_runner_core::engine::{BackfillRequest, submit_backfill};
@@ -22,8 +22,7 @@ use super::ApiState;
 use super::auth::{ReadAccess, WriteAccess};
 use super::body::{ApiJson, OptionalJson};
 use super::error::{ApiError, BodyRefusals, ErrorResponse, ReadRefusals, WriteRefusals};
-use super::input::{self, ApiQuery};
-use super::path::ApiPath;
+use super::input::{self, Input};
 use crate::submission;
 
 /// The header that makes a resubmission return the first submission's runs.
@@ -503,7 +502,7 @@ pub enum RunRefusals {
 pub async fn get_run(
     State(state): State<ApiState>,
     _: ReadAccess,
-    ApiPath(path): ApiPath<RunPath>,
+    Input(Path(path)): Input<Path<RunPath>>,
 ) -> Result<Json<RunView>, ApiError> {
     let id = path.id()?;
     let run = state.deps.store.get(id).await?;
@@ -629,7 +628,7 @@ fn parse_query(q: ListQuery, max_page: u32) -> Result<RunFilter, ApiError> {
 pub async fn list_runs(
     State(state): State<ApiState>,
     _: ReadAccess,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    Input(Query(q)): Input<Query<ListQuery>>,
 ) -> Result<Json<RunPageView>, ApiError> {
     let filter = parse_query(q, state.config.limits.max_page_size)?;
     let page = state.deps.store.list(&filter).await?;
@@ -696,7 +695,7 @@ async fn transition_current(
 pub async fn cancel(
     State(state): State<ApiState>,
     _: WriteAccess,
-    ApiPath(path): ApiPath<RunPath>,
+    Input(Path(path)): Input<Path<RunPath>>,
     OptionalJson(body): OptionalJson<CancelRun>,
 ) -> Result<Json<RunView>, ApiError> {
     let id = path.id()?;
@@ -740,7 +739,7 @@ pub async fn cancel(
 pub async fn retry(
     State(state): State<ApiState>,
     _: WriteAccess,
-    ApiPath(path): ApiPath<RunPath>,
+    Input(Path(path)): Input<Path<RunPath>>,
 ) -> Result<Json<RunView>, ApiError> {
     let id = path.id()?;
     let run = transition_current(&state, id, |run| match run.state {

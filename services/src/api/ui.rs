@@ -15,13 +15,14 @@
 //! | `/ui/assets/{name}` | `style.css`, `dashboard.js`, `docs.js` |
 
 use axum::Router;
+use axum::extract::Path;
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 
 use super::ApiState;
 use super::error::ApiError;
-use super::path::ApiPath;
+use super::input::Input;
 
 /// The dashboard page; its script is [`DASHBOARD_JS`].
 pub const DASHBOARD_PAGE: &str = include_str!("ui/dashboard.html");
@@ -40,7 +41,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/ui/assets/{name}", get(asset))
 }
 
-async fn asset(ApiPath(name): ApiPath<String>) -> Response {
+async fn asset(Input(Path(name)): Input<Path<String>>) -> Response {
     let (body, content_type) = match name.as_str() {
         "style.css" => (STYLE_CSS, "text/css; charset=utf-8"),
         "dashboard.js" => (DASHBOARD_JS, "text/javascript; charset=utf-8"),

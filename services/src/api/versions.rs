@@ -4,7 +4,7 @@
 //! `rerun` call the same functions.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use model_runner_core::engine::{RerunRequest, rerun, version_coverage};
 use serde::{Deserialize, Serialize};
@@ -14,8 +14,7 @@ use super::ApiState;
 use super::auth::{ReadAccess, WriteAccess};
 use super::body::ApiJson;
 use super::error::{ApiError, BodyRefusals, ErrorResponse, ReadRefusals, WriteRefusals};
-use super::input;
-use super::path::ApiPath;
+use super::input::{self, Input};
 use super::runs::{RangeView, SubmittedRuns};
 use crate::submission;
 
@@ -87,7 +86,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 pub async fn list_versions(
     State(state): State<ApiState>,
     _: ReadAccess,
-    ApiPath(name): ApiPath<String>,
+    Input(Path(name)): Input<Path<String>>,
 ) -> Result<Json<VersionList>, ApiError> {
     check_name(&name)?;
     let versions = version_coverage(&*state.deps.store, &name).await?;
@@ -122,7 +121,7 @@ pub async fn list_versions(
 pub async fn rerun_model(
     State(state): State<ApiState>,
     _: WriteAccess,
-    ApiPath(name): ApiPath<String>,
+    Input(Path(name)): Input<Path<String>>,
     ApiJson(req): ApiJson<RerunRuns>,
 ) -> Result<(StatusCode, Json<SubmittedRuns>), ApiError> {
     check_name(&name)?;

@@ -13,13 +13,13 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use alloy_primitives::Address;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use model_runner_core::ports::{
-    ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
-    Transition, cursor_conflict, idempotency_conflict, parse_address, same_batch, state_conflict,
-    validate_batch, validate_cursor_runs,
+    ContractAbi, ContractRef, CreateRuns, CreatedRuns, CursorAdvance, CursorKey, CursorRewind,
+    LockLease, OutboxQuery, RealtimeCursor, RunFilter, RunPage, RunStore, ScheduledBlocks,
+    StoreError, Transition, cursor_conflict, idempotency_conflict, parse_address, same_batch,
+    state_conflict, validate_batch, validate_cursor_runs,
 };
 use model_runner_core::run::{ModelRun, NewRun, RunEvent, RunId, RunState};
 use model_runner_core::{BlockRef, Chain};
@@ -470,12 +470,7 @@ impl RunStore for SqliteRunStore {
     }
 
     async fn apply(&self, t: Transition) -> Result<ModelRun, StoreError> {
-        let Transition {
-            id,
-            expected,
-            expected_attempt,
-            event,
-        } = t;
+        let (id, expected, expected_attempt, event) = t.into_parts();
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let run = Self::transition_in(&mut tx, id, expected, expected_attempt, &event).await?;
         tx.commit().await.map_err(backend)?;
@@ -514,12 +509,8 @@ impl RunStore for SqliteRunStore {
         self.fetch_docs(q).await
     }
 
-    async fn outbox(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-        skip_queues: &[String],
-    ) -> Result<Vec<ModelRun>, StoreError> {
+    async fn outbox(&self, query: OutboxQuery<'_>) -> Result<Vec<ModelRun>, StoreError> {
+        let (now, limit, skip_queues) = query.into_parts();
         let skip = |q: &mut QueryBuilder<Sqlite>| {
             if !skip_queues.is_empty() {
                 q.push(" AND json_extract(doc, '$.queue') NOT IN (");
@@ -547,7 +538,8 @@ impl RunStore for SqliteRunStore {
         Ok(out)
     }
 
-    async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError> {
+    async fn cursor(&self, key: CursorKey<'_>) -> Result<Option<u64>, StoreError> {
+        let (model, chain) = (key.model, key.chain);
         let row = sqlx::query("SELECT block FROM realtime_cursors WHERE model = ? AND chain = ?")
             .bind(model)
             .bind(chain.as_str())
@@ -582,12 +574,9 @@ impl RunStore for SqliteRunStore {
 
     async fn advance_cursor(
         &self,
-        model: &str,
-        chain: &Chain,
-        expected: Option<u64>,
-        to: u64,
-        runs: Vec<NewRun>,
+        advance: CursorAdvance<'_>,
     ) -> Result<Vec<ModelRun>, StoreError> {
+        let (model, chain, expected, to, runs) = advance.into_parts();
         validate_cursor_runs(&runs)?;
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let actual = Self::cursor_in(&mut tx, model, chain).await?;
@@ -610,11 +599,8 @@ impl RunStore for SqliteRunStore {
         Ok(created)
     }
 
-    async fn scheduled_blocks(
-        &self,
-        model: &str,
-        chain: &Chain,
-    ) -> Result<Vec<BlockRef>, StoreError> {
+    async fn scheduled_blocks(&self, key: CursorKey<'_>) -> Result<Vec<BlockRef>, StoreError> {
+        let (model, chain) = (key.model, key.chain);
         let rows = sqlx::query(
             "SELECT number, hash, parent_hash FROM scheduled_blocks \
              WHERE model = ? AND chain = ? ORDER BY number DESC",
@@ -640,13 +626,8 @@ impl RunStore for SqliteRunStore {
             .collect()
     }
 
-    async fn record_scheduled_blocks(
-        &self,
-        model: &str,
-        chain: &Chain,
-        blocks: &[BlockRef],
-        keep_from: u64,
-    ) -> Result<(), StoreError> {
+    async fn record_scheduled_blocks(&self, record: ScheduledBlocks<'_>) -> Result<(), StoreError> {
+        let (model, chain, blocks, keep_from) = record.into_parts();
         let mut tx = self.writer.begin().await.map_err(backend)?;
         for b in blocks {
             sqlx::query(
@@ -667,13 +648,8 @@ impl RunStore for SqliteRunStore {
         tx.commit().await.map_err(backend)
     }
 
-    async fn rewind_cursor(
-        &self,
-        model: &str,
-        chain: &Chain,
-        expected: u64,
-        to: u64,
-    ) -> Result<(), StoreError> {
+    async fn rewind_cursor(&self, rewind: CursorRewind<'_>) -> Result<(), StoreError> {
+        let (model, chain, expected, to) = rewind.into_parts();
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let moved = sqlx::query(
             "UPDATE realtime_cursors SET block = ?, updated_at = ? \
@@ -697,12 +673,8 @@ impl RunStore for SqliteRunStore {
         tx.commit().await.map_err(backend)
     }
 
-    async fn try_lock(
-        &self,
-        name: &str,
-        owner: &str,
-        until: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    async fn try_lock(&self, lease: LockLease<'_>) -> Result<bool, StoreError> {
+        let (name, owner, until) = lease.into_parts();
         let now = micros(Utc::now());
         let done = sqlx::query(
             "INSERT INTO locks (name, owner, until) VALUES (?, ?, ?) \
@@ -721,10 +693,10 @@ impl RunStore for SqliteRunStore {
 
     async fn put_abi(
         &self,
-        chain: &Chain,
-        address: Address,
+        contract: ContractRef<'_>,
         abi: serde_json::Value,
     ) -> Result<ContractAbi, StoreError> {
+        let (chain, address) = (contract.chain, contract.address);
         // Microseconds, as stored, so the answer equals what `abi` reads back.
         let at = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
         let stored = ContractAbi::validated(chain.clone(), address, abi, at)?;
@@ -742,11 +714,8 @@ impl RunStore for SqliteRunStore {
         Ok(stored)
     }
 
-    async fn abi(
-        &self,
-        chain: &Chain,
-        address: Address,
-    ) -> Result<Option<ContractAbi>, StoreError> {
+    async fn abi(&self, contract: ContractRef<'_>) -> Result<Option<ContractAbi>, StoreError> {
+        let (chain, address) = (contract.chain, contract.address);
         sqlx::query(
             "SELECT chain, address, abi, updated_at FROM contract_abis WHERE chain = ? AND address = ?",
         )
@@ -774,7 +743,8 @@ impl RunStore for SqliteRunStore {
         .collect()
     }
 
-    async fn delete_abi(&self, chain: &Chain, address: Address) -> Result<bool, StoreError> {
+    async fn delete_abi(&self, contract: ContractRef<'_>) -> Result<bool, StoreError> {
+        let (chain, address) = (contract.chain, contract.address);
         let done = sqlx::query("DELETE FROM contract_abis WHERE chain = ? AND address = ?")
             .bind(chain.as_str())
             .bind(format!("{address:#x}"))

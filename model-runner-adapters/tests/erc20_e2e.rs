@@ -26,7 +26,7 @@ use model_runner_core::engine::{CancellationToken, Parts, RealtimeSubscription, 
 use model_runner_core::engine::{SchedulerConfig, WorkerConfig};
 use model_runner_core::memory::{MemoryRunStore, MemorySink};
 use model_runner_core::models::builtin_with_store;
-use model_runner_core::ports::{RunFilter, RunStore};
+use model_runner_core::ports::{ContractRef, RunFilter, RunStore};
 use model_runner_core::{Chain, RunState, topic_name};
 use node::{node_url, rpc};
 use serde_json::{Value, json};
@@ -135,7 +135,10 @@ async fn a_real_erc20_followed_in_realtime_matches_the_node() {
     let chain = Chain::new("ethereum").unwrap();
     let store: Arc<dyn RunStore> = Arc::new(MemoryRunStore::new());
     store
-        .put_abi(&chain, token, serde_json::from_str(TOKEN_ABI).unwrap())
+        .put_abi(
+            ContractRef::new(&chain, token),
+            serde_json::from_str(TOKEN_ABI).unwrap(),
+        )
         .await
         .unwrap();
     let sink = Arc::new(MemorySink::new());

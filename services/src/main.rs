@@ -19,7 +19,7 @@ use model_runner_core::engine::{
     BackfillRequest, CancellationToken, Parts, Runner, SchedulerConfig, WorkerConfig,
     submit_backfill,
 };
-use model_runner_core::ports::{ProgressBoard, ProgressBoardExt, RunFilter};
+use model_runner_core::ports::{ContractRef, ProgressBoard, ProgressBoardExt, RunFilter};
 use model_runner_core::{Chain, ModelRun, RunId, RunMode, RunState};
 
 /// Schedule, queue and execute models over blockchain data.
@@ -784,7 +784,7 @@ async fn abi_command(
             let abi: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not JSON", file.display()))?;
             let stored = store
-                .put_abi(&contract.of_chain, contract.address, abi)
+                .put_abi(ContractRef::new(&contract.of_chain, contract.address), abi)
                 .await
                 .with_context(|| {
                     format!(
@@ -819,7 +819,10 @@ async fn abi_command(
             }
         }
         AbiCommand::Get { contract } => {
-            match store.abi(&contract.of_chain, contract.address).await? {
+            match store
+                .abi(ContractRef::new(&contract.of_chain, contract.address))
+                .await?
+            {
                 Some(abi) => println!("{}", serde_json::to_string_pretty(&abi.abi)?),
                 None => anyhow::bail!(
                     "no ABI is registered for {:#x} on {}",
@@ -830,7 +833,7 @@ async fn abi_command(
         }
         AbiCommand::Rm { contract } => {
             if !store
-                .delete_abi(&contract.of_chain, contract.address)
+                .delete_abi(ContractRef::new(&contract.of_chain, contract.address))
                 .await?
             {
                 anyhow::bail!(

@@ -16,7 +16,9 @@ use model_runner_adapters::devnet::{DevnetConfig, DevnetSource};
 use model_runner_adapters::sqlite::SqliteRunStore;
 use model_runner_core::engine::EngineDeps;
 use model_runner_core::memory::{MemoryRunQueue, MemorySink};
-use model_runner_core::ports::{RunStore, RunStoreExt};
+use model_runner_core::ports::{
+    CursorAdvance, CursorKey, LockLease, OutboxQuery, RunStore, RunStoreExt,
+};
 use model_runner_core::{
     BlockRange, Chain, ModelKind, NewRun, Routing, RunEvent, RunId, RunMode, RunState,
 };
@@ -968,7 +970,11 @@ async fn retry_paths(kind: Store) {
     assert!(run["next_attempt_at"].is_string(), "{run}");
     let due = api
         .store
-        .outbox(Utc::now() + chrono::Duration::seconds(1), 10, &[])
+        .outbox(OutboxQuery {
+            now: Utc::now() + chrono::Duration::seconds(1),
+            limit: 10,
+            skip_queues: &[],
+        })
         .await
         .unwrap();
     assert!(
@@ -992,7 +998,11 @@ async fn retry_paths(kind: Store) {
     assert!(run["next_attempt_at"].is_null(), "{run}");
     let due = api
         .store
-        .outbox(Utc::now() + chrono::Duration::seconds(1), 10, &[])
+        .outbox(OutboxQuery {
+            now: Utc::now() + chrono::Duration::seconds(1),
+            limit: 10,
+            skip_queues: &[],
+        })
         .await
         .unwrap();
     assert!(
@@ -1368,7 +1378,12 @@ async fn models_and_progress(kind: Store) {
         max_attempts: 3,
     };
     api.store
-        .advance_cursor("block_stats", &eth(), None, 41, vec![realtime])
+        .advance_cursor(CursorAdvance {
+            key: CursorKey::new("block_stats", &eth()),
+            expected: None,
+            to: 41,
+            runs: vec![realtime],
+        })
         .await
         .unwrap();
 
@@ -1574,18 +1589,15 @@ impl RunStore for StuckStore {
     }
     async fn outbox(
         &self,
-        now: chrono::DateTime<Utc>,
-        limit: usize,
-        skip_queues: &[String],
+        query: OutboxQuery<'_>,
     ) -> Result<Vec<model_runner_core::ModelRun>, model_runner_core::ports::StoreError> {
-        self.0.outbox(now, limit, skip_queues).await
+        self.0.outbox(query).await
     }
     async fn cursor(
         &self,
-        model: &str,
-        chain: &Chain,
+        key: CursorKey<'_>,
     ) -> Result<Option<u64>, model_runner_core::ports::StoreError> {
-        self.0.cursor(model, chain).await
+        self.0.cursor(key).await
     }
     async fn cursors(
         &self,
@@ -1596,23 +1608,15 @@ impl RunStore for StuckStore {
     }
     async fn advance_cursor(
         &self,
-        model: &str,
-        chain: &Chain,
-        expected: Option<u64>,
-        to: u64,
-        runs: Vec<NewRun>,
+        advance: CursorAdvance<'_>,
     ) -> Result<Vec<model_runner_core::ModelRun>, model_runner_core::ports::StoreError> {
-        self.0
-            .advance_cursor(model, chain, expected, to, runs)
-            .await
+        self.0.advance_cursor(advance).await
     }
     async fn try_lock(
         &self,
-        name: &str,
-        owner: &str,
-        until: chrono::DateTime<Utc>,
+        lease: LockLease<'_>,
     ) -> Result<bool, model_runner_core::ports::StoreError> {
-        self.0.try_lock(name, owner, until).await
+        self.0.try_lock(lease).await
     }
 }
 

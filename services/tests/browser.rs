@@ -28,7 +28,8 @@ use model_runner::api::{ApiAuth, ApiConfig, ApiState, openapi, serve_on};
 use model_runner_adapters::devnet::{DevnetConfig, DevnetSource};
 use model_runner_core::engine::{BackfillRequest, CancellationToken, EngineDeps, submit_backfill};
 use model_runner_core::memory::{MemoryRunQueue, MemoryRunStore, MemorySink};
-use model_runner_core::ports::{BlockSource, RunStore};
+use model_runner_core::ports::{BlockSource, RunStore, RunStoreExt};
+use model_runner_core::ports::{CursorAdvance, CursorKey};
 use model_runner_core::{BlockRange, Chain, Routing, RunEvent, RunId, RunMode, RunState};
 use serde_json::{Value, json};
 
@@ -318,7 +319,12 @@ async fn fixture() -> Fixture {
         .await
         .unwrap();
     store
-        .advance_cursor("block_stats", &eth(), None, 12_345, vec![])
+        .advance_cursor(CursorAdvance {
+            key: CursorKey::new("block_stats", &eth()),
+            expected: None,
+            to: 12_345,
+            runs: vec![],
+        })
         .await
         .unwrap();
     Fixture {

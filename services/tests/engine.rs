@@ -19,6 +19,7 @@ use model_runner_core::engine::{
 };
 use model_runner_core::memory::{MemoryRunQueue, MemoryRunStore};
 use model_runner_core::models::{BlockStats, Erc20Transfers};
+use model_runner_core::ports::CursorKey;
 use model_runner_core::ports::{BlockSource, RunFilter, RunQueue, RunStore};
 use model_runner_core::{
     Block, BlockRange, Chain, Model, ModelContext, ModelError, ModelKind, ModelRegistry, ModelRun,
@@ -660,7 +661,7 @@ async fn a_restarted_process_resumes_backfill_and_realtime_cursor() {
     life.await.unwrap().unwrap();
     let cursor_before = deps
         .store
-        .cursor("erc20_transfers", &eth())
+        .cursor(CursorKey::new("erc20_transfers", &eth()))
         .await
         .unwrap()
         .unwrap();
@@ -690,7 +691,7 @@ async fn a_restarted_process_resumes_backfill_and_realtime_cursor() {
                     .unwrap();
                 counts.get(&RunState::Succeeded) == Some(&40)
                     && store
-                        .cursor("erc20_transfers", &eth())
+                        .cursor(CursorKey::new("erc20_transfers", &eth()))
                         .await
                         .unwrap()
                         .unwrap()

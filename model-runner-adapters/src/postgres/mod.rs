@@ -95,15 +95,15 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use alloy_primitives::Address;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use model_runner_core::ports::{
-    ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
-    Transition, cursor_conflict, idempotency_conflict, parse_address, same_batch, state_conflict,
-    validate_batch, validate_cursor_runs,
+    ContractAbi, ContractRef, CreateRuns, CreatedRuns, CursorAdvance, CursorKey, CursorRewind,
+    LockLease, OutboxQuery, RealtimeCursor, RunFilter, RunPage, RunStore, ScheduledBlocks,
+    StoreError, Transition, cursor_conflict, idempotency_conflict, parse_address, same_batch,
+    state_conflict, validate_batch, validate_cursor_runs,
 };
-use model_runner_core::{BlockRef, Chain, ModelRun, NewRun, RunEvent, RunId, RunState};
+use model_runner_core::{BlockRef, Chain, ModelRun, RunEvent, RunId, RunState};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row};
 use uuid::Uuid;
@@ -1064,12 +1064,7 @@ impl RunStore for PostgresRunStore {
     }
 
     async fn apply(&self, t: Transition) -> Result<ModelRun, StoreError> {
-        let Transition {
-            id,
-            expected,
-            expected_attempt,
-            event,
-        } = t;
+        let (id, expected, expected_attempt, event) = t.into_parts();
         let mut backoff = Backoff::new(self.retry_budget);
         // The row to decide against on the first attempt: the remembered copy.
         let mut guess = self.remembered(id);
@@ -1185,12 +1180,8 @@ impl RunStore for PostgresRunStore {
         decode_all(&rows)
     }
 
-    async fn outbox(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-        skip_queues: &[String],
-    ) -> Result<Vec<ModelRun>, StoreError> {
+    async fn outbox(&self, query: OutboxQuery<'_>) -> Result<Vec<ModelRun>, StoreError> {
+        let (now, limit, skip_queues) = query.into_parts();
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -1228,7 +1219,8 @@ impl RunStore for PostgresRunStore {
         Ok(out)
     }
 
-    async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError> {
+    async fn cursor(&self, key: CursorKey<'_>) -> Result<Option<u64>, StoreError> {
+        let (model, chain) = (key.model, key.chain);
         let block: Option<i64> = self
             .read("cursor", || {
                 sqlx::query_scalar(
@@ -1271,12 +1263,9 @@ impl RunStore for PostgresRunStore {
 
     async fn advance_cursor(
         &self,
-        model: &str,
-        chain: &Chain,
-        expected: Option<u64>,
-        to: u64,
-        runs: Vec<NewRun>,
+        advance: CursorAdvance<'_>,
     ) -> Result<Vec<ModelRun>, StoreError> {
+        let (model, chain, expected, to, runs) = advance.into_parts();
         validate_cursor_runs(&runs)?;
         let to_block = to_i64(to, "cursor block")?;
         let at = now();
@@ -1324,11 +1313,8 @@ impl RunStore for PostgresRunStore {
         Ok(created)
     }
 
-    async fn scheduled_blocks(
-        &self,
-        model: &str,
-        chain: &Chain,
-    ) -> Result<Vec<BlockRef>, StoreError> {
+    async fn scheduled_blocks(&self, key: CursorKey<'_>) -> Result<Vec<BlockRef>, StoreError> {
+        let (model, chain) = (key.model, key.chain);
         let rows = self
             .read("scheduled_blocks", || {
                 sqlx::query(
@@ -1357,13 +1343,8 @@ impl RunStore for PostgresRunStore {
             .collect()
     }
 
-    async fn record_scheduled_blocks(
-        &self,
-        model: &str,
-        chain: &Chain,
-        blocks: &[BlockRef],
-        keep_from: u64,
-    ) -> Result<(), StoreError> {
+    async fn record_scheduled_blocks(&self, record: ScheduledBlocks<'_>) -> Result<(), StoreError> {
+        let (model, chain, blocks, keep_from) = record.into_parts();
         let numbers = blocks
             .iter()
             .map(|b| to_i64(b.number, "block number"))
@@ -1396,13 +1377,8 @@ impl RunStore for PostgresRunStore {
         Ok(())
     }
 
-    async fn rewind_cursor(
-        &self,
-        model: &str,
-        chain: &Chain,
-        expected: u64,
-        to: u64,
-    ) -> Result<(), StoreError> {
+    async fn rewind_cursor(&self, rewind: CursorRewind<'_>) -> Result<(), StoreError> {
+        let (model, chain, expected, to) = rewind.into_parts();
         let (expected_block, to_block) = (
             to_i64(expected, "cursor block")?,
             to_i64(to, "cursor block")?,
@@ -1428,7 +1404,7 @@ impl RunStore for PostgresRunStore {
             })
             .await?;
         if moved == 0 {
-            let actual = self.cursor(model, chain).await?;
+            let actual = self.cursor(CursorKey::new(model, chain)).await?;
             return Err(cursor_conflict(model, chain, Some(expected), actual));
         }
         Ok(())
@@ -1436,10 +1412,10 @@ impl RunStore for PostgresRunStore {
 
     async fn realtime_runs_after(
         &self,
-        model: &str,
-        chain: &Chain,
+        key: CursorKey<'_>,
         block: u64,
     ) -> Result<Vec<ModelRun>, StoreError> {
+        let (model, chain) = (key.model, key.chain);
         let block = to_i64(block, "block number")?;
         let rows = self
             .read("realtime_runs_after", || {
@@ -1453,12 +1429,8 @@ impl RunStore for PostgresRunStore {
         decode_all(&rows)
     }
 
-    async fn try_lock(
-        &self,
-        name: &str,
-        owner: &str,
-        until: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    async fn try_lock(&self, lease: LockLease<'_>) -> Result<bool, StoreError> {
+        let (name, owner, until) = lease.into_parts();
         let at = Utc::now();
         // Idempotent for its owner, so retried like a read.
         let holder: Option<String> = self
@@ -1482,10 +1454,10 @@ impl RunStore for PostgresRunStore {
 
     async fn put_abi(
         &self,
-        chain: &Chain,
-        address: Address,
+        contract: ContractRef<'_>,
         abi: serde_json::Value,
     ) -> Result<ContractAbi, StoreError> {
+        let (chain, address) = (contract.chain, contract.address);
         let stored = ContractAbi::validated(chain.clone(), address, abi, now())?;
         let text = stored.abi.to_string();
         let address = format!("{address:#x}");
@@ -1505,11 +1477,8 @@ impl RunStore for PostgresRunStore {
         Ok(stored)
     }
 
-    async fn abi(
-        &self,
-        chain: &Chain,
-        address: Address,
-    ) -> Result<Option<ContractAbi>, StoreError> {
+    async fn abi(&self, contract: ContractRef<'_>) -> Result<Option<ContractAbi>, StoreError> {
+        let (chain, address) = (contract.chain, contract.address);
         let address = format!("{address:#x}");
         let row = self
             .read("abi", || {
@@ -1540,7 +1509,8 @@ impl RunStore for PostgresRunStore {
         rows.iter().map(decode_abi).collect()
     }
 
-    async fn delete_abi(&self, chain: &Chain, address: Address) -> Result<bool, StoreError> {
+    async fn delete_abi(&self, contract: ContractRef<'_>) -> Result<bool, StoreError> {
+        let (chain, address) = (contract.chain, contract.address);
         let address = format!("{address:#x}");
         // Retried like a read: a retry after a delete whose answer was lost finds nothing and
         // reports `false`, which the contract allows for a missing ABI.

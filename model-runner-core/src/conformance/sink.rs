@@ -114,24 +114,16 @@ where
     // A declared schema: declaring it again succeeds, and conforming records (a nullable field
     // missing, null or set) are accepted and read back unchanged.
     let schema = records_schema();
-    sink.declare_schema(
-        ModelVersion {
-            name: "conf-declared",
-            version: "1",
-        },
-        &schema,
-    )
-    .await
-    .expect("declare_schema");
-    sink.declare_schema(
-        ModelVersion {
-            name: "conf-declared",
-            version: "1",
-        },
-        &schema,
-    )
-    .await
-    .expect("declaring the same schema again MUST succeed");
+    let model = ModelVersion {
+        name: "conf-declared",
+        version: "1",
+    };
+    sink.declare_schema(model, &schema)
+        .await
+        .expect("declare_schema");
+    sink.declare_schema(model, &schema)
+        .await
+        .expect("declaring the same schema again MUST succeed");
     let declared_topic = unique("conf-sink-declared");
     let mut declared = records("conf-declared", 30, 16);
     declared[1]

@@ -10,6 +10,9 @@ use alloy_primitives::Address;
 
 use super::{ERC20_ABI, new_run};
 use crate::chain::{Chain, RunMode};
+use crate::ports::{
+    ContractRef, CursorAdvance, CursorKey, CursorRewind, LockLease, OutboxQuery, ScheduledBlocks,
+};
 use crate::ports::{CreateRuns, RunFilter, RunStore, RunStoreExt, StoreError, Transition};
 use crate::run::{NewRun, RunEvent, RunId, RunState};
 
@@ -825,14 +828,29 @@ pub async fn batched_claims_have_one_winner_per_run<S: RunStore>(store: Arc<S>) 
 pub async fn outbox_order_and_retries(store: impl RunStore) {
     let ids = create(&store, 5).await;
     let now = Utc::now();
-    let out = store.outbox(now, 100, &[]).await.unwrap();
+    let out = store
+        .outbox(OutboxQuery {
+            now,
+            limit: 100,
+            skip_queues: &[],
+        })
+        .await
+        .unwrap();
     assert_eq!(
         out.iter().map(|r| r.id).collect::<Vec<_>>(),
         ids,
         "pending, oldest first"
     );
     assert_eq!(
-        store.outbox(now, 2, &[]).await.unwrap().len(),
+        store
+            .outbox(OutboxQuery {
+                now,
+                limit: 2,
+                skip_queues: &[]
+            })
+            .await
+            .unwrap()
+            .len(),
         2,
         "limit applies"
     );
@@ -869,7 +887,11 @@ pub async fn outbox_order_and_retries(store: impl RunStore) {
         .await
         .unwrap();
     let due: BTreeSet<_> = store
-        .outbox(now, 100, &[])
+        .outbox(OutboxQuery {
+            now,
+            limit: 100,
+            skip_queues: &[],
+        })
         .await
         .unwrap()
         .into_iter()
@@ -882,46 +904,55 @@ pub async fn outbox_order_and_retries(store: impl RunStore) {
 /// The cursor moves from the expected value only, creating its runs in the same step.
 pub async fn cursor_advances_atomically(store: impl RunStore) {
     let eth = Chain::new("ethereum").unwrap();
-    assert_eq!(store.cursor("m", &eth).await.unwrap(), None);
+    let m_key = CursorKey::new("m", &eth);
+    assert_eq!(store.cursor(m_key).await.unwrap(), None);
     let runs = store
-        .advance_cursor(
-            "m",
-            &eth,
-            None,
-            19,
-            vec![
+        .advance_cursor(CursorAdvance {
+            key: m_key,
+            expected: None,
+            to: 19,
+            runs: vec![
                 new_run("m", "ethereum", 0, 9),
                 new_run("m", "ethereum", 10, 19),
             ],
-        )
+        })
         .await
         .unwrap();
     assert_eq!(runs.len(), 2);
-    assert_eq!(store.cursor("m", &eth).await.unwrap(), Some(19));
+    assert_eq!(store.cursor(m_key).await.unwrap(), Some(19));
     let err = store
-        .advance_cursor("m", &eth, None, 29, vec![new_run("m", "ethereum", 20, 29)])
+        .advance_cursor(CursorAdvance {
+            key: m_key,
+            expected: None,
+            to: 29,
+            runs: vec![new_run("m", "ethereum", 20, 29)],
+        })
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
     assert_eq!(
-        store.cursor("m", &eth).await.unwrap(),
+        store.cursor(m_key).await.unwrap(),
         Some(19),
         "a refused advance changes nothing"
     );
     let listed = store.list(&RunFilter::default()).await.unwrap();
     assert_eq!(listed.runs.len(), 2, "a refused advance creates no runs");
     store
-        .advance_cursor(
-            "m",
-            &eth,
-            Some(19),
-            29,
-            vec![new_run("m", "ethereum", 20, 29)],
-        )
+        .advance_cursor(CursorAdvance {
+            key: m_key,
+            expected: Some(19),
+            to: 29,
+            runs: vec![new_run("m", "ethereum", 20, 29)],
+        })
         .await
         .unwrap();
     store
-        .advance_cursor("other", &eth, None, 5, vec![])
+        .advance_cursor(CursorAdvance {
+            key: CursorKey::new("other", &eth),
+            expected: None,
+            to: 5,
+            runs: vec![],
+        })
         .await
         .unwrap();
     let cursors = store.cursors(Some(&eth)).await.unwrap();
@@ -943,34 +974,43 @@ pub async fn cursor_advances_atomically(store: impl RunStore) {
 pub async fn reorg_records_rewind_and_supersede(store: impl RunStore) {
     use crate::data::BlockRef;
     let eth = Chain::new("ethereum").unwrap();
+    let m_key = CursorKey::new("m", &eth);
+    let other_key = CursorKey::new("other", &eth);
     let block = |number: u64, branch: u8| BlockRef {
         number,
         hash: alloy_primitives::B256::with_last_byte(number as u8 ^ branch),
         parent_hash: alloy_primitives::B256::with_last_byte((number as u8).wrapping_sub(1)),
     };
-    assert_eq!(store.scheduled_blocks("m", &eth).await.unwrap(), vec![]);
+    assert_eq!(store.scheduled_blocks(m_key).await.unwrap(), vec![]);
     let realtime = |start, end| NewRun {
         mode: RunMode::Realtime,
         queue: "ethereum_realtime_nonreads".into(),
         ..new_run("m", "ethereum", start, end)
     };
     let runs = store
-        .advance_cursor(
-            "m",
-            &eth,
-            None,
-            29,
-            vec![realtime(0, 9), realtime(10, 19), realtime(20, 29)],
-        )
+        .advance_cursor(CursorAdvance {
+            key: m_key,
+            expected: None,
+            to: 29,
+            runs: vec![realtime(0, 9), realtime(10, 19), realtime(20, 29)],
+        })
         .await
         .unwrap();
     store
-        .record_scheduled_blocks("m", &eth, &[block(9, 0), block(19, 0), block(29, 0)], 0)
+        .record_scheduled_blocks(ScheduledBlocks {
+            key: m_key,
+            blocks: &[block(9, 0), block(19, 0), block(29, 0)],
+            keep_from: 0,
+        })
         .await
         .unwrap();
     // Another model's records and runs are its own.
     store
-        .record_scheduled_blocks("other", &eth, &[block(29, 0x80)], 0)
+        .record_scheduled_blocks(ScheduledBlocks {
+            key: other_key,
+            blocks: &[block(29, 0x80)],
+            keep_from: 0,
+        })
         .await
         .unwrap();
     store
@@ -981,34 +1021,35 @@ pub async fn reorg_records_rewind_and_supersede(store: impl RunStore) {
         .await
         .unwrap();
     assert_eq!(
-        store.scheduled_blocks("m", &eth).await.unwrap(),
+        store.scheduled_blocks(m_key).await.unwrap(),
         vec![block(29, 0), block(19, 0), block(9, 0)],
         "newest first"
     );
     // A later record of a number replaces it; records below keep_from go.
     store
-        .record_scheduled_blocks("m", &eth, &[block(29, 0x40), block(39, 0)], 15)
+        .record_scheduled_blocks(ScheduledBlocks {
+            key: m_key,
+            blocks: &[block(29, 0x40), block(39, 0)],
+            keep_from: 15,
+        })
         .await
         .unwrap();
     assert_eq!(
-        store.scheduled_blocks("m", &eth).await.unwrap(),
+        store.scheduled_blocks(m_key).await.unwrap(),
         vec![block(39, 0), block(29, 0x40), block(19, 0)]
     );
 
     // The live realtime runs past block 19: only 20-29 (not the backfill run over the same
     // blocks, not the runs ending at or below 19).
     let after: Vec<_> = store
-        .realtime_runs_after("m", &eth, 19)
+        .realtime_runs_after(m_key, 19)
         .await
         .unwrap()
         .into_iter()
         .map(|r| r.id)
         .collect();
     assert_eq!(after, vec![runs[2].id]);
-    assert_eq!(
-        store.realtime_runs_after("m", &eth, 8).await.unwrap().len(),
-        3
-    );
+    assert_eq!(store.realtime_runs_after(m_key, 8).await.unwrap().len(), 3);
     // Superseded, even once succeeded; then it is no longer live.
     let r = &runs[2];
     store
@@ -1031,7 +1072,7 @@ pub async fn reorg_records_rewind_and_supersede(store: impl RunStore) {
     assert_eq!(store.get(r.id).await.unwrap(), superseded, "stored");
     assert!(
         store
-            .realtime_runs_after("m", &eth, 19)
+            .realtime_runs_after(m_key, 19)
             .await
             .unwrap()
             .is_empty()
@@ -1050,21 +1091,42 @@ pub async fn reorg_records_rewind_and_supersede(store: impl RunStore) {
     );
 
     // Rewinding is a compare-and-set on the cursor.
-    let err = store.rewind_cursor("m", &eth, 25, 19).await.unwrap_err();
+    let err = store
+        .rewind_cursor(CursorRewind {
+            key: m_key,
+            expected: 25,
+            to: 19,
+        })
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
-    assert_eq!(store.cursor("m", &eth).await.unwrap(), Some(29));
-    assert_eq!(store.scheduled_blocks("m", &eth).await.unwrap().len(), 3);
-    store.rewind_cursor("m", &eth, 29, 19).await.unwrap();
-    assert_eq!(store.cursor("m", &eth).await.unwrap(), Some(19));
+    assert_eq!(store.cursor(m_key).await.unwrap(), Some(29));
+    assert_eq!(store.scheduled_blocks(m_key).await.unwrap().len(), 3);
+    store
+        .rewind_cursor(CursorRewind {
+            key: m_key,
+            expected: 29,
+            to: 19,
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.cursor(m_key).await.unwrap(), Some(19));
     assert_eq!(
-        store.scheduled_blocks("m", &eth).await.unwrap(),
+        store.scheduled_blocks(m_key).await.unwrap(),
         vec![block(19, 0)],
         "records above the new cursor are forgotten"
     );
     // A retried rewind (the cursor is already there) is not a conflict.
-    store.rewind_cursor("m", &eth, 29, 19).await.unwrap();
+    store
+        .rewind_cursor(CursorRewind {
+            key: m_key,
+            expected: 29,
+            to: 19,
+        })
+        .await
+        .unwrap();
     assert_eq!(
-        store.scheduled_blocks("other", &eth).await.unwrap(),
+        store.scheduled_blocks(other_key).await.unwrap(),
         vec![block(29, 0x80)]
     );
 }
@@ -1072,42 +1134,23 @@ pub async fn reorg_records_rewind_and_supersede(store: impl RunStore) {
 /// A named lock has one holder at a time until it ends.
 pub async fn named_lock_has_one_holder(store: impl RunStore) {
     let now = Utc::now();
+    let lock = |name, owner, until| {
+        let store = &store;
+        async move {
+            let lease = LockLease { name, owner, until };
+            store.try_lock(lease).await.unwrap()
+        }
+    };
+    assert!(lock("scheduler", "a", now + Duration::minutes(1)).await);
+    assert!(!lock("scheduler", "b", now + Duration::minutes(1)).await);
     assert!(
-        store
-            .try_lock("scheduler", "a", now + Duration::minutes(1))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .try_lock("scheduler", "b", now + Duration::minutes(1))
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .try_lock("scheduler", "a", now + Duration::minutes(2))
-            .await
-            .unwrap(),
+        lock("scheduler", "a", now + Duration::minutes(2)).await,
         "the holder MAY renew"
     );
+    assert!(lock("other", "b", now + Duration::minutes(1)).await);
+    assert!(lock("short", "a", now - Duration::seconds(1)).await);
     assert!(
-        store
-            .try_lock("other", "b", now + Duration::minutes(1))
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .try_lock("short", "a", now - Duration::seconds(1))
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .try_lock("short", "b", now + Duration::minutes(1))
-            .await
-            .unwrap(),
+        lock("short", "b", now + Duration::minutes(1)).await,
         "an ended lock MUST be takeable"
     );
 }
@@ -1297,7 +1340,11 @@ pub async fn ping_answers_and_writes_nothing(store: impl RunStore) {
     assert_eq!(store.cursors(Some(&eth)).await.unwrap(), cursors);
     assert!(
         store
-            .outbox(Utc::now(), 100, &[])
+            .outbox(OutboxQuery {
+                now: Utc::now(),
+                limit: 100,
+                skip_queues: &[]
+            })
             .await
             .unwrap()
             .iter()
@@ -1317,22 +1364,24 @@ pub async fn abi_registry_round_trip(store: impl RunStore) {
     let matic = Chain::new("matic").unwrap();
     let token = Address::with_last_byte(0xAB);
     let other = Address::with_last_byte(0x01);
-    assert_eq!(store.abi(&eth, token).await.unwrap(), None, "no ABI yet");
+    let eth_token = ContractRef::new(&eth, token);
+    let matic_token = ContractRef::new(&matic, token);
+    assert_eq!(store.abi(eth_token).await.unwrap(), None, "no ABI yet");
     assert!(store.abis(None).await.unwrap().is_empty());
 
     let put = store
-        .put_abi(&eth, token, erc20_abi())
+        .put_abi(eth_token, erc20_abi())
         .await
         .expect("put_abi");
     assert_eq!((&put.chain, put.address), (&eth, token));
     assert_eq!(put.abi, erc20_abi());
     assert_eq!(
-        store.abi(&eth, token).await.unwrap().as_ref(),
+        store.abi(eth_token).await.unwrap().as_ref(),
         Some(&put),
         "abi MUST read back what put_abi returned"
     );
     assert_eq!(
-        store.abi(&matic, token).await.unwrap(),
+        store.abi(matic_token).await.unwrap(),
         None,
         "the same address on another chain is another contract"
     );
@@ -1345,19 +1394,22 @@ pub async fn abi_registry_round_trip(store: impl RunStore) {
         .find(|item| item["name"] == "Transfer")
         .unwrap()]);
     let replaced = store
-        .put_abi(&eth, token, transfer_only.clone())
+        .put_abi(eth_token, transfer_only.clone())
         .await
         .expect("put_abi again");
     assert_eq!(replaced.abi, transfer_only);
     assert!(replaced.updated_at >= put.updated_at);
     assert_eq!(
-        store.abi(&eth, token).await.unwrap().map(|a| a.abi),
+        store.abi(eth_token).await.unwrap().map(|a| a.abi),
         Some(transfer_only),
         "a second put_abi MUST replace the first"
     );
 
-    let on_matic = store.put_abi(&matic, token, erc20_abi()).await.unwrap();
-    let first = store.put_abi(&eth, other, erc20_abi()).await.unwrap();
+    let on_matic = store.put_abi(matic_token, erc20_abi()).await.unwrap();
+    let first = store
+        .put_abi(ContractRef::new(&eth, other), erc20_abi())
+        .await
+        .unwrap();
     let listed: Vec<(Chain, Address)> = store
         .abis(None)
         .await
@@ -1380,20 +1432,21 @@ pub async fn abi_registry_round_trip(store: impl RunStore) {
         "abis(Some(chain)) MUST list that chain's only"
     );
 
-    assert!(store.delete_abi(&eth, token).await.unwrap(), "it was there");
-    assert_eq!(store.abi(&eth, token).await.unwrap(), None);
+    assert!(store.delete_abi(eth_token).await.unwrap(), "it was there");
+    assert_eq!(store.abi(eth_token).await.unwrap(), None);
     assert!(
-        !store.delete_abi(&eth, token).await.unwrap(),
+        !store.delete_abi(eth_token).await.unwrap(),
         "deleting a missing ABI MUST return false, not fail"
     );
     assert_eq!(store.abis(Some(&eth)).await.unwrap(), vec![first]);
-    assert!(store.abi(&matic, token).await.unwrap().is_some());
+    assert!(store.abi(matic_token).await.unwrap().is_some());
 }
 
 /// put_abi of an invalid ABI is InvalidInput naming the problem, and leaves the earlier ABI.
 pub async fn invalid_abi_is_refused_and_stores_nothing(store: impl RunStore) {
     let eth = Chain::new("ethereum").unwrap();
     let token = Address::with_last_byte(0xCD);
+    let eth_token = ContractRef::new(&eth, token);
     let bad = [
         (serde_json::json!({"abi": []}), "expected a JSON array"),
         (serde_json::json!("[]"), "expected a JSON array"),
@@ -1405,7 +1458,7 @@ pub async fn invalid_abi_is_refused_and_stores_nothing(store: impl RunStore) {
         (serde_json::json!([{"type": "party", "name": "X"}]), "party"),
     ];
     for (abi, named) in &bad {
-        match store.put_abi(&eth, token, abi.clone()).await {
+        match store.put_abi(eth_token, abi.clone()).await {
             Err(StoreError::InvalidInput(message)) => assert!(
                 message.contains(named),
                 "the error MUST name what is wrong ({named:?}): {message}"
@@ -1414,16 +1467,16 @@ pub async fn invalid_abi_is_refused_and_stores_nothing(store: impl RunStore) {
         }
     }
     assert_eq!(
-        store.abi(&eth, token).await.unwrap(),
+        store.abi(eth_token).await.unwrap(),
         None,
         "a refused ABI MUST NOT be stored"
     );
-    let good = store.put_abi(&eth, token, erc20_abi()).await.unwrap();
+    let good = store.put_abi(eth_token, erc20_abi()).await.unwrap();
     for (abi, _) in bad {
-        store.put_abi(&eth, token, abi).await.unwrap_err();
+        store.put_abi(eth_token, abi).await.unwrap_err();
     }
     assert_eq!(
-        store.abi(&eth, token).await.unwrap(),
+        store.abi(eth_token).await.unwrap(),
         Some(good),
         "a refused ABI MUST leave the earlier one"
     );

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::{CancellationToken, EngineDeps, EngineError, instruments};
+use crate::ports::OutboxQuery;
 use crate::ports::{RunFilter, RunMessage};
 use crate::run::{ModelRun, RunId, RunState};
 
@@ -80,7 +81,11 @@ impl Enqueuer {
         let due = self
             .deps
             .store
-            .outbox(self.deps.clock.now(), self.config.batch, &skip)
+            .outbox(OutboxQuery {
+                now: self.deps.clock.now(),
+                limit: self.config.batch,
+                skip_queues: &skip,
+            })
             .await?;
         if due.is_empty() {
             return Ok(0);

@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 use super::{CancellationToken, EngineDeps, EngineError, RetryPolicy, instruments};
 use crate::chain::{BlockRange, Chain, RunMode};
 use crate::ports::{CreateRuns, CreatedRuns, RunMessage, RunStoreExt, StoreError};
+use crate::ports::{CursorAdvance, CursorKey, CursorRewind, LockLease, ScheduledBlocks};
 use crate::run::{ModelRun, NewRun, RunEvent, RunState};
 
 /// Follow `chain`'s head with `model`.
@@ -39,6 +40,11 @@ pub struct RealtimeSubscription {
 }
 
 impl RealtimeSubscription {
+    /// The store's key of this subscription's realtime cursor.
+    pub fn cursor_key(&self) -> CursorKey<'_> {
+        CursorKey::new(&self.model, &self.chain)
+    }
+
     /// A subscription with production defaults: the chain's
     /// [`default_confirmations`](Chain::default_confirmations), up to
     /// [`DEFAULT_CHUNK_SIZE`](crate::submission::DEFAULT_CHUNK_SIZE) blocks a run, start at the
@@ -285,7 +291,11 @@ impl Scheduler {
         if !self
             .deps
             .store
-            .try_lock(SCHEDULER_LOCK, &self.config.owner, until)
+            .try_lock(LockLease {
+                name: SCHEDULER_LOCK,
+                owner: &self.config.owner,
+                until,
+            })
             .await?
         {
             return Ok(report);
@@ -397,11 +407,7 @@ impl Scheduler {
         head: u64,
         cursor: u64,
     ) -> Result<ChainCheck, EngineError> {
-        let recorded = self
-            .deps
-            .store
-            .scheduled_blocks(&sub.model, &sub.chain)
-            .await?;
+        let recorded = self.deps.store.scheduled_blocks(sub.cursor_key()).await?;
         // A record above the cursor is of an advance that did not happen (recorded, then the
         // scheduler stopped); the next advance records that number again.
         let mut recorded = recorded.into_iter().filter(|b| b.number <= cursor);
@@ -450,7 +456,7 @@ impl Scheduler {
     ) -> Result<(u64, usize), EngineError> {
         let store = &self.deps.store;
         let runs = store
-            .realtime_runs_after(&sub.model, &sub.chain, ancestor)
+            .realtime_runs_after(sub.cursor_key(), ancestor)
             .await?;
         // Runs are whole: one reaching below the ancestor (none should, every recorded block is
         // a run's last) is superseded whole and its blocks scheduled again.
@@ -502,7 +508,11 @@ impl Scheduler {
             }
         }
         store
-            .rewind_cursor(&sub.model, &sub.chain, cursor, to)
+            .rewind_cursor(CursorRewind {
+                key: sub.cursor_key(),
+                expected: cursor,
+                to,
+            })
             .await?;
         instruments::superseded(superseded);
         warn!(model = %sub.model, chain = %sub.chain, from = cursor, to, runs = superseded, "realtime cursor moved back over a chain reorganisation; the new branch is scheduled next");
@@ -517,7 +527,7 @@ impl Scheduler {
         let model = self.deps.models.get_for(&sub.model, &sub.chain)?;
         let source = self.deps.source(&sub.chain)?;
         let head = source.head().await?;
-        let mut cursor = self.deps.store.cursor(&sub.model, &sub.chain).await?;
+        let mut cursor = self.deps.store.cursor(sub.cursor_key()).await?;
         if let Some(c) = cursor {
             match self
                 .check_chain(sub, source.as_ref(), head.number, c)
@@ -578,7 +588,11 @@ impl Scheduler {
         }
         self.deps
             .store
-            .record_scheduled_blocks(&sub.model, &sub.chain, &ends, keep_from)
+            .record_scheduled_blocks(ScheduledBlocks {
+                key: sub.cursor_key(),
+                blocks: &ends,
+                keep_from,
+            })
             .await?;
         let runs: Vec<NewRun> = chunks
             .into_iter()
@@ -596,7 +610,12 @@ impl Scheduler {
         match self
             .deps
             .store
-            .advance_cursor(&sub.model, &sub.chain, cursor, last, runs)
+            .advance_cursor(CursorAdvance {
+                key: sub.cursor_key(),
+                expected: cursor,
+                to: last,
+                runs,
+            })
             .await
         {
             Ok(created) => {
@@ -911,7 +930,10 @@ mod tests {
             .collect();
         assert_tiles(&live, 0, 21);
         assert_eq!(
-            deps.store.cursor("block_stats", &chain()).await.unwrap(),
+            deps.store
+                .cursor(CursorKey::new("block_stats", &chain()))
+                .await
+                .unwrap(),
             Some(21)
         );
         // The records now follow the new branch: a second tick finds nothing to do.
@@ -1040,7 +1062,10 @@ mod tests {
         );
         assert_tiles(&runs, 0, 40);
         assert_eq!(
-            deps.store.cursor("block_stats", &chain()).await.unwrap(),
+            deps.store
+                .cursor(CursorKey::new("block_stats", &chain()))
+                .await
+                .unwrap(),
             Some(40)
         );
         for r in &runs {
@@ -1129,7 +1154,10 @@ mod tests {
                 .any(|r| r.range.start() == 15 && r.state != RunState::Superseded)
         );
         assert_eq!(
-            deps.store.cursor("block_stats", &chain()).await.unwrap(),
+            deps.store
+                .cursor(CursorKey::new("block_stats", &chain()))
+                .await
+                .unwrap(),
             Some(20),
             "the cursor has not moved back"
         );
@@ -1193,7 +1221,10 @@ mod tests {
         assert_eq!(s.tick().await.unwrap().created, 1);
         assert_eq!(ranges(&all_runs(&deps).await), [(94, 94), (95, 97)]);
         assert_eq!(
-            deps.store.cursor("block_stats", &chain()).await.unwrap(),
+            deps.store
+                .cursor(CursorKey::new("block_stats", &chain()))
+                .await
+                .unwrap(),
             Some(97)
         );
 
@@ -1203,7 +1234,10 @@ mod tests {
         assert_eq!(s.tick().await.unwrap().created, 0);
         assert!(all_runs(&deps).await.is_empty());
         assert_eq!(
-            deps.store.cursor("block_stats", &chain()).await.unwrap(),
+            deps.store
+                .cursor(CursorKey::new("block_stats", &chain()))
+                .await
+                .unwrap(),
             None
         );
 
@@ -1233,7 +1267,10 @@ mod tests {
         assert_tiles(&runs, 0, 49);
         assert!(runs.iter().all(|r| r.range.len() == 10));
         assert_eq!(
-            deps.store.cursor("block_stats", &chain()).await.unwrap(),
+            deps.store
+                .cursor(CursorKey::new("block_stats", &chain()))
+                .await
+                .unwrap(),
             Some(49)
         );
         assert_eq!(s.tick().await.unwrap().created, 5);

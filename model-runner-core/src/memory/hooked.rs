@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use alloy_primitives::Address;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -10,10 +9,11 @@ use super::MemoryRunStore;
 use crate::chain::Chain;
 use crate::data::BlockRef;
 use crate::ports::{
-    ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
-    Transition,
+    ContractAbi, ContractRef, CreateRuns, CreatedRuns, CursorAdvance, CursorKey, CursorRewind,
+    LockLease, OutboxQuery, RealtimeCursor, RunFilter, RunPage, RunStore, ScheduledBlocks,
+    StoreError, Transition,
 };
-use crate::run::{ModelRun, NewRun, RunEvent, RunId, RunState};
+use crate::run::{ModelRun, RunEvent, RunId, RunState};
 
 /// Decides a transition instead of the store: given the run as stored and the call's
 /// arguments, `Some(answer)` is returned without touching the store.
@@ -94,16 +94,12 @@ impl RunStore for HookedStore {
     ) -> Result<Vec<ModelRun>, StoreError> {
         self.inner.expired_leases(now, limit).await
     }
-    async fn outbox(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-        skip_queues: &[String],
-    ) -> Result<Vec<ModelRun>, StoreError> {
-        self.inner.outbox(now, limit, skip_queues).await
+    async fn outbox(&self, query: OutboxQuery<'_>) -> Result<Vec<ModelRun>, StoreError> {
+        self.inner.outbox(query).await
     }
-    async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError> {
-        let cursor = self.inner.cursor(model, chain).await;
+    async fn cursor(&self, key: CursorKey<'_>) -> Result<Option<u64>, StoreError> {
+        let (model, chain) = (key.model, key.chain);
+        let cursor = self.inner.cursor(CursorKey::new(model, chain)).await;
         if self.yield_after_cursor {
             tokio::task::yield_now().await;
         }
@@ -114,70 +110,36 @@ impl RunStore for HookedStore {
     }
     async fn advance_cursor(
         &self,
-        model: &str,
-        chain: &Chain,
-        expected: Option<u64>,
-        to: u64,
-        runs: Vec<NewRun>,
+        advance: CursorAdvance<'_>,
     ) -> Result<Vec<ModelRun>, StoreError> {
-        self.inner
-            .advance_cursor(model, chain, expected, to, runs)
-            .await
+        self.inner.advance_cursor(advance).await
     }
-    async fn scheduled_blocks(
-        &self,
-        model: &str,
-        chain: &Chain,
-    ) -> Result<Vec<BlockRef>, StoreError> {
-        self.inner.scheduled_blocks(model, chain).await
+    async fn scheduled_blocks(&self, key: CursorKey<'_>) -> Result<Vec<BlockRef>, StoreError> {
+        self.inner.scheduled_blocks(key).await
     }
-    async fn record_scheduled_blocks(
-        &self,
-        model: &str,
-        chain: &Chain,
-        blocks: &[BlockRef],
-        keep_from: u64,
-    ) -> Result<(), StoreError> {
-        self.inner
-            .record_scheduled_blocks(model, chain, blocks, keep_from)
-            .await
+    async fn record_scheduled_blocks(&self, record: ScheduledBlocks<'_>) -> Result<(), StoreError> {
+        self.inner.record_scheduled_blocks(record).await
     }
-    async fn rewind_cursor(
-        &self,
-        model: &str,
-        chain: &Chain,
-        expected: u64,
-        to: u64,
-    ) -> Result<(), StoreError> {
-        self.inner.rewind_cursor(model, chain, expected, to).await
+    async fn rewind_cursor(&self, rewind: CursorRewind<'_>) -> Result<(), StoreError> {
+        self.inner.rewind_cursor(rewind).await
     }
-    async fn try_lock(
-        &self,
-        name: &str,
-        owner: &str,
-        until: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        self.inner.try_lock(name, owner, until).await
+    async fn try_lock(&self, lease: LockLease<'_>) -> Result<bool, StoreError> {
+        self.inner.try_lock(lease).await
     }
     async fn put_abi(
         &self,
-        chain: &Chain,
-        address: Address,
+        contract: ContractRef<'_>,
         abi: serde_json::Value,
     ) -> Result<ContractAbi, StoreError> {
-        self.inner.put_abi(chain, address, abi).await
+        self.inner.put_abi(contract, abi).await
     }
-    async fn abi(
-        &self,
-        chain: &Chain,
-        address: Address,
-    ) -> Result<Option<ContractAbi>, StoreError> {
-        self.inner.abi(chain, address).await
+    async fn abi(&self, contract: ContractRef<'_>) -> Result<Option<ContractAbi>, StoreError> {
+        self.inner.abi(contract).await
     }
     async fn abis(&self, chain: Option<&Chain>) -> Result<Vec<ContractAbi>, StoreError> {
         self.inner.abis(chain).await
     }
-    async fn delete_abi(&self, chain: &Chain, address: Address) -> Result<bool, StoreError> {
-        self.inner.delete_abi(chain, address).await
+    async fn delete_abi(&self, contract: ContractRef<'_>) -> Result<bool, StoreError> {
+        self.inner.delete_abi(contract).await
     }
 }

@@ -15,6 +15,9 @@ use crate::ports::{
     Transition, cursor_conflict, idempotency_conflict, same_batch, state_conflict, validate_batch,
     validate_cursor_runs,
 };
+use crate::ports::{
+    ContractRef, CursorAdvance, CursorKey, CursorRewind, LockLease, OutboxQuery, ScheduledBlocks,
+};
 use crate::run::{ModelRun, NewRun, RunId, RunState};
 
 /// A [`RunStore`] in memory. Not durable; every operation is atomic under one lock.
@@ -154,12 +157,7 @@ impl RunStore for MemoryRunStore {
     }
 
     async fn apply(&self, t: Transition) -> Result<ModelRun, StoreError> {
-        let Transition {
-            id,
-            expected,
-            expected_attempt,
-            event,
-        } = t;
+        let (id, expected, expected_attempt, event) = t.into_parts();
         let mut inner = self.lock();
         let run = inner.runs.get_mut(&id).ok_or(StoreError::NotFound { id })?;
         if run.state != expected || run.attempt != expected_attempt {
@@ -213,12 +211,8 @@ impl RunStore for MemoryRunStore {
         Ok(out)
     }
 
-    async fn outbox(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-        skip_queues: &[String],
-    ) -> Result<Vec<ModelRun>, StoreError> {
+    async fn outbox(&self, query: OutboxQuery<'_>) -> Result<Vec<ModelRun>, StoreError> {
+        let (now, limit, skip_queues) = query.into_parts();
         let inner = self.lock();
         let skipped = |r: &ModelRun| skip_queues.contains(&r.queue);
         let mut pending: Vec<ModelRun> = inner
@@ -244,7 +238,8 @@ impl RunStore for MemoryRunStore {
         Ok(pending)
     }
 
-    async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError> {
+    async fn cursor(&self, key: CursorKey<'_>) -> Result<Option<u64>, StoreError> {
+        let (model, chain) = (key.model, key.chain);
         Ok(self
             .lock()
             .cursors
@@ -269,12 +264,9 @@ impl RunStore for MemoryRunStore {
 
     async fn advance_cursor(
         &self,
-        model: &str,
-        chain: &Chain,
-        expected: Option<u64>,
-        to: u64,
-        runs: Vec<NewRun>,
+        advance: CursorAdvance<'_>,
     ) -> Result<Vec<ModelRun>, StoreError> {
+        let (model, chain, expected, to, runs) = advance.into_parts();
         validate_cursor_runs(&runs)?;
         let mut inner = self.lock();
         let key = (model.to_owned(), chain.clone());
@@ -287,11 +279,8 @@ impl RunStore for MemoryRunStore {
         Ok(inner.insert_all(runs, None, now))
     }
 
-    async fn scheduled_blocks(
-        &self,
-        model: &str,
-        chain: &Chain,
-    ) -> Result<Vec<BlockRef>, StoreError> {
+    async fn scheduled_blocks(&self, key: CursorKey<'_>) -> Result<Vec<BlockRef>, StoreError> {
+        let (model, chain) = (key.model, key.chain);
         Ok(self
             .lock()
             .scheduled
@@ -300,13 +289,8 @@ impl RunStore for MemoryRunStore {
             .unwrap_or_default())
     }
 
-    async fn record_scheduled_blocks(
-        &self,
-        model: &str,
-        chain: &Chain,
-        blocks: &[BlockRef],
-        keep_from: u64,
-    ) -> Result<(), StoreError> {
+    async fn record_scheduled_blocks(&self, record: ScheduledBlocks<'_>) -> Result<(), StoreError> {
+        let (model, chain, blocks, keep_from) = record.into_parts();
         let mut inner = self.lock();
         let recorded = inner
             .scheduled
@@ -317,13 +301,8 @@ impl RunStore for MemoryRunStore {
         Ok(())
     }
 
-    async fn rewind_cursor(
-        &self,
-        model: &str,
-        chain: &Chain,
-        expected: u64,
-        to: u64,
-    ) -> Result<(), StoreError> {
+    async fn rewind_cursor(&self, rewind: CursorRewind<'_>) -> Result<(), StoreError> {
+        let (model, chain, expected, to) = rewind.into_parts();
         let mut inner = self.lock();
         let key = (model.to_owned(), chain.clone());
         let actual = inner.cursors.get(&key).map(|(b, _)| *b);
@@ -338,12 +317,8 @@ impl RunStore for MemoryRunStore {
         Ok(())
     }
 
-    async fn try_lock(
-        &self,
-        name: &str,
-        owner: &str,
-        until: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    async fn try_lock(&self, lease: LockLease<'_>) -> Result<bool, StoreError> {
+        let (name, owner, until) = lease.into_parts();
         let now = self.clock.now();
         let mut inner = self.lock();
         match inner.locks.get(name) {
@@ -359,10 +334,10 @@ impl RunStore for MemoryRunStore {
 
     async fn put_abi(
         &self,
-        chain: &Chain,
-        address: Address,
+        contract: ContractRef<'_>,
         abi: serde_json::Value,
     ) -> Result<ContractAbi, StoreError> {
+        let (chain, address) = (contract.chain, contract.address);
         let stored = ContractAbi::validated(chain.clone(), address, abi, self.clock.now())?;
         self.lock()
             .abis
@@ -370,11 +345,8 @@ impl RunStore for MemoryRunStore {
         Ok(stored)
     }
 
-    async fn abi(
-        &self,
-        chain: &Chain,
-        address: Address,
-    ) -> Result<Option<ContractAbi>, StoreError> {
+    async fn abi(&self, contract: ContractRef<'_>) -> Result<Option<ContractAbi>, StoreError> {
+        let (chain, address) = (contract.chain, contract.address);
         Ok(self.lock().abis.get(&(chain.clone(), address)).cloned())
     }
 
@@ -388,7 +360,8 @@ impl RunStore for MemoryRunStore {
             .collect())
     }
 
-    async fn delete_abi(&self, chain: &Chain, address: Address) -> Result<bool, StoreError> {
+    async fn delete_abi(&self, contract: ContractRef<'_>) -> Result<bool, StoreError> {
+        let (chain, address) = (contract.chain, contract.address);
         Ok(self.lock().abis.remove(&(chain.clone(), address)).is_some())
     }
 }

@@ -382,6 +382,7 @@ mod tests {
     use super::*;
     use crate::chain::BlockRange;
     use crate::memory::{MemoryBlockSource, MemoryRunStore};
+    use crate::ports::{ContractRef, CursorAdvance, CursorKey, LockLease, OutboxQuery};
     use crate::run::RunId;
 
     const ERC20_ABI: &str = include_str!("../../testdata/erc20.abi.json");
@@ -441,7 +442,10 @@ mod tests {
     async fn store_with_erc20() -> Arc<MemoryRunStore> {
         let store = Arc::new(MemoryRunStore::new());
         store
-            .put_abi(&chain(), TOKEN, serde_json::from_str(ERC20_ABI).unwrap())
+            .put_abi(
+                ContractRef::new(&chain(), TOKEN),
+                serde_json::from_str(ERC20_ABI).unwrap(),
+            )
             .await
             .unwrap();
         store
@@ -635,17 +639,16 @@ mod tests {
             }
             async fn outbox(
                 &self,
-                _: chrono::DateTime<chrono::Utc>,
-                _: usize,
-                _: &[String],
+                query: OutboxQuery<'_>,
             ) -> Result<Vec<crate::ModelRun>, crate::ports::StoreError> {
+                let (_, _, _) = query.into_parts();
                 unimplemented!()
             }
             async fn cursor(
                 &self,
-                _: &str,
-                _: &Chain,
+                key: CursorKey<'_>,
             ) -> Result<Option<u64>, crate::ports::StoreError> {
+                let (_, _) = (key.model, key.chain);
                 unimplemented!()
             }
             async fn cursors(
@@ -656,20 +659,16 @@ mod tests {
             }
             async fn advance_cursor(
                 &self,
-                _: &str,
-                _: &Chain,
-                _: Option<u64>,
-                _: u64,
-                _: Vec<crate::NewRun>,
+                advance: CursorAdvance<'_>,
             ) -> Result<Vec<crate::ModelRun>, crate::ports::StoreError> {
+                let (_, _, _, _, _) = advance.into_parts();
                 unimplemented!()
             }
             async fn try_lock(
                 &self,
-                _: &str,
-                _: &str,
-                _: chrono::DateTime<chrono::Utc>,
+                lease: LockLease<'_>,
             ) -> Result<bool, crate::ports::StoreError> {
+                let (_, _, _) = lease.into_parts();
                 unimplemented!()
             }
         }
@@ -697,7 +696,10 @@ mod tests {
         let blocks = [block(logs)];
         assert!(model.run(&ctx(), &blocks).await.unwrap().is_empty());
         store
-            .put_abi(&chain(), TOKEN, serde_json::from_str(ERC20_ABI).unwrap())
+            .put_abi(
+                ContractRef::new(&chain(), TOKEN),
+                serde_json::from_str(ERC20_ABI).unwrap(),
+            )
             .await
             .unwrap();
         assert!(
@@ -715,10 +717,14 @@ mod tests {
     async fn a_backfill_decodes_the_registered_contract_and_succeeds_despite_mismatches() {
         use crate::engine::Runner;
         use crate::memory::MemorySink;
+        use crate::ports::ContractRef;
         let store = Arc::new(MemoryRunStore::new());
         let contract = Address::with_last_byte(0xAB);
         store
-            .put_abi(&chain(), contract, serde_json::from_str(ERC20_ABI).unwrap())
+            .put_abi(
+                ContractRef::new(&chain(), contract),
+                serde_json::from_str(ERC20_ABI).unwrap(),
+            )
             .await
             .unwrap();
         let sink = Arc::new(MemorySink::new());

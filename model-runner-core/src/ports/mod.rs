@@ -17,7 +17,8 @@ pub use queue::{Consumer, Delivery, DeliveryHandle, QueueError, RunMessage, RunQ
 pub use sink::{ResultSink, RunOutput, SinkError, check_topic};
 pub use source::{BlockSource, CALLS_IN_FLIGHT, SourceError};
 pub use store::{
-    ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore,
-    RunStoreExt, StoreError, Transition, cursor_conflict, idempotency_conflict, parse_abi,
+    ContractAbi, ContractRef, CreateRuns, CreatedRuns, CursorAdvance, CursorKey, CursorRewind,
+    LockLease, OutboxQuery, RealtimeCursor, RunFilter, RunPage, RunStore, RunStoreExt,
+    ScheduledBlocks, StoreError, Transition, cursor_conflict, idempotency_conflict, parse_abi,
     parse_address, same_batch, state_conflict, validate_batch, validate_cursor_runs,
 };

@@ -105,6 +105,13 @@ pub struct Transition {
     pub event: RunEvent,
 }
 
+impl Transition {
+    /// The run, the state and attempt the caller saw, and the event, in that order.
+    pub fn into_parts(self) -> (RunId, RunState, u32, RunEvent) {
+        (self.id, self.expected, self.expected_attempt, self.event)
+    }
+}
+
 /// Filter and page of [`RunStore::list`]. Fields left `None` match everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunFilter {
@@ -165,6 +172,135 @@ impl RunPage {
             None
         };
         Self { runs, next }
+    }
+}
+
+/// Which realtime cursor: that of `model` on `chain` (the cursor methods of [`RunStore`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CursorKey<'a> {
+    /// Model.
+    pub model: &'a str,
+    /// Chain.
+    pub chain: &'a Chain,
+}
+
+impl<'a> CursorKey<'a> {
+    /// The cursor of `model` on `chain`.
+    pub fn new(model: &'a str, chain: &'a Chain) -> Self {
+        Self { model, chain }
+    }
+}
+
+/// A cursor moving forward from `expected` (`None`: no cursor yet) to `to`, creating `runs`
+/// ([`RunStore::advance_cursor`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorAdvance<'a> {
+    /// The cursor.
+    pub key: CursorKey<'a>,
+    /// Where the caller saw it.
+    pub expected: Option<u64>,
+    /// Where it moves to.
+    pub to: u64,
+    /// The runs to create with the move.
+    pub runs: Vec<NewRun>,
+}
+
+impl<'a> CursorAdvance<'a> {
+    /// Model, chain, `expected`, `to` and `runs`, in that order.
+    pub fn into_parts(self) -> (&'a str, &'a Chain, Option<u64>, u64, Vec<NewRun>) {
+        let k = self.key;
+        (k.model, k.chain, self.expected, self.to, self.runs)
+    }
+}
+
+/// A cursor moving back from `expected` to `to` after a reorganisation
+/// ([`RunStore::rewind_cursor`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CursorRewind<'a> {
+    /// The cursor.
+    pub key: CursorKey<'a>,
+    /// Where the caller saw it.
+    pub expected: u64,
+    /// Where it moves back to.
+    pub to: u64,
+}
+
+impl<'a> CursorRewind<'a> {
+    /// Model, chain, `expected` and `to`, in that order.
+    pub fn into_parts(self) -> (&'a str, &'a Chain, u64, u64) {
+        (self.key.model, self.key.chain, self.expected, self.to)
+    }
+}
+
+/// `blocks`, the last blocks of a cursor's realtime runs about to be created, to record, and
+/// the records of numbers below `keep_from` to forget ([`RunStore::record_scheduled_blocks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduledBlocks<'a> {
+    /// The cursor.
+    pub key: CursorKey<'a>,
+    /// The blocks to record.
+    pub blocks: &'a [BlockRef],
+    /// Records below this number are forgotten.
+    pub keep_from: u64,
+}
+
+impl<'a> ScheduledBlocks<'a> {
+    /// Model, chain, `blocks` and `keep_from`, in that order.
+    pub fn into_parts(self) -> (&'a str, &'a Chain, &'a [BlockRef], u64) {
+        (self.key.model, self.key.chain, self.blocks, self.keep_from)
+    }
+}
+
+/// What [`RunStore::outbox`] asks for: at most `limit` runs due at `now`, none of
+/// `skip_queues`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxQuery<'a> {
+    /// Runs due at this time.
+    pub now: DateTime<Utc>,
+    /// At most this many.
+    pub limit: usize,
+    /// Queues the enqueuer cannot publish to right now.
+    pub skip_queues: &'a [String],
+}
+
+impl<'a> OutboxQuery<'a> {
+    /// `now`, `limit` and `skip_queues`, in that order.
+    pub fn into_parts(self) -> (DateTime<Utc>, usize, &'a [String]) {
+        (self.now, self.limit, self.skip_queues)
+    }
+}
+
+/// A named lease that `owner` takes or renews until `until` ([`RunStore::try_lock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockLease<'a> {
+    /// The lock's name, e.g. `scheduler`.
+    pub name: &'a str,
+    /// Who takes it.
+    pub owner: &'a str,
+    /// Until when.
+    pub until: DateTime<Utc>,
+}
+
+impl<'a> LockLease<'a> {
+    /// `name`, `owner` and `until`, in that order.
+    pub fn into_parts(self) -> (&'a str, &'a str, DateTime<Utc>) {
+        (self.name, self.owner, self.until)
+    }
+}
+
+/// A contract: `address` on `chain` (the ABI registry's key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContractRef<'a> {
+    /// Chain the contract lives on.
+    pub chain: &'a Chain,
+    /// Its address.
+    pub address: Address,
+}
+
+impl<'a> ContractRef<'a> {
+    /// `address` on `chain`.
+    pub fn new(chain: &'a Chain, address: Address) -> Self {
+        Self { chain, address }
     }
 }
 
@@ -516,63 +652,36 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
 
     /// Runs due for publishing at `now`, in order, leaving out runs of `skip_queues` (queues the
     /// enqueuer cannot publish to right now, so their runs do not crowd out the others).
-    async fn outbox(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-        skip_queues: &[String],
-    ) -> Result<Vec<ModelRun>, StoreError>;
+    async fn outbox(&self, query: OutboxQuery<'_>) -> Result<Vec<ModelRun>, StoreError>;
 
-    /// The realtime cursor of (model, chain).
-    async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError>;
+    /// The realtime cursor `key`.
+    async fn cursor(&self, key: CursorKey<'_>) -> Result<Option<u64>, StoreError>;
 
     /// Every realtime cursor, optionally of one chain.
     async fn cursors(&self, chain: Option<&Chain>) -> Result<Vec<RealtimeCursor>, StoreError>;
 
     /// Moves the cursor from `expected` to `to` and creates `runs`, atomically.
-    async fn advance_cursor(
-        &self,
-        model: &str,
-        chain: &Chain,
-        expected: Option<u64>,
-        to: u64,
-        runs: Vec<NewRun>,
-    ) -> Result<Vec<ModelRun>, StoreError>;
+    async fn advance_cursor(&self, advance: CursorAdvance<'_>)
+    -> Result<Vec<ModelRun>, StoreError>;
 
     /// The recorded last blocks of (model, chain)'s realtime runs, newest first (see the
     /// contract).
-    async fn scheduled_blocks(
-        &self,
-        model: &str,
-        chain: &Chain,
-    ) -> Result<Vec<BlockRef>, StoreError> {
-        let _ = (model, chain);
+    async fn scheduled_blocks(&self, key: CursorKey<'_>) -> Result<Vec<BlockRef>, StoreError> {
+        let _ = key;
         Err(no_block_records())
     }
 
     /// Records `blocks`, the last blocks of realtime runs about to be created, and forgets the
     /// records of numbers below `keep_from`.
-    async fn record_scheduled_blocks(
-        &self,
-        model: &str,
-        chain: &Chain,
-        blocks: &[BlockRef],
-        keep_from: u64,
-    ) -> Result<(), StoreError> {
-        let _ = (model, chain, blocks, keep_from);
+    async fn record_scheduled_blocks(&self, record: ScheduledBlocks<'_>) -> Result<(), StoreError> {
+        let _ = record;
         Err(no_block_records())
     }
 
     /// Moves the cursor back from `expected` to `to` (after a reorg) and forgets the block
     /// records above `to`, atomically.
-    async fn rewind_cursor(
-        &self,
-        model: &str,
-        chain: &Chain,
-        expected: u64,
-        to: u64,
-    ) -> Result<(), StoreError> {
-        let _ = (model, chain, expected, to);
+    async fn rewind_cursor(&self, rewind: CursorRewind<'_>) -> Result<(), StoreError> {
+        let _ = rewind;
         Err(no_block_records())
     }
 
@@ -580,10 +689,10 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
     /// supersede: last block above `block`, not cancelled or superseded.
     async fn realtime_runs_after(
         &self,
-        model: &str,
-        chain: &Chain,
+        key: CursorKey<'_>,
         block: u64,
     ) -> Result<Vec<ModelRun>, StoreError> {
+        let (model, chain) = (key.model, key.chain);
         let mut filter = RunFilter {
             model: Some(model.to_owned()),
             chain: Some(chain.clone()),
@@ -607,31 +716,21 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
     }
 
     /// Takes or renews the named lease for `owner` until `until`; `true` if `owner` holds it.
-    async fn try_lock(
-        &self,
-        name: &str,
-        owner: &str,
-        until: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
+    async fn try_lock(&self, lease: LockLease<'_>) -> Result<bool, StoreError>;
 
     /// Registers (or replaces) the JSON ABI of `address` on `chain` (see the contract).
     async fn put_abi(
         &self,
-        chain: &Chain,
-        address: Address,
+        contract: ContractRef<'_>,
         abi: serde_json::Value,
     ) -> Result<ContractAbi, StoreError> {
-        let _ = (chain, address, abi);
+        let _ = (contract, abi);
         Err(no_abi_registry())
     }
 
     /// The ABI of `address` on `chain`, if one is registered.
-    async fn abi(
-        &self,
-        chain: &Chain,
-        address: Address,
-    ) -> Result<Option<ContractAbi>, StoreError> {
-        let _ = (chain, address);
+    async fn abi(&self, contract: ContractRef<'_>) -> Result<Option<ContractAbi>, StoreError> {
+        let _ = contract;
         Err(no_abi_registry())
     }
 
@@ -642,8 +741,8 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
     }
 
     /// Removes the ABI of `address` on `chain`; `true` if there was one.
-    async fn delete_abi(&self, chain: &Chain, address: Address) -> Result<bool, StoreError> {
-        let _ = (chain, address);
+    async fn delete_abi(&self, contract: ContractRef<'_>) -> Result<bool, StoreError> {
+        let _ = contract;
         Err(no_abi_registry())
     }
 
@@ -686,13 +785,8 @@ macro_rules! forward_store {
             ) -> Result<Vec<ModelRun>, StoreError> {
                 (**self).expired_leases(now, limit).await
             }
-            async fn outbox(
-                &self,
-                now: DateTime<Utc>,
-                limit: usize,
-                skip_queues: &[String],
-            ) -> Result<Vec<ModelRun>, StoreError> {
-                (**self).outbox(now, limit, skip_queues).await
+            async fn outbox(&self, query: OutboxQuery<'_>) -> Result<Vec<ModelRun>, StoreError> {
+                (**self).outbox(query).await
             }
             async fn transitions(
                 &self,
@@ -713,8 +807,8 @@ macro_rules! forward_store {
             ) -> Result<Vec<ModelRun>, StoreError> {
                 (**self).stale_queued(before, limit).await
             }
-            async fn cursor(&self, model: &str, chain: &Chain) -> Result<Option<u64>, StoreError> {
-                (**self).cursor(model, chain).await
+            async fn cursor(&self, key: CursorKey<'_>) -> Result<Option<u64>, StoreError> {
+                (**self).cursor(key).await
             }
             async fn cursors(
                 &self,
@@ -724,86 +818,56 @@ macro_rules! forward_store {
             }
             async fn advance_cursor(
                 &self,
-                model: &str,
-                chain: &Chain,
-                expected: Option<u64>,
-                to: u64,
-                runs: Vec<NewRun>,
+                advance: CursorAdvance<'_>,
             ) -> Result<Vec<ModelRun>, StoreError> {
-                (**self)
-                    .advance_cursor(model, chain, expected, to, runs)
-                    .await
+                (**self).advance_cursor(advance).await
             }
             async fn scheduled_blocks(
                 &self,
-                model: &str,
-                chain: &Chain,
+                key: CursorKey<'_>,
             ) -> Result<Vec<BlockRef>, StoreError> {
-                (**self).scheduled_blocks(model, chain).await
+                (**self).scheduled_blocks(key).await
             }
             async fn record_scheduled_blocks(
                 &self,
-                model: &str,
-                chain: &Chain,
-                blocks: &[BlockRef],
-                keep_from: u64,
+                record: ScheduledBlocks<'_>,
             ) -> Result<(), StoreError> {
-                (**self)
-                    .record_scheduled_blocks(model, chain, blocks, keep_from)
-                    .await
+                (**self).record_scheduled_blocks(record).await
             }
-            async fn rewind_cursor(
-                &self,
-                model: &str,
-                chain: &Chain,
-                expected: u64,
-                to: u64,
-            ) -> Result<(), StoreError> {
-                (**self).rewind_cursor(model, chain, expected, to).await
+            async fn rewind_cursor(&self, rewind: CursorRewind<'_>) -> Result<(), StoreError> {
+                (**self).rewind_cursor(rewind).await
             }
             async fn realtime_runs_after(
                 &self,
-                model: &str,
-                chain: &Chain,
+                key: CursorKey<'_>,
                 block: u64,
             ) -> Result<Vec<ModelRun>, StoreError> {
-                (**self).realtime_runs_after(model, chain, block).await
+                (**self).realtime_runs_after(key, block).await
             }
-            async fn try_lock(
-                &self,
-                name: &str,
-                owner: &str,
-                until: DateTime<Utc>,
-            ) -> Result<bool, StoreError> {
-                (**self).try_lock(name, owner, until).await
+            async fn try_lock(&self, lease: LockLease<'_>) -> Result<bool, StoreError> {
+                (**self).try_lock(lease).await
             }
             async fn ping(&self) -> Result<(), StoreError> {
                 (**self).ping().await
             }
             async fn put_abi(
                 &self,
-                chain: &Chain,
-                address: Address,
+                contract: ContractRef<'_>,
                 abi: serde_json::Value,
             ) -> Result<ContractAbi, StoreError> {
-                (**self).put_abi(chain, address, abi).await
+                (**self).put_abi(contract, abi).await
             }
             async fn abi(
                 &self,
-                chain: &Chain,
-                address: Address,
+                contract: ContractRef<'_>,
             ) -> Result<Option<ContractAbi>, StoreError> {
-                (**self).abi(chain, address).await
+                (**self).abi(contract).await
             }
             async fn abis(&self, chain: Option<&Chain>) -> Result<Vec<ContractAbi>, StoreError> {
                 (**self).abis(chain).await
             }
-            async fn delete_abi(
-                &self,
-                chain: &Chain,
-                address: Address,
-            ) -> Result<bool, StoreError> {
-                (**self).delete_abi(chain, address).await
+            async fn delete_abi(&self, contract: ContractRef<'_>) -> Result<bool, StoreError> {
+                (**self).delete_abi(contract).await
             }
         }
     };

@@ -20,6 +20,7 @@ use super::auth::{ReadAccess, WriteAccess};
 use super::body::ApiJson;
 use super::error::{ApiError, BodyRefusals, ErrorResponse, ReadRefusals, WriteRefusals};
 use super::input::{self, Input};
+use model_runner_core::ports::ContractRef;
 
 /// A registered ABI.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -157,7 +158,12 @@ pub async fn put_abi(
     ApiJson(abi): ApiJson<serde_json::Value>,
 ) -> Result<Json<AbiView>, ApiError> {
     let (chain, address) = contract.parse()?;
-    match state.deps.store.put_abi(&chain, address, abi).await {
+    match state
+        .deps
+        .store
+        .put_abi(ContractRef::new(&chain, address), abi)
+        .await
+    {
         Ok(stored) => Ok(Json(stored.into())),
         Err(StoreError::InvalidInput(m)) => Err(ApiError::bad_request("invalid_abi", m)),
         Err(e) => Err(e.into()),
@@ -181,7 +187,12 @@ pub async fn get_abi(
     Input(Path(contract)): Input<Path<ContractPath>>,
 ) -> Result<Json<AbiView>, ApiError> {
     let (chain, address) = contract.parse()?;
-    match state.deps.store.abi(&chain, address).await? {
+    match state
+        .deps
+        .store
+        .abi(ContractRef::new(&chain, address))
+        .await?
+    {
         Some(abi) => Ok(Json(abi.into())),
         None => Err(no_abi(&chain, &address)),
     }
@@ -204,7 +215,12 @@ pub async fn delete_abi(
     Input(Path(contract)): Input<Path<ContractPath>>,
 ) -> Result<StatusCode, ApiError> {
     let (chain, address) = contract.parse()?;
-    if state.deps.store.delete_abi(&chain, address).await? {
+    if state
+        .deps
+        .store
+        .delete_abi(ContractRef::new(&chain, address))
+        .await?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(no_abi(&chain, &address))

@@ -20,7 +20,7 @@ use model_runner_core::memory::{
 };
 use model_runner_core::ports::{
     BlockSource, CallCache, CallCacheError, ProgressBoard, ProgressError, QueueError, ResultSink,
-    RunQueue, RunStore, SinkError, SourceError, StoreError,
+    RunQueue, RunStore, SinkError, SourceError, StoreError, StoreResult,
 };
 
 pub use model_runner_core::redact::redact_url;
@@ -40,7 +40,7 @@ fn disabled(feature: &str, url: &str) -> String {
 /// The run store at `url`; `migrate` applies schema migrations where the store has them.
 /// With `migrate` false a SQLite store must already exist with its schema up to date (the error
 /// says to run `model-runner migrate`); a PostgreSQL store is used as it is.
-pub async fn store_from_url(url: &str, migrate: bool) -> Result<Arc<dyn RunStore>, StoreError> {
+pub async fn store_from_url(url: &str, migrate: bool) -> StoreResult<Arc<dyn RunStore>> {
     let _ = migrate;
     match scheme(url) {
         "memory" => Ok(Arc::new(MemoryRunStore::new())),

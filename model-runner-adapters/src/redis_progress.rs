@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use model_runner_core::RunId;
-use model_runner_core::ports::{ProgressBoard, ProgressError, RunProgress, check_ttl};
+use model_runner_core::ports::{
+    ProgressBoard, ProgressError, ProgressResult, RunProgress, check_ttl,
+};
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 
@@ -69,7 +71,7 @@ impl RedisProgressBoard {
     /// Connects to the server at `url` (see the module docs); an unreachable server is
     /// [`ProgressError::Unavailable`] at once, a bad URL or parameter
     /// [`ProgressError::InvalidInput`]. The connection reconnects by itself afterwards.
-    pub async fn connect(url: &str) -> Result<Self, ProgressError> {
+    pub async fn connect(url: &str) -> ProgressResult<Self> {
         let Connected {
             shown,
             params,
@@ -111,11 +113,7 @@ impl RedisPortError for ProgressError {
 #[async_trait]
 impl ProgressBoard for RedisProgressBoard {
     /// One `SET … EX` per entry, pipelined: one round trip.
-    async fn publish(
-        &self,
-        entries: &[(RunId, RunProgress)],
-        ttl: Duration,
-    ) -> Result<(), ProgressError> {
+    async fn publish(&self, entries: &[(RunId, RunProgress)], ttl: Duration) -> ProgressResult<()> {
         check_ttl(ttl)?;
         if entries.is_empty() {
             return Ok(());
@@ -141,7 +139,7 @@ impl ProgressBoard for RedisProgressBoard {
             .map_err(|e| self.error("SET", &e))
     }
 
-    async fn read(&self, runs: &[RunId]) -> Result<Vec<Option<RunProgress>>, ProgressError> {
+    async fn read(&self, runs: &[RunId]) -> ProgressResult<Vec<Option<RunProgress>>> {
         if runs.is_empty() {
             return Ok(Vec::new());
         }

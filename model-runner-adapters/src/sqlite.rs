@@ -18,11 +18,12 @@ use chrono::{DateTime, Utc};
 use model_runner_core::ports::{
     ContractAbi, ContractRef, CreateRuns, CreatedRuns, CursorAdvance, CursorKey, CursorRewind,
     LockLease, OutboxQuery, RealtimeCursor, RunFilter, RunPage, RunStore, ScheduledBlocks,
-    StoreError, Transition, cursor_conflict, idempotency_conflict, parse_address, same_batch,
-    state_conflict, validate_batch, validate_cursor_runs,
+    StoreError, StoreResult, Transition, cursor_conflict, idempotency_conflict, parse_address,
+    same_batch, state_conflict, validate_batch, validate_cursor_runs,
 };
 use model_runner_core::run::{ModelRun, NewRun, RunEvent, RunId, RunState};
 use model_runner_core::{BlockRef, Chain};
+use serde_json::Value;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -56,7 +57,7 @@ fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn decode(doc: &str) -> Result<ModelRun, StoreError> {
+fn decode(doc: &str) -> StoreResult<ModelRun> {
     serde_json::from_str(doc).map_err(|e| StoreError::Backend {
         adapter: ADAPTER,
         source: Box::new(e),
@@ -71,7 +72,7 @@ fn corrupt(what: String) -> StoreError {
 }
 
 /// A `contract_abis` row (chain, address, abi, updated_at) as a [`ContractAbi`].
-fn decode_abi(row: &sqlx::sqlite::SqliteRow) -> Result<ContractAbi, StoreError> {
+fn decode_abi(row: &sqlx::sqlite::SqliteRow) -> StoreResult<ContractAbi> {
     let chain: &str = row.get(0);
     let address: &str = row.get(1);
     let abi: &str = row.get(2);
@@ -121,12 +122,12 @@ fn not_migrated(base: &str, why: String) -> StoreError {
 
 impl SqliteRunStore {
     /// Opens (creating if missing) and migrates the store at `url`.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str) -> StoreResult<Self> {
         Self::connect_with(url, SqliteOptions::default()).await
     }
 
     /// Opens the store at `url`; see [`SqliteOptions`] for what `options.migrate` changes.
-    pub async fn connect_with(url: &str, options: SqliteOptions) -> Result<Self, StoreError> {
+    pub async fn connect_with(url: &str, options: SqliteOptions) -> StoreResult<Self> {
         let (base, synchronous) = match url.split_once("?synchronous=") {
             Some((b, "normal")) => (b, SqliteSynchronous::Normal),
             Some((b, "full")) => (b, SqliteSynchronous::Full),
@@ -185,7 +186,7 @@ impl SqliteRunStore {
     }
 
     /// Applies the embedded migrations that have not been applied yet.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
+    pub async fn migrate(&self) -> StoreResult<()> {
         MIGRATOR
             .run(&self.writer)
             .await
@@ -196,7 +197,7 @@ impl SqliteRunStore {
     }
 
     /// Fails unless every embedded migration has been applied, unchanged, and nothing newer.
-    async fn check_migrated(&self, base: &str) -> Result<(), StoreError> {
+    async fn check_migrated(&self, base: &str) -> StoreResult<()> {
         let table: Option<String> = sqlx::query_scalar(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
         )
@@ -265,7 +266,7 @@ impl SqliteRunStore {
         conn: &mut SqliteConnection,
         runs: Vec<NewRun>,
         key: Option<&str>,
-    ) -> Result<Vec<ModelRun>, StoreError> {
+    ) -> StoreResult<Vec<ModelRun>> {
         let now = Utc::now();
         let out: Vec<ModelRun> = runs
             .into_iter()
@@ -299,7 +300,7 @@ impl SqliteRunStore {
         expected: RunState,
         expected_attempt: u32,
         event: &RunEvent,
-    ) -> Result<ModelRun, StoreError> {
+    ) -> StoreResult<ModelRun> {
         let mut run = Self::fetch(tx, id).await?;
         if run.state != expected || run.attempt != expected_attempt {
             return Err(state_conflict(run, expected, expected_attempt));
@@ -329,7 +330,7 @@ impl SqliteRunStore {
         conn: &mut SqliteConnection,
         model: &str,
         chain: &Chain,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> StoreResult<Option<u64>> {
         Ok(
             sqlx::query("SELECT block FROM realtime_cursors WHERE model = ? AND chain = ?")
                 .bind(model)
@@ -349,7 +350,7 @@ impl SqliteRunStore {
         chain: &Chain,
         which: &'static str,
         block: u64,
-    ) -> Result<(), StoreError> {
+    ) -> StoreResult<()> {
         let sql = format!("DELETE FROM scheduled_blocks WHERE model = ? AND chain = ? AND {which}");
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(model)
@@ -361,7 +362,7 @@ impl SqliteRunStore {
         Ok(())
     }
 
-    async fn fetch(conn: &mut SqliteConnection, id: RunId) -> Result<ModelRun, StoreError> {
+    async fn fetch(conn: &mut SqliteConnection, id: RunId) -> StoreResult<ModelRun> {
         let row = sqlx::query("SELECT doc FROM runs WHERE id = ?")
             .bind(id.to_string())
             .fetch_optional(&mut *conn)
@@ -390,7 +391,7 @@ impl SqliteRunStore {
         }
     }
 
-    async fn fetch_docs(&self, mut q: QueryBuilder<Sqlite>) -> Result<Vec<ModelRun>, StoreError> {
+    async fn fetch_docs(&self, mut q: QueryBuilder<Sqlite>) -> StoreResult<Vec<ModelRun>> {
         let rows = q.build().fetch_all(&self.reader).await.map_err(backend)?;
         rows.iter().map(|r| decode(r.get::<&str, _>(0))).collect()
     }
@@ -401,7 +402,7 @@ const INSERT_ROWS: usize = 500;
 
 #[async_trait]
 impl RunStore for SqliteRunStore {
-    async fn create_runs(&self, batch: CreateRuns) -> Result<CreatedRuns, StoreError> {
+    async fn create_runs(&self, batch: CreateRuns) -> StoreResult<CreatedRuns> {
         validate_batch(&batch.runs)?;
         let mut tx = self.writer.begin().await.map_err(backend)?;
         if let Some(key) = &batch.idempotency_key {
@@ -432,12 +433,12 @@ impl RunStore for SqliteRunStore {
         })
     }
 
-    async fn get(&self, id: RunId) -> Result<ModelRun, StoreError> {
+    async fn get(&self, id: RunId) -> StoreResult<ModelRun> {
         let mut conn = self.reader.acquire().await.map_err(backend)?;
         Self::fetch(&mut conn, id).await
     }
 
-    async fn list(&self, filter: &RunFilter) -> Result<RunPage, StoreError> {
+    async fn list(&self, filter: &RunFilter) -> StoreResult<RunPage> {
         let size = filter.page_size();
         let mut q = QueryBuilder::new("SELECT doc FROM runs");
         Self::filter_sql(&mut q, filter, true);
@@ -448,10 +449,7 @@ impl RunStore for SqliteRunStore {
         Ok(RunPage::from_overfetched(self.fetch_docs(q).await?, size))
     }
 
-    async fn count_by_state(
-        &self,
-        filter: &RunFilter,
-    ) -> Result<BTreeMap<RunState, u64>, StoreError> {
+    async fn count_by_state(&self, filter: &RunFilter) -> StoreResult<BTreeMap<RunState, u64>> {
         let mut q = QueryBuilder::new("SELECT state, COUNT(*) FROM runs");
         Self::filter_sql(&mut q, filter, false);
         q.push(" GROUP BY state");
@@ -469,7 +467,7 @@ impl RunStore for SqliteRunStore {
         Ok(out)
     }
 
-    async fn apply(&self, t: Transition) -> Result<ModelRun, StoreError> {
+    async fn apply(&self, t: Transition) -> StoreResult<ModelRun> {
         let (id, expected, expected_attempt, event) = t.into_parts();
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let run = Self::transition_in(&mut tx, id, expected, expected_attempt, &event).await?;
@@ -477,10 +475,7 @@ impl RunStore for SqliteRunStore {
         Ok(run)
     }
 
-    async fn transitions(
-        &self,
-        batch: &[Transition],
-    ) -> Result<Vec<Result<ModelRun, StoreError>>, StoreError> {
+    async fn transitions(&self, batch: &[Transition]) -> StoreResult<Vec<StoreResult<ModelRun>>> {
         // One transaction, so the batch costs one commit; each item decided on its own.
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let mut out = Vec::with_capacity(batch.len());
@@ -495,11 +490,7 @@ impl RunStore for SqliteRunStore {
         Ok(out)
     }
 
-    async fn expired_leases(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<ModelRun>, StoreError> {
+    async fn expired_leases(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ModelRun>> {
         let mut q = QueryBuilder::new(
             "SELECT doc FROM runs WHERE state = 'running' AND lease_expires_at < ",
         );
@@ -509,7 +500,7 @@ impl RunStore for SqliteRunStore {
         self.fetch_docs(q).await
     }
 
-    async fn outbox(&self, query: OutboxQuery<'_>) -> Result<Vec<ModelRun>, StoreError> {
+    async fn outbox(&self, query: OutboxQuery<'_>) -> StoreResult<Vec<ModelRun>> {
         let (now, limit, skip_queues) = query.into_parts();
         let skip = |q: &mut QueryBuilder<Sqlite>| {
             if !skip_queues.is_empty() {
@@ -538,7 +529,7 @@ impl RunStore for SqliteRunStore {
         Ok(out)
     }
 
-    async fn cursor(&self, key: CursorKey<'_>) -> Result<Option<u64>, StoreError> {
+    async fn cursor(&self, key: CursorKey<'_>) -> StoreResult<Option<u64>> {
         let (model, chain) = (key.model, key.chain);
         let row = sqlx::query("SELECT block FROM realtime_cursors WHERE model = ? AND chain = ?")
             .bind(model)
@@ -549,7 +540,7 @@ impl RunStore for SqliteRunStore {
         Ok(row.map(|r| r.get::<i64, _>(0) as u64))
     }
 
-    async fn cursors(&self, chain: Option<&Chain>) -> Result<Vec<RealtimeCursor>, StoreError> {
+    async fn cursors(&self, chain: Option<&Chain>) -> StoreResult<Vec<RealtimeCursor>> {
         let mut q =
             QueryBuilder::new("SELECT model, chain, block, updated_at FROM realtime_cursors");
         if let Some(c) = chain {
@@ -572,10 +563,7 @@ impl RunStore for SqliteRunStore {
             .collect()
     }
 
-    async fn advance_cursor(
-        &self,
-        advance: CursorAdvance<'_>,
-    ) -> Result<Vec<ModelRun>, StoreError> {
+    async fn advance_cursor(&self, advance: CursorAdvance<'_>) -> StoreResult<Vec<ModelRun>> {
         let (model, chain, expected, to, runs) = advance.into_parts();
         validate_cursor_runs(&runs)?;
         let mut tx = self.writer.begin().await.map_err(backend)?;
@@ -599,7 +587,7 @@ impl RunStore for SqliteRunStore {
         Ok(created)
     }
 
-    async fn scheduled_blocks(&self, key: CursorKey<'_>) -> Result<Vec<BlockRef>, StoreError> {
+    async fn scheduled_blocks(&self, key: CursorKey<'_>) -> StoreResult<Vec<BlockRef>> {
         let (model, chain) = (key.model, key.chain);
         let rows = sqlx::query(
             "SELECT number, hash, parent_hash FROM scheduled_blocks \
@@ -626,7 +614,7 @@ impl RunStore for SqliteRunStore {
             .collect()
     }
 
-    async fn record_scheduled_blocks(&self, record: ScheduledBlocks<'_>) -> Result<(), StoreError> {
+    async fn record_scheduled_blocks(&self, record: ScheduledBlocks<'_>) -> StoreResult<()> {
         let (model, chain, blocks, keep_from) = record.into_parts();
         let mut tx = self.writer.begin().await.map_err(backend)?;
         for b in blocks {
@@ -648,7 +636,7 @@ impl RunStore for SqliteRunStore {
         tx.commit().await.map_err(backend)
     }
 
-    async fn rewind_cursor(&self, rewind: CursorRewind<'_>) -> Result<(), StoreError> {
+    async fn rewind_cursor(&self, rewind: CursorRewind<'_>) -> StoreResult<()> {
         let (model, chain, expected, to) = rewind.into_parts();
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let moved = sqlx::query(
@@ -673,7 +661,7 @@ impl RunStore for SqliteRunStore {
         tx.commit().await.map_err(backend)
     }
 
-    async fn try_lock(&self, lease: LockLease<'_>) -> Result<bool, StoreError> {
+    async fn try_lock(&self, lease: LockLease<'_>) -> StoreResult<bool> {
         let (name, owner, until) = lease.into_parts();
         let now = micros(Utc::now());
         let done = sqlx::query(
@@ -691,15 +679,11 @@ impl RunStore for SqliteRunStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn put_abi(
-        &self,
-        contract: ContractRef<'_>,
-        abi: serde_json::Value,
-    ) -> Result<ContractAbi, StoreError> {
-        let (chain, address) = (contract.chain, contract.address);
+    async fn put_abi(&self, contract: ContractRef<'_>, abi: Value) -> StoreResult<ContractAbi> {
         // Microseconds, as stored, so the answer equals what `abi` reads back.
         let at = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
-        let stored = ContractAbi::validated(chain.clone(), address, abi, at)?;
+        let stored = ContractAbi::validated(contract, abi, at)?;
+        let (chain, address) = (contract.chain, contract.address);
         sqlx::query(
             "INSERT INTO contract_abis (chain, address, abi, updated_at) VALUES (?, ?, ?, ?) \
              ON CONFLICT (chain, address) DO UPDATE SET abi = excluded.abi, updated_at = excluded.updated_at",
@@ -714,7 +698,7 @@ impl RunStore for SqliteRunStore {
         Ok(stored)
     }
 
-    async fn abi(&self, contract: ContractRef<'_>) -> Result<Option<ContractAbi>, StoreError> {
+    async fn abi(&self, contract: ContractRef<'_>) -> StoreResult<Option<ContractAbi>> {
         let (chain, address) = (contract.chain, contract.address);
         sqlx::query(
             "SELECT chain, address, abi, updated_at FROM contract_abis WHERE chain = ? AND address = ?",
@@ -729,7 +713,7 @@ impl RunStore for SqliteRunStore {
         .transpose()
     }
 
-    async fn abis(&self, chain: Option<&Chain>) -> Result<Vec<ContractAbi>, StoreError> {
+    async fn abis(&self, chain: Option<&Chain>) -> StoreResult<Vec<ContractAbi>> {
         sqlx::query(
             "SELECT chain, address, abi, updated_at FROM contract_abis \
              WHERE ?1 IS NULL OR chain = ?1 ORDER BY chain, address",
@@ -743,7 +727,7 @@ impl RunStore for SqliteRunStore {
         .collect()
     }
 
-    async fn delete_abi(&self, contract: ContractRef<'_>) -> Result<bool, StoreError> {
+    async fn delete_abi(&self, contract: ContractRef<'_>) -> StoreResult<bool> {
         let (chain, address) = (contract.chain, contract.address);
         let done = sqlx::query("DELETE FROM contract_abis WHERE chain = ? AND address = ?")
             .bind(chain.as_str())

@@ -4,7 +4,7 @@
 //! so this is behind the `bench` feature and not part of the default API.
 
 use chrono::{DateTime, Utc};
-use model_runner_core::ports::StoreError;
+use model_runner_core::ports::StoreResult;
 use model_runner_core::{ModelRun, RunEvent, RunId};
 use uuid::Uuid;
 
@@ -33,7 +33,7 @@ impl PostgresRunStore {
         queue: &str,
         owner: &str,
         lease_until: DateTime<Utc>,
-    ) -> Result<Option<ModelRun>, StoreError> {
+    ) -> StoreResult<Option<ModelRun>> {
         let event = RunEvent::Start {
             owner: owner.to_owned(),
             lease_until,

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use model_runner_core::ports::StoreError;
+use model_runner_core::ports::{StoreError, StoreResult};
 use rand::Rng;
 
 /// The adapter name carried by errors.
@@ -76,7 +76,7 @@ impl Backoff {
     }
 
     /// Waits before the next attempt if `err` is retryable and time remains; else returns `err`.
-    pub(crate) async fn retry(&mut self, op: &str, err: StoreError) -> Result<(), StoreError> {
+    pub(crate) async fn retry(&mut self, op: &str, err: StoreError) -> StoreResult<()> {
         if !err.is_retryable() || self.started.elapsed() >= self.budget {
             return Err(err);
         }

@@ -100,8 +100,8 @@ use chrono::{DateTime, Utc};
 use model_runner_core::ports::{
     ContractAbi, ContractRef, CreateRuns, CreatedRuns, CursorAdvance, CursorKey, CursorRewind,
     LockLease, OutboxQuery, RealtimeCursor, RunFilter, RunPage, RunStore, ScheduledBlocks,
-    StoreError, Transition, cursor_conflict, idempotency_conflict, parse_address, same_batch,
-    state_conflict, validate_batch, validate_cursor_runs,
+    StoreError, StoreResult, Transition, cursor_conflict, idempotency_conflict, parse_address,
+    same_batch, state_conflict, validate_batch, validate_cursor_runs,
 };
 use model_runner_core::{BlockRef, Chain, ModelRun, RunEvent, RunId, RunState};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -115,6 +115,7 @@ use queries::{
     UPDATE_RUNS, UPDATE_RUNS_ASYNC, bind_all, count_sql, list_sql,
 };
 use rows::{StoredRun, check_ranges, decode, decode_all, now, to_i64, to_micros};
+use serde_json::Value;
 
 /// The embedded migrations of `migrations/postgres/`.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -211,12 +212,12 @@ impl PostgresRunStore {
     ///
     /// A malformed URL is [`StoreError::InvalidInput`]; an unreachable server
     /// [`StoreError::Unavailable`]. Messages never contain the URL's password.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str) -> StoreResult<Self> {
         Self::connect_with(url, PostgresOptions::default()).await
     }
 
     /// Connects with explicit options (see [`PostgresOptions`]).
-    pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+    pub async fn connect_with(url: &str, options: PostgresOptions) -> StoreResult<Self> {
         let (connect, durable_claims) = parse_url(url)?;
         let options = PostgresOptions {
             durable_claims: durable_claims.unwrap_or(options.durable_claims),
@@ -268,7 +269,7 @@ impl PostgresRunStore {
 
     /// Applies the embedded migrations that have not been applied yet (creating the schema of
     /// [`PostgresOptions::schema`] first). Safe to run concurrently from several processes.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
+    pub async fn migrate(&self) -> StoreResult<()> {
         // On one connection without the statement timeout: a migration may copy every run.
         let mut conn = self.pool.acquire().await.map_err(classify)?;
         sqlx::query("SET statement_timeout = 0")
@@ -319,7 +320,7 @@ impl PostgresRunStore {
         event: &RunEvent,
         mut guess: Option<StoredRun>,
         in_doubt: &mut Option<ModelRun>,
-    ) -> Result<ModelRun, StoreError> {
+    ) -> StoreResult<ModelRun> {
         let mut conn = self.pool.acquire().await.map_err(classify)?;
         loop {
             let from_memory = guess.is_some();
@@ -397,9 +398,9 @@ impl PostgresRunStore {
         batch: &[Transition],
         items: &[usize],
         fresh: &mut HashSet<usize>,
-        results: &mut [Option<Result<ModelRun, StoreError>>],
+        results: &mut [Option<StoreResult<ModelRun>>],
         in_doubt: &mut HashMap<usize, ModelRun>,
-    ) -> Result<(), StoreError> {
+    ) -> StoreResult<()> {
         let mut conn = self.pool.acquire().await.map_err(classify)?;
         let mut prevs: HashMap<usize, (StoredRun, bool)> = HashMap::new();
         let mut to_read = Vec::new();
@@ -640,7 +641,7 @@ impl PostgresRunStore {
     }
 
     /// Runs an idempotent read, retrying transient failures within the budget.
-    async fn read<T, F, Fut>(&self, op: &str, mut attempt: F) -> Result<T, StoreError>
+    async fn read<T, F, Fut>(&self, op: &str, mut attempt: F) -> StoreResult<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>>,
@@ -655,7 +656,7 @@ impl PostgresRunStore {
     }
 
     /// The run as stored now.
-    async fn load(&self, id: RunId) -> Result<StoredRun, StoreError> {
+    async fn load(&self, id: RunId) -> StoreResult<StoredRun> {
         let row = self
             .read("get", || {
                 sqlx::query(SELECT_RUN)
@@ -672,12 +673,7 @@ impl PostgresRunStore {
         }
     }
 
-    async fn select_runs(
-        &self,
-        op: &str,
-        sql: &str,
-        params: &[Param],
-    ) -> Result<Vec<PgRow>, StoreError> {
+    async fn select_runs(&self, op: &str, sql: &str, params: &[Param]) -> StoreResult<Vec<PgRow>> {
         self.read(op, || {
             // Not kept as a prepared statement: planned afresh with the values each time, as
             // a generic plan cannot know how selective a state, model or `since` is.
@@ -723,7 +719,7 @@ impl PostgresRunStore {
         Ok(Ok(()))
     }
 
-    async fn exists(&self, id: RunId) -> Result<bool, StoreError> {
+    async fn exists(&self, id: RunId) -> StoreResult<bool> {
         match self.load(id).await {
             Ok(_) => Ok(true),
             Err(StoreError::NotFound { .. }) => Ok(false),
@@ -807,7 +803,7 @@ impl PostgresRunStore {
 /// Parses and checks a `postgres://` URL without ever echoing its password. The store's own
 /// parameter `durable_claims=true|false` is taken out of the query (see
 /// [`PostgresOptions::durable_claims`]); the rest is libpq's.
-fn parse_url(url: &str) -> Result<(PgConnectOptions, Option<bool>), StoreError> {
+fn parse_url(url: &str) -> StoreResult<(PgConnectOptions, Option<bool>)> {
     let shown = redact_url(url);
     let mut parsed = url::Url::parse(url)
         .map_err(|e| StoreError::InvalidInput(format!("malformed PostgreSQL URL {shown}: {e}")))?;
@@ -851,7 +847,7 @@ fn parse_url(url: &str) -> Result<(PgConnectOptions, Option<bool>), StoreError> 
     Ok((options, durable_claims))
 }
 
-fn check_schema_name(schema: &str) -> Result<(), StoreError> {
+fn check_schema_name(schema: &str) -> StoreResult<()> {
     let ok = !schema.is_empty()
         && schema.len() <= 63
         && !schema.as_bytes()[0].is_ascii_digit()
@@ -973,7 +969,7 @@ fn limit(n: usize) -> i64 {
 
 #[async_trait]
 impl RunStore for PostgresRunStore {
-    async fn create_runs(&self, batch: CreateRuns) -> Result<CreatedRuns, StoreError> {
+    async fn create_runs(&self, batch: CreateRuns) -> StoreResult<CreatedRuns> {
         validate_batch(&batch.runs)?;
         let at = now();
         let runs: Vec<ModelRun> = batch
@@ -1025,13 +1021,13 @@ impl RunStore for PostgresRunStore {
         })
     }
 
-    async fn get(&self, id: RunId) -> Result<ModelRun, StoreError> {
+    async fn get(&self, id: RunId) -> StoreResult<ModelRun> {
         let stored = self.load(id).await?;
         self.remember(&stored);
         Ok(stored.run)
     }
 
-    async fn list(&self, filter: &RunFilter) -> Result<RunPage, StoreError> {
+    async fn list(&self, filter: &RunFilter) -> StoreResult<RunPage> {
         let size = filter.page_size();
         let (sql, params) = list_sql(filter, limit(size + 1));
         let rows = self.select_runs("list", &sql, &params).await?;
@@ -1045,10 +1041,7 @@ impl RunStore for PostgresRunStore {
         Ok(RunPage { runs, next })
     }
 
-    async fn count_by_state(
-        &self,
-        filter: &RunFilter,
-    ) -> Result<BTreeMap<RunState, u64>, StoreError> {
+    async fn count_by_state(&self, filter: &RunFilter) -> StoreResult<BTreeMap<RunState, u64>> {
         let (sql, params) = count_sql(filter);
         let rows = self.select_runs("count_by_state", &sql, &params).await?;
         let mut out = BTreeMap::new();
@@ -1063,7 +1056,7 @@ impl RunStore for PostgresRunStore {
         Ok(out)
     }
 
-    async fn apply(&self, t: Transition) -> Result<ModelRun, StoreError> {
+    async fn apply(&self, t: Transition) -> StoreResult<ModelRun> {
         let (id, expected, expected_attempt, event) = t.into_parts();
         let mut backoff = Backoff::new(self.retry_budget);
         // The row to decide against on the first attempt: the remembered copy.
@@ -1087,12 +1080,8 @@ impl RunStore for PostgresRunStore {
         }
     }
 
-    async fn transitions(
-        &self,
-        batch: &[Transition],
-    ) -> Result<Vec<Result<ModelRun, StoreError>>, StoreError> {
-        let mut results: Vec<Option<Result<ModelRun, StoreError>>> =
-            batch.iter().map(|_| None).collect();
+    async fn transitions(&self, batch: &[Transition]) -> StoreResult<Vec<StoreResult<ModelRun>>> {
+        let mut results: Vec<Option<StoreResult<ModelRun>>> = batch.iter().map(|_| None).collect();
         let mut backoff = Backoff::new(self.retry_budget);
         // Items to decide on a fresh read rather than a remembered copy.
         let mut fresh: HashSet<usize> = HashSet::new();
@@ -1122,11 +1111,7 @@ impl RunStore for PostgresRunStore {
             .collect())
     }
 
-    async fn expired_leases(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<ModelRun>, StoreError> {
+    async fn expired_leases(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ModelRun>> {
         let rows = self
             .read("expired_leases", || {
                 sqlx::query(EXPIRED_LEASES)
@@ -1138,7 +1123,7 @@ impl RunStore for PostgresRunStore {
         decode_all(&rows)
     }
 
-    async fn mark_enqueued(&self, runs: &[(RunId, RunState, u32)]) -> Result<usize, StoreError> {
+    async fn mark_enqueued(&self, runs: &[(RunId, RunState, u32)]) -> StoreResult<usize> {
         if runs.is_empty() {
             return Ok(0);
         }
@@ -1168,7 +1153,7 @@ impl RunStore for PostgresRunStore {
         &self,
         before: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<ModelRun>, StoreError> {
+    ) -> StoreResult<Vec<ModelRun>> {
         let rows = self
             .read("stale_queued", || {
                 sqlx::query(STALE_QUEUED)
@@ -1180,7 +1165,7 @@ impl RunStore for PostgresRunStore {
         decode_all(&rows)
     }
 
-    async fn outbox(&self, query: OutboxQuery<'_>) -> Result<Vec<ModelRun>, StoreError> {
+    async fn outbox(&self, query: OutboxQuery<'_>) -> StoreResult<Vec<ModelRun>> {
         let (now, limit, skip_queues) = query.into_parts();
         if limit == 0 {
             return Ok(Vec::new());
@@ -1219,7 +1204,7 @@ impl RunStore for PostgresRunStore {
         Ok(out)
     }
 
-    async fn cursor(&self, key: CursorKey<'_>) -> Result<Option<u64>, StoreError> {
+    async fn cursor(&self, key: CursorKey<'_>) -> StoreResult<Option<u64>> {
         let (model, chain) = (key.model, key.chain);
         let block: Option<i64> = self
             .read("cursor", || {
@@ -1234,7 +1219,7 @@ impl RunStore for PostgresRunStore {
         Ok(block.map(|b| b as u64))
     }
 
-    async fn cursors(&self, chain: Option<&Chain>) -> Result<Vec<RealtimeCursor>, StoreError> {
+    async fn cursors(&self, chain: Option<&Chain>) -> StoreResult<Vec<RealtimeCursor>> {
         let chain = chain.map(|c| c.as_str().to_owned());
         let rows = self
             .read("cursors", || {
@@ -1261,10 +1246,7 @@ impl RunStore for PostgresRunStore {
             .collect()
     }
 
-    async fn advance_cursor(
-        &self,
-        advance: CursorAdvance<'_>,
-    ) -> Result<Vec<ModelRun>, StoreError> {
+    async fn advance_cursor(&self, advance: CursorAdvance<'_>) -> StoreResult<Vec<ModelRun>> {
         let (model, chain, expected, to, runs) = advance.into_parts();
         validate_cursor_runs(&runs)?;
         let to_block = to_i64(to, "cursor block")?;
@@ -1313,7 +1295,7 @@ impl RunStore for PostgresRunStore {
         Ok(created)
     }
 
-    async fn scheduled_blocks(&self, key: CursorKey<'_>) -> Result<Vec<BlockRef>, StoreError> {
+    async fn scheduled_blocks(&self, key: CursorKey<'_>) -> StoreResult<Vec<BlockRef>> {
         let (model, chain) = (key.model, key.chain);
         let rows = self
             .read("scheduled_blocks", || {
@@ -1343,7 +1325,7 @@ impl RunStore for PostgresRunStore {
             .collect()
     }
 
-    async fn record_scheduled_blocks(&self, record: ScheduledBlocks<'_>) -> Result<(), StoreError> {
+    async fn record_scheduled_blocks(&self, record: ScheduledBlocks<'_>) -> StoreResult<()> {
         let (model, chain, blocks, keep_from) = record.into_parts();
         let numbers = blocks
             .iter()
@@ -1377,7 +1359,7 @@ impl RunStore for PostgresRunStore {
         Ok(())
     }
 
-    async fn rewind_cursor(&self, rewind: CursorRewind<'_>) -> Result<(), StoreError> {
+    async fn rewind_cursor(&self, rewind: CursorRewind<'_>) -> StoreResult<()> {
         let (model, chain, expected, to) = rewind.into_parts();
         let (expected_block, to_block) = (
             to_i64(expected, "cursor block")?,
@@ -1414,14 +1396,13 @@ impl RunStore for PostgresRunStore {
         &self,
         key: CursorKey<'_>,
         block: u64,
-    ) -> Result<Vec<ModelRun>, StoreError> {
-        let (model, chain) = (key.model, key.chain);
+    ) -> StoreResult<Vec<ModelRun>> {
         let block = to_i64(block, "block number")?;
         let rows = self
             .read("realtime_runs_after", || {
                 sqlx::query(REALTIME_RUNS_AFTER)
-                    .bind(model)
-                    .bind(chain.as_str())
+                    .bind(key.model)
+                    .bind(key.chain.as_str())
                     .bind(block)
                     .fetch_all(&self.pool)
             })
@@ -1429,7 +1410,7 @@ impl RunStore for PostgresRunStore {
         decode_all(&rows)
     }
 
-    async fn try_lock(&self, lease: LockLease<'_>) -> Result<bool, StoreError> {
+    async fn try_lock(&self, lease: LockLease<'_>) -> StoreResult<bool> {
         let (name, owner, until) = lease.into_parts();
         let at = Utc::now();
         // Idempotent for its owner, so retried like a read.
@@ -1452,22 +1433,17 @@ impl RunStore for PostgresRunStore {
         Ok(holder.is_some())
     }
 
-    async fn put_abi(
-        &self,
-        contract: ContractRef<'_>,
-        abi: serde_json::Value,
-    ) -> Result<ContractAbi, StoreError> {
-        let (chain, address) = (contract.chain, contract.address);
-        let stored = ContractAbi::validated(chain.clone(), address, abi, now())?;
+    async fn put_abi(&self, contract: ContractRef<'_>, abi: Value) -> StoreResult<ContractAbi> {
+        let stored = ContractAbi::validated(contract, abi, now())?;
         let text = stored.abi.to_string();
-        let address = format!("{address:#x}");
+        let address = format!("{:#x}", stored.address);
         // An upsert of the same values: idempotent, so retried like a read.
         self.read("put_abi", || {
             sqlx::query(
                 "INSERT INTO contract_abis (chain, address, abi, updated_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (chain, address) DO UPDATE SET abi = EXCLUDED.abi, updated_at = EXCLUDED.updated_at",
             )
-            .bind(chain.as_str())
+            .bind(stored.chain.as_str())
             .bind(&address)
             .bind(&text)
             .bind(stored.updated_at)
@@ -1477,7 +1453,7 @@ impl RunStore for PostgresRunStore {
         Ok(stored)
     }
 
-    async fn abi(&self, contract: ContractRef<'_>) -> Result<Option<ContractAbi>, StoreError> {
+    async fn abi(&self, contract: ContractRef<'_>) -> StoreResult<Option<ContractAbi>> {
         let (chain, address) = (contract.chain, contract.address);
         let address = format!("{address:#x}");
         let row = self
@@ -1494,7 +1470,7 @@ impl RunStore for PostgresRunStore {
         row.as_ref().map(decode_abi).transpose()
     }
 
-    async fn abis(&self, chain: Option<&Chain>) -> Result<Vec<ContractAbi>, StoreError> {
+    async fn abis(&self, chain: Option<&Chain>) -> StoreResult<Vec<ContractAbi>> {
         let chain = chain.map(|c| c.as_str().to_owned());
         let rows = self
             .read("abis", || {
@@ -1509,7 +1485,7 @@ impl RunStore for PostgresRunStore {
         rows.iter().map(decode_abi).collect()
     }
 
-    async fn delete_abi(&self, contract: ContractRef<'_>) -> Result<bool, StoreError> {
+    async fn delete_abi(&self, contract: ContractRef<'_>) -> StoreResult<bool> {
         let (chain, address) = (contract.chain, contract.address);
         let address = format!("{address:#x}");
         // Retried like a read: a retry after a delete whose answer was lost finds nothing and
@@ -1527,7 +1503,7 @@ impl RunStore for PostgresRunStore {
 }
 
 /// A `contract_abis` row as a [`ContractAbi`].
-fn decode_abi(row: &PgRow) -> Result<ContractAbi, StoreError> {
+fn decode_abi(row: &PgRow) -> StoreResult<ContractAbi> {
     let chain: String = row.try_get("chain").map_err(classify)?;
     let address: String = row.try_get("address").map_err(classify)?;
     let abi: String = row.try_get("abi").map_err(classify)?;

@@ -2,7 +2,7 @@
 //! conversions PostgreSQL needs.
 
 use chrono::{DateTime, SubsecRound, Utc};
-use model_runner_core::ports::StoreError;
+use model_runner_core::ports::{StoreError, StoreResult};
 use model_runner_core::{BlockRange, Chain, ModelRun, RunId};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -46,7 +46,7 @@ pub(crate) struct StoredRun {
 }
 
 /// Decodes one row selected with [`run_columns!`].
-pub(crate) fn decode(row: &PgRow) -> Result<StoredRun, StoreError> {
+pub(crate) fn decode(row: &PgRow) -> StoreResult<StoredRun> {
     decode_inner(row).map_err(|e| match e {
         Decode::Sql(e) => corrupt(format!("unreadable run row: {e}")),
         Decode::Value(m) => corrupt(format!("corrupt run row: {m}")),
@@ -114,12 +114,12 @@ fn decode_inner(row: &PgRow) -> Result<StoredRun, Decode> {
 }
 
 /// Decodes every row.
-pub(crate) fn decode_all(rows: &[PgRow]) -> Result<Vec<ModelRun>, StoreError> {
+pub(crate) fn decode_all(rows: &[PgRow]) -> StoreResult<Vec<ModelRun>> {
     rows.iter().map(|r| decode(r).map(|s| s.run)).collect()
 }
 
 /// A `u64` as a `bigint`, refusing values PostgreSQL cannot hold.
-pub(crate) fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
+pub(crate) fn to_i64(v: u64, what: &str) -> StoreResult<i64> {
     i64::try_from(v).map_err(|_| {
         StoreError::InvalidInput(format!(
             "{what} {v} is above {}, the largest value the postgres store holds",
@@ -152,7 +152,7 @@ pub(crate) fn to_micros(run: &mut ModelRun) {
 }
 
 /// Checks the integers of `run` fit PostgreSQL's `bigint`.
-pub(crate) fn check_ranges(run: &ModelRun) -> Result<(), StoreError> {
+pub(crate) fn check_ranges(run: &ModelRun) -> StoreResult<()> {
     to_i64(run.range.end(), "block number")?;
     to_i64(run.blocks_done, "blocks_done")?;
     to_i64(run.records_written, "records_written")?;

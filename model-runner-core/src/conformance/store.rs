@@ -1091,25 +1091,16 @@ pub async fn reorg_records_rewind_and_supersede(store: impl RunStore) {
     );
 
     // Rewinding is a compare-and-set on the cursor.
-    let err = store
-        .rewind_cursor(CursorRewind {
-            key: m_key,
-            expected: 25,
-            to: 19,
-        })
-        .await
-        .unwrap_err();
+    let rewind = |expected| CursorRewind {
+        key: m_key,
+        expected,
+        to: 19,
+    };
+    let err = store.rewind_cursor(rewind(25)).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
     assert_eq!(store.cursor(m_key).await.unwrap(), Some(29));
     assert_eq!(store.scheduled_blocks(m_key).await.unwrap().len(), 3);
-    store
-        .rewind_cursor(CursorRewind {
-            key: m_key,
-            expected: 29,
-            to: 19,
-        })
-        .await
-        .unwrap();
+    store.rewind_cursor(rewind(29)).await.unwrap();
     assert_eq!(store.cursor(m_key).await.unwrap(), Some(19));
     assert_eq!(
         store.scheduled_blocks(m_key).await.unwrap(),
@@ -1117,14 +1108,7 @@ pub async fn reorg_records_rewind_and_supersede(store: impl RunStore) {
         "records above the new cursor are forgotten"
     );
     // A retried rewind (the cursor is already there) is not a conflict.
-    store
-        .rewind_cursor(CursorRewind {
-            key: m_key,
-            expected: 29,
-            to: 19,
-        })
-        .await
-        .unwrap();
+    store.rewind_cursor(rewind(29)).await.unwrap();
     assert_eq!(
         store.scheduled_blocks(other_key).await.unwrap(),
         vec![block(29, 0x80)]

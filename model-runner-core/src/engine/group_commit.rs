@@ -20,7 +20,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 /// next ones go out (the database flushes concurrent commits together).
 const GROUPS_IN_FLIGHT: usize = 4;
 
-use crate::ports::{RunStore, StoreError, Transition};
+use crate::ports::{RunStore, StoreError, StoreResult, Transition};
 use crate::run::ModelRun;
 
 /// Writes submitted transitions in groups. Cheap to share; the writing task ends once every
@@ -36,7 +36,7 @@ pub(crate) struct GroupCommit {
 #[derive(Debug)]
 struct Request {
     transition: Transition,
-    reply: oneshot::Sender<Result<ModelRun, StoreError>>,
+    reply: oneshot::Sender<StoreResult<ModelRun>>,
 }
 
 impl GroupCommit {
@@ -51,7 +51,7 @@ impl GroupCommit {
 
     /// Applies `transition` as [`RunStore::transition`] would, in a group with whatever
     /// other transitions are submitted meanwhile.
-    pub(crate) async fn submit(&self, transition: Transition) -> Result<ModelRun, StoreError> {
+    pub(crate) async fn submit(&self, transition: Transition) -> StoreResult<ModelRun> {
         let (reply, answer) = oneshot::channel();
         let sender = self.sender.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();

@@ -8,7 +8,7 @@
 //!   undone by a store crash, a run handed back at shutdown, a run not yet marked after waiting).
 //! - **Reject**: to the dead-letter queue (the last attempt failed, or no such run).
 
-use crate::ports::StoreError;
+use crate::ports::{StoreError, StoreResult};
 use crate::run::{ModelRun, RunState};
 
 /// How a delivery is settled.
@@ -115,7 +115,7 @@ pub fn claim_lost(e: &StoreError, run: &ModelRun) -> bool {
 
 impl Recorded {
     /// Classifies the result of writing `run`'s outcome.
-    pub fn of(result: &Result<ModelRun, StoreError>, run: &ModelRun) -> Self {
+    pub fn of(result: &StoreResult<ModelRun>, run: &ModelRun) -> Self {
         match result {
             Ok(_) => Recorded::Yes,
             Err(e) if claim_lost(e, run) => Recorded::ClaimLost,

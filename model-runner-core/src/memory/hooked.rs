@@ -11,17 +11,15 @@ use crate::data::BlockRef;
 use crate::ports::{
     ContractAbi, ContractRef, CreateRuns, CreatedRuns, CursorAdvance, CursorKey, CursorRewind,
     LockLease, OutboxQuery, RealtimeCursor, RunFilter, RunPage, RunStore, ScheduledBlocks,
-    StoreError, Transition,
+    StoreResult, Transition,
 };
 use crate::run::{ModelRun, RunEvent, RunId, RunState};
+use serde_json::Value;
 
 /// Decides a transition instead of the store: given the run as stored and the call's
 /// arguments, `Some(answer)` is returned without touching the store.
-pub(crate) type TransitionHook = Box<
-    dyn Fn(&ModelRun, RunState, u32, &RunEvent) -> Option<Result<ModelRun, StoreError>>
-        + Send
-        + Sync,
->;
+pub(crate) type TransitionHook =
+    Box<dyn Fn(&ModelRun, RunState, u32, &RunEvent) -> Option<StoreResult<ModelRun>> + Send + Sync>;
 
 /// A [`MemoryRunStore`] whose `transition` asks a hook first, whose `transitions` records each
 /// batch's size and may wait for a gate, and whose `cursor` may yield to other tasks after
@@ -45,22 +43,19 @@ impl std::fmt::Debug for HookedStore {
 
 #[async_trait]
 impl RunStore for HookedStore {
-    async fn create_runs(&self, batch: CreateRuns) -> Result<CreatedRuns, StoreError> {
+    async fn create_runs(&self, batch: CreateRuns) -> StoreResult<CreatedRuns> {
         self.inner.create_runs(batch).await
     }
-    async fn get(&self, id: RunId) -> Result<ModelRun, StoreError> {
+    async fn get(&self, id: RunId) -> StoreResult<ModelRun> {
         self.inner.get(id).await
     }
-    async fn list(&self, filter: &RunFilter) -> Result<RunPage, StoreError> {
+    async fn list(&self, filter: &RunFilter) -> StoreResult<RunPage> {
         self.inner.list(filter).await
     }
-    async fn count_by_state(
-        &self,
-        filter: &RunFilter,
-    ) -> Result<BTreeMap<RunState, u64>, StoreError> {
+    async fn count_by_state(&self, filter: &RunFilter) -> StoreResult<BTreeMap<RunState, u64>> {
         self.inner.count_by_state(filter).await
     }
-    async fn apply(&self, t: Transition) -> Result<ModelRun, StoreError> {
+    async fn apply(&self, t: Transition) -> StoreResult<ModelRun> {
         if let Some(hook) = &self.on_transition {
             let stored = self.inner.get(t.id).await?;
             if let Some(answer) = hook(&stored, t.expected, t.expected_attempt, &t.event) {
@@ -69,10 +64,7 @@ impl RunStore for HookedStore {
         }
         self.inner.apply(t).await
     }
-    async fn transitions(
-        &self,
-        batch: &[Transition],
-    ) -> Result<Vec<Result<ModelRun, StoreError>>, StoreError> {
+    async fn transitions(&self, batch: &[Transition]) -> StoreResult<Vec<StoreResult<ModelRun>>> {
         if let Some(gate) = &self.transitions_gate {
             gate.acquire().await.expect("never closed").forget();
         }
@@ -87,17 +79,13 @@ impl RunStore for HookedStore {
         }
         Ok(out)
     }
-    async fn expired_leases(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<ModelRun>, StoreError> {
+    async fn expired_leases(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ModelRun>> {
         self.inner.expired_leases(now, limit).await
     }
-    async fn outbox(&self, query: OutboxQuery<'_>) -> Result<Vec<ModelRun>, StoreError> {
+    async fn outbox(&self, query: OutboxQuery<'_>) -> StoreResult<Vec<ModelRun>> {
         self.inner.outbox(query).await
     }
-    async fn cursor(&self, key: CursorKey<'_>) -> Result<Option<u64>, StoreError> {
+    async fn cursor(&self, key: CursorKey<'_>) -> StoreResult<Option<u64>> {
         let (model, chain) = (key.model, key.chain);
         let cursor = self.inner.cursor(CursorKey::new(model, chain)).await;
         if self.yield_after_cursor {
@@ -105,41 +93,34 @@ impl RunStore for HookedStore {
         }
         cursor
     }
-    async fn cursors(&self, chain: Option<&Chain>) -> Result<Vec<RealtimeCursor>, StoreError> {
+    async fn cursors(&self, chain: Option<&Chain>) -> StoreResult<Vec<RealtimeCursor>> {
         self.inner.cursors(chain).await
     }
-    async fn advance_cursor(
-        &self,
-        advance: CursorAdvance<'_>,
-    ) -> Result<Vec<ModelRun>, StoreError> {
+    async fn advance_cursor(&self, advance: CursorAdvance<'_>) -> StoreResult<Vec<ModelRun>> {
         self.inner.advance_cursor(advance).await
     }
-    async fn scheduled_blocks(&self, key: CursorKey<'_>) -> Result<Vec<BlockRef>, StoreError> {
+    async fn scheduled_blocks(&self, key: CursorKey<'_>) -> StoreResult<Vec<BlockRef>> {
         self.inner.scheduled_blocks(key).await
     }
-    async fn record_scheduled_blocks(&self, record: ScheduledBlocks<'_>) -> Result<(), StoreError> {
+    async fn record_scheduled_blocks(&self, record: ScheduledBlocks<'_>) -> StoreResult<()> {
         self.inner.record_scheduled_blocks(record).await
     }
-    async fn rewind_cursor(&self, rewind: CursorRewind<'_>) -> Result<(), StoreError> {
+    async fn rewind_cursor(&self, rewind: CursorRewind<'_>) -> StoreResult<()> {
         self.inner.rewind_cursor(rewind).await
     }
-    async fn try_lock(&self, lease: LockLease<'_>) -> Result<bool, StoreError> {
+    async fn try_lock(&self, lease: LockLease<'_>) -> StoreResult<bool> {
         self.inner.try_lock(lease).await
     }
-    async fn put_abi(
-        &self,
-        contract: ContractRef<'_>,
-        abi: serde_json::Value,
-    ) -> Result<ContractAbi, StoreError> {
+    async fn put_abi(&self, contract: ContractRef<'_>, abi: Value) -> StoreResult<ContractAbi> {
         self.inner.put_abi(contract, abi).await
     }
-    async fn abi(&self, contract: ContractRef<'_>) -> Result<Option<ContractAbi>, StoreError> {
+    async fn abi(&self, contract: ContractRef<'_>) -> StoreResult<Option<ContractAbi>> {
         self.inner.abi(contract).await
     }
-    async fn abis(&self, chain: Option<&Chain>) -> Result<Vec<ContractAbi>, StoreError> {
+    async fn abis(&self, chain: Option<&Chain>) -> StoreResult<Vec<ContractAbi>> {
         self.inner.abis(chain).await
     }
-    async fn delete_abi(&self, contract: ContractRef<'_>) -> Result<bool, StoreError> {
+    async fn delete_abi(&self, contract: ContractRef<'_>) -> StoreResult<bool> {
         self.inner.delete_abi(contract).await
     }
 }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::clock::{Clock, SystemClock};
-use crate::ports::{ProgressBoard, ProgressError, RunProgress, check_ttl};
+use crate::ports::{ProgressBoard, ProgressResult, RunProgress, check_ttl};
 use crate::run::RunId;
 
 /// A [`ProgressBoard`] in this process's memory. Entries expire by its [`Clock`] (give a
@@ -68,11 +68,7 @@ impl Default for MemoryProgressBoard {
 
 #[async_trait]
 impl ProgressBoard for MemoryProgressBoard {
-    async fn publish(
-        &self,
-        entries: &[(RunId, RunProgress)],
-        ttl: Duration,
-    ) -> Result<(), ProgressError> {
+    async fn publish(&self, entries: &[(RunId, RunProgress)], ttl: Duration) -> ProgressResult<()> {
         check_ttl(ttl)?;
         let now = self.clock.now();
         let expires_at = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
@@ -90,7 +86,7 @@ impl ProgressBoard for MemoryProgressBoard {
         Ok(())
     }
 
-    async fn read(&self, runs: &[RunId]) -> Result<Vec<Option<RunProgress>>, ProgressError> {
+    async fn read(&self, runs: &[RunId]) -> ProgressResult<Vec<Option<RunProgress>>> {
         let now = self.clock.now();
         let entries = self.lock();
         Ok(runs

@@ -11,14 +11,13 @@ use crate::chain::Chain;
 use crate::clock::{Clock, SystemClock};
 use crate::data::BlockRef;
 use crate::ports::{
-    ContractAbi, CreateRuns, CreatedRuns, RealtimeCursor, RunFilter, RunPage, RunStore, StoreError,
-    Transition, cursor_conflict, idempotency_conflict, same_batch, state_conflict, validate_batch,
-    validate_cursor_runs,
-};
-use crate::ports::{
-    ContractRef, CursorAdvance, CursorKey, CursorRewind, LockLease, OutboxQuery, ScheduledBlocks,
+    ContractAbi, ContractRef, CreateRuns, CreatedRuns, CursorAdvance, CursorKey, CursorRewind,
+    LockLease, OutboxQuery, RealtimeCursor, RunFilter, RunPage, RunStore, ScheduledBlocks,
+    StoreError, StoreResult, Transition, cursor_conflict, idempotency_conflict, same_batch,
+    state_conflict, validate_batch, validate_cursor_runs,
 };
 use crate::run::{ModelRun, NewRun, RunId, RunState};
+use serde_json::Value;
 
 /// A [`RunStore`] in memory. Not durable; every operation is atomic under one lock.
 #[derive(Debug)]
@@ -92,7 +91,7 @@ impl Inner {
 
 #[async_trait]
 impl RunStore for MemoryRunStore {
-    async fn create_runs(&self, batch: CreateRuns) -> Result<CreatedRuns, StoreError> {
+    async fn create_runs(&self, batch: CreateRuns) -> StoreResult<CreatedRuns> {
         validate_batch(&batch.runs)?;
         let mut inner = self.lock();
         if let Some(key) = &batch.idempotency_key
@@ -114,7 +113,7 @@ impl RunStore for MemoryRunStore {
         })
     }
 
-    async fn get(&self, id: RunId) -> Result<ModelRun, StoreError> {
+    async fn get(&self, id: RunId) -> StoreResult<ModelRun> {
         self.lock()
             .runs
             .get(&id)
@@ -122,7 +121,7 @@ impl RunStore for MemoryRunStore {
             .ok_or(StoreError::NotFound { id })
     }
 
-    async fn list(&self, filter: &RunFilter) -> Result<RunPage, StoreError> {
+    async fn list(&self, filter: &RunFilter) -> StoreResult<RunPage> {
         let size = filter.page_size();
         let inner = self.lock();
         let start = filter
@@ -140,10 +139,7 @@ impl RunStore for MemoryRunStore {
         Ok(RunPage::from_overfetched(runs, size))
     }
 
-    async fn count_by_state(
-        &self,
-        filter: &RunFilter,
-    ) -> Result<BTreeMap<RunState, u64>, StoreError> {
+    async fn count_by_state(&self, filter: &RunFilter) -> StoreResult<BTreeMap<RunState, u64>> {
         let filter = RunFilter {
             state: None,
             after: None,
@@ -156,7 +152,7 @@ impl RunStore for MemoryRunStore {
         Ok(out)
     }
 
-    async fn apply(&self, t: Transition) -> Result<ModelRun, StoreError> {
+    async fn apply(&self, t: Transition) -> StoreResult<ModelRun> {
         let (id, expected, expected_attempt, event) = t.into_parts();
         let mut inner = self.lock();
         let run = inner.runs.get_mut(&id).ok_or(StoreError::NotFound { id })?;
@@ -169,10 +165,7 @@ impl RunStore for MemoryRunStore {
         Ok(next)
     }
 
-    async fn transitions(
-        &self,
-        batch: &[Transition],
-    ) -> Result<Vec<Result<ModelRun, StoreError>>, StoreError> {
+    async fn transitions(&self, batch: &[Transition]) -> StoreResult<Vec<StoreResult<ModelRun>>> {
         // Under one lock: the batch is applied at once, in order.
         let mut inner = self.lock();
         let now = self.clock.now();
@@ -194,11 +187,7 @@ impl RunStore for MemoryRunStore {
             .collect())
     }
 
-    async fn expired_leases(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<ModelRun>, StoreError> {
+    async fn expired_leases(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ModelRun>> {
         let inner = self.lock();
         let mut out: Vec<ModelRun> = inner
             .runs
@@ -211,7 +200,7 @@ impl RunStore for MemoryRunStore {
         Ok(out)
     }
 
-    async fn outbox(&self, query: OutboxQuery<'_>) -> Result<Vec<ModelRun>, StoreError> {
+    async fn outbox(&self, query: OutboxQuery<'_>) -> StoreResult<Vec<ModelRun>> {
         let (now, limit, skip_queues) = query.into_parts();
         let inner = self.lock();
         let skipped = |r: &ModelRun| skip_queues.contains(&r.queue);
@@ -238,7 +227,7 @@ impl RunStore for MemoryRunStore {
         Ok(pending)
     }
 
-    async fn cursor(&self, key: CursorKey<'_>) -> Result<Option<u64>, StoreError> {
+    async fn cursor(&self, key: CursorKey<'_>) -> StoreResult<Option<u64>> {
         let (model, chain) = (key.model, key.chain);
         Ok(self
             .lock()
@@ -247,7 +236,7 @@ impl RunStore for MemoryRunStore {
             .map(|(b, _)| *b))
     }
 
-    async fn cursors(&self, chain: Option<&Chain>) -> Result<Vec<RealtimeCursor>, StoreError> {
+    async fn cursors(&self, chain: Option<&Chain>) -> StoreResult<Vec<RealtimeCursor>> {
         Ok(self
             .lock()
             .cursors
@@ -262,10 +251,7 @@ impl RunStore for MemoryRunStore {
             .collect())
     }
 
-    async fn advance_cursor(
-        &self,
-        advance: CursorAdvance<'_>,
-    ) -> Result<Vec<ModelRun>, StoreError> {
+    async fn advance_cursor(&self, advance: CursorAdvance<'_>) -> StoreResult<Vec<ModelRun>> {
         let (model, chain, expected, to, runs) = advance.into_parts();
         validate_cursor_runs(&runs)?;
         let mut inner = self.lock();
@@ -279,7 +265,7 @@ impl RunStore for MemoryRunStore {
         Ok(inner.insert_all(runs, None, now))
     }
 
-    async fn scheduled_blocks(&self, key: CursorKey<'_>) -> Result<Vec<BlockRef>, StoreError> {
+    async fn scheduled_blocks(&self, key: CursorKey<'_>) -> StoreResult<Vec<BlockRef>> {
         let (model, chain) = (key.model, key.chain);
         Ok(self
             .lock()
@@ -289,7 +275,7 @@ impl RunStore for MemoryRunStore {
             .unwrap_or_default())
     }
 
-    async fn record_scheduled_blocks(&self, record: ScheduledBlocks<'_>) -> Result<(), StoreError> {
+    async fn record_scheduled_blocks(&self, record: ScheduledBlocks<'_>) -> StoreResult<()> {
         let (model, chain, blocks, keep_from) = record.into_parts();
         let mut inner = self.lock();
         let recorded = inner
@@ -301,7 +287,7 @@ impl RunStore for MemoryRunStore {
         Ok(())
     }
 
-    async fn rewind_cursor(&self, rewind: CursorRewind<'_>) -> Result<(), StoreError> {
+    async fn rewind_cursor(&self, rewind: CursorRewind<'_>) -> StoreResult<()> {
         let (model, chain, expected, to) = rewind.into_parts();
         let mut inner = self.lock();
         let key = (model.to_owned(), chain.clone());
@@ -317,7 +303,7 @@ impl RunStore for MemoryRunStore {
         Ok(())
     }
 
-    async fn try_lock(&self, lease: LockLease<'_>) -> Result<bool, StoreError> {
+    async fn try_lock(&self, lease: LockLease<'_>) -> StoreResult<bool> {
         let (name, owner, until) = lease.into_parts();
         let now = self.clock.now();
         let mut inner = self.lock();
@@ -332,25 +318,20 @@ impl RunStore for MemoryRunStore {
         }
     }
 
-    async fn put_abi(
-        &self,
-        contract: ContractRef<'_>,
-        abi: serde_json::Value,
-    ) -> Result<ContractAbi, StoreError> {
-        let (chain, address) = (contract.chain, contract.address);
-        let stored = ContractAbi::validated(chain.clone(), address, abi, self.clock.now())?;
+    async fn put_abi(&self, contract: ContractRef<'_>, abi: Value) -> StoreResult<ContractAbi> {
+        let stored = ContractAbi::validated(contract, abi, self.clock.now())?;
         self.lock()
             .abis
-            .insert((chain.clone(), address), stored.clone());
+            .insert((stored.chain.clone(), stored.address), stored.clone());
         Ok(stored)
     }
 
-    async fn abi(&self, contract: ContractRef<'_>) -> Result<Option<ContractAbi>, StoreError> {
+    async fn abi(&self, contract: ContractRef<'_>) -> StoreResult<Option<ContractAbi>> {
         let (chain, address) = (contract.chain, contract.address);
         Ok(self.lock().abis.get(&(chain.clone(), address)).cloned())
     }
 
-    async fn abis(&self, chain: Option<&Chain>) -> Result<Vec<ContractAbi>, StoreError> {
+    async fn abis(&self, chain: Option<&Chain>) -> StoreResult<Vec<ContractAbi>> {
         Ok(self
             .lock()
             .abis
@@ -360,7 +341,7 @@ impl RunStore for MemoryRunStore {
             .collect())
     }
 
-    async fn delete_abi(&self, contract: ContractRef<'_>) -> Result<bool, StoreError> {
+    async fn delete_abi(&self, contract: ContractRef<'_>) -> StoreResult<bool> {
         let (chain, address) = (contract.chain, contract.address);
         Ok(self.lock().abis.remove(&(chain.clone(), address)).is_some())
     }

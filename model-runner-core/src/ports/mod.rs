@@ -12,13 +12,15 @@ mod source;
 mod store;
 
 pub use call_cache::{CachedCalls, CallCache, CallCacheError, CallCacheStats, CallKey};
-pub use progress::{ProgressBoard, ProgressBoardExt, ProgressError, RunProgress, check_ttl};
+pub use progress::{
+    ProgressBoard, ProgressBoardExt, ProgressError, ProgressResult, RunProgress, check_ttl,
+};
 pub use queue::{Consumer, Delivery, DeliveryHandle, QueueError, RunMessage, RunQueue};
 pub use sink::{ResultSink, RunOutput, SinkError, check_topic};
 pub use source::{BlockSource, CALLS_IN_FLIGHT, SourceError};
 pub use store::{
     ContractAbi, ContractRef, CreateRuns, CreatedRuns, CursorAdvance, CursorKey, CursorRewind,
     LockLease, OutboxQuery, RealtimeCursor, RunFilter, RunPage, RunStore, RunStoreExt,
-    ScheduledBlocks, StoreError, Transition, cursor_conflict, idempotency_conflict, parse_abi,
-    parse_address, same_batch, state_conflict, validate_batch, validate_cursor_runs,
+    ScheduledBlocks, StoreError, StoreResult, Transition, cursor_conflict, idempotency_conflict,
+    parse_abi, parse_address, same_batch, state_conflict, validate_batch, validate_cursor_runs,
 };

@@ -41,6 +41,9 @@ pub struct RunProgress {
     pub updated_at: DateTime<Utc>,
 }
 
+/// What a [`ProgressBoard`] answers: a value or a [`ProgressError`].
+pub type ProgressResult<T> = Result<T, ProgressError>;
+
 /// A progress board failure. Publishing is best effort: the worker logs a failure and goes
 /// on; a reader shows the runs without live progress.
 #[derive(Debug, thiserror::Error)]
@@ -87,14 +90,10 @@ pub enum ProgressError {
 pub trait ProgressBoard: fmt::Debug + Send + Sync + 'static {
     /// Publishes each `(run, progress)` of `entries` as the live progress of `run`, kept for
     /// `ttl` (a later entry for the same run wins); `publish(&[], ttl)` does nothing.
-    async fn publish(
-        &self,
-        entries: &[(RunId, RunProgress)],
-        ttl: Duration,
-    ) -> Result<(), ProgressError>;
+    async fn publish(&self, entries: &[(RunId, RunProgress)], ttl: Duration) -> ProgressResult<()>;
 
     /// The live progress of each of `runs`, in order (`None` where there is none).
-    async fn read(&self, runs: &[RunId]) -> Result<Vec<Option<RunProgress>>, ProgressError>;
+    async fn read(&self, runs: &[RunId]) -> ProgressResult<Vec<Option<RunProgress>>>;
 }
 
 /// `Arc<B>` and `Box<B>` are progress boards too, so wrappers compose.
@@ -106,10 +105,10 @@ macro_rules! forward_progress_board {
                 &self,
                 entries: &[(RunId, RunProgress)],
                 ttl: Duration,
-            ) -> Result<(), ProgressError> {
+            ) -> ProgressResult<()> {
                 (**self).publish(entries, ttl).await
             }
-            async fn read(&self, runs: &[RunId]) -> Result<Vec<Option<RunProgress>>, ProgressError> {
+            async fn read(&self, runs: &[RunId]) -> ProgressResult<Vec<Option<RunProgress>>> {
                 (**self).read(runs).await
             }
         }
@@ -124,7 +123,7 @@ pub trait ProgressBoardExt: ProgressBoard {
     /// `running` in the store and whose entry was published by its current attempt, so a
     /// finished run or an entry left by an earlier attempt is never shown. Reads the entries of
     /// the running runs only, in one read.
-    async fn live(&self, runs: &[ModelRun]) -> Result<Vec<Option<RunProgress>>, ProgressError> {
+    async fn live(&self, runs: &[ModelRun]) -> ProgressResult<Vec<Option<RunProgress>>> {
         let running: Vec<&ModelRun> = runs
             .iter()
             .filter(|r| r.state == RunState::Running)
@@ -151,7 +150,7 @@ pub trait ProgressBoardExt: ProgressBoard {
 impl<T: ProgressBoard + ?Sized> ProgressBoardExt for T {}
 
 /// The [`ProgressError::InvalidInput`] of a zero `ttl`, the same text from every adapter.
-pub fn check_ttl(ttl: Duration) -> Result<(), ProgressError> {
+pub fn check_ttl(ttl: Duration) -> ProgressResult<()> {
     if ttl.is_zero() {
         return Err(ProgressError::InvalidInput(
             "a progress entry's ttl must be more than zero".into(),

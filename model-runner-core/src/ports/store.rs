@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::chain::{Chain, RunMode};
 use crate::data::BlockRef;
 use crate::run::{ModelRun, NewRun, RunEvent, RunId, RunState, TransitionError};
+use serde_json::Value;
 
 /// A store failure a caller can act on.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +176,9 @@ impl RunPage {
     }
 }
 
+/// What a [`RunStore`] answers: a value or a [`StoreError`].
+pub type StoreResult<T> = Result<T, StoreError>;
+
 /// Which realtime cursor: that of `model` on `chain` (the cursor methods of [`RunStore`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CursorKey<'a> {
@@ -327,7 +331,7 @@ pub struct ContractAbi {
     #[serde(with = "lowercase_address")]
     pub address: Address,
     /// The JSON ABI as registered (an array of items, as solc and Etherscan emit it).
-    pub abi: serde_json::Value,
+    pub abi: Value,
     /// Last registration.
     pub updated_at: DateTime<Utc>,
 }
@@ -336,15 +340,14 @@ impl ContractAbi {
     /// A registry entry for `abi`, or [`StoreError::InvalidInput`] unless [`parse_abi`] accepts
     /// it: every store's [`RunStore::put_abi`] checks and builds its answer with this.
     pub fn validated(
-        chain: Chain,
-        address: Address,
-        abi: serde_json::Value,
+        contract: ContractRef<'_>,
+        abi: Value,
         updated_at: DateTime<Utc>,
-    ) -> Result<Self, StoreError> {
+    ) -> StoreResult<Self> {
         parse_abi(&abi)?;
         Ok(Self {
-            chain,
-            address,
+            chain: contract.chain.clone(),
+            address: contract.address,
             abi,
             updated_at,
         })
@@ -352,7 +355,7 @@ impl ContractAbi {
 
     /// The ABI parsed for decoding. A registered ABI was validated by [`parse_abi`] on the way
     /// in, so this fails only on a corrupt store.
-    pub fn parsed(&self) -> Result<JsonAbi, StoreError> {
+    pub fn parsed(&self) -> StoreResult<JsonAbi> {
         parse_abi(&self.abi)
     }
 }
@@ -375,7 +378,7 @@ mod lowercase_address {
 
 /// Parses a contract address: `0x` and 40 hex digits, any case (a mixed-case address is not
 /// checked against its EIP-55 checksum: registries key by the lowercase form).
-pub fn parse_address(text: &str) -> Result<Address, StoreError> {
+pub fn parse_address(text: &str) -> StoreResult<Address> {
     let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X"));
     match digits {
         Some(d) if d.len() == 40 && d.bytes().all(|b| b.is_ascii_hexdigit()) => {
@@ -393,7 +396,7 @@ pub fn parse_address(text: &str) -> Result<Address, StoreError> {
 /// with a known `type` and well-formed parameter types). The error names what is wrong.
 /// Every store calls this in [`RunStore::put_abi`], so all refuse the same ABIs with the same
 /// words.
-pub fn parse_abi(abi: &serde_json::Value) -> Result<JsonAbi, StoreError> {
+pub fn parse_abi(abi: &serde_json::Value) -> StoreResult<JsonAbi> {
     if !abi.is_array() {
         return Err(StoreError::InvalidInput(format!(
             "invalid ABI: expected a JSON array of ABI items (functions, events, errors), got {}",
@@ -553,32 +556,26 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 #[async_trait]
 pub trait RunStore: fmt::Debug + Send + Sync + 'static {
     /// Creates a batch of runs atomically (see the contract).
-    async fn create_runs(&self, batch: CreateRuns) -> Result<CreatedRuns, StoreError>;
+    async fn create_runs(&self, batch: CreateRuns) -> StoreResult<CreatedRuns>;
 
     /// One run.
-    async fn get(&self, id: RunId) -> Result<ModelRun, StoreError>;
+    async fn get(&self, id: RunId) -> StoreResult<ModelRun>;
 
     /// A page of runs matching `filter`.
-    async fn list(&self, filter: &RunFilter) -> Result<RunPage, StoreError>;
+    async fn list(&self, filter: &RunFilter) -> StoreResult<RunPage>;
 
     /// Number of runs per state, for runs matching `filter`'s model, chain, mode and since.
-    async fn count_by_state(
-        &self,
-        filter: &RunFilter,
-    ) -> Result<BTreeMap<RunState, u64>, StoreError>;
+    async fn count_by_state(&self, filter: &RunFilter) -> StoreResult<BTreeMap<RunState, u64>>;
 
     /// Compare-and-set transition: applies `t.event` to run `t.id` if it is still in
     /// `t.expected` state on `t.expected_attempt` (see the contract).
     /// [`RunStoreExt::transition`] takes the four parts.
-    async fn apply(&self, t: Transition) -> Result<ModelRun, StoreError>;
+    async fn apply(&self, t: Transition) -> StoreResult<ModelRun>;
 
     /// A batch of compare-and-set transitions, one result per item in order (see the
     /// contract). The default applies them one by one with [`apply`](RunStore::apply);
     /// adapters SHOULD apply a batch in a few round trips, with the same results.
-    async fn transitions(
-        &self,
-        batch: &[Transition],
-    ) -> Result<Vec<Result<ModelRun, StoreError>>, StoreError> {
+    async fn transitions(&self, batch: &[Transition]) -> StoreResult<Vec<StoreResult<ModelRun>>> {
         let mut out = Vec::with_capacity(batch.len());
         for t in batch {
             match self.apply(t.clone()).await {
@@ -592,11 +589,7 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
     }
 
     /// Running runs whose lease ended before `now`, oldest lease first.
-    async fn expired_leases(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<ModelRun>, StoreError>;
+    async fn expired_leases(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<Vec<ModelRun>>;
 
     /// Marks published runs `queued` ([`RunEvent::Enqueue`]): each run only if it is still in
     /// the given state on the given attempt, a compare-and-set per run as
@@ -604,7 +597,7 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
     /// say) are left as they are and not counted. Returns how many were marked. The default
     /// transitions them one by one; adapters SHOULD mark the batch in one round trip, with
     /// the same result.
-    async fn mark_enqueued(&self, runs: &[(RunId, RunState, u32)]) -> Result<usize, StoreError> {
+    async fn mark_enqueued(&self, runs: &[(RunId, RunState, u32)]) -> StoreResult<usize> {
         let mut marked = 0;
         for (id, state, attempt) in runs {
             match self
@@ -626,7 +619,7 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
         &self,
         before: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<ModelRun>, StoreError> {
+    ) -> StoreResult<Vec<ModelRun>> {
         let mut filter = RunFilter {
             state: Some(RunState::Queued),
             limit: 1000,
@@ -652,35 +645,34 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
 
     /// Runs due for publishing at `now`, in order, leaving out runs of `skip_queues` (queues the
     /// enqueuer cannot publish to right now, so their runs do not crowd out the others).
-    async fn outbox(&self, query: OutboxQuery<'_>) -> Result<Vec<ModelRun>, StoreError>;
+    async fn outbox(&self, query: OutboxQuery<'_>) -> StoreResult<Vec<ModelRun>>;
 
     /// The realtime cursor `key`.
-    async fn cursor(&self, key: CursorKey<'_>) -> Result<Option<u64>, StoreError>;
+    async fn cursor(&self, key: CursorKey<'_>) -> StoreResult<Option<u64>>;
 
     /// Every realtime cursor, optionally of one chain.
-    async fn cursors(&self, chain: Option<&Chain>) -> Result<Vec<RealtimeCursor>, StoreError>;
+    async fn cursors(&self, chain: Option<&Chain>) -> StoreResult<Vec<RealtimeCursor>>;
 
     /// Moves the cursor from `expected` to `to` and creates `runs`, atomically.
-    async fn advance_cursor(&self, advance: CursorAdvance<'_>)
-    -> Result<Vec<ModelRun>, StoreError>;
+    async fn advance_cursor(&self, advance: CursorAdvance<'_>) -> StoreResult<Vec<ModelRun>>;
 
     /// The recorded last blocks of (model, chain)'s realtime runs, newest first (see the
     /// contract).
-    async fn scheduled_blocks(&self, key: CursorKey<'_>) -> Result<Vec<BlockRef>, StoreError> {
+    async fn scheduled_blocks(&self, key: CursorKey<'_>) -> StoreResult<Vec<BlockRef>> {
         let _ = key;
         Err(no_block_records())
     }
 
     /// Records `blocks`, the last blocks of realtime runs about to be created, and forgets the
     /// records of numbers below `keep_from`.
-    async fn record_scheduled_blocks(&self, record: ScheduledBlocks<'_>) -> Result<(), StoreError> {
+    async fn record_scheduled_blocks(&self, record: ScheduledBlocks<'_>) -> StoreResult<()> {
         let _ = record;
         Err(no_block_records())
     }
 
     /// Moves the cursor back from `expected` to `to` (after a reorg) and forgets the block
     /// records above `to`, atomically.
-    async fn rewind_cursor(&self, rewind: CursorRewind<'_>) -> Result<(), StoreError> {
+    async fn rewind_cursor(&self, rewind: CursorRewind<'_>) -> StoreResult<()> {
         let _ = rewind;
         Err(no_block_records())
     }
@@ -691,11 +683,10 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
         &self,
         key: CursorKey<'_>,
         block: u64,
-    ) -> Result<Vec<ModelRun>, StoreError> {
-        let (model, chain) = (key.model, key.chain);
+    ) -> StoreResult<Vec<ModelRun>> {
         let mut filter = RunFilter {
-            model: Some(model.to_owned()),
-            chain: Some(chain.clone()),
+            model: Some(key.model.to_owned()),
+            chain: Some(key.chain.clone()),
             mode: Some(RunMode::Realtime),
             limit: 1000,
             ..Default::default()
@@ -716,39 +707,35 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
     }
 
     /// Takes or renews the named lease for `owner` until `until`; `true` if `owner` holds it.
-    async fn try_lock(&self, lease: LockLease<'_>) -> Result<bool, StoreError>;
+    async fn try_lock(&self, lease: LockLease<'_>) -> StoreResult<bool>;
 
     /// Registers (or replaces) the JSON ABI of `address` on `chain` (see the contract).
-    async fn put_abi(
-        &self,
-        contract: ContractRef<'_>,
-        abi: serde_json::Value,
-    ) -> Result<ContractAbi, StoreError> {
+    async fn put_abi(&self, contract: ContractRef<'_>, abi: Value) -> StoreResult<ContractAbi> {
         let _ = (contract, abi);
         Err(no_abi_registry())
     }
 
     /// The ABI of `address` on `chain`, if one is registered.
-    async fn abi(&self, contract: ContractRef<'_>) -> Result<Option<ContractAbi>, StoreError> {
+    async fn abi(&self, contract: ContractRef<'_>) -> StoreResult<Option<ContractAbi>> {
         let _ = contract;
         Err(no_abi_registry())
     }
 
     /// Every registered ABI, optionally of one chain, by chain then address.
-    async fn abis(&self, chain: Option<&Chain>) -> Result<Vec<ContractAbi>, StoreError> {
+    async fn abis(&self, chain: Option<&Chain>) -> StoreResult<Vec<ContractAbi>> {
         let _ = chain;
         Err(no_abi_registry())
     }
 
     /// Removes the ABI of `address` on `chain`; `true` if there was one.
-    async fn delete_abi(&self, contract: ContractRef<'_>) -> Result<bool, StoreError> {
+    async fn delete_abi(&self, contract: ContractRef<'_>) -> StoreResult<bool> {
         let _ = contract;
         Err(no_abi_registry())
     }
 
     /// Readiness probe: whether the backend answers now (see the contract). The default reads
     /// the nil run id: `NotFound` means reachable.
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> StoreResult<()> {
         match self.get(RunId(uuid::Uuid::nil())).await {
             Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
@@ -760,113 +747,101 @@ macro_rules! forward_store {
     ($ty:ty) => {
         #[async_trait]
         impl<T: RunStore + ?Sized> RunStore for $ty {
-            async fn create_runs(&self, batch: CreateRuns) -> Result<CreatedRuns, StoreError> {
+            async fn create_runs(&self, batch: CreateRuns) -> StoreResult<CreatedRuns> {
                 (**self).create_runs(batch).await
             }
-            async fn get(&self, id: RunId) -> Result<ModelRun, StoreError> {
+            async fn get(&self, id: RunId) -> StoreResult<ModelRun> {
                 (**self).get(id).await
             }
-            async fn list(&self, filter: &RunFilter) -> Result<RunPage, StoreError> {
+            async fn list(&self, filter: &RunFilter) -> StoreResult<RunPage> {
                 (**self).list(filter).await
             }
             async fn count_by_state(
                 &self,
                 filter: &RunFilter,
-            ) -> Result<BTreeMap<RunState, u64>, StoreError> {
+            ) -> StoreResult<BTreeMap<RunState, u64>> {
                 (**self).count_by_state(filter).await
             }
-            async fn apply(&self, t: Transition) -> Result<ModelRun, StoreError> {
+            async fn apply(&self, t: Transition) -> StoreResult<ModelRun> {
                 (**self).apply(t).await
             }
             async fn expired_leases(
                 &self,
                 now: DateTime<Utc>,
                 limit: usize,
-            ) -> Result<Vec<ModelRun>, StoreError> {
+            ) -> StoreResult<Vec<ModelRun>> {
                 (**self).expired_leases(now, limit).await
             }
-            async fn outbox(&self, query: OutboxQuery<'_>) -> Result<Vec<ModelRun>, StoreError> {
+            async fn outbox(&self, query: OutboxQuery<'_>) -> StoreResult<Vec<ModelRun>> {
                 (**self).outbox(query).await
             }
             async fn transitions(
                 &self,
                 batch: &[Transition],
-            ) -> Result<Vec<Result<ModelRun, StoreError>>, StoreError> {
+            ) -> StoreResult<Vec<StoreResult<ModelRun>>> {
                 (**self).transitions(batch).await
             }
-            async fn mark_enqueued(
-                &self,
-                runs: &[(RunId, RunState, u32)],
-            ) -> Result<usize, StoreError> {
+            async fn mark_enqueued(&self, runs: &[(RunId, RunState, u32)]) -> StoreResult<usize> {
                 (**self).mark_enqueued(runs).await
             }
             async fn stale_queued(
                 &self,
                 before: DateTime<Utc>,
                 limit: usize,
-            ) -> Result<Vec<ModelRun>, StoreError> {
+            ) -> StoreResult<Vec<ModelRun>> {
                 (**self).stale_queued(before, limit).await
             }
-            async fn cursor(&self, key: CursorKey<'_>) -> Result<Option<u64>, StoreError> {
+            async fn cursor(&self, key: CursorKey<'_>) -> StoreResult<Option<u64>> {
                 (**self).cursor(key).await
             }
-            async fn cursors(
-                &self,
-                chain: Option<&Chain>,
-            ) -> Result<Vec<RealtimeCursor>, StoreError> {
+            async fn cursors(&self, chain: Option<&Chain>) -> StoreResult<Vec<RealtimeCursor>> {
                 (**self).cursors(chain).await
             }
             async fn advance_cursor(
                 &self,
                 advance: CursorAdvance<'_>,
-            ) -> Result<Vec<ModelRun>, StoreError> {
+            ) -> StoreResult<Vec<ModelRun>> {
                 (**self).advance_cursor(advance).await
             }
-            async fn scheduled_blocks(
-                &self,
-                key: CursorKey<'_>,
-            ) -> Result<Vec<BlockRef>, StoreError> {
+            async fn scheduled_blocks(&self, key: CursorKey<'_>) -> StoreResult<Vec<BlockRef>> {
                 (**self).scheduled_blocks(key).await
             }
             async fn record_scheduled_blocks(
                 &self,
                 record: ScheduledBlocks<'_>,
-            ) -> Result<(), StoreError> {
+            ) -> StoreResult<()> {
                 (**self).record_scheduled_blocks(record).await
             }
-            async fn rewind_cursor(&self, rewind: CursorRewind<'_>) -> Result<(), StoreError> {
+            async fn rewind_cursor(&self, rewind: CursorRewind<'_>) -> StoreResult<()> {
                 (**self).rewind_cursor(rewind).await
             }
             async fn realtime_runs_after(
                 &self,
                 key: CursorKey<'_>,
                 block: u64,
-            ) -> Result<Vec<ModelRun>, StoreError> {
+            ) -> StoreResult<Vec<ModelRun>> {
                 (**self).realtime_runs_after(key, block).await
             }
-            async fn try_lock(&self, lease: LockLease<'_>) -> Result<bool, StoreError> {
+            async fn try_lock(&self, lease: LockLease<'_>) -> StoreResult<bool> {
                 (**self).try_lock(lease).await
             }
-            async fn ping(&self) -> Result<(), StoreError> {
+            async fn ping(&self) -> StoreResult<()> {
                 (**self).ping().await
             }
             async fn put_abi(
                 &self,
                 contract: ContractRef<'_>,
-                abi: serde_json::Value,
-            ) -> Result<ContractAbi, StoreError> {
+                abi: Value,
+            ) -> StoreResult<ContractAbi> {
                 (**self).put_abi(contract, abi).await
             }
-            async fn abi(
-                &self,
-                contract: ContractRef<'_>,
-            ) -> Result<Option<ContractAbi>, StoreError> {
+            async fn abi(&self, contract: ContractRef<'_>) -> StoreResult<Option<ContractAbi>> {
                 (**self).abi(contract).await
             }
-            async fn abis(&self, chain: Option<&Chain>) -> Result<Vec<ContractAbi>, StoreError> {
+            async fn abis(&self, chain: Option<&Chain>) -> StoreResult<Vec<ContractAbi>> {
                 (**self).abis(chain).await
             }
-            async fn delete_abi(&self, contract: ContractRef<'_>) -> Result<bool, StoreError> {
+            async fn delete_abi(&self, contract: ContractRef<'_>) -> StoreResult<bool> {
                 (**self).delete_abi(contract).await
             }
         }
@@ -887,7 +862,7 @@ pub trait RunStoreExt: RunStore {
         expected: RunState,
         expected_attempt: u32,
         event: RunEvent,
-    ) -> Result<ModelRun, StoreError> {
+    ) -> StoreResult<ModelRun> {
         self.apply(Transition {
             id,
             expected,
@@ -904,7 +879,7 @@ pub trait RunStoreExt: RunStore {
         attempt: u32,
         owner: &str,
         lease_until: DateTime<Utc>,
-    ) -> Result<ModelRun, StoreError> {
+    ) -> StoreResult<ModelRun> {
         self.transition(
             id,
             RunState::Queued,
@@ -925,7 +900,7 @@ pub trait RunStoreExt: RunStore {
         owner: &str,
         lease_until: DateTime<Utc>,
         blocks_done: u64,
-    ) -> Result<ModelRun, StoreError> {
+    ) -> StoreResult<ModelRun> {
         self.transition(
             id,
             RunState::Running,
@@ -952,7 +927,7 @@ fn no_abi_registry() -> StoreError {
 
 /// Checks a batch before creation: not empty, each run sane. Shared by adapters so every store
 /// refuses the same inputs with the same words.
-pub fn validate_batch(runs: &[NewRun]) -> Result<(), StoreError> {
+pub fn validate_batch(runs: &[NewRun]) -> StoreResult<()> {
     if runs.is_empty() {
         return Err(StoreError::InvalidInput(
             "a batch must hold at least one run".into(),
@@ -980,7 +955,7 @@ pub fn validate_batch(runs: &[NewRun]) -> Result<(), StoreError> {
 /// Checks the runs [`RunStore::advance_cursor`] creates with the cursor: none (the cursor
 /// moves alone) or a batch [`validate_batch`] accepts. Shared by adapters like
 /// [`validate_batch`].
-pub fn validate_cursor_runs(runs: &[NewRun]) -> Result<(), StoreError> {
+pub fn validate_cursor_runs(runs: &[NewRun]) -> StoreResult<()> {
     if runs.is_empty() {
         Ok(())
     } else {

@@ -482,19 +482,7 @@ impl Worker {
                         .retry_at(run.attempt, self.deps.clock.now()),
                 );
                 let last = run.attempt >= run.max_attempts;
-                // `report`: an error-reporting layer (Sentry) sends this as an event.
-                warn!(
-                    report = true,
-                    run = %run.id,
-                    model = %run.model,
-                    version = %run.model_version,
-                    chain = %run.chain,
-                    range = %run.range,
-                    attempt = run.attempt,
-                    max_attempts = run.max_attempts,
-                    %error,
-                    "run attempt failed"
-                );
+                report(&run, Some(&error), "run attempt failed");
                 let result = record(RunEvent::Fail {
                     owner: self.config.id.clone(),
                     error,
@@ -511,16 +499,10 @@ impl Worker {
                     }
                 }
                 if how == Settle::Reject {
-                    warn!(
-                        report = true,
-                        run = %run.id,
-                        model = %run.model,
-                        version = %run.model_version,
-                        chain = %run.chain,
-                        range = %run.range,
-                        attempt = run.attempt,
-                        queue = %run.queue,
-                        "run failed its last attempt; its message goes to the dead-letter queue"
+                    report(
+                        &run,
+                        None,
+                        "run failed its last attempt; its message goes to the dead-letter queue",
                     );
                     instruments::dead_lettered(&run.queue);
                 }
@@ -993,6 +975,25 @@ fn settle(result: Result<(), crate::ports::QueueError>) {
 
 fn chrono_dur(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Logs `message` about `run` at warn with `report = true`, which an error-reporting layer
+/// (Sentry) sends as an event, and the run's fields: id, model, version, chain, range, attempt,
+/// attempts allowed, queue, and `error` where there is one.
+fn report(run: &ModelRun, error: Option<&str>, message: &str) {
+    warn!(
+        report = true,
+        run = %run.id,
+        model = %run.model,
+        version = %run.model_version,
+        chain = %run.chain,
+        range = %run.range,
+        attempt = run.attempt,
+        max_attempts = run.max_attempts,
+        queue = %run.queue,
+        error,
+        "{message}"
+    );
 }
 
 #[cfg(test)]

@@ -441,14 +441,15 @@ mod tests {
 
     async fn store_with_erc20() -> Arc<MemoryRunStore> {
         let store = Arc::new(MemoryRunStore::new());
+        register_erc20(&store, TOKEN).await;
         store
-            .put_abi(
-                ContractRef::new(&chain(), TOKEN),
-                serde_json::from_str(ERC20_ABI).unwrap(),
-            )
-            .await
-            .unwrap();
-        store
+    }
+
+    /// Registers the ERC-20 ABI for `contract` on Ethereum.
+    async fn register_erc20(store: &MemoryRunStore, contract: Address) {
+        let (abi, chain) = (serde_json::from_str(ERC20_ABI).unwrap(), chain());
+        let contract = ContractRef::new(&chain, contract);
+        store.put_abi(contract, abi).await.unwrap();
     }
 
     fn transfer_topic() -> B256 {
@@ -695,13 +696,7 @@ mod tests {
         )];
         let blocks = [block(logs)];
         assert!(model.run(&ctx(), &blocks).await.unwrap().is_empty());
-        store
-            .put_abi(
-                ContractRef::new(&chain(), TOKEN),
-                serde_json::from_str(ERC20_ABI).unwrap(),
-            )
-            .await
-            .unwrap();
+        register_erc20(&store, TOKEN).await;
         assert!(
             model.run(&ctx(), &blocks).await.unwrap().is_empty(),
             "cached for ABI_CACHE_TTL"
@@ -717,16 +712,9 @@ mod tests {
     async fn a_backfill_decodes_the_registered_contract_and_succeeds_despite_mismatches() {
         use crate::engine::Runner;
         use crate::memory::MemorySink;
-        use crate::ports::ContractRef;
         let store = Arc::new(MemoryRunStore::new());
         let contract = Address::with_last_byte(0xAB);
-        store
-            .put_abi(
-                ContractRef::new(&chain(), contract),
-                serde_json::from_str(ERC20_ABI).unwrap(),
-            )
-            .await
-            .unwrap();
+        register_erc20(&store, contract).await;
         let sink = Arc::new(MemorySink::new());
         let runner = Runner::builder()
             .store_arc(store.clone())

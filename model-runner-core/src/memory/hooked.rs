@@ -21,7 +21,7 @@ use serde_json::Value;
 pub(crate) type TransitionHook =
     Box<dyn Fn(&ModelRun, RunState, u32, &RunEvent) -> Option<StoreResult<ModelRun>> + Send + Sync>;
 
-/// A [`MemoryRunStore`] whose `transition` asks a hook first, whose `transitions` records each
+/// A [`MemoryRunStore`] whose `apply` asks a hook first, whose `transitions` records each
 /// batch's size and may wait for a gate, and whose `cursor` may yield to other tasks after
 /// reading (so two callers' reads interleave). Everything else is the store's.
 #[derive(Default)]

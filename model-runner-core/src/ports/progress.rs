@@ -1,7 +1,7 @@
 //! [`ProgressBoard`]: the live progress of running runs, shared between processes.
 //!
 //! ```text
-//! worker ──after each batch (throttled), on each heartbeat, at the end──▶ publish(run, progress, ttl)
+//! worker ──after each batch (throttled), on each heartbeat, at the end──▶ publish([(run, progress)], ttl)
 //!                                                                               │
 //! API / CLI ──read([run ids])──▶ one progress (or none) per id ◀───────────────┘
 //! ```
@@ -74,7 +74,7 @@ pub enum ProgressError {
 ///
 /// # Contract
 ///
-/// - After `publish(run, p, ttl)`, `read` of `run` MUST give `p` (every field as published)
+/// - After `publish(&[(run, p)], ttl)`, `read` of `run` MUST give `p` (every field as published)
 ///   until `ttl` has passed or the run's entry is published again, to every instance of the
 ///   adapter connected to the same backend (another process's included).
 /// - A later `publish` of the same run MUST replace the earlier entry, whatever its attempt

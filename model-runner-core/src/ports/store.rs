@@ -469,24 +469,25 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 /// - `list` MUST return runs matching the filter ascending by id, at most `page_size()` of them,
 ///   and `next` MUST be set exactly when more matching runs may follow; walking pages with
 ///   `after = next` MUST visit every matching run once, even while runs are added.
-/// - `transition` MUST be a compare-and-set: it applies the event (with [`ModelRun::apply`], the
-///   only place transitions are decided) only if the run is still in `expected` state on
-///   `expected_attempt`, else `Conflict` carrying the current run; a refused event is
+/// - `apply` MUST be a compare-and-set: it applies the [`Transition`]'s event (with
+///   [`ModelRun::apply`], the only place transitions are decided) only if the run is still in
+///   `expected` state on `expected_attempt`, else `Conflict` carrying the current run; a refused event is
 ///   `Transition` and changes nothing. Concurrent transitions of one run MUST serialise: of two
 ///   racing callers with the same expectation exactly one wins.
 /// - `transitions` MUST leave every run, and return for every item, exactly what
-///   `transition(id, expected, expected_attempt, event)` called once per item in batch order
+///   `apply` called once per item in batch order
 ///   would: each item is a compare-and-set of its own, an item that conflicts or is refused
 ///   fails alone (its own `Conflict`, `Transition` or `NotFound` in its slot) and never its
 ///   batch, and a run named twice sees the first item's result before the second is decided.
 ///   An outer `Err` (the store unreachable past its retry budget) means some items may have
-///   been applied and others not; the caller retries them as it would a failed `transition`.
-/// - `claim` MUST move a `queued` run on `attempt` to `running` with a lease for `owner`, and
-///   MUST let exactly one of any number of concurrent claimers win.
-/// - `heartbeat` MUST renew the lease and record progress only for the current lease holder on
-///   that attempt.
+///   been applied and others not; the caller retries them as it would a failed `apply`.
+/// - A claim ([`RunStoreExt::claim`], the `Start` event) MUST move a `queued` run on `attempt`
+///   to `running` with a lease for `owner`, and MUST let exactly one of any number of
+///   concurrent claimers win.
+/// - A heartbeat ([`RunStoreExt::heartbeat`]) MUST renew the lease and record progress only for
+///   the current lease holder on that attempt.
 /// - `expired_leases` MUST return `running` runs whose lease ended before `now`.
-/// - `mark_enqueued` MUST leave every run exactly as `transition(id, state, attempt, Enqueue)`
+/// - `mark_enqueued` MUST leave every run exactly as `apply` of its `Enqueue` transition
 ///   would (same fields, same refusals), whether it marks them one by one or together.
 /// - `stale_queued` MUST return `queued` runs whose `queued_at` is before `before`, oldest
 ///   first, and no other run.

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! worker ──after each batch (throttled), on each heartbeat, at the end──▶ publish([(run, progress)], ttl)
-//!                                                                               │
-//! API / CLI ──read([run ids])──▶ one progress (or none) per id ◀───────────────┘
+//!                                                                                   │
+//! API / CLI ──read([run ids])──▶ one progress (or none) per id ◀───────────────────┘
 //! ```
 //!
 //! The run store stays the source of truth: its `blocks_done` is written with the heartbeats

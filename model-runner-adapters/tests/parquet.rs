@@ -55,6 +55,12 @@ fn files(dir: &std::path::Path) -> Vec<String> {
     out
 }
 
+/// The model version the token tests declare.
+const TOKENS_V3: ModelVersion<'static> = ModelVersion {
+    name: "tokens",
+    version: "3",
+};
+
 #[tokio::test]
 async fn conformance_on_a_local_directory() {
     let dir = tempfile::tempdir().unwrap();
@@ -274,15 +280,9 @@ async fn a_declared_model_gets_exactly_its_columns_even_all_null_ones() {
     let sink = ParquetSink::local(dir.path()).unwrap();
     // Declared through `Arc<dyn ResultSink>`, as the engine does; clones share declarations.
     let port: Arc<dyn ResultSink> = Arc::new(sink.clone());
-    port.declare_schema(
-        ModelVersion {
-            name: "tokens",
-            version: "3",
-        },
-        &token_schema(),
-    )
-    .await
-    .unwrap();
+    port.declare_schema(TOKENS_V3, &token_schema())
+        .await
+        .unwrap();
     assert_eq!(sink.declared_schema("tokens", "3"), Some(token_schema()));
     assert_eq!(sink.declared_schema("tokens", "4"), None);
 
@@ -354,13 +354,7 @@ async fn a_declared_model_gets_exactly_its_columns_even_all_null_ones() {
     let dir2 = tempfile::tempdir().unwrap();
     let sink2 = ParquetSink::local(dir2.path()).unwrap();
     sink2
-        .declare_schema(
-            ModelVersion {
-                name: "tokens",
-                version: "3",
-            },
-            &token_schema(),
-        )
+        .declare_schema(TOKENS_V3, &token_schema())
         .await
         .unwrap();
     let mut v4 = token_records(6);
@@ -384,15 +378,9 @@ async fn a_declared_model_gets_exactly_its_columns_even_all_null_ones() {
 async fn a_nonconforming_record_is_refused_naming_the_field_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let sink = ParquetSink::local(dir.path()).unwrap();
-    sink.declare_schema(
-        ModelVersion {
-            name: "tokens",
-            version: "3",
-        },
-        &token_schema(),
-    )
-    .await
-    .unwrap();
+    sink.declare_schema(TOKENS_V3, &token_schema())
+        .await
+        .unwrap();
     // A valid group of an undeclared model first: the batch fails as a whole.
     let mut batch = sink::records("other", 3, 1);
     let good = token_records(4);
@@ -469,26 +457,11 @@ async fn a_nonconforming_record_is_refused_naming_the_field_and_nothing_is_writt
 
     // The same schema again is fine; a different one for the same version, or an invalid one,
     // is refused with the reason.
-    sink.declare_schema(
-        ModelVersion {
-            name: "tokens",
-            version: "3",
-        },
-        &token_schema(),
-    )
-    .await
-    .unwrap();
-    let changed = token_schema().nullable("fee", FieldType::UInt64, "");
-    let err = sink
-        .declare_schema(
-            ModelVersion {
-                name: "tokens",
-                version: "3",
-            },
-            &changed,
-        )
+    sink.declare_schema(TOKENS_V3, &token_schema())
         .await
-        .unwrap_err();
+        .unwrap();
+    let changed = token_schema().nullable("fee", FieldType::UInt64, "");
+    let err = sink.declare_schema(TOKENS_V3, &changed).await.unwrap_err();
     assert!(matches!(err, SinkError::InvalidSchema { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),

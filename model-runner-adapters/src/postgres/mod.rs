@@ -1386,7 +1386,7 @@ impl RunStore for PostgresRunStore {
             })
             .await?;
         if moved == 0 {
-            let actual = self.cursor(CursorKey::new(model, chain)).await?;
+            let actual = self.cursor(rewind.key).await?;
             return Err(cursor_conflict(model, chain, Some(expected), actual));
         }
         Ok(())

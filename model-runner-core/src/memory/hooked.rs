@@ -86,8 +86,7 @@ impl RunStore for HookedStore {
         self.inner.outbox(query).await
     }
     async fn cursor(&self, key: CursorKey<'_>) -> StoreResult<Option<u64>> {
-        let (model, chain) = (key.model, key.chain);
-        let cursor = self.inner.cursor(CursorKey::new(model, chain)).await;
+        let cursor = self.inner.cursor(key).await;
         if self.yield_after_cursor {
             tokio::task::yield_now().await;
         }

@@ -31,18 +31,9 @@ struct LargeTransfers {
 
 #[async_trait]
 impl Model for LargeTransfers {
-    fn name(&self) -> &str {
-        "large_transfers"
-    }
-    fn version(&self) -> &str {
-        "0.1.0"
-    }
-    fn kind(&self) -> ModelKind {
-        ModelKind::Nonreads
-    }
     /// Exactly the payload below; change the version when this changes.
-    fn record_schema(&self) -> Option<RecordSchema> {
-        Some(
+    fn spec(&self) -> ModelSpec {
+        ModelSpec::new("large_transfers", "0.1.0", ModelKind::Nonreads).with_schema(
             RecordSchema::new()
                 .required(
                     "token",

@@ -22,17 +22,8 @@ struct TokenVolume;
 
 #[async_trait]
 impl Model for TokenVolume {
-    fn name(&self) -> &str {
-        "token_volume"
-    }
-    fn version(&self) -> &str {
-        "1.0.0"
-    }
-    fn kind(&self) -> ModelKind {
-        ModelKind::Nonreads
-    }
-    fn record_schema(&self) -> Option<RecordSchema> {
-        Some(
+    fn spec(&self) -> ModelSpec {
+        ModelSpec::new("token_volume", "1.0.0", ModelKind::Nonreads).with_schema(
             RecordSchema::new()
                 .required("token", FieldType::Hex, "ERC-20 contract, lowercase 0x-hex")
                 .required("transfers", FieldType::UInt64, "transfers in the block")

@@ -138,10 +138,11 @@ impl BlockBatch {
     /// Runs `model` on the whole batch directly (no store, queue or sink), as a worker would
     /// run one run of it, and checks every record against the model's record schema.
     pub async fn run(&self, model: &dyn Model) -> Result<Records, TestingError> {
+        let spec = model.spec();
         let ctx = ModelContext {
             run_id: RunId::new(),
-            model: model.name().to_owned(),
-            model_version: model.version().to_owned(),
+            model: spec.name().to_owned(),
+            model_version: spec.version().to_owned(),
             chain: self.chain.clone(),
             range: self.range(),
             source: Arc::new(MemoryBlockSource::new(
@@ -151,7 +152,7 @@ impl BlockBatch {
             notes: Default::default(),
         };
         let records = model.run(&ctx, &self.blocks).await?;
-        if let Some(schema) = model.record_schema() {
+        if let Some(schema) = spec.record_schema() {
             for r in &records {
                 schema
                     .check_payload(&r.payload)
@@ -168,7 +169,7 @@ impl BlockBatch {
     /// 10 blocks (one attempt each), the enqueuer, a worker and a memory sink; fails unless every
     /// run succeeded, with the first failed run's error.
     pub async fn pipeline(&self, model: impl Model + 'static) -> Result<Records, TestingError> {
-        let name = model.name().to_owned();
+        let name = model.spec().name().to_owned();
         let sink = Arc::new(MemorySink::new());
         let mut models = model_runner_core::ModelRegistry::new();
         models

@@ -35,7 +35,8 @@ async fn transfers_csv(source: Arc<dyn BlockSource>, blocks: &[Block]) -> Vec<St
     };
     let records = Erc20Transfers.run(&ctx, blocks).await.unwrap();
     // Real mainnet rows conform to the declared schema (the worker would refuse them otherwise).
-    let schema = Erc20Transfers.record_schema().unwrap();
+    let spec = Erc20Transfers.spec();
+    let schema = spec.record_schema().unwrap();
     for r in &records {
         schema
             .check(&r.payload)

@@ -560,13 +560,16 @@ async fn the_engine_declares_builtin_schemas_so_files_have_their_columns() {
     worker.await.unwrap().unwrap();
 
     let schema = model_runner_core::models::BlockStats
+        .spec()
         .record_schema()
+        .cloned()
         .unwrap();
     for model in ["block_stats", "erc20_transfers"] {
         let declared = deps.models.get(model).unwrap();
+        let declared = declared.spec();
         assert_eq!(
             sink.declared_schema(model, declared.version()),
-            declared.record_schema(),
+            declared.record_schema().cloned(),
             "the worker declared {model}'s schema at start"
         );
     }

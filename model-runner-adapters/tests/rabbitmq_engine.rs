@@ -16,7 +16,7 @@ use model_runner_core::engine::{
     BackfillRequest, CancellationToken, EngineDeps, Worker, WorkerConfig, submit_backfill,
 };
 use model_runner_core::memory::{MemoryRunStore, MemorySink};
-use model_runner_core::model::{Model, ModelContext, ModelError, ModelRegistry, Record};
+use model_runner_core::model::{Model, ModelContext, ModelError, ModelRegistry, ModelSpec, Record};
 use model_runner_core::ports::{RunMessage, RunQueue, RunStore, RunStoreExt};
 use model_runner_core::{
     Block, BlockRange, Chain, ModelKind, ModelRun, Routing, RunEvent, RunId, RunMode, RunState,
@@ -50,14 +50,8 @@ struct Gate {
 
 #[async_trait]
 impl Model for Gate {
-    fn name(&self) -> &str {
-        "gate"
-    }
-    fn version(&self) -> &str {
-        "1"
-    }
-    fn kind(&self) -> ModelKind {
-        ModelKind::Nonreads
+    fn spec(&self) -> ModelSpec {
+        ModelSpec::new("gate", "1", ModelKind::Nonreads)
     }
     async fn run(&self, ctx: &ModelContext, blocks: &[Block]) -> Result<Vec<Record>, ModelError> {
         while self.block.load(Ordering::SeqCst) {

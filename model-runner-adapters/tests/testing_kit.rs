@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use model_runner_adapters::testing::{BlockBatch, TestingError};
 use model_runner_core::models::{BlockStats, Erc20Transfers};
 use model_runner_core::{
-    Block, FieldType, Model, ModelContext, ModelError, ModelKind, Record, RecordSchema,
+    Block, FieldType, Model, ModelContext, ModelError, ModelKind, ModelSpec, Record, RecordSchema,
 };
 
 fn fixtures(sub: &str) -> std::path::PathBuf {
@@ -54,17 +54,12 @@ struct Liar;
 
 #[async_trait]
 impl Model for Liar {
-    fn name(&self) -> &str {
-        "liar"
-    }
-    fn version(&self) -> &str {
-        "1"
-    }
-    fn kind(&self) -> ModelKind {
-        ModelKind::Nonreads
-    }
-    fn record_schema(&self) -> Option<RecordSchema> {
-        Some(RecordSchema::new().required("n", FieldType::UInt64, "a number"))
+    fn spec(&self) -> ModelSpec {
+        ModelSpec::new("liar", "1", ModelKind::Nonreads).with_schema(RecordSchema::new().required(
+            "n",
+            FieldType::UInt64,
+            "a number",
+        ))
     }
     async fn run(&self, ctx: &ModelContext, blocks: &[Block]) -> Result<Vec<Record>, ModelError> {
         Ok(vec![ctx.record(

@@ -30,9 +30,9 @@
 //!
 //! #[async_trait]
 //! impl Model for EvenBlocks {
-//!     fn name(&self) -> &str { "even_blocks" }
-//!     fn version(&self) -> &str { "1.0.0" }
-//!     fn kind(&self) -> ModelKind { ModelKind::Nonreads }
+//!     fn spec(&self) -> ModelSpec {
+//!         ModelSpec::new("even_blocks", "1.0.0", ModelKind::Nonreads)
+//!     }
 //!     async fn run(&self, ctx: &ModelContext, blocks: &[Block]) -> Result<Vec<Record>, ModelError> {
 //!         Ok(blocks
 //!             .iter()
@@ -85,7 +85,8 @@ pub mod prelude {
         RunnerBuilder,
     };
     pub use crate::model::{
-        FieldType, Model, ModelContext, ModelError, ModelRegistry, Payload, Record, RecordSchema,
+        FieldType, Model, ModelContext, ModelError, ModelRegistry, ModelSpec, Payload, Record,
+        RecordSchema,
     };
     pub use crate::ports::{BlockSource, ResultSink, RunQueue, RunStore, RunStoreExt};
     pub use crate::routing::topic_name;
@@ -100,8 +101,9 @@ pub use alloy_primitives;
 pub use chain::{BlockRange, Chain, ChainError, ModelKind, RunMode};
 pub use data::{Block, BlockHead, BlockRef, CallRequest, Log, Receipt, Transaction};
 pub use model::{
-    FieldSpec, FieldType, Model, ModelContext, ModelError, ModelRegistry, ModelVersion, Payload,
-    PayloadError, PayloadWriter, Record, RecordKey, RecordSchema, SchemaError,
+    FieldSpec, FieldType, Model, ModelContext, ModelError, ModelRegistry, ModelSpec, ModelVersion,
+    Payload, PayloadError, PayloadWriter, Record, RecordKey, RecordSchema, RegisteredModel,
+    SchemaError,
 };
 pub use routing::{Routing, adhoc_queue_name, dead_letter_queue_name, queue_name, topic_name};
 pub use run::{ModelRun, NewRun, RunEvent, RunId, RunState, TransitionError};

@@ -33,20 +33,10 @@ pub use schema::{
 /// for ([`crate::ports::ResultSink::declare_schema`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ModelVersion<'a> {
-    /// The model's name ([`Model::name`]).
+    /// The model's name ([`ModelSpec::name`]).
     pub name: &'a str,
-    /// Its version ([`Model::version`]).
+    /// Its version ([`ModelSpec::version`]).
     pub version: &'a str,
-}
-
-impl<'a> ModelVersion<'a> {
-    /// `model`'s name at its version.
-    pub fn of(model: &'a (impl Model + ?Sized)) -> Self {
-        Self {
-            name: model.name(),
-            version: model.version(),
-        }
-    }
 }
 
 /// The deterministic identity of a record.
@@ -218,44 +208,133 @@ pub enum ModelError {
 /// model execute concurrently on many workers.
 #[async_trait]
 pub trait Model: fmt::Debug + Send + Sync + 'static {
-    /// Unique name, e.g. `erc20_transfers`.
-    fn name(&self) -> &str;
-    /// Version; change it when output changes.
-    fn version(&self) -> &str;
-    /// Reads or nonreads: decides the queue.
-    fn kind(&self) -> ModelKind;
-    /// Chains it supports; empty means every chain.
-    fn chains(&self) -> Vec<Chain> {
-        Vec::new()
+    /// What the model is: name, version, kind, supported chains and record schema.
+    ///
+    /// Read once, when the model is registered ([`ModelRegistry::register`]); the engine uses
+    /// that copy from then on. It MUST be the same for the same version: change the version
+    /// when the output (or the schema) changes.
+    ///
+    /// ```
+    /// use model_runner_core::model::{FieldType, ModelSpec, RecordSchema};
+    /// use model_runner_core::ModelKind;
+    ///
+    /// let spec = ModelSpec::new("token_moves", "1.0.0", ModelKind::Nonreads).with_schema(
+    ///     RecordSchema::new()
+    ///         .required("token", FieldType::Hex, "ERC-20 contract")
+    ///         .required("value", FieldType::BigInt, "amount in base units")
+    ///         .nullable("note", FieldType::String, ""),
+    /// );
+    /// assert_eq!((spec.name(), spec.version()), ("token_moves", "1.0.0"));
+    /// ```
+    fn spec(&self) -> ModelSpec;
+    /// Runs over `blocks` (the whole run range, ascending).
+    async fn run(&self, ctx: &ModelContext, blocks: &[Block]) -> Result<Vec<Record>, ModelError>;
+}
+
+/// What a [`Model`] is: its name, version and kind, the chains it supports and the shape of
+/// its payloads. Built with [`ModelSpec::new`] and the `with_*` methods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    name: String,
+    version: String,
+    kind: ModelKind,
+    chains: Vec<Chain>,
+    schema: Option<RecordSchema>,
+}
+
+impl ModelSpec {
+    /// A model called `name` (unique in a registry, e.g. `erc20_transfers`) at `version`, of
+    /// `kind` (reads or nonreads: decides the queue), for every chain, with schemaless payloads.
+    pub fn new(name: impl Into<String>, version: impl Into<String>, kind: ModelKind) -> Self {
+        Self {
+            name: name.into(),
+            version: version.into(),
+            kind,
+            chains: Vec::new(),
+            schema: None,
+        }
     }
-    /// The shape of every payload this model emits, or `None` (the default) for schemaless
-    /// payloads.
+
+    /// Supports only `chains` (none given: every chain).
+    pub fn with_chains(mut self, chains: impl IntoIterator<Item = Chain>) -> Self {
+        self.chains = chains.into_iter().collect();
+        self
+    }
+
+    /// Declares the shape of every payload the model emits.
     ///
     /// A declared schema is a promise checked at run time: the worker checks every payload
     /// with [`RecordSchema::check`] before sending, and a mismatch fails the run's attempt (a
     /// model bug, retried like a model error) with a message naming the model, record key and
-    /// field. Sinks with typed columns (Parquet) derive them from it. It MUST be the same for
-    /// the same [`version`](Self::version): change the version when the schema changes.
-    ///
-    /// ```
-    /// # use model_runner_core::model::{FieldType, RecordSchema};
-    /// # struct M;
-    /// # impl M {
-    /// fn record_schema(&self) -> Option<RecordSchema> {
-    ///     Some(
-    ///         RecordSchema::new()
-    ///             .required("token", FieldType::Hex, "ERC-20 contract")
-    ///             .required("value", FieldType::BigInt, "amount in base units")
-    ///             .nullable("note", FieldType::String, ""),
-    ///     )
-    /// }
-    /// # }
-    /// ```
-    fn record_schema(&self) -> Option<RecordSchema> {
-        None
+    /// field. Sinks with typed columns (Parquet) derive them from it.
+    pub fn with_schema(mut self, schema: RecordSchema) -> Self {
+        self.schema = Some(schema);
+        self
     }
-    /// Runs over `blocks` (the whole run range, ascending).
-    async fn run(&self, ctx: &ModelContext, blocks: &[Block]) -> Result<Vec<Record>, ModelError>;
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its version.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Reads or nonreads.
+    pub fn kind(&self) -> ModelKind {
+        self.kind
+    }
+
+    /// The chains it supports; empty means every chain.
+    pub fn chains(&self) -> &[Chain] {
+        &self.chains
+    }
+
+    /// The shape of its payloads, or `None` for schemaless payloads.
+    pub fn record_schema(&self) -> Option<&RecordSchema> {
+        self.schema.as_ref()
+    }
+
+    /// The name at the version, what a record schema is declared for.
+    pub fn model_version(&self) -> ModelVersion<'_> {
+        ModelVersion {
+            name: &self.name,
+            version: &self.version,
+        }
+    }
+}
+
+/// A registered model: the [`ModelSpec`] read from it at registration, and the model.
+#[derive(Debug, Clone)]
+pub struct RegisteredModel {
+    spec: ModelSpec,
+    model: Arc<dyn Model>,
+}
+
+impl RegisteredModel {
+    /// Reads `model`'s spec, once.
+    pub fn new(model: Arc<dyn Model>) -> Self {
+        Self {
+            spec: model.spec(),
+            model,
+        }
+    }
+
+    /// What the model is.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Runs the model over `blocks` ([`Model::run`]).
+    pub async fn run(
+        &self,
+        ctx: &ModelContext,
+        blocks: &[Block],
+    ) -> Result<Vec<Record>, ModelError> {
+        self.model.run(ctx, blocks).await
+    }
 }
 
 /// Asked for a model that is not registered, or registered twice.
@@ -291,7 +370,7 @@ pub enum RegistryError {
 /// The models a process can run, by name.
 #[derive(Debug, Clone, Default)]
 pub struct ModelRegistry {
-    models: BTreeMap<String, Arc<dyn Model>>,
+    models: BTreeMap<String, Arc<RegisteredModel>>,
 }
 
 impl ModelRegistry {
@@ -300,13 +379,15 @@ impl ModelRegistry {
         Self::default()
     }
 
-    /// Adds a model; refuses a second model with the same name.
+    /// Adds a model, reading its [`Model::spec`] once; refuses a second model with the same
+    /// name.
     pub fn register(&mut self, model: Arc<dyn Model>) -> Result<(), RegistryError> {
-        let name = model.name().to_owned();
+        let model = RegisteredModel::new(model);
+        let name = model.spec().name().to_owned();
         if self.models.contains_key(&name) {
             return Err(RegistryError::Duplicate { name });
         }
-        self.models.insert(name, model);
+        self.models.insert(name, Arc::new(model));
         Ok(())
     }
 
@@ -317,7 +398,7 @@ impl ModelRegistry {
     }
 
     /// The model called `name`.
-    pub fn get(&self, name: &str) -> Result<Arc<dyn Model>, RegistryError> {
+    pub fn get(&self, name: &str) -> Result<Arc<RegisteredModel>, RegistryError> {
         self.models
             .get(name)
             .cloned()
@@ -328,9 +409,13 @@ impl ModelRegistry {
     }
 
     /// The model called `name`, checked to support `chain`.
-    pub fn get_for(&self, name: &str, chain: &Chain) -> Result<Arc<dyn Model>, RegistryError> {
+    pub fn get_for(
+        &self,
+        name: &str,
+        chain: &Chain,
+    ) -> Result<Arc<RegisteredModel>, RegistryError> {
         let model = self.get(name)?;
-        let chains = model.chains();
+        let chains = model.spec().chains();
         if !chains.is_empty() && !chains.contains(chain) {
             return Err(RegistryError::UnsupportedChain {
                 model: name.to_owned(),
@@ -351,7 +436,7 @@ impl ModelRegistry {
     }
 
     /// Registered models, sorted by name.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Model>> {
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<RegisteredModel>> {
         self.models.values()
     }
 }

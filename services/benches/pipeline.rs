@@ -54,7 +54,7 @@ async fn main() {
         let ctx = ModelContext {
             run_id: Default::default(),
             model: model_name.clone(),
-            model_version: model.version().into(),
+            model_version: model.spec().version().into(),
             chain: chain.clone(),
             range: chunk,
             source: source.clone(),

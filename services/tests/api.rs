@@ -1737,30 +1737,25 @@ async fn index_endpoints_are_served_with_read_scope() {
     );
 }
 
-/// A model whose schema panics: `GET /v1/models` calls into it.
+/// A block source whose head panics: `GET /v1/chains/{chain}/progress` asks it.
 #[derive(Debug)]
-struct PanickingSchema;
+struct PanickingSource(Chain);
 
 #[async_trait::async_trait]
-impl model_runner_core::Model for PanickingSchema {
-    fn name(&self) -> &str {
-        "panicking_schema"
+impl model_runner_core::ports::BlockSource for PanickingSource {
+    fn chain(&self) -> &Chain {
+        &self.0
     }
-    fn version(&self) -> &str {
-        "1.0.0"
-    }
-    fn kind(&self) -> model_runner_core::ModelKind {
-        model_runner_core::ModelKind::Nonreads
-    }
-    fn record_schema(&self) -> Option<model_runner_core::RecordSchema> {
-        panic!("a model bug");
-    }
-    async fn run(
+    async fn head(
         &self,
-        _: &model_runner_core::ModelContext,
-        _: &[model_runner_core::Block],
-    ) -> Result<Vec<model_runner_core::Record>, model_runner_core::ModelError> {
-        Ok(Vec::new())
+    ) -> Result<model_runner_core::BlockHead, model_runner_core::ports::SourceError> {
+        panic!("a source bug");
+    }
+    async fn blocks(
+        &self,
+        _: BlockRange,
+    ) -> Result<Vec<model_runner_core::Block>, model_runner_core::ports::SourceError> {
+        panic!("a source bug");
     }
 }
 
@@ -1768,15 +1763,16 @@ impl model_runner_core::Model for PanickingSchema {
 /// response before), and the next request is served as usual.
 #[tokio::test]
 async fn a_panicking_handler_answers_500_in_the_envelope() {
-    let mut models = model_runner_core::models::builtin();
-    models.register(Arc::new(PanickingSchema)).unwrap();
     let store: Arc<dyn RunStore> = Arc::new(model_runner_core::memory::MemoryRunStore::new());
     let deps = EngineDeps {
         store: store.clone(),
         queue: Arc::new(MemoryRunQueue::new()),
         sink: Arc::new(MemorySink::new()),
-        sources: HashMap::new(),
-        models: Arc::new(models),
+        sources: HashMap::from([(
+            eth(),
+            Arc::new(PanickingSource(eth())) as Arc<dyn model_runner_core::ports::BlockSource>,
+        )]),
+        models: Arc::new(model_runner_core::models::builtin()),
         routing: Routing::default(),
         limits: Default::default(),
         clock: model_runner_core::clock::SystemClock::shared(),
@@ -1786,7 +1782,9 @@ async fn a_panicking_handler_answers_500_in_the_envelope() {
         store,
         _dir: tempfile::tempdir().unwrap(),
     };
-    let got = api.call("GET", "/v1/models", Some(READ), None).await;
+    let got = api
+        .call("GET", "/v1/chains/ethereum/progress", Some(READ), None)
+        .await;
     assert_error(
         &got,
         StatusCode::INTERNAL_SERVER_ERROR,

@@ -23,7 +23,7 @@ use model_runner_core::ports::CursorKey;
 use model_runner_core::ports::{BlockSource, RunFilter, RunQueue, RunStore};
 use model_runner_core::{
     Block, BlockRange, Chain, Model, ModelContext, ModelError, ModelKind, ModelRegistry, ModelRun,
-    Record, Routing, RunState, dead_letter_queue_name,
+    ModelSpec, Record, Routing, RunState, dead_letter_queue_name,
 };
 
 fn eth() -> Chain {
@@ -136,8 +136,8 @@ async fn direct(
     let blocks = source.blocks(range).await.unwrap();
     let ctx = ModelContext {
         run_id: Default::default(),
-        model: model.name().to_owned(),
-        model_version: model.version().to_owned(),
+        model: model.spec().name().to_owned(),
+        model_version: model.spec().version().to_owned(),
         chain: eth(),
         range,
         source,
@@ -299,14 +299,8 @@ struct Scripted {
 
 #[async_trait]
 impl Model for Scripted {
-    fn name(&self) -> &str {
-        "scripted"
-    }
-    fn version(&self) -> &str {
-        "1"
-    }
-    fn kind(&self) -> ModelKind {
-        ModelKind::Nonreads
+    fn spec(&self) -> ModelSpec {
+        ModelSpec::new("scripted", "1", ModelKind::Nonreads)
     }
     async fn run(&self, ctx: &ModelContext, blocks: &[Block]) -> Result<Vec<Record>, ModelError> {
         self.calls.fetch_add(1, Ordering::SeqCst);

@@ -14,7 +14,7 @@ use axum::http::{Request, StatusCode};
 use model_runner::api::{ApiAuth, ApiConfig, ApiState, app};
 use model_runner_core::engine::{CancellationToken, Parts, Runner, WorkerConfig};
 use model_runner_core::memory::{MemoryBlockSource, MemoryProgressBoard};
-use model_runner_core::model::{Model, ModelContext, ModelError, ModelRegistry, Record};
+use model_runner_core::model::{Model, ModelContext, ModelError, ModelRegistry, ModelSpec, Record};
 use model_runner_core::ports::ProgressBoard;
 use model_runner_core::{Block, BlockRange, Chain, ModelKind};
 use serde_json::{Value, json};
@@ -28,14 +28,8 @@ struct Held {
 
 #[async_trait]
 impl Model for Held {
-    fn name(&self) -> &str {
-        "held"
-    }
-    fn version(&self) -> &str {
-        "1"
-    }
-    fn kind(&self) -> ModelKind {
-        ModelKind::Nonreads
+    fn spec(&self) -> ModelSpec {
+        ModelSpec::new("held", "1", ModelKind::Nonreads)
     }
     async fn run(&self, ctx: &ModelContext, blocks: &[Block]) -> Result<Vec<Record>, ModelError> {
         while self.hold.load(Ordering::SeqCst) {

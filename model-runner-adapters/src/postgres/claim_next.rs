@@ -20,7 +20,7 @@ impl PostgresRunStore {
     /// Claims a `queued` run of `queue` for `owner` until `lease_until`, skipping runs other
     /// claimers are taking (`FOR UPDATE SKIP LOCKED`), or `None` when the queue has no queued run
     /// left. The transition is decided by [`ModelRun::apply`] as for
-    /// [`RunStore::claim`](model_runner_core::ports::RunStore::claim).
+    /// [`RunStoreExt::claim`](model_runner_core::ports::RunStoreExt::claim).
     ///
     /// Runs are taken in id order from just after the last run this store claimed from the
     /// queue, going back to the oldest queued run when none follows and at least every

@@ -43,7 +43,7 @@ fn messages(n: u32) -> Vec<RunMessage> {
         .collect()
 }
 
-/// Waits for the next delivery, failing the test after [`ARRIVES`].
+/// Waits for the next delivery, failing the test after `ARRIVES`.
 pub async fn expect_next(consumer: &mut Box<dyn Consumer>) -> Delivery {
     tokio::time::timeout(ARRIVES, consumer.next())
         .await

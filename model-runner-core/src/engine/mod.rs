@@ -28,7 +28,7 @@ use rand::Rng;
 
 use crate::chain::Chain;
 use crate::clock::Clock;
-use crate::model::{ModelRegistry, ModelVersion, RegistryError, SchemaError};
+use crate::model::{ModelRegistry, RegistryError, SchemaError};
 use crate::ports::{
     BlockSource, QueueError, ResultSink, RunQueue, RunStore, SinkError, SourceError, StoreError,
 };
@@ -112,17 +112,18 @@ impl EngineDeps {
     pub async fn declare_schemas(&self) -> Result<usize, EngineError> {
         let mut declared = 0;
         for model in self.models.iter() {
-            let Some(schema) = model.record_schema() else {
+            let spec = model.spec();
+            let Some(schema) = spec.record_schema() else {
                 continue;
             };
             schema
                 .validate()
                 .map_err(|error| EngineError::InvalidSchema {
-                    model: model.name().to_owned(),
+                    model: spec.name().to_owned(),
                     error,
                 })?;
             self.sink
-                .declare_schema(ModelVersion::of(model.as_ref()), &schema)
+                .declare_schema(spec.model_version(), schema)
                 .await?;
             declared += 1;
         }

@@ -495,14 +495,8 @@ mod tests {
 
     #[async_trait::async_trait]
     impl crate::model::Model for FailsOnce {
-        fn name(&self) -> &str {
-            "fails_once"
-        }
-        fn version(&self) -> &str {
-            "1"
-        }
-        fn kind(&self) -> crate::chain::ModelKind {
-            crate::chain::ModelKind::Nonreads
+        fn spec(&self) -> crate::model::ModelSpec {
+            crate::model::ModelSpec::new("fails_once", "1", crate::chain::ModelKind::Nonreads)
         }
         async fn run(
             &self,

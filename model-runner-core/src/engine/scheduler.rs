@@ -159,17 +159,17 @@ pub async fn submit_backfill(
         let queue = deps.routing.queue_for(
             &req.chain,
             req.mode,
-            model.kind(),
+            model.spec().kind(),
             req.adhoc_queue,
             i as u64,
         )?;
         runs.push(NewRun {
             model: req.model.clone(),
-            model_version: model.version().to_owned(),
+            model_version: model.spec().version().to_owned(),
             chain: req.chain.clone(),
             range: chunk,
             mode: req.mode,
-            kind: model.kind(),
+            kind: model.spec().kind(),
             queue,
             max_attempts: req.max_attempts,
         });
@@ -565,11 +565,13 @@ impl Scheduler {
             BlockRange::new(from, last).map_err(|e| EngineError::InvalidInput(e.to_string()))?;
         let queue = match &sub.queue {
             Some(queue) => queue.clone(),
-            None => {
-                self.deps
-                    .routing
-                    .queue_for(&sub.chain, RunMode::Realtime, model.kind(), None, 0)?
-            }
+            None => self.deps.routing.queue_for(
+                &sub.chain,
+                RunMode::Realtime,
+                model.spec().kind(),
+                None,
+                0,
+            )?,
         };
         let chunks: Vec<BlockRange> = range.chunks(span).expect("span >= 1").collect();
         // Record where each new run's last block sits before the cursor moves over it, so a
@@ -598,11 +600,11 @@ impl Scheduler {
             .into_iter()
             .map(|chunk| NewRun {
                 model: sub.model.clone(),
-                model_version: model.version().to_owned(),
+                model_version: model.spec().version().to_owned(),
                 chain: sub.chain.clone(),
                 range: chunk,
                 mode: RunMode::Realtime,
-                kind: model.kind(),
+                kind: model.spec().kind(),
                 queue: queue.clone(),
                 max_attempts: sub.max_attempts,
             })

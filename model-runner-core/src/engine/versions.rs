@@ -2,7 +2,7 @@
 //! older version produced when the model changes.
 //!
 //! A run carries the model version it was scheduled with, and so does every record it makes.
-//! When a model's code changes, bump its [`Model::version`](crate::Model::version) and
+//! When a model's code changes, bump its [`ModelSpec`](crate::ModelSpec)'s version and
 //! [`rerun`] the older version's ranges: the new runs go through the normal outbox, cover every
 //! block the old version covered exactly once (overlapping old runs are merged, blocks the new
 //! version already covers or is about to are left out), and their records say the new version.
@@ -155,7 +155,7 @@ pub async fn rerun(deps: &EngineDeps, req: RerunRequest) -> Result<CreatedRuns, 
         ));
     }
     let model = deps.models.get(&req.model)?;
-    let current = model.version().to_owned();
+    let current = model.spec().version().to_owned();
     if req.from_version == current {
         return Err(EngineError::InvalidInput(format!(
             "model {} is at version {current} already: give the older version to rerun",
@@ -203,7 +203,7 @@ pub async fn rerun(deps: &EngineDeps, req: RerunRequest) -> Result<CreatedRuns, 
                 let queue = deps.routing.queue_for(
                     &chain,
                     RunMode::Backfill,
-                    model.kind(),
+                    model.spec().kind(),
                     None,
                     runs.len() as u64,
                 )?;
@@ -213,7 +213,7 @@ pub async fn rerun(deps: &EngineDeps, req: RerunRequest) -> Result<CreatedRuns, 
                     chain: chain.clone(),
                     range: chunk,
                     mode: RunMode::Backfill,
-                    kind: model.kind(),
+                    kind: model.spec().kind(),
                     queue,
                     max_attempts: req.max_attempts,
                 });

@@ -49,7 +49,7 @@ use super::settlement::{
     ClaimFound, ClaimStep, Ended, Recorded, Settle, after_claim, after_outcome, claim_lost,
 };
 use super::{CancellationToken, EngineDeps, EngineError, RetryPolicy, instruments};
-use crate::model::{Model, ModelContext};
+use crate::model::{ModelContext, RegisteredModel};
 use crate::ports::{
     BlockSource, Delivery, ProgressBoard, RunMessage, RunOutput, RunProgress, RunStoreExt,
     StoreError, Transition,
@@ -611,7 +611,7 @@ impl Worker {
     async fn execute_with_heartbeat(
         &self,
         run: &ModelRun,
-        model: Arc<dyn Model>,
+        model: Arc<RegisteredModel>,
         source: Arc<dyn BlockSource>,
     ) -> Outcome {
         // Blocks done: set by the execution, read by the heartbeats and the progress publisher.
@@ -765,7 +765,7 @@ impl Worker {
     async fn execute(
         &self,
         run: &ModelRun,
-        model: Arc<dyn Model>,
+        model: Arc<RegisteredModel>,
         source: Arc<dyn BlockSource>,
         progress: &watch::Sender<u64>,
     ) -> Outcome {
@@ -774,7 +774,7 @@ impl Worker {
         if let Err(e) = self.declare_schemas().await {
             return transient(format!("declaring record schemas to the sink: {e}"));
         }
-        let schema = model.record_schema();
+        let schema = model.spec().record_schema().cloned();
         let ctx = Arc::new(ModelContext {
             run_id: run.id,
             model: run.model.clone(),
@@ -928,7 +928,7 @@ fn model_runtime() -> &'static tokio::runtime::Runtime {
 }
 
 /// What executes a run: its model and its chain's block source.
-type ModelAndSource = (Arc<dyn Model>, Arc<dyn BlockSource>);
+type ModelAndSource = (Arc<RegisteredModel>, Arc<dyn BlockSource>);
 
 /// A task aborted when dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
@@ -1171,18 +1171,12 @@ mod tests {
         let mut runs = backfill(&deps).await;
         runs.sort_by_key(|r| r.range.start());
         assert_eq!(runs[0].state, RunState::Succeeded);
-        let bad = &runs[1];
-        assert_eq!(
-            (bad.state, bad.attempt),
-            (RunState::Failed, 2),
-            "retried like a model error, then failed: {bad:?}"
-        );
-        assert_eq!(
-            bad.last_error.as_deref(),
-            Some(
-                "model labels emitted a record that does not match its record schema: record \
-                 labels:ethereum:13:0: field \"label\": expected a string, found number 13"
-            )
+        // Retried like a model error, then failed.
+        assert_failed(
+            &runs[1],
+            2,
+            "model labels emitted a record that does not match its record schema: record \
+             labels:ethereum:13:0: field \"label\": expected a string, found number 13",
         );
         // Nothing of the failed run reached the sink: only the first run's ten records.
         let sent = sink.records("test-ethereum-sink");
@@ -1680,6 +1674,15 @@ mod tests {
     }
 
     /// One queued run of `model` over blocks 0-9, with one attempt.
+    /// Asserts that `run` failed for good on `attempt`, with `error`.
+    fn assert_failed(run: &ModelRun, attempt: u32, error: &str) {
+        assert_eq!(
+            (run.state, run.attempt, run.last_error.as_deref()),
+            (RunState::Failed, attempt, Some(error)),
+            "{run:?}"
+        );
+    }
+
     async fn one_run(deps: &EngineDeps, model: &str) -> ModelRun {
         let request = BackfillRequest {
             max_attempts: 1,
@@ -1718,14 +1721,10 @@ mod tests {
         let done = Spawned::new(blocker_worker(&deps, "w1"))
             .finish(&deps, run.id, "the attempt to fail")
             .await;
-        assert_eq!(
-            (done.state, done.attempt),
-            (RunState::Failed, 1),
-            "{done:?}"
-        );
-        assert_eq!(
-            done.last_error.as_deref(),
-            Some("executing the run panicked: attempt to subtract with overflow")
+        assert_failed(
+            &done,
+            1,
+            "executing the run panicked: attempt to subtract with overflow",
         );
     }
 

@@ -1,6 +1,6 @@
 //! [`RecordSchema`]: the fields a model's record payloads carry, declared by the model.
 //!
-//! A model that declares a schema ([`Model::record_schema`](super::Model::record_schema))
+//! A model that declares a schema ([`ModelSpec::with_schema`](super::ModelSpec::with_schema))
 //! promises that every payload it emits is a JSON object with exactly the declared fields. The
 //! worker checks each payload with [`RecordSchema::check`] before anything is sent (a mismatch
 //! fails the run's attempt like a model error), and sinks that store typed columns (the Parquet

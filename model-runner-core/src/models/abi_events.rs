@@ -50,7 +50,7 @@ use tokio::time::Instant;
 use crate::chain::{Chain, ModelKind};
 use crate::data::{Block, Log};
 use crate::engine::instruments;
-use crate::model::{FieldType, Model, ModelContext, ModelError, Record, RecordSchema};
+use crate::model::{FieldType, Model, ModelContext, ModelError, ModelSpec, Record, RecordSchema};
 use crate::ports::{ContractAbi, RunStore};
 
 /// How long a process reuses a chain's ABIs before reading the registry again.
@@ -346,23 +346,23 @@ fn report(ctx: &ModelContext, mismatched: &[MismatchedLog]) {
 
 #[async_trait]
 impl Model for AbiEvents {
-    fn name(&self) -> &str {
-        "abi_events"
-    }
-    fn version(&self) -> &str {
-        "1.0.0"
-    }
-    fn kind(&self) -> ModelKind {
-        ModelKind::Nonreads
-    }
-    fn record_schema(&self) -> Option<RecordSchema> {
+    fn spec(&self) -> ModelSpec {
         use FieldType::{Hex, Json, String};
-        Some(
+        ModelSpec::new("abi_events", "1.0.0", ModelKind::Nonreads).with_schema(
             RecordSchema::new()
                 .required("contract", Hex, "emitting contract, lowercase 0x-hex")
                 .required("event", String, "event name, from the contract's ABI")
-                .required("signature", String, "canonical signature, e.g. Transfer(address,address,uint256)")
-                .required("args", Json, "parameters by name: addresses lowercase 0x-hex, integers decimal strings, bytes 0x-hex, arrays and tuples arrays")
+                .required(
+                    "signature",
+                    String,
+                    "canonical signature, e.g. Transfer(address,address,uint256)",
+                )
+                .required(
+                    "args",
+                    Json,
+                    "parameters by name: addresses lowercase 0x-hex, integers decimal strings, \
+                     bytes 0x-hex, arrays and tuples arrays",
+                )
                 .log_position(),
         )
     }
@@ -547,7 +547,8 @@ mod tests {
                 "value": "5",
             })
         );
-        let schema = model.record_schema().unwrap();
+        let spec = model.spec();
+        let schema = spec.record_schema().unwrap();
         for r in &records {
             schema.check(&r.payload).unwrap();
         }

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::erc20_transfers::decode_transfer;
 use crate::chain::ModelKind;
 use crate::data::Block;
-use crate::model::{FieldType, Model, ModelContext, ModelError, Record, RecordSchema};
+use crate::model::{FieldType, Model, ModelContext, ModelError, ModelSpec, Record, RecordSchema};
 
 /// The `block_stats` model: transactions, logs, ERC-20 transfers, gas and contract creations
 /// per block.
@@ -15,18 +15,9 @@ pub struct BlockStats;
 
 #[async_trait]
 impl Model for BlockStats {
-    fn name(&self) -> &str {
-        "block_stats"
-    }
-    fn version(&self) -> &str {
-        "1.0.0"
-    }
-    fn kind(&self) -> ModelKind {
-        ModelKind::Nonreads
-    }
-    fn record_schema(&self) -> Option<RecordSchema> {
+    fn spec(&self) -> ModelSpec {
         use FieldType::{Hex, UInt64};
-        Some(
+        ModelSpec::new("block_stats", "1.0.0", ModelKind::Nonreads).with_schema(
             RecordSchema::new()
                 .required("block_number", UInt64, "block number")
                 .required("block_hash", Hex, "block hash, lowercase 0x-hex")

@@ -29,7 +29,7 @@ use serde_json::json;
 
 use crate::chain::ModelKind;
 use crate::data::{Block, CallRequest};
-use crate::model::{FieldType, Model, ModelContext, ModelError, Record, RecordSchema};
+use crate::model::{FieldType, Model, ModelContext, ModelError, ModelSpec, Record, RecordSchema};
 use crate::models::decode_transfer;
 use crate::ports::{BlockSource, SourceError};
 
@@ -104,18 +104,9 @@ fn request(r: &Touched<'_>) -> CallRequest {
 
 #[async_trait]
 impl Model for Erc20Balances {
-    fn name(&self) -> &str {
-        "erc20_balances"
-    }
-    fn version(&self) -> &str {
-        "1.0.0"
-    }
-    fn kind(&self) -> ModelKind {
-        ModelKind::Reads
-    }
-    fn record_schema(&self) -> Option<RecordSchema> {
+    fn spec(&self) -> ModelSpec {
         use FieldType::{BigInt, Hex, String, UInt64};
-        Some(
+        ModelSpec::new("erc20_balances", "1.0.0", ModelKind::Reads).with_schema(
             RecordSchema::new()
                 .required("token_address", Hex, "token contract, lowercase 0x-hex")
                 .required(
@@ -127,7 +118,7 @@ impl Model for Erc20Balances {
                     "balance",
                     BigInt,
                     "balanceOf(holder) after the block (uint256, decimal); null when the call \
-                     reverted or its answer was not one word",
+                 reverted or its answer was not one word",
                 )
                 .nullable(
                     "balance_error",
@@ -305,6 +296,7 @@ mod tests {
                 blocks[(r.key.block_number - 10) as usize].hash
             );
             Erc20Balances
+                .spec()
                 .record_schema()
                 .unwrap()
                 .check(&r.payload)
@@ -479,7 +471,8 @@ mod tests {
                 ),
             ]
         );
-        let schema = Erc20Balances.record_schema().unwrap();
+        let spec = Erc20Balances.spec();
+        let schema = spec.record_schema().unwrap();
         for r in &records {
             schema.check(&r.payload).unwrap();
         }

@@ -6,7 +6,9 @@ use async_trait::async_trait;
 
 use crate::chain::ModelKind;
 use crate::data::{Block, Log};
-use crate::model::{FieldType, Model, ModelContext, ModelError, Payload, Record, RecordSchema};
+use crate::model::{
+    FieldType, Model, ModelContext, ModelError, ModelSpec, Payload, Record, RecordSchema,
+};
 
 /// `keccak256("Transfer(address,address,uint256)")`, shared by ERC-20 and ERC-721.
 pub const TRANSFER_TOPIC: B256 =
@@ -76,19 +78,10 @@ impl Erc20Transfers {
 
 #[async_trait]
 impl Model for Erc20Transfers {
-    fn name(&self) -> &str {
-        "erc20_transfers"
-    }
-    fn version(&self) -> &str {
-        "1.0.0"
-    }
-    fn kind(&self) -> ModelKind {
-        ModelKind::Nonreads
-    }
     /// ethereum-etl's `token_transfers` columns, in its order.
-    fn record_schema(&self) -> Option<RecordSchema> {
+    fn spec(&self) -> ModelSpec {
         use FieldType::{BigInt, Hex};
-        Some(
+        ModelSpec::new("erc20_transfers", "1.0.0", ModelKind::Nonreads).with_schema(
             RecordSchema::new()
                 .required("token_address", Hex, "token contract, lowercase 0x-hex")
                 .required("from_address", Hex, "sender, lowercase 0x-hex")
@@ -211,6 +204,7 @@ mod tests {
         );
         assert_eq!(records[0].key.position, 7);
         Erc20Transfers
+            .spec()
             .record_schema()
             .unwrap()
             .check_payload(&records[0].payload)

@@ -47,7 +47,9 @@ pub(crate) mod tests {
     use crate::chain::{BlockRange, Chain, ModelKind};
     use crate::data::{Block, Log, Transaction};
     use crate::memory::MemoryBlockSource;
-    use crate::model::{Model, ModelContext, ModelError, Record, RecordSchema, RegistryError};
+    use crate::model::{
+        Model, ModelContext, ModelError, ModelSpec, Record, RecordSchema, RegistryError,
+    };
     use crate::run::RunId;
 
     /// Blocks `start..=end` with, per block, a contract creation, a call, an ERC-20 transfer of
@@ -193,9 +195,7 @@ pub(crate) mod tests {
     /// record schema, one record per block (`{"n": number}` unless [`TestModel::payload`]
     /// says otherwise) and an optional [`BatchHook`] that runs before each batch's records.
     pub(crate) struct TestModel {
-        name: &'static str,
-        version: String,
-        schema: Option<RecordSchema>,
+        spec: ModelSpec,
         payload: Box<dyn Fn(&Block) -> serde_json::Value + Send + Sync>,
         hook: Option<BatchHook>,
     }
@@ -204,9 +204,7 @@ pub(crate) mod tests {
         /// A `nonreads` model `name` at `version`, with no schema, recording `{"n": number}`.
         pub(crate) fn new(name: &'static str, version: &str) -> Self {
             Self {
-                name,
-                version: version.to_owned(),
-                schema: None,
+                spec: ModelSpec::new(name, version, ModelKind::Nonreads),
                 payload: Box::new(|b| serde_json::json!({ "n": b.number })),
                 hook: None,
             }
@@ -215,7 +213,7 @@ pub(crate) mod tests {
         /// Declares `schema` as the record schema.
         pub(crate) fn schema(self, schema: RecordSchema) -> Self {
             Self {
-                schema: Some(schema),
+                spec: self.spec.with_schema(schema),
                 ..self
             }
         }
@@ -249,9 +247,7 @@ pub(crate) mod tests {
     impl std::fmt::Debug for TestModel {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.debug_struct("TestModel")
-                .field("name", &self.name)
-                .field("version", &self.version)
-                .field("schema", &self.schema)
+                .field("spec", &self.spec)
                 .field("hook", &self.hook.is_some())
                 .finish_non_exhaustive()
         }
@@ -259,17 +255,8 @@ pub(crate) mod tests {
 
     #[async_trait::async_trait]
     impl Model for TestModel {
-        fn name(&self) -> &str {
-            self.name
-        }
-        fn version(&self) -> &str {
-            &self.version
-        }
-        fn kind(&self) -> ModelKind {
-            ModelKind::Nonreads
-        }
-        fn record_schema(&self) -> Option<RecordSchema> {
-            self.schema.clone()
+        fn spec(&self) -> ModelSpec {
+            self.spec.clone()
         }
         async fn run(
             &self,
@@ -295,7 +282,8 @@ pub(crate) mod tests {
             blocks.clone(),
         )));
         for model in super::builtin().iter() {
-            let schema = model
+            let spec = model.spec();
+            let schema = spec
                 .record_schema()
                 .expect("built-in models declare a schema");
             schema.validate().unwrap();
@@ -306,15 +294,15 @@ pub(crate) mod tests {
                 .filter(|f| f.nullable)
                 .map(|f| f.name.as_str())
                 .collect();
-            let allowed: &[&str] = match model.name() {
+            let allowed: &[&str] = match spec.name() {
                 "erc20_balances" => &["balance", "balance_error"],
                 _ => &[],
             };
-            assert_eq!(nullable, allowed, "{}: nullable fields", model.name());
+            assert_eq!(nullable, allowed, "{}: nullable fields", spec.name());
             let ctx = ModelContext {
                 run_id: RunId::new(),
-                model: model.name().to_owned(),
-                model_version: model.version().to_owned(),
+                model: spec.name().to_owned(),
+                model_version: spec.version().to_owned(),
                 chain: chain.clone(),
                 range: BlockRange::new(10, 14).unwrap(),
                 source: source.clone(),
@@ -322,7 +310,7 @@ pub(crate) mod tests {
             };
             let records = model.run(&ctx, &blocks).await.unwrap();
             // Each block has one ERC-20 transfer, between two holders.
-            let per_block = if model.kind() == crate::chain::ModelKind::Reads {
+            let per_block = if spec.kind() == crate::chain::ModelKind::Reads {
                 2
             } else {
                 1
@@ -331,12 +319,12 @@ pub(crate) mod tests {
                 records.len(),
                 5 * per_block,
                 "{}: records per block",
-                model.name()
+                spec.name()
             );
             for r in &records {
                 schema
                     .check(&r.payload)
-                    .unwrap_or_else(|e| panic!("{}: {e}: {}", model.name(), r.payload));
+                    .unwrap_or_else(|e| panic!("{}: {e}: {}", spec.name(), r.payload));
                 // Exactly the declared fields.
                 let mut keys: Vec<&str> = r
                     .payload
@@ -349,7 +337,7 @@ pub(crate) mod tests {
                 let mut declared: Vec<&str> =
                     schema.fields().iter().map(|f| f.name.as_str()).collect();
                 declared.sort_unstable();
-                assert_eq!(keys, declared, "{}", model.name());
+                assert_eq!(keys, declared, "{}", spec.name());
             }
         }
     }
@@ -395,5 +383,50 @@ pub(crate) mod tests {
                 name: "block_stats".into()
             }
         );
+    }
+
+    /// A model whose spec counts how often it is asked for.
+    #[derive(Debug, Default)]
+    struct Counted(std::sync::atomic::AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl Model for Counted {
+        fn spec(&self) -> ModelSpec {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            ModelSpec::new("counted", "2", ModelKind::Reads)
+                .with_chains([Chain::new("polygon").unwrap()])
+                .with_schema(RecordSchema::new().required("n", crate::FieldType::UInt64, ""))
+        }
+        async fn run(&self, _: &ModelContext, _: &[Block]) -> Result<Vec<Record>, ModelError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn the_registry_reads_a_spec_once_and_answers_from_it() {
+        let model = Arc::new(Counted::default());
+        let r = crate::model::ModelRegistry::new()
+            .with(model.clone())
+            .unwrap();
+        for _ in 0..3 {
+            let got = r
+                .get_for("counted", &Chain::new("polygon").unwrap())
+                .unwrap();
+            let spec = got.spec();
+            assert_eq!(
+                (spec.name(), spec.version(), spec.kind()),
+                ("counted", "2", ModelKind::Reads)
+            );
+            assert_eq!(spec.model_version().version, "2");
+            assert_eq!(spec.record_schema().map(|s| s.fields().len()), Some(1));
+        }
+        assert_eq!(
+            r.get_for("counted", &Chain::new("ethereum").unwrap())
+                .unwrap_err()
+                .to_string(),
+            "model \"counted\" does not support chain \"ethereum\" (it supports polygon)"
+        );
+        assert_eq!(r.iter().count(), 1);
+        assert_eq!(model.0.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

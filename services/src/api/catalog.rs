@@ -87,6 +87,7 @@ pub async fn list_models(State(state): State<ApiState>, _: ReadAccess) -> Json<M
         .models
         .iter()
         .map(|m| {
+            let m = m.spec();
             let supported = m.chains();
             ModelView {
                 name: m.name().to_owned(),

@@ -70,6 +70,11 @@ pub enum ChainError {
 /// Lowercase ASCII letters and digits with inner single dashes, starting with a letter, at most
 /// 32 characters, so it can be embedded in queue and topic names unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(value_type = String, pattern = "^[a-z]([a-z0-9]|-[a-z0-9])*$")
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct Chain(String);
 
@@ -145,9 +150,12 @@ impl From<Chain> for String {
 
 /// An inclusive range of block numbers, never empty: `start <= end` holds by construction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(try_from = "RawRange")]
 pub struct BlockRange {
+    /// First block (inclusive).
     start: u64,
+    /// Last block (inclusive), not before `start`.
     end: u64,
 }
 
@@ -290,6 +298,7 @@ pub(crate) use str_enum;
 
 str_enum!(
     /// How a run came to be: following the head, a planned backfill, or a one-off adhoc run.
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = RunModeView))]
     RunMode, InvalidMode, {
         /// Scheduled as the chain head advances.
         Realtime => "realtime",
@@ -303,6 +312,7 @@ str_enum!(
 str_enum!(
     /// Whether a model calls contract state (`reads`, needs `eth_call`) or only transforms block
     /// data (`nonreads`). Routed to separate queues because their costs differ by orders.
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = ModelKindView))]
     ModelKind, InvalidKind, {
         /// Calls contract state at the block.
         Reads => "reads",

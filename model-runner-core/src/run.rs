@@ -34,6 +34,7 @@ use crate::chain::{BlockRange, Chain, ModelKind, RunMode, str_enum};
 
 /// A run id: a UUID v7, so ids sort by creation time and key pagination is stable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct RunId(pub Uuid);
 
@@ -75,6 +76,7 @@ impl FromStr for RunId {
 
 str_enum!(
     /// Where a run is in its life. See the module docs for the diagram.
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = RunStateView))]
     RunState, InvalidState, {
         /// Created, in the outbox, not yet on a queue.
         Pending => "pending",
@@ -332,6 +334,7 @@ pub struct NewRun {
 
 /// One execution unit: a model over a block range on a chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelRun {
     /// UUID v7.
     pub id: RunId,

@@ -298,6 +298,29 @@ async fn submit_get_and_idempotency(kind: Store) {
     assert_eq!(run["range"], json!({"start": 300, "end": 399}));
     assert_eq!(run["attempt"], 1);
     assert_eq!(run["max_attempts"], 3);
+    // The document describes the run as served: the core `ModelRun`, with `progress` beside it.
+    let doc = serde_json::to_value(model_runner::api::openapi::document(false, false)).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let mut documented: Vec<&str> = schemas["RunView"]["allOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|part| match part["$ref"].as_str() {
+            Some(r) => &schemas[r.trim_start_matches("#/components/schemas/")],
+            None => part,
+        })
+        .flat_map(|part| part["properties"].as_object().unwrap().keys())
+        .map(String::as_str)
+        .collect();
+    documented.sort_unstable();
+    let mut served: Vec<&str> = run
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    served.sort_unstable();
+    assert_eq!(served, documented);
 
     // Adhoc, with an Idempotency-Key: a resubmission returns the same runs with 200.
     let adhoc = json!({

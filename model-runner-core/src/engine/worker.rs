@@ -57,6 +57,25 @@ use crate::ports::{
 use crate::routing::topic_name;
 use crate::run::{ModelRun, RunEvent, RunState};
 
+/// Calls the tracing macro `$mac` with `$head`, the fields that name a run (id, model, version,
+/// chain, range, attempt), then `$tail`: the run span's fields, which every line of a run's
+/// execution carries, stated once for the span and for the Sentry reports, which need them on
+/// the event itself.
+macro_rules! with_run_fields {
+    ($($mac:ident)::+, [$($head:tt)*], $run:expr $(, $($tail:tt)+)?) => {
+        $($mac)::+!(
+            $($head)*,
+            run = %$run.id,
+            model = %$run.model,
+            version = %$run.model_version,
+            chain = %$run.chain,
+            range = %$run.range,
+            attempt = $run.attempt
+            $(, $($tail)+)?
+        )
+    };
+}
+
 /// Worker settings.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -398,15 +417,7 @@ impl Worker {
         };
 
         // One span per run: every log line of its execution carries the run's fields.
-        let span = tracing::info_span!(
-            "run",
-            run = %run.id,
-            model = %run.model,
-            version = %run.model_version,
-            chain = %run.chain,
-            range = %run.range,
-            attempt = run.attempt,
-        );
+        let span = with_run_fields!(tracing::info_span, ["run"], run);
         self.process(run, delivery, hand_back)
             .instrument(span)
             .await;
@@ -981,14 +992,10 @@ fn chrono_dur(d: Duration) -> chrono::Duration {
 /// (Sentry) sends as an event, and the run's fields: id, model, version, chain, range, attempt,
 /// attempts allowed, queue, and `error` where there is one.
 fn report(run: &ModelRun, error: Option<&str>, message: &str) {
-    warn!(
-        report = true,
-        run = %run.id,
-        model = %run.model,
-        version = %run.model_version,
-        chain = %run.chain,
-        range = %run.range,
-        attempt = run.attempt,
+    with_run_fields!(
+        warn,
+        [report = true],
+        run,
         max_attempts = run.max_attempts,
         queue = %run.queue,
         error,

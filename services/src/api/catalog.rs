@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
 use model_runner_core::ports::RunFilter;
-use model_runner_core::{Chain, FieldSpec, FieldType};
+use model_runner_core::{Chain, FieldSpec, FieldType, ModelKind, RunState};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -15,7 +15,6 @@ use super::ApiState;
 use super::auth::ReadAccess;
 use super::error::{ApiError, ErrorResponse, ReadRefusals};
 use super::input::{self, Input};
-use super::runs::{ModelKindView, RunStateView};
 
 /// How long the progress endpoint waits for a chain head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,7 +25,7 @@ pub struct ModelView {
     /// Name, as used in submissions.
     pub name: String,
     /// Reads or nonreads.
-    pub kind: ModelKindView,
+    pub kind: ModelKind,
     /// Version.
     pub version: String,
     /// Configured chains it can run on.
@@ -91,7 +90,7 @@ pub async fn list_models(State(state): State<ApiState>, _: ReadAccess) -> Json<M
             let supported = m.chains();
             ModelView {
                 name: m.name().to_owned(),
-                kind: m.kind().into(),
+                kind: m.kind(),
                 version: m.version().to_owned(),
                 chains: configured
                     .iter()
@@ -237,15 +236,15 @@ pub async fn chain_progress(
         .await?;
     let mut runs_by_state = RunCounts::default();
     for (s, n) in counts {
-        let slot = match RunStateView::from(s) {
-            RunStateView::Pending => &mut runs_by_state.pending,
-            RunStateView::Queued => &mut runs_by_state.queued,
-            RunStateView::Running => &mut runs_by_state.running,
-            RunStateView::Succeeded => &mut runs_by_state.succeeded,
-            RunStateView::Failed => &mut runs_by_state.failed,
-            RunStateView::Expired => &mut runs_by_state.expired,
-            RunStateView::Cancelled => &mut runs_by_state.cancelled,
-            RunStateView::Superseded => &mut runs_by_state.superseded,
+        let slot = match s {
+            RunState::Pending => &mut runs_by_state.pending,
+            RunState::Queued => &mut runs_by_state.queued,
+            RunState::Running => &mut runs_by_state.running,
+            RunState::Succeeded => &mut runs_by_state.succeeded,
+            RunState::Failed => &mut runs_by_state.failed,
+            RunState::Expired => &mut runs_by_state.expired,
+            RunState::Cancelled => &mut runs_by_state.cancelled,
+            RunState::Superseded => &mut runs_by_state.superseded,
         };
         *slot += n;
     }

@@ -13,7 +13,7 @@ use model_runner_core::engine::{BackfillRequest, submit_backfill};
 use model_runner_core::ports::{
     CreatedRuns, ProgressBoardExt, RunFilter, RunProgress, RunStoreExt, StoreError,
 };
-use model_runner_core::{BlockRange, ModelKind, ModelRun, RunEvent, RunId, RunMode, RunState};
+use model_runner_core::{BlockRange, ModelRun, RunEvent, RunId, RunMode, RunState};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, IntoResponses, ToSchema};
 use uuid::Uuid;
@@ -27,85 +27,6 @@ use crate::submission;
 
 /// The header that makes a resubmission return the first submission's runs.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
-/// The state of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum RunStateView {
-    /// Created, not yet on a queue.
-    Pending,
-    /// On its queue, waiting for a worker.
-    Queued,
-    /// Being executed under a lease.
-    Running,
-    /// Done.
-    Succeeded,
-    /// Failed; retried while attempts remain.
-    Failed,
-    /// The worker's lease ran out; retried while attempts remain.
-    Expired,
-    /// Cancelled by a user.
-    Cancelled,
-    /// A realtime run whose blocks a chain reorganisation replaced; a run over the new branch
-    /// took its place, and its records (if any) are of orphaned blocks.
-    Superseded,
-}
-
-impl From<RunState> for RunStateView {
-    fn from(s: RunState) -> Self {
-        match s {
-            RunState::Pending => Self::Pending,
-            RunState::Queued => Self::Queued,
-            RunState::Running => Self::Running,
-            RunState::Succeeded => Self::Succeeded,
-            RunState::Failed => Self::Failed,
-            RunState::Expired => Self::Expired,
-            RunState::Cancelled => Self::Cancelled,
-            RunState::Superseded => Self::Superseded,
-        }
-    }
-}
-
-/// How a run was scheduled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum RunModeView {
-    /// Following the chain head.
-    Realtime,
-    /// A chunk of a planned backfill.
-    Backfill,
-    /// A one-off run on the shared `backfill_N` pools.
-    Adhoc,
-}
-
-impl From<RunMode> for RunModeView {
-    fn from(m: RunMode) -> Self {
-        match m {
-            RunMode::Realtime => Self::Realtime,
-            RunMode::Backfill => Self::Backfill,
-            RunMode::Adhoc => Self::Adhoc,
-        }
-    }
-}
-
-/// Whether a model reads contract state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelKindView {
-    /// Calls contract state.
-    Reads,
-    /// Only transforms block data.
-    Nonreads,
-}
-
-impl From<ModelKind> for ModelKindView {
-    fn from(k: ModelKind) -> Self {
-        match k {
-            ModelKind::Reads => Self::Reads,
-            ModelKind::Nonreads => Self::Nonreads,
-        }
-    }
-}
 
 /// The largest block number and chunk size a request may use: 2^53 - 1, the largest integer
 /// every JSON client represents exactly.
@@ -121,15 +42,6 @@ pub struct RangeView {
     /// Last block (inclusive), not before `start`.
     #[schema(maximum = 9007199254740991_u64)]
     pub end: u64,
-}
-
-impl From<BlockRange> for RangeView {
-    fn from(r: BlockRange) -> Self {
-        Self {
-            start: r.start(),
-            end: r.end(),
-        }
-    }
 }
 
 /// A running run's live progress, as its worker last published it to the progress board
@@ -154,56 +66,12 @@ impl From<RunProgress> for LiveProgressView {
     }
 }
 
-/// One model run.
+/// One model run, with its live progress.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RunView {
-    /// Run id (UUID v7).
-    pub id: Uuid,
-    /// Model name.
-    pub model: String,
-    /// Model version at scheduling time.
-    pub model_version: String,
-    /// Chain.
-    pub chain: String,
-    /// Blocks.
-    pub range: RangeView,
-    /// How it was scheduled.
-    pub mode: RunModeView,
-    /// Reads or nonreads.
-    pub kind: ModelKindView,
-    /// Queue it is published to.
-    pub queue: String,
-    /// Current state.
-    pub state: RunStateView,
-    /// Current attempt, from 1.
-    pub attempt: u32,
-    /// Attempts allowed.
-    pub max_attempts: u32,
-    /// Creation time.
-    pub created_at: DateTime<Utc>,
-    /// Last change.
-    pub updated_at: DateTime<Utc>,
-    /// When the current attempt was queued.
-    pub queued_at: Option<DateTime<Utc>>,
-    /// When the current attempt started.
-    pub started_at: Option<DateTime<Utc>>,
-    /// When it reached a final state.
-    pub finished_at: Option<DateTime<Utc>>,
-    /// When the next attempt may be queued (failed/expired runs with attempts left).
-    pub next_attempt_at: Option<DateTime<Utc>>,
-    /// Blocks processed by the current attempt.
-    pub blocks_done: u64,
-    /// Records written by the succeeded attempt.
-    pub records_written: u64,
-    /// The last failure's message.
-    pub last_error: Option<String>,
-    /// How many times the scheduler's reconciler republished the run's message because it
-    /// stayed queued longer than the reconcile age.
-    pub republished: u32,
-    /// What the model counted during the attempt that succeeded, by name: input it skipped
-    /// rather than fail on, e.g. `abi_mismatched_logs.unknown_event` for logs of a contract
-    /// with a registered ABI that has no such event. Empty until the run succeeds.
-    pub notes: std::collections::BTreeMap<String, u64>,
+    /// The run as stored.
+    #[serde(flatten)]
+    pub run: ModelRun,
     /// Live progress of a running run, from the progress board its worker publishes to;
     /// `null` when the run is not running, the API has no board, or the run's current attempt
     /// has published nothing yet (or its worker stopped publishing a lease ago).
@@ -211,30 +79,10 @@ pub struct RunView {
 }
 
 impl From<ModelRun> for RunView {
-    fn from(r: ModelRun) -> Self {
+    /// The run without live progress.
+    fn from(run: ModelRun) -> Self {
         Self {
-            id: r.id.0,
-            model: r.model,
-            model_version: r.model_version,
-            chain: r.chain.to_string(),
-            range: r.range.into(),
-            mode: r.mode.into(),
-            kind: r.kind.into(),
-            queue: r.queue,
-            state: r.state.into(),
-            attempt: r.attempt,
-            max_attempts: r.max_attempts,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-            queued_at: r.queued_at,
-            started_at: r.started_at,
-            finished_at: r.finished_at,
-            next_attempt_at: r.next_attempt_at,
-            blocks_done: r.blocks_done,
-            records_written: r.records_written,
-            last_error: r.last_error,
-            republished: r.republished,
-            notes: r.notes,
+            run,
             progress: None,
         }
     }
@@ -295,7 +143,7 @@ pub struct SubmitRuns {
     #[schema(minimum = 1, maximum = 9007199254740991_u64, example = 100)]
     pub chunk_size: Option<u64>,
     /// `backfill` (default) or `adhoc`; `adhoc` when only `adhoc_queue` is given.
-    pub mode: Option<RunModeView>,
+    pub mode: Option<RunMode>,
     /// For adhoc runs: the `backfill_N` pool (1-based); absent spreads over every pool.
     #[schema(minimum = 1)]
     pub adhoc_queue: Option<u32>,
@@ -415,16 +263,16 @@ pub async fn submit(
         .field("chunk_size"));
     }
     let mode = match (req.mode, req.adhoc_queue) {
-        (None, None) | (Some(RunModeView::Backfill), None) => RunMode::Backfill,
-        (None | Some(RunModeView::Adhoc), _) => RunMode::Adhoc,
-        (Some(RunModeView::Backfill), Some(_)) => {
+        (None, None) | (Some(RunMode::Backfill), None) => RunMode::Backfill,
+        (None | Some(RunMode::Adhoc), _) => RunMode::Adhoc,
+        (Some(RunMode::Backfill), Some(_)) => {
             return Err(ApiError::bad_request(
                 "invalid_adhoc_queue",
                 "adhoc_queue is only valid with mode `adhoc`",
             )
             .field("adhoc_queue"));
         }
-        (Some(RunModeView::Realtime), _) => {
+        (Some(RunMode::Realtime), _) => {
             return Err(ApiError::bad_request(
                 "invalid_mode",
                 "mode must be `backfill` or `adhoc`: realtime runs are created by the scheduler",
@@ -523,10 +371,10 @@ pub struct ListQuery {
     #[param(pattern = "^[a-z]([a-z0-9]|-[a-z0-9])*$", max_length = 32)]
     pub chain: Option<String>,
     /// Only this state.
-    #[param(value_type = Option<RunStateView>)]
+    #[param(value_type = Option<RunState>)]
     pub state: Option<String>,
     /// Only this mode.
-    #[param(value_type = Option<RunModeView>)]
+    #[param(value_type = Option<RunMode>)]
     pub mode: Option<String>,
     /// Only runs created at or after this RFC 3339 time.
     #[param(value_type = Option<DateTime<Utc>>)]

@@ -6,6 +6,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use model_runner_core::BlockRange;
 use model_runner_core::engine::{RerunRequest, rerun, version_coverage};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -15,7 +16,7 @@ use super::auth::{ReadAccess, WriteAccess};
 use super::body::ApiJson;
 use super::error::{ApiError, BodyRefusals, ErrorResponse, ReadRefusals, WriteRefusals};
 use super::input::{self, Input};
-use super::runs::{RangeView, SubmittedRuns};
+use super::runs::SubmittedRuns;
 use crate::submission;
 
 /// Longest model name.
@@ -29,7 +30,7 @@ pub struct VersionView {
     /// Model version.
     pub version: String,
     /// Disjoint, ascending ranges of its succeeded runs.
-    pub ranges: Vec<RangeView>,
+    pub ranges: Vec<BlockRange>,
     /// Blocks in them.
     pub blocks: u64,
 }
@@ -97,7 +98,7 @@ pub async fn list_versions(
                 chain: v.chain.to_string(),
                 version: v.version,
                 blocks: v.blocks,
-                ranges: v.ranges.into_iter().map(RangeView::from).collect(),
+                ranges: v.ranges,
             })
             .collect(),
     }))

@@ -76,7 +76,11 @@ impl FromStr for RunId {
 
 str_enum!(
     /// Where a run is in its life. See the module docs for the diagram.
-    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = RunStateView))]
+    #[cfg_attr(
+        feature = "openapi",
+        derive(utoipa::ToSchema),
+        schema(as = RunStateView, description = "Where a run is in its life.")
+    )]
     RunState, InvalidState, {
         /// Created, in the outbox, not yet on a queue.
         Pending => "pending",
@@ -380,16 +384,24 @@ pub struct ModelRun {
     pub records_written: u64,
     /// The last failure's message.
     pub last_error: Option<String>,
-    /// The idempotency key of the batch that created it.
+    /// The idempotency key of the batch that created it, as stored (with its origin's prefix,
+    /// e.g. `api:`). Not in the run's JSON (API, CLI): it is the submitting client's, and
+    /// every reader of runs would see every client's keys.
+    #[serde(skip_serializing)]
     pub idempotency_key: Option<String>,
     /// How many times the reconciler published the run's message again because the run
     /// stayed `queued` longer than the reconcile age (its message was presumably lost).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub republished: u32,
     /// What the model counted during the attempt that succeeded, by name: input it skipped
     /// rather than fail on, such as `abi_mismatched_logs` (logs of a contract with a
     /// registered ABI that the ABI does not decode). Empty until a run succeeds.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(required = true, value_type = std::collections::BTreeMap<String, u64>)
+    )]
     pub notes: RunNotes,
 }
 

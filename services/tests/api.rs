@@ -321,6 +321,23 @@ async fn submit_get_and_idempotency(kind: Store) {
         .collect();
     served.sort_unstable();
     assert_eq!(served, documented);
+    // What a pending run always has is required, not optional, in the document.
+    let required: Vec<&str> = schemas["ModelRun"]["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    for (member, value) in run.as_object().unwrap() {
+        if !value.is_null() && member != "progress" {
+            assert!(
+                required.contains(&member.as_str()),
+                "{member}: {required:?}"
+            );
+        }
+    }
+    // The client's idempotency key is the client's.
+    assert!(run.get("idempotency_key").is_none(), "{run}");
 
     // Adhoc, with an Idempotency-Key: a resubmission returns the same runs with 200.
     let adhoc = json!({

@@ -384,10 +384,8 @@ pub struct ModelRun {
     pub records_written: u64,
     /// The last failure's message.
     pub last_error: Option<String>,
-    /// The idempotency key of the batch that created it, as stored (with its origin's prefix,
-    /// e.g. `api:`). Not in the run's JSON (API, CLI): it is the submitting client's, and
-    /// every reader of runs would see every client's keys.
-    #[serde(skip_serializing)]
+    /// The idempotency key of the batch that created it, with its origin's prefix: `api:` and
+    /// the API's `Idempotency-Key` header, or `cli:` and the configured backfill.
     pub idempotency_key: Option<String>,
     /// How many times the reconciler published the run's message again because the run
     /// stayed `queued` longer than the reconcile age (its message was presumably lost).

@@ -43,6 +43,13 @@ async fn index_reader(dir: &std::path::Path) -> batch_index::IndexReader {
     batch_index::IndexReader::open(root).await.unwrap()
 }
 
+/// The API over a SQLite store in `dir`, serving the fixture's index built in `dir/index`,
+/// with read and write tokens.
+async fn indexed_app(dir: &std::path::Path) -> axum::Router {
+    let reader = index_reader(&dir.join("index")).await;
+    app(state(dir, false).await.with_index(reader))
+}
+
 async fn state(dir: &std::path::Path, open_reads: bool) -> ApiState {
     state_with(
         dir,
@@ -261,8 +268,7 @@ fn envelope(status: u16, v: &Value) -> (u16, &str, &str) {
 #[tokio::test]
 async fn bad_index_queries_get_the_json_error_envelope() {
     let tmp = tempfile::tempdir().unwrap();
-    let reader = index_reader(&tmp.path().join("index")).await;
-    let app = app(state(tmp.path(), false).await.with_index(reader));
+    let app = indexed_app(tmp.path()).await;
     let (_, doc) = get(&app, "/openapi.json").await;
     let account = format!("/v1/index/accounts/{ACCOUNT}");
     for (query, field) in [
@@ -396,8 +402,7 @@ async fn account_checkpoints_come_in_pages_that_add_up_to_the_whole_set() {
 #[tokio::test]
 async fn a_page_larger_than_the_maximum_is_refused_naming_limit() {
     let tmp = tempfile::tempdir().unwrap();
-    let reader = index_reader(&tmp.path().join("index")).await;
-    let app = app(state(tmp.path(), false).await.with_index(reader));
+    let app = indexed_app(tmp.path()).await;
     let (_, doc) = get(&app, "/openapi.json").await;
     let (status, v) = get(&app, &format!("/v1/index/accounts/{ACCOUNT}?limit=10001")).await;
     assert_eq!(envelope(status, &v), (400, "invalid_query", "limit"), "{v}");
@@ -424,8 +429,7 @@ async fn a_page_larger_than_the_maximum_is_refused_naming_limit() {
 #[tokio::test]
 async fn index_lookups_need_the_read_scope() {
     let tmp = tempfile::tempdir().unwrap();
-    let reader = index_reader(&tmp.path().join("index")).await;
-    let app = app(state(tmp.path(), false).await.with_index(reader));
+    let app = indexed_app(tmp.path()).await;
     let tx = format!("/v1/index/transactions/{}", "ab".repeat(32));
     for path in [format!("/v1/index/accounts/{ACCOUNT}"), tx.clone()] {
         for token in [None, Some("wrong")] {
@@ -454,8 +458,7 @@ async fn index_lookups_need_the_read_scope() {
 #[tokio::test]
 async fn every_operation_needs_the_scope_the_document_states() {
     let tmp = tempfile::tempdir().unwrap();
-    let reader = index_reader(&tmp.path().join("index")).await;
-    let app = app(state(tmp.path(), false).await.with_index(reader));
+    let app = indexed_app(tmp.path()).await;
     let (_, doc) = get(&app, "/openapi.json").await;
     let mut checked = 0;
     for (template, item) in doc["paths"].as_object().unwrap() {

@@ -785,7 +785,6 @@ impl Worker {
         if let Err(e) = self.declare_schemas().await {
             return transient(format!("declaring record schemas to the sink: {e}"));
         }
-        let schema = model.spec().record_schema().cloned();
         let ctx = Arc::new(ModelContext {
             run_id: run.id,
             model: run.model.clone(),
@@ -795,7 +794,6 @@ impl Worker {
             source: source.clone(),
             notes: Default::default(),
         });
-        let schema = Arc::new(schema);
         let name = run.model.clone();
         let mut records = Vec::new();
         // Blocks are loaded and handed to the model in batches of at most `batch_blocks`, so
@@ -820,7 +818,7 @@ impl Worker {
                 ));
             }
             progress.send_modify(|done| *done += batch.len());
-            let (model, ctx, schema) = (model.clone(), ctx.clone(), schema.clone());
+            let (model, ctx) = (model.clone(), ctx.clone());
             // On the model pool, not this runtime: a model that computes for seconds (or
             // blocks a thread) must not starve the heartbeats, or its lease expires and the run
             // executes twice. The record schema check runs there too. Aborted if this future is
@@ -828,7 +826,7 @@ impl Worker {
             let task = AbortOnDrop(model_runtime().spawn(tracing::Instrument::in_current_span(
                 async move {
                     let records = model.run(&ctx, &blocks).await?;
-                    if let Some(schema) = schema.as_ref() {
+                    if let Some(schema) = model.spec().record_schema() {
                         for r in &records {
                             if let Err(e) = schema.check_payload(&r.payload) {
                                 return Err(ModelOutputError::Schema(format!(

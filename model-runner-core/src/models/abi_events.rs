@@ -641,16 +641,14 @@ mod tests {
             }
             async fn outbox(
                 &self,
-                query: OutboxQuery<'_>,
+                _: OutboxQuery<'_>,
             ) -> Result<Vec<crate::ModelRun>, crate::ports::StoreError> {
-                let (_, _, _) = query.into_parts();
                 unimplemented!()
             }
             async fn cursor(
                 &self,
-                key: CursorKey<'_>,
+                _: CursorKey<'_>,
             ) -> Result<Option<u64>, crate::ports::StoreError> {
-                let (_, _) = (key.model, key.chain);
                 unimplemented!()
             }
             async fn cursors(
@@ -661,16 +659,11 @@ mod tests {
             }
             async fn advance_cursor(
                 &self,
-                advance: CursorAdvance<'_>,
+                _: CursorAdvance<'_>,
             ) -> Result<Vec<crate::ModelRun>, crate::ports::StoreError> {
-                let (_, _, _, _, _) = advance.into_parts();
                 unimplemented!()
             }
-            async fn try_lock(
-                &self,
-                lease: LockLease<'_>,
-            ) -> Result<bool, crate::ports::StoreError> {
-                let (_, _, _) = lease.into_parts();
+            async fn try_lock(&self, _: LockLease<'_>) -> Result<bool, crate::ports::StoreError> {
                 unimplemented!()
             }
         }

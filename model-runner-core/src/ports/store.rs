@@ -10,11 +10,11 @@ use alloy_primitives::Address;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::chain::{Chain, RunMode};
 use crate::data::BlockRef;
 use crate::run::{ModelRun, NewRun, RunEvent, RunId, RunState, TransitionError};
-use serde_json::Value;
 
 /// A store failure a caller can act on.
 #[derive(Debug, thiserror::Error)]
@@ -396,7 +396,7 @@ pub fn parse_address(text: &str) -> StoreResult<Address> {
 /// with a known `type` and well-formed parameter types). The error names what is wrong.
 /// Every store calls this in [`RunStore::put_abi`], so all refuse the same ABIs with the same
 /// words.
-pub fn parse_abi(abi: &serde_json::Value) -> StoreResult<JsonAbi> {
+pub fn parse_abi(abi: &Value) -> StoreResult<JsonAbi> {
     if !abi.is_array() {
         return Err(StoreError::InvalidInput(format!(
             "invalid ABI: expected a JSON array of ABI items (functions, events, errors), got {}",
@@ -445,14 +445,14 @@ pub fn parse_abi(abi: &serde_json::Value) -> StoreResult<JsonAbi> {
     Ok(parsed)
 }
 
-fn json_kind(v: &serde_json::Value) -> &'static str {
+fn json_kind(v: &Value) -> &'static str {
     match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 
@@ -710,13 +710,13 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
     /// Takes or renews the named lease for `owner` until `until`; `true` if `owner` holds it.
     async fn try_lock(&self, lease: LockLease<'_>) -> StoreResult<bool>;
 
-    /// Registers (or replaces) the JSON ABI of `address` on `chain` (see the contract).
+    /// Registers (or replaces) the JSON ABI of `contract` (see the contract).
     async fn put_abi(&self, contract: ContractRef<'_>, abi: Value) -> StoreResult<ContractAbi> {
         let _ = (contract, abi);
         Err(no_abi_registry())
     }
 
-    /// The ABI of `address` on `chain`, if one is registered.
+    /// The ABI of `contract`, if one is registered.
     async fn abi(&self, contract: ContractRef<'_>) -> StoreResult<Option<ContractAbi>> {
         let _ = contract;
         Err(no_abi_registry())
@@ -728,7 +728,7 @@ pub trait RunStore: fmt::Debug + Send + Sync + 'static {
         Err(no_abi_registry())
     }
 
-    /// Removes the ABI of `address` on `chain`; `true` if there was one.
+    /// Removes the ABI of `contract`; `true` if there was one.
     async fn delete_abi(&self, contract: ContractRef<'_>) -> StoreResult<bool> {
         let _ = contract;
         Err(no_abi_registry())

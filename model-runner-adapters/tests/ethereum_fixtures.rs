@@ -124,19 +124,12 @@ async fn erc20_transfers_match_ethereum_etl_on_exported_logs() {
             topics: topics.split(',').map(|t| t.parse().unwrap()).collect(),
         });
     }
+    let hash = "0x2753a045428f31dcbe9de1015da67972d172e0da8f9b773a85487774b15166f4"
+        .parse()
+        .unwrap();
     let block = Block {
-        number: 1_452_581,
-        hash: "0x2753a045428f31dcbe9de1015da67972d172e0da8f9b773a85487774b15166f4"
-            .parse()
-            .unwrap(),
-        parent_hash: Default::default(),
-        timestamp: 0,
-        miner: None,
-        gas_used: 0,
-        gas_limit: 0,
-        base_fee_per_gas: None,
-        transactions: vec![],
         logs,
+        ..Block::empty(1_452_581, hash, Default::default(), 0)
     };
     let source = Arc::new(MemoryBlockSource::new(eth(), vec![block.clone()]));
     let got = transfers_csv(source, &[block]).await;

@@ -53,6 +53,38 @@ pub struct Block {
     pub logs: Vec<Log>,
 }
 
+impl Block {
+    /// A block with no transactions and no logs, that used no gas of a 30,000,000 limit, with
+    /// no miner and no base fee: the start of a block made up in a test or an in-memory chain.
+    /// Set what the block holds with struct update syntax:
+    ///
+    /// ```
+    /// use alloy_primitives::B256;
+    /// use model_runner_core::Block;
+    ///
+    /// let parent = Block::empty(6, B256::with_last_byte(6), B256::ZERO, 1_700_000_000);
+    /// let block = Block {
+    ///     gas_used: 21_000,
+    ///     ..Block::empty(7, B256::with_last_byte(7), parent.hash, 1_700_000_012)
+    /// };
+    /// assert_eq!((block.parent_hash, block.logs.len()), (parent.hash, 0));
+    /// ```
+    pub fn empty(number: u64, hash: B256, parent_hash: B256, timestamp: u64) -> Self {
+        Self {
+            number,
+            hash,
+            parent_hash,
+            timestamp,
+            miner: None,
+            gas_used: 0,
+            gas_limit: 30_000_000,
+            base_fee_per_gas: None,
+            transactions: Vec::new(),
+            logs: Vec::new(),
+        }
+    }
+}
+
 /// A transaction, with its receipt when the source has it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transaction {

@@ -31,21 +31,12 @@ impl MemoryBlockSource {
         let hash =
             |n: u64| alloy_primitives::B256::left_padding_from(&n.wrapping_add(1).to_be_bytes());
         let blocks = numbers
-            .map(|n| Block {
-                number: n,
-                hash: hash(n),
-                parent_hash: if n == 0 {
-                    alloy_primitives::B256::ZERO
-                } else {
-                    hash(n - 1)
-                },
-                timestamp: 1_700_000_000 + n * 12,
-                miner: None,
-                gas_used: 0,
-                gas_limit: 30_000_000,
-                base_fee_per_gas: None,
-                transactions: Vec::new(),
-                logs: Vec::new(),
+            .map(|n| {
+                let parent = match n {
+                    0 => alloy_primitives::B256::ZERO,
+                    n => hash(n - 1),
+                };
+                Block::empty(n, hash(n), parent, 1_700_000_000 + n * 12)
             })
             .collect();
         Self::new(chain, blocks)

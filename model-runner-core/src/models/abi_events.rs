@@ -414,16 +414,8 @@ mod tests {
 
     fn block(logs: Vec<Log>) -> Block {
         Block {
-            number: 100,
-            hash: B256::with_last_byte(100),
-            parent_hash: B256::ZERO,
-            timestamp: 1_700_000_000,
-            miner: None,
-            gas_used: 0,
-            gas_limit: 30_000_000,
-            base_fee_per_gas: None,
-            transactions: vec![],
             logs,
+            ..Block::empty(100, B256::with_last_byte(100), B256::ZERO, 1_700_000_000)
         }
     }
 

@@ -205,17 +205,10 @@ mod tests {
     }
 
     fn block(number: u64, logs: Vec<Log>) -> Block {
+        let hash = B256::from(U256::from(number + 0xB00));
         Block {
-            number,
-            hash: B256::from(U256::from(number + 0xB00)),
-            parent_hash: B256::ZERO,
-            timestamp: 1_700_000_000 + number,
-            miner: None,
-            gas_used: 0,
-            gas_limit: 30_000_000,
-            base_fee_per_gas: None,
-            transactions: vec![],
             logs,
+            ..Block::empty(number, hash, B256::ZERO, 1_700_000_000 + number)
         }
     }
 

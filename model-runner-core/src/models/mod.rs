@@ -82,14 +82,9 @@ pub(crate) mod tests {
                 let value = (U256::from(u64::MAX) * U256::from(1000u64) + U256::from(number))
                     .to_be_bytes::<32>()
                     .to_vec();
+                let hash = B256::with_last_byte(number as u8);
                 Block {
-                    number,
-                    hash: B256::with_last_byte(number as u8),
-                    parent_hash: B256::ZERO,
-                    timestamp: 1_700_000_000 + number * 12,
-                    miner: None,
                     gas_used: 42_000,
-                    gas_limit: 30_000_000,
                     base_fee_per_gas: Some(7),
                     transactions: vec![tx(0, None), tx(1, Some(Address::with_last_byte(2)))],
                     logs: vec![
@@ -101,6 +96,7 @@ pub(crate) mod tests {
                         ),
                         log(2, vec![B256::ZERO], vec![1, 2, 3]),
                     ],
+                    ..Block::empty(number, hash, B256::ZERO, 1_700_000_000 + number * 12)
                 }
             })
             .collect()

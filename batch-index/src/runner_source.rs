@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use model_runner_core::BlockRange;
-use model_runner_core::ports::{BlockSource, SourceError};
+use model_runner_core::ports::{BlockSource, SourceError, check_whole_range};
 
 use crate::checkpoint::{CheckpointPart, CheckpointSpan};
 use crate::error::{Error, Result};
@@ -116,7 +116,7 @@ impl RunnerBlockSource {
     }
 
     /// Block ranges to fetch for `first..=last`, each at most [`FETCH_CHUNK`] long.
-    fn fetch_ranges(&self, first: u64, last: u64) -> Vec<(u64, u64)> {
+    fn fetch_ranges(&self, first: u64, last: u64) -> Vec<BlockRange> {
         let mut runs: Vec<(u64, u64)> = Vec::new();
         match &self.known {
             None => runs.push((first, last)),
@@ -129,16 +129,12 @@ impl RunnerBlockSource {
                 }
             }
         }
-        let mut out = Vec::new();
-        for (a, b) in runs {
-            let mut s = a;
-            while s <= b {
-                let e = b.min(s + FETCH_CHUNK - 1);
-                out.push((s, e));
-                s = e + 1;
-            }
-        }
-        out
+        runs.into_iter()
+            .flat_map(|(a, b)| {
+                let run = BlockRange::new(a, b).expect("runs are built with a <= b");
+                run.chunks(FETCH_CHUNK).expect("FETCH_CHUNK is not 0")
+            })
+            .collect()
     }
 }
 
@@ -188,25 +184,13 @@ impl LedgerSource for RunnerBlockSource {
         modules: Modules,
     ) -> Result<CheckpointFacts> {
         let mut facts = CheckpointFacts::new(part.checkpoint());
-        for (a, b) in self.fetch_ranges(u64::from(part.first()), u64::from(part.last())) {
-            let range = BlockRange::new(a, b).map_err(|e| Error::invalid(e.to_string()))?;
+        for range in self.fetch_ranges(u64::from(part.first()), u64::from(part.last())) {
             let blocks = self
                 .source
                 .blocks(range)
                 .await
                 .map_err(|e| source_error(&self.origin, e))?;
-            let numbers: Vec<u64> = blocks.iter().map(|b| b.number).collect();
-            if !numbers.iter().copied().eq(a..=b) {
-                return Err(Error::Source {
-                    source_name: self.origin.clone(),
-                    reason: format!(
-                        "asked for blocks {a}..={b}, got {} blocks ({:?}..{:?})",
-                        numbers.len(),
-                        numbers.first(),
-                        numbers.last()
-                    ),
-                });
-            }
+            check_whole_range(range, &blocks).map_err(|e| source_error(&self.origin, e))?;
             for block in &blocks {
                 block_facts(block)?.add_to(&mut facts, modules);
             }
@@ -230,9 +214,10 @@ mod tests {
 
         let span = CheckpointSpan::new(100).unwrap();
         let src = RunnerBlockSource::from_url("devnet://?head=10", span).unwrap();
+        let r = |a, b| BlockRange::new(a, b).unwrap();
         assert_eq!(
             src.fetch_ranges(0, 150),
-            vec![(0, 63), (64, 127), (128, 150)]
+            vec![r(0, 63), r(64, 127), r(128, 150)]
         );
         let sparse = RunnerBlockSource::sparse(
             src.block_source().clone(),
@@ -240,7 +225,7 @@ mod tests {
             "runner+file:///x",
             [3, 4, 5, 9, 200].into_iter().collect(),
         );
-        assert_eq!(sparse.fetch_ranges(0, 99), vec![(3, 5), (9, 9)]);
+        assert_eq!(sparse.fetch_ranges(0, 99), vec![r(3, 5), r(9, 9)]);
         assert_eq!(sparse.fetch_ranges(10, 99), vec![]);
 
         let e = RunnerBlockSource::from_url("devnet://?bogus=1", span)

@@ -22,7 +22,7 @@ use alloy_primitives::{Address, Bytes};
 
 use crate::chain::{BlockRange, Chain};
 use crate::data::{Block, CallRequest};
-use crate::ports::{BlockSource, SourceError};
+use crate::ports::{BlockSource, SourceError, check_whole_range};
 
 /// How far past the head a block is asked for when it must not exist yet.
 const FAR: u64 = 1_000_000;
@@ -80,16 +80,12 @@ async fn fetch(source: &impl BlockSource, range: BlockRange) -> Vec<Block> {
 
 /// Asserts `got` is exactly the blocks of `range`, ascending, each well-formed.
 fn assert_whole(range: BlockRange, got: &[Block], facts: Option<&SourceFacts>) {
-    assert_eq!(
-        got.len() as u64,
-        range.len(),
-        "blocks({range:?}) MUST return every block of the range, never a partial range"
-    );
-    for (b, n) in got.iter().zip(range.start()..=range.end()) {
-        assert_eq!(
-            b.number, n,
-            "blocks({range:?}) MUST return the range's blocks ascending"
+    if let Err(e) = check_whole_range(range, got) {
+        panic!(
+            "blocks({range:?}) MUST return every block of the range, ascending, never a partial range: {e}"
         );
+    }
+    for b in got {
         assert_block_consistent(b, facts.is_some_and(|f| f.receipts));
     }
     let hashes: HashSet<_> = got.iter().map(|b| b.hash).collect();
@@ -466,16 +462,10 @@ mod tests {
                     block_number: n,
                 }];
                 Block {
-                    number: n,
-                    hash: hash(n),
-                    parent_hash: hash(n.wrapping_sub(1)),
-                    timestamp: 1_700_000_000 + n,
-                    miner: None,
                     gas_used: 42_000,
-                    gas_limit: 30_000_000,
-                    base_fee_per_gas: None,
                     transactions,
                     logs,
+                    ..Block::empty(n, hash(n), hash(n.wrapping_sub(1)), 1_700_000_000 + n)
                 }
             })
             .collect()

@@ -810,12 +810,8 @@ impl Worker {
                 Ok(b) => b,
                 Err(e) => return transient(format!("loading blocks {batch}: {e}")),
             };
-            if blocks.len() as u64 != batch.len() {
-                return transient(format!(
-                    "source returned {} blocks for range {batch} ({} blocks)",
-                    blocks.len(),
-                    batch.len()
-                ));
+            if let Err(e) = crate::ports::check_whole_range(batch, &blocks) {
+                return transient(e.to_string());
             }
             progress.send_modify(|done| *done += batch.len());
             let (model, ctx) = (model.clone(), ctx.clone());
@@ -1678,7 +1674,6 @@ mod tests {
         }
     }
 
-    /// One queued run of `model` over blocks 0-9, with one attempt.
     /// Asserts that `run` failed for good on `attempt`, with `error`.
     fn assert_failed(run: &ModelRun, attempt: u32, error: &str) {
         assert_eq!(
@@ -1688,12 +1683,29 @@ mod tests {
         );
     }
 
+    /// One queued run of `model` over blocks 0-9, with one attempt.
     async fn one_run(deps: &EngineDeps, model: &str) -> ModelRun {
         let request = BackfillRequest {
             max_attempts: 1,
             ..BackfillRequest::new(model, chain(), BlockRange::new(0, 9).unwrap(), 10)
         };
         queued(deps, request).await
+    }
+
+    /// One `block_stats` run over blocks 0-9 from `source`, with one attempt, run to its end.
+    async fn block_stats_from(source: Arc<dyn crate::ports::BlockSource>) -> ModelRun {
+        let deps = EngineDeps {
+            sources: HashMap::from([(chain(), source)]),
+            ..memory_deps(
+                Arc::new(MemoryRunStore::new()),
+                Arc::new(MemorySink::new()),
+                crate::models::builtin(),
+            )
+        };
+        let run = one_run(&deps, "block_stats").await;
+        Spawned::new(blocker_worker(&deps, "w1"))
+            .finish(&deps, run.id, "the attempt to end")
+            .await
     }
 
     /// On a single-threaded runtime a model that holds its thread used to starve the
@@ -1714,22 +1726,45 @@ mod tests {
     /// it used to kill the delivery's task and leave the run `running`.
     #[tokio::test]
     async fn a_panicking_source_fails_the_attempt_with_its_message() {
-        let deps = EngineDeps {
-            sources: HashMap::from([(chain(), Arc::new(PanickySource) as _)]),
-            ..memory_deps(
-                Arc::new(MemoryRunStore::new()),
-                Arc::new(MemorySink::new()),
-                crate::models::builtin(),
-            )
-        };
-        let run = one_run(&deps, "block_stats").await;
-        let done = Spawned::new(blocker_worker(&deps, "w1"))
-            .finish(&deps, run.id, "the attempt to fail")
-            .await;
         assert_failed(
-            &done,
+            &block_stats_from(Arc::new(PanickySource)).await,
             1,
             "executing the run panicked: attempt to subtract with overflow",
+        );
+    }
+
+    /// Source that answers as many blocks as asked for, but the last is a copy of the first:
+    /// a node serving a stale block in place of the range's last.
+    #[derive(Debug)]
+    struct StaleSource(MemoryBlockSource);
+
+    #[async_trait]
+    impl crate::ports::BlockSource for StaleSource {
+        fn chain(&self) -> &Chain {
+            self.0.chain()
+        }
+        async fn head(&self) -> Result<crate::data::BlockHead, crate::ports::SourceError> {
+            self.0.head().await
+        }
+        async fn blocks(&self, range: BlockRange) -> Result<Vec<Block>, crate::ports::SourceError> {
+            let mut blocks = self.0.blocks(range).await?;
+            let first = blocks[0].clone();
+            *blocks.last_mut().expect("the range has blocks") = first;
+            Ok(blocks)
+        }
+    }
+
+    /// An answer of the right length that is not the range's blocks fails the attempt: the
+    /// worker used to count the blocks only, and wrote block 0's records twice and none of
+    /// block 9's.
+    #[tokio::test]
+    async fn an_answer_that_is_not_the_ranges_blocks_fails_the_attempt() {
+        let source = MemoryBlockSource::new(chain(), crate::models::tests::blocks(0, 24));
+        assert_failed(
+            &block_stats_from(Arc::new(StaleSource(source))).await,
+            1,
+            "blocks 0-9: the source answered 10 blocks (block 0 first, block 0 last), not every \
+             block of the range in order",
         );
     }
 

@@ -17,7 +17,7 @@ pub use progress::{
 };
 pub use queue::{Consumer, Delivery, DeliveryHandle, QueueError, RunMessage, RunQueue};
 pub use sink::{ResultSink, RunOutput, SinkError, check_topic};
-pub use source::{BlockSource, CALLS_IN_FLIGHT, SourceError};
+pub use source::{BlockSource, CALLS_IN_FLIGHT, SourceError, check_whole_range};
 pub use store::{
     ContractAbi, ContractRef, CreateRuns, CreatedRuns, CursorAdvance, CursorKey, CursorRewind,
     LockLease, OutboxQuery, RealtimeCursor, RunFilter, RunPage, RunStore, RunStoreExt,

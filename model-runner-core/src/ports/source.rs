@@ -33,6 +33,23 @@ pub enum SourceError {
     /// Data that does not parse.
     #[error("invalid chain data: {0}")]
     InvalidData(String),
+    /// An answer to [`BlockSource::blocks`] that is not every block of the range, ascending
+    /// ([`check_whole_range`]): a node behind a load balancer that has not reached the range
+    /// yet, or a source with a hole. Asking again later may give the whole range.
+    #[error(
+        "blocks {range}: the source answered {got} blocks{}, not every block of the range in order",
+        answered(.first, .last)
+    )]
+    PartialRange {
+        /// The range asked for.
+        range: BlockRange,
+        /// How many blocks came back.
+        got: usize,
+        /// The first block number that came back.
+        first: Option<u64>,
+        /// The last block number that came back.
+        last: Option<u64>,
+    },
     /// The node is unreachable or rate-limits; retry later.
     #[error("chain source unavailable ({adapter}): {message}")]
     Unavailable {
@@ -117,6 +134,46 @@ pub trait BlockSource: fmt::Debug + Send + Sync + 'static {
             .collect()
             .await
     }
+}
+
+/// `" (block F first, block L last)"` of a [`SourceError::PartialRange`] with blocks.
+fn answered(first: &Option<u64>, last: &Option<u64>) -> String {
+    match (first, last) {
+        (Some(f), Some(l)) => format!(" (block {f} first, block {l} last)"),
+        _ => String::new(),
+    }
+}
+
+/// Checks an answer of [`BlockSource::blocks`] against the contract: exactly the blocks of
+/// `range`, ascending, each once; otherwise [`SourceError::PartialRange`]. Whoever reads a
+/// range (the worker, batch-index, the conformance suite) checks it with this, so a source that
+/// answers short never makes a run or an index that silently lacks blocks.
+///
+/// ```
+/// use model_runner_core::ports::{SourceError, check_whole_range};
+/// use model_runner_core::{Block, BlockRange};
+///
+/// let block = |n| Block::empty(n, Default::default(), Default::default(), 0);
+/// let range = BlockRange::new(7, 8).unwrap();
+/// assert!(check_whole_range(range, &[block(7), block(8)]).is_ok());
+/// let short = check_whole_range(range, &[block(7)]).unwrap_err();
+/// assert!(matches!(short, SourceError::PartialRange { got: 1, .. }), "{short}");
+/// assert!(check_whole_range(range, &[block(8), block(7)]).is_err());
+/// ```
+pub fn check_whole_range(range: BlockRange, blocks: &[Block]) -> Result<(), SourceError> {
+    if blocks
+        .iter()
+        .map(|b| b.number)
+        .eq(range.start()..=range.end())
+    {
+        return Ok(());
+    }
+    Err(SourceError::PartialRange {
+        range,
+        got: blocks.len(),
+        first: blocks.first().map(|b| b.number),
+        last: blocks.last().map(|b| b.number),
+    })
 }
 
 /// Calls the default [`BlockSource::calls`] keeps in flight at most.

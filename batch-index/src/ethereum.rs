@@ -280,9 +280,9 @@ impl LedgerSource for EthereumSource {
         part: CheckpointPart,
         modules: Modules,
     ) -> Result<CheckpointFacts> {
-        let blocks = u64::from(part.first())..=u64::from(part.last());
+        let numbers = u64::from(part.first())..=u64::from(part.last());
         let mut facts = CheckpointFacts::new(part.checkpoint());
-        for (_, b) in self.blocks.range(blocks) {
+        for (_, b) in self.blocks.range(numbers) {
             b.add_to(&mut facts, modules);
         }
         Ok(facts)

@@ -115,7 +115,8 @@ impl RunnerBlockSource {
         &self.source
     }
 
-    /// Block ranges to fetch for `first..=last`, each at most [`FETCH_CHUNK`] long.
+    /// Block ranges to fetch for `first..=last` (`first <= last`, as in a [`CheckpointPart`]),
+    /// each at most [`FETCH_CHUNK`] long.
     fn fetch_ranges(&self, first: u64, last: u64) -> Vec<BlockRange> {
         let mut runs: Vec<(u64, u64)> = Vec::new();
         match &self.known {
@@ -202,6 +203,51 @@ impl LedgerSource for RunnerBlockSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use model_runner_core::{Block, BlockHead, Chain};
+
+    /// Answers every range without its last block: a node that has not reached it.
+    #[derive(Debug)]
+    struct Short(Arc<dyn BlockSource>);
+
+    #[async_trait]
+    impl BlockSource for Short {
+        fn chain(&self) -> &Chain {
+            self.0.chain()
+        }
+        async fn head(&self) -> std::result::Result<BlockHead, SourceError> {
+            self.0.head().await
+        }
+        async fn blocks(&self, range: BlockRange) -> std::result::Result<Vec<Block>, SourceError> {
+            let mut blocks = self.0.blocks(range).await?;
+            blocks.pop();
+            Ok(blocks)
+        }
+    }
+
+    /// A short answer fails the part, naming the source and the blocks that came back: the
+    /// index never lacks a block silently.
+    #[tokio::test]
+    async fn a_short_answer_fails_the_part() {
+        let span = CheckpointSpan::new(100).unwrap();
+        let whole = RunnerBlockSource::from_url("devnet://?head=300", span).unwrap();
+        let short = RunnerBlockSource::dense(
+            Arc::new(Short(whole.block_source().clone())),
+            span,
+            "devnet://?head=300",
+        );
+        let part = CheckpointPart::new(span, 100, 199).unwrap();
+        assert!(whole.checkpoint_facts(part, Modules::ALL).await.is_ok());
+        let e = short
+            .checkpoint_facts(part, Modules::ALL)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Source { source_name, reason }
+                if source_name == "devnet://?head=300"
+                    && reason.contains("blocks 100-163: the source answered 63 blocks")),
+            "{e}"
+        );
+    }
 
     #[test]
     fn schemes_and_fetch_ranges() {

@@ -29,7 +29,7 @@ use model_runner_core::engine::{
     BackfillRequest, EngineError, Runner, WorkerConfig, submit_backfill,
 };
 use model_runner_core::memory::{MemoryBlockSource, MemorySink};
-use model_runner_core::ports::{BlockSource, SourceError};
+use model_runner_core::ports::{BlockSource, SourceError, check_whole_range};
 use model_runner_core::{
     Block, BlockRange, Chain, Model, ModelContext, ModelError, Record, RunId, RunMode, RunState,
     topic_name,
@@ -74,13 +74,15 @@ impl BlockBatch {
     /// Blocks given in code; they MUST be consecutive and ascending.
     pub fn new(chain: &str, blocks: Vec<Block>) -> Result<Self, TestingError> {
         let chain = Chain::new(chain).map_err(|e| TestingError::Invalid(e.to_string()))?;
-        if blocks.is_empty() {
+        let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
             return Err(TestingError::Invalid("no blocks".into()));
-        }
-        if let Some(w) = blocks.windows(2).find(|w| w[1].number != w[0].number + 1) {
+        };
+        let whole = BlockRange::new(first.number, last.number)
+            .map_err(|e| e.to_string())
+            .and_then(|range| check_whole_range(range, &blocks).map_err(|e| e.to_string()));
+        if let Err(e) = whole {
             return Err(TestingError::Invalid(format!(
-                "blocks must be consecutive: {} is followed by {}",
-                w[0].number, w[1].number
+                "blocks must be consecutive and ascending: {e}"
             )));
         }
         Ok(Self { chain, blocks })

@@ -78,7 +78,11 @@ async fn errors_name_what_is_wrong() {
     let mut gap = batch.blocks().to_vec();
     gap.remove(1);
     let err = BlockBatch::new("ethereum", gap).unwrap_err();
-    assert!(err.to_string().contains("0 is followed by 2"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("consecutive and ascending: blocks 0-3: the source answered 3 blocks"),
+        "{err}"
+    );
     let err = BlockBatch::new("Not A Chain!", batch.blocks().to_vec()).unwrap_err();
     assert!(matches!(err, TestingError::Invalid(_)), "{err}");
     let err = batch.run(&Liar).await.unwrap_err();

@@ -206,6 +206,17 @@ fn copy_error(e: &SourceError) -> SourceError {
             adapter,
             source: source.to_string().into(),
         },
+        SourceError::RangeMismatch {
+            range,
+            got,
+            first,
+            last,
+        } => SourceError::RangeMismatch {
+            range: *range,
+            got: *got,
+            first: *first,
+            last: *last,
+        },
         other => backend(other.to_string()),
     }
 }

@@ -52,7 +52,7 @@ use super::{CancellationToken, EngineDeps, EngineError, RetryPolicy, instruments
 use crate::model::{ModelContext, RegisteredModel};
 use crate::ports::{
     BlockSource, Delivery, ProgressBoard, RunMessage, RunOutput, RunProgress, RunStoreExt,
-    StoreError, Transition,
+    SourceError, StoreError, Transition, check_whole_range,
 };
 use crate::routing::topic_name;
 use crate::run::{ModelRun, RunEvent, RunState};
@@ -804,15 +804,17 @@ impl Worker {
             .expect("batch size is at least 1")
         {
             let requested = std::time::Instant::now();
-            let loaded = source.blocks(batch).await;
+            // An answer that is not the batch's blocks counts as a failed request.
+            let loaded = match source.blocks(batch).await {
+                Ok(b) => check_whole_range(batch, &b).map(|()| b),
+                Err(e) => Err(e),
+            };
             instruments::source_request(run, "blocks", requested.elapsed(), loaded.is_ok());
             let blocks = match loaded {
                 Ok(b) => b,
+                Err(e @ SourceError::RangeMismatch { .. }) => return transient(e.to_string()),
                 Err(e) => return transient(format!("loading blocks {batch}: {e}")),
             };
-            if let Err(e) = crate::ports::check_whole_range(batch, &blocks) {
-                return transient(e.to_string());
-            }
             progress.send_modify(|done| *done += batch.len());
             let (model, ctx) = (model.clone(), ctx.clone());
             // On the model pool, not this runtime: a model that computes for seconds (or
@@ -1763,8 +1765,8 @@ mod tests {
         assert_failed(
             &block_stats_from(Arc::new(StaleSource(source))).await,
             1,
-            "blocks 0-9: the source answered 10 blocks (block 0 first, block 0 last), not every \
-             block of the range in order",
+            "blocks 0-9: the source answered 10 blocks (block 0 first, block 0 last), not exactly \
+             the range's blocks in order",
         );
     }
 

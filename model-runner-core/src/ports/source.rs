@@ -33,14 +33,15 @@ pub enum SourceError {
     /// Data that does not parse.
     #[error("invalid chain data: {0}")]
     InvalidData(String),
-    /// An answer to [`BlockSource::blocks`] that is not every block of the range, ascending
-    /// ([`check_whole_range`]): a node behind a load balancer that has not reached the range
-    /// yet, or a source with a hole. Asking again later may give the whole range.
+    /// An answer to [`BlockSource::blocks`] that is not exactly the blocks of the range,
+    /// ascending ([`check_whole_range`]): short (a node behind a load balancer that has not
+    /// reached the range yet, a source with a hole), out of order, or holding other blocks.
+    /// Asking again later may give the whole range.
     #[error(
-        "blocks {range}: the source answered {got} blocks{}, not every block of the range in order",
+        "blocks {range}: the source answered {got} blocks{}, not exactly the range's blocks in order",
         answered(.first, .last)
     )]
-    PartialRange {
+    RangeMismatch {
         /// The range asked for.
         range: BlockRange,
         /// How many blocks came back.
@@ -98,13 +99,16 @@ pub trait BlockSource: fmt::Debug + Send + Sync + 'static {
     /// scheduler asks this of each realtime run's last block and, after a reorg, walks back
     /// with it to the common ancestor. The default loads the whole block; a source that can
     /// read a header alone (JSON-RPC `eth_getBlockByNumber(n, false)`) SHOULD override it.
-    /// A block past the head is `BlockNotFound`.
+    /// A block past the head is `BlockNotFound`; an answer that is not that one block is
+    /// [`SourceError::RangeMismatch`].
     async fn block_ref(&self, number: u64) -> Result<BlockRef, SourceError> {
-        let blocks = self.blocks(BlockRange::single(number)).await?;
+        let range = BlockRange::single(number);
+        let blocks = self.blocks(range).await?;
         let block = blocks.first().ok_or_else(|| SourceError::BlockNotFound {
             number,
             source_name: self.chain().to_string(),
         })?;
+        check_whole_range(range, &blocks)?;
         Ok(BlockRef {
             number: block.number,
             hash: block.hash,
@@ -136,7 +140,7 @@ pub trait BlockSource: fmt::Debug + Send + Sync + 'static {
     }
 }
 
-/// `" (block F first, block L last)"` of a [`SourceError::PartialRange`] with blocks.
+/// `" (block F first, block L last)"` of a [`SourceError::RangeMismatch`] with blocks.
 fn answered(first: &Option<u64>, last: &Option<u64>) -> String {
     match (first, last) {
         (Some(f), Some(l)) => format!(" (block {f} first, block {l} last)"),
@@ -145,9 +149,10 @@ fn answered(first: &Option<u64>, last: &Option<u64>) -> String {
 }
 
 /// Checks an answer of [`BlockSource::blocks`] against the contract: exactly the blocks of
-/// `range`, ascending, each once; otherwise [`SourceError::PartialRange`]. Whoever reads a
-/// range (the worker, batch-index, the conformance suite) checks it with this, so a source that
-/// answers short never makes a run or an index that silently lacks blocks.
+/// `range`, ascending, each once; otherwise [`SourceError::RangeMismatch`]. The worker,
+/// batch-index's runner source, the default [`BlockSource::block_ref`] and the conformance
+/// suite check what they read with it, so a source that answers short or with other blocks
+/// never makes a run or an index that silently lacks blocks.
 ///
 /// ```
 /// use model_runner_core::ports::{SourceError, check_whole_range};
@@ -157,7 +162,7 @@ fn answered(first: &Option<u64>, last: &Option<u64>) -> String {
 /// let range = BlockRange::new(7, 8).unwrap();
 /// assert!(check_whole_range(range, &[block(7), block(8)]).is_ok());
 /// let short = check_whole_range(range, &[block(7)]).unwrap_err();
-/// assert!(matches!(short, SourceError::PartialRange { got: 1, .. }), "{short}");
+/// assert!(matches!(short, SourceError::RangeMismatch { got: 1, .. }), "{short}");
 /// assert!(check_whole_range(range, &[block(8), block(7)]).is_err());
 /// ```
 pub fn check_whole_range(range: BlockRange, blocks: &[Block]) -> Result<(), SourceError> {
@@ -168,7 +173,7 @@ pub fn check_whole_range(range: BlockRange, blocks: &[Block]) -> Result<(), Sour
     {
         return Ok(());
     }
-    Err(SourceError::PartialRange {
+    Err(SourceError::RangeMismatch {
         range,
         got: blocks.len(),
         first: blocks.first().map(|b| b.number),
@@ -363,5 +368,93 @@ mod tests {
                 "{answer:?}"
             );
         }
+    }
+
+    /// Every way an answer can differ from the range, and the message each gets.
+    #[test]
+    fn check_whole_range_accepts_exactly_the_range_ascending() {
+        let block = |n| Block::empty(n, B256::ZERO, B256::ZERO, 0);
+        let blocks = |ns: &[u64]| ns.iter().map(|&n| block(n)).collect::<Vec<_>>();
+        let range = BlockRange::new(7, 9).unwrap();
+        let top = BlockRange::new(u64::MAX - 1, u64::MAX).unwrap();
+        let cases: [(BlockRange, &[u64], Option<&str>); 9] = [
+            (range, &[7, 8, 9], None),
+            (top, &[u64::MAX - 1, u64::MAX], None),
+            (range, &[], Some("answered 0 blocks, not exactly")),
+            (
+                range,
+                &[7, 8],
+                Some("answered 2 blocks (block 7 first, block 8 last)"),
+            ),
+            (
+                range,
+                &[7, 8, 9, 10],
+                Some("answered 4 blocks (block 7 first, block 10 last)"),
+            ),
+            (
+                range,
+                &[7, 7, 9],
+                Some("answered 3 blocks (block 7 first, block 9 last)"),
+            ),
+            (
+                range,
+                &[9, 8, 7],
+                Some("answered 3 blocks (block 9 first, block 7 last)"),
+            ),
+            (
+                range,
+                &[8, 9, 10],
+                Some("answered 3 blocks (block 8 first, block 10 last)"),
+            ),
+            (
+                top,
+                &[u64::MAX],
+                Some("answered 1 blocks (block 18446744073709551615 first"),
+            ),
+        ];
+        for (range, numbers, want) in cases {
+            let got = check_whole_range(range, &blocks(numbers));
+            match (got, want) {
+                (Ok(()), None) => {}
+                (Err(e @ SourceError::RangeMismatch { .. }), Some(want)) => {
+                    let e = e.to_string();
+                    assert!(e.contains(want), "{range} {numbers:?}: {e}");
+                    assert!(e.starts_with(&format!("blocks {range}: ")), "{e}");
+                }
+                (got, want) => panic!("{range} {numbers:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    /// Answers every range with the block before it: as many blocks, the wrong ones.
+    #[derive(Debug)]
+    struct OneBehind(MemoryBlockSource);
+
+    #[async_trait]
+    impl BlockSource for OneBehind {
+        fn chain(&self) -> &Chain {
+            self.0.chain()
+        }
+        async fn head(&self) -> Result<BlockHead, SourceError> {
+            self.0.head().await
+        }
+        async fn blocks(&self, range: BlockRange) -> Result<Vec<Block>, SourceError> {
+            let behind = BlockRange::new(range.start() - 1, range.end() - 1).unwrap();
+            self.0.blocks(behind).await
+        }
+    }
+
+    /// The default `block_ref` used to describe whatever block came back, under any number.
+    #[tokio::test]
+    async fn the_default_block_ref_refuses_another_block() {
+        let chain = Chain::new("ethereum").unwrap();
+        let source = OneBehind(MemoryBlockSource::with_empty_blocks(chain, 0..=9));
+        let e = source.block_ref(5).await.unwrap_err();
+        assert!(
+            matches!(e, SourceError::RangeMismatch { got: 1, .. }),
+            "{e}"
+        );
+        let inner = MemoryBlockSource::with_empty_blocks(Chain::new("ethereum").unwrap(), 0..=9);
+        assert_eq!(inner.block_ref(5).await.unwrap().number, 5);
     }
 }

@@ -805,10 +805,10 @@ impl Worker {
         {
             let requested = std::time::Instant::now();
             // An answer that is not the batch's blocks counts as a failed request.
-            let loaded = match source.blocks(batch).await {
-                Ok(b) => check_whole_range(batch, &b).map(|()| b),
-                Err(e) => Err(e),
-            };
+            let loaded = source
+                .blocks(batch)
+                .await
+                .and_then(|b| check_whole_range(batch, &b).map(|()| b));
             instruments::source_request(run, "blocks", requested.elapsed(), loaded.is_ok());
             let blocks = match loaded {
                 Ok(b) => b,

@@ -206,17 +206,6 @@ fn copy_error(e: &SourceError) -> SourceError {
             adapter,
             source: source.to_string().into(),
         },
-        SourceError::RangeMismatch {
-            range,
-            got,
-            first,
-            last,
-        } => SourceError::RangeMismatch {
-            range: *range,
-            got: *got,
-            first: *first,
-            last: *last,
-        },
         other => backend(other.to_string()),
     }
 }
